@@ -1,0 +1,253 @@
+//! Receiving message content: `DATA` (dot-stuffed, ended only by `<CRLF>.<CRLF>`) and `BDAT`
+//! chunks (counted octets). Both enforce the same rules on the content: lines end with CRLF
+//! (a bare CR or LF is an error — the SMTP smuggling defence), lines are at most 998 octets,
+//! and the message is at most the size limit. After an error the receiver keeps consuming until
+//! the end of the content (so the client and server stay in step) but stores nothing more.
+
+use memchr::memchr2;
+
+/// How the content is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `DATA`: dot-stuffing, ends at `<CRLF>.<CRLF>`.
+    Data,
+    /// `BDAT`: the session hands over exactly the chunk's octets; no stuffing.
+    Bdat,
+}
+
+/// Why the content is refused; the session maps each to a 5xx reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentError {
+    BareLf,
+    BareCr,
+    LineTooLong,
+    TooBig,
+}
+
+impl ContentError {
+    pub fn reply(self) -> crate::Reply {
+        use crate::{Enhanced, Reply};
+        match self {
+            ContentError::BareLf | ContentError::BareCr => Reply::new(
+                550,
+                Enhanced(5, 5, 2),
+                "Message refused: bare CR or LF in content; lines must end with CRLF",
+            ),
+            ContentError::LineTooLong => Reply::new(550, Enhanced(5, 6, 0), "Message refused: line longer than 998 octets"),
+            ContentError::TooBig => Reply::new(552, Enhanced(5, 3, 4), "Message exceeds the size limit"),
+        }
+    }
+}
+
+/// Whether the content has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    NeedMore,
+    /// `<CRLF>.<CRLF>` seen (DATA only); the octets after it are the next commands.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    LineStart,
+    Mid,
+    /// After a CR, waiting for its LF.
+    Cr,
+    /// A '.' at the start of a line (DATA).
+    Dot,
+    /// `.` CR at the start of a line (DATA): LF now ends the content.
+    DotCr,
+}
+
+/// The content receiver. One per message; see the module docs.
+#[derive(Debug)]
+pub struct ContentReceiver {
+    mode: Mode,
+    state: State,
+    /// Size limit of the stored (unstuffed) message, in octets.
+    max_size: u64,
+    /// Longest line content without CRLF (RFC 5322: 998).
+    max_line: usize,
+    /// Octets of the current line so far.
+    line_len: usize,
+    /// Octets of content so far (stored or not).
+    size: u64,
+    /// The first error; from then on nothing more is stored.
+    error: Option<ContentError>,
+}
+
+impl ContentReceiver {
+    pub fn new(mode: Mode, max_size: u64, max_line: usize) -> Self {
+        ContentReceiver { mode, state: State::LineStart, max_size, max_line, line_len: 0, size: 0, error: None }
+    }
+
+    /// Octets of content so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The first error seen, if any.
+    pub fn error(&self) -> Option<ContentError> {
+        self.error
+    }
+
+    fn fail(&mut self, e: ContentError) {
+        self.error.get_or_insert(e);
+    }
+
+    fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        self.size += bytes.len() as u64;
+        if self.size > self.max_size {
+            self.fail(ContentError::TooBig);
+        }
+        if self.error.is_none() {
+            out.extend_from_slice(bytes);
+        }
+    }
+
+    /// Consumes `input`, appending the content to `out`. Returns how many octets were consumed
+    /// (all of them unless the end of DATA was reached) and whether the content is complete.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, Progress) {
+        let mut i = 0;
+        while i < input.len() {
+            match self.state {
+                State::LineStart => {
+                    if self.mode == Mode::Data && input[i] == b'.' {
+                        self.state = State::Dot;
+                        self.line_len = 1;
+                        i += 1;
+                    } else {
+                        self.state = State::Mid;
+                    }
+                }
+                State::Dot => {
+                    if input[i] == b'\r' {
+                        self.state = State::DotCr;
+                        i += 1;
+                    } else {
+                        // A stuffed dot: it is dropped, the rest of the line is content.
+                        self.state = State::Mid;
+                    }
+                }
+                State::DotCr => {
+                    if input[i] == b'\n' {
+                        return (i + 1, Progress::Done);
+                    }
+                    // ".<CR>x": a bare CR on a dot-stuffed line.
+                    self.fail(ContentError::BareCr);
+                    self.state = State::Mid;
+                }
+                State::Cr => {
+                    if input[i] == b'\n' {
+                        self.emit(b"\r\n", out);
+                        self.state = State::LineStart;
+                        self.line_len = 0;
+                        i += 1;
+                    } else {
+                        self.fail(ContentError::BareCr);
+                        self.state = State::Mid;
+                    }
+                }
+                State::Mid => {
+                    let rest = &input[i..];
+                    let j = memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+                    self.line_len += j;
+                    if self.line_len > self.max_line {
+                        self.fail(ContentError::LineTooLong);
+                    }
+                    self.emit(&rest[..j], out);
+                    i += j;
+                    match rest.get(j) {
+                        Some(b'\r') => {
+                            self.state = State::Cr;
+                            i += 1;
+                        }
+                        Some(_) => {
+                            // A bare LF: refused, and never a line start, so a following
+                            // ".\r\n" cannot end the content (SMTP smuggling).
+                            self.fail(ContentError::BareLf);
+                            i += 1;
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        (i, Progress::NeedMore)
+    }
+
+    /// Ends BDAT content at `BDAT ... LAST`: a trailing CR is a bare CR; content that does not
+    /// end with CRLF gets one, so the stored message is canonical. Returns the error, if any.
+    pub fn finish_bdat(&mut self, out: &mut Vec<u8>) -> Result<(), ContentError> {
+        match self.state {
+            State::Cr | State::DotCr => self.fail(ContentError::BareCr),
+            State::Mid | State::Dot if self.line_len > 0 => self.emit(b"\r\n", out),
+            _ => {}
+        }
+        self.error.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(chunks: &[&[u8]]) -> (Vec<u8>, Option<ContentError>, usize) {
+        let mut r = ContentReceiver::new(Mode::Data, 1 << 20, 998);
+        let mut out = Vec::new();
+        for (n, c) in chunks.iter().enumerate() {
+            let (used, p) = r.feed(c, &mut out);
+            if p == Progress::Done {
+                assert_eq!(n, chunks.len() - 1, "ended early");
+                return (out, r.error(), c.len() - used);
+            }
+        }
+        panic!("did not end");
+    }
+
+    #[test]
+    fn dot_unstuffing_and_end() {
+        let (out, e, left) = data(&[b"Subject: x\r\n\r\n..hidden\r\n.\r\nQUIT\r\n"]);
+        assert_eq!(out, b"Subject: x\r\n\r\n.hidden\r\n");
+        assert_eq!((e, left), (None, 6));
+        // The end marker split across reads.
+        let (out, e, _) = data(&[b"a\r", b"\n.", b"\r", b"\n"]);
+        assert_eq!((out.as_slice(), e), (&b"a\r\n"[..], None));
+        let (out, _, _) = data(&[b".\r\n"]);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn smuggling_is_not_an_end() {
+        // "\n.\n" and "\r\n.\n" and "\n.\r\n" never end DATA; only CRLF.CRLF does.
+        let (out, e, _) = data(&[b"a\n.\nMAIL FROM:<x@y>\r\nb\r\n.\n\r\nc\n.\r\nd\r\n.\r\n"]);
+        assert_eq!(e, Some(ContentError::BareLf));
+        assert!(out.is_empty() || !out.ends_with(b"MAIL"));
+        let (_, e, _) = data(&[b"a\rb\r\n.\r\n"]);
+        assert_eq!(e, Some(ContentError::BareCr));
+    }
+
+    #[test]
+    fn limits() {
+        let long = vec![b'x'; 999];
+        let (_, e, _) = data(&[&long, b"\r\n.\r\n"]);
+        assert_eq!(e, Some(ContentError::LineTooLong));
+        let mut r = ContentReceiver::new(Mode::Data, 10, 998);
+        let mut out = Vec::new();
+        let (_, p) = r.feed(b"0123456789abc\r\n.\r\n", &mut out);
+        assert_eq!((p, r.error()), (Progress::Done, Some(ContentError::TooBig)));
+    }
+
+    #[test]
+    fn bdat_counts_octets_and_checks_lines() {
+        let mut r = ContentReceiver::new(Mode::Bdat, 1 << 20, 998);
+        let mut out = Vec::new();
+        assert_eq!(r.feed(b"Subject: a\r\n\r\n.x\r", &mut out), (17, Progress::NeedMore));
+        assert_eq!(r.feed(b"\nend", &mut out), (4, Progress::NeedMore));
+        assert_eq!(r.finish_bdat(&mut out), Ok(()));
+        assert_eq!(out, b"Subject: a\r\n\r\n.x\r\nend\r\n");
+        let mut r = ContentReceiver::new(Mode::Bdat, 1 << 20, 998);
+        r.feed(b"a\nb", &mut out);
+        assert_eq!(r.finish_bdat(&mut out), Err(ContentError::BareLf));
+    }
+}

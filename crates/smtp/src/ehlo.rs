@@ -1,0 +1,51 @@
+//! The EHLO response as the outbound client sees it: which extensions the server offers.
+
+use crate::Reply;
+
+/// Extensions a remote server advertised in its EHLO reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extensions {
+    pub pipelining: bool,
+    pub starttls: bool,
+    pub eightbitmime: bool,
+    pub smtputf8: bool,
+    pub chunking: bool,
+    pub enhanced_status_codes: bool,
+    /// SIZE limit, if advertised with a value (0 means "no fixed limit").
+    pub size: Option<u64>,
+}
+
+impl Extensions {
+    /// Reads the extension keywords from an EHLO reply (first line is the greeting).
+    pub fn from_reply(reply: &Reply) -> Extensions {
+        let mut x = Extensions::default();
+        for line in reply.text.split('\n').skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            let Some(kw) = words.next() else { continue };
+            match kw.to_ascii_uppercase().as_str() {
+                "PIPELINING" => x.pipelining = true,
+                "STARTTLS" => x.starttls = true,
+                "8BITMIME" => x.eightbitmime = true,
+                "SMTPUTF8" => x.smtputf8 = true,
+                "CHUNKING" => x.chunking = true,
+                "ENHANCEDSTATUSCODES" => x.enhanced_status_codes = true,
+                "SIZE" => x.size = Some(words.next().and_then(|v| v.parse().ok()).unwrap_or(0)),
+                _ => {}
+            }
+        }
+        x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_keywords() {
+        let r = Reply::plain(250, "mx Hello\nPIPELINING\nsize 1000\nSTARTTLS\n8BITMIME");
+        let x = Extensions::from_reply(&r);
+        assert!(x.pipelining && x.starttls && x.eightbitmime && !x.smtputf8);
+        assert_eq!(x.size, Some(1000));
+    }
+}
