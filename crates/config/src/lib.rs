@@ -1,1 +1,380 @@
-//! placeholder
+//! The gateway's configuration: one typed model, read with figment from a TOML file plus
+//! `MAILGATE_*` environment overrides (`__` separates nesting: `MAILGATE_LIMITS__MAX_RECIPIENTS`).
+//! Unknown keys and bad values are errors that name the key.
+//!
+//! This crate owns the shape, defaults and validation of the config. It must not know how the
+//! values are used: no sockets, no spool, no SMTP.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+mod route;
+pub use route::{Route, TlsPolicy};
+
+/// The embedded default configuration (`config/mailgate.toml`).
+pub const DEFAULT_TOML: &str = include_str!("../../../config/mailgate.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: Server,
+    /// `[[listener]]` tables: where SMTP is accepted.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<Listener>,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub relay: Relay,
+    pub spool: Spool,
+    pub queue: Queue,
+    pub delivery: Delivery,
+    pub dns: Dns,
+    /// Route per recipient domain (lower case); `"*"` is the default route.
+    pub routes: BTreeMap<String, Route>,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Our host name: in the greeting, EHLO reply, `Received:` and DSNs.
+    pub hostname: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// A name for logs and (later) pipelines.
+    pub name: String,
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Longest command line including CRLF (RFC 5321 §4.5.3.1.4).
+    pub command_line: usize,
+    /// Longest message line including CRLF (RFC 5321 §4.5.3.1.6).
+    pub text_line: usize,
+    /// Recipients per transaction; the next one gets 452 4.5.3.
+    pub max_recipients: usize,
+    /// Largest message in octets (advertised as SIZE; beyond it 552 5.3.4).
+    pub max_message_size: u64,
+    /// Concurrent SMTP sessions in total; beyond it 421 4.7.0.
+    pub max_sessions: usize,
+    /// Concurrent SMTP sessions from one client IP; beyond it 421 4.7.0.
+    pub max_sessions_per_ip: usize,
+    /// Bad commands in one session before it is closed with 421.
+    pub max_errors: usize,
+}
+
+/// Server timeouts, RFC 5321 §4.5.3.2 (the minimums it recommends are the defaults).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Waiting for the next command.
+    #[serde(with = "humantime_serde")]
+    pub command: Duration,
+    /// Waiting for each block of DATA/BDAT content.
+    #[serde(with = "humantime_serde")]
+    pub data_block: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Relay {
+    /// Domains we take mail for from anyone (local or relay domains). Anything else only from
+    /// trusted networks; otherwise 550 5.7.1.
+    pub accept_domains: Vec<String>,
+    /// Clients that may relay to any domain.
+    pub trusted_networks: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Spool {
+    /// Directory of the spool (created if missing).
+    pub path: PathBuf,
+    /// Size at which the spool's active log segment is sealed and a new one started.
+    pub segment_size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Queue {
+    /// Delay before each retry; the last one repeats until `max_age`.
+    pub retry_schedule: Vec<humantime_serde::Serde<Duration>>,
+    /// Age after which a message that still cannot be delivered is bounced.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Deliveries in flight at once, all destinations together.
+    pub max_concurrent: usize,
+    /// Deliveries in flight at once to one destination (next-hop domain or host).
+    pub max_per_destination: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// Name we give in EHLO; defaults to `server.hostname`.
+    pub helo_name: Option<String>,
+    /// Port for MX deliveries (25; tests point it at a sink on another port).
+    pub mx_port: u16,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Timeout for each reply of the next hop (RFC 5321 §4.5.3.2 asks for minutes).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Timeout for the reply to the final dot.
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// How long an idle outbound connection is kept for reuse.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dns {
+    /// Name servers to ask (ip:port); empty means the system's resolv.conf.
+    pub nameservers: Vec<SocketAddr>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub attempts: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `mailgate=debug,info`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: Server::default(),
+            listeners: vec![],
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            relay: Relay::default(),
+            spool: Spool::default(),
+            queue: Queue::default(),
+            delivery: Delivery::default(),
+            dns: Dns::default(),
+            routes: BTreeMap::new(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server { hostname: "localhost".into() }
+    }
+}
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            command_line: 512,
+            text_line: 1000,
+            max_recipients: 100,
+            max_message_size: 25 << 20,
+            max_sessions: 1000,
+            max_sessions_per_ip: 50,
+            max_errors: 20,
+        }
+    }
+}
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { command: Duration::from_secs(300), data_block: Duration::from_secs(180) }
+    }
+}
+impl Default for Relay {
+    fn default() -> Self {
+        Relay {
+            accept_domains: vec![],
+            trusted_networks: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+        }
+    }
+}
+impl Default for Spool {
+    fn default() -> Self {
+        Spool { path: "var/spool".into(), segment_size: 64 << 20 }
+    }
+}
+impl Default for Queue {
+    fn default() -> Self {
+        // Like Postfix: start at 5 minutes, double, cap at about an hour; bounce after 5 days.
+        let schedule = [300, 600, 1200, 2400, 4000].map(|s| humantime_serde::Serde::from(Duration::from_secs(s)));
+        Queue {
+            retry_schedule: schedule.to_vec(),
+            max_age: Duration::from_secs(5 * 86400),
+            max_concurrent: 200,
+            max_per_destination: 20,
+        }
+    }
+}
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            helo_name: None,
+            mx_port: 25,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+impl Default for Dns {
+    fn default() -> Self {
+        Dns { nameservers: vec![], timeout: Duration::from_secs(5), attempts: 2 }
+    }
+}
+impl Default for Log {
+    fn default() -> Self {
+        Log { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// A configuration that could not be loaded; the text names the key and the source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Parse(Box<figment::Error>),
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Loads `file` (or the embedded default when `None`) with `MAILGATE_*` overrides, then
+    /// validates it.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let env = Env::prefixed("MAILGATE_").split("__");
+        Self::load_with(file, env)
+    }
+
+    /// Like [`Config::load`] without the environment: for tests that run many gateways.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::extract(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
+    }
+
+    fn load_with(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let base = Figment::from(Serialized::defaults(Config::default()));
+        let fig = match file {
+            Some(f) => {
+                if !f.exists() {
+                    return Err(ConfigError::Invalid(vec![format!("config file {} does not exist", f.display())]));
+                }
+                base.merge(Toml::file_exact(f))
+            }
+            None => base.merge(Toml::string(DEFAULT_TOML)),
+        };
+        Self::extract(fig.merge(env))
+    }
+
+    fn extract(fig: Figment) -> Result<Config, ConfigError> {
+        let cfg: Config = fig.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: cross-field rules and value ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = vec![];
+        if self.listeners.is_empty() {
+            errs.push("listener: at least one [[listener]] is required".to_string());
+        }
+        let mut names = std::collections::HashSet::new();
+        for l in &self.listeners {
+            if !names.insert(&l.name) {
+                errs.push(format!("listener.name: duplicate listener name {:?}", l.name));
+            }
+        }
+        if self.limits.command_line < 512 {
+            errs.push("limits.command_line: must be at least 512 (RFC 5321)".into());
+        }
+        if self.limits.text_line < 1000 {
+            errs.push("limits.text_line: must be at least 1000 (RFC 5321)".into());
+        }
+        for (key, v) in [
+            ("limits.max_recipients", self.limits.max_recipients),
+            ("limits.max_sessions", self.limits.max_sessions),
+            ("limits.max_sessions_per_ip", self.limits.max_sessions_per_ip),
+            ("queue.max_concurrent", self.queue.max_concurrent),
+            ("queue.max_per_destination", self.queue.max_per_destination),
+        ] {
+            if v == 0 {
+                errs.push(format!("{key}: must be greater than 0"));
+            }
+        }
+        if self.queue.retry_schedule.is_empty() {
+            errs.push("queue.retry_schedule: needs at least one delay".into());
+        }
+        for (domain, route) in &self.routes {
+            if domain != "*" && !domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
+                errs.push(format!("routes.{domain}: not a domain name or \"*\""));
+            }
+            if let Err(e) = route.validate() {
+                errs.push(format!("routes.{domain}: {e}"));
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errs))
+        }
+    }
+
+    /// The route for a recipient domain: exact match, then each parent domain, then `"*"`.
+    pub fn route_for(&self, domain: &str) -> Option<&Route> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let mut d = domain.as_str();
+        loop {
+            if let Some(r) = self.routes.get(d) {
+                return Some(r);
+            }
+            match d.split_once('.') {
+                Some((_, parent)) => d = parent,
+                None => return self.routes.get("*"),
+            }
+        }
+    }
+
+    /// Whether mail for `domain` is taken from any client.
+    pub fn accepts_domain(&self, domain: &str) -> bool {
+        self.relay.accept_domains.iter().any(|d| d.eq_ignore_ascii_case(domain.trim_end_matches('.')))
+    }
+
+    /// Whether `ip` may relay to any domain.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.relay.trusted_networks.iter().any(|n| n.contains(&ip))
+    }
+
+    pub fn helo_name(&self) -> &str {
+        self.delivery.helo_name.as_deref().unwrap_or(&self.server.hostname)
+    }
+}
+
+#[cfg(test)]
+mod tests;

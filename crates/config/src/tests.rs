@@ -1,0 +1,50 @@
+use super::*;
+
+#[test]
+fn embedded_default_is_valid() {
+    let c = Config::from_toml(DEFAULT_TOML).unwrap();
+    assert_eq!(c.listeners[0].address, "127.0.0.1:2525".parse().unwrap());
+    assert!(c.accepts_domain("Example.Test"));
+    assert!(matches!(c.route_for("example.test"), Some(Route::Maildir { .. })));
+    assert!(matches!(c.route_for("elsewhere.example"), Some(Route::Mx { .. })));
+    assert!(c.is_trusted("127.0.0.9".parse().unwrap()));
+    assert!(c.is_trusted("::ffff:127.0.0.1".parse().unwrap()));
+    assert!(!c.is_trusted("192.0.2.1".parse().unwrap()));
+}
+
+#[test]
+fn unknown_keys_and_bad_values_name_the_key() {
+    let e = Config::from_toml("[limits]\nmax_recipents = 5\n").unwrap_err().to_string();
+    assert!(e.contains("max_recipents"), "{e}");
+    let e = Config::from_toml("[limits]\nmax_recipients = \"many\"\n").unwrap_err().to_string();
+    assert!(e.contains("max_recipients"), "{e}");
+    let e = Config::from_toml("[[listener]]\nname='a'\naddress='127.0.0.1:1'\n[routes]\n'x.test' = { type = 'smarthost', host = '' }\n").unwrap_err().to_string();
+    assert!(e.contains("routes.x.test"), "{e}");
+    let e = Config::from_toml("").unwrap_err().to_string();
+    assert!(e.contains("listener"), "{e}");
+}
+
+#[test]
+fn env_overrides_with_double_underscore() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("MAILGATE_LIMITS__MAX_RECIPIENTS", "7");
+        jail.set_env("MAILGATE_SERVER__HOSTNAME", "mx.env.test");
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.limits.max_recipients, 7);
+        assert_eq!(c.server.hostname, "mx.env.test");
+        jail.set_env("MAILGATE_LIMITS__MAX_RECIPIENTZ", "7");
+        assert!(Config::load(None).unwrap_err().to_string().contains("max_recipientz"));
+        Ok(())
+    });
+}
+
+#[test]
+fn route_lookup_walks_parents() {
+    let c = Config::from_toml(
+        "[[listener]]\nname='a'\naddress='127.0.0.1:1'\n[routes]\n'example.net' = { type = 'discard' }\n",
+    )
+    .unwrap();
+    assert_eq!(c.route_for("sub.Example.NET."), Some(&Route::Discard));
+    assert_eq!(c.route_for("other.org"), None);
+    assert_eq!(c.queue.retry_schedule[0].into_inner(), Duration::from_secs(300));
+}
