@@ -1,1 +1,71 @@
-//! placeholder
+//! The durable spool: where an accepted message lives from the moment before its `250` until
+//! its last recipient is done.
+//!
+//! [`Spool`] is the contract the session and the queue use. [`LocalSpool`] is the embedded
+//! default: an append-only log of records in segment files under one directory, written by one
+//! thread that group-commits — every record that arrives while an `fdatasync` runs is written
+//! and synced together in the next one, so many sessions share each sync.
+//!
+//! This crate owns the on-disk format and durability. It must not know SMTP, routing or
+//! delivery: an [`Envelope`] is data it stores, not something it interprets.
+
+use std::future::Future;
+use std::pin::Pin;
+
+mod envelope;
+mod local;
+mod record;
+
+pub use envelope::{Envelope, QueueId, RcptStatus, Recipient};
+pub use local::LocalSpool;
+
+/// Where a message's content is stored; opaque outside the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataRef {
+    /// Segment number holding the record.
+    pub segment: u64,
+    /// Offset of the content within that segment.
+    pub offset: u64,
+    /// Content length in octets.
+    pub len: u64,
+}
+
+/// A spool failure. Each maps to the SMTP reply the client gets when it happens at accept time.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("spool writer has stopped")]
+    Closed,
+    #[error("no message {0} in the spool")]
+    NotFound(QueueId),
+}
+
+impl SpoolError {
+    /// The reply for a client whose message could not be stored: transient, try again.
+    pub fn smtp_reply(&self) -> (u16, &'static str, &'static str) {
+        (451, "4.3.0", "Temporary local problem storing the message, try again later")
+    }
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The spool contract.
+pub trait Spool: Send + Sync + 'static {
+    /// Stores a new message. Resolves only after envelope and content are durable (written and
+    /// fsynced); only then may the client hear `250`.
+    fn store<'a>(&'a self, env: &'a Envelope, data: &'a [u8]) -> BoxFuture<'a, Result<(), SpoolError>>;
+
+    /// Records a new state of a stored message (recipient results, next attempt). Written with
+    /// the next commit; losing it in a crash means a retry, never a lost message.
+    fn update(&self, env: &Envelope);
+
+    /// The message is finished (every recipient delivered or bounced): its space may be reused.
+    fn complete(&self, id: &QueueId);
+
+    /// Reads a stored message's content back.
+    fn read(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError>;
+
+    /// Makes a new queue id, unique within this spool across restarts.
+    fn new_id(&self) -> QueueId;
+}

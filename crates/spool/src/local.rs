@@ -1,0 +1,441 @@
+//! The local-disk spool: segment files `NNNNNNNNNNNNNNNN.log` in one directory, appended to by
+//! one writer thread that group-commits, and deleted oldest-first once nothing in them is live.
+//!
+//! Ordering is the invariant that makes recovery simple: a record about a message is always in
+//! the same or a later segment than the message's store record, and segments are deleted only
+//! from the oldest end. A long-deferred message that pins an old segment is relocated (its store
+//! record written again at the head) so the space behind it can be freed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::record::{self, Kind};
+use crate::{BoxFuture, DataRef, Envelope, QueueId, Spool, SpoolError};
+
+/// Largest batch the writer gathers before it syncs.
+const MAX_BATCH: usize = 8 << 20;
+/// Sealed segments kept before the oldest one's live messages are relocated.
+const COMPACT_AFTER: usize = 4;
+
+type Ack = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// One record for the writer.
+struct Req {
+    kind: Kind,
+    id: QueueId,
+    /// The encoded record.
+    bytes: Vec<u8>,
+    /// Offset of the content inside `bytes`, and its length (store records).
+    data_rel: usize,
+    data_len: usize,
+    /// Envelope JSON (store and update records), kept for relocation.
+    meta: Vec<u8>,
+    /// Who waits for the sync; `None` for records that ride along with the next one.
+    ack: Option<Ack>,
+}
+
+/// What the index and the writer share.
+struct Shared {
+    /// Where each live message's content is.
+    index: Mutex<HashMap<QueueId, DataRef>>,
+    /// Open read handles per segment.
+    files: Mutex<HashMap<u64, Arc<File>>>,
+    dir: PathBuf,
+}
+
+/// The local-disk [`Spool`]. Cheap to share behind an `Arc`.
+pub struct LocalSpool {
+    tx: Mutex<Option<mpsc::Sender<Req>>>,
+    shared: Arc<Shared>,
+    /// Last id issued; ids are microseconds since the epoch, made strictly increasing.
+    last_id: AtomicU64,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn seg_path(dir: &Path, seg: u64) -> PathBuf {
+    dir.join(format!("{seg:016}.log"))
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A live message as the writer tracks it.
+struct Live {
+    /// Segment of its store record (holds the content).
+    home: u64,
+    /// Segment of its latest envelope.
+    meta_seg: u64,
+    meta: Vec<u8>,
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    active: File,
+    active_seg: u64,
+    active_len: u64,
+    segment_size: u64,
+    live: HashMap<QueueId, Live>,
+    /// Live references per segment (every existing segment has an entry, maybe 0).
+    pins: BTreeMap<u64, usize>,
+}
+
+impl LocalSpool {
+    /// Opens (creating if needed) the spool in `dir`, and returns it with every message that
+    /// was stored and not finished, in the order they were stored.
+    pub fn open(dir: &Path, segment_size: u64) -> Result<(Arc<LocalSpool>, Vec<Envelope>), SpoolError> {
+        fs::create_dir_all(dir)?;
+        let dir = fs::canonicalize(dir)?;
+        let mut segs: Vec<u64> = fs::read_dir(&dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+            .collect();
+        segs.sort_unstable();
+
+        let mut live: HashMap<QueueId, Live> = HashMap::new();
+        let mut order: Vec<QueueId> = vec![];
+        let mut index = HashMap::new();
+        for &seg in &segs {
+            let buf = fs::read(seg_path(&dir, seg))?;
+            let mut at = 0;
+            while let Some(r) = record::decode(&buf, at)? {
+                at += r.len;
+                match r.kind {
+                    Kind::Store => {
+                        let env: Envelope = match serde_json::from_slice(r.meta) {
+                            Ok(e) => e,
+                            Err(e) => {
+                                tracing::error!(segment = seg, "unreadable envelope in spool: {e}");
+                                continue;
+                            }
+                        };
+                        if !live.contains_key(&env.id) {
+                            order.push(env.id.clone());
+                        }
+                        index.insert(env.id.clone(), DataRef { segment: seg, offset: r.data_offset as u64, len: r.data_len as u64 });
+                        live.insert(env.id, Live { home: seg, meta_seg: seg, meta: r.meta.to_vec() });
+                    }
+                    Kind::Update => {
+                        let Ok(env) = serde_json::from_slice::<Envelope>(r.meta) else { continue };
+                        if let Some(l) = live.get_mut(&env.id) {
+                            l.meta_seg = seg;
+                            l.meta = r.meta.to_vec();
+                        }
+                    }
+                    Kind::Done => {
+                        let id = String::from_utf8_lossy(r.meta).into_owned();
+                        live.remove(&id);
+                        index.remove(&id);
+                    }
+                }
+            }
+            if at < buf.len() {
+                tracing::warn!(segment = seg, offset = at, "spool segment ends in an unreadable tail (never acknowledged); ignored");
+            }
+        }
+        let recovered: Vec<Envelope> = order
+            .iter()
+            .filter_map(|id| live.get(id))
+            .filter_map(|l| serde_json::from_slice(&l.meta).ok())
+            .collect();
+
+        let mut pins: BTreeMap<u64, usize> = segs.iter().map(|s| (*s, 0)).collect();
+        for l in live.values() {
+            *pins.entry(l.home).or_default() += 1;
+            *pins.entry(l.meta_seg).or_default() += 1;
+        }
+        // Always start a fresh segment: never append behind a torn tail.
+        let active_seg = segs.last().map_or(1, |s| s + 1);
+        let active = OpenOptions::new().create_new(true).append(true).open(seg_path(&dir, active_seg))?;
+        sync_dir(&dir)?;
+        pins.insert(active_seg, 0);
+
+        let shared = Arc::new(Shared { index: Mutex::new(index), files: Mutex::new(HashMap::new()), dir: dir.clone() });
+        let mut writer = Writer { shared: shared.clone(), active, active_seg, active_len: 0, segment_size, live, pins };
+        writer.collect_garbage();
+        let (tx, rx) = mpsc::channel();
+        let handle = std::thread::Builder::new().name("spool-writer".into()).spawn(move || writer.run(rx))?;
+        let spool = Arc::new(LocalSpool {
+            tx: Mutex::new(Some(tx)),
+            shared,
+            last_id: AtomicU64::new(0),
+            writer: Mutex::new(Some(handle)),
+        });
+        Ok((spool, recovered))
+    }
+
+    fn send(&self, req: Req) -> Result<(), SpoolError> {
+        let guard = self.tx.lock().unwrap();
+        guard.as_ref().ok_or(SpoolError::Closed)?.send(req).map_err(|_| SpoolError::Closed)
+    }
+
+    /// Flushes and stops the writer (also done on drop).
+    pub fn close(&self) {
+        self.tx.lock().unwrap().take();
+        if let Some(h) = self.writer.lock().unwrap().take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Number of segment files on disk (for tests and the status command).
+    pub fn segment_count(&self) -> usize {
+        fs::read_dir(&self.shared.dir).map(|d| d.filter(|e| e.is_ok()).count()).unwrap_or(0)
+    }
+}
+
+impl Drop for LocalSpool {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Spool for LocalSpool {
+    fn store<'a>(&'a self, env: &'a Envelope, data: &'a [u8]) -> BoxFuture<'a, Result<(), SpoolError>> {
+        Box::pin(async move {
+            let meta = serde_json::to_vec(env).expect("envelope serializes");
+            let mut bytes = Vec::new();
+            let data_rel = record::encode(&mut bytes, Kind::Store, &meta, data);
+            let (ack, wait) = tokio::sync::oneshot::channel();
+            self.send(Req { kind: Kind::Store, id: env.id.clone(), bytes, data_rel, data_len: data.len(), meta, ack: Some(ack) })?;
+            match wait.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(SpoolError::Io(std::io::Error::other(e))),
+                Err(_) => Err(SpoolError::Closed),
+            }
+        })
+    }
+
+    fn update(&self, env: &Envelope) {
+        let meta = serde_json::to_vec(env).expect("envelope serializes");
+        let mut bytes = Vec::new();
+        record::encode(&mut bytes, Kind::Update, &meta, &[]);
+        let _ = self.send(Req { kind: Kind::Update, id: env.id.clone(), bytes, data_rel: 0, data_len: 0, meta, ack: None });
+    }
+
+    fn complete(&self, id: &QueueId) {
+        let mut bytes = Vec::new();
+        record::encode(&mut bytes, Kind::Done, id.as_bytes(), &[]);
+        let _ = self.send(Req { kind: Kind::Done, id: id.clone(), bytes, data_rel: 0, data_len: 0, meta: vec![], ack: None });
+    }
+
+    fn read(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
+        // A relocation may move the content between the index lookup and the read: retry once.
+        for _ in 0..2 {
+            let r = *self.shared.index.lock().unwrap().get(id).ok_or_else(|| SpoolError::NotFound(id.clone()))?;
+            match self.shared.read_at(r) {
+                Ok(v) => return Ok(v),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(SpoolError::NotFound(id.clone()))
+    }
+
+    fn new_id(&self) -> QueueId {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
+        let mut last = self.last_id.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last + 1);
+            match self.last_id.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return format!("{next:016X}"),
+                Err(seen) => last = seen,
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn file(&self, seg: u64) -> std::io::Result<Arc<File>> {
+        let mut files = self.files.lock().unwrap();
+        if let Some(f) = files.get(&seg) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(File::open(seg_path(&self.dir, seg))?);
+        files.insert(seg, f.clone());
+        Ok(f)
+    }
+
+    fn read_at(&self, r: DataRef) -> std::io::Result<Vec<u8>> {
+        let f = self.file(r.segment)?;
+        let mut buf = vec![0; r.len as usize];
+        f.read_exact_at(&mut buf, r.offset)?;
+        Ok(buf)
+    }
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Req>) {
+        let mut buf = Vec::with_capacity(1 << 20);
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            let mut size = batch[0].bytes.len();
+            while size < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        size += r.bytes.len();
+                        batch.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch, &mut buf);
+            self.maybe_rotate();
+        }
+        let _ = self.active.sync_data();
+    }
+
+    /// Writes a batch with one sync, then acknowledges it.
+    fn commit(&mut self, batch: Vec<Req>, buf: &mut Vec<u8>) {
+        buf.clear();
+        let mut acks = vec![];
+        let mut stored = vec![];
+        let seg = self.active_seg;
+        for r in batch {
+            let offset = self.active_len + buf.len() as u64;
+            buf.extend_from_slice(&r.bytes);
+            match r.kind {
+                Kind::Store => {
+                    stored.push((r.id.clone(), DataRef { segment: seg, offset: offset + r.data_rel as u64, len: r.data_len as u64 }));
+                    self.pin(seg, 2);
+                    if let Some(old) = self.live.insert(r.id, Live { home: seg, meta_seg: seg, meta: r.meta }) {
+                        self.unpin(old.home);
+                        self.unpin(old.meta_seg);
+                    }
+                }
+                Kind::Update => {
+                    if let Some(l) = self.live.get_mut(&r.id) {
+                        let old = std::mem::replace(&mut l.meta_seg, seg);
+                        l.meta = r.meta;
+                        self.pin(seg, 1);
+                        self.unpin(old);
+                    }
+                }
+                Kind::Done => {
+                    if let Some(l) = self.live.remove(&r.id) {
+                        self.unpin(l.home);
+                        self.unpin(l.meta_seg);
+                    }
+                    self.shared.index.lock().unwrap().remove(&r.id);
+                }
+            }
+            if let Some(a) = r.ack {
+                acks.push(a);
+            }
+        }
+        let res = self.active.write_all(buf).and_then(|_| if acks.is_empty() { Ok(()) } else { self.active.sync_data() });
+        self.active_len += buf.len() as u64;
+        match &res {
+            Ok(()) => {
+                let mut index = self.shared.index.lock().unwrap();
+                for (id, r) in stored {
+                    index.insert(id, r);
+                }
+            }
+            Err(e) => {
+                tracing::error!("spool write failed: {e}; starting a new segment");
+                // The segment may now hold a partial record: never append behind it.
+                self.active_len = u64::MAX;
+                for (id, _) in stored {
+                    if let Some(l) = self.live.remove(&id) {
+                        self.unpin(l.home);
+                        self.unpin(l.meta_seg);
+                    }
+                }
+            }
+        }
+        let res = res.map_err(|e| e.to_string());
+        for a in acks {
+            let _ = a.send(res.clone());
+        }
+    }
+
+    fn pin(&mut self, seg: u64, n: usize) {
+        *self.pins.entry(seg).or_default() += n;
+    }
+    fn unpin(&mut self, seg: u64) {
+        if let Some(n) = self.pins.get_mut(&seg) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    fn maybe_rotate(&mut self) {
+        if self.active_len < self.segment_size {
+            return;
+        }
+        let next = self.active_seg + 1;
+        let file = OpenOptions::new().create_new(true).append(true).open(seg_path(&self.shared.dir, next));
+        match file.and_then(|f| sync_dir(&self.shared.dir).map(|_| f)) {
+            Ok(f) => {
+                let _ = self.active.sync_data();
+                self.active = f;
+                self.active_seg = next;
+                self.active_len = 0;
+                self.pins.insert(next, 0);
+            }
+            Err(e) => tracing::error!("cannot start spool segment {next}: {e}"),
+        }
+        self.compact();
+        self.collect_garbage();
+    }
+
+    /// Relocates the live messages of the oldest segment to the active one when too many
+    /// sealed segments pile up behind it.
+    fn compact(&mut self) {
+        if self.pins.len() <= COMPACT_AFTER + 1 {
+            return;
+        }
+        let Some((&oldest, &n)) = self.pins.first_key_value() else { return };
+        if n == 0 {
+            return;
+        }
+        let movers: Vec<QueueId> =
+            self.live.iter().filter(|(_, l)| l.home == oldest || l.meta_seg == oldest).map(|(id, _)| id.clone()).collect();
+        let mut batch = vec![];
+        for id in movers {
+            let l = &self.live[&id];
+            let Some(r) = self.shared.index.lock().unwrap().get(&id).copied() else { continue };
+            match self.shared.read_at(r) {
+                Ok(data) => {
+                    let mut bytes = Vec::new();
+                    let data_rel = record::encode(&mut bytes, Kind::Store, &l.meta, &data);
+                    batch.push(Req { kind: Kind::Store, id, bytes, data_rel, data_len: data.len(), meta: l.meta.clone(), ack: None });
+                }
+                Err(e) => tracing::error!(queue_id = %id, "cannot relocate message: {e}"),
+            }
+        }
+        let moved = batch.len();
+        let mut buf = Vec::new();
+        self.commit(batch, &mut buf);
+        let _ = self.active.sync_data();
+        tracing::info!(segment = oldest, moved, "relocated live messages out of the oldest spool segment");
+    }
+
+    /// Deletes segments from the oldest end while nothing live is in them.
+    fn collect_garbage(&mut self) {
+        let mut deleted = false;
+        while let Some((&seg, &n)) = self.pins.first_key_value() {
+            if n > 0 || seg == self.active_seg {
+                break;
+            }
+            if let Err(e) = fs::remove_file(seg_path(&self.shared.dir, seg)) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::error!("cannot delete spool segment {seg}: {e}");
+                    break;
+                }
+            }
+            self.shared.files.lock().unwrap().remove(&seg);
+            self.pins.remove(&seg);
+            deleted = true;
+        }
+        if deleted {
+            let _ = sync_dir(&self.shared.dir);
+        }
+    }
+}

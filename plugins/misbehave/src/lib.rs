@@ -1,0 +1,78 @@
+//! misbehave (test plugin): at one configured stage it loops forever, traps, allocates
+//! until memory runs out, or answers a reply code that does not fit its verdict, so the
+//! host's limits and its `on-error` handling can be tested.
+
+use std::hint::black_box;
+
+use mailgate_plugin_sdk::prelude::*;
+
+#[derive(Default)]
+struct Misbehave {
+    /// `loop`, `trap`, `oom` or `bad-code`.
+    mode: String,
+    /// Hook that misbehaves: init, connect, helo, auth, mail-from, rcpt, data, route, delivery.
+    stage: String,
+    /// Reply code for `bad-code` (999 by default; 200 is another good one).
+    code: u16,
+}
+
+impl Misbehave {
+    /// Misbehaves if `stage` is the configured one; returns the bad verdict for `bad-code`.
+    fn act(&self, stage: &str) -> Verdict {
+        if stage != self.stage {
+            return Verdict::Next;
+        }
+        log::info!("misbehave: {} at {stage}", self.mode);
+        match self.mode.as_str() {
+            "loop" => loop {
+                black_box(&self.mode);
+            },
+            "oom" => loop {
+                black_box(Vec::<u8>::with_capacity(1 << 20).leak()).fill(1);
+            },
+            "trap" => panic!("misbehave: trap on purpose at {stage}"),
+            _ => Verdict::reject(self.code, "5.0.0", format!("misbehave: code {}", self.code)),
+        }
+    }
+}
+
+impl Filter for Misbehave {
+    fn init(&mut self) -> Result<(), String> {
+        self.mode = config::get_or("mode", "trap");
+        self.stage = config::get_or("stage", "rcpt");
+        self.code = config::parse("code")?.unwrap_or(999);
+        if !["loop", "trap", "oom", "bad-code"].contains(&self.mode.as_str()) {
+            return Err(format!("misbehave: unknown mode {:?}", self.mode));
+        }
+        match self.act("init") {
+            Verdict::Next => Ok(()),
+            _ => Err("misbehave: init fails on purpose".into()),
+        }
+    }
+    fn on_connect(&mut self, _: &ConnectionInfo) -> Verdict {
+        self.act("connect")
+    }
+    fn on_helo(&mut self, _: &ConnectionInfo, _: &str) -> Verdict {
+        self.act("helo")
+    }
+    fn on_auth(&mut self, _: &ConnectionInfo, _: &AuthRequest) -> Verdict {
+        self.act("auth")
+    }
+    fn on_mail_from(&mut self, _: &ConnectionInfo, _: &Envelope) -> Verdict {
+        self.act("mail-from")
+    }
+    fn on_rcpt(&mut self, _: &ConnectionInfo, _: &Envelope, _: &str) -> Verdict {
+        self.act("rcpt")
+    }
+    fn on_data(&mut self, _: &ConnectionInfo, _: &Envelope, _: &Message, _: &AuthResults) -> DataResult {
+        DataResult::verdict(self.act("data"))
+    }
+    fn on_route(&mut self, _: &Envelope, _: &str) -> RouteResult {
+        RouteResult::verdict(self.act("route"))
+    }
+    fn on_delivery_result(&mut self, _: &DeliveryResult) {
+        self.act("delivery");
+    }
+}
+
+export!(Misbehave);
