@@ -1,1 +1,204 @@
-//! placeholder
+//! Outbound delivery: given a message, its recipients for one route, and the route, get it to
+//! the next hop and say what happened to each recipient.
+//!
+//! This crate owns the SMTP client (EHLO, PIPELINING, STARTTLS with rustls, per-recipient
+//! replies), MX resolution with hickory-resolver (A/AAAA fallback, null MX), reuse of idle
+//! connections per host, and the `maildir` and `discard` routes. It must not know the queue,
+//! retries, DSNs or the spool: one call is one attempt.
+
+mod client;
+mod maildir;
+mod mx;
+mod pool;
+mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailgate_config::{Config, Route};
+
+pub use client::Conn;
+pub use mx::Resolver;
+
+/// What happened to one recipient in one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Delivered,
+    /// Try again later.
+    Deferred,
+    /// Permanent failure: bounce.
+    Failed,
+}
+
+/// The result for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RcptOutcome {
+    pub status: Status,
+    /// The reply as text, e.g. `250 2.0.0 Ok` or `451 4.4.1 connection refused`.
+    pub reply: String,
+    /// The host that answered, when one did (for the DSN's Remote-MTA).
+    pub remote_host: Option<String>,
+}
+
+impl RcptOutcome {
+    pub fn new(status: Status, reply: impl Into<String>, host: Option<&str>) -> Self {
+        RcptOutcome { status, reply: reply.into(), remote_host: host.map(str::to_string) }
+    }
+}
+
+/// One message to deliver on one route.
+pub struct Outbound<'a> {
+    /// Queue id, for logs and maildir file names.
+    pub id: &'a str,
+    /// Reverse path, empty for `<>`.
+    pub sender: &'a str,
+    pub recipients: &'a [String],
+    /// The whole message, CRLF line ends, not dot-stuffed.
+    pub data: &'a [u8],
+    pub body_8bit: bool,
+    pub smtputf8: bool,
+}
+
+/// Client-side settings taken from the config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub helo_name: String,
+    pub mx_port: u16,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Settings {
+    pub fn from_config(c: &Config) -> Settings {
+        Settings {
+            helo_name: c.helo_name().to_string(),
+            mx_port: c.delivery.mx_port,
+            connect_timeout: c.delivery.connect_timeout,
+            command_timeout: c.delivery.command_timeout,
+            data_timeout: c.delivery.data_timeout,
+            idle_timeout: c.delivery.idle_timeout,
+        }
+    }
+}
+
+/// The delivery agent; share it behind an `Arc`.
+pub struct Delivery {
+    settings: Settings,
+    resolver: Resolver,
+    tls: tls::Connectors,
+    pool: pool::Pool,
+}
+
+/// Where an SMTP attempt goes: candidate hosts in order, each with its addresses.
+struct Target {
+    host: String,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Delivery {
+    pub fn new(cfg: &Config) -> std::io::Result<Arc<Delivery>> {
+        Ok(Arc::new(Delivery {
+            settings: Settings::from_config(cfg),
+            resolver: Resolver::new(&cfg.dns)?,
+            tls: tls::Connectors::new(),
+            pool: pool::Pool::default(),
+        }))
+    }
+
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
+    /// Makes one delivery attempt of `msg` to all its recipients over `route`; `domain` is the
+    /// recipients' domain (for MX). Returns one outcome per recipient, in order.
+    pub async fn deliver(&self, route: &Route, domain: &str, msg: &Outbound<'_>) -> Vec<RcptOutcome> {
+        let all = |o: RcptOutcome| vec![o; msg.recipients.len()];
+        match route {
+            Route::Discard => all(RcptOutcome::new(Status::Delivered, "250 2.0.0 discarded by route", None)),
+            Route::Maildir { path } => maildir::deliver(path, msg).await,
+            Route::Smarthost { host, port, tls, ca_file } => {
+                let addrs = match self.resolver.addresses(host, *port).await {
+                    Ok(a) => a,
+                    Err(o) => return all(o),
+                };
+                let policy = match self.tls.policy(*tls, ca_file.as_deref()) {
+                    Ok(p) => p,
+                    Err(e) => return all(RcptOutcome::new(Status::Deferred, format!("451 4.7.5 TLS setup: {e}"), None)),
+                };
+                self.smtp(vec![Target { host: host.clone(), addrs }], &policy, msg).await
+            }
+            Route::Mx { tls } => {
+                let hosts = match self.resolver.mx_hosts(domain).await {
+                    Ok(h) => h,
+                    Err(o) => return all(o),
+                };
+                let mut targets = vec![];
+                let mut last_err = None;
+                for host in hosts {
+                    match self.resolver.addresses(&host, self.settings.mx_port).await {
+                        Ok(addrs) => targets.push(Target { host, addrs }),
+                        Err(o) => last_err = Some(o),
+                    }
+                }
+                if targets.is_empty() {
+                    return all(last_err.unwrap_or_else(|| RcptOutcome::new(Status::Deferred, "451 4.4.4 no usable MX host", None)));
+                }
+                let policy = match self.tls.policy(*tls, None) {
+                    Ok(p) => p,
+                    Err(e) => return all(RcptOutcome::new(Status::Deferred, format!("451 4.7.5 TLS setup: {e}"), None)),
+                };
+                self.smtp(targets, &policy, msg).await
+            }
+        }
+    }
+
+    /// Tries the targets in order until one takes the transaction (any reply to it counts).
+    async fn smtp(&self, targets: Vec<Target>, policy: &tls::Policy, msg: &Outbound<'_>) -> Vec<RcptOutcome> {
+        let mut last = RcptOutcome::new(Status::Deferred, "451 4.4.1 no host reachable", None);
+        for t in &targets {
+            for addr in &t.addrs {
+                match self.attempt(&t.host, *addr, policy, msg).await {
+                    Ok(outcomes) => return outcomes,
+                    Err(o) => {
+                        tracing::info!(queue_id = msg.id, host = %t.host, %addr, "delivery attempt failed: {}", o.reply);
+                        last = o;
+                    }
+                }
+            }
+        }
+        vec![last; msg.recipients.len()]
+    }
+
+    /// One host: a pooled connection when there is one (falling back to a fresh one if it has
+    /// gone stale), then the transaction. `Err` means "try the next host".
+    async fn attempt(&self, host: &str, addr: SocketAddr, policy: &tls::Policy, msg: &Outbound<'_>) -> Result<Vec<RcptOutcome>, RcptOutcome> {
+        let key = pool::Key { addr, host: host.to_string(), policy: policy.kind };
+        if let Some(mut conn) = self.pool.take(&key, self.settings.idle_timeout) {
+            match conn.transaction(msg, &self.settings).await {
+                Ok(out) => {
+                    self.pool.put(key, conn);
+                    return Ok(out);
+                }
+                Err(client::TxError::Stale) => {} // closed while idle: open a fresh one
+                Err(client::TxError::Host(o)) => return Err(o),
+            }
+        }
+        let mut conn = Conn::open(host, addr, policy, &self.settings).await?;
+        match conn.transaction(msg, &self.settings).await {
+            Ok(out) => {
+                self.pool.put(key, conn);
+                Ok(out)
+            }
+            Err(client::TxError::Stale) => Err(RcptOutcome::new(Status::Deferred, "451 4.4.2 connection lost", Some(host))),
+            Err(client::TxError::Host(o)) => Err(o),
+        }
+    }
+
+    /// Closes idle pooled connections (QUIT); call on shutdown.
+    pub async fn close_idle(&self) {
+        self.pool.close_all().await;
+    }
+}

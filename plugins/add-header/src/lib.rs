@@ -15,7 +15,8 @@ impl Filter for AddHeader {
         self.name = config::get_or("name", "X-Mailgate-Plugin");
         self.value = config::get_or("value", "add-header");
         // RFC 5322 field name: printable ASCII except ':'.
-        if self.name.is_empty() || !self.name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
+        if self.name.is_empty() || !self.name.bytes().all(|b| (33..=126).contains(&b) && b != b':')
+        {
             return Err(format!("config key `name` = {:?} is not a header field name", self.name));
         }
         if self.value.contains(['\r', '\n']) {

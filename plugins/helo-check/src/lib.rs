@@ -38,7 +38,7 @@ fn address_literal(text: &str) -> Option<IpAddr> {
 
 impl Filter for HeloCheck {
     fn init(&mut self) -> Result<(), String> {
-        self.check_trusted = config::parse("check-trusted")?.unwrap_or(false);
+        self.check_trusted = config::parse("check_trusted")?.unwrap_or(false);
         Ok(())
     }
 
@@ -49,7 +49,9 @@ impl Filter for HeloCheck {
         if !helo.starts_with('[') {
             return match valid_hostname(helo) {
                 true => Verdict::Next,
-                false => Verdict::reject(501, "5.5.2", "HELO/EHLO argument is not a valid host name"),
+                false => {
+                    Verdict::reject(501, "5.5.2", "HELO/EHLO argument is not a valid host name")
+                }
             };
         }
         let Some(literal) = address_literal(helo) else {
@@ -59,7 +61,11 @@ impl Filter for HeloCheck {
         if client == Ok(literal.to_canonical()) {
             Verdict::Next
         } else {
-            Verdict::reject(550, "5.7.1", format!("HELO {helo} is not your address {}", conn.client_ip))
+            Verdict::reject(
+                550,
+                "5.7.1",
+                format!("HELO {helo} is not your address {}", conn.client_ip),
+            )
         }
     }
 }

@@ -20,7 +20,7 @@ impl Filter for RcptAllow {
         };
         self.domains = lower(config::get_list("domains"));
         self.addresses = lower(config::get_list("addresses"));
-        self.accept_listed = config::parse("accept-listed")?.unwrap_or(false);
+        self.accept_listed = config::parse("accept_listed")?.unwrap_or(false);
         if self.domains.is_empty() && self.addresses.is_empty() {
             log::warn!("rcpt-allow: no domains or addresses configured, every recipient fails");
         }

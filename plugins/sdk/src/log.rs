@@ -34,13 +34,13 @@ macro_rules! __mailgate_warn { ($($arg:tt)+) => { $crate::__mailgate_log!(Warn, 
 #[macro_export]
 macro_rules! __mailgate_error { ($($arg:tt)+) => { $crate::__mailgate_log!(Error, $($arg)+) }; }
 
-/// `log::trace!("fmt", args..)`: log at trace level.
-pub use crate::__mailgate_trace as trace;
 /// `log::debug!("fmt", args..)`: log at debug level.
 pub use crate::__mailgate_debug as debug;
-/// `log::info!("fmt", args..)`: log at info level.
-pub use crate::__mailgate_info as info;
-/// `log::warn!("fmt", args..)`: log at warn level.
-pub use crate::__mailgate_warn as warn;
 /// `log::error!("fmt", args..)`: log at error level.
 pub use crate::__mailgate_error as error;
+/// `log::info!("fmt", args..)`: log at info level.
+pub use crate::__mailgate_info as info;
+/// `log::trace!("fmt", args..)`: log at trace level.
+pub use crate::__mailgate_trace as trace;
+/// `log::warn!("fmt", args..)`: log at warn level.
+pub use crate::__mailgate_warn as warn;

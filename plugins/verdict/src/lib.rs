@@ -67,7 +67,13 @@ impl Filter for FixedVerdict {
     fn on_rcpt(&mut self, _: &ConnectionInfo, _: &Envelope, rcpt: &str) -> Verdict {
         self.at("rcpt", Some(rcpt))
     }
-    fn on_data(&mut self, _: &ConnectionInfo, _: &Envelope, _: &Message, _: &AuthResults) -> DataResult {
+    fn on_data(
+        &mut self,
+        _: &ConnectionInfo,
+        _: &Envelope,
+        _: &Message,
+        _: &AuthResults,
+    ) -> DataResult {
         DataResult::verdict(self.at("data", None))
     }
     fn on_route(&mut self, _: &Envelope, rcpt: &str) -> RouteResult {

@@ -1,0 +1,337 @@
+//! The outbound SMTP client: one connection, its extensions, and transactions on it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mailgate_smtp::{Extensions, Reply, ReplyParser};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::tls::{self, Policy, PolicyKind};
+use crate::{Outbound, RcptOutcome, Settings, Status};
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
+
+/// Why a transaction did not produce per-recipient outcomes.
+pub enum TxError {
+    /// The connection was closed before it answered anything (e.g. an idle pooled one).
+    Stale,
+    /// The host failed us: try the next one. The outcome says why.
+    Host(RcptOutcome),
+}
+
+/// An open SMTP connection after EHLO (and STARTTLS, when done).
+pub struct Conn {
+    io: Box<dyn Io>,
+    /// Bytes read but not yet parsed.
+    rbuf: Vec<u8>,
+    pub ext: Extensions,
+    pub host: String,
+    pub addr: SocketAddr,
+    /// `Some("TLSv1_3 ...")` once STARTTLS succeeded.
+    pub tls: Option<String>,
+}
+
+fn deferred(text: String, host: &str) -> RcptOutcome {
+    RcptOutcome::new(Status::Deferred, text, Some(host))
+}
+
+impl Conn {
+    /// Connects, reads the greeting, EHLO (HELO fallback) and STARTTLS per policy. An
+    /// opportunistic handshake that fails is retried once in plaintext (RFC 7435).
+    pub async fn open(host: &str, addr: SocketAddr, policy: &Policy, s: &Settings) -> Result<Conn, RcptOutcome> {
+        match Self::open_once(host, addr, policy, s, true).await {
+            Err(OpenError::Handshake(e)) if policy.kind == PolicyKind::Opportunistic => {
+                tracing::info!(%host, %addr, "STARTTLS handshake failed ({e}); retrying without TLS");
+                Self::open_once(host, addr, policy, s, false).await.map_err(|e| e.outcome(host))
+            }
+            r => r.map_err(|e| e.outcome(host)),
+        }
+    }
+
+    async fn open_once(host: &str, addr: SocketAddr, policy: &Policy, s: &Settings, try_tls: bool) -> Result<Conn, OpenError> {
+        let tcp = timeout(s.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| OpenError::Fail(format!("451 4.4.1 connect to {addr} timed out")))?
+            .map_err(|e| OpenError::Fail(format!("451 4.4.1 connect to {addr}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let mut c = Conn { io: Box::new(tcp), rbuf: Vec::with_capacity(4096), ext: Extensions::default(), host: host.into(), addr, tls: None };
+        let greet = c.read_reply(s.command_timeout).await.map_err(OpenError::Fail)?;
+        if greet.code != 220 {
+            return Err(OpenError::Fail(format!("{} (greeting)", greet)));
+        }
+        c.ehlo(s).await.map_err(OpenError::Fail)?;
+        let want_tls = policy.kind != PolicyKind::None && try_tls;
+        if want_tls && c.ext.starttls {
+            c.write(b"STARTTLS\r\n").await.map_err(OpenError::Fail)?;
+            let r = c.read_reply(s.command_timeout).await.map_err(OpenError::Fail)?;
+            if r.code != 220 {
+                if policy.kind == PolicyKind::Required {
+                    return Err(OpenError::Fail(format!("451 4.7.5 TLS required but STARTTLS refused: {r}")));
+                }
+                return Err(OpenError::Handshake(format!("STARTTLS refused: {r}")));
+            }
+            let name = tls::server_name(host)
+                .or_else(|| tls::server_name(&addr.ip().to_string()))
+                .ok_or_else(|| OpenError::Fail(format!("451 4.7.5 bad TLS server name {host}")))?;
+            let connector = policy.connector.clone().expect("a TLS policy has a connector");
+            let io = std::mem::replace(&mut c.io, Box::new(tokio::io::duplex(1).0));
+            let stream = timeout(s.command_timeout, connector.connect(name, io))
+                .await
+                .map_err(|_| OpenError::Handshake("TLS handshake timed out".into()))?
+                .map_err(|e| {
+                    if policy.kind == PolicyKind::Required {
+                        OpenError::Fail(format!("451 4.7.5 TLS required but handshake failed: {e}"))
+                    } else {
+                        OpenError::Handshake(e.to_string())
+                    }
+                })?;
+            let (_, session) = stream.get_ref();
+            c.tls = Some(format!(
+                "{:?} {:?}",
+                session.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default(),
+                session.negotiated_cipher_suite().map(|cs| format!("{:?}", cs.suite())).unwrap_or_default()
+            ));
+            c.io = Box::new(stream);
+            c.rbuf.clear();
+            c.ehlo(s).await.map_err(OpenError::Fail)?;
+        } else if policy.kind == PolicyKind::Required {
+            return Err(OpenError::Fail("451 4.7.5 TLS required but the server does not offer STARTTLS".into()));
+        }
+        Ok(c)
+    }
+
+    async fn ehlo(&mut self, s: &Settings) -> Result<(), String> {
+        self.write(format!("EHLO {}\r\n", s.helo_name).as_bytes()).await?;
+        let r = self.read_reply(s.command_timeout).await?;
+        if r.code == 250 {
+            self.ext = Extensions::from_reply(&r);
+            return Ok(());
+        }
+        self.write(format!("HELO {}\r\n", s.helo_name).as_bytes()).await?;
+        let r = self.read_reply(s.command_timeout).await?;
+        if r.code != 250 {
+            return Err(format!("{r} (HELO)"));
+        }
+        self.ext = Extensions::default();
+        Ok(())
+    }
+
+    async fn write(&mut self, b: &[u8]) -> Result<(), String> {
+        self.io.write_all(b).await.map_err(|e| format!("451 4.4.2 write to {}: {e}", self.addr))?;
+        self.io.flush().await.map_err(|e| format!("451 4.4.2 write to {}: {e}", self.addr))
+    }
+
+    /// Reads one whole reply. Errors are reply texts (4xx: the attempt is deferred).
+    async fn read_reply(&mut self, limit: Duration) -> Result<Reply, String> {
+        let mut parser = ReplyParser::default();
+        let addr = self.addr;
+        let fut = async {
+            loop {
+                while let Some(nl) = self.rbuf.iter().position(|b| *b == b'\n') {
+                    let mut line: Vec<u8> = self.rbuf.drain(..=nl).collect();
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                    match parser.feed(&line) {
+                        Ok(Some(r)) => return Ok(r),
+                        Ok(None) => {}
+                        Err(e) => return Err(format!("451 4.5.0 {addr}: {e}")),
+                    }
+                }
+                if self.rbuf.len() > 64 << 10 {
+                    return Err(format!("451 4.5.0 {addr}: reply line too long"));
+                }
+                let mut chunk = [0u8; 4096];
+                let n = self.io.read(&mut chunk).await.map_err(|e| format!("451 4.4.2 read from {addr}: {e}"))?;
+                if n == 0 {
+                    return Err(format!("451 4.4.2 {addr} closed the connection"));
+                }
+                self.rbuf.extend_from_slice(&chunk[..n]);
+            }
+        };
+        timeout(limit, fut).await.map_err(|_| format!("451 4.4.2 timeout waiting for {addr}"))?
+    }
+
+    /// One mail transaction for all of `msg`'s recipients. With PIPELINING, MAIL, every RCPT
+    /// and DATA go in one write (RFC 2920).
+    pub async fn transaction(&mut self, msg: &Outbound<'_>, s: &Settings) -> Result<Vec<RcptOutcome>, TxError> {
+        let host = self.host.clone();
+        let n = msg.recipients.len();
+        let all = |o: RcptOutcome| Ok(vec![o; n]);
+        if msg.smtputf8 && !self.ext.smtputf8 {
+            return all(RcptOutcome::new(Status::Failed, "553 5.6.7 next hop does not support SMTPUTF8", Some(&host)));
+        }
+        if let Some(limit) = self.ext.size.filter(|l| *l > 0) {
+            if msg.data.len() as u64 > limit {
+                return all(RcptOutcome::new(Status::Failed, format!("552 5.3.4 message larger than the next hop's limit ({limit})"), Some(&host)));
+            }
+        }
+        let mut mail = format!("MAIL FROM:<{}>", msg.sender);
+        if self.ext.size.is_some() {
+            mail.push_str(&format!(" SIZE={}", msg.data.len()));
+        }
+        if msg.body_8bit && self.ext.eightbitmime {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if msg.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        mail.push_str("\r\n");
+        let mut cmds = vec![mail];
+        cmds.extend(msg.recipients.iter().map(|r| format!("RCPT TO:<{r}>\r\n")));
+        cmds.push("DATA\r\n".into());
+
+        // Send and collect the replies, pipelined or in lock-step.
+        let mut replies: Vec<Reply> = Vec::with_capacity(cmds.len());
+        let stale = |e: String, first: bool| if first { TxError::Stale } else { TxError::Host(deferred(e, &host)) };
+        if self.ext.pipelining {
+            let batch: String = cmds.concat();
+            self.write(batch.as_bytes()).await.map_err(|e| stale(e, true))?;
+            for i in 0..cmds.len() {
+                let r = self.read_reply(s.command_timeout).await.map_err(|e| stale(e, i == 0))?;
+                replies.push(r);
+            }
+        } else {
+            for (i, c) in cmds.iter().enumerate() {
+                let last = i + 1 == cmds.len();
+                if last && !replies[1..].iter().any(|r| r.is_positive()) {
+                    break; // no recipient accepted: no DATA
+                }
+                self.write(c.as_bytes()).await.map_err(|e| stale(e, i == 0))?;
+                let r = self.read_reply(s.command_timeout).await.map_err(|e| stale(e, i == 0))?;
+                let stop = i == 0 && !r.is_positive();
+                replies.push(r);
+                if stop {
+                    break;
+                }
+            }
+        }
+        let outcome = |r: &Reply| {
+            let status = if r.is_positive() { Status::Delivered } else if r.is_permanent() { Status::Failed } else { Status::Deferred };
+            RcptOutcome::new(status, r.to_string(), Some(&host))
+        };
+        let mail_reply = &replies[0];
+        if !mail_reply.is_positive() {
+            if self.ext.pipelining && replies.get(n + 1).is_some_and(|r| r.code == 354) {
+                let _ = self.write(b".\r\n").await;
+                let _ = self.read_reply(s.command_timeout).await;
+            }
+            self.rset(s).await;
+            return all(outcome(mail_reply));
+        }
+        let rcpt_replies = &replies[1..replies.len().min(n + 1)];
+        let accepted: Vec<usize> = (0..n).filter(|i| rcpt_replies.get(*i).is_some_and(|r| r.is_positive())).collect();
+        let mut out: Vec<RcptOutcome> = (0..n)
+            .map(|i| match rcpt_replies.get(i) {
+                Some(r) if !r.is_positive() => outcome(r),
+                _ => RcptOutcome::new(Status::Deferred, "451 4.4.2 no reply", Some(&host)),
+            })
+            .collect();
+        let data_reply = replies.get(n + 1);
+        if accepted.is_empty() {
+            if data_reply.is_some_and(|r| r.code == 354) {
+                // A server that said 354 with no recipient: end the empty message.
+                let _ = self.write(b".\r\n").await;
+                let _ = self.read_reply(s.data_timeout).await;
+            }
+            self.rset(s).await;
+            return Ok(out);
+        }
+        match data_reply {
+            Some(r) if r.code == 354 => {}
+            Some(r) => {
+                for &i in &accepted {
+                    out[i] = outcome(r);
+                }
+                self.rset(s).await;
+                return Ok(out);
+            }
+            None => unreachable!("DATA was sent because a recipient was accepted"),
+        }
+        let body = dot_stuff(msg.data);
+        self.write(&body).await.map_err(|e| TxError::Host(deferred(e, &host)))?;
+        let fin = self.read_reply(s.data_timeout).await.map_err(|e| TxError::Host(deferred(e, &host)))?;
+        for &i in &accepted {
+            out[i] = outcome(&fin);
+        }
+        Ok(out)
+    }
+
+    async fn rset(&mut self, s: &Settings) {
+        if self.write(b"RSET\r\n").await.is_ok() {
+            let _ = self.read_reply(s.command_timeout).await;
+        }
+    }
+
+    pub async fn quit(&mut self) {
+        if self.write(b"QUIT\r\n").await.is_ok() {
+            let _ = self.read_reply(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+/// Why opening failed: a handshake failure can fall back to plaintext, anything else cannot.
+enum OpenError {
+    Handshake(String),
+    Fail(String),
+}
+
+impl OpenError {
+    fn outcome(self, host: &str) -> RcptOutcome {
+        match self {
+            OpenError::Handshake(e) => deferred(format!("451 4.7.5 TLS handshake failed: {e}"), host),
+            OpenError::Fail(e) => {
+                // A 5xx greeting or EHLO is still "try the next host", but keep its class.
+                let status = if e.starts_with('5') { Status::Failed } else { Status::Deferred };
+                RcptOutcome::new(status, e, Some(host))
+            }
+        }
+    }
+}
+
+/// Dot-stuffs a CRLF message and appends the end marker.
+pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 64 + 5);
+    let mut at_line_start = true;
+    let mut rest = data;
+    while !rest.is_empty() {
+        if at_line_start && rest[0] == b'.' {
+            out.push(b'.');
+        }
+        match memchr_nl(rest) {
+            Some(i) => {
+                out.extend_from_slice(&rest[..=i]);
+                rest = &rest[i + 1..];
+                at_line_start = true;
+            }
+            None => {
+                out.extend_from_slice(rest);
+                rest = &[];
+                at_line_start = false;
+            }
+        }
+    }
+    if !at_line_start {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+fn memchr_nl(b: &[u8]) -> Option<usize> {
+    b.iter().position(|c| *c == b'\n')
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stuffs_dots() {
+        assert_eq!(super::dot_stuff(b"a\r\n.b\r\n..\r\n"), b"a\r\n..b\r\n...\r\n.\r\n");
+        assert_eq!(super::dot_stuff(b".x"), b"..x\r\n.\r\n");
+        assert_eq!(super::dot_stuff(b""), b".\r\n");
+    }
+}

@@ -1,0 +1,110 @@
+//! Name resolution for delivery: MX with the RFC 5321 §5.1 fallback to A/AAAA, null MX
+//! (RFC 7505), host addresses. Uses hickory-resolver with configurable name servers, so tests
+//! can point it at a DNS server on loopback.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use hickory_resolver::TokioResolver;
+use mailgate_config::Dns;
+use rand::seq::SliceRandom;
+
+use crate::{RcptOutcome, Status};
+
+/// The gateway's DNS resolver (cloning shares the cache).
+#[derive(Clone)]
+pub struct Resolver {
+    inner: TokioResolver,
+}
+
+impl Resolver {
+    pub fn new(cfg: &Dns) -> std::io::Result<Resolver> {
+        let mut builder = if cfg.nameservers.is_empty() {
+            TokioResolver::builder_tokio().map_err(std::io::Error::other)?
+        } else {
+            let servers = cfg
+                .nameservers
+                .iter()
+                .map(|sa| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = sa.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = sa.port();
+                    NameServerConfig::new(sa.ip(), true, vec![udp, tcp])
+                })
+                .collect();
+            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), TokioRuntimeProvider::default())
+        };
+        let opts = builder.options_mut();
+        opts.timeout = cfg.timeout;
+        opts.attempts = cfg.attempts;
+        Ok(Resolver { inner: builder.build().map_err(std::io::Error::other)? })
+    }
+
+    pub fn inner(&self) -> &TokioResolver {
+        &self.inner
+    }
+
+    /// Hosts to try for `domain`, best first (equal preferences shuffled). An error is the
+    /// outcome for every recipient of the domain.
+    pub async fn mx_hosts(&self, domain: &str) -> Result<Vec<String>, RcptOutcome> {
+        if domain.starts_with('[') {
+            // An address literal: deliver straight to it.
+            return Ok(vec![domain.to_string()]);
+        }
+        let fqdn = format!("{}.", domain.trim_end_matches('.'));
+        match self.inner.mx_lookup(fqdn.as_str()).await {
+            Ok(lookup) => {
+                let mut mx: Vec<(u16, String)> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::MX(m) => Some((m.preference, m.exchange.to_ascii().trim_end_matches('.').to_string())),
+                        _ => None,
+                    })
+                    .collect();
+                if mx.len() == 1 && mx[0].1.is_empty() {
+                    return Err(RcptOutcome::new(Status::Failed, "556 5.1.10 recipient domain publishes a null MX (RFC 7505): it accepts no mail", None));
+                }
+                mx.retain(|(_, h)| !h.is_empty());
+                if mx.is_empty() {
+                    return Ok(vec![domain.to_string()]);
+                }
+                mx.shuffle(&mut rand::rng());
+                mx.sort_by_key(|(p, _)| *p);
+                Ok(mx.into_iter().map(|(_, h)| h).collect())
+            }
+            Err(e) if e.is_nx_domain() => {
+                Err(RcptOutcome::new(Status::Failed, format!("550 5.1.2 recipient domain {domain} does not exist"), None))
+            }
+            Err(e) if e.is_no_records_found() => Ok(vec![domain.to_string()]), // implicit MX
+            Err(e) => Err(RcptOutcome::new(Status::Deferred, format!("451 4.4.3 MX lookup for {domain} failed: {e}"), None)),
+        }
+    }
+
+    /// Addresses of `host` (an IP, `[IP]` literal or name) with `port`.
+    pub async fn addresses(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, RcptOutcome> {
+        let lit = host.trim_start_matches('[').trim_end_matches(']');
+        let lit = lit.strip_prefix("IPv6:").unwrap_or(lit);
+        if let Ok(ip) = lit.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let fqdn = format!("{}.", host.trim_end_matches('.'));
+        match self.inner.lookup_ip(fqdn.as_str()).await {
+            Ok(ips) => {
+                let v: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(ip, port)).collect();
+                if v.is_empty() {
+                    Err(RcptOutcome::new(Status::Deferred, format!("451 4.4.4 no address for {host}"), None))
+                } else {
+                    Ok(v)
+                }
+            }
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => {
+                Err(RcptOutcome::new(Status::Deferred, format!("451 4.4.4 host {host} has no address"), None))
+            }
+            Err(e) => Err(RcptOutcome::new(Status::Deferred, format!("451 4.4.3 address lookup for {host} failed: {e}"), None)),
+        }
+    }
+}

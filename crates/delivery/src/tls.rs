@@ -1,0 +1,117 @@
+//! TLS for outbound STARTTLS: an opportunistic client that accepts any certificate (RFC 7435:
+//! encryption without authentication beats plaintext) and a verifying client for routes that
+//! require TLS (webpki roots plus an optional CA file).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use mailgate_config::TlsPolicy;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio_rustls::TlsConnector;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PolicyKind {
+    None,
+    Opportunistic,
+    Required,
+}
+
+/// The TLS policy of one attempt, ready to use.
+#[derive(Clone)]
+pub struct Policy {
+    pub kind: PolicyKind,
+    pub connector: Option<TlsConnector>,
+}
+
+pub struct Connectors {
+    opportunistic: TlsConnector,
+    /// Verifying connectors by extra CA file (`None`: webpki roots only).
+    verifying: Mutex<HashMap<Option<PathBuf>, TlsConnector>>,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn builder() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier> {
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("TLS 1.2 and 1.3 are supported by ring")
+}
+
+impl Connectors {
+    pub fn new() -> Connectors {
+        let cfg = builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
+            .with_no_client_auth();
+        Connectors { opportunistic: TlsConnector::from(Arc::new(cfg)), verifying: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn policy(&self, p: TlsPolicy, ca_file: Option<&Path>) -> Result<Policy, String> {
+        Ok(match p {
+            TlsPolicy::None => Policy { kind: PolicyKind::None, connector: None },
+            TlsPolicy::Opportunistic => Policy { kind: PolicyKind::Opportunistic, connector: Some(self.opportunistic.clone()) },
+            TlsPolicy::Required => {
+                let key = ca_file.map(Path::to_path_buf);
+                let mut v = self.verifying.lock().unwrap();
+                let conn = match v.get(&key) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+                        if let Some(f) = &key {
+                            let certs = CertificateDer::pem_file_iter(f).map_err(|e| format!("{}: {e}", f.display()))?;
+                            for c in certs {
+                                roots.add(c.map_err(|e| format!("{}: {e}", f.display()))?).map_err(|e| e.to_string())?;
+                            }
+                        }
+                        let cfg = builder().with_root_certificates(roots).with_no_client_auth();
+                        let c = TlsConnector::from(Arc::new(cfg));
+                        v.insert(key, c.clone());
+                        c
+                    }
+                };
+                Policy { kind: PolicyKind::Required, connector: Some(conn) }
+            }
+        })
+    }
+}
+
+pub fn server_name(host: &str) -> Option<ServerName<'static>> {
+    ServerName::try_from(host.trim_end_matches('.').to_string()).ok()
+}
+
+/// Accepts any certificate, but still checks the handshake signatures (so the session key
+/// really belongs to whoever presented the certificate).
+#[derive(Debug)]
+struct AcceptAny(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
