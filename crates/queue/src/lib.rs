@@ -1,1 +1,285 @@
-//! placeholder
+//! The delivery queue: which message is tried when, by which route, and what happens after.
+//!
+//! It owns scheduling (a timer heap over `next_attempt`), the concurrency limits (in total and
+//! per destination), grouping a message's recipients by route so one connection carries all
+//! recipients for a host, per-recipient results, retries on the configured backoff, expiry, and
+//! DSNs to the sender for permanent failures. It must not know SMTP sessions or the wire
+//! format: it gets stored envelopes in and hands attempts to `mailgate-delivery`.
+
+pub mod dsn;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mailgate_config::{Config, Route};
+use mailgate_delivery::{Delivery, Outbound, RcptOutcome, Status};
+use mailgate_spool::{Envelope, QueueId, RcptStatus, Recipient, Spool};
+use mailgate_smtp::trace::now_unix;
+use tokio::sync::{mpsc, Semaphore};
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A message the scheduler holds.
+struct Entry {
+    env: Envelope,
+    /// The content while it is still in memory (first attempt); read from the spool otherwise.
+    data: Option<Arc<Vec<u8>>>,
+}
+
+enum Cmd {
+    Enqueue(Entry),
+}
+
+/// Handle to the queue; cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    tx: mpsc::UnboundedSender<Cmd>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    spool: Arc<dyn Spool>,
+    delivery: Arc<Delivery>,
+    config: Arc<Config>,
+    /// All deliveries in flight.
+    global: Arc<Semaphore>,
+    /// Deliveries in flight per destination.
+    per_dest: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Messages known to the queue (waiting or in flight), for status and tests.
+    depth: std::sync::atomic::AtomicUsize,
+}
+
+impl Queue {
+    /// Starts the scheduler with the messages recovered from the spool.
+    pub fn start(spool: Arc<dyn Spool>, delivery: Arc<Delivery>, config: Arc<Config>, recovered: Vec<Envelope>) -> Queue {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            spool,
+            delivery,
+            global: Arc::new(Semaphore::new(config.queue.max_concurrent)),
+            per_dest: Mutex::new(HashMap::new()),
+            config,
+            depth: Default::default(),
+        });
+        let q = Queue { tx, inner };
+        if !recovered.is_empty() {
+            tracing::info!(count = recovered.len(), "queued again from the spool");
+        }
+        for env in recovered {
+            q.enqueue(env, None);
+        }
+        tokio::spawn(q.clone().schedule(rx));
+        q
+    }
+
+    /// Hands a stored message to the queue. `data` is its content if still in memory.
+    pub fn enqueue(&self, env: Envelope, data: Option<Arc<Vec<u8>>>) {
+        self.inner.depth.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.tx.send(Cmd::Enqueue(Entry { env, data }));
+    }
+
+    /// Messages waiting or in flight.
+    pub fn depth(&self) -> usize {
+        self.inner.depth.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn schedule(self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+        let mut heap: BinaryHeap<Reverse<(u64, QueueId)>> = BinaryHeap::new();
+        let mut waiting: HashMap<QueueId, Entry> = HashMap::new();
+        loop {
+            let now = now_ms();
+            while let Some(Reverse((at, _))) = heap.peek() {
+                if *at > now {
+                    break;
+                }
+                let Reverse((_, id)) = heap.pop().unwrap();
+                if let Some(e) = waiting.remove(&id) {
+                    self.dispatch(e);
+                }
+            }
+            let sleep = heap.peek().map(|Reverse((at, _))| Duration::from_millis(at.saturating_sub(now)));
+            let cmd = match sleep {
+                Some(d) => match tokio::time::timeout(d, rx.recv()).await {
+                    Ok(c) => c,
+                    Err(_) => continue,
+                },
+                None => rx.recv().await,
+            };
+            let Some(Cmd::Enqueue(e)) = cmd else { return };
+            if e.env.next_attempt <= now_ms() {
+                self.dispatch(e);
+            } else {
+                heap.push(Reverse((e.env.next_attempt, e.env.id.clone())));
+                waiting.insert(e.env.id.clone(), e);
+            }
+        }
+    }
+
+    fn dispatch(&self, e: Entry) {
+        let q = self.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = q.inner.global.clone().acquire_owned().await else { return };
+            q.attempt(e).await;
+        });
+    }
+
+    /// One attempt for every pending recipient of a message, then its next state.
+    async fn attempt(&self, mut e: Entry) {
+        let inner = &self.inner;
+        let data = match e.data.take() {
+            Some(d) => d,
+            None => {
+                let spool = inner.spool.clone();
+                let id = e.env.id.clone();
+                match tokio::task::spawn_blocking(move || spool.read(&id)).await {
+                    Ok(Ok(d)) => Arc::new(d),
+                    other => {
+                        tracing::error!(queue_id = %e.env.id, "cannot read message from the spool: {:?}; retrying later", other.map(|r| r.err()));
+                        e.env.next_attempt = now_ms() + 60_000;
+                        self.requeue(e.env);
+                        return;
+                    }
+                }
+            }
+        };
+        // Group pending recipients by destination: one transaction per group.
+        let mut groups: BTreeMap<String, (Route, String, Vec<usize>)> = BTreeMap::new();
+        let mut outcomes: Vec<Option<RcptOutcome>> = vec![None; e.env.recipients.len()];
+        for (i, r) in e.env.pending() {
+            let domain = r.address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+            match inner.config.route_for(&domain) {
+                Some(route) => {
+                    let dest = destination(route, &domain);
+                    groups.entry(dest).or_insert_with(|| (route.clone(), domain.clone(), vec![])).2.push(i);
+                }
+                None => outcomes[i] = Some(RcptOutcome::new(Status::Failed, "554 5.4.4 no route to the recipient domain", None)),
+            }
+        }
+        let mut tasks = vec![];
+        for (dest, (route, domain, idx)) in groups {
+            let q = self.clone();
+            let env = e.env.clone();
+            let data = data.clone();
+            tasks.push(tokio::spawn(async move {
+                let sem = q.inner.per_dest.lock().unwrap().entry(dest.clone()).or_insert_with(|| Arc::new(Semaphore::new(q.inner.config.queue.max_per_destination))).clone();
+                let _permit = sem.acquire_owned().await;
+                let rcpts: Vec<String> = idx.iter().map(|i| env.recipients[*i].address.clone()).collect();
+                let msg = Outbound { id: &env.id, sender: &env.sender, recipients: &rcpts, data: &data, body_8bit: env.body_8bit, smtputf8: env.smtputf8 };
+                let out = q.inner.delivery.deliver(&route, &domain, &msg).await;
+                (idx, out)
+            }));
+        }
+        for t in tasks {
+            match t.await {
+                Ok((idx, out)) => {
+                    for (i, o) in idx.into_iter().zip(out) {
+                        outcomes[i] = Some(o);
+                    }
+                }
+                Err(err) => tracing::error!(queue_id = %e.env.id, "delivery task failed: {err}"),
+            }
+        }
+        self.settle(e.env, outcomes, &data).await;
+    }
+
+    /// Applies the outcomes: logs them, bounces permanent failures, retries or finishes.
+    async fn settle(&self, mut env: Envelope, outcomes: Vec<Option<RcptOutcome>>, data: &[u8]) {
+        let inner = &self.inner;
+        env.attempts += 1;
+        let mut failed: Vec<usize> = vec![];
+        for (i, o) in outcomes.into_iter().enumerate() {
+            let Some(o) = o else { continue };
+            let r = &mut env.recipients[i];
+            tracing::info!(queue_id = %env.id, rcpt = %r.address, status = ?o.status, host = o.remote_host.as_deref().unwrap_or("-"), attempt = env.attempts, "{}", o.reply);
+            r.last_reply = Some(o.reply);
+            r.remote_host = o.remote_host;
+            match o.status {
+                Status::Delivered => r.status = RcptStatus::Delivered,
+                Status::Failed => {
+                    r.status = RcptStatus::Failed;
+                    failed.push(i);
+                }
+                Status::Deferred => {}
+            }
+        }
+        let age = now_ms().saturating_sub(env.received_at);
+        if !env.is_finished() && age >= inner.config.queue.max_age.as_millis() as u64 {
+            for (i, r) in env.recipients.iter_mut().enumerate() {
+                if r.status == RcptStatus::Pending {
+                    r.status = RcptStatus::Failed;
+                    let last = r.last_reply.take().unwrap_or_default();
+                    r.last_reply = Some(format!("550 4.4.7 message expired in the queue; last reply: {last}"));
+                    failed.push(i);
+                }
+            }
+        }
+        if !failed.is_empty() {
+            self.bounce(&env, &failed, data).await;
+        }
+        if env.is_finished() {
+            inner.spool.complete(&env.id);
+            inner.depth.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(queue_id = %env.id, attempts = env.attempts, "message finished");
+            return;
+        }
+        let sched = &inner.config.queue.retry_schedule;
+        let delay = sched[(env.attempts as usize - 1).min(sched.len() - 1)].into_inner();
+        env.next_attempt = now_ms() + delay.as_millis() as u64;
+        inner.spool.update(&env);
+        tracing::info!(queue_id = %env.id, retry_in = %humantime::format_duration(delay), "message deferred");
+        self.requeue(env);
+    }
+
+    fn requeue(&self, env: Envelope) {
+        let _ = self.tx.send(Cmd::Enqueue(Entry { env, data: None }));
+    }
+
+    /// Stores and queues a DSN to the sender for the failed recipients (never for `<>`).
+    async fn bounce(&self, env: &Envelope, failed: &[usize], data: &[u8]) {
+        if env.sender.is_empty() {
+            tracing::warn!(queue_id = %env.id, "permanent failure of a null-sender message: no DSN (RFC 3464)");
+            return;
+        }
+        let inner = &self.inner;
+        let failures: Vec<dsn::Failure> = failed
+            .iter()
+            .map(|i| {
+                let r = &env.recipients[*i];
+                dsn::Failure { recipient: &r.address, reply: r.last_reply.as_deref().unwrap_or(""), remote_host: r.remote_host.as_deref() }
+            })
+            .collect();
+        let body = dsn::build(&inner.config.server.hostname, &env.id, &env.sender, env.received_at / 1000, now_unix(), &failures, data);
+        let dsn_env = Envelope {
+            id: inner.spool.new_id(),
+            sender: String::new(),
+            recipients: vec![Recipient { address: env.sender.clone(), status: RcptStatus::Pending, last_reply: None, remote_host: None }],
+            received_at: now_ms(),
+            attempts: 0,
+            next_attempt: 0,
+            body_8bit: !data.is_ascii(),
+            smtputf8: !env.sender.is_ascii(),
+            client: "local DSN".into(),
+        };
+        match inner.spool.store(&dsn_env, &body).await {
+            Ok(()) => {
+                tracing::info!(queue_id = %env.id, dsn_id = %dsn_env.id, to = %env.sender, "DSN queued");
+                self.enqueue(dsn_env, Some(Arc::new(body)));
+            }
+            Err(e) => tracing::error!(queue_id = %env.id, "cannot store DSN: {e}"),
+        }
+    }
+}
+
+/// Recipients with the same destination share one attempt (and connection).
+fn destination(route: &Route, domain: &str) -> String {
+    match route {
+        Route::Mx { .. } => format!("mx:{domain}"),
+        Route::Smarthost { host, port, .. } => format!("smarthost:{host}:{port}"),
+        Route::Maildir { path } => format!("maildir:{}", path.display()),
+        Route::Discard => "discard".into(),
+    }
+}

@@ -1,5 +1,7 @@
 //! `componentize IN.wasm OUT.wasm`: wraps a core wasm module whose custom sections carry
 //! wit-bindgen's component-type metadata into a component, validates it and writes it out.
+//! `componentize --wit FILE.wasm`: prints the WIT world of a component (what it imports and
+//! exports), to check a plugin against the contract in `wit/`.
 //!
 //! It owns only that conversion: no WASI adapter (plugins target wasm32-unknown-unknown and
 //! import nothing but the mailgate world), no knowledge of any particular world.
@@ -7,10 +9,18 @@
 use std::{env, fs, process::ExitCode};
 
 use anyhow::{Context, Result, bail};
-use wit_component::ComponentEncoder;
+use wit_component::{ComponentEncoder, WitPrinter};
+
+const USAGE: &str = "usage: componentize IN.wasm OUT.wasm | componentize --wit COMPONENT.wasm";
 
 fn main() -> ExitCode {
-    match run() {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.as_slice() {
+        [flag, file] if flag == "--wit" => print_wit(file),
+        [input, output] if !input.starts_with('-') => componentize(input, output),
+        _ => Err(anyhow::anyhow!(USAGE)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("componentize: {e:#}");
@@ -19,11 +29,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<()> {
-    let args: Vec<String> = env::args().skip(1).collect();
-    let [input, output] = args.as_slice() else {
-        bail!("usage: componentize IN.wasm OUT.wasm");
-    };
+fn componentize(input: &str, output: &str) -> Result<()> {
     let core = fs::read(input).with_context(|| format!("reading {input}"))?;
     let component = ComponentEncoder::default()
         .module(&core)
@@ -37,5 +43,27 @@ fn run() -> Result<()> {
         core.len(),
         component.len()
     );
+    Ok(())
+}
+
+fn print_wit(file: &str) -> Result<()> {
+    let bytes = fs::read(file).with_context(|| format!("reading {file}"))?;
+    let decoded = wit_component::decode(&bytes).with_context(|| format!("decoding {file}"))?;
+    let wit_component::DecodedWasm::Component(resolve, world) = &decoded else {
+        bail!("{file} is a WIT package, not a component");
+    };
+    let main = resolve.worlds[*world]
+        .package
+        .context("world without package")?;
+    let nested: Vec<_> = resolve
+        .packages
+        .iter()
+        .map(|(id, _)| id)
+        .filter(|id| *id != main)
+        .collect();
+    let mut printer = WitPrinter::default();
+    printer.emit_docs(false);
+    printer.print(resolve, main, &nested)?;
+    println!("{}", printer.output);
     Ok(())
 }

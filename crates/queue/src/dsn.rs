@@ -1,0 +1,86 @@
+//! RFC 3464 delivery status notifications for recipients that failed permanently.
+
+use mailgate_smtp::trace::rfc5322_date;
+
+/// One failed recipient as reported in a DSN.
+pub struct Failure<'a> {
+    pub recipient: &'a str,
+    /// The reply that failed it, e.g. `550 5.1.1 no such user` (or a local reason).
+    pub reply: &'a str,
+    pub remote_host: Option<&'a str>,
+}
+
+/// The enhanced status in a reply text, or a default by the reply's class.
+fn status_of(reply: &str) -> String {
+    let mut words = reply.split_whitespace();
+    let code = words.next().unwrap_or("");
+    match words.next().and_then(mailgate_smtp::Enhanced::parse) {
+        Some(e) => e.to_string(),
+        None if code.starts_with('4') => "4.0.0".into(),
+        None => "5.0.0".into(),
+    }
+}
+
+/// The header section of a message (up to the empty line).
+pub fn headers_of(data: &[u8]) -> &[u8] {
+    match data.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => &data[..i + 2],
+        None => data,
+    }
+}
+
+/// Builds the DSN message (CRLF line ends) sent from `<>` to `sender`.
+pub fn build(hostname: &str, queue_id: &str, sender: &str, arrival_unix: u64, now_unix: u64, failures: &[Failure<'_>], original: &[u8]) -> Vec<u8> {
+    let boundary = format!("{queue_id}.{now_unix}/{hostname}");
+    let date = rfc5322_date(now_unix);
+    let mut m = String::new();
+    m += &format!("From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n");
+    m += &format!("To: <{sender}>\r\n");
+    m += "Subject: Undelivered Mail Returned to Sender\r\n";
+    m += &format!("Date: {date}\r\n");
+    m += &format!("Message-ID: <{queue_id}.{now_unix}.dsn@{hostname}>\r\n");
+    m += "Auto-Submitted: auto-replied\r\n";
+    m += "MIME-Version: 1.0\r\n";
+    m += &format!("Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\n");
+    m += "This is a MIME-encapsulated message.\r\n\r\n";
+    m += &format!("--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n");
+    m += &format!("This is the mail system at host {hostname}.\r\n\r\n");
+    m += "Your message could not be delivered to one or more recipients.\r\n";
+    m += "The headers of your message are attached below.\r\n\r\n";
+    for f in failures {
+        m += &format!("<{}>: {}\r\n", f.recipient, f.reply);
+    }
+    m += &format!("\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n");
+    m += &format!("Reporting-MTA: dns; {hostname}\r\nX-Mailgate-Queue-ID: {queue_id}\r\n");
+    m += &format!("Arrival-Date: {}\r\n", rfc5322_date(arrival_unix));
+    for f in failures {
+        m += "\r\n";
+        m += &format!("Final-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\n", f.recipient, status_of(f.reply));
+        if let Some(h) = f.remote_host {
+            m += &format!("Remote-MTA: dns; {h}\r\n");
+        }
+        m += &format!("Diagnostic-Code: smtp; {}\r\n", f.reply.replace(['\r', '\n'], " "));
+    }
+    m += &format!("\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n");
+    let mut out = m.into_bytes();
+    out.extend_from_slice(headers_of(original));
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_a_report_with_the_original_headers() {
+        let orig = b"Subject: hello\r\nFrom: a@b.example\r\n\r\nbody text\r\n";
+        let f = [Failure { recipient: "x@y.example", reply: "550 5.1.1 no such user", remote_host: Some("mx.y.example") }];
+        let d = String::from_utf8(build("mx.test", "Q1", "a@b.example", 0, 60, &f, orig)).unwrap();
+        assert!(d.contains("report-type=delivery-status"));
+        assert!(d.contains("Final-Recipient: rfc822; x@y.example\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.y.example"));
+        assert!(d.contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: hello\r\nFrom: a@b.example\r\n\r\n--"));
+        assert!(!d.contains("body text"));
+        assert_eq!(status_of("451 timeout"), "4.0.0");
+    }
+}
