@@ -1,1 +1,14 @@
-//! x
+//! The mailgate gateway: listeners, SMTP sessions and the command line.
+//!
+//! This crate wires the others together. It owns the session state machine (one file per SMTP
+//! verb under `session/`), the accept loops with their connection limits, the relay decision,
+//! the `Received:` header, and the CLI. The wire format lives in `mailgate-smtp`, storage in
+//! `mailgate-spool`, scheduling in `mailgate-queue`, outbound SMTP in `mailgate-delivery`.
+//! Nothing here is a process-wide global: a [`Gateway`] gets its config and spool passed in, so
+//! tests can run many gateways in one process.
+
+pub mod cli;
+mod server;
+mod session;
+
+pub use server::{Gateway, Shared};

@@ -1,0 +1,158 @@
+//! Listeners, connection limits, startup and shutdown of a gateway.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use mailgate_config::Config;
+use mailgate_delivery::Delivery;
+use mailgate_queue::Queue;
+use mailgate_smtp::{Enhanced, Reply};
+use mailgate_spool::{LocalSpool, Spool};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::session::Session;
+
+/// What every session of a gateway shares.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub spool: Arc<dyn Spool>,
+    pub queue: Queue,
+    /// Sessions open now, in total and per client IP (for the 421 limits).
+    sessions: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Source of session ids (unique within this process run, prefixed by the start time).
+    next_session: AtomicU64,
+    start_tag: u64,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub shared: Arc<Shared>,
+    /// The bound address of each listener, in config order (useful with port 0).
+    pub local_addrs: Vec<SocketAddr>,
+    stop: watch::Sender<bool>,
+    spool: Arc<LocalSpool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Opens the spool (queueing again what it holds), starts the queue, binds the listeners.
+    pub async fn start(config: Config) -> anyhow::Result<Gateway> {
+        let config = Arc::new(config);
+        let (spool, recovered) = LocalSpool::open(&config.spool.path, config.spool.segment_size)
+            .map_err(|e| anyhow::anyhow!("spool {}: {e}", config.spool.path.display()))?;
+        let delivery = Delivery::new(&config)?;
+        let queue = Queue::start(spool.clone(), delivery, config.clone(), recovered);
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            spool: spool.clone(),
+            queue,
+            sessions: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(0),
+            start_tag: mailgate_smtp::trace::now_unix() % 100_000,
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let mut local_addrs = vec![];
+        let mut tasks = vec![];
+        for l in &config.listeners {
+            let listener = TcpListener::bind(l.address).await.map_err(|e| anyhow::anyhow!("listener {} on {}: {e}", l.name, l.address))?;
+            let addr = listener.local_addr()?;
+            tracing::info!(listener = %l.name, %addr, "listening");
+            local_addrs.push(addr);
+            tasks.push(tokio::spawn(accept_loop(listener, l.name.clone(), shared.clone(), stop_rx.clone())));
+        }
+        Ok(Gateway { shared, local_addrs, stop, spool, tasks })
+    }
+
+    /// Stops accepting, lets sessions finish for up to `grace`, then syncs the spool.
+    pub async fn shutdown(self, grace: std::time::Duration) {
+        let _ = self.stop.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.shared.sessions.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        self.spool.close();
+        tracing::info!("gateway stopped");
+    }
+}
+
+async fn accept_loop(listener: TcpListener, name: String, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let name: Arc<str> = name.into();
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(listener = %name, "accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let name = name.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let Some(_guard) = admit(&shared, &stream, peer.ip()) else { return };
+            let n = shared.next_session.fetch_add(1, Ordering::Relaxed);
+            let sid = format!("{:05}{:06}", shared.start_tag, n);
+            let span = tracing::info_span!("session", sid = %sid, client = %peer);
+            let local = stream.local_addr().unwrap_or(peer);
+            Session::new(sid, stream, peer, local, name, shared.clone(), stop).run().instrument(span).await;
+        });
+    }
+}
+
+/// Releases a session's slot when dropped.
+struct Admitted {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+        let mut m = self.shared.per_ip.lock().unwrap();
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Applies the session limits; a refused client gets `421 4.7.0` and the connection closes.
+fn admit(shared: &Arc<Shared>, stream: &TcpStream, ip: IpAddr) -> Option<Admitted> {
+    let limits = &shared.config.limits;
+    let total = shared.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+    let per_ip = {
+        let mut m = shared.per_ip.lock().unwrap();
+        let n = m.entry(ip).or_default();
+        *n += 1;
+        *n
+    };
+    let guard = Admitted { shared: shared.clone(), ip };
+    let refuse = if total > limits.max_sessions {
+        Some("Too many connections, try again later")
+    } else if per_ip > limits.max_sessions_per_ip {
+        Some("Too many connections from your address, try again later")
+    } else {
+        None
+    };
+    if let Some(text) = refuse {
+        tracing::warn!(client = %ip, total, per_ip, "connection refused: {text}");
+        // One small write into an empty socket buffer: it does not block.
+        let _ = stream.try_write(&Reply::new(421, Enhanced(4, 7, 0), text).to_bytes());
+        return None;
+    }
+    Some(guard)
+}

@@ -1,0 +1,170 @@
+//! DATA and BDAT (RFC 5321 §4.1.1.4, RFC 3030 CHUNKING): receive the content, add
+//! `Received:`, store it durably, and only then answer `250`.
+
+use std::sync::Arc;
+
+use mailgate_smtp::content::Mode;
+use mailgate_smtp::reply::codes;
+use mailgate_smtp::trace::{now_unix, Received};
+use mailgate_smtp::{ContentReceiver, Enhanced, Progress, Reply};
+use mailgate_spool::{Envelope, QueueId, RcptStatus, Recipient};
+
+use super::{Next, Session};
+
+/// A message being received: its id, the content so far (starting with our `Received:`),
+/// and the receiver enforcing the content rules.
+pub(crate) struct Chunks {
+    id: QueueId,
+    receiver: ContentReceiver,
+    buf: Vec<u8>,
+}
+
+impl Session {
+    /// Why the transaction cannot take content now, if it cannot.
+    fn content_refusal(&self) -> Option<Reply> {
+        match &self.tx {
+            None => Some(codes::bad_sequence("Need MAIL and RCPT first")),
+            Some(tx) if tx.rcpts.is_empty() => Some(Reply::new(554, Enhanced(5, 5, 1), "No valid recipients")),
+            Some(_) => None,
+        }
+    }
+
+    /// Starts a message: queue id, `Received:` first in the buffer.
+    fn begin_content(&self, mode: Mode) -> Chunks {
+        let cfg = &self.shared.config;
+        let tx = self.tx.as_ref().expect("checked by content_refusal");
+        let id = self.shared.spool.new_id();
+        let with = match (tx.params.smtputf8, self.esmtp) {
+            (true, _) => "UTF8SMTP",
+            (false, true) => "ESMTP",
+            (false, false) => "SMTP",
+        };
+        let for_rcpt = (tx.rcpts.len() == 1).then(|| tx.rcpts[0].as_str());
+        let header = Received {
+            helo: self.helo.as_deref().unwrap_or("unknown"),
+            client_ip: self.peer.ip(),
+            by: &cfg.server.hostname,
+            with,
+            tls: None,
+            queue_id: &id,
+            for_rcpt,
+            unix_time: now_unix(),
+        }
+        .to_header();
+        let mut buf = Vec::with_capacity(header.len() + tx.params.size.unwrap_or(8192).min(1 << 20) as usize);
+        buf.extend_from_slice(header.as_bytes());
+        let max = cfg.limits.max_message_size;
+        Chunks { id, receiver: ContentReceiver::new(mode, max, cfg.limits.text_line - 2), buf }
+    }
+
+    pub(crate) async fn data(&mut self) -> std::io::Result<Next> {
+        if let Some(r) = self.content_refusal() {
+            return Ok(self.bad_command(r));
+        }
+        if self.tx.as_ref().is_some_and(|t| t.bdat.is_some()) {
+            return Ok(self.bad_command(codes::bad_sequence("DATA not allowed after BDAT")));
+        }
+        let mut c = self.begin_content(Mode::Data);
+        self.reply(Reply::plain(354, "End data with <CR><LF>.<CR><LF>"));
+        self.flush_now().await?;
+        loop {
+            let (used, progress) = c.receiver.feed(self.pending_input(), &mut c.buf);
+            self.consume(used);
+            if progress == Progress::Done {
+                break;
+            }
+            if !self.fill_content().await? {
+                tracing::info!(queue_id = %c.id, "client went away during DATA; nothing was accepted");
+                return Ok(Next::Close);
+            }
+        }
+        Ok(self.finish(c).await)
+    }
+
+    pub(crate) async fn bdat(&mut self, size: u64, last: bool) -> std::io::Result<Next> {
+        let refusal = self.content_refusal();
+        let mut chunks = match &refusal {
+            Some(_) => None,
+            None => Some(match self.tx.as_mut().and_then(|t| t.bdat.take()) {
+                Some(c) => c,
+                None => self.begin_content(Mode::Bdat),
+            }),
+        };
+        // Read exactly `size` octets, even when refusing them, to stay in step with the client.
+        let mut remaining = size;
+        loop {
+            let avail = (self.pending_input().len() as u64).min(remaining) as usize;
+            if let Some(c) = chunks.as_mut() {
+                c.receiver.feed(&self.pending_input()[..avail], &mut c.buf);
+            }
+            self.consume(avail);
+            remaining -= avail as u64;
+            if remaining == 0 {
+                break;
+            }
+            if !self.fill_content().await? {
+                return Ok(Next::Close);
+            }
+        }
+        if let Some(r) = refusal {
+            return Ok(self.bad_command(r));
+        }
+        let mut c = chunks.expect("present when not refused");
+        if !last {
+            self.reply(Reply::new(250, Enhanced(2, 0, 0), format!("{size} octets received")));
+            if let Some(tx) = self.tx.as_mut() {
+                tx.bdat = Some(c);
+            }
+            return Ok(Next::Continue);
+        }
+        let _ = c.receiver.finish_bdat(&mut c.buf);
+        Ok(self.finish(c).await)
+    }
+
+    /// The content is complete: refuse it, or store it and say `250` once it is durable.
+    async fn finish(&mut self, c: Chunks) -> Next {
+        let tx = self.tx.take().expect("a transaction is open");
+        if let Some(e) = c.receiver.error() {
+            tracing::info!(queue_id = %c.id, error = ?e, size = c.receiver.size(), "message refused");
+            self.reply(e.reply());
+            return Next::Continue;
+        }
+        let shared = self.shared.clone();
+        let content_8bit = !c.buf.is_ascii();
+        let env = Envelope {
+            id: c.id,
+            sender: tx.from.as_ref().map(|a| a.as_str().to_string()).unwrap_or_default(),
+            recipients: tx
+                .rcpts
+                .iter()
+                .map(|r| Recipient { address: r.as_str().to_string(), status: RcptStatus::Pending, last_reply: None, remote_host: None })
+                .collect(),
+            received_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            attempts: 0,
+            next_attempt: 0,
+            body_8bit: content_8bit || tx.params.body != mailgate_smtp::Body::SevenBit,
+            smtputf8: tx.params.smtputf8,
+            client: format!("{} ({})", self.helo.as_deref().unwrap_or("unknown"), self.peer.ip()),
+        };
+        match shared.spool.store(&env, &c.buf).await {
+            Ok(()) => {
+                tracing::info!(
+                    queue_id = %env.id,
+                    from = %if env.sender.is_empty() { "<>" } else { &env.sender },
+                    rcpts = env.recipients.len(),
+                    size = c.buf.len(),
+                    "message accepted"
+                );
+                let reply = Reply::new(250, Enhanced(2, 0, 0), format!("Ok: queued as {}", env.id));
+                shared.queue.enqueue(env, Some(Arc::new(c.buf)));
+                self.reply(reply);
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %env.id, "spool store failed: {e}");
+                let (code, enh, text) = e.smtp_reply();
+                self.reply(Reply::new(code, Enhanced::parse(enh).unwrap_or(Enhanced(4, 3, 0)), text));
+            }
+        }
+        Next::Continue
+    }
+}

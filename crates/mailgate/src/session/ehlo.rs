@@ -1,0 +1,30 @@
+//! EHLO and HELO (RFC 5321 §4.1.1.1): greet, reset any transaction, list the extensions.
+
+use mailgate_smtp::address::valid_domain;
+use mailgate_smtp::{Enhanced, Reply};
+
+use super::{Next, Session};
+
+impl Session {
+    pub(crate) fn ehlo(&mut self, host: String, esmtp: bool) -> Next {
+        // A name or an address literal; anything else is a syntax error (RFC 5321 §4.1.4).
+        if !valid_domain(&host) {
+            return self.bad_command(Reply::new(501, Enhanced(5, 5, 4), "Invalid domain name in HELO/EHLO"));
+        }
+        self.tx = None;
+        self.esmtp = esmtp;
+        let me = &self.shared.config.server.hostname;
+        let text = if esmtp {
+            let size = self.shared.config.limits.max_message_size;
+            format!(
+                "{me} greets {host}\nPIPELINING\nSIZE {size}\n8BITMIME\nSMTPUTF8\nCHUNKING\nENHANCEDSTATUSCODES\nHELP"
+            )
+        } else {
+            format!("{me} greets {host}")
+        };
+        self.helo = Some(host);
+        // RFC 2034: the EHLO/HELO response carries no enhanced code.
+        self.reply(Reply::plain(250, text));
+        Next::Continue
+    }
+}

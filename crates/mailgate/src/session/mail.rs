@@ -1,0 +1,35 @@
+//! MAIL FROM (RFC 5321 §4.1.1.2, RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 6531 SMTPUTF8).
+
+use mailgate_smtp::reply::codes;
+use mailgate_smtp::{Address, Body, Enhanced, MailParams, Reply};
+
+use super::{Next, Session, Transaction};
+
+impl Session {
+    pub(crate) fn mail(&mut self, from: Option<Address>, params: MailParams) -> Next {
+        if self.helo.is_none() {
+            return self.bad_command(codes::bad_sequence("Send HELO/EHLO first"));
+        }
+        if self.tx.is_some() {
+            return self.bad_command(codes::bad_sequence("Sender already specified"));
+        }
+        if !self.esmtp && (params != MailParams::default()) {
+            return self.bad_command(Reply::new(555, Enhanced(5, 5, 4), "MAIL parameters need EHLO"));
+        }
+        if params.body == Body::BinaryMime {
+            return self.bad_command(Reply::new(555, Enhanced(5, 5, 4), "BODY=BINARYMIME is not supported"));
+        }
+        if params.requiretls {
+            return self.bad_command(Reply::new(555, Enhanced(5, 5, 4), "REQUIRETLS is not offered here"));
+        }
+        let max = self.shared.config.limits.max_message_size;
+        if params.size.is_some_and(|s| s > max) {
+            self.reply(Reply::new(552, Enhanced(5, 3, 4), format!("Message size exceeds the limit of {max} octets")));
+            return Next::Continue;
+        }
+        tracing::debug!(from = from.as_ref().map_or("<>", |a| a.as_str()), "MAIL");
+        self.tx = Some(Transaction { from, params, rcpts: Vec::new(), bdat: None });
+        self.reply(Reply::new(250, Enhanced(2, 1, 0), "Sender OK"));
+        Next::Continue
+    }
+}

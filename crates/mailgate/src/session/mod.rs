@@ -1,0 +1,230 @@
+//! One SMTP session: the state machine over the sans-IO parser. Each verb is handled in its
+//! own file; this one owns the I/O loop, pipelining and the per-session state.
+
+mod data;
+mod ehlo;
+mod mail;
+mod misc;
+mod rcpt;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailgate_smtp::reply::codes;
+use mailgate_smtp::{Address, Command, Enhanced, LineError, LineEvent, LineReader, MailParams, Reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::server::Shared;
+
+/// What the loop does after a command.
+pub(crate) enum Next {
+    Continue,
+    /// Send what is buffered, then close.
+    Close,
+}
+
+/// A mail transaction: from MAIL to the end of DATA/BDAT LAST (or RSET).
+pub(crate) struct Transaction {
+    /// `None` is the null reverse path.
+    pub from: Option<Address>,
+    pub params: MailParams,
+    pub rcpts: Vec<Address>,
+    /// BDAT in progress: the chunks so far.
+    pub bdat: Option<data::Chunks>,
+}
+
+pub(crate) struct Session {
+    pub sid: String,
+    stream: TcpStream,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// Listener name, for logs.
+    pub listener: Arc<str>,
+    pub shared: Arc<Shared>,
+    /// Read but not yet consumed input.
+    rbuf: Vec<u8>,
+    /// Start of the unconsumed part of `rbuf`.
+    rpos: usize,
+    /// Replies not yet sent (pipelining: flushed before we wait for input).
+    wbuf: Vec<u8>,
+    lines: LineReader,
+    /// The HELO/EHLO name, once given.
+    pub helo: Option<String>,
+    /// EHLO (true) or HELO (false): decides the `with` of `Received:`.
+    pub esmtp: bool,
+    /// The client may relay to any domain (trusted network).
+    pub trusted: bool,
+    pub tx: Option<Transaction>,
+    /// Bad commands so far; too many closes the session.
+    errors: usize,
+    stop: watch::Receiver<bool>,
+}
+
+impl Session {
+    pub fn new(sid: String, stream: TcpStream, peer: SocketAddr, local: SocketAddr, listener: Arc<str>, shared: Arc<Shared>, stop: watch::Receiver<bool>) -> Session {
+        let trusted = shared.config.is_trusted(peer.ip());
+        let lines = LineReader::new(shared.config.limits.command_line);
+        Session {
+            sid,
+            stream,
+            peer,
+            local,
+            listener,
+            shared,
+            rbuf: Vec::with_capacity(8192),
+            rpos: 0,
+            wbuf: Vec::with_capacity(1024),
+            lines,
+            helo: None,
+            esmtp: false,
+            trusted,
+            tx: None,
+            errors: 0,
+            stop,
+        }
+    }
+
+    pub fn reply(&mut self, r: Reply) {
+        r.write_to(&mut self.wbuf);
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads more input into `rbuf`. `Ok(false)` on EOF.
+    async fn fill(&mut self, limit: Duration) -> std::io::Result<bool> {
+        if self.rpos > 0 && self.rpos == self.rbuf.len() {
+            self.rbuf.clear();
+            self.rpos = 0;
+        } else if self.rpos > 64 << 10 {
+            self.rbuf.drain(..self.rpos);
+            self.rpos = 0;
+        }
+        if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+            self.rbuf.reserve(16 << 10);
+        }
+        match tokio::time::timeout(limit, self.stream.read_buf(&mut self.rbuf)).await {
+            Ok(Ok(0)) => Ok(false),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timeout")),
+        }
+    }
+
+    pub async fn run(mut self) {
+        tracing::info!(listener = %self.listener, trusted = self.trusted, "connected");
+        let greeting = Reply::plain(220, format!("{} ESMTP mailgate", self.shared.config.server.hostname));
+        self.reply(greeting);
+        match self.serve().await {
+            Ok(()) => tracing::info!("disconnected"),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                self.reply(codes::timeout());
+                let _ = self.flush().await;
+                tracing::info!("closed after timeout");
+            }
+            Err(e) => tracing::info!("connection error: {e}"),
+        }
+    }
+
+    async fn serve(&mut self) -> std::io::Result<()> {
+        let cmd_timeout = self.shared.config.timeouts.command;
+        loop {
+            // Answer every complete command already received (pipelining), then flush.
+            loop {
+                let (ev, used) = self.lines.next(&self.rbuf[self.rpos..]);
+                let next = match ev {
+                    LineEvent::NeedMore => {
+                        self.rpos += used;
+                        break;
+                    }
+                    LineEvent::Line(line) => {
+                        let parsed = Command::parse(line);
+                        self.rpos += used;
+                        match parsed {
+                            Ok(cmd) => self.command(cmd).await?,
+                            Err(reply) => self.bad_command(reply),
+                        }
+                    }
+                    LineEvent::Error(e) => {
+                        self.rpos += used;
+                        tracing::info!("refused command line: {e:?}");
+                        self.bad_command(match e {
+                            LineError::TooLong => codes::line_too_long(),
+                            LineError::BareLf | LineError::BareCr => codes::bare_line_ending(),
+                        })
+                    }
+                };
+                if let Next::Close = next {
+                    self.flush().await?;
+                    return Ok(());
+                }
+            }
+            self.flush().await?;
+            if *self.stop.borrow() {
+                self.reply(codes::shutting_down());
+                self.flush().await?;
+                return Ok(());
+            }
+            if !self.fill(cmd_timeout).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    fn bad_command(&mut self, reply: Reply) -> Next {
+        self.errors += 1;
+        self.reply(reply);
+        if self.errors >= self.shared.config.limits.max_errors {
+            self.reply(Reply::new(421, Enhanced(4, 7, 0), "Too many errors, closing connection"));
+            return Next::Close;
+        }
+        Next::Continue
+    }
+
+    async fn command(&mut self, cmd: Command) -> std::io::Result<Next> {
+        Ok(match cmd {
+            Command::Ehlo(host) => self.ehlo(host, true),
+            Command::Helo(host) => self.ehlo(host, false),
+            Command::Mail { from, params } => self.mail(from, params),
+            Command::Rcpt { to, .. } => self.rcpt(to),
+            Command::Data => self.data().await?,
+            Command::Bdat { size, last } => self.bdat(size, last).await?,
+            Command::Rset => self.rset(),
+            Command::Noop => self.ok(),
+            Command::Quit => self.quit(),
+            Command::Vrfy(_) | Command::Expn(_) => self.vrfy(),
+            Command::Help => self.help(),
+            Command::StartTls | Command::Auth { .. } => {
+                self.bad_command(Reply::new(502, Enhanced(5, 5, 1), "Command not implemented"))
+            }
+        })
+    }
+
+    /// Reads more input during DATA/BDAT content, with the data-block timeout.
+    pub(crate) async fn fill_content(&mut self) -> std::io::Result<bool> {
+        let t = self.shared.config.timeouts.data_block;
+        self.fill(t).await
+    }
+
+    /// The unconsumed input.
+    pub(crate) fn pending_input(&self) -> &[u8] {
+        &self.rbuf[self.rpos..]
+    }
+
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.rpos += n;
+    }
+
+    /// Sends buffered replies now (before a long wait, e.g. the 354).
+    pub(crate) async fn flush_now(&mut self) -> std::io::Result<()> {
+        self.flush().await
+    }
+}

@@ -1,0 +1,37 @@
+//! RCPT TO (RFC 5321 §4.1.1.3): the relay decision and the recipient limit.
+
+use mailgate_smtp::reply::codes;
+use mailgate_smtp::{Address, Enhanced, Reply};
+
+use super::{Next, Session};
+
+impl Session {
+    pub(crate) fn rcpt(&mut self, to: Address) -> Next {
+        let max = self.shared.config.limits.max_recipients;
+        let Some(tx) = self.tx.as_mut() else {
+            return self.bad_command(codes::bad_sequence("Need MAIL before RCPT"));
+        };
+        if tx.bdat.is_some() {
+            return self.bad_command(codes::bad_sequence("RCPT not allowed during BDAT"));
+        }
+        if to.is_utf8() && !tx.params.smtputf8 {
+            self.reply(Reply::new(553, Enhanced(5, 6, 7), "Non-ASCII recipient requires SMTPUTF8"));
+            return Next::Continue;
+        }
+        // No open relay: our domains from anyone, other domains only from trusted clients.
+        if !self.trusted && !self.shared.config.accepts_domain(to.domain()) {
+            tracing::info!(rcpt = %to, "relaying denied");
+            self.reply(Reply::new(550, Enhanced(5, 7, 1), "Relaying denied"));
+            return Next::Continue;
+        }
+        if tx.rcpts.len() >= max {
+            self.reply(Reply::new(452, Enhanced(4, 5, 3), "Too many recipients"));
+            return Next::Continue;
+        }
+        if !tx.rcpts.iter().any(|r| r.as_str().eq_ignore_ascii_case(to.as_str())) {
+            tx.rcpts.push(to);
+        }
+        self.reply(Reply::new(250, Enhanced(2, 1, 5), "Recipient OK"));
+        Next::Continue
+    }
+}
