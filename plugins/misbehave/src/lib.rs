@@ -28,7 +28,7 @@ impl Misbehave {
                 black_box(&self.mode);
             },
             "oom" => loop {
-                black_box(Vec::<u8>::with_capacity(1 << 20).leak()).fill(1);
+                black_box(vec![1u8; 1 << 20].leak());
             },
             "trap" => panic!("misbehave: trap on purpose at {stage}"),
             _ => Verdict::reject(self.code, "5.0.0", format!("misbehave: code {}", self.code)),

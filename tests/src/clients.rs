@@ -1,0 +1,72 @@
+//! Real SMTP clients: swaks (Debian package) and Python's smtplib, plus a raw socket client
+//! for byte-exact cases (pipelining in one packet, bare LF, BDAT).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// Runs swaks against `127.0.0.1:port` with extra arguments; returns its output.
+pub fn swaks(port: u16, args: &[&str]) -> Output {
+    Command::new("swaks")
+        .arg("--server")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--timeout", "20", "--helo", "client.test"])
+        .args(args)
+        .output()
+        .expect("swaks is installed (apt-get install swaks)")
+}
+
+/// Runs a Python 3 script with `PORT` in its environment; returns (exit ok, stdout+stderr).
+pub fn python(port: u16, script: &str) -> (bool, String) {
+    let out = Command::new("python3").arg("-c").arg(script).env("PORT", port.to_string()).output().expect("python3");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// A raw client: sends bytes exactly as given and reads replies.
+pub struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    pub fn connect(port: u16) -> Raw {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut r = Raw { s, buf: vec![] };
+        let greet = r.reply();
+        assert!(greet.starts_with("220"), "greeting: {greet}");
+        r
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
+    }
+
+    /// Reads one complete (possibly multi-line) reply; empty string on EOF.
+    pub fn reply(&mut self) -> String {
+        let mut out = String::new();
+        loop {
+            while let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                let line = String::from_utf8_lossy(&line).into_owned();
+                out.push_str(&line);
+                if line.len() < 4 || line.as_bytes()[3] == b' ' {
+                    return out.trim_end().to_string();
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match self.s.read(&mut chunk) {
+                Ok(0) | Err(_) => return out,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Sends a command line (CRLF added) and returns the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+}

@@ -1,0 +1,215 @@
+//! A real SMTP sink for tests: accepts connections on 127.0.0.1, speaks ESMTP with PIPELINING
+//! and (optionally) STARTTLS with a self-signed rcgen certificate, answers RCPT and the final
+//! dot with replies the test can change at any time, and records every message it accepts.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+use crate::wait_for;
+
+/// A message the sink accepted.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub data: Vec<u8>,
+    /// Whether the transaction ran inside STARTTLS.
+    pub tls: bool,
+}
+
+impl Received {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.data).into_owned()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Reply for RCPT per address (lower case); default `250 2.1.5 ok`.
+    rcpt: HashMap<String, String>,
+    /// Reply to the final dot; default `250 2.0.0 queued`.
+    data: Option<String>,
+    received: Vec<Received>,
+    /// RCPT commands seen per address (attempt counting).
+    rcpt_seen: HashMap<String, usize>,
+    connections: usize,
+}
+
+pub struct Sink {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Sink {
+    pub fn start() -> Sink {
+        Self::start_with(false)
+    }
+
+    /// With `tls`, STARTTLS is offered with a self-signed certificate.
+    pub fn start_with(tls: bool) -> Sink {
+        Self::start_on(0, tls)
+    }
+
+    pub fn start_on(port: u16, tls: bool) -> Sink {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = rt.block_on(TcpListener::bind(("127.0.0.1", port))).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let acceptor = tls.then(tls_acceptor);
+        let st = state.clone();
+        rt.spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else { continue };
+                st.lock().unwrap().connections += 1;
+                let (st, acc) = (st.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let _ = serve(s, st, acc).await;
+                });
+            }
+        });
+        Sink { addr, state, _rt: rt }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Sets the RCPT reply for one address (e.g. `"451 4.3.0 try later"`).
+    pub fn set_rcpt_reply(&self, rcpt: &str, reply: &str) {
+        self.state.lock().unwrap().rcpt.insert(rcpt.to_lowercase(), reply.to_string());
+    }
+
+    pub fn clear_rcpt_reply(&self, rcpt: &str) {
+        self.state.lock().unwrap().rcpt.remove(&rcpt.to_lowercase());
+    }
+
+    pub fn set_data_reply(&self, reply: Option<&str>) {
+        self.state.lock().unwrap().data = reply.map(str::to_string);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    pub fn rcpt_attempts(&self, rcpt: &str) -> usize {
+        self.state.lock().unwrap().rcpt_seen.get(&rcpt.to_lowercase()).copied().unwrap_or(0)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
+    }
+
+    /// Waits until `n` messages have arrived; returns them.
+    pub fn wait_for(&self, n: usize, limit: Duration) -> Vec<Received> {
+        wait_for(limit, || {
+            let r = self.received();
+            (r.len() >= n).then_some(r)
+        })
+        .unwrap_or_else(|| panic!("sink got {} messages, wanted {n}", self.received().len()))
+    }
+
+    /// Waits for a message to `rcpt`.
+    pub fn wait_for_rcpt(&self, rcpt: &str, limit: Duration) -> Received {
+        wait_for(limit, || self.received().into_iter().find(|m| m.rcpts.iter().any(|r| r.eq_ignore_ascii_case(rcpt))))
+            .unwrap_or_else(|| panic!("no message for {rcpt} at the sink"))
+    }
+}
+
+fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    let ck = rcgen::generate_simple_self_signed(vec!["sink.test".to_string()]).unwrap();
+    let cert = rustls::pki_types::CertificateDer::from(ck.cert.der().to_vec());
+    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.key_pair.serialize_der()).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+async fn serve(s: tokio::net::TcpStream, st: Arc<Mutex<State>>, tls: Option<tokio_rustls::TlsAcceptor>) -> std::io::Result<()> {
+    let mut io: BufReader<Box<dyn Io>> = BufReader::new(Box::new(s));
+    let mut in_tls = false;
+    io.get_mut().write_all(b"220 sink.test ESMTP test sink\r\n").await?;
+    let (mut from, mut rcpts) = (String::new(), Vec::<String>::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if io.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let cmd = line.trim_end().to_string();
+        let upper = cmd.to_ascii_uppercase();
+        let reply: String = if upper.starts_with("EHLO") {
+            let tls_kw = if tls.is_some() && !in_tls { "250-STARTTLS\r\n" } else { "" };
+            format!("250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n{tls_kw}250 SIZE 52428800\r\n")
+        } else if upper.starts_with("HELO") {
+            "250 sink.test\r\n".into()
+        } else if upper == "STARTTLS" && tls.is_some() && !in_tls {
+            io.get_mut().write_all(b"220 2.0.0 go ahead\r\n").await?;
+            let inner = std::mem::replace(io.get_mut(), Box::new(tokio::io::duplex(1).0));
+            let stream = tls.as_ref().unwrap().accept(inner).await?;
+            io = BufReader::new(Box::new(stream));
+            in_tls = true;
+            continue;
+        } else if upper.starts_with("MAIL FROM:") {
+            from = cmd[10..].trim().trim_start_matches('<').split('>').next().unwrap_or("").to_string();
+            rcpts.clear();
+            "250 2.1.0 ok\r\n".into()
+        } else if upper.starts_with("RCPT TO:") {
+            let r = cmd[8..].trim().trim_start_matches('<').split('>').next().unwrap_or("").to_string();
+            let mut g = st.lock().unwrap();
+            *g.rcpt_seen.entry(r.to_lowercase()).or_default() += 1;
+            let rep = g.rcpt.get(&r.to_lowercase()).cloned().unwrap_or_else(|| "250 2.1.5 ok".into());
+            if rep.starts_with('2') {
+                rcpts.push(r);
+            }
+            format!("{rep}\r\n")
+        } else if upper == "DATA" {
+            if rcpts.is_empty() {
+                "554 5.5.1 no valid recipients\r\n".into()
+            } else {
+                io.get_mut().write_all(b"354 go ahead\r\n").await?;
+                let mut data = Vec::new();
+                loop {
+                    let mut l = Vec::new();
+                    if io.read_until(b'\n', &mut l).await? == 0 {
+                        return Ok(());
+                    }
+                    if l == b".\r\n" {
+                        break;
+                    }
+                    let l = if l.starts_with(b"..") { &l[1..] } else { &l[..] };
+                    data.extend_from_slice(l);
+                }
+                let mut g = st.lock().unwrap();
+                let rep = g.data.clone().unwrap_or_else(|| "250 2.0.0 queued".into());
+                if rep.starts_with('2') {
+                    g.received.push(Received { from: from.clone(), rcpts: std::mem::take(&mut rcpts), data, tls: in_tls });
+                }
+                format!("{rep}\r\n")
+            }
+        } else if upper == "RSET" {
+            rcpts.clear();
+            "250 2.0.0 ok\r\n".into()
+        } else if upper == "QUIT" {
+            io.get_mut().write_all(b"221 2.0.0 bye\r\n").await?;
+            return Ok(());
+        } else if upper == "NOOP" {
+            "250 2.0.0 ok\r\n".into()
+        } else {
+            "500 5.5.2 what\r\n".into()
+        };
+        io.get_mut().write_all(reply.as_bytes()).await?;
+    }
+}
