@@ -1,0 +1,172 @@
+//! Outbound delivery through the real gateway: smarthost and MX routes (with a real DNS server
+//! on loopback), retries, DSNs, per-recipient results, opportunistic STARTTLS.
+
+use std::time::Duration;
+
+use mailgate_tests::clients::{python, swaks};
+use mailgate_tests::dns::Dns;
+use mailgate_tests::gateway::Gateway;
+use mailgate_tests::sink::Sink;
+
+const T: Duration = Duration::from_secs(20);
+
+fn send(port: u16, from: &str, rcpts: &[&str], subject: &str) {
+    let rcpts: Vec<String> = rcpts.iter().map(|r| format!("\"{r}\"")).collect();
+    let script = format!(
+        r#"
+import os, smtplib
+from email.message import EmailMessage
+m = EmailMessage(); m["Subject"] = "{subject}"; m["From"] = "{from}"; m.set_content("hello from smtplib\n")
+c = smtplib.SMTP("127.0.0.1", int(os.environ["PORT"])); c.ehlo("py.test")
+refused = c.send_message(m, from_addr="{from}", to_addrs=[{}]); c.quit()
+print("refused", refused)
+"#,
+        rcpts.join(",")
+    );
+    let (ok, out) = python(port, &script);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn smarthost_delivery_with_python_smtplib() {
+    let sink = Sink::start();
+    let gw = Gateway::with_sink(sink.port(), "");
+    send(gw.port, "a@sender.test", &["one@remote.test", "two@other.test"], "to the smarthost");
+    let m = sink.wait_for(1, T);
+    assert_eq!(m[0].from, "a@sender.test");
+    // Different domains, same smarthost: one transaction.
+    assert_eq!(m[0].rcpts.len(), 2, "{:?}", m[0].rcpts);
+    assert!(m[0].text().contains("Subject: to the smarthost"));
+    assert!(m[0].text().starts_with("Received: from py.test ([127.0.0.1])"));
+}
+
+#[test]
+fn temporary_failure_is_retried_until_delivered() {
+    let sink = Sink::start();
+    sink.set_rcpt_reply("later@remote.test", "451 4.3.0 try again later");
+    let gw = Gateway::with_sink(sink.port(), "[queue]\nretry_schedule = [\"1s\"]\n");
+    send(gw.port, "a@sender.test", &["later@remote.test"], "retry me");
+    assert!(mailgate_tests::wait_for(T, || (sink.rcpt_attempts("later@remote.test") >= 2).then_some(())).is_some());
+    assert!(sink.received().is_empty());
+    sink.clear_rcpt_reply("later@remote.test");
+    let m = sink.wait_for_rcpt("later@remote.test", T);
+    assert!(m.text().contains("Subject: retry me"));
+    assert!(gw.wait_log("message deferred", T));
+    assert!(gw.wait_log("message finished", T));
+}
+
+#[test]
+fn permanent_failure_bounces_a_dsn_with_the_original_headers() {
+    let sink = Sink::start();
+    sink.set_rcpt_reply("nobody@remote.test", "550 5.1.1 no such user here");
+    let gw = Gateway::with_sink(sink.port(), "");
+    send(gw.port, "author@sender.test", &["nobody@remote.test"], "doomed message");
+    // The DSN goes back to the sender (via the same smarthost), from the null sender.
+    let dsn = sink.wait_for_rcpt("author@sender.test", T);
+    assert_eq!(dsn.from, "", "DSNs come from <>");
+    let t = dsn.text();
+    assert!(t.contains("Content-Type: multipart/report; report-type=delivery-status"), "{t}");
+    assert!(t.contains("Final-Recipient: rfc822; nobody@remote.test"), "{t}");
+    assert!(t.contains("Action: failed\r\nStatus: 5.1.1"), "{t}");
+    assert!(t.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user here"), "{t}");
+    assert!(t.contains("Content-Type: text/rfc822-headers"), "{t}");
+    assert!(t.contains("Subject: doomed message"), "original headers are attached: {t}");
+    assert!(!t.contains("hello from smtplib"), "not the body");
+}
+
+#[test]
+fn no_dsn_for_a_null_sender_message() {
+    let sink = Sink::start();
+    sink.set_rcpt_reply("nobody@remote.test", "550 5.1.1 no such user");
+    let gw = Gateway::with_sink(sink.port(), "");
+    let out = swaks(gw.port, &["--from", "<>", "--to", "nobody@remote.test"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(gw.wait_log("no DSN", T), "{}", gw.log());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(sink.received().is_empty());
+}
+
+#[test]
+fn mixed_per_recipient_results() {
+    let sink = Sink::start();
+    sink.set_rcpt_reply("bad@remote.test", "550 5.1.1 unknown");
+    sink.set_rcpt_reply("slow@remote.test", "450 4.2.1 mailbox busy");
+    let gw = Gateway::with_sink(sink.port(), "[queue]\nretry_schedule = [\"1s\"]\n");
+    send(gw.port, "s@sender.test", &["good@remote.test", "bad@remote.test", "slow@remote.test"], "mixed");
+    // good is delivered at once, bad bounces, slow is retried.
+    let first = sink.wait_for_rcpt("good@remote.test", T);
+    assert_eq!(first.rcpts, vec!["good@remote.test"]);
+    let dsn = sink.wait_for_rcpt("s@sender.test", T);
+    assert!(dsn.text().contains("Final-Recipient: rfc822; bad@remote.test"));
+    assert!(!dsn.text().contains("Final-Recipient: rfc822; slow@remote.test"));
+    assert!(mailgate_tests::wait_for(T, || (sink.rcpt_attempts("slow@remote.test") >= 2).then_some(())).is_some());
+    sink.clear_rcpt_reply("slow@remote.test");
+    let m = sink.wait_for_rcpt("slow@remote.test", T);
+    assert_eq!(m.rcpts, vec!["slow@remote.test"], "only the pending recipient is retried");
+    assert_eq!(sink.rcpt_attempts("good@remote.test"), 1, "the delivered recipient is not sent again");
+    assert_eq!(sink.rcpt_attempts("bad@remote.test"), 1);
+}
+
+#[test]
+fn mx_routing_through_a_real_dns_server() {
+    let sink = Sink::start();
+    let dns = Dns::start(&[
+        "--mx-host=mxd.test,mail.mxd.test,10",
+        "--mx-host=mxd.test,backup.mxd.test,20",
+        "--host-record=mail.mxd.test,127.0.0.1",
+        "--host-record=backup.mxd.test,127.0.0.2",
+        "--host-record=nomx.test,127.0.0.1",
+        "--mx-host=nullmx.test,.,0",
+    ]);
+    let gw = Gateway::start(&format!(
+        "{}\n[delivery]\nmx_port = {}\n\n[queue]\nretry_schedule = [\"1s\"]\n\n[routes]\n\"*\" = {{ type = \"mx\", tls = \"none\" }}\n",
+        dns.config(),
+        sink.port()
+    ));
+    send(gw.port, "a@sender.test", &["user@mxd.test"], "by mx");
+    let m = sink.wait_for_rcpt("user@mxd.test", T);
+    assert!(m.text().contains("Subject: by mx"));
+    // No MX: the domain's own address (RFC 5321 §5.1).
+    send(gw.port, "a@sender.test", &["user@nomx.test"], "implicit mx");
+    sink.wait_for_rcpt("user@nomx.test", T);
+    // Null MX and a domain that does not exist: bounced at once (the DSN to sender.test,
+    // which itself does not exist, is then dropped as undeliverable).
+    send(gw.port, "a@sender.test", &["user@nullmx.test", "user@nothing.test"], "nowhere");
+    assert!(gw.wait_log("556 5.1.10", T), "{}", gw.log());
+    assert!(gw.wait_log("550 5.1.2 recipient domain nothing.test does not exist", T), "{}", gw.log());
+}
+
+#[test]
+fn opportunistic_starttls_with_a_self_signed_certificate() {
+    let sink = Sink::start_with(true);
+    let gw = Gateway::start(&format!(
+        "[routes]\n\"*\" = {{ type = \"smarthost\", host = \"127.0.0.1\", port = {}, tls = \"opportunistic\" }}\n",
+        sink.port()
+    ));
+    send(gw.port, "a@sender.test", &["tls@remote.test"], "encrypted");
+    let m = sink.wait_for_rcpt("tls@remote.test", T);
+    assert!(m.tls, "delivered inside STARTTLS");
+}
+
+#[test]
+fn required_tls_defers_when_the_certificate_is_not_trusted() {
+    let sink = Sink::start_with(true);
+    let gw = Gateway::start(&format!(
+        "[queue]\nretry_schedule = [\"1h\"]\n\n[routes]\n\"*\" = {{ type = \"smarthost\", host = \"127.0.0.1\", port = {}, tls = \"required\" }}\n",
+        sink.port()
+    ));
+    send(gw.port, "a@sender.test", &["strict@remote.test"], "must be verified");
+    assert!(gw.wait_log("451 4.7.5 TLS required but handshake failed", T), "{}", gw.log());
+    assert!(sink.received().is_empty());
+}
+
+#[test]
+fn connections_are_reused_for_queued_messages() {
+    let sink = Sink::start();
+    let gw = Gateway::with_sink(sink.port(), "[delivery]\nidle_timeout = \"30s\"\n");
+    for i in 0..3 {
+        send(gw.port, "a@sender.test", &[&format!("r{i}@remote.test")], "reuse");
+        sink.wait_for(i + 1, T);
+    }
+    assert_eq!(sink.connections(), 1, "one connection carried all three messages");
+}
