@@ -72,7 +72,8 @@ impl Gateway {
             .expect("start the gateway");
         self.child = Some(child);
         let port = self.port;
-        let up = wait_for(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()));
+        let up =
+            wait_for(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()));
         assert!(up.is_some(), "gateway did not come up; log:\n{}", self.log());
     }
 

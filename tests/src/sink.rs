@@ -137,7 +137,11 @@ fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-async fn serve(s: tokio::net::TcpStream, st: Arc<Mutex<State>>, tls: Option<tokio_rustls::TlsAcceptor>) -> std::io::Result<()> {
+async fn serve(
+    s: tokio::net::TcpStream,
+    st: Arc<Mutex<State>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<()> {
     let mut io: BufReader<Box<dyn Io>> = BufReader::new(Box::new(s));
     let mut in_tls = false;
     io.get_mut().write_all(b"220 sink.test ESMTP test sink\r\n").await?;
@@ -195,7 +199,12 @@ async fn serve(s: tokio::net::TcpStream, st: Arc<Mutex<State>>, tls: Option<toki
                 let mut g = st.lock().unwrap();
                 let rep = g.data.clone().unwrap_or_else(|| "250 2.0.0 queued".into());
                 if rep.starts_with('2') {
-                    g.received.push(Received { from: from.clone(), rcpts: std::mem::take(&mut rcpts), data, tls: in_tls });
+                    g.received.push(Received {
+                        from: from.clone(),
+                        rcpts: std::mem::take(&mut rcpts),
+                        data,
+                        tls: in_tls,
+                    });
                 }
                 format!("{rep}\r\n")
             }

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use mailgate_tests::clients::Raw;
+use mailgate_tests::free_port;
 use mailgate_tests::gateway::Gateway;
 use mailgate_tests::sink::Sink;
-use mailgate_tests::free_port;
 
 const T: Duration = Duration::from_secs(30);
 

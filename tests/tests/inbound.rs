@@ -7,7 +7,11 @@ use mailgate_tests::gateway::Gateway;
 use mailgate_tests::sink::Sink;
 
 fn gateway_with_sink(sink: &Sink, extra: &str) -> Gateway {
-    let extra = if extra.contains("[queue]") { extra.to_string() } else { format!("[queue]\nretry_schedule = [\"1s\"]\n{extra}") };
+    let extra = if extra.contains("[queue]") {
+        extra.to_string()
+    } else {
+        format!("[queue]\nretry_schedule = [\"1s\"]\n{extra}")
+    };
     Gateway::with_sink(sink.port(), &extra)
 }
 

@@ -18,7 +18,11 @@ fn unknown_keys_and_bad_values_name_the_key() {
     assert!(e.contains("max_recipents"), "{e}");
     let e = Config::from_toml("[limits]\nmax_recipients = \"many\"\n").unwrap_err().to_string();
     assert!(e.contains("max_recipients"), "{e}");
-    let e = Config::from_toml("[[listener]]\nname='a'\naddress='127.0.0.1:1'\n[routes]\n'x.test' = { type = 'smarthost', host = '' }\n").unwrap_err().to_string();
+    let e = Config::from_toml(
+        "[[listener]]\nname='a'\naddress='127.0.0.1:1'\n[routes]\n'x.test' = { type = 'smarthost', host = '' }\n",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("routes.x.test"), "{e}");
     let e = Config::from_toml("").unwrap_err().to_string();
     assert!(e.contains("listener"), "{e}");

@@ -51,13 +51,26 @@ impl Conn {
         }
     }
 
-    async fn open_once(host: &str, addr: SocketAddr, policy: &Policy, s: &Settings, try_tls: bool) -> Result<Conn, OpenError> {
+    async fn open_once(
+        host: &str,
+        addr: SocketAddr,
+        policy: &Policy,
+        s: &Settings,
+        try_tls: bool,
+    ) -> Result<Conn, OpenError> {
         let tcp = timeout(s.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| OpenError::Fail(format!("451 4.4.1 connect to {addr} timed out")))?
             .map_err(|e| OpenError::Fail(format!("451 4.4.1 connect to {addr}: {e}")))?;
         let _ = tcp.set_nodelay(true);
-        let mut c = Conn { io: Box::new(tcp), rbuf: Vec::with_capacity(4096), ext: Extensions::default(), host: host.into(), addr, tls: None };
+        let mut c = Conn {
+            io: Box::new(tcp),
+            rbuf: Vec::with_capacity(4096),
+            ext: Extensions::default(),
+            host: host.into(),
+            addr,
+            tls: None,
+        };
         let greet = c.read_reply(s.command_timeout).await.map_err(OpenError::Fail)?;
         if greet.code != 220 {
             return Err(OpenError::Fail(format!("{} (greeting)", greet)));
@@ -167,7 +180,11 @@ impl Conn {
         }
         if let Some(limit) = self.ext.size.filter(|l| *l > 0) {
             if msg.data.len() as u64 > limit {
-                return all(RcptOutcome::new(Status::Failed, format!("552 5.3.4 message larger than the next hop's limit ({limit})"), Some(&host)));
+                return all(RcptOutcome::new(
+                    Status::Failed,
+                    format!("552 5.3.4 message larger than the next hop's limit ({limit})"),
+                    Some(&host),
+                ));
             }
         }
         let mut mail = format!("MAIL FROM:<{}>", msg.sender);
@@ -211,7 +228,13 @@ impl Conn {
             }
         }
         let outcome = |r: &Reply| {
-            let status = if r.is_positive() { Status::Delivered } else if r.is_permanent() { Status::Failed } else { Status::Deferred };
+            let status = if r.is_positive() {
+                Status::Delivered
+            } else if r.is_permanent() {
+                Status::Failed
+            } else {
+                Status::Deferred
+            };
             RcptOutcome::new(status, r.to_string(), Some(&host))
         };
         let mail_reply = &replies[0];

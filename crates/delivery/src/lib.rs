@@ -126,7 +126,9 @@ impl Delivery {
                 };
                 let policy = match self.tls.policy(*tls, ca_file.as_deref()) {
                     Ok(p) => p,
-                    Err(e) => return all(RcptOutcome::new(Status::Deferred, format!("451 4.7.5 TLS setup: {e}"), None)),
+                    Err(e) => {
+                        return all(RcptOutcome::new(Status::Deferred, format!("451 4.7.5 TLS setup: {e}"), None))
+                    }
                 };
                 self.smtp(vec![Target { host: host.clone(), addrs }], &policy, msg).await
             }
@@ -144,11 +146,14 @@ impl Delivery {
                     }
                 }
                 if targets.is_empty() {
-                    return all(last_err.unwrap_or_else(|| RcptOutcome::new(Status::Deferred, "451 4.4.4 no usable MX host", None)));
+                    return all(last_err
+                        .unwrap_or_else(|| RcptOutcome::new(Status::Deferred, "451 4.4.4 no usable MX host", None)));
                 }
                 let policy = match self.tls.policy(*tls, None) {
                     Ok(p) => p,
-                    Err(e) => return all(RcptOutcome::new(Status::Deferred, format!("451 4.7.5 TLS setup: {e}"), None)),
+                    Err(e) => {
+                        return all(RcptOutcome::new(Status::Deferred, format!("451 4.7.5 TLS setup: {e}"), None))
+                    }
                 };
                 self.smtp(targets, &policy, msg).await
             }
@@ -174,7 +179,13 @@ impl Delivery {
 
     /// One host: a pooled connection when there is one (falling back to a fresh one if it has
     /// gone stale), then the transaction. `Err` means "try the next host".
-    async fn attempt(&self, host: &str, addr: SocketAddr, policy: &tls::Policy, msg: &Outbound<'_>) -> Result<Vec<RcptOutcome>, RcptOutcome> {
+    async fn attempt(
+        &self,
+        host: &str,
+        addr: SocketAddr,
+        policy: &tls::Policy,
+        msg: &Outbound<'_>,
+    ) -> Result<Vec<RcptOutcome>, RcptOutcome> {
         let key = pool::Key { addr, host: host.to_string(), policy: policy.kind };
         if let Some(mut conn) = self.pool.take(&key, self.settings.idle_timeout) {
             match conn.transaction(msg, &self.settings).await {
@@ -192,7 +203,9 @@ impl Delivery {
                 self.pool.put(key, conn);
                 Ok(out)
             }
-            Err(client::TxError::Stale) => Err(RcptOutcome::new(Status::Deferred, "451 4.4.2 connection lost", Some(host))),
+            Err(client::TxError::Stale) => {
+                Err(RcptOutcome::new(Status::Deferred, "451 4.4.2 connection lost", Some(host)))
+            }
             Err(client::TxError::Host(o)) => Err(o),
         }
     }

@@ -54,13 +54,22 @@ pub async fn deliver(root: &Path, msg: &Outbound<'_>) -> Vec<RcptOutcome> {
         rcpts
             .iter()
             .map(|r| match write_one(&root, &id, &sender, r, &data) {
-                Ok(p) => RcptOutcome::new(Status::Delivered, format!("250 2.0.0 delivered to maildir as {}", p.display()), None),
+                Ok(p) => RcptOutcome::new(
+                    Status::Delivered,
+                    format!("250 2.0.0 delivered to maildir as {}", p.display()),
+                    None,
+                ),
                 Err(e) => RcptOutcome::new(Status::Deferred, format!("451 4.3.0 maildir write failed: {e}"), None),
             })
             .collect::<Vec<_>>()
     })
     .await;
-    res.unwrap_or_else(|e| vec![RcptOutcome::new(Status::Deferred, format!("451 4.3.0 maildir task failed: {e}"), None); msg.recipients.len()])
+    res.unwrap_or_else(|e| {
+        vec![
+            RcptOutcome::new(Status::Deferred, format!("451 4.3.0 maildir task failed: {e}"), None);
+            msg.recipients.len()
+        ]
+    })
 }
 
 #[cfg(test)]

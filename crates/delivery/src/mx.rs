@@ -35,7 +35,10 @@ impl Resolver {
                     NameServerConfig::new(sa.ip(), true, vec![udp, tcp])
                 })
                 .collect();
-            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), TokioRuntimeProvider::default())
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(servers),
+                TokioRuntimeProvider::default(),
+            )
         };
         let opts = builder.options_mut();
         opts.timeout = cfg.timeout;
@@ -66,7 +69,11 @@ impl Resolver {
                     })
                     .collect();
                 if mx.len() == 1 && mx[0].1.is_empty() {
-                    return Err(RcptOutcome::new(Status::Failed, "556 5.1.10 recipient domain publishes a null MX (RFC 7505): it accepts no mail", None));
+                    return Err(RcptOutcome::new(
+                        Status::Failed,
+                        "556 5.1.10 recipient domain publishes a null MX (RFC 7505): it accepts no mail",
+                        None,
+                    ));
                 }
                 mx.retain(|(_, h)| !h.is_empty());
                 if mx.is_empty() {
@@ -76,11 +83,15 @@ impl Resolver {
                 mx.sort_by_key(|(p, _)| *p);
                 Ok(mx.into_iter().map(|(_, h)| h).collect())
             }
-            Err(e) if e.is_nx_domain() => {
-                Err(RcptOutcome::new(Status::Failed, format!("550 5.1.2 recipient domain {domain} does not exist"), None))
-            }
+            Err(e) if e.is_nx_domain() => Err(RcptOutcome::new(
+                Status::Failed,
+                format!("550 5.1.2 recipient domain {domain} does not exist"),
+                None,
+            )),
             Err(e) if e.is_no_records_found() => Ok(vec![domain.to_string()]), // implicit MX
-            Err(e) => Err(RcptOutcome::new(Status::Deferred, format!("451 4.4.3 MX lookup for {domain} failed: {e}"), None)),
+            Err(e) => {
+                Err(RcptOutcome::new(Status::Deferred, format!("451 4.4.3 MX lookup for {domain} failed: {e}"), None))
+            }
         }
     }
 
@@ -104,7 +115,11 @@ impl Resolver {
             Err(e) if e.is_nx_domain() || e.is_no_records_found() => {
                 Err(RcptOutcome::new(Status::Deferred, format!("451 4.4.4 host {host} has no address"), None))
             }
-            Err(e) => Err(RcptOutcome::new(Status::Deferred, format!("451 4.4.3 address lookup for {host} failed: {e}"), None)),
+            Err(e) => Err(RcptOutcome::new(
+                Status::Deferred,
+                format!("451 4.4.3 address lookup for {host} failed: {e}"),
+                None,
+            )),
         }
     }
 }

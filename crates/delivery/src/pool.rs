@@ -49,7 +49,8 @@ impl Pool {
     }
 
     pub async fn close_all(&self) {
-        let all: Vec<Conn> = self.idle.lock().unwrap().drain().flat_map(|(_, v)| v.into_iter().map(|(c, _)| c)).collect();
+        let all: Vec<Conn> =
+            self.idle.lock().unwrap().drain().flat_map(|(_, v)| v.into_iter().map(|(c, _)| c)).collect();
         for mut c in all {
             c.quit().await;
         }

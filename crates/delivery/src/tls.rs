@@ -56,7 +56,9 @@ impl Connectors {
     pub fn policy(&self, p: TlsPolicy, ca_file: Option<&Path>) -> Result<Policy, String> {
         Ok(match p {
             TlsPolicy::None => Policy { kind: PolicyKind::None, connector: None },
-            TlsPolicy::Opportunistic => Policy { kind: PolicyKind::Opportunistic, connector: Some(self.opportunistic.clone()) },
+            TlsPolicy::Opportunistic => {
+                Policy { kind: PolicyKind::Opportunistic, connector: Some(self.opportunistic.clone()) }
+            }
             TlsPolicy::Required => {
                 let key = ca_file.map(Path::to_path_buf);
                 let mut v = self.verifying.lock().unwrap();
@@ -65,9 +67,12 @@ impl Connectors {
                     None => {
                         let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
                         if let Some(f) = &key {
-                            let certs = CertificateDer::pem_file_iter(f).map_err(|e| format!("{}: {e}", f.display()))?;
+                            let certs =
+                                CertificateDer::pem_file_iter(f).map_err(|e| format!("{}: {e}", f.display()))?;
                             for c in certs {
-                                roots.add(c.map_err(|e| format!("{}: {e}", f.display()))?).map_err(|e| e.to_string())?;
+                                roots
+                                    .add(c.map_err(|e| format!("{}: {e}", f.display()))?)
+                                    .map_err(|e| e.to_string())?;
                             }
                         }
                         let cfg = builder().with_root_certificates(roots).with_no_client_auth();
@@ -103,11 +108,21 @@ impl ServerCertVerifier for AcceptAny {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 

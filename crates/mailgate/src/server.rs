@@ -60,7 +60,9 @@ impl Gateway {
         let mut local_addrs = vec![];
         let mut tasks = vec![];
         for l in &config.listeners {
-            let listener = TcpListener::bind(l.address).await.map_err(|e| anyhow::anyhow!("listener {} on {}: {e}", l.name, l.address))?;
+            let listener = TcpListener::bind(l.address)
+                .await
+                .map_err(|e| anyhow::anyhow!("listener {} on {}: {e}", l.name, l.address))?;
             let addr = listener.local_addr()?;
             tracing::info!(listener = %l.name, %addr, "listening");
             local_addrs.push(addr);
@@ -105,8 +107,7 @@ async fn accept_loop(listener: TcpListener, name: String, shared: Arc<Shared>, s
             let n = shared.next_session.fetch_add(1, Ordering::Relaxed);
             let sid = format!("{:05}{:06}", shared.start_tag, n);
             let span = tracing::info_span!("session", sid = %sid, client = %peer);
-            let local = stream.local_addr().unwrap_or(peer);
-            Session::new(sid, stream, peer, local, name, shared.clone(), stop).run().instrument(span).await;
+            Session::new(stream, peer, name, shared.clone(), stop).run().instrument(span).await;
         });
     }
 }

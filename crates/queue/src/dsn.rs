@@ -30,7 +30,15 @@ pub fn headers_of(data: &[u8]) -> &[u8] {
 }
 
 /// Builds the DSN message (CRLF line ends) sent from `<>` to `sender`.
-pub fn build(hostname: &str, queue_id: &str, sender: &str, arrival_unix: u64, now_unix: u64, failures: &[Failure<'_>], original: &[u8]) -> Vec<u8> {
+pub fn build(
+    hostname: &str,
+    queue_id: &str,
+    sender: &str,
+    arrival_unix: u64,
+    now_unix: u64,
+    failures: &[Failure<'_>],
+    original: &[u8],
+) -> Vec<u8> {
     let boundary = format!("{queue_id}.{now_unix}/{hostname}");
     let date = rfc5322_date(now_unix);
     let mut m = String::new();
@@ -55,7 +63,11 @@ pub fn build(hostname: &str, queue_id: &str, sender: &str, arrival_unix: u64, no
     m += &format!("Arrival-Date: {}\r\n", rfc5322_date(arrival_unix));
     for f in failures {
         m += "\r\n";
-        m += &format!("Final-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\n", f.recipient, status_of(f.reply));
+        m += &format!(
+            "Final-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\n",
+            f.recipient,
+            status_of(f.reply)
+        );
         if let Some(h) = f.remote_host {
             m += &format!("Remote-MTA: dns; {h}\r\n");
         }
@@ -75,10 +87,13 @@ mod tests {
     #[test]
     fn builds_a_report_with_the_original_headers() {
         let orig = b"Subject: hello\r\nFrom: a@b.example\r\n\r\nbody text\r\n";
-        let f = [Failure { recipient: "x@y.example", reply: "550 5.1.1 no such user", remote_host: Some("mx.y.example") }];
+        let f =
+            [Failure { recipient: "x@y.example", reply: "550 5.1.1 no such user", remote_host: Some("mx.y.example") }];
         let d = String::from_utf8(build("mx.test", "Q1", "a@b.example", 0, 60, &f, orig)).unwrap();
         assert!(d.contains("report-type=delivery-status"));
-        assert!(d.contains("Final-Recipient: rfc822; x@y.example\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.y.example"));
+        assert!(d.contains(
+            "Final-Recipient: rfc822; x@y.example\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.y.example"
+        ));
         assert!(d.contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: hello\r\nFrom: a@b.example\r\n\r\n--"));
         assert!(!d.contains("body text"));
         assert_eq!(status_of("451 timeout"), "4.0.0");

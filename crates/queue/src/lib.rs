@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use mailgate_config::{Config, Route};
 use mailgate_delivery::{Delivery, Outbound, RcptOutcome, Status};
-use mailgate_spool::{Envelope, QueueId, RcptStatus, Recipient, Spool};
 use mailgate_smtp::trace::now_unix;
+use mailgate_spool::{Envelope, QueueId, RcptStatus, Recipient, Spool};
 use tokio::sync::{mpsc, Semaphore};
 
 fn now_ms() -> u64 {
@@ -55,7 +55,12 @@ struct Inner {
 
 impl Queue {
     /// Starts the scheduler with the messages recovered from the spool.
-    pub fn start(spool: Arc<dyn Spool>, delivery: Arc<Delivery>, config: Arc<Config>, recovered: Vec<Envelope>) -> Queue {
+    pub fn start(
+        spool: Arc<dyn Spool>,
+        delivery: Arc<Delivery>,
+        config: Arc<Config>,
+        recovered: Vec<Envelope>,
+    ) -> Queue {
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             spool,
@@ -156,7 +161,10 @@ impl Queue {
                     let dest = destination(route, &domain);
                     groups.entry(dest).or_insert_with(|| (route.clone(), domain.clone(), vec![])).2.push(i);
                 }
-                None => outcomes[i] = Some(RcptOutcome::new(Status::Failed, "554 5.4.4 no route to the recipient domain", None)),
+                None => {
+                    outcomes[i] =
+                        Some(RcptOutcome::new(Status::Failed, "554 5.4.4 no route to the recipient domain", None))
+                }
             }
         }
         let mut tasks = vec![];
@@ -165,10 +173,24 @@ impl Queue {
             let env = e.env.clone();
             let data = data.clone();
             tasks.push(tokio::spawn(async move {
-                let sem = q.inner.per_dest.lock().unwrap().entry(dest.clone()).or_insert_with(|| Arc::new(Semaphore::new(q.inner.config.queue.max_per_destination))).clone();
+                let sem = q
+                    .inner
+                    .per_dest
+                    .lock()
+                    .unwrap()
+                    .entry(dest.clone())
+                    .or_insert_with(|| Arc::new(Semaphore::new(q.inner.config.queue.max_per_destination)))
+                    .clone();
                 let _permit = sem.acquire_owned().await;
                 let rcpts: Vec<String> = idx.iter().map(|i| env.recipients[*i].address.clone()).collect();
-                let msg = Outbound { id: &env.id, sender: &env.sender, recipients: &rcpts, data: &data, body_8bit: env.body_8bit, smtputf8: env.smtputf8 };
+                let msg = Outbound {
+                    id: &env.id,
+                    sender: &env.sender,
+                    recipients: &rcpts,
+                    data: &data,
+                    body_8bit: env.body_8bit,
+                    smtputf8: env.smtputf8,
+                };
                 let out = q.inner.delivery.deliver(&route, &domain, &msg).await;
                 (idx, out)
             }));
@@ -249,14 +271,31 @@ impl Queue {
             .iter()
             .map(|i| {
                 let r = &env.recipients[*i];
-                dsn::Failure { recipient: &r.address, reply: r.last_reply.as_deref().unwrap_or(""), remote_host: r.remote_host.as_deref() }
+                dsn::Failure {
+                    recipient: &r.address,
+                    reply: r.last_reply.as_deref().unwrap_or(""),
+                    remote_host: r.remote_host.as_deref(),
+                }
             })
             .collect();
-        let body = dsn::build(&inner.config.server.hostname, &env.id, &env.sender, env.received_at / 1000, now_unix(), &failures, data);
+        let body = dsn::build(
+            &inner.config.server.hostname,
+            &env.id,
+            &env.sender,
+            env.received_at / 1000,
+            now_unix(),
+            &failures,
+            data,
+        );
         let dsn_env = Envelope {
             id: inner.spool.new_id(),
             sender: String::new(),
-            recipients: vec![Recipient { address: env.sender.clone(), status: RcptStatus::Pending, last_reply: None, remote_host: None }],
+            recipients: vec![Recipient {
+                address: env.sender.clone(),
+                status: RcptStatus::Pending,
+                last_reply: None,
+                remote_host: None,
+            }],
             received_at: now_ms(),
             attempts: 0,
             next_attempt: 0,

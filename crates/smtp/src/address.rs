@@ -72,10 +72,7 @@ impl Address {
     /// Parses a path `<mailbox>` (with an optional obsolete source route `<@a,@b:mailbox>`,
     /// which RFC 5321 §4.1.2 says to accept and ignore). `<>` is refused here.
     pub fn parse_path(s: &str) -> Result<Address, AddressError> {
-        let inner = s
-            .strip_prefix('<')
-            .and_then(|s| s.strip_suffix('>'))
-            .ok_or(AddressError::Syntax)?;
+        let inner = s.strip_prefix('<').and_then(|s| s.strip_suffix('>')).ok_or(AddressError::Syntax)?;
         let inner = match inner.strip_prefix('@') {
             Some(route) => route.split_once(':').ok_or(AddressError::Syntax)?.1,
             None => inner,
@@ -152,7 +149,19 @@ mod tests {
 
     #[test]
     fn refuses_bad_paths() {
-        for bad in ["u@d", "<u>", "<@d>", "<u@>", "<u..v@d>", "<.u@d>", "<u@-d.example>", "<u@d..e>", "<u v@d>", "<\"u@d>", "<>"] {
+        for bad in [
+            "u@d",
+            "<u>",
+            "<@d>",
+            "<u@>",
+            "<u..v@d>",
+            "<.u@d>",
+            "<u@-d.example>",
+            "<u@d..e>",
+            "<u v@d>",
+            "<\"u@d>",
+            "<>",
+        ] {
             assert!(Address::parse_path(bad).is_err(), "{bad}");
         }
         let long = format!("<{}@d.example>", "x".repeat(65));

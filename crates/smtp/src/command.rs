@@ -34,10 +34,19 @@ pub enum Command {
     Ehlo(String),
     Helo(String),
     /// `from: None` is the null reverse path `<>`.
-    Mail { from: Option<Address>, params: MailParams },
-    Rcpt { to: Address, params: RcptParams },
+    Mail {
+        from: Option<Address>,
+        params: MailParams,
+    },
+    Rcpt {
+        to: Address,
+        params: RcptParams,
+    },
     Data,
-    Bdat { size: u64, last: bool },
+    Bdat {
+        size: u64,
+        last: bool,
+    },
     Rset,
     Noop,
     Quit,
@@ -45,7 +54,10 @@ pub enum Command {
     Expn(String),
     Help,
     StartTls,
-    Auth { mechanism: String, initial: Option<String> },
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
 }
 
 fn err(code: u16, e: Enhanced, text: &'static str) -> Reply {
@@ -62,8 +74,7 @@ fn address_reply(e: AddressError) -> Reply {
 impl Command {
     /// Parses one command line (without CRLF).
     pub fn parse(line: &[u8]) -> Result<Command, Reply> {
-        let line = std::str::from_utf8(line)
-            .map_err(|_| err(500, Enhanced(5, 5, 2), "Command is not valid UTF-8"))?;
+        let line = std::str::from_utf8(line).map_err(|_| err(500, Enhanced(5, 5, 2), "Command is not valid UTF-8"))?;
         if line.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
             return Err(err(500, Enhanced(5, 5, 2), "Control characters in command"));
         }
@@ -115,8 +126,15 @@ impl Command {
 /// Splits `FROM:<path> params` after the keyword; tolerates one space after the colon
 /// (common in the wild; Postfix accepts it too).
 fn split_path<'a>(rest: &'a str, keyword: &str) -> Result<(&'a str, &'a str), Reply> {
-    let syntax = || err(501, Enhanced(5, 5, 4), if keyword == "FROM:" { "Syntax: MAIL FROM:<address>" } else { "Syntax: RCPT TO:<address>" });
-    if rest.len() < keyword.len() || !rest[..keyword.len()].eq_ignore_ascii_case(keyword) {
+    let syntax = || {
+        err(
+            501,
+            Enhanced(5, 5, 4),
+            if keyword == "FROM:" { "Syntax: MAIL FROM:<address>" } else { "Syntax: RCPT TO:<address>" },
+        )
+    };
+    // Compare bytes: slicing the str could split a UTF-8 character (found by fuzzing).
+    if !rest.as_bytes().get(..keyword.len()).is_some_and(|p| p.eq_ignore_ascii_case(keyword.as_bytes())) {
         return Err(syntax());
     }
     let rest = rest[keyword.len()..].trim_start_matches(' ');
@@ -155,9 +173,7 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
             None => (param, None),
         };
         match (key.to_ascii_uppercase().as_str(), value) {
-            ("SIZE", Some(v)) => {
-                p.size = Some(v.parse().map_err(|_| err(501, Enhanced(5, 5, 4), "Bad SIZE value"))?)
-            }
+            ("SIZE", Some(v)) => p.size = Some(v.parse().map_err(|_| err(501, Enhanced(5, 5, 4), "Bad SIZE value"))?),
             ("BODY", Some(v)) => {
                 p.body = match v.to_ascii_uppercase().as_str() {
                     "7BIT" => Body::SevenBit,
@@ -183,7 +199,10 @@ fn parse_rcpt(rest: &str) -> Result<Command, Reply> {
     let (path, params) = split_path(rest, "TO:")?;
     if path.eq_ignore_ascii_case("<postmaster>") {
         // RFC 5321 §4.1.1.3: <Postmaster> without a domain must be accepted; it means ours.
-        return Ok(Command::Rcpt { to: Address::parse_mailbox("postmaster@localhost").unwrap(), params: RcptParams {} });
+        return Ok(Command::Rcpt {
+            to: Address::parse_mailbox("postmaster@localhost").unwrap(),
+            params: RcptParams {},
+        });
     }
     let to = Address::parse_path(path).map_err(address_reply)?;
     if !params.is_empty() {
@@ -222,13 +241,22 @@ mod tests {
         assert_eq!(p("BDAT 100 LAST").unwrap(), Command::Bdat { size: 100, last: true });
         assert_eq!(p("bdat 0").unwrap(), Command::Bdat { size: 0, last: false });
         assert!(matches!(p("MAIL FROM:<>").unwrap(), Command::Mail { from: None, .. }));
-        let Command::Mail { from, params } = p("MAIL FROM: <a@b.example> SIZE=1000 BODY=8BITMIME SMTPUTF8").unwrap() else { panic!() };
+        let Command::Mail { from, params } = p("MAIL FROM: <a@b.example> SIZE=1000 BODY=8BITMIME SMTPUTF8").unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(from.unwrap().as_str(), "a@b.example");
-        assert_eq!(params, MailParams { size: Some(1000), body: Body::EightBitMime, smtputf8: true, requiretls: false });
+        assert_eq!(
+            params,
+            MailParams { size: Some(1000), body: Body::EightBitMime, smtputf8: true, requiretls: false }
+        );
         let Command::Rcpt { to, .. } = p("RCPT TO:<\"x>y\"@b.example>").unwrap() else { panic!() };
         assert_eq!(to.domain(), "b.example");
         assert!(matches!(p("RCPT TO:<Postmaster>").unwrap(), Command::Rcpt { .. }));
-        assert_eq!(p("AUTH plain AGFiYwBkZWY=").unwrap(), Command::Auth { mechanism: "PLAIN".into(), initial: Some("AGFiYwBkZWY=".into()) });
+        assert_eq!(
+            p("AUTH plain AGFiYwBkZWY=").unwrap(),
+            Command::Auth { mechanism: "PLAIN".into(), initial: Some("AGFiYwBkZWY=".into()) }
+        );
     }
 
     #[test]
@@ -244,5 +272,6 @@ mod tests {
         assert_eq!(code("EHLO"), 501);
         assert_eq!(code("NOOP \u{1}"), 500);
         assert!(Command::parse(b"\xff\xfe").is_err());
+        assert_eq!(code("MAIL FROM\u{1bb}@@b.c>"), 501, "multi-byte char at the keyword boundary");
     }
 }

@@ -33,7 +33,9 @@ impl ContentError {
                 Enhanced(5, 5, 2),
                 "Message refused: bare CR or LF in content; lines must end with CRLF",
             ),
-            ContentError::LineTooLong => Reply::new(550, Enhanced(5, 6, 0), "Message refused: line longer than 998 octets"),
+            ContentError::LineTooLong => {
+                Reply::new(550, Enhanced(5, 6, 0), "Message refused: line longer than 998 octets")
+            }
             ContentError::TooBig => Reply::new(552, Enhanced(5, 3, 4), "Message exceeds the size limit"),
         }
     }

@@ -89,9 +89,7 @@ impl Reply {
     /// Whether this reply is valid to send for a policy answer of the given class
     /// (e.g. a plugin's reject must be 5xx). Used to sanitise replies from untrusted code.
     pub fn class_matches(&self, class: u8) -> bool {
-        self.code / 100 == class as u16
-            && (200..600).contains(&self.code)
-            && self.enhanced.is_none_or(|e| e.0 == class)
+        self.code / 100 == class as u16 && (200..600).contains(&self.code) && self.enhanced.is_none_or(|e| e.0 == class)
     }
 }
 

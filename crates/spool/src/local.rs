@@ -119,7 +119,10 @@ impl LocalSpool {
                         if !live.contains_key(&env.id) {
                             order.push(env.id.clone());
                         }
-                        index.insert(env.id.clone(), DataRef { segment: seg, offset: r.data_offset as u64, len: r.data_len as u64 });
+                        index.insert(
+                            env.id.clone(),
+                            DataRef { segment: seg, offset: r.data_offset as u64, len: r.data_len as u64 },
+                        );
                         live.insert(env.id, Live { home: seg, meta_seg: seg, meta: r.meta.to_vec() });
                     }
                     Kind::Update => {
@@ -137,14 +140,15 @@ impl LocalSpool {
                 }
             }
             if at < buf.len() {
-                tracing::warn!(segment = seg, offset = at, "spool segment ends in an unreadable tail (never acknowledged); ignored");
+                tracing::warn!(
+                    segment = seg,
+                    offset = at,
+                    "spool segment ends in an unreadable tail (never acknowledged); ignored"
+                );
             }
         }
-        let recovered: Vec<Envelope> = order
-            .iter()
-            .filter_map(|id| live.get(id))
-            .filter_map(|l| serde_json::from_slice(&l.meta).ok())
-            .collect();
+        let recovered: Vec<Envelope> =
+            order.iter().filter_map(|id| live.get(id)).filter_map(|l| serde_json::from_slice(&l.meta).ok()).collect();
 
         let mut pins: BTreeMap<u64, usize> = segs.iter().map(|s| (*s, 0)).collect();
         for l in live.values() {
@@ -203,7 +207,15 @@ impl Spool for LocalSpool {
             let mut bytes = Vec::new();
             let data_rel = record::encode(&mut bytes, Kind::Store, &meta, data);
             let (ack, wait) = tokio::sync::oneshot::channel();
-            self.send(Req { kind: Kind::Store, id: env.id.clone(), bytes, data_rel, data_len: data.len(), meta, ack: Some(ack) })?;
+            self.send(Req {
+                kind: Kind::Store,
+                id: env.id.clone(),
+                bytes,
+                data_rel,
+                data_len: data.len(),
+                meta,
+                ack: Some(ack),
+            })?;
             match wait.await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(SpoolError::Io(std::io::Error::other(e))),
@@ -216,13 +228,22 @@ impl Spool for LocalSpool {
         let meta = serde_json::to_vec(env).expect("envelope serializes");
         let mut bytes = Vec::new();
         record::encode(&mut bytes, Kind::Update, &meta, &[]);
-        let _ = self.send(Req { kind: Kind::Update, id: env.id.clone(), bytes, data_rel: 0, data_len: 0, meta, ack: None });
+        let _ =
+            self.send(Req { kind: Kind::Update, id: env.id.clone(), bytes, data_rel: 0, data_len: 0, meta, ack: None });
     }
 
     fn complete(&self, id: &QueueId) {
         let mut bytes = Vec::new();
         record::encode(&mut bytes, Kind::Done, id.as_bytes(), &[]);
-        let _ = self.send(Req { kind: Kind::Done, id: id.clone(), bytes, data_rel: 0, data_len: 0, meta: vec![], ack: None });
+        let _ = self.send(Req {
+            kind: Kind::Done,
+            id: id.clone(),
+            bytes,
+            data_rel: 0,
+            data_len: 0,
+            meta: vec![],
+            ack: None,
+        });
     }
 
     fn read(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
@@ -302,7 +323,10 @@ impl Writer {
             buf.extend_from_slice(&r.bytes);
             match r.kind {
                 Kind::Store => {
-                    stored.push((r.id.clone(), DataRef { segment: seg, offset: offset + r.data_rel as u64, len: r.data_len as u64 }));
+                    stored.push((
+                        r.id.clone(),
+                        DataRef { segment: seg, offset: offset + r.data_rel as u64, len: r.data_len as u64 },
+                    ));
                     self.pin(seg, 2);
                     if let Some(old) = self.live.insert(r.id, Live { home: seg, meta_seg: seg, meta: r.meta }) {
                         self.unpin(old.home);
@@ -329,7 +353,8 @@ impl Writer {
                 acks.push(a);
             }
         }
-        let res = self.active.write_all(buf).and_then(|_| if acks.is_empty() { Ok(()) } else { self.active.sync_data() });
+        let res =
+            self.active.write_all(buf).and_then(|_| if acks.is_empty() { Ok(()) } else { self.active.sync_data() });
         self.active_len += buf.len() as u64;
         match &res {
             Ok(()) => {
@@ -395,8 +420,12 @@ impl Writer {
         if n == 0 {
             return;
         }
-        let movers: Vec<QueueId> =
-            self.live.iter().filter(|(_, l)| l.home == oldest || l.meta_seg == oldest).map(|(id, _)| id.clone()).collect();
+        let movers: Vec<QueueId> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.home == oldest || l.meta_seg == oldest)
+            .map(|(id, _)| id.clone())
+            .collect();
         let mut batch = vec![];
         for id in movers {
             let l = &self.live[&id];
@@ -405,7 +434,15 @@ impl Writer {
                 Ok(data) => {
                     let mut bytes = Vec::new();
                     let data_rel = record::encode(&mut bytes, Kind::Store, &l.meta, &data);
-                    batch.push(Req { kind: Kind::Store, id, bytes, data_rel, data_len: data.len(), meta: l.meta.clone(), ack: None });
+                    batch.push(Req {
+                        kind: Kind::Store,
+                        id,
+                        bytes,
+                        data_rel,
+                        data_len: data.len(),
+                        meta: l.meta.clone(),
+                        ack: None,
+                    });
                 }
                 Err(e) => tracing::error!(queue_id = %id, "cannot relocate message: {e}"),
             }

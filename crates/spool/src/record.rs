@@ -109,7 +109,10 @@ mod tests {
         let first = buf.len();
         encode(&mut buf, Kind::Done, b"ID", b"");
         let r = decode(&buf, 0).unwrap().unwrap();
-        assert_eq!((r.kind, r.meta, &buf[r.data_offset..r.data_offset + r.data_len]), (Kind::Store, &b"{}"[..], &b"hello"[..]));
+        assert_eq!(
+            (r.kind, r.meta, &buf[r.data_offset..r.data_offset + r.data_len]),
+            (Kind::Store, &b"{}"[..], &b"hello"[..])
+        );
         let r = decode(&buf, first).unwrap().unwrap();
         assert_eq!(r.kind, Kind::Done);
         // A torn or corrupted tail reads as the end.

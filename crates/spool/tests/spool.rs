@@ -6,7 +6,12 @@ fn env(spool: &LocalSpool, rcpts: &[&str]) -> Envelope {
         sender: "a@b.example".into(),
         recipients: rcpts
             .iter()
-            .map(|r| Recipient { address: r.to_string(), status: RcptStatus::Pending, last_reply: None, remote_host: None })
+            .map(|r| Recipient {
+                address: r.to_string(),
+                status: RcptStatus::Pending,
+                last_reply: None,
+                remote_host: None,
+            })
             .collect(),
         received_at: 1,
         attempts: 0,

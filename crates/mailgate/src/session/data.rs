@@ -137,9 +137,17 @@ impl Session {
             recipients: tx
                 .rcpts
                 .iter()
-                .map(|r| Recipient { address: r.as_str().to_string(), status: RcptStatus::Pending, last_reply: None, remote_host: None })
+                .map(|r| Recipient {
+                    address: r.as_str().to_string(),
+                    status: RcptStatus::Pending,
+                    last_reply: None,
+                    remote_host: None,
+                })
                 .collect(),
-            received_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            received_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
             attempts: 0,
             next_attempt: 0,
             body_8bit: content_8bit || tx.params.body != mailgate_smtp::Body::SevenBit,

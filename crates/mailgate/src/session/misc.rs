@@ -19,7 +19,11 @@ impl Session {
 
     /// RFC 5321 §3.5.3: we do not disclose mailboxes, but will try to deliver.
     pub(crate) fn vrfy(&mut self) -> Next {
-        self.reply(Reply::new(252, Enhanced(2, 5, 2), "Cannot VRFY user, but will accept message and attempt delivery"));
+        self.reply(Reply::new(
+            252,
+            Enhanced(2, 5, 2),
+            "Cannot VRFY user, but will accept message and attempt delivery",
+        ));
         Next::Continue
     }
 

@@ -37,10 +37,8 @@ pub(crate) struct Transaction {
 }
 
 pub(crate) struct Session {
-    pub sid: String,
     stream: TcpStream,
     pub peer: SocketAddr,
-    pub local: SocketAddr,
     /// Listener name, for logs.
     pub listener: Arc<str>,
     pub shared: Arc<Shared>,
@@ -64,14 +62,18 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub fn new(sid: String, stream: TcpStream, peer: SocketAddr, local: SocketAddr, listener: Arc<str>, shared: Arc<Shared>, stop: watch::Receiver<bool>) -> Session {
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        listener: Arc<str>,
+        shared: Arc<Shared>,
+        stop: watch::Receiver<bool>,
+    ) -> Session {
         let trusted = shared.config.is_trusted(peer.ip());
         let lines = LineReader::new(shared.config.limits.command_line);
         Session {
-            sid,
             stream,
             peer,
-            local,
             listener,
             shared,
             rbuf: Vec::with_capacity(8192),

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests and the plugin build need (idempotent; root only).
+#   swaks, python3          real SMTP clients in the end-to-end tests
+#   dnsmasq-base            the real DNS server on loopback (MX/A records for tests)
+#   rustc-web cargo-web rust-web-src lld-16   the wasm32 guest toolchain (shared/PLUGIN-TOOLCHAIN.md)
+#   postfix                 smtp-sink/smtp-source and the peer for benchmarks
+set -euo pipefail
+pkgs=(swaks dnsmasq-base rustc-web cargo-web rust-web-src lld-16 postfix python3)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+    echo "deps.sh: missing Debian packages: ${missing[*]} (run as root, or install them)" >&2
+    exit 1
+fi
+echo "deps.sh: installing ${missing[*]}"
+# postfix asks a debconf question on install; answer it, and it does not start by itself here.
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

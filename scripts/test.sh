@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds the plugins from source, runs every test
+# of the workspace (unit + end-to-end with real clients, sink and DNS server), and builds the
+# fuzz target. The same command runs in CI (.ci/run).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+t0=$SECONDS
+step() { echo "== $* (${SECONDS}s)"; }
+
+step "Debian packages"
+scripts/deps.sh
+
+step "plugins (wasm components)"
+plugins/build.sh
+
+step "workspace tests"
+cargo test --workspace --locked
+
+step "fuzz target builds"
+cargo build --locked --manifest-path crates/smtp/fuzz/Cargo.toml
+
+step "all green in $((SECONDS - t0))s"
