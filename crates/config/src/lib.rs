@@ -15,7 +15,9 @@ use figment::Figment;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+mod plugin;
 mod route;
+pub use plugin::{Grant, OnError, Plugin, Stage};
 pub use route::{Route, TlsPolicy};
 
 /// The embedded default configuration (`config/mailgate.toml`).
@@ -37,6 +39,9 @@ pub struct Config {
     pub dns: Dns,
     /// Route per recipient domain (lower case); `"*"` is the default route.
     pub routes: BTreeMap<String, Route>,
+    /// `[[plugin]]` tables: the plugin chain, in the order the plugins are asked.
+    #[serde(rename = "plugin")]
+    pub plugins: Vec<Plugin>,
     pub log: Log,
 }
 
@@ -177,6 +182,7 @@ impl Default for Config {
             delivery: Delivery::default(),
             dns: Dns::default(),
             routes: BTreeMap::new(),
+            plugins: vec![],
             log: Log::default(),
         }
     }
@@ -333,6 +339,15 @@ impl Config {
             }
             if let Err(e) = route.validate() {
                 errs.push(format!("routes.{domain}: {e}"));
+            }
+        }
+        let mut plugin_names = std::collections::HashSet::new();
+        for (i, p) in self.plugins.iter().enumerate() {
+            if !plugin_names.insert(&p.name) {
+                errs.push(format!("plugin[{i}].name: duplicate plugin name {:?}", p.name));
+            }
+            if let Err(e) = p.validate() {
+                errs.push(format!("plugin[{i}] ({}).{e}", p.name));
             }
         }
         if errs.is_empty() {

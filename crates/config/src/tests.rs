@@ -2,7 +2,28 @@ use super::*;
 
 #[test]
 fn embedded_default_is_valid() {
-    let c = Config::from_toml(DEFAULT_TOML).unwrap();
+    // Its plugin paths are relative to the working directory: give them files in a jail.
+    figment::Jail::expect_with(|jail| {
+        std::fs::create_dir_all(jail.directory().join("plugins/dist")).unwrap();
+        for p in ["helo-check", "rcpt-allow", "add-header"] {
+            jail.create_file(format!("plugins/dist/{p}.wasm"), "")?;
+        }
+        check_default(Config::from_toml(DEFAULT_TOML).unwrap());
+        Ok(())
+    });
+}
+
+#[test]
+fn missing_plugin_files_are_named() {
+    // In a jail too: jails change the process's working directory.
+    figment::Jail::expect_with(|_| {
+        let e = Config::from_toml(DEFAULT_TOML).unwrap_err().to_string();
+        assert!(e.contains("plugin[0] (helo-check).path plugins/dist/helo-check.wasm: no such file"), "{e}");
+        Ok(())
+    });
+}
+
+fn check_default(c: Config) {
     assert_eq!(c.listeners[0].address, "127.0.0.1:2525".parse().unwrap());
     assert!(c.accepts_domain("Example.Test"));
     assert!(matches!(c.route_for("example.test"), Some(Route::Maildir { .. })));
@@ -31,6 +52,10 @@ fn unknown_keys_and_bad_values_name_the_key() {
 #[test]
 fn env_overrides_with_double_underscore() {
     figment::Jail::expect_with(|jail| {
+        std::fs::create_dir_all(jail.directory().join("plugins/dist")).unwrap();
+        for p in ["helo-check", "rcpt-allow", "add-header"] {
+            jail.create_file(format!("plugins/dist/{p}.wasm"), "")?;
+        }
         jail.set_env("MAILGATE_LIMITS__MAX_RECIPIENTS", "7");
         jail.set_env("MAILGATE_SERVER__HOSTNAME", "mx.env.test");
         let c = Config::load(None).unwrap();

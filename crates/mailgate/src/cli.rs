@@ -27,6 +27,46 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Plugin tools.
+    Plugin {
+        #[command(subcommand)]
+        cmd: PluginCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCmd {
+    /// Say whether a file is a component satisfying the mailgate:plugin/filter world.
+    Check { wasm: PathBuf },
+    /// Run one plugin through a simulated transaction (no network) and print each stage.
+    Test {
+        wasm: PathBuf,
+        /// The message (an .eml file; LF line ends are made CRLF).
+        #[arg(long)]
+        eml: Option<PathBuf>,
+        #[arg(long, default_value = "sender@example.test")]
+        from: String,
+        #[arg(long, required = true)]
+        rcpt: Vec<String>,
+        #[arg(long, default_value = "client.example.test")]
+        helo: String,
+        #[arg(long, default_value = "192.0.2.10")]
+        client_ip: String,
+        /// The plugin's config table as TOML, e.g. 'domains = ["example.test"]'.
+        #[arg(long)]
+        config: Option<String>,
+        /// Capabilities to grant: dns, kv.
+        #[arg(long, value_parser = parse_grant)]
+        grant: Vec<mailgate_config::Grant>,
+    },
+}
+
+fn parse_grant(s: &str) -> Result<mailgate_config::Grant, String> {
+    match s {
+        "dns" => Ok(mailgate_config::Grant::Dns),
+        "kv" => Ok(mailgate_config::Grant::Kv),
+        _ => Err(format!("unknown grant {s:?} (dns, kv)")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -69,6 +109,28 @@ pub fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Cmd::Plugin { cmd: PluginCmd::Check { wasm } } => match crate::plugin_cli::check(&wasm) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: does not satisfy the plugin world: {e}", wasm.display());
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Plugin { cmd: PluginCmd::Test { wasm, eml, from, rcpt, helo, client_ip, config, grant } } => {
+            let _ = tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).try_init();
+            let run = crate::plugin_cli::TestRun { wasm, eml, from, rcpts: rcpt, helo, client_ip, config, grants: grant };
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+            match rt.block_on(crate::plugin_cli::test(run)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("plugin test: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Serve { config } => {
             let cfg = match Config::load(config.as_deref()) {
                 Ok(c) => c,

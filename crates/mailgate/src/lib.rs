@@ -8,6 +8,8 @@
 //! tests can run many gateways in one process.
 
 pub mod cli;
+mod plugin_cli;
+mod plugins;
 mod server;
 mod session;
 

@@ -14,11 +14,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::plugins::PluginHooks;
 use crate::session::Session;
+use mailgate_plugin_host::{KvStore, MemoryKv, Plugins};
 
 /// What every session of a gateway shares.
 pub struct Shared {
     pub config: Arc<Config>,
+    /// The loaded plugins (`None` when the config has no `[[plugin]]`).
+    pub plugins: Option<Arc<Plugins>>,
     pub spool: Arc<dyn Spool>,
     pub queue: Queue,
     /// Sessions open now, in total and per client IP (for the 421 limits).
@@ -46,9 +50,18 @@ impl Gateway {
         let (spool, recovered) = LocalSpool::open(&config.spool.path, config.spool.segment_size)
             .map_err(|e| anyhow::anyhow!("spool {}: {e}", config.spool.path.display()))?;
         let delivery = Delivery::new(&config)?;
-        let queue = Queue::start(spool.clone(), delivery, config.clone(), recovered);
+        let plugins = if config.plugins.is_empty() {
+            None
+        } else {
+            let (cfg, resolver) = (config.clone(), delivery.resolver().inner().clone());
+            let kv: Arc<dyn KvStore> = Arc::new(MemoryKv::new(1_000_000));
+            Some(tokio::task::spawn_blocking(move || Plugins::load(&cfg, Some(resolver), kv)).await??)
+        };
+        let hooks = plugins.as_ref().map(|p| Arc::new(PluginHooks(p.queue())) as Arc<dyn mailgate_queue::Hooks>);
+        let queue = Queue::start(spool.clone(), delivery, config.clone(), recovered, hooks);
         let shared = Arc::new(Shared {
             config: config.clone(),
+            plugins,
             spool: spool.clone(),
             queue,
             sessions: AtomicUsize::new(0),
@@ -107,7 +120,8 @@ async fn accept_loop(listener: TcpListener, name: String, shared: Arc<Shared>, s
             let n = shared.next_session.fetch_add(1, Ordering::Relaxed);
             let sid = format!("{:05}{:06}", shared.start_tag, n);
             let span = tracing::info_span!("session", sid = %sid, client = %peer);
-            Session::new(stream, peer, name, shared.clone(), stop).run().instrument(span).await;
+            let local = stream.local_addr().unwrap_or(peer);
+            Session::new(sid, stream, peer, local, name, shared.clone(), stop).run().instrument(span).await;
         });
     }
 }

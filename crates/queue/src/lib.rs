@@ -7,6 +7,9 @@
 //! format: it gets stored envelopes in and hands attempts to `mailgate-delivery`.
 
 pub mod dsn;
+mod hooks;
+
+pub use hooks::{parse_route, Chosen, Hooks};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -51,6 +54,8 @@ struct Inner {
     per_dest: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Messages known to the queue (waiting or in flight), for status and tests.
     depth: std::sync::atomic::AtomicUsize,
+    /// Plugins' on-route and on-delivery-result, when any are configured.
+    hooks: Option<Arc<dyn Hooks>>,
 }
 
 impl Queue {
@@ -60,6 +65,7 @@ impl Queue {
         delivery: Arc<Delivery>,
         config: Arc<Config>,
         recovered: Vec<Envelope>,
+        hooks: Option<Arc<dyn Hooks>>,
     ) -> Queue {
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
@@ -69,6 +75,7 @@ impl Queue {
             per_dest: Mutex::new(HashMap::new()),
             config,
             depth: Default::default(),
+            hooks,
         });
         let q = Queue { tx, inner };
         if !recovered.is_empty() {
@@ -83,6 +90,10 @@ impl Queue {
 
     /// Hands a stored message to the queue. `data` is its content if still in memory.
     pub fn enqueue(&self, env: Envelope, data: Option<Arc<Vec<u8>>>) {
+        if let Some(reason) = &env.quarantine {
+            tracing::info!(queue_id = %env.id, %reason, "message is quarantined: not delivered");
+            return;
+        }
         self.inner.depth.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _ = self.tx.send(Cmd::Enqueue(Entry { env, data }));
     }
@@ -154,18 +165,40 @@ impl Queue {
         // Group pending recipients by destination: one transaction per group.
         let mut groups: BTreeMap<String, (Route, String, Vec<usize>)> = BTreeMap::new();
         let mut outcomes: Vec<Option<RcptOutcome>> = vec![None; e.env.recipients.len()];
-        for (i, r) in e.env.pending() {
-            let domain = r.address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
-            match inner.config.route_for(&domain) {
-                Some(route) => {
-                    let dest = destination(route, &domain);
-                    groups.entry(dest).or_insert_with(|| (route.clone(), domain.clone(), vec![])).2.push(i);
+        let pending: Vec<(usize, String)> = e.env.pending().map(|(i, r)| (i, r.address.clone())).collect();
+        for (i, rcpt) in pending {
+            let domain = rcpt.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+            let chosen = match (&e.env.route, &inner.hooks) {
+                (Some(text), _) => Some(text.clone()),
+                (None, Some(h)) => h.route(&e.env, &rcpt).await,
+                (None, None) => None,
+            };
+            let (route, domain) = match chosen.map(|t| parse_route(&t)) {
+                None => match inner.config.route_for(&domain) {
+                    Some(route) => (route.clone(), domain),
+                    None => {
+                        outcomes[i] = Some(RcptOutcome::new(Status::Failed, "554 5.4.4 no route to the recipient domain", None));
+                        continue;
+                    }
+                },
+                Some(Ok(Chosen::Route(route, mx_domain))) => (route, mx_domain.unwrap_or(domain)),
+                Some(Ok(Chosen::Hold)) => {
+                    outcomes[i] = Some(RcptOutcome::new(Status::Deferred, "451 4.3.2 held by policy", None));
+                    continue;
                 }
-                None => {
-                    outcomes[i] =
-                        Some(RcptOutcome::new(Status::Failed, "554 5.4.4 no route to the recipient domain", None))
+                Some(Ok(Chosen::Reply(text))) => {
+                    let status = if text.starts_with('5') { Status::Failed } else { Status::Deferred };
+                    outcomes[i] = Some(RcptOutcome::new(status, text, None));
+                    continue;
                 }
-            }
+                Some(Err(err)) => {
+                    tracing::error!(queue_id = %e.env.id, rcpt = %rcpt, "invalid route from policy: {err}");
+                    outcomes[i] = Some(RcptOutcome::new(Status::Deferred, format!("451 4.3.5 invalid route from policy: {err}"), None));
+                    continue;
+                }
+            };
+            let dest = destination(&route, &domain);
+            groups.entry(dest).or_insert_with(|| (route, domain, vec![])).2.push(i);
         }
         let mut tasks = vec![];
         for (dest, (route, domain, idx)) in groups {
@@ -215,6 +248,9 @@ impl Queue {
         let mut failed: Vec<usize> = vec![];
         for (i, o) in outcomes.into_iter().enumerate() {
             let Some(o) = o else { continue };
+            if let Some(h) = &inner.hooks {
+                h.delivery_result(&env, &env.recipients[i].address, &o).await;
+            }
             let r = &mut env.recipients[i];
             tracing::info!(queue_id = %env.id, rcpt = %r.address, status = ?o.status, host = o.remote_host.as_deref().unwrap_or("-"), attempt = env.attempts, "{}", o.reply);
             r.last_reply = Some(o.reply);
@@ -302,6 +338,8 @@ impl Queue {
             body_8bit: !data.is_ascii(),
             smtputf8: !env.sender.is_ascii(),
             client: "local DSN".into(),
+            route: None,
+            quarantine: None,
         };
         match inner.spool.store(&dsn_env, &body).await {
             Ok(()) => {

@@ -50,6 +50,13 @@ pub struct Envelope {
     /// The client's address and HELO, for logs and DSNs.
     #[serde(default)]
     pub client: String,
+    /// A route for the whole message chosen by a plugin, in the queue's text form
+    /// (`mx:D`, `smarthost:H:P`, `maildir:P`, `discard`, `hold`, `reject:CODE ENH TEXT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Why the message is quarantined: kept, never delivered until released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<String>,
 }
 
 impl Envelope {

@@ -19,6 +19,8 @@ fn env(spool: &LocalSpool, rcpts: &[&str]) -> Envelope {
         body_8bit: false,
         smtputf8: false,
         client: String::new(),
+        route: None,
+        quarantine: None,
     }
 }
 

@@ -11,6 +11,8 @@ struct RcptAllow {
     addresses: Vec<String>,
     /// Answer `accept` (stop the rcpt chain) for a listed recipient instead of `next`.
     accept_listed: bool,
+    /// Also restrict trusted clients (by default they may relay anywhere).
+    check_trusted: bool,
 }
 
 impl Filter for RcptAllow {
@@ -21,13 +23,17 @@ impl Filter for RcptAllow {
         self.domains = lower(config::get_list("domains"));
         self.addresses = lower(config::get_list("addresses"));
         self.accept_listed = config::parse("accept_listed")?.unwrap_or(false);
+        self.check_trusted = config::parse("check_trusted")?.unwrap_or(false);
         if self.domains.is_empty() && self.addresses.is_empty() {
             log::warn!("rcpt-allow: no domains or addresses configured, every recipient fails");
         }
         Ok(())
     }
 
-    fn on_rcpt(&mut self, _conn: &ConnectionInfo, _env: &Envelope, rcpt: &str) -> Verdict {
+    fn on_rcpt(&mut self, conn: &ConnectionInfo, _env: &Envelope, rcpt: &str) -> Verdict {
+        if conn.trusted && !self.check_trusted {
+            return Verdict::Next;
+        }
         let listed = self.addresses.contains(&rcpt.to_ascii_lowercase())
             || domain_of(rcpt).is_some_and(|d| self.domains.contains(&d));
         match (listed, self.accept_listed) {

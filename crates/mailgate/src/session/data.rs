@@ -10,6 +10,7 @@ use mailgate_smtp::{ContentReceiver, Enhanced, Progress, Reply};
 use mailgate_spool::{Envelope, QueueId, RcptStatus, Recipient};
 
 use super::{Next, Session};
+use mailgate_plugin_host::{modify, DataDecision};
 
 /// A message being received: its id, the content so far (starting with our `Received:`),
 /// and the receiver enforcing the content rules.
@@ -131,7 +132,7 @@ impl Session {
         }
         let shared = self.shared.clone();
         let content_8bit = !c.buf.is_ascii();
-        let env = Envelope {
+        let mut env = Envelope {
             id: c.id,
             sender: tx.from.as_ref().map(|a| a.as_str().to_string()).unwrap_or_default(),
             recipients: tx
@@ -153,18 +154,27 @@ impl Session {
             body_8bit: content_8bit || tx.params.body != mailgate_smtp::Body::SevenBit,
             smtputf8: tx.params.smtputf8,
             client: format!("{} ({})", self.helo.as_deref().unwrap_or("unknown"), self.peer.ip()),
+            route: None,
+            quarantine: None,
         };
-        match shared.spool.store(&env, &c.buf).await {
+        let mut data = c.buf;
+        if self.chain.is_some() {
+            match self.data_policy(&mut env, data).await {
+                Ok(d) => data = d,
+                Err(next) => return next,
+            }
+        }
+        match shared.spool.store(&env, &data).await {
             Ok(()) => {
                 tracing::info!(
                     queue_id = %env.id,
                     from = %if env.sender.is_empty() { "<>" } else { &env.sender },
                     rcpts = env.recipients.len(),
-                    size = c.buf.len(),
+                    size = data.len(),
                     "message accepted"
                 );
                 let reply = Reply::new(250, Enhanced(2, 0, 0), format!("Ok: queued as {}", env.id));
-                shared.queue.enqueue(env, Some(Arc::new(c.buf)));
+                shared.queue.enqueue(env, Some(Arc::new(data)));
                 self.reply(reply);
             }
             Err(e) => {
@@ -174,5 +184,69 @@ impl Session {
             }
         }
         Next::Continue
+    }
+}
+
+impl Session {
+    /// Runs the data-stage plugins on a complete message and applies their verdict and
+    /// modifications. Returns the message to store, or `Err` once a reply has been queued.
+    async fn data_policy(&mut self, env: &mut Envelope, data: Vec<u8>) -> Result<Vec<u8>, Next> {
+        let Some(mut chain) = self.chain.take() else { return Ok(data) };
+        let wenv = crate::plugins::wit_envelope(
+            &env.sender,
+            env.recipients.iter().map(|r| r.address.clone()).collect(),
+            env.body_8bit,
+            env.smtputf8,
+            Some(data.len() as u64),
+        );
+        let raw = Arc::new(data);
+        let (decision, mods) = chain.on_data(&self.conn_info(), &wenv, raw.clone(), &crate::plugins::no_auth_results()).await;
+        self.chain = Some(chain);
+        let mut data = Arc::try_unwrap(raw).unwrap_or_else(|a| (*a).clone());
+        match decision {
+            DataDecision::Continue => {}
+            DataDecision::Reply(r) => {
+                tracing::info!(queue_id = %env.id, reply = %r, "message refused by policy");
+                self.reply(r);
+                return Err(Next::Continue);
+            }
+            DataDecision::Disconnect(r) => {
+                tracing::info!(queue_id = %env.id, reply = %r, "message refused by policy; disconnecting");
+                self.reply(r);
+                return Err(Next::Close);
+            }
+            DataDecision::Discard => {
+                // The client cannot tell a discarded message from a delivered one.
+                tracing::info!(queue_id = %env.id, "message discarded by policy");
+                self.reply(Reply::new(250, Enhanced(2, 0, 0), format!("Ok: queued as {}", env.id)));
+                return Err(Next::Continue);
+            }
+            DataDecision::Quarantine(reason) => env.quarantine = Some(reason),
+        }
+        let edits = modify::apply(&data, &mods);
+        for r in &edits.refused {
+            tracing::warn!(queue_id = %env.id, "invalid plugin modification ignored: {r}");
+        }
+        if let Some(d) = edits.data {
+            data = d;
+        }
+        if let Some(s) = edits.sender {
+            env.sender = s;
+        }
+        env.recipients.retain(|r| !edits.remove_rcpts.iter().any(|x| x.eq_ignore_ascii_case(&r.address)));
+        for a in edits.add_rcpts {
+            if !env.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(&a)) {
+                env.recipients.push(Recipient { address: a, status: RcptStatus::Pending, last_reply: None, remote_host: None });
+            }
+        }
+        if edits.route.is_some() {
+            env.route = edits.route;
+        }
+        if env.recipients.is_empty() {
+            tracing::info!(queue_id = %env.id, "plugins removed every recipient: message dropped");
+            self.reply(Reply::new(250, Enhanced(2, 0, 0), format!("Ok: queued as {}", env.id)));
+            return Err(Next::Continue);
+        }
+        Ok(data)
     }
 }

@@ -6,10 +6,19 @@ use mailgate_smtp::{Enhanced, Reply};
 use super::{Next, Session};
 
 impl Session {
-    pub(crate) fn ehlo(&mut self, host: String, esmtp: bool) -> Next {
+    pub(crate) async fn ehlo(&mut self, host: String, esmtp: bool) -> Next {
         // A name or an address literal; anything else is a syntax error (RFC 5321 §4.1.4).
         if !valid_domain(&host) {
             return self.bad_command(Reply::new(501, Enhanced(5, 5, 4), "Invalid domain name in HELO/EHLO"));
+        }
+        if let Some(mut chain) = self.chain.take() {
+            let mut conn = self.conn_info();
+            conn.helo = Some(host.clone());
+            let d = chain.on_helo(&conn, &host).await;
+            self.chain = Some(chain);
+            if let Err(next) = self.enforce(d) {
+                return next;
+            }
         }
         self.tx = None;
         self.esmtp = esmtp;

@@ -6,7 +6,7 @@ use mailgate_smtp::{Address, Body, Enhanced, MailParams, Reply};
 use super::{Next, Session, Transaction};
 
 impl Session {
-    pub(crate) fn mail(&mut self, from: Option<Address>, params: MailParams) -> Next {
+    pub(crate) async fn mail(&mut self, from: Option<Address>, params: MailParams) -> Next {
         if self.helo.is_none() {
             return self.bad_command(codes::bad_sequence("Send HELO/EHLO first"));
         }
@@ -29,6 +29,14 @@ impl Session {
         }
         tracing::debug!(from = from.as_ref().map_or("<>", |a| a.as_str()), "MAIL");
         self.tx = Some(Transaction { from, params, rcpts: Vec::new(), bdat: None });
+        if let Some(mut chain) = self.chain.take() {
+            let d = chain.on_mail_from(&self.conn_info(), &self.wit_envelope()).await;
+            self.chain = Some(chain);
+            if let Err(next) = self.enforce(d) {
+                self.tx = None;
+                return next;
+            }
+        }
         self.reply(Reply::new(250, Enhanced(2, 1, 0), "Sender OK"));
         Next::Continue
     }

@@ -17,7 +17,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::plugins::wit_envelope;
 use crate::server::Shared;
+use mailgate_plugin_host::bindings::types::{self, ConnectionInfo};
+use mailgate_plugin_host::{Decision, SessionChain};
 
 /// What the loop does after a command.
 pub(crate) enum Next {
@@ -37,8 +40,11 @@ pub(crate) struct Transaction {
 }
 
 pub(crate) struct Session {
+    /// Session id, as in the logs; plugins see it too.
+    pub sid: String,
     stream: TcpStream,
     pub peer: SocketAddr,
+    pub local: SocketAddr,
     /// Listener name, for logs.
     pub listener: Arc<str>,
     pub shared: Arc<Shared>,
@@ -56,6 +62,8 @@ pub(crate) struct Session {
     /// The client may relay to any domain (trusted network).
     pub trusted: bool,
     pub tx: Option<Transaction>,
+    /// This session's plugin instances (created on first use).
+    pub chain: Option<SessionChain>,
     /// Bad commands so far; too many closes the session.
     errors: usize,
     stop: watch::Receiver<bool>,
@@ -63,17 +71,23 @@ pub(crate) struct Session {
 
 impl Session {
     pub fn new(
+        sid: String,
         stream: TcpStream,
         peer: SocketAddr,
+        local: SocketAddr,
         listener: Arc<str>,
         shared: Arc<Shared>,
         stop: watch::Receiver<bool>,
     ) -> Session {
         let trusted = shared.config.is_trusted(peer.ip());
         let lines = LineReader::new(shared.config.limits.command_line);
+        let chain = shared.plugins.as_ref().map(|p| p.session(&sid));
         Session {
+            sid,
             stream,
             peer,
+            local,
+            chain,
             listener,
             shared,
             rbuf: Vec::with_capacity(8192),
@@ -123,6 +137,15 @@ impl Session {
 
     pub async fn run(mut self) {
         tracing::info!(listener = %self.listener, trusted = self.trusted, "connected");
+        if let Some(mut chain) = self.chain.take() {
+            let decision = chain.on_connect(&self.conn_info()).await;
+            self.chain = Some(chain);
+            if let Err(_next) = self.enforce(decision) {
+                tracing::info!("refused at connect by policy");
+                let _ = self.flush().await;
+                return;
+            }
+        }
         let greeting = Reply::plain(220, format!("{} ESMTP mailgate", self.shared.config.server.hostname));
         self.reply(greeting);
         match self.serve().await {
@@ -193,10 +216,10 @@ impl Session {
 
     async fn command(&mut self, cmd: Command) -> std::io::Result<Next> {
         Ok(match cmd {
-            Command::Ehlo(host) => self.ehlo(host, true),
-            Command::Helo(host) => self.ehlo(host, false),
-            Command::Mail { from, params } => self.mail(from, params),
-            Command::Rcpt { to, .. } => self.rcpt(to),
+            Command::Ehlo(host) => self.ehlo(host, true).await,
+            Command::Helo(host) => self.ehlo(host, false).await,
+            Command::Mail { from, params } => self.mail(from, params).await,
+            Command::Rcpt { to, .. } => self.rcpt(to).await,
             Command::Data => self.data().await?,
             Command::Bdat { size, last } => self.bdat(size, last).await?,
             Command::Rset => self.rset(),
@@ -208,6 +231,51 @@ impl Session {
                 self.bad_command(Reply::new(502, Enhanced(5, 5, 1), "Command not implemented"))
             }
         })
+    }
+
+    /// What plugins know about this connection.
+    pub(crate) fn conn_info(&self) -> ConnectionInfo {
+        ConnectionInfo {
+            session_id: self.sid.clone(),
+            client_ip: self.peer.ip().to_string(),
+            client_port: self.peer.port(),
+            local_ip: self.local.ip().to_string(),
+            local_port: self.local.port(),
+            listener: self.listener.to_string(),
+            tls: None,
+            helo: self.helo.clone(),
+            authenticated_as: None,
+            trusted: self.trusted,
+        }
+    }
+
+    /// The current transaction as plugins see it.
+    pub(crate) fn wit_envelope(&self) -> types::Envelope {
+        match &self.tx {
+            Some(tx) => wit_envelope(
+                tx.from.as_ref().map_or("", |a| a.as_str()),
+                tx.rcpts.iter().map(|r| r.to_string()).collect(),
+                tx.params.body != mailgate_smtp::Body::SevenBit,
+                tx.params.smtputf8,
+                tx.params.size,
+            ),
+            None => wit_envelope("", vec![], false, false, None),
+        }
+    }
+
+    /// Applies a chain decision: `Ok` to go on, `Err(next)` once the refusal is queued.
+    pub(crate) fn enforce(&mut self, d: Decision) -> Result<(), Next> {
+        match d {
+            Decision::Next | Decision::Accept => Ok(()),
+            Decision::Reply(r) => {
+                self.reply(r);
+                Err(Next::Continue)
+            }
+            Decision::Disconnect(r) => {
+                self.reply(r);
+                Err(Next::Close)
+            }
+        }
     }
 
     /// Reads more input during DATA/BDAT content, with the data-block timeout.

@@ -6,7 +6,7 @@ use mailgate_smtp::{Address, Enhanced, Reply};
 use super::{Next, Session};
 
 impl Session {
-    pub(crate) fn rcpt(&mut self, to: Address) -> Next {
+    pub(crate) async fn rcpt(&mut self, to: Address) -> Next {
         let max = self.shared.config.limits.max_recipients;
         let Some(tx) = self.tx.as_mut() else {
             return self.bad_command(codes::bad_sequence("Need MAIL before RCPT"));
@@ -28,7 +28,18 @@ impl Session {
             self.reply(Reply::new(452, Enhanced(4, 5, 3), "Too many recipients"));
             return Next::Continue;
         }
-        if !tx.rcpts.iter().any(|r| r.as_str().eq_ignore_ascii_case(to.as_str())) {
+        if tx.rcpts.iter().any(|r| r.as_str().eq_ignore_ascii_case(to.as_str())) {
+            self.reply(Reply::new(250, Enhanced(2, 1, 5), "Recipient OK"));
+            return Next::Continue;
+        }
+        if let Some(mut chain) = self.chain.take() {
+            let d = chain.on_rcpt(&self.conn_info(), &self.wit_envelope(), to.as_str()).await;
+            self.chain = Some(chain);
+            if let Err(next) = self.enforce(d) {
+                return next;
+            }
+        }
+        if let Some(tx) = self.tx.as_mut() {
             tx.rcpts.push(to);
         }
         self.reply(Reply::new(250, Enhanced(2, 1, 5), "Recipient OK"));

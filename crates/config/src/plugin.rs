@@ -1,0 +1,116 @@
+//! `[[plugin]]` entries: which WebAssembly plugins run, in which order, at which stages, with
+//! which sandbox limits and capabilities.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A protocol stage a plugin can hook.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Connect,
+    Helo,
+    Auth,
+    MailFrom,
+    Rcpt,
+    Data,
+    Route,
+    DeliveryResult,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 8] =
+        [Stage::Connect, Stage::Helo, Stage::Auth, Stage::MailFrom, Stage::Rcpt, Stage::Data, Stage::Route, Stage::DeliveryResult];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Helo => "helo",
+            Stage::Auth => "auth",
+            Stage::MailFrom => "mail_from",
+            Stage::Rcpt => "rcpt",
+            Stage::Data => "data",
+            Stage::Route => "route",
+            Stage::DeliveryResult => "delivery_result",
+        }
+    }
+}
+
+/// What a plugin's failure (trap, timeout, out of memory, invalid answer) turns into.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// The client gets `451 4.3.0` (or the transaction is deferred): fail safe.
+    #[default]
+    Tempfail,
+    /// The plugin's verdict is dropped and the chain goes on: fail open.
+    Skip,
+}
+
+/// A capability beyond log/config/metrics; everything is denied unless granted.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Grant {
+    Dns,
+    Kv,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plugin {
+    /// Unique name, for logs, metrics and the kv namespace.
+    pub name: String,
+    /// The component file (`plugins/dist/<name>.wasm`).
+    pub path: PathBuf,
+    /// The stages it is called at; by default all of them.
+    #[serde(default = "all_stages")]
+    pub stages: Vec<Stage>,
+    #[serde(default)]
+    pub on_error: OnError,
+    /// CPU time one hook call may take before it is interrupted.
+    #[serde(default = "default_budget", with = "humantime_serde")]
+    pub cpu_budget: Duration,
+    /// Linear memory cap of one instance, in bytes.
+    #[serde(default = "default_memory")]
+    pub memory_limit: u64,
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+    /// The plugin's own settings, read through its `config` import.
+    #[serde(default)]
+    pub config: BTreeMap<String, serde_json::Value>,
+}
+
+fn all_stages() -> Vec<Stage> {
+    Stage::ALL.to_vec()
+}
+fn default_budget() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_memory() -> u64 {
+    32 << 20
+}
+
+impl Plugin {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(format!("name {:?}: use letters, digits, - and _", self.name));
+        }
+        if !self.path.is_file() {
+            return Err(format!("path {}: no such file (build plugins with plugins/build.sh)", self.path.display()));
+        }
+        if self.cpu_budget.is_zero() || self.cpu_budget > Duration::from_secs(10) {
+            return Err("cpu_budget: must be between 1ms and 10s".into());
+        }
+        if !(1 << 20..=4 << 30).contains(&self.memory_limit) {
+            return Err("memory_limit: must be between 1 MiB and 4 GiB".into());
+        }
+        Ok(())
+    }
+
+    pub fn granted(&self, g: Grant) -> bool {
+        self.grants.contains(&g)
+    }
+}

@@ -1,0 +1,139 @@
+//! `mailgate plugin check` and `mailgate plugin test`: try a plugin without a gateway or a
+//! network — one simulated transaction through every stage, printing what it answered.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mailgate_config::{Config, Grant, OnError, Plugin, Stage};
+use mailgate_plugin_host::bindings::types;
+use mailgate_plugin_host::{DataDecision, Decision, MemoryKv, Plugins, RouteDecision};
+
+use crate::plugins::{no_auth_results, wit_envelope};
+
+/// What `plugin test` simulates.
+pub struct TestRun {
+    pub wasm: PathBuf,
+    pub eml: Option<PathBuf>,
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub helo: String,
+    pub client_ip: String,
+    /// The plugin's config table, as TOML text.
+    pub config: Option<String>,
+    pub grants: Vec<Grant>,
+}
+
+fn plugin_entry(wasm: &Path, table: Option<&str>, grants: Vec<Grant>) -> Result<Plugin, String> {
+    let config = match table {
+        Some(t) => {
+            let v: toml::Table = toml::from_str(t).map_err(|e| format!("--config: {e}"))?;
+            serde_json::to_value(v).map_err(|e| e.to_string())?.as_object().cloned().unwrap_or_default().into_iter().collect()
+        }
+        None => Default::default(),
+    };
+    Ok(Plugin {
+        name: wasm.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"),
+        path: wasm.to_path_buf(),
+        stages: Stage::ALL.to_vec(),
+        on_error: OnError::Tempfail,
+        cpu_budget: std::time::Duration::from_millis(500),
+        memory_limit: 64 << 20,
+        grants,
+        config,
+    })
+}
+
+fn load(p: Plugin) -> Result<Arc<Plugins>, String> {
+    let mut cfg = Config::default();
+    cfg.limits.max_sessions = 2;
+    cfg.plugins = vec![p];
+    Plugins::load(&cfg, None, Arc::new(MemoryKv::new(10_000))).map_err(|e| e.to_string())
+}
+
+/// Says whether a file is a component that satisfies the `filter` world.
+pub fn check(wasm: &Path) -> Result<String, String> {
+    let plugins = load(plugin_entry(wasm, None, vec![])?)?;
+    let (name, hash) = plugins.describe().remove(0);
+    Ok(format!("{}: OK — a mailgate:plugin/filter component ({name}, fingerprint {hash})", wasm.display()))
+}
+
+/// Runs one simulated transaction and prints each stage's answer.
+pub async fn test(run: TestRun) -> Result<(), String> {
+    let plugins = load(plugin_entry(&run.wasm, run.config.as_deref(), run.grants.clone())?)?;
+    let mut chain = plugins.session("plugin-test");
+    let mut conn = types::ConnectionInfo {
+        session_id: "plugin-test".into(),
+        client_ip: run.client_ip.clone(),
+        client_port: 50000,
+        local_ip: "127.0.0.1".into(),
+        local_port: 25,
+        listener: "test".into(),
+        tls: None,
+        helo: None,
+        authenticated_as: None,
+        trusted: false,
+    };
+    println!("connect: {}", show(chain.on_connect(&conn).await));
+    println!("helo {}: {}", run.helo, show(chain.on_helo(&conn, &run.helo).await));
+    conn.helo = Some(run.helo.clone());
+    let mut env = wit_envelope(&run.from, vec![], false, false, None);
+    println!("mail from <{}>: {}", run.from, show(chain.on_mail_from(&conn, &env).await));
+    for r in &run.rcpts {
+        println!("rcpt <{r}>: {}", show(chain.on_rcpt(&conn, &env, r).await));
+        env.rcpt_to.push(r.clone());
+    }
+    let raw = match &run.eml {
+        Some(p) => std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        None => b"From: <sender@example.test>\r\nSubject: plugin test\r\n\r\nHello.\r\n".to_vec(),
+    };
+    let raw = canonical(&raw);
+    let (decision, mods) = chain.on_data(&conn, &env, Arc::new(raw), &no_auth_results()).await;
+    println!(
+        "data: {}",
+        match &decision {
+            DataDecision::Continue => "next".to_string(),
+            DataDecision::Reply(r) => format!("reply {r}"),
+            DataDecision::Disconnect(r) => format!("disconnect {r}"),
+            DataDecision::Quarantine(why) => format!("quarantine ({why})"),
+            DataDecision::Discard => "discard".to_string(),
+        }
+    );
+    if decision == DataDecision::Continue || matches!(decision, DataDecision::Quarantine(_)) {
+        for m in &mods {
+            println!("  modification: {m:?}");
+        }
+    }
+    let queue = plugins.queue();
+    for r in &run.rcpts {
+        let route = match queue.on_route(&env, r).await {
+            RouteDecision::Default => "configured route".to_string(),
+            RouteDecision::Route(route) => mailgate_plugin_host::modify::route_text(&route),
+            RouteDecision::Reply(reply) => format!("reply {reply}"),
+        };
+        println!("route <{r}>: {route}");
+    }
+    Ok(())
+}
+
+fn show(d: Decision) -> String {
+    match d {
+        Decision::Next => "next".into(),
+        Decision::Accept => "accept".into(),
+        Decision::Reply(r) => format!("reply {r}"),
+        Decision::Disconnect(r) => format!("disconnect {r}"),
+    }
+}
+
+/// CRLF line ends, as a message arrives over SMTP.
+fn canonical(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 40);
+    let mut prev = 0;
+    for &b in raw {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    out
+}

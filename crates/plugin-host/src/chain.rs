@@ -1,0 +1,439 @@
+//! The plugin chain: at each stage, the plugins configured for it are asked in order.
+//! `next` asks the next one; `accept` ends the stage; a replying verdict ends it with that
+//! reply. A plugin that traps, runs out of its CPU budget or memory, or answers something
+//! invalid costs only its own verdict: it becomes its `on_error` (tempfail or skip), is logged
+//! with plugin, stage and session, and its instance is dropped (a fresh one serves the next
+//! call).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hickory_resolver::TokioResolver;
+use mailgate_config::{Config, OnError, Stage};
+use mailgate_smtp::{Enhanced, Reply};
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{Store, StoreLimitsBuilder};
+
+use crate::bindings::types::{self, AuthResults, ConnectionInfo, Envelope, Verdict};
+use crate::bindings::Filter;
+use crate::engine::{LoadedPlugin, PluginEngine};
+use crate::host::{HostState, MessageHandle, ParsedMessage, Services};
+use crate::kv::KvStore;
+use crate::PluginError;
+
+/// The loaded plugins of a gateway (one config generation).
+pub struct Plugins {
+    engine: PluginEngine,
+    loaded: Vec<LoadedPlugin>,
+    services: Arc<Services>,
+}
+
+/// The chain's answer at a verdict stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Every plugin said `next` (or none runs here): the gateway's own rules decide.
+    Next,
+    /// A plugin accepted: stop asking; the gateway's own rules still apply.
+    Accept,
+    /// Send this reply (4xx/5xx) and refuse the command.
+    Reply(Reply),
+    /// Send this reply and close the connection.
+    Disconnect(Reply),
+}
+
+/// The chain's answer for a message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataDecision {
+    Continue,
+    Reply(Reply),
+    Disconnect(Reply),
+    /// Keep the message in quarantine, do not deliver; the client hears 250.
+    Quarantine(String),
+    /// Say 250 and drop the message.
+    Discard,
+}
+
+/// The chain's routing answer for one recipient.
+#[derive(Debug, Clone)]
+pub enum RouteDecision {
+    /// Use the configured route.
+    Default,
+    Route(types::Route),
+    /// Fail the recipient with this reply (5xx: bounce, 4xx: retry).
+    Reply(Reply),
+}
+
+/// An instantiated plugin within a session (or the queue).
+struct Slot {
+    store: Store<HostState>,
+    filter: Filter,
+}
+
+/// What a stage passes to the plugins.
+enum Call<'a> {
+    Connect,
+    Helo(&'a str),
+    Auth(&'a types::AuthRequest),
+    MailFrom(&'a Envelope),
+    Rcpt(&'a Envelope, &'a str),
+}
+
+impl Call<'_> {
+    fn stage(&self) -> Stage {
+        match self {
+            Call::Connect => Stage::Connect,
+            Call::Helo(_) => Stage::Helo,
+            Call::Auth(_) => Stage::Auth,
+            Call::MailFrom(_) => Stage::MailFrom,
+            Call::Rcpt(..) => Stage::Rcpt,
+        }
+    }
+}
+
+fn policy_failure() -> Reply {
+    Reply::new(451, Enhanced(4, 3, 0), "Temporary policy failure, try again later")
+}
+
+/// Checks a plugin's reply: the class must match the verdict, the enhanced code must parse and
+/// agree, and the text must be one sane line.
+fn checked_reply(r: &types::Reply, classes: &[u8]) -> Result<Reply, String> {
+    let class = (r.code / 100) as u8;
+    if !classes.contains(&class) || !(400..600).contains(&r.code) {
+        return Err(format!("reply code {} is not allowed for this verdict", r.code));
+    }
+    let enhanced = if r.enhanced.is_empty() {
+        Enhanced(class, 0, 0)
+    } else {
+        let e = Enhanced::parse(&r.enhanced).ok_or_else(|| format!("bad enhanced code {:?}", r.enhanced))?;
+        if e.0 != class {
+            return Err(format!("enhanced code {} does not match reply code {}", r.enhanced, r.code));
+        }
+        e
+    };
+    let text: String = r.text.chars().filter(|c| !c.is_control()).take(400).collect();
+    Ok(Reply::new(r.code, enhanced, if text.is_empty() { "Refused by policy".to_string() } else { text }))
+}
+
+fn describe(e: wasmtime::Error) -> String {
+    if let Some(t) = e.downcast_ref::<wasmtime::Trap>() {
+        return match t {
+            wasmtime::Trap::Interrupt => "CPU budget exceeded (interrupted)".into(),
+            other => format!("trap: {other}"),
+        };
+    }
+    format!("{e:#}")
+}
+
+impl Plugins {
+    /// Compiles every `[[plugin]]` of the config. `slots` bounds live instances.
+    pub fn load(cfg: &Config, resolver: Option<TokioResolver>, kv: Arc<dyn KvStore>) -> Result<Arc<Plugins>, PluginError> {
+        let max_mem = cfg.plugins.iter().map(|p| p.memory_limit).max().unwrap_or(1 << 20);
+        let n = cfg.plugins.len().max(1);
+        let slots = (cfg.limits.max_sessions.saturating_mul(n) + n + 16).min(100_000) as u32;
+        let engine = PluginEngine::new(slots, max_mem)?;
+        let mut loaded = vec![];
+        for p in &cfg.plugins {
+            let t = Instant::now();
+            let lp = engine.load(p)?;
+            tracing::info!(plugin = %p.name, hash = %lp.meta.hash, compile_ms = t.elapsed().as_millis() as u64, "plugin loaded");
+            loaded.push(lp);
+        }
+        Ok(Arc::new(Plugins { engine, loaded, services: Arc::new(Services { resolver, kv }) }))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.loaded.is_empty()
+    }
+
+    /// (name, fingerprint) of each plugin, in chain order.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        self.loaded.iter().map(|p| (p.meta.name.clone(), p.meta.hash.clone())).collect()
+    }
+
+    fn runs_at(&self, i: usize, stage: Stage) -> bool {
+        self.loaded[i].meta.stages.contains(&stage)
+    }
+
+    /// A chain for one SMTP session: instances are created on first use and live as long as
+    /// the session, so a plugin may keep per-session state.
+    pub fn session(self: &Arc<Self>, sid: &str) -> SessionChain {
+        SessionChain { inner: Chain::new(self.clone(), sid) }
+    }
+
+    /// A chain for the queue's stages (route, delivery result).
+    pub fn queue(self: &Arc<Self>) -> QueueChain {
+        QueueChain { inner: tokio::sync::Mutex::new(Chain::new(self.clone(), "queue")) }
+    }
+}
+
+/// Instances of every plugin for one user (a session or the queue).
+struct Chain {
+    plugins: Arc<Plugins>,
+    slots: Vec<Option<Slot>>,
+    sid: Arc<str>,
+}
+
+impl Chain {
+    fn new(plugins: Arc<Plugins>, sid: &str) -> Chain {
+        let n = plugins.loaded.len();
+        Chain { plugins, slots: (0..n).map(|_| None).collect(), sid: sid.into() }
+    }
+
+    async fn slot(&mut self, i: usize) -> Result<&mut Slot, String> {
+        if self.slots[i].is_none() {
+            let lp = &self.plugins.loaded[i];
+            let state = HostState {
+                meta: lp.meta.clone(),
+                services: self.plugins.services.clone(),
+                table: ResourceTable::new(),
+                limits: StoreLimitsBuilder::new().memory_size(lp.meta.memory_limit).trap_on_grow_failure(false).build(),
+                sid: self.sid.clone(),
+            };
+            let mut store = Store::new(&self.plugins.engine.engine, state);
+            store.limiter(|s| &mut s.limits);
+            store.epoch_deadline_trap();
+            store.set_epoch_deadline(lp.meta.budget_ticks);
+            let filter = lp.pre.instantiate_async(&mut store).await.map_err(|e| format!("instantiate: {}", describe(e)))?;
+            store.set_epoch_deadline(lp.meta.budget_ticks);
+            match filter.call_init(&mut store).await {
+                Ok(Ok(())) => {}
+                Ok(Err(msg)) => return Err(format!("init refused: {msg}")),
+                Err(e) => return Err(format!("init: {}", describe(e))),
+            }
+            self.slots[i] = Some(Slot { store, filter });
+        }
+        let slot = self.slots[i].as_mut().expect("just filled");
+        slot.store.set_epoch_deadline(self.plugins.loaded[i].meta.budget_ticks);
+        Ok(slot)
+    }
+
+    /// Logs a plugin failure and drops its instance; returns its on-error policy.
+    fn failed(&mut self, i: usize, stage: Stage, msg: &str) -> OnError {
+        let meta = &self.plugins.loaded[i].meta;
+        tracing::error!(plugin = %meta.name, stage = stage.name(), sid = %self.sid, on_error = ?meta.on_error, "plugin failed: {msg}");
+        ::metrics::counter!("mailgate_plugin_failures_total", "plugin" => meta.name.clone(), "stage" => stage.name()).increment(1);
+        self.slots[i] = None;
+        meta.on_error
+    }
+
+    fn observe(&self, i: usize, stage: Stage, started: Instant) {
+        let meta = &self.plugins.loaded[i].meta;
+        ::metrics::histogram!("mailgate_plugin_call_seconds", "plugin" => meta.name.clone(), "stage" => stage.name())
+            .record(started.elapsed().as_secs_f64());
+    }
+
+    async fn call_verdict(&mut self, i: usize, conn: &ConnectionInfo, call: &Call<'_>) -> Result<Verdict, String> {
+        let started = Instant::now();
+        let slot = self.slot(i).await?;
+        let (f, s) = (&slot.filter, &mut slot.store);
+        let r = match call {
+            Call::Connect => f.call_on_connect(s, conn).await,
+            Call::Helo(h) => f.call_on_helo(s, conn, h).await,
+            Call::Auth(a) => f.call_on_auth(s, conn, a).await,
+            Call::MailFrom(e) => f.call_on_mail_from(s, conn, e).await,
+            Call::Rcpt(e, r) => f.call_on_rcpt(s, conn, e, r).await,
+        };
+        self.observe(i, call.stage(), started);
+        r.map_err(describe)
+    }
+
+    async fn verdict_stage(&mut self, conn: &ConnectionInfo, call: Call<'_>) -> Decision {
+        let stage = call.stage();
+        for i in 0..self.slots.len() {
+            if !self.plugins.runs_at(i, stage) {
+                continue;
+            }
+            let answer = self.call_verdict(i, conn, &call).await.and_then(|v| match v {
+                Verdict::Next => Ok(Decision::Next),
+                Verdict::Accept => Ok(Decision::Accept),
+                Verdict::Reject(r) => checked_reply(&r, &[5]).map(Decision::Reply),
+                Verdict::Tempfail(r) => checked_reply(&r, &[4]).map(Decision::Reply),
+                Verdict::Disconnect(r) => checked_reply(&r, &[4, 5]).map(Decision::Disconnect),
+                Verdict::Quarantine(_) | Verdict::Discard => Err("quarantine/discard are only for on-data".into()),
+            });
+            let name = &self.plugins.loaded[i].meta.name;
+            match answer {
+                Ok(Decision::Next) => continue,
+                Ok(d) => {
+                    tracing::info!(plugin = %name, stage = stage.name(), sid = %self.sid, decision = ?d, "plugin verdict");
+                    ::metrics::counter!("mailgate_plugin_verdicts_total", "plugin" => name.clone(), "stage" => stage.name(), "verdict" => verdict_name(&d)).increment(1);
+                    return d;
+                }
+                Err(msg) => match self.failed(i, stage, &msg) {
+                    OnError::Tempfail => return Decision::Reply(policy_failure()),
+                    OnError::Skip => continue,
+                },
+            }
+        }
+        Decision::Next
+    }
+}
+
+fn verdict_name(d: &Decision) -> &'static str {
+    match d {
+        Decision::Next => "next",
+        Decision::Accept => "accept",
+        Decision::Reply(r) if r.is_transient() => "tempfail",
+        Decision::Reply(_) => "reject",
+        Decision::Disconnect(_) => "disconnect",
+    }
+}
+
+/// The plugin chain of one SMTP session.
+pub struct SessionChain {
+    inner: Chain,
+}
+
+impl SessionChain {
+    pub async fn on_connect(&mut self, conn: &ConnectionInfo) -> Decision {
+        self.inner.verdict_stage(conn, Call::Connect).await
+    }
+    pub async fn on_helo(&mut self, conn: &ConnectionInfo, helo: &str) -> Decision {
+        self.inner.verdict_stage(conn, Call::Helo(helo)).await
+    }
+    pub async fn on_auth(&mut self, conn: &ConnectionInfo, req: &types::AuthRequest) -> Decision {
+        self.inner.verdict_stage(conn, Call::Auth(req)).await
+    }
+    pub async fn on_mail_from(&mut self, conn: &ConnectionInfo, env: &Envelope) -> Decision {
+        self.inner.verdict_stage(conn, Call::MailFrom(env)).await
+    }
+    pub async fn on_rcpt(&mut self, conn: &ConnectionInfo, env: &Envelope, rcpt: &str) -> Decision {
+        self.inner.verdict_stage(conn, Call::Rcpt(env, rcpt)).await
+    }
+
+    /// Asks the data-stage plugins about a complete message. Modifications of every plugin
+    /// that did not fail are collected in chain order; the caller applies them before the
+    /// message is spooled.
+    pub async fn on_data(
+        &mut self,
+        conn: &ConnectionInfo,
+        env: &Envelope,
+        raw: Arc<Vec<u8>>,
+        auth: &AuthResults,
+    ) -> (DataDecision, Vec<types::Modification>) {
+        let chain = &mut self.inner;
+        let msg = ParsedMessage::new(raw);
+        let mut mods = vec![];
+        for i in 0..chain.slots.len() {
+            if !chain.plugins.runs_at(i, Stage::Data) {
+                continue;
+            }
+            let started = Instant::now();
+            let answer = match chain.slot(i).await {
+                Ok(slot) => {
+                    let res = slot.store.data_mut().table.push(MessageHandle(msg.clone()));
+                    match res {
+                        Ok(handle) => {
+                            let borrow = Resource::<MessageHandle>::new_borrow(handle.rep());
+                            let r = slot.filter.call_on_data(&mut slot.store, conn, env, borrow, auth).await;
+                            let _ = slot.store.data_mut().table.delete(handle);
+                            r.map_err(describe)
+                        }
+                        Err(e) => Err(format!("resource table: {e}")),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            chain.observe(i, Stage::Data, started);
+            let decided = answer.and_then(|dr| {
+                let accepted = matches!(dr.verdict, Verdict::Accept);
+                let d = match dr.verdict {
+                    Verdict::Next | Verdict::Accept => DataDecision::Continue,
+                    Verdict::Reject(r) => DataDecision::Reply(checked_reply(&r, &[5])?),
+                    Verdict::Tempfail(r) => DataDecision::Reply(checked_reply(&r, &[4])?),
+                    Verdict::Disconnect(r) => DataDecision::Disconnect(checked_reply(&r, &[4, 5])?),
+                    Verdict::Quarantine(reason) => DataDecision::Quarantine(reason.chars().take(200).collect()),
+                    Verdict::Discard => DataDecision::Discard,
+                };
+                Ok((d, accepted, dr.modifications))
+            });
+            let name = chain.plugins.loaded[i].meta.name.clone();
+            match decided {
+                Ok((d, accepted, m)) => {
+                    mods.extend(m);
+                    if d != DataDecision::Continue {
+                        tracing::info!(plugin = %name, stage = "data", sid = %chain.sid, decision = ?d, "plugin verdict");
+                        return (d, mods);
+                    }
+                    if accepted {
+                        break;
+                    }
+                }
+                Err(msg) => match chain.failed(i, Stage::Data, &msg) {
+                    OnError::Tempfail => return (DataDecision::Reply(policy_failure()), vec![]),
+                    OnError::Skip => continue,
+                },
+            }
+        }
+        (DataDecision::Continue, mods)
+    }
+}
+
+/// The queue's plugin chain (one instance per plugin, shared by all deliveries).
+pub struct QueueChain {
+    inner: tokio::sync::Mutex<Chain>,
+}
+
+impl QueueChain {
+    /// Lets on-route plugins pick the route of one recipient.
+    pub async fn on_route(&self, env: &Envelope, rcpt: &str) -> RouteDecision {
+        let mut chain = self.inner.lock().await;
+        let mut decision = RouteDecision::Default;
+        for i in 0..chain.slots.len() {
+            if !chain.plugins.runs_at(i, Stage::Route) {
+                continue;
+            }
+            let started = Instant::now();
+            let answer = match chain.slot(i).await {
+                Ok(slot) => slot.filter.call_on_route(&mut slot.store, env, rcpt).await.map_err(describe),
+                Err(e) => Err(e),
+            };
+            chain.observe(i, Stage::Route, started);
+            let step = answer.and_then(|rr| {
+                let route = rr.route.map(RouteDecision::Route);
+                match rr.verdict {
+                    Verdict::Next => Ok((route, false)),
+                    Verdict::Accept => Ok((route, true)),
+                    Verdict::Reject(r) => Ok((Some(RouteDecision::Reply(checked_reply(&r, &[5])?)), true)),
+                    Verdict::Tempfail(r) => Ok((Some(RouteDecision::Reply(checked_reply(&r, &[4])?)), true)),
+                    _ => Err("only next/accept/reject/tempfail are valid at on-route".to_string()),
+                }
+            });
+            match step {
+                Ok((d, stop)) => {
+                    if let Some(d) = d {
+                        decision = d;
+                    }
+                    if stop {
+                        break;
+                    }
+                }
+                Err(msg) => {
+                    if chain.failed(i, Stage::Route, &msg) == OnError::Tempfail {
+                        return RouteDecision::Reply(policy_failure());
+                    }
+                }
+            }
+        }
+        decision
+    }
+
+    /// Tells on-delivery-result plugins about one recipient's attempt.
+    pub async fn on_delivery_result(&self, res: &types::DeliveryResult) {
+        let mut chain = self.inner.lock().await;
+        for i in 0..chain.slots.len() {
+            if !chain.plugins.runs_at(i, Stage::DeliveryResult) {
+                continue;
+            }
+            let started = Instant::now();
+            let r = match chain.slot(i).await {
+                Ok(slot) => slot.filter.call_on_delivery_result(&mut slot.store, res).await.map_err(describe),
+                Err(e) => Err(e),
+            };
+            chain.observe(i, Stage::DeliveryResult, started);
+            if let Err(msg) = r {
+                chain.failed(i, Stage::DeliveryResult, &msg);
+            }
+        }
+    }
+}

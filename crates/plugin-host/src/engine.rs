@@ -1,0 +1,105 @@
+//! A narrow wrapper over wasmtime: one engine with the pooling allocator, epoch-based CPU
+//! budgets, async support, and the linker with every host import. Loading a plugin compiles it
+//! once and caches its `InstancePre` (as [`FilterPre`]); instantiating from it is cheap.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::bindings::{Filter, FilterPre};
+use crate::host::{HostState, PluginMeta};
+use crate::PluginError;
+
+/// The epoch tick: CPU budgets are counted in these.
+pub const TICK: Duration = Duration::from_millis(2);
+
+/// A plugin compiled and linked, ready to instantiate.
+pub struct LoadedPlugin {
+    pub meta: Arc<PluginMeta>,
+    pub pre: FilterPre<HostState>,
+}
+
+pub struct PluginEngine {
+    pub engine: Engine,
+    linker: Linker<HostState>,
+    /// Stops the epoch ticker thread when the engine goes away.
+    stop: Arc<AtomicBool>,
+}
+
+/// FNV-1a, to tell plugin builds apart in status output (not a security hash).
+fn fingerprint(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+impl PluginEngine {
+    /// `slots`: instances that may exist at once (sessions × plugins, plus the queue's);
+    /// `max_memory`: the largest memory cap of any plugin.
+    pub fn new(slots: u32, max_memory: u64) -> Result<PluginEngine, PluginError> {
+        let err = |e: wasmtime::Error| PluginError::Load { plugin: "-".into(), msg: format!("engine: {e:#}") };
+        let max_memory = max_memory.next_multiple_of(64 << 10);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(2))
+            .total_memories(slots)
+            .total_tables(slots.saturating_mul(2))
+            .total_stacks(slots)
+            .max_memory_size(max_memory as usize);
+        let mut cfg = Config::new();
+        cfg.epoch_interruption(true)
+            .wasm_component_model(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            // Reserve only what a plugin may use: bounds are checked explicitly, and
+            // thousands of slots fit in the address space.
+            .memory_reservation(max_memory)
+            .memory_guard_size(64 << 10)
+            .memory_reservation_for_growth(0);
+        let engine = Engine::new(&cfg).map_err(err)?;
+        let mut linker = Linker::new(&engine);
+        Filter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(err)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (e, s) = (engine.weak(), stop.clone());
+        std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    match e.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })
+            .map_err(|e| PluginError::Load { plugin: "-".into(), msg: format!("epoch thread: {e}") })?;
+        Ok(PluginEngine { engine, linker, stop })
+    }
+
+    /// Compiles and links one plugin; errors say whether it does not satisfy the world.
+    pub fn load(&self, p: &mailgate_config::Plugin) -> Result<LoadedPlugin, PluginError> {
+        let err = |msg: String| PluginError::Load { plugin: p.name.clone(), msg };
+        let bytes = std::fs::read(&p.path).map_err(|e| err(format!("{}: {e}", p.path.display())))?;
+        let meta = Arc::new(PluginMeta::from_config(p, TICK, fingerprint(&bytes)));
+        let pre = self.prepare(&bytes).map_err(|e| err(format!("{}: {e}", p.path.display())))?;
+        Ok(LoadedPlugin { meta, pre })
+    }
+
+    /// Compiles a component and checks it against the `filter` world.
+    pub fn prepare(&self, bytes: &[u8]) -> Result<FilterPre<HostState>, String> {
+        let component = Component::new(&self.engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| format!("imports do not match the world: {e:#}"))?;
+        FilterPre::new(pre).map_err(|e| format!("exports do not match the world: {e:#}"))
+    }
+}
+
+impl Drop for PluginEngine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

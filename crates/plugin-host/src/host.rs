@@ -1,0 +1,309 @@
+//! The host side of the imports: what a plugin may call, per store. `dns` and `kv` are denied
+//! unless the plugin's config entry grants them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use hickory_resolver::proto::rr::RData;
+use hickory_resolver::TokioResolver;
+use mailgate_config::{Grant, OnError, Stage};
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::StoreLimits;
+
+use crate::bindings::mailgate::plugin::{config, dns, kv, log, message, metrics, types};
+use crate::kv::KvStore;
+
+/// A plugin as configured: what the host needs to know at every call.
+pub struct PluginMeta {
+    pub name: String,
+    pub dns: bool,
+    pub kv: bool,
+    /// The plugin's own config table.
+    pub config: BTreeMap<String, serde_json::Value>,
+    pub stages: Vec<Stage>,
+    pub on_error: OnError,
+    /// CPU budget per call, in epoch ticks.
+    pub budget_ticks: u64,
+    pub memory_limit: usize,
+    /// SHA-256-free fingerprint (FNV-1a of the file) for status output and logs.
+    pub hash: String,
+}
+
+impl PluginMeta {
+    pub fn from_config(p: &mailgate_config::Plugin, tick: Duration, hash: String) -> PluginMeta {
+        let ticks = p.cpu_budget.as_nanos().div_ceil(tick.as_nanos()).max(1) as u64;
+        PluginMeta {
+            name: p.name.clone(),
+            dns: p.granted(Grant::Dns),
+            kv: p.granted(Grant::Kv),
+            config: p.config.clone(),
+            stages: p.stages.clone(),
+            on_error: p.on_error,
+            budget_ticks: ticks,
+            memory_limit: p.memory_limit as usize,
+            hash,
+        }
+    }
+}
+
+/// What all plugins share: the resolver and the kv backend.
+pub struct Services {
+    pub resolver: Option<TokioResolver>,
+    pub kv: Arc<dyn KvStore>,
+}
+
+/// The data of one plugin's store.
+pub struct HostState {
+    pub meta: Arc<PluginMeta>,
+    pub services: Arc<Services>,
+    /// Resources handed to the guest (the message during on-data).
+    pub table: ResourceTable,
+    pub limits: StoreLimits,
+    /// Session id (or "queue"), for the plugin's log lines.
+    pub sid: Arc<str>,
+}
+
+/// A message as plugins see it: the raw bytes, parsed once on first use with mail-parser and
+/// shared by every plugin of the chain.
+pub struct ParsedMessage {
+    raw: Arc<Vec<u8>>,
+    parsed: OnceLock<Option<mail_parser::Message<'static>>>,
+}
+
+impl ParsedMessage {
+    pub fn new(raw: Arc<Vec<u8>>) -> Arc<ParsedMessage> {
+        Arc::new(ParsedMessage { raw, parsed: OnceLock::new() })
+    }
+
+    fn get(&self) -> Option<&mail_parser::Message<'static>> {
+        self.parsed.get_or_init(|| mail_parser::MessageParser::default().parse(self.raw.as_slice()).map(|m| m.into_owned())).as_ref()
+    }
+
+    /// Raw value text of every header, unfolded.
+    fn header_values(&self, name: Option<&str>) -> Vec<(String, String)> {
+        let Some(m) = self.get() else { return vec![] };
+        m.headers()
+            .iter()
+            .filter(|h| name.is_none_or(|n| h.name.as_str().eq_ignore_ascii_case(n)))
+            .map(|h| {
+                let v = self.raw.get(h.offset_start as usize..h.offset_end as usize).unwrap_or_default();
+                (h.name.as_str().to_string(), unfold(v))
+            })
+            .collect()
+    }
+}
+
+fn unfold(v: &[u8]) -> String {
+    let s = String::from_utf8_lossy(v);
+    s.replace("\r\n", "").replace('\n', "").trim().to_string()
+}
+
+/// The guest's handle type for `message` (see `with:` in the bindgen).
+pub struct MessageHandle(pub Arc<ParsedMessage>);
+
+/// Largest read a plugin gets in one call.
+const MAX_READ: u32 = 1 << 20;
+
+impl types::Host for HostState {}
+impl message::Host for HostState {}
+
+impl message::HostMessage for HostState {
+    fn header(&mut self, m: Resource<MessageHandle>, name: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.table.get(&m)?.0.header_values(Some(&name)).into_iter().next().map(|(_, v)| v))
+    }
+    fn header_all(&mut self, m: Resource<MessageHandle>, name: String) -> wasmtime::Result<Vec<String>> {
+        Ok(self.table.get(&m)?.0.header_values(Some(&name)).into_iter().map(|(_, v)| v).collect())
+    }
+    fn headers(&mut self, m: Resource<MessageHandle>) -> wasmtime::Result<Vec<(String, String)>> {
+        Ok(self.table.get(&m)?.0.header_values(None))
+    }
+    fn subject(&mut self, m: Resource<MessageHandle>) -> wasmtime::Result<Option<String>> {
+        Ok(self.table.get(&m)?.0.get().and_then(|p| p.subject()).map(str::to_string))
+    }
+    fn from(&mut self, m: Resource<MessageHandle>) -> wasmtime::Result<Option<String>> {
+        let msg = &self.table.get(&m)?.0;
+        Ok(msg.get().and_then(|p| p.from()).and_then(|a| a.first()).and_then(|a| a.address.as_ref()).map(|a| a.to_string()))
+    }
+    fn text_body(&mut self, m: Resource<MessageHandle>) -> wasmtime::Result<Option<String>> {
+        Ok(self.table.get(&m)?.0.get().and_then(|p| p.body_text(0)).map(|c| c.into_owned()))
+    }
+    fn html_body(&mut self, m: Resource<MessageHandle>) -> wasmtime::Result<Option<String>> {
+        Ok(self.table.get(&m)?.0.get().and_then(|p| p.body_html(0)).map(|c| c.into_owned()))
+    }
+    fn raw_size(&mut self, m: Resource<MessageHandle>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&m)?.0.raw.len() as u64)
+    }
+    fn read(&mut self, m: Resource<MessageHandle>, offset: u64, len: u32) -> wasmtime::Result<Vec<u8>> {
+        let raw = &self.table.get(&m)?.0.raw;
+        let start = (offset.min(raw.len() as u64)) as usize;
+        let end = start.saturating_add(len.min(MAX_READ) as usize).min(raw.len());
+        Ok(raw[start..end].to_vec())
+    }
+    fn drop(&mut self, m: Resource<MessageHandle>) -> wasmtime::Result<()> {
+        self.table.delete(m)?;
+        Ok(())
+    }
+}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, msg: String) -> wasmtime::Result<()> {
+        let msg: String = msg.chars().take(4096).collect();
+        let (plugin, sid) = (&self.meta.name, &*self.sid);
+        match level {
+            log::Level::Trace => tracing::trace!(plugin, sid, "{msg}"),
+            log::Level::Debug => tracing::debug!(plugin, sid, "{msg}"),
+            log::Level::Info => tracing::info!(plugin, sid, "{msg}"),
+            log::Level::Warn => tracing::warn!(plugin, sid, "{msg}"),
+            log::Level::Error => tracing::error!(plugin, sid, "{msg}"),
+        }
+        Ok(())
+    }
+}
+
+fn scalar(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl config::Host for HostState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.meta.config.get(&key).map(scalar))
+    }
+    fn get_list(&mut self, key: String) -> wasmtime::Result<Vec<String>> {
+        Ok(match self.meta.config.get(&key) {
+            None => vec![],
+            Some(serde_json::Value::Array(a)) => a.iter().map(scalar).collect(),
+            Some(v) => vec![scalar(v)],
+        })
+    }
+    fn keys(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self.meta.config.keys().cloned().collect())
+    }
+}
+
+fn dns_error(e: hickory_resolver::net::NetError) -> dns::DnsError {
+    if e.is_nx_domain() {
+        dns::DnsError::Nxdomain
+    } else if e.is_no_records_found() {
+        // NODATA: the name exists without records of this type.
+        dns::DnsError::Nxdomain
+    } else if e.to_string().to_lowercase().contains("timed out") || e.to_string().to_lowercase().contains("timeout") {
+        dns::DnsError::Timeout
+    } else {
+        dns::DnsError::Servfail(e.to_string())
+    }
+}
+
+fn fqdn(name: &str) -> String {
+    format!("{}.", name.trim_end_matches('.'))
+}
+
+impl HostState {
+    fn resolver(&self) -> Result<TokioResolver, dns::DnsError> {
+        if !self.meta.dns {
+            tracing::debug!(plugin = %self.meta.name, sid = %self.sid, "dns denied (no grant)");
+            return Err(dns::DnsError::Denied);
+        }
+        self.services.resolver.clone().ok_or_else(|| dns::DnsError::Servfail("no resolver".into()))
+    }
+
+    fn kv_key(&self, key: &str) -> Result<String, kv::KvError> {
+        if !self.meta.kv {
+            return Err(kv::KvError::Denied);
+        }
+        Ok(format!("{}\u{0}{key}", self.meta.name))
+    }
+}
+
+fn texts(l: &hickory_resolver::lookup::Lookup, f: impl Fn(&RData) -> Option<String>) -> Vec<String> {
+    l.answers().iter().filter_map(|r| f(&r.data)).collect()
+}
+
+impl dns::Host for HostState {
+    async fn txt(&mut self, name: String) -> Result<Vec<String>, dns::DnsError> {
+        let r = self.resolver()?;
+        let l = r.txt_lookup(fqdn(&name)).await.map_err(dns_error)?;
+        Ok(texts(&l, |d| match d {
+            RData::TXT(t) => Some(t.txt_data.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<String>()),
+            _ => None,
+        }))
+    }
+    async fn a(&mut self, name: String) -> Result<Vec<String>, dns::DnsError> {
+        let r = self.resolver()?;
+        let l = r.ipv4_lookup(fqdn(&name)).await.map_err(dns_error)?;
+        Ok(texts(&l, |d| match d {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        }))
+    }
+    async fn aaaa(&mut self, name: String) -> Result<Vec<String>, dns::DnsError> {
+        let r = self.resolver()?;
+        let l = r.ipv6_lookup(fqdn(&name)).await.map_err(dns_error)?;
+        Ok(texts(&l, |d| match d {
+            RData::AAAA(a) => Some(a.0.to_string()),
+            _ => None,
+        }))
+    }
+    async fn mx(&mut self, name: String) -> Result<Vec<(u16, String)>, dns::DnsError> {
+        let r = self.resolver()?;
+        let l = r.mx_lookup(fqdn(&name)).await.map_err(dns_error)?;
+        Ok(l.answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::MX(m) => Some((m.preference, m.exchange.to_ascii().trim_end_matches('.').to_string())),
+                _ => None,
+            })
+            .collect())
+    }
+    async fn ptr(&mut self, ip: String) -> Result<Vec<String>, dns::DnsError> {
+        let r = self.resolver()?;
+        let ip: std::net::IpAddr = ip.parse().map_err(|_| dns::DnsError::Servfail("not an IP address".into()))?;
+        let l = r.reverse_lookup(hickory_resolver::proto::rr::Name::from(ip)).await.map_err(dns_error)?;
+        Ok(texts(&l, |d| match d {
+            RData::PTR(p) => Some(p.0.to_ascii().trim_end_matches('.').to_string()),
+            _ => None,
+        }))
+    }
+}
+
+impl kv::Host for HostState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::KvError>> {
+        Ok(self.kv_key(&key).and_then(|k| self.services.kv.get(&k).map_err(kv::KvError::Backend)))
+    }
+    fn set(&mut self, key: String, value: Vec<u8>, ttl: Option<u32>) -> wasmtime::Result<Result<(), kv::KvError>> {
+        let ttl = ttl.map(|s| Duration::from_secs(s.into()));
+        Ok(self.kv_key(&key).and_then(|k| self.services.kv.set(&k, value, ttl).map_err(kv::KvError::Backend)))
+    }
+    fn incr(&mut self, key: String, delta: i64, ttl: Option<u32>) -> wasmtime::Result<Result<i64, kv::KvError>> {
+        let ttl = ttl.map(|s| Duration::from_secs(s.into()));
+        Ok(self.kv_key(&key).and_then(|k| self.services.kv.incr(&k, delta, ttl).map_err(kv::KvError::Backend)))
+    }
+    fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), kv::KvError>> {
+        Ok(self.kv_key(&key).and_then(|k| self.services.kv.delete(&k).map_err(kv::KvError::Backend)))
+    }
+}
+
+fn metric_labels(plugin: &str, labels: Vec<(String, String)>) -> Vec<::metrics::Label> {
+    let mut v: Vec<::metrics::Label> = labels.into_iter().take(8).map(|(k, v)| ::metrics::Label::new(k, v)).collect();
+    v.push(::metrics::Label::new("plugin", plugin.to_string()));
+    v
+}
+
+fn metric_name(name: &str) -> String {
+    let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).take(64).collect();
+    format!("mailgate_plugin_{clean}")
+}
+
+impl metrics::Host for HostState {
+    fn counter(&mut self, name: String, value: u64, labels: Vec<(String, String)>) -> wasmtime::Result<()> {
+        ::metrics::counter!(metric_name(&name), metric_labels(&self.meta.name, labels)).increment(value);
+        Ok(())
+    }
+    fn histogram(&mut self, name: String, value: f64, labels: Vec<(String, String)>) -> wasmtime::Result<()> {
+        ::metrics::histogram!(metric_name(&name), metric_labels(&self.meta.name, labels)).record(value);
+        Ok(())
+    }
+}

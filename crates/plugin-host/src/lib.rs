@@ -1,0 +1,32 @@
+//! The WebAssembly plugin host.
+//!
+//! This crate owns everything between the gateway and its plugins: the one `bindgen!` over
+//! `wit/` ([`bindings`]), a narrow wasmtime engine wrapper (pooling allocator, epoch deadlines,
+//! memory limits — [`engine`]), the host imports plugins may call (log, config, dns, kv,
+//! metrics, the parsed message — [`host`]), and the chain that asks plugins in order at each
+//! stage and turns their answers into replies ([`chain`]).
+//!
+//! It must not know sockets, the spool or the queue: the session and the queue call it with
+//! plain values and get plain decisions back. A plugin's failure (trap, timeout, out of memory,
+//! an invalid answer) is that plugin's only: it becomes its configured `on-error` verdict.
+
+pub mod bindings;
+pub mod chain;
+pub mod engine;
+pub mod host;
+pub mod kv;
+pub mod modify;
+
+
+pub use chain::{DataDecision, Decision, Plugins, QueueChain, RouteDecision, SessionChain};
+pub use engine::PluginEngine;
+pub use kv::{KvStore, MemoryKv};
+
+/// A failure of the plugin machinery (not a policy answer).
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("plugin {plugin}: {msg}")]
+    Load { plugin: String, msg: String },
+    #[error("plugin {plugin} at {stage}: {msg}")]
+    Call { plugin: String, stage: &'static str, msg: String },
+}
