@@ -15,6 +15,11 @@ pub struct Gateway {
     config: String,
 }
 
+/// The repository root (for plugins/dist).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
 /// The binary under test: `$MAILGATE_BIN`, or this package's bin that cargo builds next to
 /// the test executables (`target/<profile>/mailgate-under-test`).
 pub fn binary() -> PathBuf {
@@ -52,6 +57,17 @@ impl Gateway {
         Gateway::start(&format!(
             "{relay}\n{extra}\n\n[routes]\n\"example.test\" = {{ type = \"maildir\", path = \"{{dir}}/mail\" }}\n\"*\" = {{ type = \"smarthost\", host = \"127.0.0.1\", port = {sink_port}, tls = \"none\" }}\n"
         ))
+    }
+
+    /// A `[[plugin]]` block for a component built by `plugins/build.sh`. `extra` is more TOML
+    /// for the entry (stages, on_error…); `config` the plugin's own table.
+    pub fn plugin(name: &str, instance: &str, extra: &str, config: &str) -> String {
+        let path = repo_root().join("plugins/dist").join(format!("{name}.wasm"));
+        assert!(path.exists(), "{} is missing: run plugins/build.sh", path.display());
+        format!(
+            "\n[[plugin]]\nname = \"{instance}\"\npath = \"{}\"\n{extra}\n[plugin.config]\n{config}\n",
+            path.display()
+        )
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

@@ -2,11 +2,12 @@
 
 use std::process::Command;
 
-use mailgate_tests::gateway::binary;
+use mailgate_tests::gateway::{binary, repo_root};
 
 #[test]
 fn config_check_accepts_the_default_and_names_bad_keys() {
-    let out = Command::new(binary()).args(["config", "check"]).output().unwrap();
+    // The embedded default names plugins relative to the working directory.
+    let out = Command::new(binary()).args(["config", "check"]).current_dir(repo_root()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
@@ -20,4 +21,47 @@ fn config_check_accepts_the_default_and_names_bad_keys() {
         Command::new(binary()).args(["config", "check"]).env("MAILGATE_LIMITS__MAX_SESSIONS", "lots").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("limits.max_sessions"));
+}
+
+#[test]
+fn plugin_check_and_test() {
+    let dist = repo_root().join("plugins/dist");
+    let out = Command::new(binary()).args(["plugin", "check"]).arg(dist.join("rcpt-allow.wasm")).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+    // Not a component: exit 1 and say why.
+    let out = Command::new(binary()).args(["plugin", "check"]).arg(repo_root().join("Cargo.toml")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid component"));
+    // A whole simulated transaction.
+    let eml = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        eml.path(),
+        "From: a@sender.test
+Subject: t
+
+body
+",
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .args(["plugin", "test"])
+        .arg(dist.join("rcpt-allow.wasm"))
+        .arg("--eml")
+        .arg(eml.path())
+        .args(["--rcpt", "ok@example.test", "--rcpt", "no@other.test", "--config", "domains = [\"example.test\"]"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("rcpt <ok@example.test>: next"), "{text}");
+    assert!(text.contains("rcpt <no@other.test>: reply 550 5.1.1"), "{text}");
+    let out = Command::new(binary())
+        .args(["plugin", "test"])
+        .arg(dist.join("add-header.wasm"))
+        .args(["--rcpt", "x@example.test"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("modification: Modification::AddHeader((\"X-Mailgate-Plugin\", \"add-header\"))"));
 }

@@ -22,8 +22,16 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 8] =
-        [Stage::Connect, Stage::Helo, Stage::Auth, Stage::MailFrom, Stage::Rcpt, Stage::Data, Stage::Route, Stage::DeliveryResult];
+    pub const ALL: [Stage; 8] = [
+        Stage::Connect,
+        Stage::Helo,
+        Stage::Auth,
+        Stage::MailFrom,
+        Stage::Rcpt,
+        Stage::Data,
+        Stage::Route,
+        Stage::DeliveryResult,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -121,7 +121,8 @@ pub fn main() -> ExitCode {
         },
         Cmd::Plugin { cmd: PluginCmd::Test { wasm, eml, from, rcpt, helo, client_ip, config, grant } } => {
             let _ = tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).try_init();
-            let run = crate::plugin_cli::TestRun { wasm, eml, from, rcpts: rcpt, helo, client_ip, config, grants: grant };
+            let run =
+                crate::plugin_cli::TestRun { wasm, eml, from, rcpts: rcpt, helo, client_ip, config, grants: grant };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
             match rt.block_on(crate::plugin_cli::test(run)) {
                 Ok(()) => ExitCode::SUCCESS,

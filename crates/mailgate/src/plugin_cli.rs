@@ -27,12 +27,22 @@ fn plugin_entry(wasm: &Path, table: Option<&str>, grants: Vec<Grant>) -> Result<
     let config = match table {
         Some(t) => {
             let v: toml::Table = toml::from_str(t).map_err(|e| format!("--config: {e}"))?;
-            serde_json::to_value(v).map_err(|e| e.to_string())?.as_object().cloned().unwrap_or_default().into_iter().collect()
+            serde_json::to_value(v)
+                .map_err(|e| e.to_string())?
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .collect()
         }
         None => Default::default(),
     };
     Ok(Plugin {
-        name: wasm.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"),
+        name: wasm
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("plugin")
+            .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"),
         path: wasm.to_path_buf(),
         stages: Stage::ALL.to_vec(),
         on_error: OnError::Tempfail,

@@ -9,7 +9,13 @@ use mailgate_queue::Hooks;
 use mailgate_spool::{BoxFuture, Envelope};
 
 /// A WIT envelope.
-pub fn wit_envelope(from: &str, rcpts: Vec<String>, body_8bit: bool, smtputf8: bool, size: Option<u64>) -> types::Envelope {
+pub fn wit_envelope(
+    from: &str,
+    rcpts: Vec<String>,
+    body_8bit: bool,
+    smtputf8: bool,
+    size: Option<u64>,
+) -> types::Envelope {
     types::Envelope { mail_from: from.to_string(), rcpt_to: rcpts, body_8bit, smtputf8, size_hint: size }
 }
 
@@ -19,7 +25,13 @@ pub fn no_auth_results() -> types::AuthResults {
 }
 
 fn spooled(env: &Envelope) -> types::Envelope {
-    wit_envelope(&env.sender, env.recipients.iter().map(|r| r.address.clone()).collect(), env.body_8bit, env.smtputf8, None)
+    wit_envelope(
+        &env.sender,
+        env.recipients.iter().map(|r| r.address.clone()).collect(),
+        env.body_8bit,
+        env.smtputf8,
+        None,
+    )
 }
 
 /// Parses `"550 5.1.1 text"` into a WIT reply.

@@ -126,7 +126,11 @@ fn describe(e: wasmtime::Error) -> String {
 
 impl Plugins {
     /// Compiles every `[[plugin]]` of the config. `slots` bounds live instances.
-    pub fn load(cfg: &Config, resolver: Option<TokioResolver>, kv: Arc<dyn KvStore>) -> Result<Arc<Plugins>, PluginError> {
+    pub fn load(
+        cfg: &Config,
+        resolver: Option<TokioResolver>,
+        kv: Arc<dyn KvStore>,
+    ) -> Result<Arc<Plugins>, PluginError> {
         let max_mem = cfg.plugins.iter().map(|p| p.memory_limit).max().unwrap_or(1 << 20);
         let n = cfg.plugins.len().max(1);
         let slots = (cfg.limits.max_sessions.saturating_mul(n) + n + 16).min(100_000) as u32;
@@ -193,7 +197,8 @@ impl Chain {
             store.limiter(|s| &mut s.limits);
             store.epoch_deadline_trap();
             store.set_epoch_deadline(lp.meta.budget_ticks);
-            let filter = lp.pre.instantiate_async(&mut store).await.map_err(|e| format!("instantiate: {}", describe(e)))?;
+            let filter =
+                lp.pre.instantiate_async(&mut store).await.map_err(|e| format!("instantiate: {}", describe(e)))?;
             store.set_epoch_deadline(lp.meta.budget_ticks);
             match filter.call_init(&mut store).await {
                 Ok(Ok(())) => {}
@@ -211,7 +216,8 @@ impl Chain {
     fn failed(&mut self, i: usize, stage: Stage, msg: &str) -> OnError {
         let meta = &self.plugins.loaded[i].meta;
         tracing::error!(plugin = %meta.name, stage = stage.name(), sid = %self.sid, on_error = ?meta.on_error, "plugin failed: {msg}");
-        ::metrics::counter!("mailgate_plugin_failures_total", "plugin" => meta.name.clone(), "stage" => stage.name()).increment(1);
+        ::metrics::counter!("mailgate_plugin_failures_total", "plugin" => meta.name.clone(), "stage" => stage.name())
+            .increment(1);
         self.slots[i] = None;
         meta.on_error
     }

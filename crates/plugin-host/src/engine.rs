@@ -93,7 +93,8 @@ impl PluginEngine {
     /// Compiles a component and checks it against the `filter` world.
     pub fn prepare(&self, bytes: &[u8]) -> Result<FilterPre<HostState>, String> {
         let component = Component::new(&self.engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| format!("imports do not match the world: {e:#}"))?;
+        let pre =
+            self.linker.instantiate_pre(&component).map_err(|e| format!("imports do not match the world: {e:#}"))?;
         FilterPre::new(pre).map_err(|e| format!("exports do not match the world: {e:#}"))
     }
 }

@@ -77,7 +77,9 @@ impl ParsedMessage {
     }
 
     fn get(&self) -> Option<&mail_parser::Message<'static>> {
-        self.parsed.get_or_init(|| mail_parser::MessageParser::default().parse(self.raw.as_slice()).map(|m| m.into_owned())).as_ref()
+        self.parsed
+            .get_or_init(|| mail_parser::MessageParser::default().parse(self.raw.as_slice()).map(|m| m.into_owned()))
+            .as_ref()
     }
 
     /// Raw value text of every header, unfolded.
@@ -123,7 +125,12 @@ impl message::HostMessage for HostState {
     }
     fn from(&mut self, m: Resource<MessageHandle>) -> wasmtime::Result<Option<String>> {
         let msg = &self.table.get(&m)?.0;
-        Ok(msg.get().and_then(|p| p.from()).and_then(|a| a.first()).and_then(|a| a.address.as_ref()).map(|a| a.to_string()))
+        Ok(msg
+            .get()
+            .and_then(|p| p.from())
+            .and_then(|a| a.first())
+            .and_then(|a| a.address.as_ref())
+            .map(|a| a.to_string()))
     }
     fn text_body(&mut self, m: Resource<MessageHandle>) -> wasmtime::Result<Option<String>> {
         Ok(self.table.get(&m)?.0.get().and_then(|p| p.body_text(0)).map(|c| c.into_owned()))
@@ -227,7 +234,9 @@ impl dns::Host for HostState {
         let r = self.resolver()?;
         let l = r.txt_lookup(fqdn(&name)).await.map_err(dns_error)?;
         Ok(texts(&l, |d| match d {
-            RData::TXT(t) => Some(t.txt_data.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<String>()),
+            RData::TXT(t) => {
+                Some(t.txt_data.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<String>())
+            }
             _ => None,
         }))
     }
@@ -293,7 +302,8 @@ fn metric_labels(plugin: &str, labels: Vec<(String, String)>) -> Vec<::metrics::
 }
 
 fn metric_name(name: &str) -> String {
-    let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).take(64).collect();
+    let clean: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).take(64).collect();
     format!("mailgate_plugin_{clean}")
 }
 

@@ -61,7 +61,10 @@ impl KvStore for MemoryKv {
         let cur = m.get(key).filter(|v| live(v)).cloned();
         let (n, exp) = match cur {
             Some((v, exp)) => {
-                let s = std::str::from_utf8(&v).ok().and_then(|s| s.parse::<i64>().ok()).ok_or("value is not an integer")?;
+                let s = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .ok_or("value is not an integer")?;
                 (s.saturating_add(delta), exp)
             }
             None => (delta, ttl.map(|t| Instant::now() + t)),

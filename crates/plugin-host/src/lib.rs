@@ -17,7 +17,6 @@ pub mod host;
 pub mod kv;
 pub mod modify;
 
-
 pub use chain::{DataDecision, Decision, Plugins, QueueChain, RouteDecision, SessionChain};
 pub use engine::PluginEngine;
 pub use kv::{KvStore, MemoryKv};

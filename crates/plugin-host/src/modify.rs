@@ -28,7 +28,12 @@ pub fn route_text(r: &Route) -> String {
         Route::Maildir(p) => format!("maildir:{p}"),
         Route::Discard => "discard".into(),
         Route::Hold => "hold".into(),
-        Route::Reject(r) => format!("reject:{} {} {}", r.code, if r.enhanced.is_empty() { "5.0.0" } else { &r.enhanced }, r.text.replace(['\r', '\n'], " ")),
+        Route::Reject(r) => format!(
+            "reject:{} {} {}",
+            r.code,
+            if r.enhanced.is_empty() { "5.0.0" } else { &r.enhanced },
+            r.text.replace(['\r', '\n'], " ")
+        ),
     }
 }
 
@@ -59,7 +64,11 @@ fn split(data: &[u8]) -> (Vec<Field>, &[u8]) {
         match fields.last_mut() {
             Some(f) if folded => f.raw.extend_from_slice(line),
             _ => {
-                let name = line.split(|b| *b == b':').next().map(|n| String::from_utf8_lossy(n).trim().to_string()).unwrap_or_default();
+                let name = line
+                    .split(|b| *b == b':')
+                    .next()
+                    .map(|n| String::from_utf8_lossy(n).trim().to_string())
+                    .unwrap_or_default();
                 fields.push(Field { name, raw: line.to_vec() });
             }
         }
@@ -92,7 +101,12 @@ pub fn apply(data: &[u8], mods: &[Modification]) -> Edits {
                 changed |= fields.len() != before;
             }
             Modification::ChangeHeader((n, idx, v)) if valid_name(n) && valid_value(v) => {
-                let pos = fields.iter().enumerate().filter(|(_, f)| f.name.eq_ignore_ascii_case(n)).map(|(i, _)| i).nth(*idx as usize);
+                let pos = fields
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| f.name.eq_ignore_ascii_case(n))
+                    .map(|(i, _)| i)
+                    .nth(*idx as usize);
                 match (pos, v.is_empty()) {
                     (Some(i), true) => {
                         fields.remove(i);
@@ -165,12 +179,21 @@ mod tests {
                 Modification::RemoveHeader("subject".into()),
             ],
         );
-        assert_eq!(String::from_utf8(e.data.unwrap()).unwrap(), "Received: x\r\nX-A: 1\r\nX-A: two\r\nX-New: yes\r\n\r\nbody\r\n");
+        assert_eq!(
+            String::from_utf8(e.data.unwrap()).unwrap(),
+            "Received: x\r\nX-A: 1\r\nX-A: two\r\nX-New: yes\r\n\r\nbody\r\n"
+        );
     }
 
     #[test]
     fn injection_is_refused() {
-        let e = apply(MSG, &[Modification::AddHeader(("X-Evil".into(), "a\r\nBcc: victim@x".into())), Modification::AddHeader(("Bad Name".into(), "v".into()))]);
+        let e = apply(
+            MSG,
+            &[
+                Modification::AddHeader(("X-Evil".into(), "a\r\nBcc: victim@x".into())),
+                Modification::AddHeader(("Bad Name".into(), "v".into())),
+            ],
+        );
         assert!(e.data.is_none());
         assert_eq!(e.refused.len(), 2);
     }

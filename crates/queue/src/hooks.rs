@@ -31,7 +31,9 @@ pub enum Chosen {
 pub fn parse_route(s: &str) -> Result<Chosen, String> {
     let (kind, rest) = s.split_once(':').unwrap_or((s, ""));
     match kind {
-        "mx" if !rest.is_empty() => Ok(Chosen::Route(Route::Mx { tls: TlsPolicy::Opportunistic }, Some(rest.to_ascii_lowercase()))),
+        "mx" if !rest.is_empty() => {
+            Ok(Chosen::Route(Route::Mx { tls: TlsPolicy::Opportunistic }, Some(rest.to_ascii_lowercase())))
+        }
         "smarthost" => {
             let (host, port) = rest.rsplit_once(':').ok_or("smarthost:HOST:PORT")?;
             let port: u16 = port.parse().map_err(|_| "bad smarthost port")?;
@@ -57,9 +59,15 @@ mod tests {
     fn parses_route_texts() {
         assert_eq!(
             parse_route("smarthost:127.0.0.1:2526").unwrap(),
-            Chosen::Route(Route::Smarthost { host: "127.0.0.1".into(), port: 2526, tls: TlsPolicy::Opportunistic, ca_file: None }, None)
+            Chosen::Route(
+                Route::Smarthost { host: "127.0.0.1".into(), port: 2526, tls: TlsPolicy::Opportunistic, ca_file: None },
+                None
+            )
         );
-        assert_eq!(parse_route("mx:Example.ORG").unwrap(), Chosen::Route(Route::Mx { tls: TlsPolicy::Opportunistic }, Some("example.org".into())));
+        assert_eq!(
+            parse_route("mx:Example.ORG").unwrap(),
+            Chosen::Route(Route::Mx { tls: TlsPolicy::Opportunistic }, Some("example.org".into()))
+        );
         assert_eq!(parse_route("hold").unwrap(), Chosen::Hold);
         assert_eq!(parse_route("reject:550 5.7.1 no").unwrap(), Chosen::Reply("550 5.7.1 no".into()));
         assert!(parse_route("smarthost:x").is_err());

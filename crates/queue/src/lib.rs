@@ -177,7 +177,8 @@ impl Queue {
                 None => match inner.config.route_for(&domain) {
                     Some(route) => (route.clone(), domain),
                     None => {
-                        outcomes[i] = Some(RcptOutcome::new(Status::Failed, "554 5.4.4 no route to the recipient domain", None));
+                        outcomes[i] =
+                            Some(RcptOutcome::new(Status::Failed, "554 5.4.4 no route to the recipient domain", None));
                         continue;
                     }
                 },
@@ -193,7 +194,11 @@ impl Queue {
                 }
                 Some(Err(err)) => {
                     tracing::error!(queue_id = %e.env.id, rcpt = %rcpt, "invalid route from policy: {err}");
-                    outcomes[i] = Some(RcptOutcome::new(Status::Deferred, format!("451 4.3.5 invalid route from policy: {err}"), None));
+                    outcomes[i] = Some(RcptOutcome::new(
+                        Status::Deferred,
+                        format!("451 4.3.5 invalid route from policy: {err}"),
+                        None,
+                    ));
                     continue;
                 }
             };

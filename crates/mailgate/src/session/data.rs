@@ -200,7 +200,8 @@ impl Session {
             Some(data.len() as u64),
         );
         let raw = Arc::new(data);
-        let (decision, mods) = chain.on_data(&self.conn_info(), &wenv, raw.clone(), &crate::plugins::no_auth_results()).await;
+        let (decision, mods) =
+            chain.on_data(&self.conn_info(), &wenv, raw.clone(), &crate::plugins::no_auth_results()).await;
         self.chain = Some(chain);
         let mut data = Arc::try_unwrap(raw).unwrap_or_else(|a| (*a).clone());
         match decision {
@@ -236,7 +237,12 @@ impl Session {
         env.recipients.retain(|r| !edits.remove_rcpts.iter().any(|x| x.eq_ignore_ascii_case(&r.address)));
         for a in edits.add_rcpts {
             if !env.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(&a)) {
-                env.recipients.push(Recipient { address: a, status: RcptStatus::Pending, last_reply: None, remote_host: None });
+                env.recipients.push(Recipient {
+                    address: a,
+                    status: RcptStatus::Pending,
+                    last_reply: None,
+                    remote_host: None,
+                });
             }
         }
         if edits.route.is_some() {

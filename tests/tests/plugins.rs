@@ -1,0 +1,278 @@
+//! The plugin chain end to end: WebAssembly components built from source by plugins/build.sh,
+//! run by the real gateway, driven by real clients.
+
+use std::time::{Duration, Instant};
+
+use mailgate_tests::clients::{swaks, Raw};
+use mailgate_tests::dns::Dns;
+use mailgate_tests::gateway::Gateway;
+use mailgate_tests::sink::Sink;
+
+const T: Duration = Duration::from_secs(20);
+
+/// A gateway relaying to `sink` with the given `[[plugin]]` blocks.
+fn gateway(sink: &Sink, plugins: &str) -> Gateway {
+    Gateway::with_sink(sink.port(), &format!("[queue]\nretry_schedule = [\"1s\"]\n{plugins}"))
+}
+
+fn verdict(stage: &str, plugin_stage: &str, verdict: &str, code: u16, enhanced: &str) -> String {
+    Gateway::plugin(
+        "verdict",
+        "verdict",
+        &format!("stages = [\"{stage}\"]"),
+        &format!("stage = \"{plugin_stage}\"\nverdict = \"{verdict}\"\ncode = {code}\nenhanced = \"{enhanced}\"\ntext = \"policy says {verdict}\""),
+    )
+}
+
+/// Runs a transaction step by step; returns (step name, reply) up to the first non-2xx/3xx.
+fn session(port: u16, rcpt: &str) -> Vec<(&'static str, String)> {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = vec![];
+    let mut raw = RawOnStream::new(s);
+    let greet = raw.reply();
+    out.push(("connect", greet.clone()));
+    if !greet.starts_with('2') {
+        out.push(("after", raw.reply()));
+        return out;
+    }
+    let steps: [(&'static str, String); 5] = [
+        ("helo", "EHLO client.test".into()),
+        ("mail_from", "MAIL FROM:<a@sender.test>".into()),
+        ("rcpt", format!("RCPT TO:<{rcpt}>")),
+        ("data_cmd", "DATA".into()),
+        ("data", "Subject: plugin test\r\n\r\nhello\r\n.".into()),
+    ];
+    for (name, line) in steps {
+        raw.send(format!("{line}\r\n").as_bytes());
+        let r = raw.reply();
+        let ok = r.starts_with('2') || r.starts_with('3');
+        out.push((name, r));
+        if !ok {
+            // Whether the server closed the connection after this reply.
+            raw.send(b"NOOP\r\n");
+            out.push(("after", raw.reply()));
+            return out;
+        }
+    }
+    out
+}
+
+/// A raw client on an already connected stream (the greeting may be a refusal).
+struct RawOnStream {
+    s: std::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawOnStream {
+    fn new(s: std::net::TcpStream) -> Self {
+        RawOnStream { s, buf: vec![] }
+    }
+    fn send(&mut self, b: &[u8]) {
+        let _ = std::io::Write::write_all(&mut self.s, b);
+    }
+    fn reply(&mut self) -> String {
+        let mut out = String::new();
+        loop {
+            while let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                let line = String::from_utf8_lossy(&line).into_owned();
+                out.push_str(&line);
+                if line.len() < 4 || line.as_bytes()[3] == b' ' {
+                    return out.trim_end().to_string();
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match std::io::Read::read(&mut self.s, &mut chunk) {
+                Ok(0) | Err(_) => return out,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+#[test]
+fn every_verdict_at_every_stage_reaches_the_wire() {
+    let sink = Sink::start();
+    // (gateway stage, verdict plugin stage, verdict, code, enhanced, step that answers)
+    let cases = [
+        ("connect", "connect", "reject", 554, "5.7.1", "connect"),
+        ("connect", "connect", "tempfail", 421, "4.7.0", "connect"),
+        ("helo", "helo", "reject", 550, "5.7.1", "helo"),
+        ("helo", "helo", "tempfail", 450, "4.7.1", "helo"),
+        ("helo", "helo", "disconnect", 421, "4.7.0", "helo"),
+        ("mail_from", "mail-from", "reject", 553, "5.7.1", "mail_from"),
+        ("mail_from", "mail-from", "tempfail", 451, "4.7.1", "mail_from"),
+        ("mail_from", "mail-from", "disconnect", 521, "5.7.1", "mail_from"),
+        ("rcpt", "rcpt", "reject", 550, "5.7.1", "rcpt"),
+        ("rcpt", "rcpt", "tempfail", 451, "4.7.1", "rcpt"),
+        ("rcpt", "rcpt", "disconnect", 421, "4.7.0", "rcpt"),
+        ("data", "data", "reject", 554, "5.7.1", "data"),
+        ("data", "data", "tempfail", 451, "4.7.1", "data"),
+        ("data", "data", "disconnect", 421, "4.7.0", "data"),
+    ];
+    for (stage, pstage, v, code, enh, step) in cases {
+        let gw = gateway(&sink, &verdict(stage, pstage, v, code, enh));
+        let steps = session(gw.port, &format!("{v}-{stage}@remote.test"));
+        let (name, reply) = steps
+            .iter()
+            .find(|(_, r)| !(r.starts_with('2') || r.starts_with('3')))
+            .cloned()
+            .unwrap_or_else(|| panic!("{stage}/{v}: {steps:?}"));
+        assert_eq!(name, step, "{stage}/{v}: {steps:?}");
+        assert!(reply.starts_with(&format!("{code} {enh} policy says {v}")), "{stage}/{v}: {reply}");
+        let after = &steps.last().unwrap().1;
+        let closed = after.is_empty();
+        let want_closed = v == "disconnect" || stage == "connect";
+        assert_eq!(closed, want_closed, "{stage}/{v}: connection closed? {steps:?}");
+    }
+    assert!(sink.received().is_empty(), "nothing refused was delivered");
+}
+
+#[test]
+fn accept_next_quarantine_and_discard() {
+    let sink = Sink::start();
+    // accept at rcpt: the transaction goes on and the message is delivered.
+    let gw = gateway(&sink, &verdict("rcpt", "rcpt", "accept", 250, "2.0.0"));
+    let steps = session(gw.port, "accepted@remote.test");
+    assert!(steps.last().unwrap().1.starts_with("250 2.0.0 Ok: queued as"), "{steps:?}");
+    sink.wait_for_rcpt("accepted@remote.test", T);
+    // quarantine and discard: the client hears 250, nothing is delivered.
+    for v in ["quarantine", "discard"] {
+        let gw = gateway(&sink, &verdict("data", "data", v, 250, "2.0.0"));
+        let steps = session(gw.port, &format!("{v}@remote.test"));
+        assert!(steps.last().unwrap().1.starts_with("250 2.0.0 Ok: queued as"), "{v}: {steps:?}");
+        let needle = if v == "quarantine" { "message is quarantined" } else { "message discarded by policy" };
+        assert!(gw.wait_log(needle, T), "{}", gw.log());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sink.received().len(), 1);
+}
+
+#[test]
+fn stock_plugins_check_helo_and_recipients_and_add_a_header() {
+    let sink = Sink::start();
+    let plugins = [
+        Gateway::plugin("helo-check", "helo-check", "stages = [\"helo\"]", "check_trusted = true"),
+        Gateway::plugin(
+            "rcpt-allow",
+            "rcpt-allow",
+            "stages = [\"rcpt\"]",
+            "domains = [\"remote.test\"]\ncheck_trusted = true",
+        ),
+        Gateway::plugin(
+            "add-header",
+            "add-header",
+            "stages = [\"data\"]",
+            "name = \"X-Policy\"\nvalue = \"checked by wasm\"",
+        ),
+    ]
+    .concat();
+    let gw = gateway(&sink, &plugins);
+    let mut c = Raw::connect(gw.port);
+    assert!(c.cmd("EHLO [10.9.9.9]").starts_with("550 5.7.1"), "IP literal that is not the client");
+    assert!(c.cmd("EHLO [127.0.0.1]").starts_with("250"));
+    c.cmd("MAIL FROM:<a@sender.test>");
+    assert!(c.cmd("RCPT TO:<x@elsewhere.test>").starts_with("550 5.1.1"));
+    assert!(c.cmd("RCPT TO:<ok@remote.test>").starts_with("250"));
+    c.cmd("DATA");
+    c.send(b"Subject: with header\r\n\r\nbody\r\n.\r\n");
+    assert!(c.reply().starts_with("250 2.0.0"));
+    let m = sink.wait_for_rcpt("ok@remote.test", T);
+    assert!(m.text().contains("\r\nX-Policy: checked by wasm\r\n\r\nbody"), "{}", m.text());
+}
+
+#[test]
+fn routing_decision_is_honoured() {
+    let sink = Sink::start();
+    let other = Sink::start();
+    let plugins = Gateway::plugin(
+        "route-by-domain",
+        "router",
+        "stages = [\"route\"]",
+        &format!(
+            "routes = [\"routed.test=smarthost:127.0.0.1:{}\", \"gone.test=reject:550 5.1.6 moved away\"]",
+            other.port()
+        ),
+    );
+    let gw = gateway(&sink, &plugins);
+    let out = swaks(gw.port, &["--to", "x@routed.test,y@plain.test,z@gone.test", "--from", "a@sender.test"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let m = other.wait_for_rcpt("x@routed.test", T);
+    assert_eq!(m.rcpts, vec!["x@routed.test"]);
+    sink.wait_for_rcpt("y@plain.test", T);
+    // The rejected route bounces: the DSN goes to the sender through the default route.
+    let dsn = sink.wait_for_rcpt("a@sender.test", T);
+    assert!(dsn.text().contains("550 5.1.6 moved away"), "{}", dsn.text());
+}
+
+#[test]
+fn misbehaving_plugins_cost_only_their_own_verdict() {
+    let sink = Sink::start();
+    for (mode, on_error, want) in [
+        ("loop", "tempfail", "451 4.3.0"),
+        ("trap", "tempfail", "451 4.3.0"),
+        ("oom", "tempfail", "451 4.3.0"),
+        ("bad-code", "tempfail", "451 4.3.0"),
+        ("loop", "skip", "250 2.1.5"),
+        ("trap", "skip", "250 2.1.5"),
+    ] {
+        let plugin = Gateway::plugin(
+            "misbehave",
+            "misbehave",
+            &format!("stages = [\"rcpt\"]\non_error = \"{on_error}\"\ncpu_budget = \"50ms\"\nmemory_limit = 4194304"),
+            &format!("mode = \"{mode}\"\nstage = \"rcpt\""),
+        );
+        let gw = gateway(&sink, &plugin);
+        let port = gw.port;
+        // Other sessions keep being served while the plugin spins.
+        let bystander = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut c = Raw::connect(port);
+            for _ in 0..20 {
+                assert!(c.cmd("NOOP").starts_with("250"));
+            }
+            started.elapsed()
+        });
+        let mut c = Raw::connect(gw.port);
+        c.cmd("EHLO client.test");
+        c.cmd("MAIL FROM:<a@sender.test>");
+        let started = Instant::now();
+        let r = c.cmd(&format!("RCPT TO:<{mode}@remote.test>"));
+        let took = started.elapsed();
+        assert!(r.starts_with(want), "{mode}/{on_error}: {r}");
+        assert!(took < Duration::from_secs(5), "{mode}: answered within the budget (took {took:?})");
+        // The session survives and works on.
+        assert!(c.cmd("NOOP").starts_with("250"), "{mode}: session alive");
+        assert!(bystander.join().unwrap() < Duration::from_secs(5));
+        assert!(gw.wait_log("plugin failed", T), "{}", gw.log());
+        let log = gw.log();
+        let line = log.lines().find(|l| l.contains("plugin failed")).unwrap();
+        assert!(
+            line.contains("plugin=misbehave") && line.contains("stage=\"rcpt\"") && line.contains("sid="),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn dns_is_denied_without_a_grant() {
+    let sink = Sink::start();
+    let dns = Dns::start(&["--txt-record=probe.test,\"hello from dns\""]);
+    let probe = |grant: &str| {
+        Gateway::plugin("dns-probe", "dns-probe", &format!("stages = [\"rcpt\"]\n{grant}"), "name = \"probe.test\"")
+    };
+    let gw = gateway(&sink, &format!("{}\n{}", dns.config(), probe("")));
+    let mut c = Raw::connect(gw.port);
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@sender.test>");
+    let r = c.cmd("RCPT TO:<x@remote.test>");
+    assert!(r.starts_with("550 5.7.1 dns-denied"), "{r}");
+    // Granted: the lookup goes through the gateway's resolver to the real DNS server.
+    let gw = gateway(&sink, &format!("{}\n{}", dns.config(), probe("grants = [\"dns\"]")));
+    let mut c = Raw::connect(gw.port);
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@sender.test>");
+    assert!(c.cmd("RCPT TO:<x@remote.test>").starts_with("250"));
+    assert!(gw.wait_log("hello from dns", T), "{}", gw.log());
+}
