@@ -51,7 +51,12 @@ impl PluginEngine {
             .total_memories(slots)
             .total_tables(slots.saturating_mul(2))
             .total_stacks(slots)
-            .max_memory_size(max_memory as usize);
+            .max_memory_size(max_memory as usize)
+            // Reset the first pages of a slot by copying rather than unmapping them, so the next
+            // instance does not page-fault its stack and data back in (the bulk of the
+            // instantiation cost otherwise).
+            .linear_memory_keep_resident(256 << 10)
+            .table_keep_resident(64 << 10);
         let mut cfg = Config::new();
         cfg.epoch_interruption(true)
             .wasm_component_model(true)
