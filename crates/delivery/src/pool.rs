@@ -18,7 +18,7 @@ pub struct Key {
 }
 
 /// Most idle connections kept per key; more are closed.
-const MAX_IDLE_PER_KEY: usize = 8;
+const MAX_IDLE_PER_KEY: usize = 64;
 
 #[derive(Default)]
 pub struct Pool {

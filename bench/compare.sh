@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Runs the same SMTP load through mailgate (0 and 5 plugins), Postfix and Haraka, relaying to
+# the same sink, plus the sink alone (the ceiling), in one run on one machine; prints a
+# markdown table of medians and the ratios. Every peer is started and stopped here; nothing
+# is left running. Needs root (Postfix uses /etc/postfix) and the packages from
+# scripts/deps.sh; Haraka is installed from npm into bench/.peers/ on first use.
+#
+#   bench/compare.sh                 # full matrix: 1 KiB, 10 KiB, 100 KiB; 50 sessions; 3 runs
+#   RUNS=1 SIZES=1024 bench/compare.sh    # quicker
+#   PEERS="mailgate0 mailgate5" …    # a subset of: ceiling mailgate0 mailgate5 postfix haraka
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+RUNS=${RUNS:-3}
+SIZES=${SIZES:-"1024 10240 102400"}
+SESSIONS=${SESSIONS:-50}
+PEERS=${PEERS:-"ceiling mailgate0 mailgate5 postfix haraka"}
+SINK=${SINK_PORT:-25250}
+MG_PORT=25251 PF_PORT=25252 HK_PORT=25253
+work=$(mktemp -d /tmp/mailgate-compare.XXXXXX)
+mg_pid=""
+hk_pid=""
+
+cleanup() {
+    [ -n "$mg_pid" ] && kill "$mg_pid" 2>/dev/null && wait "$mg_pid" 2>/dev/null || true
+    [ -n "$hk_pid" ] && kill "$hk_pid" 2>/dev/null && wait "$hk_pid" 2>/dev/null || true
+    postfix stop >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+count_for() { case $1 in 1024) echo 10000 ;; 10240) echo 6000 ;; *) echo 2000 ;; esac; }
+
+echo "building (release)…" >&2
+cargo build --release --locked -p mailgate -p mailgate-bench >&2
+plugins/build.sh >&2
+BENCH=$root/target/release/mailgate-bench
+MG=$root/target/release/mailgate
+
+mailgate_config() { # $1 = number of plugins (0 or 5)
+    cat <<TOML
+[server]
+hostname = "mailgate.bench"
+[[listener]]
+name = "mx"
+address = "127.0.0.1:$MG_PORT"
+[limits]
+max_sessions = 2000
+max_sessions_per_ip = 2000
+[spool]
+path = "$work/mg-spool"
+[relay]
+accept_domains = ["bench.test"]
+[routes]
+"*" = { type = "smarthost", host = "127.0.0.1", port = $SINK, tls = "none" }
+[log]
+level = "warn"
+TOML
+    if [ "$1" = 5 ]; then
+        local d=$root/plugins/dist
+        cat <<TOML
+[[plugin]]
+name = "helo-check"
+path = "$d/helo-check.wasm"
+[[plugin]]
+name = "rcpt-allow"
+path = "$d/rcpt-allow.wasm"
+[plugin.config]
+domains = ["bench.test"]
+check_trusted = true
+[[plugin]]
+name = "add-header"
+path = "$d/add-header.wasm"
+[[plugin]]
+name = "route-by-domain"
+path = "$d/route-by-domain.wasm"
+[plugin.config]
+routes = ["other.test=discard"]
+[[plugin]]
+name = "verdict"
+path = "$d/verdict.wasm"
+[plugin.config]
+stage = "auth"
+verdict = "reject"
+TOML
+    fi
+}
+
+start_mailgate() { # $1 = plugins
+    rm -rf "$work/mg-spool"
+    mailgate_config "$1" > "$work/mailgate.toml"
+    "$MG" serve --config "$work/mailgate.toml" 2>"$work/mailgate.log" &
+    mg_pid=$!
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$MG_PORT) 2>/dev/null && return 0; sleep 0.1; done
+    cat "$work/mailgate.log" >&2; exit 1
+}
+stop_mailgate() { kill "$mg_pid"; wait "$mg_pid" 2>/dev/null || true; mg_pid=""; }
+
+setup_postfix() {
+    postfix stop >/dev/null 2>&1 || true
+    postconf -e inet_interfaces=loopback-only inet_protocols=ipv4 mydestination= \
+        mynetworks=127.0.0.0/8 "default_transport=smtp:[127.0.0.1]:$SINK" \
+        "relay_transport=smtp:[127.0.0.1]:$SINK" "smtpd_relay_restrictions=permit_mynetworks, reject" \
+        default_process_limit=200 in_flow_delay=0 smtp_tls_security_level=none \
+        smtpd_tls_security_level=none compatibility_level=3.6 maillog_file=/dev/null
+    sed -i -E '/^[^#[:space:]]*[[:space:]]+inet[[:space:]].*smtpd$/d' /etc/postfix/master.cf
+    echo "127.0.0.1:$PF_PORT inet n - y - - smtpd" >> /etc/postfix/master.cf
+    postsuper -d ALL >/dev/null 2>&1 || true
+    postfix start >/dev/null 2>&1
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PF_PORT) 2>/dev/null && return 0; sleep 0.1; done
+    echo "postfix did not start" >&2; exit 1
+}
+
+setup_haraka() {
+    local dir=$root/bench/.peers/haraka
+    if [ ! -x "$dir/node_modules/.bin/haraka" ]; then
+        mkdir -p "$dir"
+        cat > "$dir/package.json" <<JSON
+{ "private": true, "dependencies": { "Haraka": "3.3.x" },
+  "overrides": { "encoding-japanese": "2.4.0", "libqp": "2.1.2" } }
+JSON
+        (cd "$dir" && npm install --no-audit --no-fund --loglevel=error >&2)
+    fi
+    rm -rf "$work/haraka"
+    "$dir/node_modules/.bin/haraka" -i "$work/haraka" >/dev/null
+    local c=$work/haraka/config
+    printf 'listen=127.0.0.1:%s\nnodes=cpus\n' "$HK_PORT" > "$c/smtp.ini"
+    printf 'rcpt_to.in_host_list\nqueue/smtp_forward\n' > "$c/plugins"
+    echo "bench.test" > "$c/host_list"
+    printf 'host=127.0.0.1\nport=%s\nenable_tls=false\n' "$SINK" > "$c/smtp_forward.ini"
+    echo "LOGWARN" > "$c/loglevel"
+    NODE_CLUSTER_SCHED_POLICY=none "$dir/node_modules/.bin/haraka" -c "$work/haraka" >"$work/haraka.log" 2>&1 &
+    hk_pid=$!
+    for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$HK_PORT) 2>/dev/null && return 0; sleep 0.1; done
+    cat "$work/haraka.log" >&2; exit 1
+}
+
+run() { # label size target-args…
+    local label=$1 size=$2; shift 2
+    "$BENCH" run --label "$label" --size "$size" --sessions "$SESSIONS" --count "$(count_for "$size")" \
+        --duration 60 --drain 120 --sink "127.0.0.1:$SINK" "$@"
+}
+
+results=$work/results.jsonl
+: > "$results"
+for size in $SIZES; do
+    for r in $(seq "$RUNS"); do
+        for peer in $PEERS; do
+            echo "size $size run $r: $peer" >&2
+            case $peer in
+                ceiling) run ceiling "$size" ;;
+                mailgate0|mailgate5)
+                    start_mailgate "${peer#mailgate}"
+                    run "$peer" "$size" --target "127.0.0.1:$MG_PORT" --pid "$mg_pid"
+                    stop_mailgate ;;
+                postfix)
+                    setup_postfix
+                    run postfix "$size" --target "127.0.0.1:$PF_PORT" \
+                        --comm master --comm smtpd --comm cleanup --comm qmgr --comm smtp --comm trivial-rewrite
+                    postfix stop >/dev/null 2>&1 ;;
+                haraka)
+                    setup_haraka
+                    run haraka "$size" --target "127.0.0.1:$HK_PORT" --comm node --comm haraka
+                    kill "$hk_pid"; wait "$hk_pid" 2>/dev/null || true; hk_pid="" ;;
+            esac
+        done
+    done
+done >> "$results"
+
+echo "raw results (one JSON line per run):"
+sed 's/^/    /' "$results"
+echo
+python3 - "$results" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
+by = {}
+for r in rows:
+    by.setdefault((r["size"], r["label"]), []).append(r)
+med = lambda xs: statistics.median(xs)
+print("| size | peer | msg/s | CPU µs/msg | p50 ms | p99 ms | vs Postfix | vs ceiling |")
+print("|---|---|---|---|---|---|---|---|")
+for size in sorted({k[0] for k in by}):
+    m = {label: med([r["msg_per_s"] for r in rs]) for (s, label), rs in by.items() if s == size}
+    for (s, label), rs in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        if s != size: continue
+        rate = m[label]
+        vp = f"{rate / m['postfix']:.1f}×" if m.get("postfix") else "–"
+        vc = f"{100 * rate / m['ceiling']:.0f} %" if m.get("ceiling") else "–"
+        cpu = med([r["cpu_us_per_msg"] for r in rs])
+        print(f"| {size} | {label} | {rate:.0f} | {cpu:.0f} | {med([r['p50_us'] for r in rs])/1000:.2f} | "
+              f"{med([r['p99_us'] for r in rs])/1000:.2f} | {vp} | {vc} |")
+print(f"\n{len(rows)} runs; medians of {len(rows) // max(1, len(by))} per cell.")
+PY

@@ -1,0 +1,208 @@
+//! The load generator: N sessions (persistent, or a new connection per message) sending
+//! pipelined transactions, closed-loop or at a fixed offered rate, bounded in count and time.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What to send.
+#[derive(Clone, Debug)]
+pub struct Load {
+    pub target: SocketAddr,
+    pub sessions: usize,
+    pub count: u64,
+    pub duration: Duration,
+    pub size: usize,
+    pub rcpts: usize,
+    /// Offered rate in messages per second (open loop); `None` sends as fast as replies come.
+    pub rate: Option<f64>,
+    pub new_conn: bool,
+    /// Recipient domain (the gateway must accept or relay it).
+    pub domain: String,
+}
+
+/// What happened.
+pub struct Outcome {
+    /// Messages answered with 250 after DATA.
+    pub accepted: u64,
+    /// Messages refused or failed (any non-2xx, or a broken connection).
+    pub failed: u64,
+    pub first_send: Instant,
+    pub last_reply: Instant,
+    /// MAIL → final 250, microseconds.
+    pub latency: Histogram<u64>,
+}
+
+/// A message of about `size` octets: headers, then 76-octet lines.
+pub fn message(size: usize) -> Vec<u8> {
+    let mut m = b"From: <bench@bench.test>\r\nTo: <sink@bench.test>\r\nSubject: mailgate-bench\r\nMessage-ID: <bench@bench.test>\r\n\r\n".to_vec();
+    let line = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmn\r\n";
+    while m.len() < size {
+        m.extend_from_slice(line);
+    }
+    m.extend_from_slice(b".\r\n");
+    m
+}
+
+struct Conn {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let mut c = Conn { s, buf: Vec::with_capacity(4096) };
+        c.expect(1, b'2').await?;
+        c.s.write_all(b"EHLO bench.test\r\n").await?;
+        c.expect(1, b'2').await?;
+        Ok(c)
+    }
+
+    /// Reads `n` replies; fails unless each starts with `class` (the last may be `3` for 354).
+    async fn expect(&mut self, n: usize, class: u8) -> std::io::Result<bool> {
+        let mut ok = true;
+        for _ in 0..n {
+            loop {
+                if let Some(i) = find_reply_end(&self.buf) {
+                    let first = self.buf[0];
+                    self.buf.drain(..i);
+                    ok &= first == class || (class == b'3' && first == b'3');
+                    break;
+                }
+                let mut chunk = [0u8; 4096];
+                let r = self.s.read(&mut chunk).await?;
+                if r == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                self.buf.extend_from_slice(&chunk[..r]);
+            }
+        }
+        Ok(ok)
+    }
+}
+
+/// End of the first complete reply (its last line is `ddd SP`).
+fn find_reply_end(b: &[u8]) -> Option<usize> {
+    let mut start = 0;
+    while let Some(i) = b[start..].iter().position(|c| *c == b'\n') {
+        let line = &b[start..start + i + 1];
+        if line.len() < 4 || line[3] != b'-' {
+            return Some(start + i + 1);
+        }
+        start += i + 1;
+    }
+    None
+}
+
+pub async fn run(load: Load) -> Outcome {
+    let body = Arc::new(message(load.size));
+    let next = Arc::new(AtomicU64::new(0));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
+    let last = Arc::new(Mutex::new(Instant::now()));
+    let t0 = Instant::now();
+    let deadline = t0 + load.duration;
+    let mut tasks = vec![];
+    for s in 0..load.sessions {
+        let (load, body, next, accepted, failed, hist, last) =
+            (load.clone(), body.clone(), next.clone(), accepted.clone(), failed.clone(), hist.clone(), last.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut cmds = b"MAIL FROM:<bench@bench.test>\r\n".to_vec();
+            for r in 0..load.rcpts {
+                cmds.extend_from_slice(format!("RCPT TO:<s{s}r{r}@{}>\r\n", load.domain).as_bytes());
+            }
+            cmds.extend_from_slice(b"DATA\r\n");
+            let mut conn: Option<Conn> = None;
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= load.count || Instant::now() >= deadline {
+                    break;
+                }
+                if let Some(rate) = load.rate {
+                    let due = t0 + Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                if conn.is_none() {
+                    conn = Conn::open(load.target).await.ok();
+                }
+                let Some(c) = conn.as_mut() else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let started = Instant::now();
+                let res: std::io::Result<bool> = async {
+                    c.s.write_all(&cmds).await?;
+                    let envelope_ok = c.expect(1 + load.rcpts, b'2').await?;
+                    let data_ok = c.expect(1, b'3').await?;
+                    if !(envelope_ok && data_ok) {
+                        c.s.write_all(b"RSET\r\n").await?;
+                        c.expect(1, b'2').await?;
+                        return Ok(false);
+                    }
+                    c.s.write_all(&body).await?;
+                    c.expect(1, b'2').await
+                }
+                .await;
+                match res {
+                    Ok(true) => {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                        let _ = local.record(started.elapsed().as_micros() as u64);
+                        *last.lock().unwrap() = Instant::now();
+                    }
+                    Ok(false) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        conn = None;
+                    }
+                }
+                if load.new_conn {
+                    if let Some(mut c) = conn.take() {
+                        let _ = c.s.write_all(b"QUIT\r\n").await;
+                    }
+                }
+            }
+            if let Some(mut c) = conn {
+                let _ = c.s.write_all(b"QUIT\r\n").await;
+            }
+            hist.lock().unwrap().add(&local).unwrap();
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let latency = hist.lock().unwrap().clone();
+    let last_reply = *last.lock().unwrap();
+    Outcome {
+        accepted: accepted.load(Ordering::Relaxed),
+        failed: failed.load(Ordering::Relaxed),
+        first_send: t0,
+        last_reply,
+        latency,
+    }
+}
+
+/// Opens `n` sessions that say EHLO and then stay idle until `hold` passes.
+pub async fn idle(target: SocketAddr, n: usize, hold: Duration) -> usize {
+    let mut conns = vec![];
+    for _ in 0..n {
+        if let Ok(c) = Conn::open(target).await {
+            conns.push(c);
+        }
+    }
+    let opened = conns.len();
+    tokio::time::sleep(hold).await;
+    drop(conns);
+    opened
+}

@@ -1,0 +1,179 @@
+//! mailgate-bench: an SMTP load generator with a fast sink and a /proc meter, to measure
+//! mailgate and its peers (Postfix, Haraka) under the same load in the same run.
+//!
+//! `mailgate-bench run --target GW --sink 127.0.0.1:PORT …` starts the sink in-process, sends
+//! through the gateway (which relays to the sink), and reports delivered msg/s, CPU µs per
+//! message of the gateway's processes, and MAIL→250 latency percentiles. Without `--target`
+//! it sends straight into its own sink: the ceiling. Every run is bounded in count and time.
+
+mod load;
+mod procstat;
+mod sink;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "mailgate-bench", about = "SMTP load generator and sink")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Send a bounded load and report throughput, CPU and latency.
+    Run(RunArgs),
+    /// Run only the sink (counts what arrives) until killed.
+    Sink {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Open idle sessions (after EHLO) and report the RSS of a process.
+    Idle {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+        #[arg(long)]
+        pid: u32,
+        #[arg(long, default_value = "3")]
+        hold_secs: u64,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The gateway (or peer) to send to; omitted: straight into the sink (the ceiling).
+    #[arg(long)]
+    target: Option<SocketAddr>,
+    /// Where to run the sink the target relays to.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    sink: SocketAddr,
+    #[arg(long, default_value_t = 50)]
+    sessions: usize,
+    #[arg(long, default_value_t = 5000)]
+    count: u64,
+    /// Stop sending after this many seconds even if `count` is not reached.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Message size in octets.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    #[arg(long, default_value_t = 1)]
+    rcpts: usize,
+    /// Offered rate (msg/s) for an open-loop run.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// A new connection for every message.
+    #[arg(long)]
+    new_conn: bool,
+    /// Recipient domain.
+    #[arg(long, default_value = "bench.test")]
+    domain: String,
+    /// Processes whose CPU time is measured: pids…
+    #[arg(long)]
+    pid: Vec<u32>,
+    /// …and/or command names (e.g. smtpd, cleanup, qmgr, smtp for Postfix).
+    #[arg(long)]
+    comm: Vec<String>,
+    /// How long to wait for the sink to see every accepted message.
+    #[arg(long, default_value_t = 60)]
+    drain: u64,
+    /// A label for the report line.
+    #[arg(long, default_value = "run")]
+    label: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        match cli.cmd {
+            Cmd::Run(a) => run(a).await,
+            Cmd::Sink { listen } => {
+                let (addr, c) = sink::start(listen).await?;
+                eprintln!("sink on {addr}");
+                loop {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    eprintln!("sink: {} messages", c.messages.load(Ordering::Relaxed));
+                }
+            }
+            Cmd::Idle { target, sessions, pid, hold_secs } => {
+                let before = procstat::rss_kib(pid).unwrap_or(0);
+                let handle = tokio::spawn(load::idle(target, sessions, Duration::from_secs(hold_secs)));
+                tokio::time::sleep(Duration::from_secs(hold_secs.saturating_sub(1).max(1))).await;
+                let during = procstat::rss_kib(pid).unwrap_or(0);
+                let opened = handle.await?;
+                println!(
+                    "{{\"idle_sessions\":{opened},\"rss_before_kib\":{before},\"rss_idle_kib\":{during},\"rss_idle_mib\":{:.1}}}",
+                    during as f64 / 1024.0
+                );
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<()> {
+    let (sink_addr, counters) = sink::start(a.sink).await?;
+    let target = a.target.unwrap_or(sink_addr);
+    let cpu0 = procstat::cpu_seconds(&a.pid, &a.comm);
+    let load = load::Load {
+        target,
+        sessions: a.sessions,
+        count: a.count,
+        duration: Duration::from_secs(a.duration),
+        size: a.size,
+        rcpts: a.rcpts,
+        rate: a.rate,
+        new_conn: a.new_conn,
+        domain: a.domain.clone(),
+    };
+    let out = load::run(load).await;
+    // Wait until the sink has every accepted message (a relay delivers after its 250).
+    let want = out.accepted;
+    let drain_end = Instant::now() + Duration::from_secs(a.drain);
+    let mut delivered_at = Instant::now();
+    loop {
+        let got = counters.messages.load(Ordering::Relaxed);
+        if got >= want {
+            delivered_at = if got > 0 { Instant::now().max(out.last_reply) } else { delivered_at };
+            break;
+        }
+        if Instant::now() > drain_end {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let delivered = counters.messages.load(Ordering::Relaxed);
+    let cpu = procstat::cpu_seconds(&a.pid, &a.comm) - cpu0;
+    let elapsed = delivered_at.duration_since(out.first_send).as_secs_f64();
+    let h = &out.latency;
+    let report = serde_json::json!({
+        "label": a.label,
+        "size": a.size,
+        "sessions": a.sessions,
+        "rcpts": a.rcpts,
+        "rate": a.rate,
+        "new_conn": a.new_conn,
+        "accepted": out.accepted,
+        "failed": out.failed,
+        "delivered": delivered,
+        "seconds": (elapsed * 1000.0).round() / 1000.0,
+        "msg_per_s": if elapsed > 0.0 { (delivered as f64 / elapsed).round() } else { 0.0 },
+        "cpu_us_per_msg": if delivered > 0 && (!a.pid.is_empty() || !a.comm.is_empty()) { (cpu * 1e6 / delivered as f64).round() } else { 0.0 },
+        "p50_us": h.value_at_quantile(0.5),
+        "p99_us": h.value_at_quantile(0.99),
+        "p999_us": h.value_at_quantile(0.999),
+    });
+    println!("{report}");
+    if delivered < want {
+        eprintln!("mailgate-bench: only {delivered} of {want} accepted messages reached the sink within {}s", a.drain);
+        std::process::exit(2);
+    }
+    Ok(())
+}
