@@ -29,7 +29,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-count_for() { case $1 in 1024) echo 10000 ;; 10240) echo 6000 ;; *) echo 2000 ;; esac; }
+count_for() { case $1 in 1024) echo 30000 ;; 10240) echo 15000 ;; *) echo 3000 ;; esac; }
 
 echo "building (release)…" >&2
 cargo build --release --locked -p mailgate -p mailgate-bench >&2
@@ -98,11 +98,15 @@ stop_mailgate() { kill "$mg_pid"; wait "$mg_pid" 2>/dev/null || true; mg_pid="";
 
 setup_postfix() {
     postfix stop >/dev/null 2>&1 || true
+    # Debian's package installs no main.cf with "No configuration": start from an empty one.
+    [ -f /etc/postfix/main.cf ] || : > /etc/postfix/main.cf
+    [ -f /etc/postfix/master.cf ] || cp /usr/share/postfix/master.cf.dist /etc/postfix/master.cf
     postconf -e inet_interfaces=loopback-only inet_protocols=ipv4 mydestination= \
         mynetworks=127.0.0.0/8 "default_transport=smtp:[127.0.0.1]:$SINK" \
         "relay_transport=smtp:[127.0.0.1]:$SINK" "smtpd_relay_restrictions=permit_mynetworks, reject" \
         default_process_limit=200 in_flow_delay=0 smtp_tls_security_level=none \
-        smtpd_tls_security_level=none compatibility_level=3.6 maillog_file=/dev/null
+        smtpd_tls_security_level=none compatibility_level=3.6 \
+        myhostname=postfix.bench
     sed -i -E '/^[^#[:space:]]*[[:space:]]+inet[[:space:]].*smtpd$/d' /etc/postfix/master.cf
     echo "127.0.0.1:$PF_PORT inet n - y - - smtpd" >> /etc/postfix/master.cf
     postsuper -d ALL >/dev/null 2>&1 || true
@@ -138,7 +142,7 @@ JSON
 run() { # label size target-args…
     local label=$1 size=$2; shift 2
     "$BENCH" run --label "$label" --size "$size" --sessions "$SESSIONS" --count "$(count_for "$size")" \
-        --duration 60 --drain 120 --sink "127.0.0.1:$SINK" "$@"
+        --duration 15 --drain 120 --sink "127.0.0.1:$SINK" "$@"
 }
 
 results=$work/results.jsonl

@@ -205,45 +205,63 @@ impl Queue {
             let dest = destination(&route, &domain);
             groups.entry(dest).or_insert_with(|| (route, domain, vec![])).2.push(i);
         }
-        let mut tasks = vec![];
-        for (dest, (route, domain, idx)) in groups {
-            let q = self.clone();
-            let env = e.env.clone();
-            let data = data.clone();
-            tasks.push(tokio::spawn(async move {
-                let sem = q
-                    .inner
-                    .per_dest
-                    .lock()
-                    .unwrap()
-                    .entry(dest.clone())
-                    .or_insert_with(|| Arc::new(Semaphore::new(q.inner.config.queue.max_per_destination)))
-                    .clone();
-                let _permit = sem.acquire_owned().await;
-                let rcpts: Vec<String> = idx.iter().map(|i| env.recipients[*i].address.clone()).collect();
-                let msg = Outbound {
-                    id: &env.id,
-                    sender: &env.sender,
-                    recipients: &rcpts,
-                    data: &data,
-                    body_8bit: env.body_8bit,
-                    smtputf8: env.smtputf8,
-                };
-                let out = q.inner.delivery.deliver(&route, &domain, &msg).await;
-                (idx, out)
-            }));
-        }
-        for t in tasks {
-            match t.await {
-                Ok((idx, out)) => {
-                    for (i, o) in idx.into_iter().zip(out) {
-                        outcomes[i] = Some(o);
+        // One destination (the common case): deliver in this task. Several: in parallel.
+        let mut groups: Vec<_> = groups.into_iter().collect();
+        if groups.len() == 1 {
+            let (dest, (route, domain, idx)) = groups.pop().expect("one group");
+            let out = self.deliver_group(&e.env, &data, dest, route, domain, &idx).await;
+            for (i, o) in idx.into_iter().zip(out) {
+                outcomes[i] = Some(o);
+            }
+        } else {
+            let mut tasks = vec![];
+            for (dest, (route, domain, idx)) in groups {
+                let (q, env, data) = (self.clone(), e.env.clone(), data.clone());
+                tasks.push(tokio::spawn(async move {
+                    let out = q.deliver_group(&env, &data, dest, route, domain, &idx).await;
+                    (idx, out)
+                }));
+            }
+            for t in tasks {
+                match t.await {
+                    Ok((idx, out)) => {
+                        for (i, o) in idx.into_iter().zip(out) {
+                            outcomes[i] = Some(o);
+                        }
                     }
+                    Err(err) => tracing::error!(queue_id = %e.env.id, "delivery task failed: {err}"),
                 }
-                Err(err) => tracing::error!(queue_id = %e.env.id, "delivery task failed: {err}"),
             }
         }
         self.settle(e.env, outcomes, &data).await;
+    }
+
+    /// One attempt for the recipients `idx` of a message that share a destination.
+    async fn deliver_group(
+        &self,
+        env: &Envelope,
+        data: &[u8],
+        dest: String,
+        route: Route,
+        domain: String,
+        idx: &[usize],
+    ) -> Vec<RcptOutcome> {
+        let sem = {
+            let mut per_dest = self.inner.per_dest.lock().unwrap();
+            let n = self.inner.config.queue.max_per_destination;
+            per_dest.entry(dest).or_insert_with(|| Arc::new(Semaphore::new(n))).clone()
+        };
+        let _permit = sem.acquire_owned().await;
+        let rcpts: Vec<String> = idx.iter().map(|i| env.recipients[*i].address.clone()).collect();
+        let msg = Outbound {
+            id: &env.id,
+            sender: &env.sender,
+            recipients: &rcpts,
+            data,
+            body_8bit: env.body_8bit,
+            smtputf8: env.smtputf8,
+        };
+        self.inner.delivery.deliver(&route, &domain, &msg).await
     }
 
     /// Applies the outcomes: logs them, bounces permanent failures, retries or finishes.

@@ -21,6 +21,8 @@ use crate::{BoxFuture, DataRef, Envelope, QueueId, Spool, SpoolError};
 
 /// Largest batch the writer gathers before it syncs.
 const MAX_BATCH: usize = 8 << 20;
+/// Longest a lazy record (update, done) waits for a commit to carry it.
+const LAZY_FLUSH: std::time::Duration = std::time::Duration::from_millis(50);
 /// Sealed segments kept before the oldest one's live messages are relocated.
 const COMPACT_AFTER: usize = 4;
 
@@ -43,6 +45,9 @@ struct Req {
 
 /// What the index and the writer share.
 struct Shared {
+    /// Records that need no sync of their own (updates, done): they ride along with the next
+    /// commit instead of waking the writer one by one.
+    lazy: Mutex<Vec<Req>>,
     /// Where each live message's content is.
     index: Mutex<HashMap<QueueId, DataRef>>,
     /// Open read handles per segment.
@@ -161,7 +166,12 @@ impl LocalSpool {
         sync_dir(&dir)?;
         pins.insert(active_seg, 0);
 
-        let shared = Arc::new(Shared { index: Mutex::new(index), files: Mutex::new(HashMap::new()), dir: dir.clone() });
+        let shared = Arc::new(Shared {
+            lazy: Mutex::new(Vec::new()),
+            index: Mutex::new(index),
+            files: Mutex::new(HashMap::new()),
+            dir: dir.clone(),
+        });
         let mut writer = Writer { shared: shared.clone(), active, active_seg, active_len: 0, segment_size, live, pins };
         writer.collect_garbage();
         let (tx, rx) = mpsc::channel();
@@ -178,6 +188,10 @@ impl LocalSpool {
     fn send(&self, req: Req) -> Result<(), SpoolError> {
         let guard = self.tx.lock().unwrap();
         guard.as_ref().ok_or(SpoolError::Closed)?.send(req).map_err(|_| SpoolError::Closed)
+    }
+
+    fn lazy(&self, req: Req) {
+        self.shared.lazy.lock().unwrap().push(req);
     }
 
     /// Flushes and stops the writer (also done on drop).
@@ -294,9 +308,19 @@ impl Shared {
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Req>) {
         let mut buf = Vec::with_capacity(1 << 20);
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            let mut size = batch[0].bytes.len();
+        loop {
+            // Wake for a record that waits for its sync, or now and then for the lazy ones.
+            let first = match rx.recv_timeout(LAZY_FLUSH) {
+                Ok(r) => Some(r),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut batch = std::mem::take(&mut *self.shared.lazy.lock().unwrap());
+            batch.extend(first);
+            if batch.is_empty() {
+                continue;
+            }
+            let mut size: usize = batch.iter().map(|r| r.bytes.len()).sum();
             while size < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(r) => {
@@ -308,6 +332,10 @@ impl Writer {
             }
             self.commit(batch, &mut buf);
             self.maybe_rotate();
+        }
+        let rest = std::mem::take(&mut *self.shared.lazy.lock().unwrap());
+        if !rest.is_empty() {
+            self.commit(rest, &mut buf);
         }
         let _ = self.active.sync_data();
     }
