@@ -56,7 +56,7 @@ impl PluginEngine {
             // instance does not page-fault its stack and data back in (the bulk of the
             // instantiation cost otherwise).
             .linear_memory_keep_resident(256 << 10)
-            .table_keep_resident(64 << 10);
+            .table_keep_resident(4 << 10);
         let mut cfg = Config::new();
         cfg.epoch_interruption(true)
             .wasm_component_model(true)
