@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and the plugin build need (idempotent; root only).
 #   swaks, python3          real SMTP clients in the end-to-end tests
+#   libnet-ssleay-perl libio-socket-ssl-perl openssl   swaks -tls and openssl s_client for TLS tests
 #   dnsmasq-base            the real DNS server on loopback (MX/A records for tests)
 #   rustc-web cargo-web rust-web-src lld-16   the wasm32 guest toolchain (shared/PLUGIN-TOOLCHAIN.md)
 #   postfix                 smtp-sink/smtp-source and the peer for benchmarks
 set -euo pipefail
-pkgs=(swaks dnsmasq-base rustc-web cargo-web rust-web-src lld-16 postfix python3)
+pkgs=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl dnsmasq-base rustc-web cargo-web rust-web-src lld-16 postfix python3)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

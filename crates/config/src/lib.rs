@@ -31,6 +31,7 @@ pub struct Config {
     #[serde(rename = "listener")]
     pub listeners: Vec<Listener>,
     pub limits: Limits,
+    pub tls: Tls,
     pub timeouts: Timeouts,
     pub relay: Relay,
     pub spool: Spool,
@@ -58,6 +59,31 @@ pub struct Listener {
     /// A name for logs and (later) pipelines.
     pub name: String,
     pub address: SocketAddr,
+    /// What the listener is for: `mx` (STARTTLS offered, AUTH optional), `submission`
+    /// (STARTTLS before AUTH, AUTH before MAIL) or `submissions` (implicit TLS, then AUTH).
+    #[serde(default)]
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Mx,
+    Submission,
+    Submissions,
+}
+
+/// The server certificate for STARTTLS and implicit TLS (PEM files).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// Certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Handshake time limit.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +103,8 @@ pub struct Limits {
     pub max_sessions_per_ip: usize,
     /// Bad commands in one session before it is closed with 421.
     pub max_errors: usize,
+    /// Failed AUTH attempts from one client IP (per 10 minutes) before 421 4.7.0.
+    pub max_auth_failures: usize,
 }
 
 /// Server timeouts, RFC 5321 §4.5.3.2 (the minimums it recommends are the defaults).
@@ -175,6 +203,7 @@ impl Default for Config {
             server: Server::default(),
             listeners: vec![],
             limits: Limits::default(),
+            tls: Tls::default(),
             timeouts: Timeouts::default(),
             relay: Relay::default(),
             spool: Spool::default(),
@@ -188,6 +217,11 @@ impl Default for Config {
     }
 }
 
+impl Default for Tls {
+    fn default() -> Self {
+        Tls { cert: None, key: None, handshake_timeout: Duration::from_secs(30) }
+    }
+}
 impl Default for Server {
     fn default() -> Self {
         Server { hostname: "localhost".into() }
@@ -203,6 +237,7 @@ impl Default for Limits {
             max_sessions: 1000,
             max_sessions_per_ip: 50,
             max_errors: 20,
+            max_auth_failures: 5,
         }
     }
 }
@@ -312,6 +347,19 @@ impl Config {
             if !names.insert(&l.name) {
                 errs.push(format!("listener.name: duplicate listener name {:?}", l.name));
             }
+            if l.role != Role::Mx && (self.tls.cert.is_none() || self.tls.key.is_none()) {
+                errs.push(format!("listener {}: role {:?} needs [tls] cert and key", l.name, l.role).to_lowercase());
+            }
+        }
+        for (key, f) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+            if let Some(f) = f {
+                if !f.is_file() {
+                    errs.push(format!("{key}: {}: no such file", f.display()));
+                }
+            }
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            errs.push("tls: cert and key go together".into());
         }
         if self.limits.command_line < 512 {
             errs.push("limits.command_line: must be at least 512 (RFC 5321)".into());

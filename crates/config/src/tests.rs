@@ -77,3 +77,17 @@ fn route_lookup_walks_parents() {
     assert_eq!(c.route_for("other.org"), None);
     assert_eq!(c.queue.retry_schedule[0].into_inner(), Duration::from_secs(300));
 }
+
+#[test]
+fn submission_roles_need_a_certificate() {
+    let e = Config::from_toml("[[listener]]\nname='sub'\naddress='127.0.0.1:1'\nrole='submission'\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("listener sub: role submission needs [tls] cert and key"), "{e}");
+    let e = Config::from_toml("[[listener]]\nname='a'\naddress='127.0.0.1:1'\nrole='smtp'\n").unwrap_err().to_string();
+    assert!(e.contains("role"), "{e}");
+    let e = Config::from_toml("[[listener]]\nname='a'\naddress='127.0.0.1:1'\n[tls]\ncert='/nonexistent.pem'\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tls.cert: /nonexistent.pem: no such file") && e.contains("cert and key go together"), "{e}");
+}

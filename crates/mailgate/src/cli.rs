@@ -27,6 +27,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Read a password from stdin and print its argon2id hash (for auth-static's `users`).
+    HashPassword,
     /// Plugin tools.
     Plugin {
         #[command(subcommand)]
@@ -59,6 +61,17 @@ enum PluginCmd {
         #[arg(long, value_parser = parse_grant)]
         grant: Vec<mailgate_config::Grant>,
     },
+}
+
+/// argon2id with the crate's (OWASP-recommended) parameters and a random 16-octet salt.
+fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt_bytes: [u8; 16] = rand::random();
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn parse_grant(s: &str) -> Result<mailgate_config::Grant, String> {
@@ -109,6 +122,24 @@ pub fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Cmd::HashPassword => {
+            // From stdin, never argv: the password stays out of `ps` and shell history.
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() || line.trim_end_matches(['\r', '\n']).is_empty() {
+                eprintln!("hash-password: give the password on stdin");
+                return ExitCode::from(1);
+            }
+            match hash_password(line.trim_end_matches(['\r', '\n'])) {
+                Ok(h) => {
+                    println!("{h}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hash-password: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Plugin { cmd: PluginCmd::Check { wasm } } => match crate::plugin_cli::check(&wasm) {
             Ok(msg) => {
                 println!("{msg}");

@@ -12,5 +12,6 @@ mod plugin_cli;
 mod plugins;
 mod server;
 mod session;
+mod tls;
 
 pub use server::{Gateway, Shared};

@@ -5,7 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use mailgate_config::Config;
+use mailgate_config::{Config, Role};
+use tokio_rustls::TlsAcceptor;
+
+use crate::tls::CertStore;
 use mailgate_delivery::Delivery;
 use mailgate_queue::Queue;
 use mailgate_smtp::{Enhanced, Reply};
@@ -28,6 +31,11 @@ pub struct Shared {
     /// Sessions open now, in total and per client IP (for the 421 limits).
     sessions: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// The server certificate (None: no TLS configured) and the acceptor built on it.
+    pub certs: Option<Arc<CertStore>>,
+    pub acceptor: Option<TlsAcceptor>,
+    /// Failed AUTH attempts per client IP, with the start of the counting window.
+    pub auth_failures: Mutex<HashMap<IpAddr, (usize, std::time::Instant)>>,
     /// Source of session ids (unique within this process run, prefixed by the start time).
     next_session: AtomicU64,
     start_tag: u64,
@@ -57,11 +65,16 @@ impl Gateway {
             let kv: Arc<dyn KvStore> = Arc::new(MemoryKv::new(1_000_000));
             Some(tokio::task::spawn_blocking(move || Plugins::load(&cfg, Some(resolver), kv)).await??)
         };
+        let certs = CertStore::load(&config.tls).map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+        let acceptor = certs.as_ref().map(|c| c.acceptor());
         let hooks = plugins.as_ref().map(|p| Arc::new(PluginHooks(p.queue())) as Arc<dyn mailgate_queue::Hooks>);
         let queue = Queue::start(spool.clone(), delivery, config.clone(), recovered, hooks);
         let shared = Arc::new(Shared {
             config: config.clone(),
             plugins,
+            certs,
+            acceptor,
+            auth_failures: Mutex::new(HashMap::new()),
             spool: spool.clone(),
             queue,
             sessions: AtomicUsize::new(0),
@@ -79,7 +92,7 @@ impl Gateway {
             let addr = listener.local_addr()?;
             tracing::info!(listener = %l.name, %addr, "listening");
             local_addrs.push(addr);
-            tasks.push(tokio::spawn(accept_loop(listener, l.name.clone(), shared.clone(), stop_rx.clone())));
+            tasks.push(tokio::spawn(accept_loop(listener, l.name.clone(), l.role, shared.clone(), stop_rx.clone())));
         }
         Ok(Gateway { shared, local_addrs, stop, spool, tasks })
     }
@@ -99,7 +112,13 @@ impl Gateway {
     }
 }
 
-async fn accept_loop(listener: TcpListener, name: String, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    name: String,
+    role: Role,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) {
     let name: Arc<str> = name.into();
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -121,7 +140,7 @@ async fn accept_loop(listener: TcpListener, name: String, shared: Arc<Shared>, s
             let sid = format!("{:05}{:06}", shared.start_tag, n);
             let span = tracing::info_span!("session", sid = %sid, client = %peer);
             let local = stream.local_addr().unwrap_or(peer);
-            Session::new(sid, stream, peer, local, name, shared.clone(), stop).run().instrument(span).await;
+            Session::new(sid, stream, peer, local, name, role, shared.clone(), stop).run().instrument(span).await;
         });
     }
 }

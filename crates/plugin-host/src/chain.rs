@@ -154,6 +154,11 @@ impl Plugins {
         self.loaded.iter().map(|p| (p.meta.name.clone(), p.meta.hash.clone())).collect()
     }
 
+    /// Whether any plugin runs at `stage` (e.g. AUTH is offered only when one checks it).
+    pub fn has_stage(&self, stage: Stage) -> bool {
+        (0..self.loaded.len()).any(|i| self.runs_at(i, stage))
+    }
+
     fn runs_at(&self, i: usize, stage: Stage) -> bool {
         self.loaded[i].meta.stages.contains(&stage)
     }

@@ -363,6 +363,7 @@ impl Queue {
             client: "local DSN".into(),
             route: None,
             quarantine: None,
+            requiretls: false,
         };
         match inner.spool.store(&dsn_env, &body).await {
             Ok(()) => {

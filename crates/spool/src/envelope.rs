@@ -57,6 +57,10 @@ pub struct Envelope {
     /// Why the message is quarantined: kept, never delivered until released.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine: Option<String>,
+    /// MAIL FROM had REQUIRETLS (RFC 8689): relay only over verified TLS (delivery honours it
+    /// in the outbound TLS issue; stored and shown for now).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requiretls: bool,
 }
 
 impl Envelope {

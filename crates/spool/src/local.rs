@@ -242,22 +242,13 @@ impl Spool for LocalSpool {
         let meta = serde_json::to_vec(env).expect("envelope serializes");
         let mut bytes = Vec::new();
         record::encode(&mut bytes, Kind::Update, &meta, &[]);
-        let _ =
-            self.send(Req { kind: Kind::Update, id: env.id.clone(), bytes, data_rel: 0, data_len: 0, meta, ack: None });
+        self.lazy(Req { kind: Kind::Update, id: env.id.clone(), bytes, data_rel: 0, data_len: 0, meta, ack: None });
     }
 
     fn complete(&self, id: &QueueId) {
         let mut bytes = Vec::new();
         record::encode(&mut bytes, Kind::Done, id.as_bytes(), &[]);
-        let _ = self.send(Req {
-            kind: Kind::Done,
-            id: id.clone(),
-            bytes,
-            data_rel: 0,
-            data_len: 0,
-            meta: vec![],
-            ack: None,
-        });
+        self.lazy(Req { kind: Kind::Done, id: id.clone(), bytes, data_rel: 0, data_len: 0, meta: vec![], ack: None });
     }
 
     fn read(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {

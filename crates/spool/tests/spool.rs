@@ -21,6 +21,7 @@ fn env(spool: &LocalSpool, rcpts: &[&str]) -> Envelope {
         client: String::new(),
         route: None,
         quarantine: None,
+        requiretls: false,
     }
 }
 

@@ -35,18 +35,34 @@ impl Session {
         let cfg = &self.shared.config;
         let tx = self.tx.as_ref().expect("checked by content_refusal");
         let id = self.shared.spool.new_id();
-        let with = match (tx.params.smtputf8, self.esmtp) {
+        // RFC 3848 / RFC 6531 protocol names: S for TLS, A for an authenticated client.
+        let base = match (tx.params.smtputf8, self.esmtp) {
             (true, _) => "UTF8SMTP",
             (false, true) => "ESMTP",
             (false, false) => "SMTP",
         };
+        let suffix = match (self.tls.is_some(), self.auth_user.is_some()) {
+            (true, true) => "SA",
+            (true, false) => "S",
+            (false, true) => "A",
+            (false, false) => "",
+        };
+        let with = format!("{base}{suffix}");
+        let mut clause = self.tls.as_ref().map(|(v, c)| format!("{v} {c}"));
+        if let Some(u) = &self.auth_user {
+            let u: String = u.chars().filter(|c| !c.is_control() && !"();".contains(*c)).take(64).collect();
+            clause = Some(match clause {
+                Some(t) => format!("{t}; authenticated as {u}"),
+                None => format!("authenticated as {u}"),
+            });
+        }
         let for_rcpt = (tx.rcpts.len() == 1).then(|| tx.rcpts[0].as_str());
         let header = Received {
             helo: self.helo.as_deref().unwrap_or("unknown"),
             client_ip: self.peer.ip(),
             by: &cfg.server.hostname,
-            with,
-            tls: None,
+            with: &with,
+            tls: clause.as_deref(),
             queue_id: &id,
             for_rcpt,
             unix_time: now_unix(),
@@ -156,6 +172,7 @@ impl Session {
             client: format!("{} ({})", self.helo.as_deref().unwrap_or("unknown"), self.peer.ip()),
             route: None,
             quarantine: None,
+            requiretls: tx.params.requiretls,
         };
         let mut data = c.buf;
         if self.chain.is_some() {
@@ -168,6 +185,8 @@ impl Session {
             Ok(()) => {
                 tracing::info!(
                     queue_id = %env.id,
+                    requiretls = env.requiretls,
+                    auth = self.auth_user.as_deref().unwrap_or("-"),
                     from = %if env.sender.is_empty() { "<>" } else { &env.sender },
                     rcpts = env.recipients.len(),
                     size = data.len(),

@@ -25,9 +25,19 @@ impl Session {
         let me = &self.shared.config.server.hostname;
         let text = if esmtp {
             let size = self.shared.config.limits.max_message_size;
-            format!(
+            let mut t = format!(
                 "{me} greets {host}\nPIPELINING\nSIZE {size}\n8BITMIME\nSMTPUTF8\nCHUNKING\nENHANCEDSTATUSCODES\nHELP"
-            )
+            );
+            if self.shared.acceptor.is_some() && self.tls.is_none() {
+                t.push_str("\nSTARTTLS");
+            }
+            if self.auth_offered() {
+                t.push_str("\nAUTH PLAIN LOGIN");
+            }
+            if self.tls.is_some() {
+                t.push_str("\nREQUIRETLS");
+            }
+            t
         } else {
             format!("{me} greets {host}")
         };

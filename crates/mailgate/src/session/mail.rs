@@ -19,8 +19,17 @@ impl Session {
         if params.body == Body::BinaryMime {
             return self.bad_command(Reply::new(555, Enhanced(5, 5, 4), "BODY=BINARYMIME is not supported"));
         }
-        if params.requiretls {
-            return self.bad_command(Reply::new(555, Enhanced(5, 5, 4), "REQUIRETLS is not offered here"));
+        if params.requiretls && self.tls.is_none() {
+            // RFC 8689 §4.1: only offered, and only accepted, over TLS.
+            return self.bad_command(Reply::new(530, Enhanced(5, 7, 10), "REQUIRETLS needs a TLS session"));
+        }
+        if self.auth_required() && self.auth_user.is_none() {
+            let r = if self.tls.is_none() {
+                Reply::new(530, Enhanced(5, 7, 0), "Must issue a STARTTLS command first")
+            } else {
+                Reply::new(530, Enhanced(5, 7, 0), "Authentication required")
+            };
+            return self.bad_command(r);
         }
         let max = self.shared.config.limits.max_message_size;
         if params.size.is_some_and(|s| s > max) {

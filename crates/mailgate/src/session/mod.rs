@@ -1,24 +1,26 @@
 //! One SMTP session: the state machine over the sans-IO parser. Each verb is handled in its
 //! own file; this one owns the I/O loop, pipelining and the per-session state.
 
+mod auth;
 mod data;
 mod ehlo;
 mod mail;
 mod misc;
 mod rcpt;
+mod starttls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mailgate_config::Role;
 use mailgate_smtp::reply::codes;
 use mailgate_smtp::{Address, Command, Enhanced, LineError, LineEvent, LineReader, MailParams, Reply};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::plugins::wit_envelope;
 use crate::server::Shared;
+use crate::tls::Stream;
 use mailgate_plugin_host::bindings::types::{self, ConnectionInfo};
 use mailgate_plugin_host::{Decision, SessionChain};
 
@@ -42,11 +44,17 @@ pub(crate) struct Transaction {
 pub(crate) struct Session {
     /// Session id, as in the logs; plugins see it too.
     pub sid: String,
-    stream: TcpStream,
+    stream: Stream,
     pub peer: SocketAddr,
     pub local: SocketAddr,
     /// Listener name, for logs.
     pub listener: Arc<str>,
+    /// The listener's role: decides STARTTLS/AUTH requirements.
+    pub role: Role,
+    /// TLS version and cipher once TLS is active.
+    pub tls: Option<(String, String)>,
+    /// The authenticated identity, once AUTH succeeded.
+    pub auth_user: Option<String>,
     pub shared: Arc<Shared>,
     /// Read but not yet consumed input.
     rbuf: Vec<u8>,
@@ -72,10 +80,11 @@ pub(crate) struct Session {
 impl Session {
     pub fn new(
         sid: String,
-        stream: TcpStream,
+        stream: tokio::net::TcpStream,
         peer: SocketAddr,
         local: SocketAddr,
         listener: Arc<str>,
+        role: Role,
         shared: Arc<Shared>,
         stop: watch::Receiver<bool>,
     ) -> Session {
@@ -84,7 +93,10 @@ impl Session {
         let chain = shared.plugins.as_ref().map(|p| p.session(&sid));
         Session {
             sid,
-            stream,
+            stream: Stream::Plain(stream),
+            role,
+            tls: None,
+            auth_user: None,
             peer,
             local,
             chain,
@@ -137,6 +149,13 @@ impl Session {
 
     pub async fn run(mut self) {
         tracing::info!(listener = %self.listener, trusted = self.trusted, "connected");
+        if self.role == Role::Submissions {
+            // Implicit TLS (RFC 8314): the handshake comes before the greeting.
+            if let Err(e) = self.handshake().await {
+                tracing::info!("TLS handshake failed: {e}");
+                return;
+            }
+        }
         if let Some(mut chain) = self.chain.take() {
             let decision = chain.on_connect(&self.conn_info()).await;
             self.chain = Some(chain);
@@ -227,9 +246,8 @@ impl Session {
             Command::Quit => self.quit(),
             Command::Vrfy(_) | Command::Expn(_) => self.vrfy(),
             Command::Help => self.help(),
-            Command::StartTls | Command::Auth { .. } => {
-                self.bad_command(Reply::new(502, Enhanced(5, 5, 1), "Command not implemented"))
-            }
+            Command::StartTls => self.starttls().await?,
+            Command::Auth { mechanism, initial } => self.auth(mechanism, initial).await?,
         })
     }
 
@@ -242,9 +260,12 @@ impl Session {
             local_ip: self.local.ip().to_string(),
             local_port: self.local.port(),
             listener: self.listener.to_string(),
-            tls: None,
+            tls: self
+                .tls
+                .as_ref()
+                .map(|(version, cipher)| types::TlsInfo { version: version.clone(), cipher: cipher.clone() }),
             helo: self.helo.clone(),
-            authenticated_as: None,
+            authenticated_as: self.auth_user.clone(),
             trusted: self.trusted,
         }
     }
@@ -282,6 +303,14 @@ impl Session {
     pub(crate) async fn fill_content(&mut self) -> std::io::Result<bool> {
         let t = self.shared.config.timeouts.data_block;
         self.fill(t).await
+    }
+
+    /// Drops all unconsumed input; returns how many octets that was.
+    pub(crate) fn discard_input(&mut self) -> usize {
+        let n = self.rbuf.len() - self.rpos;
+        self.rbuf.clear();
+        self.rpos = 0;
+        n
     }
 
     /// The unconsumed input.

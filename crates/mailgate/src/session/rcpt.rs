@@ -18,8 +18,10 @@ impl Session {
             self.reply(Reply::new(553, Enhanced(5, 6, 7), "Non-ASCII recipient requires SMTPUTF8"));
             return Next::Continue;
         }
-        // No open relay: our domains from anyone, other domains only from trusted clients.
-        if !self.trusted && !self.shared.config.accepts_domain(to.domain()) {
+        // No open relay: our domains from anyone, other domains only from trusted or
+        // authenticated clients.
+        let may_relay = self.trusted || self.auth_user.is_some();
+        if !may_relay && !self.shared.config.accepts_domain(to.domain()) {
             tracing::info!(rcpt = %to, "relaying denied");
             self.reply(Reply::new(550, Enhanced(5, 7, 1), "Relaying denied"));
             return Next::Continue;
