@@ -85,7 +85,8 @@ c.starttls(context=ctx); c.ehlo("py.test")
 assert c.has_extn("auth") and c.has_extn("requiretls") and not c.has_extn("starttls")
 assert "PLAIN" in c.esmtp_features["auth"] and "LOGIN" in c.esmtp_features["auth"]
 code, _ = c.login("alice", "{PASSWORD}"); assert code == 235
-c.sendmail("alice@example.test", ["friend@remote.test"], msg); c.quit(); print("sent")
+c.sendmail("alice@example.test", ["friend@remote.test"], msg)
+c.sendmail("alice@example.test", ["strict@remote.test"], msg, mail_options=["REQUIRETLS"]); c.quit(); print("sent")
 "#
     );
     let (ok, out) = python(r.submission, &script);
@@ -96,6 +97,34 @@ c.sendmail("alice@example.test", ["friend@remote.test"], msg); c.quit(); print("
     assert!(t.contains("; authenticated as alice)"), "{t}");
     assert!(!r.gw.log().contains(PASSWORD), "the password never reaches the log");
     assert!(r.gw.log().contains("authenticated user=alice"));
+    // REQUIRETLS is taken over TLS and kept with the message.
+    r.sink.wait_for_rcpt("strict@remote.test", T);
+    assert!(
+        r.gw.log().lines().any(|l| l.contains("message accepted") && l.contains("requiretls=true")),
+        "{}",
+        r.gw.log()
+    );
+}
+
+#[test]
+fn requiretls_is_refused_without_tls_and_ipv6_listeners_work() {
+    let sink = Sink::start();
+    let port6 = free_port();
+    let gw = Gateway::with_sink(sink.port(), &format!("[[listener]]\nname = \"v6\"\naddress = \"[::1]:{port6}\"\n"));
+    let (ok, out) = python(
+        port6,
+        r#"
+import os, smtplib
+c = smtplib.SMTP("::1", int(os.environ["PORT"])); c.ehlo("client.test")
+c.sendmail("a@sender.test", ["v6@remote.test"], b"Subject: v6\r\n\r\nhi\r\n"); c.quit()
+"#,
+    );
+    assert!(ok, "{out}");
+    let m = sink.wait_for_rcpt("v6@remote.test", T);
+    assert!(m.text().contains("from client.test ([IPv6:::1])"), "{}", m.text());
+    let mut c = Raw::connect(gw.port);
+    c.cmd("EHLO client.test");
+    assert!(c.cmd("MAIL FROM:<a@sender.test> REQUIRETLS").starts_with("530 5.7.10"));
 }
 
 #[test]
