@@ -31,17 +31,25 @@ pub struct Raw {
 }
 
 impl Raw {
+    /// Connects and checks for a `220` greeting.
     pub fn connect(port: u16) -> Raw {
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut r = Raw { s, buf: vec![] };
-        let greet = r.reply();
+        let (r, greet) = Raw::connect_any(port);
         assert!(greet.starts_with("220"), "greeting: {greet}");
         r
     }
 
+    /// Connects and returns whatever greeting (or refusal) the server sent.
+    pub fn connect_any(port: u16) -> (Raw, String) {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut r = Raw { s, buf: vec![] };
+        let greet = r.reply();
+        (r, greet)
+    }
+
+    /// Sends bytes; a closed connection is not an error (the next reply reads as empty).
     pub fn send(&mut self, bytes: &[u8]) {
-        self.s.write_all(bytes).unwrap();
+        let _ = self.s.write_all(bytes);
     }
 
     /// Reads one complete (possibly multi-line) reply; empty string on EOF.

@@ -24,14 +24,11 @@ fn verdict(stage: &str, plugin_stage: &str, verdict: &str, code: u16, enhanced: 
     )
 }
 
-/// Runs a transaction step by step; returns (step name, reply) up to the first non-2xx/3xx.
+/// Runs a transaction step by step; returns (step name, reply) up to the first non-2xx/3xx,
+/// then ("after", the reply to a NOOP — empty when the server closed the connection).
 fn session(port: u16, rcpt: &str) -> Vec<(&'static str, String)> {
-    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut out = vec![];
-    let mut raw = RawOnStream::new(s);
-    let greet = raw.reply();
-    out.push(("connect", greet.clone()));
+    let (mut raw, greet) = Raw::connect_any(port);
+    let mut out = vec![("connect", greet.clone())];
     if !greet.starts_with('2') {
         out.push(("after", raw.reply()));
         return out;
@@ -44,51 +41,15 @@ fn session(port: u16, rcpt: &str) -> Vec<(&'static str, String)> {
         ("data", "Subject: plugin test\r\n\r\nhello\r\n.".into()),
     ];
     for (name, line) in steps {
-        raw.send(format!("{line}\r\n").as_bytes());
-        let r = raw.reply();
+        let r = raw.cmd(&line);
         let ok = r.starts_with('2') || r.starts_with('3');
         out.push((name, r));
         if !ok {
-            // Whether the server closed the connection after this reply.
-            raw.send(b"NOOP\r\n");
-            out.push(("after", raw.reply()));
+            out.push(("after", raw.cmd("NOOP")));
             return out;
         }
     }
     out
-}
-
-/// A raw client on an already connected stream (the greeting may be a refusal).
-struct RawOnStream {
-    s: std::net::TcpStream,
-    buf: Vec<u8>,
-}
-
-impl RawOnStream {
-    fn new(s: std::net::TcpStream) -> Self {
-        RawOnStream { s, buf: vec![] }
-    }
-    fn send(&mut self, b: &[u8]) {
-        let _ = std::io::Write::write_all(&mut self.s, b);
-    }
-    fn reply(&mut self) -> String {
-        let mut out = String::new();
-        loop {
-            while let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=i).collect();
-                let line = String::from_utf8_lossy(&line).into_owned();
-                out.push_str(&line);
-                if line.len() < 4 || line.as_bytes()[3] == b' ' {
-                    return out.trim_end().to_string();
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            match std::io::Read::read(&mut self.s, &mut chunk) {
-                Ok(0) | Err(_) => return out,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
 }
 
 #[test]

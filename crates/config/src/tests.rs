@@ -1,13 +1,19 @@
 use super::*;
 
+/// The default config names plugin files relative to the working directory: make them.
+fn fake_stock_plugins(jail: &mut figment::Jail) -> figment::error::Result<()> {
+    std::fs::create_dir_all(jail.directory().join("plugins/dist")).unwrap();
+    for p in ["helo-check", "rcpt-allow", "add-header"] {
+        jail.create_file(format!("plugins/dist/{p}.wasm"), "")?;
+    }
+    Ok(())
+}
+
 #[test]
 fn embedded_default_is_valid() {
     // Its plugin paths are relative to the working directory: give them files in a jail.
     figment::Jail::expect_with(|jail| {
-        std::fs::create_dir_all(jail.directory().join("plugins/dist")).unwrap();
-        for p in ["helo-check", "rcpt-allow", "add-header"] {
-            jail.create_file(format!("plugins/dist/{p}.wasm"), "")?;
-        }
+        fake_stock_plugins(jail)?;
         check_default(Config::from_toml(DEFAULT_TOML).unwrap());
         Ok(())
     });
@@ -52,10 +58,7 @@ fn unknown_keys_and_bad_values_name_the_key() {
 #[test]
 fn env_overrides_with_double_underscore() {
     figment::Jail::expect_with(|jail| {
-        std::fs::create_dir_all(jail.directory().join("plugins/dist")).unwrap();
-        for p in ["helo-check", "rcpt-allow", "add-header"] {
-            jail.create_file(format!("plugins/dist/{p}.wasm"), "")?;
-        }
+        fake_stock_plugins(jail)?;
         jail.set_env("MAILGATE_LIMITS__MAX_RECIPIENTS", "7");
         jail.set_env("MAILGATE_SERVER__HOSTNAME", "mx.env.test");
         let c = Config::load(None).unwrap();

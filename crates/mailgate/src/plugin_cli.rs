@@ -96,7 +96,7 @@ pub async fn test(run: TestRun) -> Result<(), String> {
         Some(p) => std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
         None => b"From: <sender@example.test>\r\nSubject: plugin test\r\n\r\nHello.\r\n".to_vec(),
     };
-    let raw = canonical(&raw);
+    let raw = mailgate_smtp::content::to_crlf(&raw);
     let (decision, mods) = chain.on_data(&conn, &env, Arc::new(raw), &no_auth_results()).await;
     println!(
         "data: {}",
@@ -132,18 +132,4 @@ fn show(d: Decision) -> String {
         Decision::Reply(r) => format!("reply {r}"),
         Decision::Disconnect(r) => format!("disconnect {r}"),
     }
-}
-
-/// CRLF line ends, as a message arrives over SMTP.
-fn canonical(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len() + raw.len() / 40);
-    let mut prev = 0;
-    for &b in raw {
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
-        }
-        out.push(b);
-        prev = b;
-    }
-    out
 }

@@ -121,28 +121,9 @@ pub fn apply(data: &[u8], mods: &[Modification]) -> Edits {
             Modification::RemoveRecipient(a) => e.remove_rcpts.push(a.clone()),
             Modification::ChangeSender(a) if valid_address(a) => e.sender = Some(a.clone()),
             Modification::ReplaceBody(b) => {
-                // Canonical CRLF line ends, whatever the plugin gave.
-                let mut out = Vec::with_capacity(b.len() + b.len() / 40 + 2);
-                let mut prev = 0u8;
-                for &c in b {
-                    if c == b'\n' && prev != b'\r' {
-                        out.push(b'\r');
-                    }
-                    if prev == b'\r' && c != b'\n' {
-                        out.push(b'\n');
-                    }
-                    out.push(c);
-                    prev = c;
-                }
-                if prev == b'\r' {
-                    out.push(b'\n');
-                } else if !out.is_empty() && prev != b'\n' {
-                    out.extend_from_slice(b"\r\n");
-                }
-                // Keep the empty line between header and body.
-                let mut with_sep = b"\r\n".to_vec();
-                with_sep.extend_from_slice(&out);
-                body = with_sep;
+                // Canonical CRLF line ends whatever the plugin gave, after the empty line.
+                body = b"\r\n".to_vec();
+                body.extend_from_slice(&mailgate_smtp::content::to_crlf(b));
                 changed = true;
             }
             Modification::SetRoute(r) => e.route = Some(route_text(r)),

@@ -190,9 +190,39 @@ impl ContentReceiver {
     }
 }
 
+/// Makes text canonical for SMTP: every bare LF or bare CR becomes CRLF, and non-empty text
+/// ends with CRLF. For content that does not come off the wire (plugin bodies, files).
+pub fn to_crlf(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len() + b.len() / 40 + 2);
+    let mut prev = 0u8;
+    for &c in b {
+        if c == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        if prev == b'\r' && c != b'\n' {
+            out.push(b'\n');
+        }
+        out.push(c);
+        prev = c;
+    }
+    if prev == b'\r' {
+        out.push(b'\n');
+    } else if !out.is_empty() && prev != b'\n' {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_line_ends() {
+        assert_eq!(to_crlf(b"a\nb\rc\r\nd"), b"a\r\nb\r\nc\r\nd\r\n");
+        assert_eq!(to_crlf(b""), b"");
+        assert_eq!(to_crlf(b"x\r"), b"x\r\n");
+    }
 
     fn data(chunks: &[&[u8]]) -> (Vec<u8>, Option<ContentError>, usize) {
         let mut r = ContentReceiver::new(Mode::Data, 1 << 20, 998);
