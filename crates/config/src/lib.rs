@@ -40,6 +40,7 @@ pub struct Config {
     pub dns: Dns,
     /// Route per recipient domain (lower case); `"*"` is the default route.
     pub routes: BTreeMap<String, Route>,
+    pub admin: Admin,
     /// `[[plugin]]` tables: the plugin chain, in the order the plugins are asked.
     #[serde(rename = "plugin")]
     pub plugins: Vec<Plugin>,
@@ -182,6 +183,14 @@ pub struct Dns {
     pub attempts: usize,
 }
 
+/// The operator's HTTP endpoint: Prometheus metrics at `/metrics` (more with the admin API).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Loopback address to serve on; absent: no admin endpoint.
+    pub listen: Option<SocketAddr>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -211,6 +220,7 @@ impl Default for Config {
             delivery: Delivery::default(),
             dns: Dns::default(),
             routes: BTreeMap::new(),
+            admin: Admin::default(),
             plugins: vec![],
             log: Log::default(),
         }
@@ -357,6 +367,9 @@ impl Config {
                     errs.push(format!("{key}: {}: no such file", f.display()));
                 }
             }
+        }
+        if self.admin.listen.is_some_and(|a| !a.ip().is_loopback()) {
+            errs.push("admin.listen: must be a loopback address (the endpoint has no authentication yet)".into());
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             errs.push("tls: cert and key go together".into());

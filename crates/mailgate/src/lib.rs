@@ -7,6 +7,7 @@
 //! Nothing here is a process-wide global: a [`Gateway`] gets its config and spool passed in, so
 //! tests can run many gateways in one process.
 
+mod admin;
 pub mod cli;
 mod plugin_cli;
 mod plugins;

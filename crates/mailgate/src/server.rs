@@ -82,6 +82,9 @@ impl Gateway {
             next_session: AtomicU64::new(0),
             start_tag: mailgate_smtp::trace::now_unix() % 100_000,
         });
+        if let Some(addr) = config.admin.listen {
+            crate::admin::start(addr).await?;
+        }
         let (stop, stop_rx) = watch::channel(false);
         let mut local_addrs = vec![];
         let mut tasks = vec![];
@@ -135,7 +138,7 @@ async fn accept_loop(
         let name = name.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let Some(_guard) = admit(&shared, &stream, peer.ip()) else { return };
+            let Some(_guard) = admit(&shared, &stream, peer.ip(), &name) else { return };
             let n = shared.next_session.fetch_add(1, Ordering::Relaxed);
             let sid = format!("{:05}{:06}", shared.start_tag, n);
             let span = tracing::info_span!("session", sid = %sid, client = %peer);
@@ -154,6 +157,7 @@ struct Admitted {
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("mailgate_sessions_open").decrement(1.0);
         let mut m = self.shared.per_ip.lock().unwrap();
         if let Some(n) = m.get_mut(&self.ip) {
             *n -= 1;
@@ -165,7 +169,7 @@ impl Drop for Admitted {
 }
 
 /// Applies the session limits; a refused client gets `421 4.7.0` and the connection closes.
-fn admit(shared: &Arc<Shared>, stream: &TcpStream, ip: IpAddr) -> Option<Admitted> {
+fn admit(shared: &Arc<Shared>, stream: &TcpStream, ip: IpAddr, listener: &Arc<str>) -> Option<Admitted> {
     let limits = &shared.config.limits;
     let total = shared.sessions.fetch_add(1, Ordering::Relaxed) + 1;
     let per_ip = {
@@ -175,6 +179,7 @@ fn admit(shared: &Arc<Shared>, stream: &TcpStream, ip: IpAddr) -> Option<Admitte
         *n
     };
     let guard = Admitted { shared: shared.clone(), ip };
+    metrics::gauge!("mailgate_sessions_open").increment(1.0);
     let refuse = if total > limits.max_sessions {
         Some("Too many connections, try again later")
     } else if per_ip > limits.max_sessions_per_ip {
@@ -184,9 +189,11 @@ fn admit(shared: &Arc<Shared>, stream: &TcpStream, ip: IpAddr) -> Option<Admitte
     };
     if let Some(text) = refuse {
         tracing::warn!(client = %ip, total, per_ip, "connection refused: {text}");
+        metrics::counter!("mailgate_sessions_refused_total", "listener" => listener.to_string()).increment(1);
         // One small write into an empty socket buffer: it does not block.
         let _ = stream.try_write(&Reply::new(421, Enhanced(4, 7, 0), text).to_bytes());
         return None;
     }
+    metrics::counter!("mailgate_sessions_total", "listener" => listener.to_string()).increment(1);
     Some(guard)
 }

@@ -126,6 +126,7 @@ impl Queue {
                 None => rx.recv().await,
             };
             let Some(Cmd::Enqueue(e)) = cmd else { return };
+            metrics::gauge!("mailgate_queue_depth", "state" => "deferred").set(waiting.len() as f64);
             if e.env.next_attempt <= now_ms() {
                 self.dispatch(e);
             } else {
@@ -139,7 +140,9 @@ impl Queue {
         let q = self.clone();
         tokio::spawn(async move {
             let Ok(_permit) = q.inner.global.clone().acquire_owned().await else { return };
+            metrics::gauge!("mailgate_queue_depth", "state" => "active").increment(1.0);
             q.attempt(e).await;
+            metrics::gauge!("mailgate_queue_depth", "state" => "active").decrement(1.0);
         });
     }
 
@@ -276,6 +279,13 @@ impl Queue {
             }
             let r = &mut env.recipients[i];
             tracing::info!(queue_id = %env.id, rcpt = %r.address, status = ?o.status, host = o.remote_host.as_deref().unwrap_or("-"), attempt = env.attempts, "{}", o.reply);
+            let domain = r.address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+            let result = match o.status {
+                Status::Delivered => "delivered",
+                Status::Deferred => "deferred",
+                Status::Failed => "failed",
+            };
+            metrics::counter!("mailgate_delivery_attempts_total", "result" => result, "domain" => domain).increment(1);
             r.last_reply = Some(o.reply);
             r.remote_host = o.remote_host;
             match o.status {

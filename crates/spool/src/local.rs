@@ -372,8 +372,14 @@ impl Writer {
                 acks.push(a);
             }
         }
+        let started = std::time::Instant::now();
         let res =
             self.active.write_all(buf).and_then(|_| if acks.is_empty() { Ok(()) } else { self.active.sync_data() });
+        if !acks.is_empty() {
+            metrics::histogram!("mailgate_spool_fsync_seconds").record(started.elapsed().as_secs_f64());
+            metrics::counter!("mailgate_spool_commits_total").increment(1);
+        }
+        metrics::counter!("mailgate_spool_bytes_total").increment(buf.len() as u64);
         self.active_len += buf.len() as u64;
         match &res {
             Ok(()) => {

@@ -142,6 +142,7 @@ impl Session {
     async fn finish(&mut self, c: Chunks) -> Next {
         let tx = self.tx.take().expect("a transaction is open");
         if let Some(e) = c.receiver.error() {
+            metrics::counter!("mailgate_messages_total", "result" => "refused").increment(1);
             tracing::info!(queue_id = %c.id, error = ?e, size = c.receiver.size(), "message refused");
             self.reply(e.reply());
             return Next::Continue;
@@ -192,12 +193,16 @@ impl Session {
                     size = data.len(),
                     "message accepted"
                 );
+                metrics::counter!("mailgate_messages_total", "result" => if env.quarantine.is_some() { "quarantined" } else { "accepted" }).increment(1);
+                metrics::counter!("mailgate_recipients_total", "class" => "2xx").increment(env.recipients.len() as u64);
+                metrics::counter!("mailgate_message_bytes_total").increment(data.len() as u64);
                 let reply = Reply::new(250, Enhanced(2, 0, 0), format!("Ok: queued as {}", env.id));
                 shared.queue.enqueue(env, Some(Arc::new(data)));
                 self.reply(reply);
             }
             Err(e) => {
                 tracing::error!(queue_id = %env.id, "spool store failed: {e}");
+                metrics::counter!("mailgate_messages_total", "result" => "tempfail").increment(1);
                 let (code, enh, text) = e.smtp_reply();
                 self.reply(Reply::new(code, Enhanced::parse(enh).unwrap_or(Enhanced(4, 3, 0)), text));
             }
@@ -226,6 +231,7 @@ impl Session {
         match decision {
             DataDecision::Continue => {}
             DataDecision::Reply(r) => {
+                metrics::counter!("mailgate_messages_total", "result" => if r.is_transient() { "tempfail" } else { "refused" }).increment(1);
                 tracing::info!(queue_id = %env.id, reply = %r, "message refused by policy");
                 self.reply(r);
                 return Err(Next::Continue);
@@ -238,6 +244,7 @@ impl Session {
             DataDecision::Discard => {
                 // The client cannot tell a discarded message from a delivered one.
                 tracing::info!(queue_id = %env.id, "message discarded by policy");
+                metrics::counter!("mailgate_messages_total", "result" => "discarded").increment(1);
                 self.reply(Reply::new(250, Enhanced(2, 0, 0), format!("Ok: queued as {}", env.id)));
                 return Err(Next::Continue);
             }

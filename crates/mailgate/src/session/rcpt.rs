@@ -23,10 +23,12 @@ impl Session {
         let may_relay = self.trusted || self.auth_user.is_some();
         if !may_relay && !self.shared.config.accepts_domain(to.domain()) {
             tracing::info!(rcpt = %to, "relaying denied");
+            metrics::counter!("mailgate_recipients_total", "class" => "5xx").increment(1);
             self.reply(Reply::new(550, Enhanced(5, 7, 1), "Relaying denied"));
             return Next::Continue;
         }
         if tx.rcpts.len() >= max {
+            metrics::counter!("mailgate_recipients_total", "class" => "4xx").increment(1);
             self.reply(Reply::new(452, Enhanced(4, 5, 3), "Too many recipients"));
             return Next::Continue;
         }

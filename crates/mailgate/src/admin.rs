@@ -1,0 +1,76 @@
+//! The operator's HTTP endpoint on loopback: `/metrics` (Prometheus text format) and
+//! `/healthz`. A deliberately tiny HTTP/1.1 responder (GET only, one request per connection):
+//! the gateway needs no HTTP framework for this.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// The metrics facade has one recorder per process; every gateway in it shares the handle.
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and returns its handle.
+pub fn recorder() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let latency = [0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+            let b = PrometheusBuilder::new().set_buckets(&latency).ok()?;
+            match b.install_recorder() {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!("metrics recorder not installed: {e}");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else { continue };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(1024);
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                    if s.read_buf(&mut buf).await? == 0 {
+                        break;
+                    }
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+            if !matches!(read, Ok(Ok(()))) {
+                return;
+            }
+            let line = buf.split(|b| *b == b'\r').next().unwrap_or_default();
+            let (status, ctype, body) = match line {
+                b"GET /metrics HTTP/1.1" | b"GET /metrics HTTP/1.0" => {
+                    ("200 OK", "text/plain; version=0.0.4", handle.render())
+                }
+                b"GET /healthz HTTP/1.1" | b"GET /healthz HTTP/1.0" => ("200 OK", "text/plain", "ok\n".to_string()),
+                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(body.as_bytes()).await;
+        });
+    }
+}
+
+/// Binds and serves in the background; returns the bound address.
+pub async fn start(addr: SocketAddr) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(handle) = recorder() else { return Ok(None) };
+    let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("admin.listen {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(%bound, "admin endpoint: /metrics, /healthz");
+    tokio::spawn(serve(listener, handle));
+    Ok(Some(bound))
+}

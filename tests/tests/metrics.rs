@@ -1,0 +1,73 @@
+//! `/metrics` scraped over HTTP by a real client and parsed as Prometheus text format; the
+//! counters move with real traffic.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use mailgate_tests::clients::{python, swaks};
+use mailgate_tests::gateway::Gateway;
+use mailgate_tests::sink::Sink;
+use mailgate_tests::{free_port, wait_for};
+
+/// Fetches /metrics with Python's urllib and parses the text format strictly enough to fail
+/// on malformed lines: `name{labels} value`, with `# HELP`/`# TYPE` comments.
+fn scrape(port: u16) -> HashMap<String, f64> {
+    let (ok, out) = python(
+        port,
+        r##"
+import os, re, urllib.request
+r = urllib.request.urlopen("http://127.0.0.1:%s/metrics" % os.environ["PORT"], timeout=10)
+assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain"), r.headers
+line_re = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (-?[0-9.eE+-]+|NaN|[+-]Inf)$')
+for line in r.read().decode().splitlines():
+    if not line or line.startswith("#"):
+        continue
+    m = line_re.match(line)
+    assert m, "malformed metrics line: %r" % line
+    print("%s%s\t%s" % (m.group(1), m.group(2) or "", m.group(3)))
+"##,
+    );
+    assert!(ok, "{out}");
+    out.lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(f64::NAN)))
+        .collect()
+}
+
+fn sum(m: &HashMap<String, f64>, prefix: &str, needle: &str) -> f64 {
+    m.iter().filter(|(k, _)| k.starts_with(prefix) && k.contains(needle)).map(|(_, v)| v).sum()
+}
+
+#[test]
+fn metrics_are_scraped_and_move_with_traffic() {
+    let sink = Sink::start();
+    let admin = free_port();
+    let plugin = Gateway::plugin(
+        "verdict",
+        "verdict",
+        "stages = [\"rcpt\"]",
+        "stage = \"rcpt\"\nverdict = \"reject\"\nrcpt = \"blocked@remote.test\"",
+    );
+    let gw = Gateway::with_sink(sink.port(), &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n{plugin}"));
+    let before = scrape(admin);
+    for i in 0..3 {
+        let out = swaks(gw.port, &["--to", &format!("m{i}@remote.test"), "--from", "a@sender.test"]);
+        assert!(out.status.success());
+    }
+    let _ = swaks(gw.port, &["--to", "blocked@remote.test", "--from", "a@sender.test"]);
+    sink.wait_for(3, Duration::from_secs(20));
+    let after = wait_for(Duration::from_secs(10), || {
+        let m = scrape(admin);
+        (sum(&m, "mailgate_delivery_attempts_total", "result=\"delivered\"") >= 3.0).then_some(m)
+    })
+    .expect("delivery attempts counted");
+    let moved = |name: &str, needle: &str| sum(&after, name, needle) - sum(&before, name, needle);
+    assert_eq!(moved("mailgate_sessions_total", "listener=\"mx\""), 4.0);
+    assert_eq!(moved("mailgate_messages_total", "result=\"accepted\""), 3.0);
+    assert_eq!(moved("mailgate_recipients_total", "class=\"2xx\""), 3.0);
+    assert!(moved("mailgate_spool_commits_total", "") >= 1.0);
+    assert!(moved("mailgate_spool_fsync_seconds_count", "") >= 1.0);
+    assert_eq!(moved("mailgate_plugin_verdicts_total", "verdict=\"reject\""), 1.0);
+    assert!(sum(&after, "mailgate_plugin_call_seconds_bucket", "stage=\"rcpt\"") > 0.0);
+    assert!(after.contains_key("mailgate_sessions_open"));
+}
