@@ -263,3 +263,21 @@ fn command_timeout_closes_with_421() {
     std::thread::sleep(Duration::from_millis(1500));
     assert!(c.reply().starts_with("421 4.4.2"));
 }
+
+#[test]
+fn a_looping_message_is_refused() {
+    let sink = Sink::start();
+    let gw = gateway_with_sink(&sink, "");
+    let mut c = Raw::connect(gw.port);
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@sender.test>");
+    c.cmd("RCPT TO:<loop@remote.test>");
+    c.cmd("DATA");
+    let hops: String = (0..50)
+        .map(|i| format!("Received: from hop{i}.test by hop{}.test; Sun, 22 Nov 2026 00:00:00 +0000\r\n", i + 1))
+        .collect();
+    // 50 from earlier hops plus ours: one too many.
+    c.send(format!("{hops}Subject: loop\r\n\r\nx\r\n.\r\n").as_bytes());
+    assert!(c.reply().starts_with("554 5.4.6"));
+    assert!(c.cmd("NOOP").starts_with("250"));
+}

@@ -97,8 +97,10 @@ c.sendmail("alice@example.test", ["strict@remote.test"], msg, mail_options=["REQ
     assert!(t.contains("; authenticated as alice)"), "{t}");
     assert!(!r.gw.log().contains(PASSWORD), "the password never reaches the log");
     assert!(r.gw.log().contains("authenticated user=alice"));
-    // REQUIRETLS is taken over TLS and kept with the message.
-    r.sink.wait_for_rcpt("strict@remote.test", T);
+    // REQUIRETLS is taken over TLS, kept with the message, and honoured: the next hop here
+    // offers no TLS, so the message waits instead of leaving in plaintext.
+    assert!(r.gw.wait_log("TLS required but the server does not offer STARTTLS", T), "{}", r.gw.log());
+    assert!(r.sink.received().iter().all(|m| !m.rcpts.contains(&"strict@remote.test".to_string())));
     assert!(
         r.gw.log().lines().any(|l| l.contains("message accepted") && l.contains("requiretls=true")),
         "{}",

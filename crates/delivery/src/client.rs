@@ -32,6 +32,9 @@ pub struct Conn {
     pub addr: SocketAddr,
     /// `Some("TLSv1_3 ...")` once STARTTLS succeeded.
     pub tls: Option<String>,
+    /// A reply went missing (RSET or an end-of-data timed out): replies may now be out of step,
+    /// so the connection must not be reused.
+    broken: bool,
 }
 
 fn deferred(text: String, host: &str) -> RcptOutcome {
@@ -70,6 +73,7 @@ impl Conn {
             host: host.into(),
             addr,
             tls: None,
+            broken: false,
         };
         let greet = c.read_reply(s.command_timeout).await.map_err(OpenError::Fail)?;
         if greet.code != 220 {
@@ -240,8 +244,7 @@ impl Conn {
         let mail_reply = &replies[0];
         if !mail_reply.is_positive() {
             if self.ext.pipelining && replies.get(n + 1).is_some_and(|r| r.code == 354) {
-                let _ = self.write(b".\r\n").await;
-                let _ = self.read_reply(s.command_timeout).await;
+                self.end_empty_data(s).await;
             }
             self.rset(s).await;
             return all(outcome(mail_reply));
@@ -258,8 +261,7 @@ impl Conn {
         if accepted.is_empty() {
             if data_reply.is_some_and(|r| r.code == 354) {
                 // A server that said 354 with no recipient: end the empty message.
-                let _ = self.write(b".\r\n").await;
-                let _ = self.read_reply(s.data_timeout).await;
+                self.end_empty_data(s).await;
             }
             self.rset(s).await;
             return Ok(out);
@@ -267,8 +269,15 @@ impl Conn {
         match data_reply {
             Some(r) if r.code == 354 => {}
             Some(r) => {
+                // A positive reply other than 354 to DATA is out of protocol: never "delivered".
+                let o = if r.is_positive() {
+                    RcptOutcome::new(Status::Deferred, format!("451 4.5.0 unexpected reply to DATA: {r}"), Some(&host))
+                } else {
+                    outcome(r)
+                };
+                self.broken |= r.is_positive();
                 for &i in &accepted {
-                    out[i] = outcome(r);
+                    out[i] = o.clone();
                 }
                 self.rset(s).await;
                 return Ok(out);
@@ -285,9 +294,19 @@ impl Conn {
     }
 
     async fn rset(&mut self, s: &Settings) {
-        if self.write(b"RSET\r\n").await.is_ok() {
-            let _ = self.read_reply(s.command_timeout).await;
-        }
+        let ok = self.write(b"RSET\r\n").await.is_ok() && self.read_reply(s.command_timeout).await.is_ok();
+        self.broken |= !ok;
+    }
+
+    /// Ends a DATA the server accepted without any recipient (an empty message).
+    async fn end_empty_data(&mut self, s: &Settings) {
+        let ok = self.write(b".\r\n").await.is_ok() && self.read_reply(s.data_timeout).await.is_ok();
+        self.broken |= !ok;
+    }
+
+    /// Whether the connection may serve another transaction.
+    pub fn reusable(&self) -> bool {
+        !self.broken && self.rbuf.is_empty()
     }
 
     pub async fn quit(&mut self) {

@@ -190,7 +190,9 @@ impl Delivery {
         if let Some(mut conn) = self.pool.take(&key, self.settings.idle_timeout) {
             match conn.transaction(msg, &self.settings).await {
                 Ok(out) => {
-                    self.pool.put(key, conn);
+                    if conn.reusable() {
+                        self.pool.put(key, conn);
+                    }
                     return Ok(out);
                 }
                 Err(client::TxError::Stale) => {} // closed while idle: open a fresh one
@@ -200,7 +202,9 @@ impl Delivery {
         let mut conn = Conn::open(host, addr, policy, &self.settings).await?;
         match conn.transaction(msg, &self.settings).await {
             Ok(out) => {
-                self.pool.put(key, conn);
+                if conn.reusable() {
+                    self.pool.put(key, conn);
+                }
                 Ok(out)
             }
             Err(client::TxError::Stale) => {

@@ -255,6 +255,14 @@ impl Queue {
             per_dest.entry(dest).or_insert_with(|| Arc::new(Semaphore::new(n))).clone()
         };
         let _permit = sem.acquire_owned().await;
+        // RFC 8689: a REQUIRETLS message leaves only over verified TLS.
+        let route = match route {
+            Route::Mx { .. } if env.requiretls => Route::Mx { tls: mailgate_config::TlsPolicy::Required },
+            Route::Smarthost { host, port, ca_file, .. } if env.requiretls => {
+                Route::Smarthost { host, port, ca_file, tls: mailgate_config::TlsPolicy::Required }
+            }
+            other => other,
+        };
         let rcpts: Vec<String> = idx.iter().map(|i| env.recipients[*i].address.clone()).collect();
         let msg = Outbound {
             id: &env.id,
@@ -308,8 +316,12 @@ impl Queue {
                 }
             }
         }
-        if !failed.is_empty() {
-            self.bounce(&env, &failed, data).await;
+        if !failed.is_empty() && !self.bounce(&env, &failed, data).await {
+            // The DSN could not be stored: keep the recipients and bounce on the next attempt
+            // rather than finish the message without telling the sender.
+            for &i in &failed {
+                env.recipients[i].status = RcptStatus::Pending;
+            }
         }
         if env.is_finished() {
             inner.spool.complete(&env.id);
@@ -330,10 +342,11 @@ impl Queue {
     }
 
     /// Stores and queues a DSN to the sender for the failed recipients (never for `<>`).
-    async fn bounce(&self, env: &Envelope, failed: &[usize], data: &[u8]) {
+    /// Returns false only when a DSN was due and could not be stored.
+    async fn bounce(&self, env: &Envelope, failed: &[usize], data: &[u8]) -> bool {
         if env.sender.is_empty() {
             tracing::warn!(queue_id = %env.id, "permanent failure of a null-sender message: no DSN (RFC 3464)");
-            return;
+            return true;
         }
         let inner = &self.inner;
         let failures: Vec<dsn::Failure> = failed
@@ -379,8 +392,12 @@ impl Queue {
             Ok(()) => {
                 tracing::info!(queue_id = %env.id, dsn_id = %dsn_env.id, to = %env.sender, "DSN queued");
                 self.enqueue(dsn_env, Some(Arc::new(body)));
+                true
             }
-            Err(e) => tracing::error!(queue_id = %env.id, "cannot store DSN: {e}"),
+            Err(e) => {
+                tracing::error!(queue_id = %env.id, "cannot store DSN, will retry: {e}");
+                false
+            }
         }
     }
 }

@@ -72,6 +72,12 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+fn unpin(pins: &mut BTreeMap<u64, usize>, seg: u64) {
+    if let Some(n) = pins.get_mut(&seg) {
+        *n = n.saturating_sub(1);
+    }
+}
+
 /// A live message as the writer tracks it.
 struct Live {
     /// Segment of its store record (holds the content).
@@ -90,6 +96,8 @@ struct Writer {
     live: HashMap<QueueId, Live>,
     /// Live references per segment (every existing segment has an entry, maybe 0).
     pins: BTreeMap<u64, usize>,
+    /// A write failed: refuse batches until a fresh segment is open.
+    poisoned: bool,
 }
 
 impl LocalSpool {
@@ -107,6 +115,9 @@ impl LocalSpool {
         let mut live: HashMap<QueueId, Live> = HashMap::new();
         let mut order: Vec<QueueId> = vec![];
         let mut index = HashMap::new();
+        let mut damaged = vec![];
+        // Highest queue id seen, so new ids stay unique even if the clock went back.
+        let mut max_id = 0u64;
         for &seg in &segs {
             let buf = fs::read(seg_path(&dir, seg))?;
             let mut at = 0;
@@ -124,6 +135,7 @@ impl LocalSpool {
                         if !live.contains_key(&env.id) {
                             order.push(env.id.clone());
                         }
+                        max_id = max_id.max(u64::from_str_radix(&env.id, 16).unwrap_or(0));
                         index.insert(
                             env.id.clone(),
                             DataRef { segment: seg, offset: r.data_offset as u64, len: r.data_len as u64 },
@@ -145,11 +157,22 @@ impl LocalSpool {
                 }
             }
             if at < buf.len() {
-                tracing::warn!(
-                    segment = seg,
-                    offset = at,
-                    "spool segment ends in an unreadable tail (never acknowledged); ignored"
-                );
+                if Some(&seg) == segs.last() {
+                    tracing::warn!(
+                        segment = seg,
+                        offset = at,
+                        "spool segment ends in a torn tail (never acknowledged); ignored"
+                    );
+                } else {
+                    // Not the tail of the log: records after this point may matter. Keep the
+                    // file for an operator instead of ever reclaiming it.
+                    tracing::error!(
+                        segment = seg,
+                        offset = at,
+                        "corrupt record inside a sealed spool segment; segment kept"
+                    );
+                    damaged.push(seg);
+                }
             }
         }
         let recovered: Vec<Envelope> =
@@ -159,6 +182,9 @@ impl LocalSpool {
         for l in live.values() {
             *pins.entry(l.home).or_default() += 1;
             *pins.entry(l.meta_seg).or_default() += 1;
+        }
+        for seg in damaged {
+            *pins.entry(seg).or_default() += 1;
         }
         // Always start a fresh segment: never append behind a torn tail.
         let active_seg = segs.last().map_or(1, |s| s + 1);
@@ -172,14 +198,23 @@ impl LocalSpool {
             files: Mutex::new(HashMap::new()),
             dir: dir.clone(),
         });
-        let mut writer = Writer { shared: shared.clone(), active, active_seg, active_len: 0, segment_size, live, pins };
+        let mut writer = Writer {
+            shared: shared.clone(),
+            active,
+            active_seg,
+            active_len: 0,
+            segment_size,
+            live,
+            pins,
+            poisoned: false,
+        };
         writer.collect_garbage();
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new().name("spool-writer".into()).spawn(move || writer.run(rx))?;
         let spool = Arc::new(LocalSpool {
             tx: Mutex::new(Some(tx)),
             shared,
-            last_id: AtomicU64::new(0),
+            last_id: AtomicU64::new(max_id),
             writer: Mutex::new(Some(handle)),
         });
         Ok((spool, recovered))
@@ -321,116 +356,115 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(batch, &mut buf);
+            let _ = self.commit(batch, &mut buf, false);
             self.maybe_rotate();
         }
         let rest = std::mem::take(&mut *self.shared.lazy.lock().unwrap());
         if !rest.is_empty() {
-            self.commit(rest, &mut buf);
+            let _ = self.commit(rest, &mut buf, true);
         }
         let _ = self.active.sync_data();
     }
 
-    /// Writes a batch with one sync, then acknowledges it.
-    fn commit(&mut self, batch: Vec<Req>, buf: &mut Vec<u8>) {
+    /// Writes a batch with one sync, then applies it to the in-memory state and acknowledges
+    /// it. Nothing is applied unless the write (and, when `sync` or a record waits for it, the
+    /// sync) succeeded: a failed batch leaves every old segment pinned. After a failure the
+    /// writer is poisoned until a fresh segment is open, so nothing is ever appended behind a
+    /// partial record.
+    fn commit(&mut self, batch: Vec<Req>, buf: &mut Vec<u8>, sync: bool) -> Result<(), String> {
+        if self.poisoned {
+            self.rotate();
+        }
         buf.clear();
-        let mut acks = vec![];
-        let mut stored = vec![];
         let seg = self.active_seg;
-        for r in batch {
-            let offset = self.active_len + buf.len() as u64;
+        let mut offsets = Vec::with_capacity(batch.len());
+        let mut need_sync = sync;
+        for r in &batch {
+            offsets.push(self.active_len + buf.len() as u64);
             buf.extend_from_slice(&r.bytes);
-            match r.kind {
-                Kind::Store => {
-                    stored.push((
-                        r.id.clone(),
-                        DataRef { segment: seg, offset: offset + r.data_rel as u64, len: r.data_len as u64 },
-                    ));
-                    self.pin(seg, 2);
-                    if let Some(old) = self.live.insert(r.id, Live { home: seg, meta_seg: seg, meta: r.meta }) {
-                        self.unpin(old.home);
-                        self.unpin(old.meta_seg);
+            need_sync |= r.ack.is_some();
+        }
+        let res = if self.poisoned {
+            Err("spool writer cannot open a new segment".to_string())
+        } else {
+            let started = std::time::Instant::now();
+            let r = self.active.write_all(buf).and_then(|_| if need_sync { self.active.sync_data() } else { Ok(()) });
+            if need_sync {
+                metrics::histogram!("mailgate_spool_fsync_seconds").record(started.elapsed().as_secs_f64());
+                metrics::counter!("mailgate_spool_commits_total").increment(1);
+            }
+            metrics::counter!("mailgate_spool_bytes_total").increment(buf.len() as u64);
+            r.map_err(|e| e.to_string())
+        };
+        if let Err(e) = &res {
+            tracing::error!("spool write failed: {e}; the batch is refused and a new segment will be started");
+            self.poisoned = true;
+        } else {
+            self.active_len += buf.len() as u64;
+        }
+        let mut index = self.shared.index.lock().unwrap();
+        for (r, offset) in batch.into_iter().zip(offsets) {
+            if res.is_ok() {
+                match r.kind {
+                    Kind::Store => {
+                        index.insert(
+                            r.id.clone(),
+                            DataRef { segment: seg, offset: offset + r.data_rel as u64, len: r.data_len as u64 },
+                        );
+                        *self.pins.entry(seg).or_default() += 2;
+                        if let Some(old) = self.live.insert(r.id, Live { home: seg, meta_seg: seg, meta: r.meta }) {
+                            unpin(&mut self.pins, old.home);
+                            unpin(&mut self.pins, old.meta_seg);
+                        }
                     }
-                }
-                Kind::Update => {
-                    if let Some(l) = self.live.get_mut(&r.id) {
-                        let old = std::mem::replace(&mut l.meta_seg, seg);
-                        l.meta = r.meta;
-                        self.pin(seg, 1);
-                        self.unpin(old);
+                    Kind::Update => {
+                        if let Some(l) = self.live.get_mut(&r.id) {
+                            let old = std::mem::replace(&mut l.meta_seg, seg);
+                            l.meta = r.meta;
+                            *self.pins.entry(seg).or_default() += 1;
+                            unpin(&mut self.pins, old);
+                        }
                     }
-                }
-                Kind::Done => {
-                    if let Some(l) = self.live.remove(&r.id) {
-                        self.unpin(l.home);
-                        self.unpin(l.meta_seg);
+                    Kind::Done => {
+                        if let Some(l) = self.live.remove(&r.id) {
+                            unpin(&mut self.pins, l.home);
+                            unpin(&mut self.pins, l.meta_seg);
+                        }
+                        index.remove(&r.id);
                     }
-                    self.shared.index.lock().unwrap().remove(&r.id);
                 }
             }
             if let Some(a) = r.ack {
-                acks.push(a);
+                let _ = a.send(res.clone());
             }
         }
-        let started = std::time::Instant::now();
-        let res =
-            self.active.write_all(buf).and_then(|_| if acks.is_empty() { Ok(()) } else { self.active.sync_data() });
-        if !acks.is_empty() {
-            metrics::histogram!("mailgate_spool_fsync_seconds").record(started.elapsed().as_secs_f64());
-            metrics::counter!("mailgate_spool_commits_total").increment(1);
-        }
-        metrics::counter!("mailgate_spool_bytes_total").increment(buf.len() as u64);
-        self.active_len += buf.len() as u64;
-        match &res {
-            Ok(()) => {
-                let mut index = self.shared.index.lock().unwrap();
-                for (id, r) in stored {
-                    index.insert(id, r);
-                }
-            }
-            Err(e) => {
-                tracing::error!("spool write failed: {e}; starting a new segment");
-                // The segment may now hold a partial record: never append behind it.
-                self.active_len = u64::MAX;
-                for (id, _) in stored {
-                    if let Some(l) = self.live.remove(&id) {
-                        self.unpin(l.home);
-                        self.unpin(l.meta_seg);
-                    }
-                }
-            }
-        }
-        let res = res.map_err(|e| e.to_string());
-        for a in acks {
-            let _ = a.send(res.clone());
-        }
+        res
     }
 
-    fn pin(&mut self, seg: u64, n: usize) {
-        *self.pins.entry(seg).or_default() += n;
-    }
-    fn unpin(&mut self, seg: u64) {
-        if let Some(n) = self.pins.get_mut(&seg) {
-            *n = n.saturating_sub(1);
-        }
-    }
-
-    fn maybe_rotate(&mut self) {
-        if self.active_len < self.segment_size {
-            return;
-        }
+    /// Opens the next segment; clears the poisoned state when that works.
+    fn rotate(&mut self) {
         let next = self.active_seg + 1;
         let file = OpenOptions::new().create_new(true).append(true).open(seg_path(&self.shared.dir, next));
         match file.and_then(|f| sync_dir(&self.shared.dir).map(|_| f)) {
             Ok(f) => {
-                let _ = self.active.sync_data();
+                if !self.poisoned {
+                    let _ = self.active.sync_data();
+                }
                 self.active = f;
                 self.active_seg = next;
                 self.active_len = 0;
                 self.pins.insert(next, 0);
+                self.poisoned = false;
             }
             Err(e) => tracing::error!("cannot start spool segment {next}: {e}"),
         }
+    }
+
+    fn maybe_rotate(&mut self) {
+        if self.active_len < self.segment_size && !self.poisoned {
+            return;
+        }
+        self.rotate();
         self.compact();
         self.collect_garbage();
     }
@@ -474,13 +508,25 @@ impl Writer {
         }
         let moved = batch.len();
         let mut buf = Vec::new();
-        self.commit(batch, &mut buf);
-        let _ = self.active.sync_data();
-        tracing::info!(segment = oldest, moved, "relocated live messages out of the oldest spool segment");
+        // Synced before the old segment may go; on failure nothing moved and it stays pinned.
+        match self.commit(batch, &mut buf, true) {
+            Ok(()) => {
+                tracing::info!(segment = oldest, moved, "relocated live messages out of the oldest spool segment")
+            }
+            Err(e) => tracing::error!(segment = oldest, "relocation failed, segment kept: {e}"),
+        }
     }
 
-    /// Deletes segments from the oldest end while nothing live is in them.
+    /// Deletes segments from the oldest end while nothing live is in them. The records that
+    /// freed them (done, update, relocation) are synced first.
     fn collect_garbage(&mut self) {
+        if self.poisoned {
+            return;
+        }
+        let deletable = self.pins.first_key_value().is_some_and(|(&seg, &n)| n == 0 && seg != self.active_seg);
+        if deletable && self.active.sync_data().is_err() {
+            return;
+        }
         let mut deleted = false;
         while let Some((&seg, &n)) = self.pins.first_key_value() {
             if n > 0 || seg == self.active_seg {

@@ -43,6 +43,9 @@ impl Session {
 
     fn count_failure(&self) -> usize {
         let mut m = self.shared.auth_failures.lock().unwrap();
+        if m.len() > 10_000 {
+            m.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+        }
         let e = m.entry(self.peer.ip()).or_insert((0, Instant::now()));
         if e.1.elapsed() >= FAILURE_WINDOW {
             *e = (0, Instant::now());

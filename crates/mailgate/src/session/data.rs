@@ -12,6 +12,15 @@ use mailgate_spool::{Envelope, QueueId, RcptStatus, Recipient};
 use super::{Next, Session};
 use mailgate_plugin_host::{modify, DataDecision};
 
+/// `Received:` fields beyond which a message is taken to be looping (Postfix uses 50 too).
+const MAX_HOPS: usize = 50;
+
+/// Counts `Received:` fields in the header section.
+fn count_received(msg: &[u8]) -> usize {
+    let end = msg.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(msg.len());
+    msg[..end].split(|b| *b == b'\n').filter(|l| l.len() >= 9 && l[..9].eq_ignore_ascii_case(b"received:")).count()
+}
+
 /// A message being received: its id, the content so far (starting with our `Received:`),
 /// and the receiver enforcing the content rules.
 pub(crate) struct Chunks {
@@ -145,6 +154,14 @@ impl Session {
             metrics::counter!("mailgate_messages_total", "result" => "refused").increment(1);
             tracing::info!(queue_id = %c.id, error = ?e, size = c.receiver.size(), "message refused");
             self.reply(e.reply());
+            return Next::Continue;
+        }
+        // RFC 5321 §6.3: a message that has passed too many hops is looping.
+        let hops = count_received(&c.buf);
+        if hops > MAX_HOPS {
+            tracing::warn!(queue_id = %c.id, hops, "mail loop: too many Received headers");
+            metrics::counter!("mailgate_messages_total", "result" => "refused").increment(1);
+            self.reply(Reply::new(554, Enhanced(5, 4, 6), "Too many hops (mail loop?)"));
             return Next::Continue;
         }
         let shared = self.shared.clone();

@@ -119,9 +119,15 @@ impl Session {
         r.write_to(&mut self.wbuf);
     }
 
+    /// Sends the buffered replies. Bounded by the command timeout: a client that stops
+    /// reading cannot hold the session (and its slot) forever.
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
-            self.stream.write_all(&self.wbuf).await?;
+            let limit = self.shared.config.timeouts.command;
+            match tokio::time::timeout(limit, self.stream.write_all(&self.wbuf)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "client does not read")),
+            }
             self.wbuf.clear();
         }
         Ok(())
