@@ -237,3 +237,21 @@ fn dns_is_denied_without_a_grant() {
     assert!(c.cmd("RCPT TO:<x@remote.test>").starts_with("250"));
     assert!(gw.wait_log("hello from dns", T), "{}", gw.log());
 }
+
+#[test]
+fn shadow_mode_logs_and_counts_but_does_not_enforce() {
+    let sink = Sink::start();
+    let plugin = Gateway::plugin(
+        "verdict",
+        "would-reject",
+        "stages = [\"rcpt\"]\nmode = \"shadow\"",
+        "stage = \"rcpt\"\nverdict = \"reject\"\ncode = 550\nenhanced = \"5.7.1\"\ntext = \"policy says reject\"",
+    );
+    let gw = gateway(&sink, &plugin);
+    let steps = session(gw.port, "shadowed@remote.test");
+    assert!(steps.last().unwrap().1.starts_with("250 2.0.0 Ok: queued as"), "{steps:?}");
+    sink.wait_for_rcpt("shadowed@remote.test", T);
+    assert!(gw.wait_log("shadow verdict (not enforced)", T), "{}", gw.log());
+    let line = gw.log().lines().find(|l| l.contains("shadow verdict")).unwrap().to_string();
+    assert!(line.contains("plugin=would-reject") && line.contains("550"), "{line}");
+}

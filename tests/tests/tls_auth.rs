@@ -276,7 +276,7 @@ fn swaks_with_tls_and_auth() {
 fn openssl_s_client_starttls_handshake() {
     let r = rig("");
     let mut child = Command::new("openssl")
-        .args(["s_client", "-starttls", "smtp", "-brief", "-connect", &format!("127.0.0.1:{}", r.gw.port)])
+        .args(["s_client", "-starttls", "smtp", "-brief", "-ign_eof", "-connect", &format!("127.0.0.1:{}", r.gw.port)])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

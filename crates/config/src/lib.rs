@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 mod plugin;
 mod route;
-pub use plugin::{Grant, OnError, Plugin, Stage};
+pub use plugin::{Grant, Mode, OnError, Plugin, Stage};
 pub use route::{Route, TlsPolicy};
 
 /// The embedded default configuration (`config/mailgate.toml`).

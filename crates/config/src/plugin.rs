@@ -58,6 +58,15 @@ pub enum OnError {
     Skip,
 }
 
+/// Whether a plugin's verdicts count.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
 /// A capability beyond log/config/metrics; everything is denied unless granted.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
@@ -86,6 +95,10 @@ pub struct Plugin {
     pub memory_limit: u64,
     #[serde(default)]
     pub grants: Vec<Grant>,
+    /// `enforce` (default) or `shadow`: a shadow plugin runs and its verdicts are logged and
+    /// counted, but never enforced (to try a policy on live traffic).
+    #[serde(default)]
+    pub mode: Mode,
     /// The plugin's own settings, read through its `config` import.
     #[serde(default)]
     pub config: BTreeMap<String, serde_json::Value>,

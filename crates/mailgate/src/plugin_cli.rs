@@ -49,6 +49,7 @@ fn plugin_entry(wasm: &Path, table: Option<&str>, grants: Vec<Grant>) -> Result<
         cpu_budget: std::time::Duration::from_millis(500),
         memory_limit: 64 << 20,
         grants,
+        mode: Default::default(),
         config,
     })
 }

@@ -227,6 +227,22 @@ impl Chain {
         meta.on_error
     }
 
+    /// A shadow plugin's answer: logged and counted, never enforced; a failure only logged.
+    fn shadow(&mut self, i: usize, stage: Stage, answer: &Result<String, String>) {
+        let meta = &self.plugins.loaded[i].meta;
+        match answer {
+            Ok(d) if d == "Next" || d == "Continue" => {}
+            Ok(d) => {
+                tracing::info!(plugin = %meta.name, stage = stage.name(), sid = %self.sid, decision = %d, "shadow verdict (not enforced)");
+                ::metrics::counter!("mailgate_plugin_shadow_verdicts_total", "plugin" => meta.name.clone(), "stage" => stage.name()).increment(1);
+            }
+            Err(msg) => {
+                tracing::warn!(plugin = %meta.name, stage = stage.name(), sid = %self.sid, "shadow plugin failed (not enforced): {msg}");
+                self.slots[i] = None;
+            }
+        }
+    }
+
     fn observe(&self, i: usize, stage: Stage, started: Instant) {
         let meta = &self.plugins.loaded[i].meta;
         ::metrics::histogram!("mailgate_plugin_call_seconds", "plugin" => meta.name.clone(), "stage" => stage.name())
@@ -263,6 +279,10 @@ impl Chain {
                 Verdict::Quarantine(_) | Verdict::Discard => Err("quarantine/discard are only for on-data".into()),
             });
             let name = &self.plugins.loaded[i].meta.name;
+            if self.plugins.loaded[i].meta.shadow {
+                self.shadow(i, stage, &answer.map(|d| format!("{d:?}")));
+                continue;
+            }
             match answer {
                 Ok(Decision::Next) => continue,
                 Ok(d) => {
@@ -359,6 +379,11 @@ impl SessionChain {
                 Ok((d, accepted, dr.modifications))
             });
             let name = chain.plugins.loaded[i].meta.name.clone();
+            if chain.plugins.loaded[i].meta.shadow {
+                // Neither its verdict nor its modifications take effect.
+                chain.shadow(i, Stage::Data, &decided.map(|(d, _, _)| format!("{d:?}")));
+                continue;
+            }
             match decided {
                 Ok((d, accepted, m)) => {
                     mods.extend(m);
@@ -410,6 +435,11 @@ impl QueueChain {
                     _ => Err("only next/accept/reject/tempfail are valid at on-route".to_string()),
                 }
             });
+            if chain.plugins.loaded[i].meta.shadow {
+                let shown = step.map(|(d, _)| d.map_or("Next".to_string(), |d| format!("{d:?}")));
+                chain.shadow(i, Stage::Route, &shown);
+                continue;
+            }
             match step {
                 Ok((d, stop)) => {
                     if let Some(d) = d {

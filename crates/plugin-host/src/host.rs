@@ -23,6 +23,8 @@ pub struct PluginMeta {
     pub config: BTreeMap<String, serde_json::Value>,
     pub stages: Vec<Stage>,
     pub on_error: OnError,
+    /// Shadow mode: verdicts are logged and counted, not enforced.
+    pub shadow: bool,
     /// CPU budget per call, in epoch ticks.
     pub budget_ticks: u64,
     pub memory_limit: usize,
@@ -40,6 +42,7 @@ impl PluginMeta {
             config: p.config.clone(),
             stages: p.stages.clone(),
             on_error: p.on_error,
+            shadow: p.mode == mailgate_config::Mode::Shadow,
             budget_ticks: ticks,
             memory_limit: p.memory_limit as usize,
             hash,
