@@ -255,3 +255,47 @@ fn shadow_mode_logs_and_counts_but_does_not_enforce() {
     let line = gw.log().lines().find(|l| l.contains("shadow verdict")).unwrap().to_string();
     assert!(line.contains("plugin=would-reject") && line.contains("550"), "{line}");
 }
+
+#[test]
+fn per_domain_pipelines_split_mixed_recipients() {
+    let sink = Sink::start();
+    let plugins = [
+        Gateway::plugin("add-header", "hdr-a", "stages = [\"data\"]", "name = \"X-Pipeline\"\nvalue = \"a\""),
+        Gateway::plugin("add-header", "hdr-b", "stages = [\"data\"]", "name = \"X-Pipeline\"\nvalue = \"b\""),
+    ]
+    .concat();
+    let gw = gateway(
+        &sink,
+        &format!("{plugins}\n[pipelines]\npa = [\"hdr-a\"]\npb = [\"hdr-b\"]\n\n[domain_pipelines]\n\"a.test\" = \"pa\"\n\"b.test\" = \"pb\"\n"),
+    );
+    let script = r#"
+import os, smtplib
+c = smtplib.SMTP("127.0.0.1", int(os.environ["PORT"])); c.ehlo("py.test")
+msg = b"Subject: split\r\n\r\nhello\r\n"
+refused = c.sendmail("s@sender.test", ["x@a.test", "y@b.test", "z@a.test"], msg)
+assert list(refused) == ["y@b.test"] and refused["y@b.test"][0] == 452, refused
+assert refused["y@b.test"][1].startswith(b"4.5.3"), refused
+assert c.sendmail("s@sender.test", list(refused), msg) == {}
+c.quit(); print("ok")
+"#;
+    let (ok, out) = mailgate_tests::clients::python(gw.port, script);
+    assert!(ok, "{out}");
+    let a = sink.wait_for_rcpt("x@a.test", T);
+    assert_eq!(a.rcpts, vec!["x@a.test", "z@a.test"]);
+    assert!(a.text().contains("X-Pipeline: a\r\n") && !a.text().contains("X-Pipeline: b"), "{}", a.text());
+    let b = sink.wait_for_rcpt("y@b.test", T);
+    assert!(b.text().contains("X-Pipeline: b\r\n") && !b.text().contains("X-Pipeline: a"), "{}", b.text());
+    // A domain in no list takes the listener's pipeline: `default`, every plugin in order.
+    let c = {
+        let (ok, out) = mailgate_tests::clients::python(
+            gw.port,
+            r#"
+import os, smtplib
+c = smtplib.SMTP("127.0.0.1", int(os.environ["PORT"])); c.sendmail("s@sender.test", ["w@other.test"], b"Subject: d\r\n\r\nx\r\n"); c.quit()
+"#,
+        );
+        assert!(ok, "{out}");
+        sink.wait_for_rcpt("w@other.test", T)
+    };
+    assert!(c.text().contains("X-Pipeline: a\r\nX-Pipeline: b\r\n"), "{}", c.text());
+}

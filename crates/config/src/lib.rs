@@ -41,9 +41,15 @@ pub struct Config {
     /// Route per recipient domain (lower case); `"*"` is the default route.
     pub routes: BTreeMap<String, Route>,
     pub admin: Admin,
-    /// `[[plugin]]` tables: the plugin chain, in the order the plugins are asked.
+    /// `[[plugin]]` tables: every plugin, in the order the plugins are asked.
     #[serde(rename = "plugin")]
     pub plugins: Vec<Plugin>,
+    /// Named pipelines: an ordered list of plugin names each. `default` is every `[[plugin]]`
+    /// in order unless defined here.
+    pub pipelines: BTreeMap<String, Vec<String>>,
+    /// Recipient domain (or parent domain) → pipeline. The first accepted RCPT's domain picks
+    /// the transaction's pipeline; a later RCPT for another pipeline gets 452 4.5.3.
+    pub domain_pipelines: BTreeMap<String, String>,
     pub log: Log,
 }
 
@@ -64,7 +70,17 @@ pub struct Listener {
     /// (STARTTLS before AUTH, AUTH before MAIL) or `submissions` (implicit TLS, then AUTH).
     #[serde(default)]
     pub role: Role,
+    /// The pipeline for this listener's sessions (and recipients of no listed domain).
+    #[serde(default = "default_pipeline")]
+    pub pipeline: String,
 }
+
+fn default_pipeline() -> String {
+    DEFAULT_PIPELINE.to_string()
+}
+
+/// The pipeline every listener uses unless it names another.
+pub const DEFAULT_PIPELINE: &str = "default";
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -222,6 +238,8 @@ impl Default for Config {
             routes: BTreeMap::new(),
             admin: Admin::default(),
             plugins: vec![],
+            pipelines: BTreeMap::new(),
+            domain_pipelines: BTreeMap::new(),
             log: Log::default(),
         }
     }
@@ -411,6 +429,28 @@ impl Config {
                 errs.push(format!("plugin[{i}] ({}).{e}", p.name));
             }
         }
+        let known = |name: &str| name == DEFAULT_PIPELINE || self.pipelines.contains_key(name);
+        for (name, list) in &self.pipelines {
+            let mut seen = std::collections::HashSet::new();
+            for p in list {
+                if !self.plugins.iter().any(|x| &x.name == p) {
+                    errs.push(format!("pipelines.{name}: unknown plugin {p:?}"));
+                }
+                if !seen.insert(p) {
+                    errs.push(format!("pipelines.{name}: plugin {p:?} listed twice"));
+                }
+            }
+        }
+        for l in &self.listeners {
+            if !known(&l.pipeline) {
+                errs.push(format!("listener {}: unknown pipeline {:?}", l.name, l.pipeline));
+            }
+        }
+        for (domain, p) in &self.domain_pipelines {
+            if !known(p) {
+                errs.push(format!("domain_pipelines.{domain}: unknown pipeline {p:?}"));
+            }
+        }
         if errs.is_empty() {
             Ok(())
         } else {
@@ -430,6 +470,26 @@ impl Config {
                 Some((_, parent)) => d = parent,
                 None => return self.routes.get("*"),
             }
+        }
+    }
+
+    /// The plugin names of a pipeline, in order.
+    pub fn pipeline(&self, name: &str) -> Vec<String> {
+        match self.pipelines.get(name) {
+            Some(list) => list.clone(),
+            None => self.plugins.iter().map(|p| p.name.clone()).collect(),
+        }
+    }
+
+    /// The pipeline a recipient domain selects (exact, then parent domains), if any.
+    pub fn pipeline_for_domain(&self, domain: &str) -> Option<&str> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let mut d = domain.as_str();
+        loop {
+            if let Some(p) = self.domain_pipelines.get(d) {
+                return Some(p);
+            }
+            d = d.split_once('.')?.1;
         }
     }
 

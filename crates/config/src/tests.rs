@@ -94,3 +94,22 @@ fn submission_roles_need_a_certificate() {
         .to_string();
     assert!(e.contains("tls.cert: /nonexistent.pem: no such file") && e.contains("cert and key go together"), "{e}");
 }
+
+#[test]
+fn pipelines_are_checked() {
+    let base = "[[listener]]\nname='a'\naddress='127.0.0.1:1'\n";
+    let e =
+        Config::from_toml(&format!("{base}[pipelines]\nstrict = ['nope']\n[domain_pipelines]\n'x.test' = 'missing'\n"))
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("pipelines.strict: unknown plugin \"nope\""), "{e}");
+    assert!(e.contains("domain_pipelines.x.test: unknown pipeline \"missing\""), "{e}");
+    let e =
+        Config::from_toml("[[listener]]\nname='a'\naddress='127.0.0.1:1'\npipeline='zzz'\n").unwrap_err().to_string();
+    assert!(e.contains("listener a: unknown pipeline \"zzz\""), "{e}");
+    let c = Config::from_toml(&format!("{base}[pipelines]\nempty = []\n[domain_pipelines]\n'example.org' = 'empty'\n"))
+        .unwrap();
+    assert_eq!(c.pipeline_for_domain("Sub.Example.ORG"), Some("empty"));
+    assert_eq!(c.pipeline_for_domain("example.net"), None);
+    assert!(c.pipeline("empty").is_empty());
+}

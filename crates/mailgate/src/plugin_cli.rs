@@ -71,7 +71,7 @@ pub fn check(wasm: &Path) -> Result<String, String> {
 /// Runs one simulated transaction and prints each stage's answer.
 pub async fn test(run: TestRun) -> Result<(), String> {
     let plugins = load(plugin_entry(&run.wasm, run.config.as_deref(), run.grants.clone())?)?;
-    let mut chain = plugins.session("plugin-test");
+    let mut chain = plugins.session("plugin-test", mailgate_config::DEFAULT_PIPELINE);
     let mut conn = types::ConnectionInfo {
         session_id: "plugin-test".into(),
         client_ip: run.client_ip.clone(),
@@ -116,7 +116,7 @@ pub async fn test(run: TestRun) -> Result<(), String> {
     }
     let queue = plugins.queue();
     for r in &run.rcpts {
-        let route = match queue.on_route(&env, r).await {
+        let route = match queue.on_route(mailgate_config::DEFAULT_PIPELINE, &env, r).await {
             RouteDecision::Default => "configured route".to_string(),
             RouteDecision::Route(route) => mailgate_plugin_host::modify::route_text(&route),
             RouteDecision::Reply(reply) => format!("reply {reply}"),

@@ -46,13 +46,23 @@ pub fn wit_reply(text: &str) -> Option<types::Reply> {
     Some(types::Reply { code, enhanced, text: rest })
 }
 
-/// The queue's view of the plugins.
-pub struct PluginHooks(pub QueueChain);
+/// The queue's view of the plugins: a recipient's domain picks the pipeline.
+pub struct PluginHooks {
+    pub chain: QueueChain,
+    pub config: std::sync::Arc<mailgate_config::Config>,
+}
+
+impl PluginHooks {
+    fn pipeline(&self, rcpt: &str) -> &str {
+        let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d);
+        self.config.pipeline_for_domain(domain).unwrap_or(mailgate_config::DEFAULT_PIPELINE)
+    }
+}
 
 impl Hooks for PluginHooks {
     fn route<'a>(&'a self, env: &'a Envelope, rcpt: &'a str) -> BoxFuture<'a, Option<String>> {
         Box::pin(async move {
-            match self.0.on_route(&spooled(env), rcpt).await {
+            match self.chain.on_route(self.pipeline(rcpt), &spooled(env), rcpt).await {
                 RouteDecision::Default => None,
                 RouteDecision::Route(r) => Some(route_text(&r)),
                 RouteDecision::Reply(r) => Some(format!("reject:{r}")),
@@ -74,7 +84,7 @@ impl Hooks for PluginHooks {
                 reply: wit_reply(&o.reply),
                 remote_host: o.remote_host.clone(),
             };
-            self.0.on_delivery_result(&res).await;
+            self.chain.on_delivery_result(self.pipeline(rcpt), &res).await;
         })
     }
 }

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use mailgate_config::{Config, Role};
+use mailgate_config::{Config, Listener};
 use tokio_rustls::TlsAcceptor;
 
 use crate::tls::CertStore;
@@ -67,7 +67,9 @@ impl Gateway {
         };
         let certs = CertStore::load(&config.tls).map_err(|e| anyhow::anyhow!("tls: {e}"))?;
         let acceptor = certs.as_ref().map(|c| c.acceptor());
-        let hooks = plugins.as_ref().map(|p| Arc::new(PluginHooks(p.queue())) as Arc<dyn mailgate_queue::Hooks>);
+        let hooks = plugins.as_ref().map(|p| {
+            Arc::new(PluginHooks { chain: p.queue(), config: config.clone() }) as Arc<dyn mailgate_queue::Hooks>
+        });
         let queue = Queue::start(spool.clone(), delivery, config.clone(), recovered, hooks);
         let shared = Arc::new(Shared {
             config: config.clone(),
@@ -95,7 +97,7 @@ impl Gateway {
             let addr = listener.local_addr()?;
             tracing::info!(listener = %l.name, %addr, "listening");
             local_addrs.push(addr);
-            tasks.push(tokio::spawn(accept_loop(listener, l.name.clone(), l.role, shared.clone(), stop_rx.clone())));
+            tasks.push(tokio::spawn(accept_loop(listener, l.clone(), shared.clone(), stop_rx.clone())));
         }
         Ok(Gateway { shared, local_addrs, stop, spool, tasks })
     }
@@ -115,14 +117,8 @@ impl Gateway {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    name: String,
-    role: Role,
-    shared: Arc<Shared>,
-    stop: watch::Receiver<bool>,
-) {
-    let name: Arc<str> = name.into();
+async fn accept_loop(listener: TcpListener, conf: Listener, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let name: Arc<str> = conf.name.as_str().into();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -137,13 +133,17 @@ async fn accept_loop(
         let shared = shared.clone();
         let name = name.clone();
         let stop = stop.clone();
+        let (role, pipeline) = (conf.role, conf.pipeline.clone());
         tokio::spawn(async move {
             let Some(_guard) = admit(&shared, &stream, peer.ip(), &name) else { return };
             let n = shared.next_session.fetch_add(1, Ordering::Relaxed);
             let sid = format!("{:05}{:06}", shared.start_tag, n);
             let span = tracing::info_span!("session", sid = %sid, client = %peer);
             let local = stream.local_addr().unwrap_or(peer);
-            Session::new(sid, stream, peer, local, name, role, shared.clone(), stop).run().instrument(span).await;
+            Session::new(sid, stream, peer, local, name, role, pipeline, shared.clone(), stop)
+                .run()
+                .instrument(span)
+                .await;
         });
     }
 }

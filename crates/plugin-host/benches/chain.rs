@@ -79,7 +79,7 @@ fn load(plugins: Vec<Plugin>) -> Arc<Plugins> {
 /// One message as a session sees it: a new session (instances), every stage once.
 async fn message(plugins: &Arc<Plugins>, raw: &Arc<Vec<u8>>) {
     let (c, e) = (conn(), env());
-    let mut s = plugins.session("bench");
+    let mut s = plugins.session("bench", "default");
     s.on_connect(&c).await;
     s.on_helo(&c, "client.example.test").await;
     s.on_mail_from(&c, &e).await;
@@ -91,7 +91,7 @@ async fn message(plugins: &Arc<Plugins>, raw: &Arc<Vec<u8>>) {
 /// Messages on one persistent session: connect and EHLO once, then MAIL, RCPT, DATA each.
 async fn persistent(plugins: &Arc<Plugins>, raw: &Arc<Vec<u8>>, n: u32) {
     let (c, e) = (conn(), env());
-    let mut s = plugins.session("bench");
+    let mut s = plugins.session("bench", "default");
     s.on_connect(&c).await;
     s.on_helo(&c, "client.example.test").await;
     let auth = AuthResults { spf: None, dkim: vec![], dmarc: None, arc: None, iprev: None };
@@ -123,11 +123,11 @@ async fn main() {
     let (c, e) = (conn(), env());
     let t = Instant::now();
     for _ in 0..N {
-        let mut s = one.session("bench");
+        let mut s = one.session("bench", "default");
         s.on_connect(&c).await;
     }
     let first = per(t.elapsed(), N);
-    let mut s = one.session("bench");
+    let mut s = one.session("bench", "default");
     s.on_connect(&c).await;
     let t = Instant::now();
     for _ in 0..N * 10 {

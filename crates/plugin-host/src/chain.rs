@@ -25,6 +25,8 @@ use crate::PluginError;
 pub struct Plugins {
     engine: PluginEngine,
     loaded: Vec<LoadedPlugin>,
+    /// Pipelines by name: indexes into `loaded`, in the order they are asked.
+    pipelines: std::collections::HashMap<String, Arc<[usize]>>,
     services: Arc<Services>,
 }
 
@@ -142,7 +144,17 @@ impl Plugins {
             tracing::info!(plugin = %p.name, hash = %lp.meta.hash, compile_ms = t.elapsed().as_millis() as u64, "plugin loaded");
             loaded.push(lp);
         }
-        Ok(Arc::new(Plugins { engine, loaded, services: Arc::new(Services { resolver, kv }) }))
+        let mut names: Vec<String> = cfg.pipelines.keys().cloned().collect();
+        names.push(mailgate_config::DEFAULT_PIPELINE.to_string());
+        let pipelines = names
+            .into_iter()
+            .map(|name| {
+                let order: Vec<usize> =
+                    cfg.pipeline(&name).iter().filter_map(|p| loaded.iter().position(|l| &l.meta.name == p)).collect();
+                (name, Arc::from(order))
+            })
+            .collect();
+        Ok(Arc::new(Plugins { engine, loaded, pipelines, services: Arc::new(Services { resolver, kv }) }))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -154,9 +166,19 @@ impl Plugins {
         self.loaded.iter().map(|p| (p.meta.name.clone(), p.meta.hash.clone())).collect()
     }
 
-    /// Whether any plugin runs at `stage` (e.g. AUTH is offered only when one checks it).
-    pub fn has_stage(&self, stage: Stage) -> bool {
-        (0..self.loaded.len()).any(|i| self.runs_at(i, stage))
+    /// Whether a plugin of `pipeline` runs at `stage` (e.g. AUTH is offered only when one
+    /// checks it).
+    pub fn has_stage(&self, pipeline: &str, stage: Stage) -> bool {
+        self.pipeline(pipeline).iter().any(|&i| self.runs_at(i, stage))
+    }
+
+    /// A pipeline's plugin order (`default` for an unknown name; config check prevents that).
+    fn pipeline(&self, name: &str) -> Arc<[usize]> {
+        self.pipelines
+            .get(name)
+            .or_else(|| self.pipelines.get(mailgate_config::DEFAULT_PIPELINE))
+            .cloned()
+            .unwrap_or_else(|| Arc::from(Vec::new()))
     }
 
     fn runs_at(&self, i: usize, stage: Stage) -> bool {
@@ -165,27 +187,36 @@ impl Plugins {
 
     /// A chain for one SMTP session: instances are created on first use and live as long as
     /// the session, so a plugin may keep per-session state.
-    pub fn session(self: &Arc<Self>, sid: &str) -> SessionChain {
-        SessionChain { inner: Chain::new(self.clone(), sid) }
+    pub fn session(self: &Arc<Self>, sid: &str, pipeline: &str) -> SessionChain {
+        SessionChain { inner: Chain::new(self.clone(), sid, self.pipeline(pipeline)) }
     }
 
     /// A chain for the queue's stages (route, delivery result).
     pub fn queue(self: &Arc<Self>) -> QueueChain {
-        QueueChain { inner: tokio::sync::Mutex::new(Chain::new(self.clone(), "queue")) }
+        QueueChain {
+            inner: tokio::sync::Mutex::new(Chain::new(
+                self.clone(),
+                "queue",
+                self.pipeline(mailgate_config::DEFAULT_PIPELINE),
+            )),
+        }
     }
 }
 
 /// Instances of every plugin for one user (a session or the queue).
 struct Chain {
     plugins: Arc<Plugins>,
+    /// One slot per loaded plugin; only those of the pipelines used get instances.
     slots: Vec<Option<Slot>>,
+    /// The pipeline asked now.
+    order: Arc<[usize]>,
     sid: Arc<str>,
 }
 
 impl Chain {
-    fn new(plugins: Arc<Plugins>, sid: &str) -> Chain {
+    fn new(plugins: Arc<Plugins>, sid: &str, order: Arc<[usize]>) -> Chain {
         let n = plugins.loaded.len();
-        Chain { plugins, slots: (0..n).map(|_| None).collect(), sid: sid.into() }
+        Chain { plugins, slots: (0..n).map(|_| None).collect(), order, sid: sid.into() }
     }
 
     async fn slot(&mut self, i: usize) -> Result<&mut Slot, String> {
@@ -266,7 +297,7 @@ impl Chain {
 
     async fn verdict_stage(&mut self, conn: &ConnectionInfo, call: Call<'_>) -> Decision {
         let stage = call.stage();
-        for i in 0..self.slots.len() {
+        for i in self.order.clone().iter().copied() {
             if !self.plugins.runs_at(i, stage) {
                 continue;
             }
@@ -316,6 +347,11 @@ pub struct SessionChain {
 }
 
 impl SessionChain {
+    /// Switches to another pipeline (the transaction's, chosen by its first recipient).
+    pub fn use_pipeline(&mut self, name: &str) {
+        self.inner.order = self.inner.plugins.pipeline(name);
+    }
+
     pub async fn on_connect(&mut self, conn: &ConnectionInfo) -> Decision {
         self.inner.verdict_stage(conn, Call::Connect).await
     }
@@ -345,7 +381,7 @@ impl SessionChain {
         let chain = &mut self.inner;
         let msg = ParsedMessage::new(raw);
         let mut mods = vec![];
-        for i in 0..chain.slots.len() {
+        for i in chain.order.clone().iter().copied() {
             if !chain.plugins.runs_at(i, Stage::Data) {
                 continue;
             }
@@ -412,10 +448,11 @@ pub struct QueueChain {
 
 impl QueueChain {
     /// Lets on-route plugins pick the route of one recipient.
-    pub async fn on_route(&self, env: &Envelope, rcpt: &str) -> RouteDecision {
+    pub async fn on_route(&self, pipeline: &str, env: &Envelope, rcpt: &str) -> RouteDecision {
         let mut chain = self.inner.lock().await;
+        chain.order = chain.plugins.pipeline(pipeline);
         let mut decision = RouteDecision::Default;
-        for i in 0..chain.slots.len() {
+        for i in chain.order.clone().iter().copied() {
             if !chain.plugins.runs_at(i, Stage::Route) {
                 continue;
             }
@@ -460,9 +497,10 @@ impl QueueChain {
     }
 
     /// Tells on-delivery-result plugins about one recipient's attempt.
-    pub async fn on_delivery_result(&self, res: &types::DeliveryResult) {
+    pub async fn on_delivery_result(&self, pipeline: &str, res: &types::DeliveryResult) {
         let mut chain = self.inner.lock().await;
-        for i in 0..chain.slots.len() {
+        chain.order = chain.plugins.pipeline(pipeline);
+        for i in chain.order.clone().iter().copied() {
             if !chain.plugins.runs_at(i, Stage::DeliveryResult) {
                 continue;
             }

@@ -28,7 +28,7 @@ fn b64(s: &str) -> Option<Vec<u8>> {
 impl Session {
     /// Whether AUTH is offered now: over TLS, when a plugin checks credentials.
     pub(crate) fn auth_offered(&self) -> bool {
-        self.tls.is_some() && self.shared.plugins.as_ref().is_some_and(|p| p.has_stage(Stage::Auth))
+        self.tls.is_some() && self.shared.plugins.as_ref().is_some_and(|p| p.has_stage(&self.pipeline, Stage::Auth))
     }
 
     /// Whether MAIL needs an authenticated session (submission listeners).

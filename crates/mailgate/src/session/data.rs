@@ -194,7 +194,8 @@ impl Session {
         };
         let mut data = c.buf;
         if self.chain.is_some() {
-            match self.data_policy(&mut env, data).await {
+            let pipeline = tx.pipeline.clone().unwrap_or_else(|| self.pipeline.clone());
+            match self.data_policy(&mut env, data, &pipeline).await {
                 Ok(d) => data = d,
                 Err(next) => return next,
             }
@@ -231,8 +232,9 @@ impl Session {
 impl Session {
     /// Runs the data-stage plugins on a complete message and applies their verdict and
     /// modifications. Returns the message to store, or `Err` once a reply has been queued.
-    async fn data_policy(&mut self, env: &mut Envelope, data: Vec<u8>) -> Result<Vec<u8>, Next> {
+    async fn data_policy(&mut self, env: &mut Envelope, data: Vec<u8>, pipeline: &str) -> Result<Vec<u8>, Next> {
         let Some(mut chain) = self.chain.take() else { return Ok(data) };
+        chain.use_pipeline(pipeline);
         let wenv = crate::plugins::wit_envelope(
             &env.sender,
             env.recipients.iter().map(|r| r.address.clone()).collect(),

@@ -37,8 +37,9 @@ impl Session {
             return Next::Continue;
         }
         tracing::debug!(from = from.as_ref().map_or("<>", |a| a.as_str()), "MAIL");
-        self.tx = Some(Transaction { from, params, rcpts: Vec::new(), bdat: None });
+        self.tx = Some(Transaction { from, params, rcpts: Vec::new(), bdat: None, pipeline: None });
         if let Some(mut chain) = self.chain.take() {
+            chain.use_pipeline(&self.pipeline);
             let d = chain.on_mail_from(&self.conn_info(), &self.wit_envelope()).await;
             self.chain = Some(chain);
             if let Err(next) = self.enforce(d) {

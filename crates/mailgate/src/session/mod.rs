@@ -39,6 +39,8 @@ pub(crate) struct Transaction {
     pub rcpts: Vec<Address>,
     /// BDAT in progress: the chunks so far.
     pub bdat: Option<data::Chunks>,
+    /// The pipeline the first accepted recipient chose; every recipient must share it.
+    pub pipeline: Option<String>,
 }
 
 pub(crate) struct Session {
@@ -51,6 +53,8 @@ pub(crate) struct Session {
     pub listener: Arc<str>,
     /// The listener's role: decides STARTTLS/AUTH requirements.
     pub role: Role,
+    /// The listener's pipeline (connection stages, and recipients of no listed domain).
+    pub pipeline: String,
     /// TLS version and cipher once TLS is active.
     pub tls: Option<(String, String)>,
     /// The authenticated identity, once AUTH succeeded.
@@ -85,16 +89,18 @@ impl Session {
         local: SocketAddr,
         listener: Arc<str>,
         role: Role,
+        pipeline: String,
         shared: Arc<Shared>,
         stop: watch::Receiver<bool>,
     ) -> Session {
         let trusted = shared.config.is_trusted(peer.ip());
         let lines = LineReader::new(shared.config.limits.command_line);
-        let chain = shared.plugins.as_ref().map(|p| p.session(&sid));
+        let chain = shared.plugins.as_ref().map(|p| p.session(&sid, &pipeline));
         Session {
             sid,
             stream: Stream::Plain(stream),
             role,
+            pipeline,
             tls: None,
             auth_user: None,
             peer,

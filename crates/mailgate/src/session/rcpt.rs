@@ -36,7 +36,18 @@ impl Session {
             self.reply(Reply::new(250, Enhanced(2, 1, 5), "Recipient OK"));
             return Next::Continue;
         }
+        // One message, one pipeline: the first accepted recipient's domain picks it.
+        let want = self.shared.config.pipeline_for_domain(to.domain()).unwrap_or(&self.pipeline).to_string();
+        if self.tx.as_ref().and_then(|t| t.pipeline.as_ref()).is_some_and(|p| *p != want) {
+            self.reply(Reply::new(
+                452,
+                Enhanced(4, 5, 3),
+                "Send this recipient in a separate transaction (different policy)",
+            ));
+            return Next::Continue;
+        }
         if let Some(mut chain) = self.chain.take() {
+            chain.use_pipeline(&want);
             let d = chain.on_rcpt(&self.conn_info(), &self.wit_envelope(), to.as_str()).await;
             self.chain = Some(chain);
             if let Err(next) = self.enforce(d) {
@@ -45,6 +56,7 @@ impl Session {
         }
         if let Some(tx) = self.tx.as_mut() {
             tx.rcpts.push(to);
+            tx.pipeline = Some(want);
         }
         self.reply(Reply::new(250, Enhanced(2, 1, 5), "Recipient OK"));
         Next::Continue
