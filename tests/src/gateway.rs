@@ -70,6 +70,22 @@ impl Gateway {
         )
     }
 
+    /// Rewrites the config file the running gateway was started from (for reload tests).
+    pub fn edit_config(&mut self, edit: impl Fn(&str) -> String) -> PathBuf {
+        self.config = edit(&self.config);
+        let cfg = self.path("mailgate.toml");
+        std::fs::write(&cfg, &self.config).unwrap();
+        cfg
+    }
+
+    /// Sends a signal to the running gateway.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }

@@ -236,8 +236,14 @@ fn sequence_errors_and_other_verbs_have_enhanced_codes() {
 fn per_ip_session_limit_gives_421() {
     let sink = Sink::start();
     let gw = gateway_with_sink(&sink, "[limits]\nmax_sessions_per_ip = 2\n");
-    let _a = Raw::connect(gw.port);
-    let _b = Raw::connect(gw.port);
+    // The harness's readiness probe may still hold a slot for a moment: wait until two
+    // sessions are admitted.
+    let (_a, _b) = mailgate_tests::wait_for(Duration::from_secs(5), || {
+        let (a, ga) = Raw::connect_any(gw.port);
+        let (b, gb) = Raw::connect_any(gw.port);
+        (ga.starts_with("220") && gb.starts_with("220")).then_some((a, b))
+    })
+    .expect("two sessions admitted");
     let s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = String::new();

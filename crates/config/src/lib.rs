@@ -205,6 +205,8 @@ pub struct Dns {
 pub struct Admin {
     /// Loopback address to serve on; absent: no admin endpoint.
     pub listen: Option<SocketAddr>,
+    /// When set, `POST /reload` needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

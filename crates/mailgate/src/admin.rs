@@ -1,9 +1,11 @@
-//! The operator's HTTP endpoint on loopback: `/metrics` (Prometheus text format) and
-//! `/healthz`. A deliberately tiny HTTP/1.1 responder (GET only, one request per connection):
-//! the gateway needs no HTTP framework for this.
+//! The operator's HTTP endpoint on loopback: `GET /metrics` (Prometheus text format),
+//! `GET /healthz` and `POST /reload` (bearer token when `admin.token` is set). A deliberately
+//! tiny HTTP/1.1 responder, one request per connection: the gateway needs no HTTP framework.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use crate::server::Shared;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,10 +31,11 @@ pub fn recorder() -> Option<PrometheusHandle> {
         .clone()
 }
 
-pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle, shared: Arc<Shared>, token: Option<String>) {
+    let token: Arc<Option<String>> = Arc::new(token);
     loop {
         let Ok((mut s, _)) = listener.accept().await else { continue };
-        let handle = handle.clone();
+        let (handle, shared, token) = (handle.clone(), shared.clone(), token.clone());
         tokio::spawn(async move {
             let mut buf = Vec::with_capacity(1024);
             let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
@@ -48,7 +51,22 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
                 return;
             }
             let line = buf.split(|b| *b == b'\r').next().unwrap_or_default();
+            let authorized = match token.as_deref() {
+                None => true,
+                Some(t) => String::from_utf8_lossy(&buf).lines().any(|l| {
+                    l.split_once(':').is_some_and(|(k, v)| {
+                        k.eq_ignore_ascii_case("authorization") && v.trim() == format!("Bearer {t}")
+                    })
+                }),
+            };
             let (status, ctype, body) = match line {
+                b"POST /reload HTTP/1.1" | b"POST /reload HTTP/1.0" if !authorized => {
+                    ("401 Unauthorized", "text/plain", "bearer token required\n".to_string())
+                }
+                b"POST /reload HTTP/1.1" | b"POST /reload HTTP/1.0" => match shared.reload().await {
+                    Ok(msg) => ("200 OK", "text/plain", format!("{msg}\n")),
+                    Err(e) => ("500 Internal Server Error", "text/plain", format!("reload failed: {e}\n")),
+                },
                 b"GET /metrics HTTP/1.1" | b"GET /metrics HTTP/1.0" => {
                     ("200 OK", "text/plain; version=0.0.4", handle.render())
                 }
@@ -66,11 +84,11 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
 }
 
 /// Binds and serves in the background; returns the bound address.
-pub async fn start(addr: SocketAddr) -> anyhow::Result<Option<SocketAddr>> {
+pub async fn start(addr: SocketAddr, shared: Arc<Shared>, token: Option<String>) -> anyhow::Result<Option<SocketAddr>> {
     let Some(handle) = recorder() else { return Ok(None) };
     let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("admin.listen {addr}: {e}"))?;
     let bound = listener.local_addr()?;
-    tracing::info!(%bound, "admin endpoint: /metrics, /healthz");
-    tokio::spawn(serve(listener, handle));
+    tracing::info!(%bound, "admin endpoint: /metrics, /healthz, /reload");
+    tokio::spawn(serve(listener, handle, shared, token));
     Ok(Some(bound))
 }

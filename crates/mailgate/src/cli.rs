@@ -27,6 +27,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Ask the running gateway (its admin endpoint, from the same config) to reload.
+    Reload {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Read a password from stdin and print its argon2id hash (for auth-static's `users`).
     HashPassword,
     /// Plugin tools.
@@ -74,6 +79,34 @@ fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// `POST /reload` to the admin endpoint named by the config file (read leniently: the new
+/// file may be the broken one, and the gateway is the one to say so).
+fn reload(file: Option<&std::path::Path>) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let text = match file {
+        Some(f) => std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?,
+        None => mailgate_config::DEFAULT_TOML.to_string(),
+    };
+    let table = toml::from_str::<toml::Table>(&text).unwrap_or_default();
+    let admin = table.get("admin").and_then(|a| a.as_table());
+    let get = |k: &str| admin.and_then(|a| a.get(k)).and_then(|v| v.as_str()).map(str::to_string);
+    let listen: Option<std::net::SocketAddr> = get("listen").and_then(|l| l.parse().ok());
+    let token = get("token");
+    let addr = listen.ok_or("the config has no [admin] listen address to reach the gateway")?;
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(120))).ok();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "POST /reload HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    if head.starts_with("HTTP/1.1 200") {
+        Ok(body.trim().to_string())
+    } else {
+        Err(body.trim().to_string())
+    }
+}
+
 fn parse_grant(s: &str) -> Result<mailgate_config::Grant, String> {
     match s {
         "dns" => Ok(mailgate_config::Grant::Dns),
@@ -119,6 +152,16 @@ pub fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Reload { config } => match reload(config.as_deref()) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mailgate reload: {e}");
                 ExitCode::from(1)
             }
         },
@@ -179,7 +222,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match rt.block_on(serve(cfg)) {
+            match rt.block_on(serve(cfg, config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -191,12 +234,19 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let gw = Gateway::start(cfg).await?;
+async fn serve(cfg: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
+    let gw = Gateway::start_from(cfg, file).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupt: shutting down"); break }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                let _ = gw.reload().await;
+            }
+        }
     }
     gw.shutdown(std::time::Duration::from_secs(10)).await;
     Ok(())

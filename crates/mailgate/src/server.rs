@@ -2,8 +2,9 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use mailgate_config::{Config, Listener};
 use tokio_rustls::TlsAcceptor;
@@ -21,11 +22,23 @@ use crate::plugins::PluginHooks;
 use crate::session::Session;
 use mailgate_plugin_host::{KvStore, MemoryKv, Plugins};
 
-/// What every session of a gateway shares.
-pub struct Shared {
+/// One loaded configuration with its plugins. A reload makes a new one; sessions keep the
+/// one they started with, so nothing in flight changes under them.
+pub struct Generation {
     pub config: Arc<Config>,
     /// The loaded plugins (`None` when the config has no `[[plugin]]`).
     pub plugins: Option<Arc<Plugins>>,
+}
+
+/// What every session of a gateway shares.
+pub struct Shared {
+    /// The configuration new sessions start with.
+    current: RwLock<Arc<Generation>>,
+    /// Where the configuration is read from on reload (`None`: the embedded default).
+    config_file: Option<PathBuf>,
+    /// The resolver and kv store plugins of every generation share.
+    resolver: hickory_resolver::TokioResolver,
+    kv: Arc<dyn KvStore>,
     pub spool: Arc<dyn Spool>,
     pub queue: Queue,
     /// Sessions open now, in total and per client IP (for the 421 limits).
@@ -54,17 +67,18 @@ pub struct Gateway {
 impl Gateway {
     /// Opens the spool (queueing again what it holds), starts the queue, binds the listeners.
     pub async fn start(config: Config) -> anyhow::Result<Gateway> {
+        Self::start_from(config, None).await
+    }
+
+    /// Like [`Gateway::start`], remembering the file a reload reads again.
+    pub async fn start_from(config: Config, config_file: Option<PathBuf>) -> anyhow::Result<Gateway> {
         let config = Arc::new(config);
         let (spool, recovered) = LocalSpool::open(&config.spool.path, config.spool.segment_size)
             .map_err(|e| anyhow::anyhow!("spool {}: {e}", config.spool.path.display()))?;
         let delivery = Delivery::new(&config)?;
-        let plugins = if config.plugins.is_empty() {
-            None
-        } else {
-            let (cfg, resolver) = (config.clone(), delivery.resolver().inner().clone());
-            let kv: Arc<dyn KvStore> = Arc::new(MemoryKv::new(1_000_000));
-            Some(tokio::task::spawn_blocking(move || Plugins::load(&cfg, Some(resolver), kv)).await??)
-        };
+        let resolver = delivery.resolver().inner().clone();
+        let kv: Arc<dyn KvStore> = Arc::new(MemoryKv::new(1_000_000));
+        let plugins = load_plugins(&config, &resolver, &kv).await?;
         let certs = CertStore::load(&config.tls).map_err(|e| anyhow::anyhow!("tls: {e}"))?;
         let acceptor = certs.as_ref().map(|c| c.acceptor());
         let hooks = plugins.as_ref().map(|p| {
@@ -72,8 +86,10 @@ impl Gateway {
         });
         let queue = Queue::start(spool.clone(), delivery, config.clone(), recovered, hooks);
         let shared = Arc::new(Shared {
-            config: config.clone(),
-            plugins,
+            current: RwLock::new(Arc::new(Generation { config: config.clone(), plugins })),
+            config_file,
+            resolver,
+            kv,
             certs,
             acceptor,
             auth_failures: Mutex::new(HashMap::new()),
@@ -85,7 +101,7 @@ impl Gateway {
             start_tag: mailgate_smtp::trace::now_unix() % 100_000,
         });
         if let Some(addr) = config.admin.listen {
-            crate::admin::start(addr).await?;
+            crate::admin::start(addr, shared.clone(), config.admin.token.clone()).await?;
         }
         let (stop, stop_rx) = watch::channel(false);
         let mut local_addrs = vec![];
@@ -102,6 +118,14 @@ impl Gateway {
         Ok(Gateway { shared, local_addrs, stop, spool, tasks })
     }
 
+    /// Loads the configuration file again with its plugins and certificate. Only when all of
+    /// it loads are new sessions (and the queue) switched to it; sessions in flight finish on
+    /// the generation they started with. Listeners, the spool and the resolver stay as they
+    /// are (changing them needs a restart).
+    pub async fn reload(&self) -> Result<String, String> {
+        self.shared.reload().await
+    }
+
     /// Stops accepting, lets sessions finish for up to `grace`, then syncs the spool.
     pub async fn shutdown(self, grace: std::time::Duration) {
         let _ = self.stop.send(true);
@@ -115,6 +139,53 @@ impl Gateway {
         self.spool.close();
         tracing::info!("gateway stopped");
     }
+}
+
+impl Shared {
+    /// The generation new sessions start with.
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.read().unwrap().clone()
+    }
+
+    /// See [`Gateway::reload`].
+    pub async fn reload(&self) -> Result<String, String> {
+        let result = self.reload_inner().await;
+        if let Err(e) = &result {
+            tracing::error!("reload failed, the running configuration stays: {e}");
+        }
+        result
+    }
+
+    async fn reload_inner(&self) -> Result<String, String> {
+        let shared = self;
+        let config = Arc::new(Config::load(shared.config_file.as_deref()).map_err(|e| e.to_string())?);
+        let plugins = load_plugins(&config, &shared.resolver, &shared.kv).await.map_err(|e| format!("{e:#}"))?;
+        if let Some(certs) = &shared.certs {
+            certs.reload(&config.tls)?;
+        }
+        let hooks = plugins.as_ref().map(|p| {
+            Arc::new(PluginHooks { chain: p.queue(), config: config.clone() }) as Arc<dyn mailgate_queue::Hooks>
+        });
+        shared.queue.reconfigure(config.clone(), hooks);
+        let names = plugins.as_ref().map(|p| p.describe()).unwrap_or_default();
+        *shared.current.write().unwrap() = Arc::new(Generation { config, plugins });
+        let summary = names.iter().map(|(n, h)| format!("{n}@{h}")).collect::<Vec<_>>().join(", ");
+        tracing::info!(plugins = %summary, "configuration reloaded");
+        Ok(format!("reloaded; plugins: {}", if summary.is_empty() { "none" } else { &summary }))
+    }
+}
+
+/// Compiles the plugins of a configuration (off the async threads: compiling is CPU work).
+async fn load_plugins(
+    config: &Arc<Config>,
+    resolver: &hickory_resolver::TokioResolver,
+    kv: &Arc<dyn KvStore>,
+) -> anyhow::Result<Option<Arc<Plugins>>> {
+    if config.plugins.is_empty() {
+        return Ok(None);
+    }
+    let (cfg, resolver, kv) = (config.clone(), resolver.clone(), kv.clone());
+    Ok(Some(tokio::task::spawn_blocking(move || Plugins::load(&cfg, Some(resolver), kv)).await??))
 }
 
 async fn accept_loop(listener: TcpListener, conf: Listener, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
@@ -170,7 +241,8 @@ impl Drop for Admitted {
 
 /// Applies the session limits; a refused client gets `421 4.7.0` and the connection closes.
 fn admit(shared: &Arc<Shared>, stream: &TcpStream, ip: IpAddr, listener: &Arc<str>) -> Option<Admitted> {
-    let limits = &shared.config.limits;
+    let generation = shared.current();
+    let limits = &generation.config.limits;
     let total = shared.sessions.fetch_add(1, Ordering::Relaxed) + 1;
     let per_ip = {
         let mut m = shared.per_ip.lock().unwrap();

@@ -13,7 +13,7 @@ pub use hooks::{parse_route, Chosen, Hooks};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use mailgate_config::{Config, Route};
@@ -47,7 +47,8 @@ pub struct Queue {
 struct Inner {
     spool: Arc<dyn Spool>,
     delivery: Arc<Delivery>,
-    config: Arc<Config>,
+    /// Routes, retry schedule and limits; replaced by a reload.
+    config: RwLock<Arc<Config>>,
     /// All deliveries in flight.
     global: Arc<Semaphore>,
     /// Deliveries in flight per destination.
@@ -55,7 +56,16 @@ struct Inner {
     /// Messages known to the queue (waiting or in flight), for status and tests.
     depth: std::sync::atomic::AtomicUsize,
     /// Plugins' on-route and on-delivery-result, when any are configured.
-    hooks: Option<Arc<dyn Hooks>>,
+    hooks: RwLock<Option<Arc<dyn Hooks>>>,
+}
+
+impl Inner {
+    fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap().clone()
+    }
+    fn hooks(&self) -> Option<Arc<dyn Hooks>> {
+        self.hooks.read().unwrap().clone()
+    }
 }
 
 impl Queue {
@@ -73,9 +83,9 @@ impl Queue {
             delivery,
             global: Arc::new(Semaphore::new(config.queue.max_concurrent)),
             per_dest: Mutex::new(HashMap::new()),
-            config,
+            config: RwLock::new(config),
             depth: Default::default(),
-            hooks,
+            hooks: RwLock::new(hooks),
         });
         let q = Queue { tx, inner };
         if !recovered.is_empty() {
@@ -96,6 +106,13 @@ impl Queue {
         }
         self.inner.depth.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _ = self.tx.send(Cmd::Enqueue(Entry { env, data }));
+    }
+
+    /// Switches to a reloaded configuration (routes, retries) and plugin hooks; deliveries in
+    /// flight finish on the old ones.
+    pub fn reconfigure(&self, config: Arc<Config>, hooks: Option<Arc<dyn Hooks>>) {
+        *self.inner.config.write().unwrap() = config;
+        *self.inner.hooks.write().unwrap() = hooks;
     }
 
     /// Messages waiting or in flight.
@@ -149,6 +166,7 @@ impl Queue {
     /// One attempt for every pending recipient of a message, then its next state.
     async fn attempt(&self, mut e: Entry) {
         let inner = &self.inner;
+        let (config, hooks) = (inner.config(), inner.hooks());
         let data = match e.data.take() {
             Some(d) => d,
             None => {
@@ -171,13 +189,13 @@ impl Queue {
         let pending: Vec<(usize, String)> = e.env.pending().map(|(i, r)| (i, r.address.clone())).collect();
         for (i, rcpt) in pending {
             let domain = rcpt.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
-            let chosen = match (&e.env.route, &inner.hooks) {
+            let chosen = match (&e.env.route, &hooks) {
                 (Some(text), _) => Some(text.clone()),
                 (None, Some(h)) => h.route(&e.env, &rcpt).await,
                 (None, None) => None,
             };
             let (route, domain) = match chosen.map(|t| parse_route(&t)) {
-                None => match inner.config.route_for(&domain) {
+                None => match config.route_for(&domain) {
                     Some(route) => (route.clone(), domain),
                     None => {
                         outcomes[i] =
@@ -251,7 +269,7 @@ impl Queue {
     ) -> Vec<RcptOutcome> {
         let sem = {
             let mut per_dest = self.inner.per_dest.lock().unwrap();
-            let n = self.inner.config.queue.max_per_destination;
+            let n = self.inner.config().queue.max_per_destination;
             per_dest.entry(dest).or_insert_with(|| Arc::new(Semaphore::new(n))).clone()
         };
         let _permit = sem.acquire_owned().await;
@@ -278,11 +296,12 @@ impl Queue {
     /// Applies the outcomes: logs them, bounces permanent failures, retries or finishes.
     async fn settle(&self, mut env: Envelope, outcomes: Vec<Option<RcptOutcome>>, data: &[u8]) {
         let inner = &self.inner;
+        let (config, hooks) = (inner.config(), inner.hooks());
         env.attempts += 1;
         let mut failed: Vec<usize> = vec![];
         for (i, o) in outcomes.into_iter().enumerate() {
             let Some(o) = o else { continue };
-            if let Some(h) = &inner.hooks {
+            if let Some(h) = &hooks {
                 h.delivery_result(&env, &env.recipients[i].address, &o).await;
             }
             let r = &mut env.recipients[i];
@@ -306,7 +325,7 @@ impl Queue {
             }
         }
         let age = now_ms().saturating_sub(env.received_at);
-        if !env.is_finished() && age >= inner.config.queue.max_age.as_millis() as u64 {
+        if !env.is_finished() && age >= config.queue.max_age.as_millis() as u64 {
             for (i, r) in env.recipients.iter_mut().enumerate() {
                 if r.status == RcptStatus::Pending {
                     r.status = RcptStatus::Failed;
@@ -329,7 +348,7 @@ impl Queue {
             tracing::info!(queue_id = %env.id, attempts = env.attempts, "message finished");
             return;
         }
-        let sched = &inner.config.queue.retry_schedule;
+        let sched = &config.queue.retry_schedule;
         let delay = sched[(env.attempts as usize - 1).min(sched.len() - 1)].into_inner();
         env.next_attempt = now_ms() + delay.as_millis() as u64;
         inner.spool.update(&env);
@@ -361,7 +380,7 @@ impl Queue {
             })
             .collect();
         let body = dsn::build(
-            &inner.config.server.hostname,
+            &inner.config().server.hostname,
             &env.id,
             &env.sender,
             env.received_at / 1000,

@@ -28,7 +28,7 @@ fn b64(s: &str) -> Option<Vec<u8>> {
 impl Session {
     /// Whether AUTH is offered now: over TLS, when a plugin checks credentials.
     pub(crate) fn auth_offered(&self) -> bool {
-        self.tls.is_some() && self.shared.plugins.as_ref().is_some_and(|p| p.has_stage(&self.pipeline, Stage::Auth))
+        self.tls.is_some() && self.plugins.as_ref().is_some_and(|p| p.has_stage(&self.pipeline, Stage::Auth))
     }
 
     /// Whether MAIL needs an authenticated session (submission listeners).
@@ -57,7 +57,7 @@ impl Session {
     /// Reads one SASL response line; `None` when it was malformed.
     async fn sasl_line(&mut self) -> std::io::Result<Option<String>> {
         self.lines.set_max_len(AUTH_LINE);
-        let limit = self.shared.config.timeouts.command;
+        let limit = self.config.timeouts.command;
         let res = loop {
             let (ev, used) = self.lines.next(&self.rbuf[self.rpos..]);
             match ev {
@@ -78,7 +78,7 @@ impl Session {
                 }
             }
         };
-        self.lines.set_max_len(self.shared.config.limits.command_line);
+        self.lines.set_max_len(self.config.limits.command_line);
         res
     }
 
@@ -113,7 +113,7 @@ impl Session {
         if self.tx.is_some() {
             return Ok(self.bad_command(codes::bad_sequence("AUTH not allowed during a mail transaction")));
         }
-        let limit = self.shared.config.limits.max_auth_failures;
+        let limit = self.config.limits.max_auth_failures;
         if self.failures() >= limit {
             self.reply(Reply::new(421, Enhanced(4, 7, 0), "Too many failed authentications, try again later"));
             return Ok(Next::Close);

@@ -41,7 +41,7 @@ impl Session {
 
     /// Starts a message: queue id, `Received:` first in the buffer.
     fn begin_content(&self, mode: Mode) -> Chunks {
-        let cfg = &self.shared.config;
+        let cfg = &self.config;
         let tx = self.tx.as_ref().expect("checked by content_refusal");
         let id = self.shared.spool.new_id();
         // RFC 3848 / RFC 6531 protocol names: S for TLS, A for an authenticated client.

@@ -22,9 +22,9 @@ impl Session {
         }
         self.tx = None;
         self.esmtp = esmtp;
-        let me = &self.shared.config.server.hostname;
+        let me = &self.config.server.hostname;
         let text = if esmtp {
-            let size = self.shared.config.limits.max_message_size;
+            let size = self.config.limits.max_message_size;
             let mut t = format!(
                 "{me} greets {host}\nPIPELINING\nSIZE {size}\n8BITMIME\nSMTPUTF8\nCHUNKING\nENHANCEDSTATUSCODES\nHELP"
             );

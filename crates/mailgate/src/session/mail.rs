@@ -31,7 +31,7 @@ impl Session {
             };
             return self.bad_command(r);
         }
-        let max = self.shared.config.limits.max_message_size;
+        let max = self.config.limits.max_message_size;
         if params.size.is_some_and(|s| s > max) {
             self.reply(Reply::new(552, Enhanced(5, 3, 4), format!("Message size exceeds the limit of {max} octets")));
             return Next::Continue;

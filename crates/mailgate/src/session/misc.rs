@@ -37,7 +37,7 @@ impl Session {
     }
 
     pub(crate) fn quit(&mut self) -> Next {
-        let me = self.shared.config.server.hostname.clone();
+        let me = self.config.server.hostname.clone();
         self.reply(Reply::new(221, Enhanced(2, 0, 0), format!("{me} closing connection")));
         Next::Close
     }

@@ -60,6 +60,10 @@ pub(crate) struct Session {
     /// The authenticated identity, once AUTH succeeded.
     pub auth_user: Option<String>,
     pub shared: Arc<Shared>,
+    /// The configuration generation this session started with (a reload does not change it).
+    pub config: Arc<mailgate_config::Config>,
+    /// That generation's plugins.
+    pub plugins: Option<Arc<mailgate_plugin_host::Plugins>>,
     /// Read but not yet consumed input.
     rbuf: Vec<u8>,
     /// Start of the unconsumed part of `rbuf`.
@@ -93,9 +97,11 @@ impl Session {
         shared: Arc<Shared>,
         stop: watch::Receiver<bool>,
     ) -> Session {
-        let trusted = shared.config.is_trusted(peer.ip());
-        let lines = LineReader::new(shared.config.limits.command_line);
-        let chain = shared.plugins.as_ref().map(|p| p.session(&sid, &pipeline));
+        let generation = shared.current();
+        let (config, plugins) = (generation.config.clone(), generation.plugins.clone());
+        let trusted = config.is_trusted(peer.ip());
+        let lines = LineReader::new(config.limits.command_line);
+        let chain = plugins.as_ref().map(|p| p.session(&sid, &pipeline));
         Session {
             sid,
             stream: Stream::Plain(stream),
@@ -108,6 +114,8 @@ impl Session {
             chain,
             listener,
             shared,
+            config,
+            plugins,
             rbuf: Vec::with_capacity(8192),
             rpos: 0,
             wbuf: Vec::with_capacity(1024),
@@ -129,7 +137,7 @@ impl Session {
     /// reading cannot hold the session (and its slot) forever.
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
-            let limit = self.shared.config.timeouts.command;
+            let limit = self.config.timeouts.command;
             match tokio::time::timeout(limit, self.stream.write_all(&self.wbuf)).await {
                 Ok(r) => r?,
                 Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "client does not read")),
@@ -177,7 +185,7 @@ impl Session {
                 return;
             }
         }
-        let greeting = Reply::plain(220, format!("{} ESMTP mailgate", self.shared.config.server.hostname));
+        let greeting = Reply::plain(220, format!("{} ESMTP mailgate", self.config.server.hostname));
         self.reply(greeting);
         match self.serve().await {
             Ok(()) => tracing::info!("disconnected"),
@@ -191,7 +199,7 @@ impl Session {
     }
 
     async fn serve(&mut self) -> std::io::Result<()> {
-        let cmd_timeout = self.shared.config.timeouts.command;
+        let cmd_timeout = self.config.timeouts.command;
         loop {
             // Answer every complete command already received (pipelining), then flush.
             loop {
@@ -238,7 +246,7 @@ impl Session {
     fn bad_command(&mut self, reply: Reply) -> Next {
         self.errors += 1;
         self.reply(reply);
-        if self.errors >= self.shared.config.limits.max_errors {
+        if self.errors >= self.config.limits.max_errors {
             self.reply(Reply::new(421, Enhanced(4, 7, 0), "Too many errors, closing connection"));
             return Next::Close;
         }
@@ -313,7 +321,7 @@ impl Session {
 
     /// Reads more input during DATA/BDAT content, with the data-block timeout.
     pub(crate) async fn fill_content(&mut self) -> std::io::Result<bool> {
-        let t = self.shared.config.timeouts.data_block;
+        let t = self.config.timeouts.data_block;
         self.fill(t).await
     }
 

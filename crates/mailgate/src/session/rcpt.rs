@@ -7,7 +7,7 @@ use super::{Next, Session};
 
 impl Session {
     pub(crate) async fn rcpt(&mut self, to: Address) -> Next {
-        let max = self.shared.config.limits.max_recipients;
+        let max = self.config.limits.max_recipients;
         let Some(tx) = self.tx.as_mut() else {
             return self.bad_command(codes::bad_sequence("Need MAIL before RCPT"));
         };
@@ -21,7 +21,7 @@ impl Session {
         // No open relay: our domains from anyone, other domains only from trusted or
         // authenticated clients.
         let may_relay = self.trusted || self.auth_user.is_some();
-        if !may_relay && !self.shared.config.accepts_domain(to.domain()) {
+        if !may_relay && !self.config.accepts_domain(to.domain()) {
             tracing::info!(rcpt = %to, "relaying denied");
             metrics::counter!("mailgate_recipients_total", "class" => "5xx").increment(1);
             self.reply(Reply::new(550, Enhanced(5, 7, 1), "Relaying denied"));
@@ -37,7 +37,7 @@ impl Session {
             return Next::Continue;
         }
         // One message, one pipeline: the first accepted recipient's domain picks it.
-        let want = self.shared.config.pipeline_for_domain(to.domain()).unwrap_or(&self.pipeline).to_string();
+        let want = self.config.pipeline_for_domain(to.domain()).unwrap_or(&self.pipeline).to_string();
         if self.tx.as_ref().and_then(|t| t.pipeline.as_ref()).is_some_and(|p| *p != want) {
             self.reply(Reply::new(
                 452,

@@ -10,7 +10,7 @@ impl Session {
     pub(crate) async fn handshake(&mut self) -> std::io::Result<()> {
         let acceptor =
             self.shared.acceptor.clone().ok_or_else(|| std::io::Error::other("no TLS certificate configured"))?;
-        let (version, cipher) = self.stream.upgrade(&acceptor, self.shared.config.tls.handshake_timeout).await?;
+        let (version, cipher) = self.stream.upgrade(&acceptor, self.config.tls.handshake_timeout).await?;
         tracing::info!(%version, %cipher, "TLS established");
         self.tls = Some((version, cipher));
         Ok(())

@@ -1,0 +1,111 @@
+//! Hot reload: `mailgate reload` and SIGHUP swap config and plugins for new sessions while a
+//! bounded stream of sessions keeps sending; a broken new config leaves the old one running.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailgate_tests::clients::Raw;
+use mailgate_tests::free_port;
+use mailgate_tests::gateway::{binary, Gateway};
+use mailgate_tests::sink::Sink;
+
+const T: Duration = Duration::from_secs(30);
+
+fn send(port: u16, rcpt: &str) -> Result<(), String> {
+    let mut c = Raw::connect(port);
+    for (cmd, want) in [
+        ("EHLO client.test", "250"),
+        ("MAIL FROM:<a@sender.test>", "250"),
+        (&format!("RCPT TO:<{rcpt}>"), "250"),
+        ("DATA", "354"),
+    ] {
+        let r = c.cmd(cmd);
+        if !r.starts_with(want) {
+            return Err(format!("{cmd}: {r}"));
+        }
+    }
+    let r = c.cmd("Subject: reload\r\n\r\nx\r\n.");
+    if !r.starts_with("250") {
+        return Err(format!("end of data: {r}"));
+    }
+    c.cmd("QUIT");
+    Ok(())
+}
+
+fn header_of(sink: &Sink, rcpt: &str) -> String {
+    let m = sink.wait_for_rcpt(rcpt, T);
+    m.text().lines().find(|l| l.starts_with("X-Generation:")).unwrap_or("none").to_string()
+}
+
+#[test]
+fn reload_under_load_with_a_changed_plugin_and_a_broken_config() {
+    let sink = Sink::start();
+    let admin = free_port();
+    let plugin = |v: &str| {
+        Gateway::plugin(
+            "add-header",
+            "stamp",
+            "stages = [\"data\"]",
+            &format!("name = \"X-Generation\"\nvalue = \"{v}\""),
+        )
+    };
+    let mut gw = Gateway::with_sink(sink.port(), &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n{}", plugin("v1")));
+    // A bounded stream of sessions, before, during and after the reload.
+    let port = gw.port;
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let load = std::thread::spawn(move || {
+        let mut results = vec![];
+        for i in 0..400 {
+            if s2.load(Ordering::Relaxed) && i >= 20 {
+                break;
+            }
+            results.push(send(port, &format!("load{i}@remote.test")));
+        }
+        results
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let cfg = gw.edit_config(|c| c.replace("value = \"v1\"", "value = \"v2\""));
+    let out = Command::new(binary()).args(["reload", "--config"]).arg(&cfg).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reloaded; plugins: stamp@"));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let results = load.join().unwrap();
+    assert!(
+        results.iter().all(|r| r.is_ok()),
+        "no session failed during the reload: {:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    let n = results.len();
+    assert_eq!(header_of(&sink, "load0@remote.test"), "X-Generation: v1");
+    assert_eq!(header_of(&sink, &format!("load{}@remote.test", n - 1)), "X-Generation: v2");
+    sink.wait_for(n, T);
+
+    // A broken config: the reload says why and the running one stays.
+    let cfg = gw.edit_config(|c| c.replace("add-header.wasm", "missing-plugin.wasm"));
+    let out = Command::new(binary()).args(["reload", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing-plugin.wasm: no such file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    send(gw.port, "after-broken@remote.test").unwrap();
+    assert_eq!(header_of(&sink, "after-broken@remote.test"), "X-Generation: v2");
+
+    // SIGHUP reloads too.
+    gw.edit_config(|c| c.replace("missing-plugin.wasm", "add-header.wasm").replace("value = \"v2\"", "value = \"v3\""));
+    gw.signal(libc::SIGHUP);
+    assert!(gw.wait_log("plugins=stamp@", T));
+    let mut tries = 0;
+    mailgate_tests::wait_for(T, || {
+        tries += 1;
+        let r = format!("hup{tries}@remote.test");
+        send(gw.port, &r).ok()?;
+        (header_of(&sink, &r) == "X-Generation: v3").then_some(())
+    })
+    .expect("SIGHUP applied");
+}
