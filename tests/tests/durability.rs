@@ -71,3 +71,31 @@ fn restart_with_a_non_empty_queue() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(sink.received().len(), 1);
 }
+
+#[test]
+fn sigterm_lets_a_transaction_finish_then_stops_and_keeps_the_queue() {
+    let sink_port = free_port();
+    let mut gw = Gateway::with_sink(sink_port, "[queue]\nretry_schedule = [\"1s\"]\n");
+    let mut c = Raw::connect(gw.port);
+    c.cmd("EHLO client.test");
+    assert!(c.cmd("MAIL FROM:<a@sender.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<late@remote.test>").starts_with("250"));
+    gw.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    // The transaction in flight completes; then the session is told to go.
+    assert!(c.cmd("DATA").starts_with("354"));
+    assert!(c.cmd("Subject: during shutdown\r\n\r\nbody\r\n.").starts_with("250 2.0.0 Ok: queued as"));
+    assert!(c.cmd("NOOP").starts_with("421 4.3.2"));
+    // No new sessions are accepted.
+    assert!(mailgate_tests::wait_for(T, || std::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .is_err()
+        .then_some(()))
+    .is_some());
+    assert!(gw.wait_log("gateway stopped", T), "{}", gw.log());
+    gw.stop();
+    // The message stayed in the spool (the next hop was down) and goes out after a restart.
+    let sink = Sink::start_on(sink_port, false);
+    gw.start_again();
+    let m = sink.wait_for_rcpt("late@remote.test", T);
+    assert!(m.text().contains("Subject: during shutdown"));
+}

@@ -71,3 +71,24 @@ fn metrics_are_scraped_and_move_with_traffic() {
     assert!(sum(&after, "mailgate_plugin_call_seconds_bucket", "stage=\"rcpt\"") > 0.0);
     assert!(after.contains_key("mailgate_sessions_open"));
 }
+
+#[test]
+fn json_logs_have_one_line_per_transaction_with_its_outcome() {
+    let sink = Sink::start();
+    let gw = Gateway::with_sink(sink.port(), "[log]\nformat = \"json\"\nlevel = \"info\"\n");
+    assert!(swaks(gw.port, &["--to", "j@remote.test", "--from", "a@sender.test"]).status.success());
+    sink.wait_for(1, Duration::from_secs(20));
+    assert!(gw.wait_log("message finished", Duration::from_secs(10)));
+    let lines: Vec<serde_json::Value> = gw
+        .log()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let accepted: Vec<_> = lines.iter().filter(|v| v["fields"]["message"] == "message accepted").collect();
+    assert_eq!(accepted.len(), 1, "{lines:?}");
+    let a = accepted[0];
+    assert!(a["fields"]["queue_id"].as_str().is_some_and(|s| s.len() == 16));
+    assert_eq!(a["fields"]["from"], "a@sender.test");
+    assert!(a["span"]["sid"].as_str().is_some(), "the session id names the line: {a}");
+}

@@ -59,13 +59,21 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, shared: Arc<
                     })
                 }),
             };
+            let request = String::from_utf8_lossy(line).into_owned();
+            let mut parts = request.split(' ');
+            let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let public = matches!(target, "/metrics" | "/healthz");
             let (status, ctype, body) = match line {
-                b"POST /reload HTTP/1.1" | b"POST /reload HTTP/1.0" if !authorized => {
+                _ if !public && !authorized => {
                     ("401 Unauthorized", "text/plain", "bearer token required\n".to_string())
                 }
                 b"POST /reload HTTP/1.1" | b"POST /reload HTTP/1.0" => match shared.reload().await {
                     Ok(msg) => ("200 OK", "text/plain", format!("{msg}\n")),
                     Err(e) => ("500 Internal Server Error", "text/plain", format!("reload failed: {e}\n")),
+                },
+                _ if target.starts_with("/queue") || target == "/status" => match api(&shared, method, target).await {
+                    Ok(json) => ("200 OK", "application/json", json),
+                    Err((code, msg)) => (code, "text/plain", format!("{msg}\n")),
                 },
                 b"GET /metrics HTTP/1.1" | b"GET /metrics HTTP/1.0" => {
                     ("200 OK", "text/plain; version=0.0.4", handle.render())
@@ -91,4 +99,82 @@ pub async fn start(addr: SocketAddr, shared: Arc<Shared>, token: Option<String>)
     tracing::info!(%bound, "admin endpoint: /metrics, /healthz, /reload");
     tokio::spawn(serve(listener, handle, shared, token));
     Ok(Some(bound))
+}
+
+/// The queue and status API (JSON). Errors carry the HTTP status they become.
+async fn api(shared: &Arc<Shared>, method: &str, target: &str) -> Result<String, (&'static str, String)> {
+    use mailgate_queue::AdminOp;
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let param = |k: &str| query.split('&').find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')).map(str::to_string);
+    let item = |env: &mailgate_spool::Envelope, state: mailgate_queue::State| {
+        let mut v = serde_json::to_value(env).unwrap_or_default();
+        v["state"] = state.name().into();
+        v
+    };
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let queue = &shared.queue;
+    let op_result = |r: Result<String, String>| match r {
+        Ok(m) => Ok(serde_json::json!({ "ok": true, "message": m }).to_string()),
+        Err(e) if e.starts_with("no message") => Err(("404 Not Found", e)),
+        Err(e) => Err(("409 Conflict", e)),
+    };
+    match (method, segs.as_slice()) {
+        ("GET", ["status"]) => {
+            let generation = shared.current();
+            let mut counts = std::collections::BTreeMap::new();
+            for (_, s) in queue.list() {
+                *counts.entry(s.name()).or_insert(0u64) += 1;
+            }
+            let plugins: Vec<_> = generation
+                .plugins
+                .as_ref()
+                .map(|p| p.describe())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(n, h)| serde_json::json!({ "name": n, "fingerprint": h }))
+                .collect();
+            let listeners: Vec<_> = generation
+                .config
+                .listeners
+                .iter()
+                .map(|l| serde_json::json!({ "name": l.name, "address": l.address.to_string(), "role": format!("{:?}", l.role).to_lowercase(), "pipeline": l.pipeline }))
+                .collect();
+            Ok(serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "listeners": listeners, "plugins": plugins, "queue": counts }).to_string())
+        }
+        ("GET", ["queue"]) => {
+            let (domain, state) = (param("domain").map(|d| d.to_ascii_lowercase()), param("state"));
+            let items: Vec<_> = queue
+                .list()
+                .into_iter()
+                .filter(|(_, s)| state.as_deref().is_none_or(|st| st == s.name()))
+                .filter(|(e, _)| {
+                    domain.as_deref().is_none_or(|d| {
+                        e.recipients.iter().any(|r| r.address.to_ascii_lowercase().ends_with(&format!("@{d}")))
+                    })
+                })
+                .map(|(e, s)| item(&e, s))
+                .collect();
+            Ok(serde_json::Value::Array(items).to_string())
+        }
+        ("POST", ["queue", "retry-all"]) => op_result(queue.admin(AdminOp::Retry(None)).await),
+        ("GET", ["queue", id]) => queue
+            .list()
+            .into_iter()
+            .find(|(e, _)| e.id == *id)
+            .map(|(e, s)| item(&e, s).to_string())
+            .ok_or(("404 Not Found", format!("no message {id} in the queue"))),
+        ("POST", ["queue", id, action]) => {
+            let id = id.to_string();
+            let op = match *action {
+                "retry" => AdminOp::Retry(Some(id)),
+                "remove" => AdminOp::Remove(id),
+                "bounce" => AdminOp::Bounce(id),
+                "hold" => AdminOp::Hold(id),
+                "release" => AdminOp::Release(id),
+                _ => return Err(("404 Not Found", format!("unknown action {action}"))),
+            };
+            op_result(queue.admin(op).await)
+        }
+        _ => Err(("404 Not Found", format!("no such endpoint: {method} {path}"))),
+    }
 }

@@ -27,6 +27,23 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// The queue of the running gateway (through its admin endpoint).
+    Queue {
+        #[command(subcommand)]
+        cmd: QueueCmd,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Listeners, plugins (with fingerprints) and a queue summary of the running gateway.
+    Status {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the running gateway (its admin endpoint, from the same config) to reload.
     Reload {
         #[arg(long, short)]
@@ -38,6 +55,41 @@ enum Cmd {
     Plugin {
         #[command(subcommand)]
         cmd: PluginCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCmd {
+    /// Queued messages.
+    List {
+        #[arg(long)]
+        domain: Option<String>,
+        /// active, deferred or held.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+    /// Try now.
+    Retry {
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Drop without a DSN.
+    Remove {
+        id: String,
+    },
+    /// Fail the pending recipients now, with a DSN to the sender.
+    Bounce {
+        id: String,
+    },
+    Hold {
+        id: String,
+    },
+    Release {
+        id: String,
     },
 }
 
@@ -79,9 +131,61 @@ fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// `POST /reload` to the admin endpoint named by the config file (read leniently: the new
-/// file may be the broken one, and the gateway is the one to say so).
-fn reload(file: Option<&std::path::Path>) -> Result<String, String> {
+/// Prints an admin API answer: JSON as is with `--json`, otherwise a short human form.
+fn print_result(r: Result<String, String>, json: bool, list: bool) -> ExitCode {
+    match r {
+        Ok(body) if json || !list => {
+            match serde_json::from_str::<serde_json::Value>(&body) {
+                Ok(v) if !json && v.get("message").is_some() => println!("{}", v["message"].as_str().unwrap_or("")),
+                Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or(body)),
+                Err(_) => println!("{body}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(body) => {
+            let items: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+            for m in &items {
+                let rcpts: Vec<String> = m["recipients"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|r| {
+                                format!(
+                                    "{} ({})",
+                                    r["address"].as_str().unwrap_or(""),
+                                    r["status"].as_str().unwrap_or("")
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let last = m["recipients"]
+                    .as_array()
+                    .and_then(|a| a.iter().find_map(|r| r["last_reply"].as_str()))
+                    .unwrap_or("");
+                println!(
+                    "{}  {:<8}  attempts {:<3}  <{}> -> {}  {}",
+                    m["id"].as_str().unwrap_or(""),
+                    m["state"].as_str().unwrap_or(""),
+                    m["attempts"],
+                    m["sender"].as_str().unwrap_or(""),
+                    rcpts.join(", "),
+                    last
+                );
+            }
+            println!("{} message(s)", items.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mailgate: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A request to the admin endpoint named by the config file (read leniently: for a reload
+/// the new file may be the broken one, and the gateway is the one to say so).
+fn admin_request(file: Option<&std::path::Path>, method: &str, path: &str) -> Result<String, String> {
     use std::io::{Read, Write};
     let text = match file {
         Some(f) => std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?,
@@ -96,7 +200,8 @@ fn reload(file: Option<&std::path::Path>) -> Result<String, String> {
     let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(120))).ok();
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "POST /reload HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\r\n").map_err(|e| e.to_string())?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
     let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
@@ -155,7 +260,34 @@ pub fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Cmd::Reload { config } => match reload(config.as_deref()) {
+        Cmd::Queue { cmd, config, json } => {
+            let (method, path) = match &cmd {
+                QueueCmd::List { domain, state } => {
+                    let mut q = vec![];
+                    if let Some(d) = domain {
+                        q.push(format!("domain={d}"));
+                    }
+                    if let Some(s) = state {
+                        q.push(format!("state={s}"));
+                    }
+                    ("GET", format!("/queue?{}", q.join("&")))
+                }
+                QueueCmd::Show { id } => ("GET", format!("/queue/{id}")),
+                QueueCmd::Retry { all: true, .. } => ("POST", "/queue/retry-all".to_string()),
+                QueueCmd::Retry { id: Some(id), .. } => ("POST", format!("/queue/{id}/retry")),
+                QueueCmd::Retry { .. } => {
+                    eprintln!("queue retry: give an ID or --all");
+                    return ExitCode::from(2);
+                }
+                QueueCmd::Remove { id } => ("POST", format!("/queue/{id}/remove")),
+                QueueCmd::Bounce { id } => ("POST", format!("/queue/{id}/bounce")),
+                QueueCmd::Hold { id } => ("POST", format!("/queue/{id}/hold")),
+                QueueCmd::Release { id } => ("POST", format!("/queue/{id}/release")),
+            };
+            print_result(admin_request(config.as_deref(), method, &path), json, matches!(cmd, QueueCmd::List { .. }))
+        }
+        Cmd::Status { config, json } => print_result(admin_request(config.as_deref(), "GET", "/status"), json, false),
+        Cmd::Reload { config } => match admin_request(config.as_deref(), "POST", "/reload") {
             Ok(msg) => {
                 println!("{msg}");
                 ExitCode::SUCCESS

@@ -6,6 +6,7 @@
 //! DSNs to the sender for permanent failures. It must not know SMTP sessions or the wire
 //! format: it gets stored envelopes in and hands attempts to `mailgate-delivery`.
 
+mod admin;
 pub mod dsn;
 mod hooks;
 
@@ -35,6 +36,42 @@ struct Entry {
 
 enum Cmd {
     Enqueue(Entry),
+    /// An operator's request, answered with a message or an error.
+    Admin(AdminOp, tokio::sync::oneshot::Sender<Result<String, String>>),
+}
+
+/// What an operator can do to a queued message.
+#[derive(Debug, Clone)]
+pub enum AdminOp {
+    /// Try now (`None`: every deferred message).
+    Retry(Option<QueueId>),
+    /// Drop it without a DSN.
+    Remove(QueueId),
+    /// Fail its pending recipients now, with a DSN to the sender.
+    Bounce(QueueId),
+    /// Keep it, don't try it, until released.
+    Hold(QueueId),
+    Release(QueueId),
+}
+
+/// Where a queued message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Being delivered now.
+    Active,
+    /// Waiting for its next attempt.
+    Deferred,
+    Held,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Deferred => "deferred",
+            State::Held => "held",
+        }
+    }
 }
 
 /// Handle to the queue; cheap to clone.
@@ -57,6 +94,8 @@ struct Inner {
     depth: std::sync::atomic::AtomicUsize,
     /// Plugins' on-route and on-delivery-result, when any are configured.
     hooks: RwLock<Option<Arc<dyn Hooks>>>,
+    /// Every queued message's latest envelope and state, for the admin API.
+    view: Mutex<BTreeMap<QueueId, (Envelope, State)>>,
 }
 
 impl Inner {
@@ -86,6 +125,7 @@ impl Queue {
             config: RwLock::new(config),
             depth: Default::default(),
             hooks: RwLock::new(hooks),
+            view: Mutex::new(BTreeMap::new()),
         });
         let q = Queue { tx, inner };
         if !recovered.is_empty() {
@@ -115,6 +155,22 @@ impl Queue {
         *self.inner.hooks.write().unwrap() = hooks;
     }
 
+    /// An operator's request (see [`AdminOp`]).
+    pub async fn admin(&self, op: AdminOp) -> Result<String, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx.send(Cmd::Admin(op, tx)).map_err(|_| "queue stopped".to_string())?;
+        rx.await.map_err(|_| "queue stopped".to_string())?
+    }
+
+    /// Every queued message with its state, in queue-id order.
+    pub fn list(&self) -> Vec<(Envelope, State)> {
+        self.inner.view.lock().unwrap().values().cloned().collect()
+    }
+
+    fn set_view(&self, env: &Envelope, state: State) {
+        self.inner.view.lock().unwrap().insert(env.id.clone(), (env.clone(), state));
+    }
+
     /// Messages waiting or in flight.
     pub fn depth(&self) -> usize {
         self.inner.depth.load(std::sync::atomic::Ordering::Relaxed)
@@ -123,6 +179,7 @@ impl Queue {
     async fn schedule(self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
         let mut heap: BinaryHeap<Reverse<(u64, QueueId)>> = BinaryHeap::new();
         let mut waiting: HashMap<QueueId, Entry> = HashMap::new();
+        let mut held: HashMap<QueueId, Entry> = HashMap::new();
         loop {
             let now = now_ms();
             while let Some(Reverse((at, _))) = heap.peek() {
@@ -142,11 +199,22 @@ impl Queue {
                 },
                 None => rx.recv().await,
             };
-            let Some(Cmd::Enqueue(e)) = cmd else { return };
+            let e = match cmd {
+                None => return,
+                Some(Cmd::Admin(op, reply)) => {
+                    let _ = reply.send(self.admin_op(op, &mut waiting, &mut held));
+                    continue;
+                }
+                Some(Cmd::Enqueue(e)) => e,
+            };
             metrics::gauge!("mailgate_queue_depth", "state" => "deferred").set(waiting.len() as f64);
-            if e.env.next_attempt <= now_ms() {
+            if e.env.held {
+                self.set_view(&e.env, State::Held);
+                held.insert(e.env.id.clone(), e);
+            } else if e.env.next_attempt <= now_ms() {
                 self.dispatch(e);
             } else {
+                self.set_view(&e.env, State::Deferred);
                 heap.push(Reverse((e.env.next_attempt, e.env.id.clone())));
                 waiting.insert(e.env.id.clone(), e);
             }
@@ -154,6 +222,7 @@ impl Queue {
     }
 
     fn dispatch(&self, e: Entry) {
+        self.set_view(&e.env, State::Active);
         let q = self.clone();
         tokio::spawn(async move {
             let Ok(_permit) = q.inner.global.clone().acquire_owned().await else { return };
@@ -343,8 +412,7 @@ impl Queue {
             }
         }
         if env.is_finished() {
-            inner.spool.complete(&env.id);
-            inner.depth.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.forget(&env.id);
             tracing::info!(queue_id = %env.id, attempts = env.attempts, "message finished");
             return;
         }
@@ -406,6 +474,7 @@ impl Queue {
             route: None,
             quarantine: None,
             requiretls: false,
+            held: false,
         };
         match inner.spool.store(&dsn_env, &body).await {
             Ok(()) => {

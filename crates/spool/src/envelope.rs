@@ -61,6 +61,9 @@ pub struct Envelope {
     /// in the outbound TLS issue; stored and shown for now).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub requiretls: bool,
+    /// Held by an operator: kept, not tried, until released.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 impl Envelope {

@@ -22,6 +22,7 @@ fn env(spool: &LocalSpool, rcpts: &[&str]) -> Envelope {
         route: None,
         quarantine: None,
         requiretls: false,
+        held: false,
     }
 }
 

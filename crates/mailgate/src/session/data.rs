@@ -191,6 +191,7 @@ impl Session {
             route: None,
             quarantine: None,
             requiretls: tx.params.requiretls,
+            held: false,
         };
         let mut data = c.buf;
         if self.chain.is_some() {

@@ -232,7 +232,7 @@ impl Session {
                 }
             }
             self.flush().await?;
-            if *self.stop.borrow() {
+            if *self.stop.borrow() && self.tx.is_none() {
                 self.reply(codes::shutting_down());
                 self.flush().await?;
                 return Ok(());

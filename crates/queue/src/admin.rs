@@ -1,0 +1,109 @@
+//! Operator requests on queued messages, run by the scheduler (which owns the waiting and
+//! held messages, so a request never races a delivery).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mailgate_spool::{QueueId, RcptStatus};
+
+use crate::{AdminOp, Entry, Queue, State};
+
+impl Queue {
+    pub(crate) fn admin_op(
+        &self,
+        op: AdminOp,
+        waiting: &mut HashMap<QueueId, Entry>,
+        held: &mut HashMap<QueueId, Entry>,
+    ) -> Result<String, String> {
+        let busy = |id: &QueueId| -> String {
+            match self.inner.view.lock().unwrap().get(id) {
+                Some((_, State::Active)) => format!("{id} is being delivered right now; try again in a moment"),
+                Some((_, State::Held)) => format!("{id} is held; release it first"),
+                _ => format!("no message {id} in the queue"),
+            }
+        };
+        match op {
+            AdminOp::Retry(Some(id)) => {
+                let mut e = waiting.remove(&id).ok_or_else(|| busy(&id))?;
+                e.env.next_attempt = 0;
+                self.dispatch(e);
+                Ok(format!("{id}: retrying now"))
+            }
+            AdminOp::Retry(None) => {
+                let n = waiting.len();
+                for (_, mut e) in waiting.drain() {
+                    e.env.next_attempt = 0;
+                    self.dispatch(e);
+                }
+                Ok(format!("retrying {n} deferred messages now"))
+            }
+            AdminOp::Remove(id) => {
+                waiting.remove(&id).or_else(|| held.remove(&id)).ok_or_else(|| busy(&id))?;
+                self.forget(&id);
+                tracing::info!(queue_id = %id, "removed by the administrator (no DSN)");
+                Ok(format!("{id}: removed"))
+            }
+            AdminOp::Bounce(id) => {
+                let e = waiting.remove(&id).or_else(|| held.remove(&id)).ok_or_else(|| busy(&id))?;
+                let q = self.clone();
+                tokio::spawn(async move { q.bounce_now(e).await });
+                Ok(format!("{id}: returned to the sender"))
+            }
+            AdminOp::Hold(id) => {
+                let mut e = waiting.remove(&id).ok_or_else(|| busy(&id))?;
+                e.env.held = true;
+                self.inner.spool.update(&e.env);
+                self.set_view(&e.env, State::Held);
+                held.insert(id.clone(), e);
+                Ok(format!("{id}: held"))
+            }
+            AdminOp::Release(id) => {
+                let mut e = held.remove(&id).ok_or_else(|| format!("{id} is not held"))?;
+                e.env.held = false;
+                e.env.next_attempt = 0;
+                self.inner.spool.update(&e.env);
+                self.dispatch(e);
+                Ok(format!("{id}: released"))
+            }
+        }
+    }
+
+    /// The message is done with: out of the spool, the view and the depth.
+    pub(crate) fn forget(&self, id: &QueueId) {
+        self.inner.view.lock().unwrap().remove(id);
+        self.inner.spool.complete(id);
+        self.inner.depth.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Fails every pending recipient now and sends the DSN.
+    async fn bounce_now(&self, e: Entry) {
+        let mut env = e.env;
+        let data = match e.data {
+            Some(d) => d,
+            None => {
+                let (spool, id) = (self.inner.spool.clone(), env.id.clone());
+                match tokio::task::spawn_blocking(move || spool.read(&id)).await {
+                    Ok(Ok(d)) => Arc::new(d),
+                    _ => Arc::new(Vec::new()),
+                }
+            }
+        };
+        let mut failed = vec![];
+        for (i, r) in env.recipients.iter_mut().enumerate() {
+            if r.status == RcptStatus::Pending {
+                r.status = RcptStatus::Failed;
+                r.last_reply = Some("550 5.0.0 returned to the sender by the administrator".into());
+                failed.push(i);
+            }
+        }
+        if self.bounce(&env, &failed, &data).await {
+            tracing::info!(queue_id = %env.id, "bounced by the administrator");
+            self.forget(&env.id);
+        } else {
+            for &i in &failed {
+                env.recipients[i].status = RcptStatus::Pending;
+            }
+            self.requeue(env);
+        }
+    }
+}
