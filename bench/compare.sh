@@ -29,6 +29,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
+wait_port() { # port, log file to show on failure
+    for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done
+    [ -n "${2:-}" ] && cat "$2" >&2
+    echo "nothing listens on port $1" >&2; exit 1
+}
+
 count_for() { case $1 in 1024) echo 30000 ;; 10240) echo 15000 ;; *) echo 3000 ;; esac; }
 
 echo "building (release)…" >&2
@@ -91,8 +97,7 @@ start_mailgate() { # $1 = plugins
     mailgate_config "$1" > "$work/mailgate.toml"
     "$MG" serve --config "$work/mailgate.toml" 2>"$work/mailgate.log" &
     mg_pid=$!
-    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$MG_PORT) 2>/dev/null && return 0; sleep 0.1; done
-    cat "$work/mailgate.log" >&2; exit 1
+    wait_port "$MG_PORT" "$work/mailgate.log"
 }
 stop_mailgate() { kill "$mg_pid"; wait "$mg_pid" 2>/dev/null || true; mg_pid=""; }
 
@@ -111,8 +116,7 @@ setup_postfix() {
     echo "127.0.0.1:$PF_PORT inet n - y - - smtpd" >> /etc/postfix/master.cf
     postsuper -d ALL >/dev/null 2>&1 || true
     postfix start >/dev/null 2>&1
-    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PF_PORT) 2>/dev/null && return 0; sleep 0.1; done
-    echo "postfix did not start" >&2; exit 1
+    wait_port "$PF_PORT"
 }
 
 setup_haraka() {
@@ -135,8 +139,7 @@ JSON
     echo "LOGWARN" > "$c/loglevel"
     NODE_CLUSTER_SCHED_POLICY=none "$dir/node_modules/.bin/haraka" -c "$work/haraka" >"$work/haraka.log" 2>&1 &
     hk_pid=$!
-    for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$HK_PORT) 2>/dev/null && return 0; sleep 0.1; done
-    cat "$work/haraka.log" >&2; exit 1
+    wait_port "$HK_PORT" "$work/haraka.log"
 }
 
 run() { # label size target-args…

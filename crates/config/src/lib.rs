@@ -462,17 +462,7 @@ impl Config {
 
     /// The route for a recipient domain: exact match, then each parent domain, then `"*"`.
     pub fn route_for(&self, domain: &str) -> Option<&Route> {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        let mut d = domain.as_str();
-        loop {
-            if let Some(r) = self.routes.get(d) {
-                return Some(r);
-            }
-            match d.split_once('.') {
-                Some((_, parent)) => d = parent,
-                None => return self.routes.get("*"),
-            }
-        }
+        by_domain(&self.routes, domain).or_else(|| self.routes.get("*"))
     }
 
     /// The plugin names of a pipeline, in order.
@@ -485,14 +475,7 @@ impl Config {
 
     /// The pipeline a recipient domain selects (exact, then parent domains), if any.
     pub fn pipeline_for_domain(&self, domain: &str) -> Option<&str> {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        let mut d = domain.as_str();
-        loop {
-            if let Some(p) = self.domain_pipelines.get(d) {
-                return Some(p);
-            }
-            d = d.split_once('.')?.1;
-        }
+        by_domain(&self.domain_pipelines, domain).map(String::as_str)
     }
 
     /// Whether mail for `domain` is taken from any client.
@@ -511,6 +494,18 @@ impl Config {
 
     pub fn helo_name(&self) -> &str {
         self.delivery.helo_name.as_deref().unwrap_or(&self.server.hostname)
+    }
+}
+
+/// Looks a domain up in a per-domain table: exact match, then each parent domain.
+fn by_domain<'a, T>(table: &'a BTreeMap<String, T>, domain: &str) -> Option<&'a T> {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let mut d = domain.as_str();
+    loop {
+        if let Some(v) = table.get(d) {
+            return Some(v);
+        }
+        d = d.split_once('.')?.1;
     }
 }
 
