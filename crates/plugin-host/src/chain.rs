@@ -228,10 +228,21 @@ impl Chain {
                 table: ResourceTable::new(),
                 limits: StoreLimitsBuilder::new().memory_size(lp.meta.memory_limit).trap_on_grow_failure(false).build(),
                 sid: self.sid.clone(),
+                host_wait: std::time::Duration::ZERO,
             };
             let mut store = Store::new(&self.plugins.engine.engine, state);
             store.limiter(|s| &mut s.limits);
-            store.epoch_deadline_trap();
+            // At the deadline: time spent waiting on the host (DNS) is given back; otherwise the
+            // plugin has used its CPU budget and is interrupted.
+            store.epoch_deadline_callback(|mut ctx| {
+                let waited = std::mem::take(&mut ctx.data_mut().host_wait);
+                let credit = waited.as_nanos().div_ceil(crate::engine::TICK.as_nanos()) as u64;
+                if credit > 0 {
+                    Ok(wasmtime::UpdateDeadline::Continue(credit))
+                } else {
+                    Err(wasmtime::Trap::Interrupt.into())
+                }
+            });
             store.set_epoch_deadline(lp.meta.budget_ticks);
             let filter =
                 lp.pre.instantiate_async(&mut store).await.map_err(|e| format!("instantiate: {}", describe(e)))?;
@@ -244,6 +255,7 @@ impl Chain {
             self.slots[i] = Some(Slot { store, filter });
         }
         let slot = self.slots[i].as_mut().expect("just filled");
+        slot.store.data_mut().host_wait = std::time::Duration::ZERO;
         slot.store.set_epoch_deadline(self.plugins.loaded[i].meta.budget_ticks);
         Ok(slot)
     }

@@ -65,6 +65,9 @@ pub struct HostState {
     pub limits: StoreLimits,
     /// Session id (or "queue"), for the plugin's log lines.
     pub sid: Arc<str>,
+    /// Time spent waiting in async host calls (DNS) since the last deadline check: the CPU
+    /// budget is counted in wall-clock epochs, so waiting must not use it up.
+    pub host_wait: Duration,
 }
 
 /// A message as plugins see it: the raw bytes, parsed once on first use with mail-parser and
@@ -232,10 +235,20 @@ fn texts(l: &hickory_resolver::lookup::Lookup, f: impl Fn(&RData) -> Option<Stri
     l.answers().iter().filter_map(|r| f(&r.data)).collect()
 }
 
+impl HostState {
+    /// Runs an async host operation, crediting its wait time back to the plugin's budget.
+    async fn waited<F: std::future::Future>(&mut self, f: F) -> F::Output {
+        let started = std::time::Instant::now();
+        let out = f.await;
+        self.host_wait += started.elapsed();
+        out
+    }
+}
+
 impl dns::Host for HostState {
     async fn txt(&mut self, name: String) -> Result<Vec<String>, dns::DnsError> {
         let r = self.resolver()?;
-        let l = r.txt_lookup(fqdn(&name)).await.map_err(dns_error)?;
+        let l = self.waited(r.txt_lookup(fqdn(&name))).await.map_err(dns_error)?;
         Ok(texts(&l, |d| match d {
             RData::TXT(t) => {
                 Some(t.txt_data.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<String>())
@@ -245,7 +258,7 @@ impl dns::Host for HostState {
     }
     async fn a(&mut self, name: String) -> Result<Vec<String>, dns::DnsError> {
         let r = self.resolver()?;
-        let l = r.ipv4_lookup(fqdn(&name)).await.map_err(dns_error)?;
+        let l = self.waited(r.ipv4_lookup(fqdn(&name))).await.map_err(dns_error)?;
         Ok(texts(&l, |d| match d {
             RData::A(a) => Some(a.0.to_string()),
             _ => None,
@@ -253,7 +266,7 @@ impl dns::Host for HostState {
     }
     async fn aaaa(&mut self, name: String) -> Result<Vec<String>, dns::DnsError> {
         let r = self.resolver()?;
-        let l = r.ipv6_lookup(fqdn(&name)).await.map_err(dns_error)?;
+        let l = self.waited(r.ipv6_lookup(fqdn(&name))).await.map_err(dns_error)?;
         Ok(texts(&l, |d| match d {
             RData::AAAA(a) => Some(a.0.to_string()),
             _ => None,
@@ -261,7 +274,7 @@ impl dns::Host for HostState {
     }
     async fn mx(&mut self, name: String) -> Result<Vec<(u16, String)>, dns::DnsError> {
         let r = self.resolver()?;
-        let l = r.mx_lookup(fqdn(&name)).await.map_err(dns_error)?;
+        let l = self.waited(r.mx_lookup(fqdn(&name))).await.map_err(dns_error)?;
         Ok(l.answers()
             .iter()
             .filter_map(|r| match &r.data {
@@ -273,7 +286,7 @@ impl dns::Host for HostState {
     async fn ptr(&mut self, ip: String) -> Result<Vec<String>, dns::DnsError> {
         let r = self.resolver()?;
         let ip: std::net::IpAddr = ip.parse().map_err(|_| dns::DnsError::Servfail("not an IP address".into()))?;
-        let l = r.reverse_lookup(hickory_resolver::proto::rr::Name::from(ip)).await.map_err(dns_error)?;
+        let l = self.waited(r.reverse_lookup(hickory_resolver::proto::rr::Name::from(ip))).await.map_err(dns_error)?;
         Ok(texts(&l, |d| match d {
             RData::PTR(p) => Some(p.0.to_ascii().trim_end_matches('.').to_string()),
             _ => None,

@@ -1,0 +1,80 @@
+//! dnsbl: looks the client IP up in DNS blocklists (IPv4 reversed octets, IPv6 reversed
+//! nibbles), adds up the weights of the lists that answer, and refuses the client at the
+//! configured stage when the sum reaches the threshold. A list that times out or fails never
+//! blocks mail.
+
+use std::net::IpAddr;
+
+use mailgate_plugin_sdk::prelude::*;
+
+#[derive(Default)]
+struct Dnsbl {
+    /// (zone, weight) from `zones = ["zen.example=1.0", …]` (weight 1 when left out).
+    zones: Vec<(String, f64)>,
+    threshold: f64,
+    /// `connect` or `rcpt`: where the verdict is given.
+    stage: String,
+    /// Result for this session (the client does not change): None = not looked up yet.
+    hits: Option<Vec<String>>,
+}
+
+/// The DNSBL query name of an address, without the zone.
+fn reversed(ip: &IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().iter().rev().map(u8::to_string).collect::<Vec<_>>().join("."),
+        IpAddr::V6(v6) => {
+            v6.octets().iter().rev().flat_map(|b| [b & 0xf, b >> 4]).map(|n| format!("{n:x}")).collect::<Vec<_>>().join(".")
+        }
+    }
+}
+
+impl Dnsbl {
+    fn verdict(&mut self, conn: &ConnectionInfo) -> Verdict {
+        if self.hits.is_none() {
+            let Ok(ip) = conn.client_ip.parse::<IpAddr>() else { return Verdict::Next };
+            let name = reversed(&ip);
+            let mut hits = vec![];
+            for (zone, weight) in &self.zones {
+                match dns::a(&format!("{name}.{zone}")) {
+                    // RFC 5782: listed entries answer 127.0.0.0/8.
+                    Ok(addrs) if addrs.iter().any(|a| a.starts_with("127.")) => hits.push(format!("{zone}={weight}")),
+                    Ok(_) | Err(dns::DnsError::Nxdomain) => {}
+                    Err(e) => log::warn!("dnsbl: {zone} did not answer ({e:?}); not blocking"),
+                }
+            }
+            self.hits = Some(hits);
+        }
+        let hits = self.hits.as_ref().unwrap();
+        let score: f64 = hits.iter().filter_map(|h| h.rsplit_once('=')?.1.parse::<f64>().ok()).sum();
+        if !hits.is_empty() && score >= self.threshold {
+            return Verdict::reject(554, "5.7.1", format!("{} is listed ({})", conn.client_ip, hits.join(", ")));
+        }
+        Verdict::Next
+    }
+}
+
+impl Filter for Dnsbl {
+    fn init(&mut self) -> Result<(), String> {
+        for z in config::get_list("zones") {
+            let (zone, weight) = z.split_once('=').map_or((z.as_str(), "1"), |(z, w)| (z, w));
+            let weight: f64 = weight.parse().map_err(|_| format!("zones: bad weight in {z:?}"))?;
+            self.zones.push((zone.trim_end_matches('.').to_string(), weight));
+        }
+        self.threshold = config::parse("threshold")?.unwrap_or(1.0);
+        self.stage = config::get_or("stage", "rcpt");
+        if !matches!(self.stage.as_str(), "connect" | "rcpt") {
+            return Err("stage: connect or rcpt".into());
+        }
+        Ok(())
+    }
+
+    fn on_connect(&mut self, conn: &ConnectionInfo) -> Verdict {
+        if self.stage == "connect" { self.verdict(conn) } else { Verdict::Next }
+    }
+
+    fn on_rcpt(&mut self, conn: &ConnectionInfo, _env: &Envelope, _rcpt: &str) -> Verdict {
+        if self.stage == "rcpt" && conn.authenticated_as.is_none() { self.verdict(conn) } else { Verdict::Next }
+    }
+}
+
+export!(Dnsbl);
