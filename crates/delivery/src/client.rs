@@ -308,12 +308,6 @@ impl Conn {
     pub fn reusable(&self) -> bool {
         !self.broken && self.rbuf.is_empty()
     }
-
-    pub async fn quit(&mut self) {
-        if self.write(b"QUIT\r\n").await.is_ok() {
-            let _ = self.read_reply(Duration::from_secs(5)).await;
-        }
-    }
 }
 
 /// Why opening failed: a handshake failure can fall back to plaintext, anything else cannot.

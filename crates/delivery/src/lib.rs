@@ -213,9 +213,4 @@ impl Delivery {
             Err(client::TxError::Host(o)) => Err(o),
         }
     }
-
-    /// Closes idle pooled connections (QUIT); call on shutdown.
-    pub async fn close_idle(&self) {
-        self.pool.close_all().await;
-    }
 }

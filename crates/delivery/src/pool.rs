@@ -47,12 +47,4 @@ impl Pool {
             list.push((conn, Instant::now()));
         }
     }
-
-    pub async fn close_all(&self) {
-        let all: Vec<Conn> =
-            self.idle.lock().unwrap().drain().flat_map(|(_, v)| v.into_iter().map(|(c, _)| c)).collect();
-        for mut c in all {
-            c.quit().await;
-        }
-    }
 }

@@ -26,6 +26,4 @@ pub use kv::{KvStore, MemoryKv};
 pub enum PluginError {
     #[error("plugin {plugin}: {msg}")]
     Load { plugin: String, msg: String },
-    #[error("plugin {plugin} at {stage}: {msg}")]
-    Call { plugin: String, stage: &'static str, msg: String },
 }

@@ -68,11 +68,10 @@ impl Queue {
         }
     }
 
-    /// The message is done with: out of the spool, the view and the depth.
+    /// The message is done with: out of the spool and the view.
     pub(crate) fn forget(&self, id: &QueueId) {
         self.inner.view.lock().unwrap().remove(id);
         self.inner.spool.complete(id);
-        self.inner.depth.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Fails every pending recipient now and sends the DSN.

@@ -90,8 +90,6 @@ struct Inner {
     global: Arc<Semaphore>,
     /// Deliveries in flight per destination.
     per_dest: Mutex<HashMap<String, Arc<Semaphore>>>,
-    /// Messages known to the queue (waiting or in flight), for status and tests.
-    depth: std::sync::atomic::AtomicUsize,
     /// Plugins' on-route and on-delivery-result, when any are configured.
     hooks: RwLock<Option<Arc<dyn Hooks>>>,
     /// Every queued message's latest envelope and state, for the admin API.
@@ -123,7 +121,6 @@ impl Queue {
             global: Arc::new(Semaphore::new(config.queue.max_concurrent)),
             per_dest: Mutex::new(HashMap::new()),
             config: RwLock::new(config),
-            depth: Default::default(),
             hooks: RwLock::new(hooks),
             view: Mutex::new(BTreeMap::new()),
         });
@@ -144,7 +141,6 @@ impl Queue {
             tracing::info!(queue_id = %env.id, %reason, "message is quarantined: not delivered");
             return;
         }
-        self.inner.depth.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _ = self.tx.send(Cmd::Enqueue(Entry { env, data }));
     }
 
@@ -169,11 +165,6 @@ impl Queue {
 
     fn set_view(&self, env: &Envelope, state: State) {
         self.inner.view.lock().unwrap().insert(env.id.clone(), (env.clone(), state));
-    }
-
-    /// Messages waiting or in flight.
-    pub fn depth(&self) -> usize {
-        self.inner.depth.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn schedule(self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
@@ -207,7 +198,6 @@ impl Queue {
                 }
                 Some(Cmd::Enqueue(e)) => e,
             };
-            metrics::gauge!("mailgate_queue_depth", "state" => "deferred").set(waiting.len() as f64);
             if e.env.held {
                 self.set_view(&e.env, State::Held);
                 held.insert(e.env.id.clone(), e);
@@ -218,6 +208,8 @@ impl Queue {
                 heap.push(Reverse((e.env.next_attempt, e.env.id.clone())));
                 waiting.insert(e.env.id.clone(), e);
             }
+            metrics::gauge!("mailgate_queue_depth", "state" => "deferred").set(waiting.len() as f64);
+            metrics::gauge!("mailgate_queue_depth", "state" => "held").set(held.len() as f64);
         }
     }
 

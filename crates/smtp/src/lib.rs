@@ -23,6 +23,3 @@ pub use content::{ContentError, ContentReceiver, Progress};
 pub use ehlo::Extensions;
 pub use line::{LineError, LineEvent, LineReader};
 pub use reply::{Enhanced, Reply, ReplyParser};
-
-/// RFC 5322 §2.1.1 limit for a line of message content, without its CRLF.
-pub const MAX_TEXT_LINE: usize = 998;

@@ -85,12 +85,6 @@ impl Reply {
         self.write_to(&mut v);
         v
     }
-
-    /// Whether this reply is valid to send for a policy answer of the given class
-    /// (e.g. a plugin's reject must be 5xx). Used to sanitise replies from untrusted code.
-    pub fn class_matches(&self, class: u8) -> bool {
-        self.code / 100 == class as u16 && (200..600).contains(&self.code) && self.enhanced.is_none_or(|e| e.0 == class)
-    }
 }
 
 impl fmt::Display for Reply {
@@ -160,11 +154,6 @@ impl ReplyParser {
         let text = lines.iter().map(strip).collect::<Vec<_>>().join("\n");
         Ok(Some(Reply { code, enhanced, text: text.into() }))
     }
-
-    /// The raw lines of the reply being parsed are needed by EHLO; see [`crate::Extensions`].
-    pub fn in_progress(&self) -> bool {
-        self.code.is_some()
-    }
 }
 
 /// Replies the server sends, in one place so their codes stay consistent.
@@ -194,9 +183,6 @@ pub mod codes {
     }
     pub fn timeout() -> Reply {
         Reply::new(421, Enhanced(4, 4, 2), "Timeout, closing connection")
-    }
-    pub fn local_error() -> Reply {
-        Reply::new(451, Enhanced(4, 3, 0), "Local error in processing, try again later")
     }
 }
 

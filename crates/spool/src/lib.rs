@@ -21,7 +21,7 @@ pub use local::LocalSpool;
 
 /// Where a message's content is stored; opaque outside the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DataRef {
+pub(crate) struct DataRef {
     /// Segment number holding the record.
     pub segment: u64,
     /// Offset of the content within that segment.
