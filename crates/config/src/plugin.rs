@@ -95,6 +95,10 @@ pub struct Plugin {
     pub memory_limit: u64,
     #[serde(default)]
     pub grants: Vec<Grant>,
+    /// Read-only data tables this plugin may look up (`name = "file.tsv"`), loaded once per
+    /// configuration generation and shared by every instance (e.g. the spam model).
+    #[serde(default)]
+    pub data: BTreeMap<String, PathBuf>,
     /// `enforce` (default) or `shadow`: a shadow plugin runs and its verdicts are logged and
     /// counted, but never enforced (to try a policy on live traffic).
     #[serde(default)]
@@ -127,6 +131,11 @@ impl Plugin {
         }
         if !(1 << 20..=4 << 30).contains(&self.memory_limit) {
             return Err("memory_limit: must be between 1 MiB and 4 GiB".into());
+        }
+        for (name, path) in &self.data {
+            if !path.is_file() {
+                return Err(format!("data.{name}: {}: no such file", path.display()));
+            }
         }
         Ok(())
     }

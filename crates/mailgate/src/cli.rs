@@ -56,6 +56,47 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PluginCmd,
     },
+    /// The spam plugin's model: train it from a corpus, measure the plugin on held-out mail.
+    Spam {
+        #[command(subcommand)]
+        cmd: SpamCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpamCmd {
+    /// Build a model (a data table for the spam plugin's `data.model`) from directories of
+    /// messages, one message per file (an mbox `From ` first line is skipped).
+    Train {
+        /// A directory of spam messages (repeatable).
+        #[arg(long, required = true)]
+        spam: Vec<PathBuf>,
+        /// A directory of ham messages (repeatable).
+        #[arg(long, required = true)]
+        ham: Vec<PathBuf>,
+        /// Where to write the model.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Keep tokens seen in at least this many messages.
+        #[arg(long, default_value_t = 2)]
+        min_count: u32,
+    },
+    /// Run the spam plugin over labelled messages and print precision, recall, F1 and cost.
+    Eval {
+        /// The spam plugin component.
+        #[arg(long, default_value = "plugins/dist/spam.wasm")]
+        wasm: PathBuf,
+        /// The model that `spam train` wrote.
+        #[arg(long)]
+        model: PathBuf,
+        /// The plugin's config table as TOML text, e.g. 'quarantine_at = 5.0'.
+        #[arg(long)]
+        config: Option<String>,
+        #[arg(long, required = true)]
+        spam: Vec<PathBuf>,
+        #[arg(long, required = true)]
+        ham: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -334,6 +375,32 @@ pub fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("plugin test: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Spam { cmd: SpamCmd::Train { spam, ham, out, min_count } } => {
+            match crate::spam_cli::train(&spam, &ham, &out, min_count) {
+                Ok(msg) => {
+                    println!("{msg}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("spam train: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Spam { cmd: SpamCmd::Eval { wasm, model, config, spam, ham } } => {
+            let _ = tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).try_init();
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+            match rt.block_on(crate::spam_cli::eval(crate::spam_cli::EvalRun { wasm, model, config, spam, ham })) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("spam eval: {e}");
                     ExitCode::from(1)
                 }
             }

@@ -23,7 +23,7 @@ pub struct TestRun {
     pub grants: Vec<Grant>,
 }
 
-fn plugin_entry(wasm: &Path, table: Option<&str>, grants: Vec<Grant>) -> Result<Plugin, String> {
+pub fn plugin_entry(wasm: &Path, table: Option<&str>, grants: Vec<Grant>) -> Result<Plugin, String> {
     let config = match table {
         Some(t) => {
             let v: toml::Table = toml::from_str(t).map_err(|e| format!("--config: {e}"))?;
@@ -49,12 +49,13 @@ fn plugin_entry(wasm: &Path, table: Option<&str>, grants: Vec<Grant>) -> Result<
         cpu_budget: std::time::Duration::from_millis(500),
         memory_limit: 64 << 20,
         grants,
+        data: Default::default(),
         mode: Default::default(),
         config,
     })
 }
 
-fn load(p: Plugin) -> Result<Arc<Plugins>, String> {
+pub fn load(p: Plugin) -> Result<Arc<Plugins>, String> {
     let mut cfg = Config::default();
     cfg.limits.max_sessions = 2;
     cfg.plugins = vec![p];
@@ -68,22 +69,28 @@ pub fn check(wasm: &Path) -> Result<String, String> {
     Ok(format!("{}: OK — a mailgate:plugin/filter component ({name}, fingerprint {hash})", wasm.display()))
 }
 
-/// Runs one simulated transaction and prints each stage's answer.
-pub async fn test(run: TestRun) -> Result<(), String> {
-    let plugins = load(plugin_entry(&run.wasm, run.config.as_deref(), run.grants.clone())?)?;
-    let mut chain = plugins.session("plugin-test", mailgate_config::DEFAULT_PIPELINE);
-    let mut conn = types::ConnectionInfo {
+/// The connection of a simulated session from `client_ip` that said HELO `helo`.
+pub fn test_conn(client_ip: &str, helo: &str) -> types::ConnectionInfo {
+    types::ConnectionInfo {
         session_id: "plugin-test".into(),
-        client_ip: run.client_ip.clone(),
+        client_ip: client_ip.to_string(),
         client_port: 50000,
         local_ip: "127.0.0.1".into(),
         local_port: 25,
         listener: "test".into(),
         tls: None,
-        helo: None,
+        helo: Some(helo.to_string()),
         authenticated_as: None,
         trusted: false,
-    };
+    }
+}
+
+/// Runs one simulated transaction and prints each stage's answer.
+pub async fn test(run: TestRun) -> Result<(), String> {
+    let plugins = load(plugin_entry(&run.wasm, run.config.as_deref(), run.grants.clone())?)?;
+    let mut chain = plugins.session("plugin-test", mailgate_config::DEFAULT_PIPELINE);
+    let mut conn = test_conn(&run.client_ip, "");
+    conn.helo = None;
     println!("connect: {}", show(chain.on_connect(&conn).await));
     println!("helo {}: {}", run.helo, show(chain.on_helo(&conn, &run.helo).await));
     conn.helo = Some(run.helo.clone());

@@ -16,6 +16,7 @@ use wasmtime::{Store, StoreLimitsBuilder};
 
 use crate::bindings::types::{self, AuthResults, ConnectionInfo, Envelope, Verdict};
 use crate::bindings::Filter;
+use crate::data::Scoreboard;
 use crate::engine::{LoadedPlugin, PluginEngine};
 use crate::host::{HostState, MessageHandle, ParsedMessage, Services};
 use crate::kv::KvStore;
@@ -211,12 +212,14 @@ struct Chain {
     /// The pipeline asked now.
     order: Arc<[usize]>,
     sid: Arc<str>,
+    /// The session's spam score, shared with every instance's host state.
+    score: Arc<std::sync::Mutex<Scoreboard>>,
 }
 
 impl Chain {
     fn new(plugins: Arc<Plugins>, sid: &str, order: Arc<[usize]>) -> Chain {
         let n = plugins.loaded.len();
-        Chain { plugins, slots: (0..n).map(|_| None).collect(), order, sid: sid.into() }
+        Chain { plugins, slots: (0..n).map(|_| None).collect(), order, sid: sid.into(), score: Default::default() }
     }
 
     async fn slot(&mut self, i: usize) -> Result<&mut Slot, String> {
@@ -229,6 +232,7 @@ impl Chain {
                 limits: StoreLimitsBuilder::new().memory_size(lp.meta.memory_limit).trap_on_grow_failure(false).build(),
                 sid: self.sid.clone(),
                 host_wait: std::time::Duration::ZERO,
+                score: self.score.clone(),
             };
             let mut store = Store::new(&self.plugins.engine.engine, state);
             store.limiter(|s| &mut s.limits);
@@ -364,16 +368,30 @@ impl SessionChain {
         self.inner.order = self.inner.plugins.pipeline(name);
     }
 
+    /// The spam score so far: (total, (rule, points) in order).
+    pub fn score(&self) -> (f64, Vec<(String, f64)>) {
+        let s = self.inner.score.lock().expect("score lock");
+        (s.total(), s.rules())
+    }
+
+    fn outside_transaction(&self) {
+        self.inner.score.lock().expect("score lock").end_transaction();
+    }
+
     pub async fn on_connect(&mut self, conn: &ConnectionInfo) -> Decision {
+        self.outside_transaction();
         self.inner.verdict_stage(conn, Call::Connect).await
     }
     pub async fn on_helo(&mut self, conn: &ConnectionInfo, helo: &str) -> Decision {
+        self.outside_transaction();
         self.inner.verdict_stage(conn, Call::Helo(helo)).await
     }
     pub async fn on_auth(&mut self, conn: &ConnectionInfo, req: &types::AuthRequest) -> Decision {
+        self.outside_transaction();
         self.inner.verdict_stage(conn, Call::Auth(req)).await
     }
     pub async fn on_mail_from(&mut self, conn: &ConnectionInfo, env: &Envelope) -> Decision {
+        self.inner.score.lock().expect("score lock").begin_transaction();
         self.inner.verdict_stage(conn, Call::MailFrom(env)).await
     }
     pub async fn on_rcpt(&mut self, conn: &ConnectionInfo, env: &Envelope, rcpt: &str) -> Decision {

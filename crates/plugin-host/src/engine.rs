@@ -90,7 +90,12 @@ impl PluginEngine {
     pub fn load(&self, p: &mailgate_config::Plugin) -> Result<LoadedPlugin, PluginError> {
         let err = |msg: String| PluginError::Load { plugin: p.name.clone(), msg };
         let bytes = std::fs::read(&p.path).map_err(|e| err(format!("{}: {e}", p.path.display())))?;
-        let meta = Arc::new(PluginMeta::from_config(p, TICK, fingerprint(&bytes)));
+        let mut meta = PluginMeta::from_config(p, TICK, fingerprint(&bytes));
+        for (name, path) in &p.data {
+            let table = crate::data::DataTable::load(path).map_err(|e| err(format!("data.{name}: {e}")))?;
+            meta.tables.insert(name.clone(), Arc::new(table));
+        }
+        let meta = Arc::new(meta);
         let pre = self.prepare(&bytes).map_err(|e| err(format!("{}: {e}", p.path.display())))?;
         Ok(LoadedPlugin { meta, pre })
     }

@@ -11,7 +11,7 @@ use mailgate_config::{Grant, OnError, Stage};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::StoreLimits;
 
-use crate::bindings::mailgate::plugin::{config, dns, kv, log, message, metrics, types};
+use crate::bindings::mailgate::plugin::{config, data, dns, kv, log, message, metrics, score, types};
 use crate::kv::KvStore;
 
 /// A plugin as configured: what the host needs to know at every call.
@@ -28,6 +28,8 @@ pub struct PluginMeta {
     /// CPU budget per call, in epoch ticks.
     pub budget_ticks: u64,
     pub memory_limit: usize,
+    /// The data tables granted to this plugin, by name.
+    pub tables: std::collections::HashMap<String, Arc<crate::data::DataTable>>,
     /// SHA-256-free fingerprint (FNV-1a of the file) for status output and logs.
     pub hash: String,
 }
@@ -45,6 +47,7 @@ impl PluginMeta {
             shadow: p.mode == mailgate_config::Mode::Shadow,
             budget_ticks: ticks,
             memory_limit: p.memory_limit as usize,
+            tables: Default::default(),
             hash,
         }
     }
@@ -68,6 +71,8 @@ pub struct HostState {
     /// Time spent waiting in async host calls (DNS) since the last deadline check: the CPU
     /// budget is counted in wall-clock epochs, so waiting must not use it up.
     pub host_wait: Duration,
+    /// The spam score of the session/transaction, shared by every plugin of the chain.
+    pub score: Arc<std::sync::Mutex<crate::data::Scoreboard>>,
 }
 
 /// A message as plugins see it: the raw bytes, parsed once on first use with mail-parser and
@@ -88,8 +93,37 @@ impl ParsedMessage {
             .as_ref()
     }
 
+    /// The decoded Subject.
+    pub fn subject(&self) -> Option<&str> {
+        self.get().and_then(|p| p.subject())
+    }
+
+    /// The first From address, without display name or brackets.
+    pub fn from_address(&self) -> Option<String> {
+        self.get()
+            .and_then(|p| p.from())
+            .and_then(|a| a.first())
+            .and_then(|a| a.address.as_ref())
+            .map(|a| a.to_string())
+    }
+
+    /// The first text/plain part (or the HTML part converted to text).
+    pub fn text_body(&self) -> Option<String> {
+        self.get().and_then(|p| p.body_text(0)).map(|c| c.into_owned())
+    }
+
+    /// The first text/html part.
+    pub fn html_body(&self) -> Option<String> {
+        self.get().and_then(|p| p.body_html(0)).map(|c| c.into_owned())
+    }
+
+    /// The value of the first field `name`, unfolded (as the `header` import gives it).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.header_values(Some(name)).into_iter().next().map(|(_, v)| v)
+    }
+
     /// Raw value text of every header, unfolded.
-    fn header_values(&self, name: Option<&str>) -> Vec<(String, String)> {
+    pub fn header_values(&self, name: Option<&str>) -> Vec<(String, String)> {
         let Some(m) = self.get() else { return vec![] };
         m.headers()
             .iter()
@@ -118,7 +152,7 @@ impl message::Host for HostState {}
 
 impl message::HostMessage for HostState {
     fn header(&mut self, m: Resource<MessageHandle>, name: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.table.get(&m)?.0.header_values(Some(&name)).into_iter().next().map(|(_, v)| v))
+        Ok(self.table.get(&m)?.0.header(&name))
     }
     fn header_all(&mut self, m: Resource<MessageHandle>, name: String) -> wasmtime::Result<Vec<String>> {
         Ok(self.table.get(&m)?.0.header_values(Some(&name)).into_iter().map(|(_, v)| v).collect())
@@ -127,22 +161,16 @@ impl message::HostMessage for HostState {
         Ok(self.table.get(&m)?.0.header_values(None))
     }
     fn subject(&mut self, m: Resource<MessageHandle>) -> wasmtime::Result<Option<String>> {
-        Ok(self.table.get(&m)?.0.get().and_then(|p| p.subject()).map(str::to_string))
+        Ok(self.table.get(&m)?.0.subject().map(str::to_string))
     }
     fn from(&mut self, m: Resource<MessageHandle>) -> wasmtime::Result<Option<String>> {
-        let msg = &self.table.get(&m)?.0;
-        Ok(msg
-            .get()
-            .and_then(|p| p.from())
-            .and_then(|a| a.first())
-            .and_then(|a| a.address.as_ref())
-            .map(|a| a.to_string()))
+        Ok(self.table.get(&m)?.0.from_address())
     }
     fn text_body(&mut self, m: Resource<MessageHandle>) -> wasmtime::Result<Option<String>> {
-        Ok(self.table.get(&m)?.0.get().and_then(|p| p.body_text(0)).map(|c| c.into_owned()))
+        Ok(self.table.get(&m)?.0.text_body())
     }
     fn html_body(&mut self, m: Resource<MessageHandle>) -> wasmtime::Result<Option<String>> {
-        Ok(self.table.get(&m)?.0.get().and_then(|p| p.body_html(0)).map(|c| c.into_owned()))
+        Ok(self.table.get(&m)?.0.html_body())
     }
     fn raw_size(&mut self, m: Resource<MessageHandle>) -> wasmtime::Result<u64> {
         Ok(self.table.get(&m)?.0.raw.len() as u64)
@@ -331,5 +359,39 @@ impl metrics::Host for HostState {
     fn histogram(&mut self, name: String, value: f64, labels: Vec<(String, String)>) -> wasmtime::Result<()> {
         ::metrics::histogram!(metric_name(&name), metric_labels(&self.meta.name, labels)).record(value);
         Ok(())
+    }
+}
+
+impl data::Host for HostState {
+    fn lookup(
+        &mut self,
+        table: String,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<Vec<Option<String>>, data::DataError>> {
+        let Some(t) = self.meta.tables.get(&table) else {
+            tracing::debug!(plugin = %self.meta.name, sid = %self.sid, %table, "data table denied (not granted)");
+            return Ok(Err(data::DataError::Denied));
+        };
+        Ok(Ok(keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| if i < crate::data::MAX_KEYS { t.get(k).map(str::to_string) } else { None })
+            .collect()))
+    }
+}
+
+impl score::Host for HostState {
+    fn add(&mut self, points: f64, rule: String) -> wasmtime::Result<()> {
+        if points.is_finite() {
+            let rule: String = rule.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
+            self.score.lock().expect("score lock").add(&self.meta.name, rule, points);
+        }
+        Ok(())
+    }
+    fn total(&mut self) -> wasmtime::Result<f64> {
+        Ok(self.score.lock().expect("score lock").total())
+    }
+    fn rules(&mut self) -> wasmtime::Result<Vec<(String, f64)>> {
+        Ok(self.score.lock().expect("score lock").rules())
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod bindings;
 pub mod chain;
+pub mod data;
 pub mod engine;
 pub mod host;
 pub mod kv;

@@ -12,16 +12,20 @@ struct AuthStatic {
 
 /// A well-formed hash to check against when the user is unknown, so that unknown users and
 /// wrong passwords take the same time.
-const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$0gV6m9UGyVvbxm2s6wJUb9i3/IfZp2ejg5DXnJJpY3g";
+const DUMMY: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$0gV6m9UGyVvbxm2s6wJUb9i3/IfZp2ejg5DXnJJpY3g";
 
 fn verify(hash: &str, password: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+    PasswordHash::new(hash)
+        .is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
 impl Filter for AuthStatic {
     fn init(&mut self) -> Result<(), String> {
         for entry in config::get_list("users") {
-            let (user, hash) = entry.split_once(':').ok_or_else(|| format!("users: {entry:?} is not user:hash"))?;
+            let (user, hash) = entry
+                .split_once(':')
+                .ok_or_else(|| format!("users: {entry:?} is not user:hash"))?;
             if PasswordHash::new(hash).is_err() {
                 return Err(format!("users: the hash of {user:?} is not an argon2 PHC string"));
             }

@@ -20,7 +20,9 @@ fn network(ip: &str) -> String {
             let o = v4.octets();
             format!("{}.{}.{}", o[0], o[1], o[2])
         }
-        Ok(std::net::IpAddr::V6(v6)) => v6.segments()[..4].iter().map(|s| format!("{s:x}")).collect::<Vec<_>>().join(":"),
+        Ok(std::net::IpAddr::V6(v6)) => {
+            v6.segments()[..4].iter().map(|s| format!("{s:x}")).collect::<Vec<_>>().join(":")
+        }
         Err(_) => ip.to_string(),
     }
 }
@@ -29,17 +31,22 @@ impl Filter for Greylist {
     fn init(&mut self) -> Result<(), String> {
         self.delay = config::parse("delay")?.unwrap_or(300);
         self.expiry = config::parse("expiry")?.unwrap_or(36 * 86400);
-        self.allow = config::get_list("allow").into_iter().map(|a| a.to_ascii_lowercase()).collect();
+        self.allow =
+            config::get_list("allow").into_iter().map(|a| a.to_ascii_lowercase()).collect();
         Ok(())
     }
 
     fn on_rcpt(&mut self, conn: &ConnectionInfo, env: &Envelope, rcpt: &str) -> Verdict {
         let sender = env.mail_from.to_ascii_lowercase();
-        let allowed = self.allow.iter().any(|a| *a == sender || (a.starts_with('@') && sender.ends_with(a.as_str())));
+        let allowed = self
+            .allow
+            .iter()
+            .any(|a| *a == sender || (a.starts_with('@') && sender.ends_with(a.as_str())));
         if conn.trusted || conn.authenticated_as.is_some() || allowed {
             return Verdict::Next;
         }
-        let triplet = format!("{}|{}|{}", network(&conn.client_ip), sender, rcpt.to_ascii_lowercase());
+        let triplet =
+            format!("{}|{}|{}", network(&conn.client_ip), sender, rcpt.to_ascii_lowercase());
         let (seen, wait) = (format!("seen|{triplet}"), format!("wait|{triplet}"));
         let exists = |k: &str| kv::get(k).map(|v| v.is_some());
         match (exists(&seen), exists(&wait)) {
@@ -48,7 +55,9 @@ impl Filter for Greylist {
                 let _ = kv::set(&seen, b"ok", Some(self.expiry));
                 Verdict::Next
             }
-            (Ok(true), Ok(true)) => Verdict::tempfail(451, "4.7.1", "Greylisted, please try again later"),
+            (Ok(true), Ok(true)) => {
+                Verdict::tempfail(451, "4.7.1", "Greylisted, please try again later")
+            }
             (Ok(false), _) => {
                 let _ = kv::set(&seen, b"new", Some(self.expiry));
                 let _ = kv::set(&wait, b"1", Some(self.delay));

@@ -68,7 +68,7 @@ pub mod prelude {
     pub use crate::{
         AuthRequest, AuthResults, AuthStatus, ConnectionInfo, DataResult, DeliveryResult,
         DeliveryStatus, Envelope, Filter, Message, Modification, Reply, Route, RouteResult,
-        Verdict, config, dns, domain_of, export, kv, log, metrics,
+        Verdict, config, data, dns, domain_of, export, kv, log, metrics, score,
     };
 }
 
@@ -85,6 +85,19 @@ pub mod dns {
 /// with [`kv::KvError::Denied`] unless the gateway config grants this plugin `kv`.
 pub mod kv {
     pub use crate::bindings::mailgate::plugin::kv::{KvError, delete, get, incr, set};
+}
+
+/// Read-only data tables granted in the gateway config (`data = { name = "file.tsv" }`),
+/// loaded once by the host and shared by every instance. Look-ups of a table that is not
+/// granted fail with [`data::DataError::Denied`].
+pub mod data {
+    pub use crate::bindings::mailgate::plugin::data::{DataError, lookup};
+}
+
+/// The transaction's shared spam score: add your rule's points, read the total that every
+/// plugin so far has added (points from connect/HELO/AUTH count for the whole session).
+pub mod score {
+    pub use crate::bindings::mailgate::plugin::score::{add, rules, total};
 }
 
 /// Counters and histograms in the gateway's metrics (names `[a-z_][a-z0-9_]*`).
