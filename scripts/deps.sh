@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and the plugin build need (idempotent; root only).
 #   swaks, python3          real SMTP clients in the end-to-end tests
+#   python3-dkim (+nacl, dnspython, authres)   dkimpy: the independent DKIM/ARC implementation the auth tests cross-check against
 #   libnet-ssleay-perl libio-socket-ssl-perl openssl   swaks -tls and openssl s_client for TLS tests
 #   dnsmasq-base            the real DNS server on loopback (MX/A records for tests)
 #   rustc-web cargo-web rust-web-src lld-16   the wasm32 guest toolchain (shared/PLUGIN-TOOLCHAIN.md)
 #   postfix                 smtp-sink/smtp-source and the peer for benchmarks
 set -euo pipefail
-pkgs=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl dnsmasq-base rustc-web cargo-web rust-web-src lld-16 postfix python3)
+pkgs=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl dnsmasq-base rustc-web cargo-web rust-web-src lld-16 postfix python3 python3-dkim python3-nacl python3-dnspython python3-authres)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -17,7 +17,8 @@ const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 impl Dns {
     /// Starts dnsmasq with records given as dnsmasq options, e.g.
     /// `--mx-host=d.test,mail.d.test,10`, `--host-record=mail.d.test,127.0.0.1`,
-    /// `--txt-record=d.test,"v=spf1 -all"`.
+    /// `--txt-record=d.test,v=spf1 -all` (no quotes: on the command line dnsmasq keeps them;
+    /// commas separate the strings of one record).
     pub fn start(records: &[&str]) -> Dns {
         assert!(std::path::Path::new(DNSMASQ).exists(), "dnsmasq is missing: apt-get install dnsmasq-base");
         let port = free_udp_port();

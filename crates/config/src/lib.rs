@@ -15,8 +15,10 @@ use figment::Figment;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+mod auth;
 mod plugin;
 mod route;
+pub use auth::{Auth, AuthCheck, DkimSign, SignFor};
 pub use plugin::{Grant, Mode, OnError, Plugin, Stage};
 pub use route::{Route, TlsPolicy};
 
@@ -51,6 +53,10 @@ pub struct Config {
     /// the transaction's pipeline; a later RCPT for another pipeline gets 452 4.5.3.
     pub domain_pipelines: BTreeMap<String, String>,
     pub log: Log,
+    /// Mail authentication: the Authentication-Results header and its checks.
+    pub auth: Auth,
+    /// `[[dkim_sign]]` tables: the signing identities, first match wins.
+    pub dkim_sign: Vec<DkimSign>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -237,6 +243,8 @@ impl Default for Config {
             queue: Queue::default(),
             delivery: Delivery::default(),
             dns: Dns::default(),
+            auth: Auth::default(),
+            dkim_sign: vec![],
             routes: BTreeMap::new(),
             admin: Admin::default(),
             plugins: vec![],
@@ -390,6 +398,15 @@ impl Config {
         }
         if self.admin.listen.is_some_and(|a| !a.ip().is_loopback()) {
             errs.push("admin.listen: must be a loopback address (the endpoint has no authentication yet)".into());
+        }
+        for (i, d) in self.dkim_sign.iter().enumerate() {
+            if !d.key.is_file() {
+                errs.push(format!("dkim_sign[{i}].key: {}: no such file", d.key.display()));
+            }
+            if d.domain.is_empty() || d.selector.is_empty() || !d.headers.iter().any(|h| h.eq_ignore_ascii_case("from"))
+            {
+                errs.push(format!("dkim_sign[{i}]: domain and selector are required, and headers must include From"));
+            }
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             errs.push("tls: cert and key go together".into());

@@ -71,10 +71,12 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, shared: Arc<
                     Ok(msg) => ("200 OK", "text/plain", format!("{msg}\n")),
                     Err(e) => ("500 Internal Server Error", "text/plain", format!("reload failed: {e}\n")),
                 },
-                _ if target.starts_with("/queue") || target == "/status" => match api(&shared, method, target).await {
-                    Ok(json) => ("200 OK", "application/json", json),
-                    Err((code, msg)) => (code, "text/plain", format!("{msg}\n")),
-                },
+                _ if target.starts_with("/queue") || target.starts_with("/quarantine") || target == "/status" => {
+                    match api(&shared, method, target).await {
+                        Ok(json) => ("200 OK", "application/json", json),
+                        Err((code, msg)) => (code, "text/plain", format!("{msg}\n")),
+                    }
+                }
                 b"GET /metrics HTTP/1.1" | b"GET /metrics HTTP/1.0" => {
                     ("200 OK", "text/plain; version=0.0.4", handle.render())
                 }
@@ -103,7 +105,7 @@ pub async fn start(addr: SocketAddr, shared: Arc<Shared>, token: Option<String>)
 
 /// The queue and status API (JSON). Errors carry the HTTP status they become.
 async fn api(shared: &Arc<Shared>, method: &str, target: &str) -> Result<String, (&'static str, String)> {
-    use mailgate_queue::AdminOp;
+    use mailgate_queue::{AdminOp, State};
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let param = |k: &str| query.split('&').find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')).map(str::to_string);
     let item = |env: &mailgate_spool::Envelope, state: mailgate_queue::State| {
@@ -113,6 +115,13 @@ async fn api(shared: &Arc<Shared>, method: &str, target: &str) -> Result<String,
     };
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let queue = &shared.queue;
+    let quarantined = |id: &str| {
+        queue
+            .list()
+            .into_iter()
+            .find(|(e, s)| e.id == id && *s == State::Quarantined)
+            .ok_or(("404 Not Found", format!("no message {id} in quarantine")))
+    };
     let op_result = |r: Result<String, String>| match r {
         Ok(m) => Ok(serde_json::json!({ "ok": true, "message": m }).to_string()),
         Err(e) if e.starts_with("no message") => Err(("404 Not Found", e)),
@@ -171,6 +180,29 @@ async fn api(shared: &Arc<Shared>, method: &str, target: &str) -> Result<String,
                 "bounce" => AdminOp::Bounce(id),
                 "hold" => AdminOp::Hold(id),
                 "release" => AdminOp::Release(id),
+                _ => return Err(("404 Not Found", format!("unknown action {action}"))),
+            };
+            op_result(queue.admin(op).await)
+        }
+        ("GET", ["quarantine"]) => {
+            let items: Vec<_> =
+                queue.list().into_iter().filter(|(_, s)| *s == State::Quarantined).map(|(e, s)| item(&e, s)).collect();
+            Ok(serde_json::Value::Array(items).to_string())
+        }
+        ("GET", ["quarantine", id]) => {
+            let (env, state) = quarantined(id)?;
+            let mut v = item(&env, state);
+            let content = shared.spool.read(&env.id).map_err(|e| ("500 Internal Server Error", e.to_string()))?;
+            let end = content.windows(4).position(|w| w == b"\r\n\r\n").map_or(content.len(), |p| p + 2);
+            v["header"] = String::from_utf8_lossy(&content[..end.min(64 << 10)]).into_owned().into();
+            v["size"] = content.len().into();
+            Ok(v.to_string())
+        }
+        ("POST", ["quarantine", id, action]) => {
+            quarantined(id)?;
+            let op = match *action {
+                "release" => AdminOp::Release(id.to_string()),
+                "delete" => AdminOp::Remove(id.to_string()),
                 _ => return Err(("404 Not Found", format!("unknown action {action}"))),
             };
             op_result(queue.admin(op).await)

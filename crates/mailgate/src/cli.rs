@@ -56,11 +56,54 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PluginCmd,
     },
+    /// DKIM signing keys.
+    Dkim {
+        #[command(subcommand)]
+        cmd: DkimCmd,
+    },
+    /// Quarantined messages of the running gateway (through its admin endpoint).
+    Quarantine {
+        #[command(subcommand)]
+        cmd: QuarantineCmd,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// The spam plugin's model: train it from a corpus, measure the plugin on held-out mail.
     Spam {
         #[command(subcommand)]
         cmd: SpamCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum DkimCmd {
+    /// Write a new private key (PEM, mode 0600) and print the DNS TXT record to publish.
+    Keygen {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        selector: String,
+        /// rsa (2048 bits) or ed25519.
+        #[arg(long, default_value = "rsa")]
+        algorithm: String,
+        /// Where to write the key.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCmd {
+    /// Quarantined messages with their reasons.
+    List,
+    /// One message: envelope, reason and header.
+    Show { id: String },
+    /// Release it: it is queued for delivery as if accepted now.
+    Release { id: String },
+    /// Delete it without delivery and without a DSN.
+    Delete { id: String },
 }
 
 #[derive(Subcommand)]
@@ -204,6 +247,8 @@ fn print_result(r: Result<String, String>, json: bool, list: bool) -> ExitCode {
                     .as_array()
                     .and_then(|a| a.iter().find_map(|r| r["last_reply"].as_str()))
                     .unwrap_or("");
+                // A quarantined message shows why instead of a delivery reply.
+                let last = m["quarantine"].as_str().map_or(last.to_string(), |q| format!("quarantine: {q}"));
                 println!(
                     "{}  {:<8}  attempts {:<3}  <{}> -> {}  {}",
                     m["id"].as_str().unwrap_or(""),
@@ -379,6 +424,27 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Dkim { cmd: DkimCmd::Keygen { domain, selector, algorithm, out } } => {
+            match dkim_keygen(&domain, &selector, &algorithm, &out) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dkim keygen: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Quarantine { cmd, config, json } => {
+            let (method, path) = match &cmd {
+                QuarantineCmd::List => ("GET", "/quarantine".to_string()),
+                QuarantineCmd::Show { id } => ("GET", format!("/quarantine/{id}")),
+                QuarantineCmd::Release { id } => ("POST", format!("/quarantine/{id}/release")),
+                QuarantineCmd::Delete { id } => ("POST", format!("/quarantine/{id}/delete")),
+            };
+            print_result(admin_request(config.as_deref(), method, &path), json, matches!(cmd, QuarantineCmd::List))
+        }
         Cmd::Spam { cmd: SpamCmd::Train { spam, ham, out, min_count } } => {
             match crate::spam_cli::train(&spam, &ham, &out, min_count) {
                 Ok(msg) => {
@@ -449,4 +515,31 @@ async fn serve(cfg: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     }
     gw.shutdown(std::time::Duration::from_secs(10)).await;
     Ok(())
+}
+
+/// Writes a key (mode 0600, never over an existing file) and returns what to publish.
+fn dkim_keygen(domain: &str, selector: &str, algorithm: &str, out: &std::path::Path) -> Result<String, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let kind = match algorithm {
+        "rsa" | "rsa2048" => mailgate_auth::KeyKind::Rsa2048,
+        "ed25519" => mailgate_auth::KeyKind::Ed25519,
+        other => return Err(format!("--algorithm {other:?}: rsa or ed25519")),
+    };
+    let (pem, txt) = mailgate_auth::keygen(kind).map_err(|e| e.to_string())?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    f.write_all(pem.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", out.display()))?;
+    // A TXT character-string holds at most 255 octets: split long records.
+    let strings: Vec<String> =
+        txt.as_bytes().chunks(255).map(|c| format!("\"{}\"", String::from_utf8_lossy(c))).collect();
+    Ok(format!(
+        "wrote {} ({algorithm})\npublish this DNS record:\n{selector}._domainkey.{domain}. IN TXT ( {} )\n",
+        out.display(),
+        strings.join(" ")
+    ))
 }

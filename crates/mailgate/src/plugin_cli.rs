@@ -8,7 +8,7 @@ use mailgate_config::{Config, Grant, OnError, Plugin, Stage};
 use mailgate_plugin_host::bindings::types;
 use mailgate_plugin_host::{DataDecision, Decision, MemoryKv, Plugins, RouteDecision};
 
-use crate::plugins::{no_auth_results, wit_envelope};
+use crate::plugins::wit_envelope;
 
 /// What `plugin test` simulates.
 pub struct TestRun {
@@ -105,7 +105,7 @@ pub async fn test(run: TestRun) -> Result<(), String> {
         None => b"From: <sender@example.test>\r\nSubject: plugin test\r\n\r\nHello.\r\n".to_vec(),
     };
     let raw = mailgate_smtp::content::to_crlf(&raw);
-    let (decision, mods) = chain.on_data(&conn, &env, Arc::new(raw), &no_auth_results()).await;
+    let (decision, mods) = chain.on_data(&conn, &env, Arc::new(raw)).await;
     println!(
         "data: {}",
         match &decision {

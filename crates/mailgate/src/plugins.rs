@@ -19,11 +19,6 @@ pub fn wit_envelope(
     types::Envelope { mail_from: from.to_string(), rcpt_to: rcpts, body_8bit, smtputf8, size_hint: size }
 }
 
-/// Authentication results before the mail-auth issue: nothing computed yet.
-pub fn no_auth_results() -> types::AuthResults {
-    types::AuthResults { spf: None, dkim: vec![], dmarc: None, arc: None, iprev: None }
-}
-
 fn spooled(env: &Envelope) -> types::Envelope {
     wit_envelope(
         &env.sender,

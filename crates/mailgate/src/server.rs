@@ -28,6 +28,30 @@ pub struct Generation {
     pub config: Arc<Config>,
     /// The loaded plugins (`None` when the config has no `[[plugin]]`).
     pub plugins: Option<Arc<Plugins>>,
+    /// Runs SPF/DKIM/DMARC/ARC/iprev for this generation's sessions.
+    pub auth: Arc<mailgate_auth::Authenticator>,
+    /// The `[[dkim_sign]]` identities with their loaded keys, in config order.
+    pub signers: Vec<(mailgate_config::DkimSign, mailgate_auth::Signer)>,
+}
+
+impl Generation {
+    /// Loads what a configuration needs besides its plugins (the DKIM keys); an unreadable key
+    /// fails the start or the reload, naming it.
+    fn new(
+        config: Arc<Config>,
+        plugins: Option<Arc<Plugins>>,
+        resolver: &hickory_resolver::TokioResolver,
+    ) -> anyhow::Result<Generation> {
+        let auth =
+            Arc::new(mailgate_auth::Authenticator::new(resolver.clone(), &config.server.hostname, config.auth.timeout));
+        let mut signers = vec![];
+        for d in &config.dkim_sign {
+            let s = mailgate_auth::Signer::load(&d.key, &d.domain, &d.selector, &d.headers)
+                .map_err(|e| anyhow::anyhow!("dkim_sign {}/{}: {e}", d.domain, d.selector))?;
+            signers.push((d.clone(), s));
+        }
+        Ok(Generation { config, plugins, auth, signers })
+    }
 }
 
 /// What every session of a gateway shares.
@@ -84,9 +108,10 @@ impl Gateway {
         let hooks = plugins.as_ref().map(|p| {
             Arc::new(PluginHooks { chain: p.queue(), config: config.clone() }) as Arc<dyn mailgate_queue::Hooks>
         });
+        let generation = Generation::new(config.clone(), plugins, &resolver)?;
         let queue = Queue::start(spool.clone(), delivery, config.clone(), recovered, hooks);
         let shared = Arc::new(Shared {
-            current: RwLock::new(Arc::new(Generation { config: config.clone(), plugins })),
+            current: RwLock::new(Arc::new(generation)),
             config_file,
             resolver,
             kv,
@@ -166,9 +191,10 @@ impl Shared {
         let hooks = plugins.as_ref().map(|p| {
             Arc::new(PluginHooks { chain: p.queue(), config: config.clone() }) as Arc<dyn mailgate_queue::Hooks>
         });
-        shared.queue.reconfigure(config.clone(), hooks);
         let names = plugins.as_ref().map(|p| p.describe()).unwrap_or_default();
-        *shared.current.write().unwrap() = Arc::new(Generation { config, plugins });
+        let generation = Generation::new(config.clone(), plugins, &shared.resolver).map_err(|e| format!("{e:#}"))?;
+        shared.queue.reconfigure(config, hooks);
+        *shared.current.write().unwrap() = Arc::new(generation);
         let summary = names.iter().map(|(n, h)| format!("{n}@{h}")).collect::<Vec<_>>().join(", ");
         tracing::info!(plugins = %summary, "configuration reloaded");
         Ok(format!("reloaded; plugins: {}", if summary.is_empty() { "none" } else { &summary }))

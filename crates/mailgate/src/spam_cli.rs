@@ -11,7 +11,7 @@ use mailgate_plugin_host::host::ParsedMessage;
 use mailgate_plugin_host::DataDecision;
 use mailgate_spam::{Counts, Input, HEADERS, KEY_NHAM, KEY_NSPAM};
 
-use crate::plugins::{no_auth_results, wit_envelope};
+use crate::plugins::wit_envelope;
 
 /// Every regular file in `dirs` (not recursive), sorted, so runs are repeatable.
 fn corpus_files(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
@@ -127,7 +127,7 @@ pub async fn eval(run: EvalRun) -> Result<String, String> {
                 let env = wit_envelope("sender@example.org", vec!["rcpt@example.net".into()], false, false, None);
                 chain.on_mail_from(&conn, &env).await;
                 let started = Instant::now();
-                let (d, _) = chain.on_data(&conn, &env, Arc::new(raw), &no_auth_results()).await;
+                let (d, _) = chain.on_data(&conn, &env, Arc::new(raw)).await;
                 tally.time += started.elapsed();
                 tally.messages += 1;
                 if matches!(d, DataDecision::Reply(_) | DataDecision::Quarantine(_) | DataDecision::Disconnect(_)) {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailgate_config::{Config, OnError, Plugin, Stage};
-use mailgate_plugin_host::bindings::types::{AuthResults, ConnectionInfo, Envelope};
+use mailgate_plugin_host::bindings::types::{ConnectionInfo, Envelope};
 use mailgate_plugin_host::{MemoryKv, Plugins};
 
 fn dist(name: &str) -> PathBuf {
@@ -84,8 +84,7 @@ async fn message(plugins: &Arc<Plugins>, raw: &Arc<Vec<u8>>) {
     s.on_helo(&c, "client.example.test").await;
     s.on_mail_from(&c, &e).await;
     s.on_rcpt(&c, &e, "u@example.test").await;
-    let auth = AuthResults { spf: None, dkim: vec![], dmarc: None, arc: None, iprev: None };
-    let _ = s.on_data(&c, &e, raw.clone(), &auth).await;
+    let _ = s.on_data(&c, &e, raw.clone()).await;
 }
 
 /// Messages on one persistent session: connect and EHLO once, then MAIL, RCPT, DATA each.
@@ -94,11 +93,10 @@ async fn persistent(plugins: &Arc<Plugins>, raw: &Arc<Vec<u8>>, n: u32) {
     let mut s = plugins.session("bench", "default");
     s.on_connect(&c).await;
     s.on_helo(&c, "client.example.test").await;
-    let auth = AuthResults { spf: None, dkim: vec![], dmarc: None, arc: None, iprev: None };
     for _ in 0..n {
         s.on_mail_from(&c, &e).await;
         s.on_rcpt(&c, &e, "u@example.test").await;
-        let _ = s.on_data(&c, &e, raw.clone(), &auth).await;
+        let _ = s.on_data(&c, &e, raw.clone()).await;
     }
 }
 

@@ -7,6 +7,7 @@ wasmtime::component::bindgen!({
     path: "../../wit",
     imports: {
         "mailgate:plugin/dns": async,
+        "mailgate:plugin/auth": async,
         default: trappable,
     },
     exports: { default: async },

@@ -14,11 +14,11 @@ use mailgate_smtp::{Enhanced, Reply};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Store, StoreLimitsBuilder};
 
-use crate::bindings::types::{self, AuthResults, ConnectionInfo, Envelope, Verdict};
+use crate::bindings::types::{self, ConnectionInfo, Envelope, Verdict};
 use crate::bindings::Filter;
 use crate::data::Scoreboard;
 use crate::engine::{LoadedPlugin, PluginEngine};
-use crate::host::{HostState, MessageHandle, ParsedMessage, Services};
+use crate::host::{HostState, MessageHandle, ParsedMessage, Services, SharedAuth};
 use crate::kv::KvStore;
 use crate::PluginError;
 
@@ -214,12 +214,21 @@ struct Chain {
     sid: Arc<str>,
     /// The session's spam score, shared with every instance's host state.
     score: Arc<std::sync::Mutex<Scoreboard>>,
+    /// The session's authentication results, handed to every instance (none in the queue).
+    auth: Option<SharedAuth>,
 }
 
 impl Chain {
     fn new(plugins: Arc<Plugins>, sid: &str, order: Arc<[usize]>) -> Chain {
         let n = plugins.loaded.len();
-        Chain { plugins, slots: (0..n).map(|_| None).collect(), order, sid: sid.into(), score: Default::default() }
+        Chain {
+            plugins,
+            slots: (0..n).map(|_| None).collect(),
+            order,
+            sid: sid.into(),
+            score: Default::default(),
+            auth: None,
+        }
     }
 
     async fn slot(&mut self, i: usize) -> Result<&mut Slot, String> {
@@ -233,6 +242,7 @@ impl Chain {
                 sid: self.sid.clone(),
                 host_wait: std::time::Duration::ZERO,
                 score: self.score.clone(),
+                auth: self.auth.clone(),
             };
             let mut store = Store::new(&self.plugins.engine.engine, state);
             store.limiter(|s| &mut s.limits);
@@ -368,6 +378,11 @@ impl SessionChain {
         self.inner.order = self.inner.plugins.pipeline(name);
     }
 
+    /// Gives the plugins the session's authentication results (before the first hook).
+    pub fn set_auth(&mut self, auth: SharedAuth) {
+        self.inner.auth = Some(auth);
+    }
+
     /// The spam score so far: (total, (rule, points) in order).
     pub fn score(&self) -> (f64, Vec<(String, f64)>) {
         let s = self.inner.score.lock().expect("score lock");
@@ -406,7 +421,6 @@ impl SessionChain {
         conn: &ConnectionInfo,
         env: &Envelope,
         raw: Arc<Vec<u8>>,
-        auth: &AuthResults,
     ) -> (DataDecision, Vec<types::Modification>) {
         let chain = &mut self.inner;
         let msg = ParsedMessage::new(raw);
@@ -422,7 +436,7 @@ impl SessionChain {
                     match res {
                         Ok(handle) => {
                             let borrow = Resource::<MessageHandle>::new_borrow(handle.rep());
-                            let r = slot.filter.call_on_data(&mut slot.store, conn, env, borrow, auth).await;
+                            let r = slot.filter.call_on_data(&mut slot.store, conn, env, borrow).await;
                             let _ = slot.store.data_mut().table.delete(handle);
                             r.map_err(describe)
                         }

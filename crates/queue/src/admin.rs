@@ -58,7 +58,10 @@ impl Queue {
                 Ok(format!("{id}: held"))
             }
             AdminOp::Release(id) => {
-                let mut e = held.remove(&id).ok_or_else(|| format!("{id} is not held"))?;
+                let mut e = held.remove(&id).ok_or_else(|| format!("{id} is not held or quarantined"))?;
+                if let Some(reason) = e.env.quarantine.take() {
+                    tracing::info!(queue_id = %id, %reason, "released from quarantine by the administrator");
+                }
                 e.env.held = false;
                 e.env.next_attempt = 0;
                 self.inner.spool.update(&e.env);

@@ -51,6 +51,7 @@ pub enum AdminOp {
     Bounce(QueueId),
     /// Keep it, don't try it, until released.
     Hold(QueueId),
+    /// Deliver a held or quarantined message (as if accepted now).
     Release(QueueId),
 }
 
@@ -62,6 +63,8 @@ pub enum State {
     /// Waiting for its next attempt.
     Deferred,
     Held,
+    /// Kept by a plugin's quarantine verdict until an operator releases or deletes it.
+    Quarantined,
 }
 
 impl State {
@@ -70,6 +73,7 @@ impl State {
             State::Active => "active",
             State::Deferred => "deferred",
             State::Held => "held",
+            State::Quarantined => "quarantined",
         }
     }
 }
@@ -139,7 +143,6 @@ impl Queue {
     pub fn enqueue(&self, env: Envelope, data: Option<Arc<Vec<u8>>>) {
         if let Some(reason) = &env.quarantine {
             tracing::info!(queue_id = %env.id, %reason, "message is quarantined: not delivered");
-            return;
         }
         let _ = self.tx.send(Cmd::Enqueue(Entry { env, data }));
     }
@@ -198,7 +201,10 @@ impl Queue {
                 }
                 Some(Cmd::Enqueue(e)) => e,
             };
-            if e.env.held {
+            if e.env.quarantine.is_some() {
+                self.set_view(&e.env, State::Quarantined);
+                held.insert(e.env.id.clone(), e);
+            } else if e.env.held {
                 self.set_view(&e.env, State::Held);
                 held.insert(e.env.id.clone(), e);
             } else if e.env.next_attempt <= now_ms() {

@@ -30,7 +30,6 @@ impl Filter for AddHeader {
         _conn: &ConnectionInfo,
         _env: &Envelope,
         _msg: &Message,
-        _auth: &AuthResults,
     ) -> DataResult {
         DataResult::next().with(Modification::add_header(&self.name, &self.value))
     }

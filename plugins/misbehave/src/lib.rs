@@ -69,7 +69,6 @@ impl Filter for Misbehave {
         _: &ConnectionInfo,
         _: &Envelope,
         _: &Message,
-        _: &AuthResults,
     ) -> DataResult {
         DataResult::verdict(self.act("data"))
     }

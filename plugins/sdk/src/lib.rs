@@ -58,7 +58,7 @@ pub mod bindings {
 
 pub use bindings::mailgate::plugin::message::Message;
 pub use bindings::mailgate::plugin::types::{
-    ArcResult, AuthRequest, AuthResults, AuthStatus, ConnectionInfo, DataResult, DeliveryResult,
+    ArcResult, AuthRequest, AuthStatus, ConnectionInfo, DataResult, DeliveryResult,
     DeliveryStatus, DkimResult, DmarcPolicy, DmarcResult, Envelope, IprevResult, Modification,
     Reply, Route, RouteResult, SpfResult, TlsInfo, Verdict,
 };
@@ -66,9 +66,9 @@ pub use bindings::mailgate::plugin::types::{
 /// Everything a typical plugin needs: `use mailgate_plugin_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        AuthRequest, AuthResults, AuthStatus, ConnectionInfo, DataResult, DeliveryResult,
+        AuthRequest, AuthStatus, ConnectionInfo, DataResult, DeliveryResult,
         DeliveryStatus, Envelope, Filter, Message, Modification, Reply, Route, RouteResult,
-        Verdict, config, data, dns, domain_of, export, kv, log, metrics, score,
+        Verdict, auth, config, data, dns, domain_of, export, kv, log, metrics, score,
     };
 }
 
@@ -92,6 +92,14 @@ pub mod kv {
 /// granted fail with [`data::DataError::Denied`].
 pub mod data {
     pub use crate::bindings::mailgate::plugin::data::{DataError, lookup};
+}
+
+/// SPF, DKIM, DMARC, ARC and iprev results of the current session, transaction and message.
+/// The host computes each the first time any plugin asks (it may wait on DNS, which does not
+/// count against the CPU budget) and keeps it; a check whose data does not exist yet (no
+/// MAIL FROM, no message) gives none.
+pub mod auth {
+    pub use crate::bindings::mailgate::plugin::auth::{arc, dkim, dmarc, iprev, spf, spf_helo};
 }
 
 /// The transaction's shared spam score: add your rule's points, read the total that every
@@ -155,14 +163,9 @@ pub trait Filter: Default + 'static {
         Verdict::Next
     }
 
-    /// The message has arrived; `msg` reads it, `auth` holds SPF/DKIM/DMARC/ARC/iprev.
-    fn on_data(
-        &mut self,
-        conn: &ConnectionInfo,
-        env: &Envelope,
-        msg: &Message,
-        auth: &AuthResults,
-    ) -> DataResult {
+    /// The message has arrived; `msg` reads it, the [`auth`] module gives its SPF, DKIM,
+    /// DMARC, ARC and iprev results.
+    fn on_data(&mut self, conn: &ConnectionInfo, env: &Envelope, msg: &Message) -> DataResult {
         DataResult::next()
     }
 
@@ -249,13 +252,8 @@ pub mod __private {
         fn on_rcpt(conn: ConnectionInfo, env: Envelope, rcpt: String) -> Verdict {
             with(|f: &mut T| f.on_rcpt(&conn, &env, &rcpt))
         }
-        fn on_data(
-            conn: ConnectionInfo,
-            env: Envelope,
-            msg: &Message,
-            auth: AuthResults,
-        ) -> DataResult {
-            with(|f: &mut T| f.on_data(&conn, &env, msg, &auth))
+        fn on_data(conn: ConnectionInfo, env: Envelope, msg: &Message) -> DataResult {
+            with(|f: &mut T| f.on_data(&conn, &env, msg))
         }
         fn on_route(env: Envelope, rcpt: String) -> RouteResult {
             with(|f: &mut T| f.on_route(&env, &rcpt))

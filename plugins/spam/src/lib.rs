@@ -64,7 +64,6 @@ impl Filter for Spam {
         _c: &ConnectionInfo,
         _e: &Envelope,
         msg: &Message,
-        auth: &AuthResults,
     ) -> DataResult {
         match self.bayes(msg) {
             Ok((p, tokens)) => {
@@ -77,12 +76,12 @@ impl Filter for Spam {
             }
             Err(e) => log::warn!("no Bayes score: {e}"),
         }
-        match auth.spf.as_ref().map(|s| s.status) {
+        match auth::spf().map(|s| s.status) {
             Some(AuthStatus::Fail) => score::add(2.0, "SPF_FAIL"),
             Some(AuthStatus::Softfail) => score::add(1.0, "SPF_SOFTFAIL"),
             _ => {}
         }
-        match auth.dmarc.as_ref().map(|d| d.status) {
+        match auth::dmarc().map(|d| d.status) {
             Some(AuthStatus::Fail) => score::add(3.0, "DMARC_FAIL"),
             Some(AuthStatus::Pass) => score::add(-1.0, "DMARC_PASS"),
             _ => {}

@@ -72,7 +72,6 @@ impl Filter for FixedVerdict {
         _: &ConnectionInfo,
         _: &Envelope,
         _: &Message,
-        _: &AuthResults,
     ) -> DataResult {
         DataResult::verdict(self.at("data", None))
     }

@@ -194,13 +194,23 @@ impl Session {
             held: false,
         };
         let mut data = c.buf;
+        // RFC 8601 §5: a field claiming our authserv-id did not come from us.
+        let authserv_id = self.config.auth.authserv_id.clone().unwrap_or_else(|| self.config.server.hostname.clone());
+        let forged = mailgate_auth::strip_ours(&mut data, &authserv_id);
+        if forged > 0 {
+            tracing::info!(queue_id = %env.id, forged, "removed Authentication-Results fields claiming our authserv-id");
+        }
+        let raw = Arc::new(data);
+        self.auth.lock().await.set_message(raw.clone());
+        let mut data = raw;
         if self.chain.is_some() {
             let pipeline = tx.pipeline.clone().unwrap_or_else(|| self.pipeline.clone());
             match self.data_policy(&mut env, data, &pipeline).await {
-                Ok(d) => data = d,
+                Ok(d) => data = Arc::new(d),
                 Err(next) => return next,
             }
         }
+        let data = self.sign_and_mark(&env, data, &authserv_id).await;
         match shared.spool.store(&env, &data).await {
             Ok(()) => {
                 tracing::info!(
@@ -233,8 +243,11 @@ impl Session {
 impl Session {
     /// Runs the data-stage plugins on a complete message and applies their verdict and
     /// modifications. Returns the message to store, or `Err` once a reply has been queued.
-    async fn data_policy(&mut self, env: &mut Envelope, data: Vec<u8>, pipeline: &str) -> Result<Vec<u8>, Next> {
-        let Some(mut chain) = self.chain.take() else { return Ok(data) };
+    async fn data_policy(&mut self, env: &mut Envelope, raw: Arc<Vec<u8>>, pipeline: &str) -> Result<Vec<u8>, Next> {
+        let data = raw;
+        let Some(mut chain) = self.chain.take() else {
+            return Ok(Arc::try_unwrap(data).unwrap_or_else(|a| (*a).clone()));
+        };
         chain.use_pipeline(pipeline);
         let wenv = crate::plugins::wit_envelope(
             &env.sender,
@@ -243,9 +256,8 @@ impl Session {
             env.smtputf8,
             Some(data.len() as u64),
         );
-        let raw = Arc::new(data);
-        let (decision, mods) =
-            chain.on_data(&self.conn_info(), &wenv, raw.clone(), &crate::plugins::no_auth_results()).await;
+        let raw = data;
+        let (decision, mods) = chain.on_data(&self.conn_info(), &wenv, raw.clone()).await;
         self.chain = Some(chain);
         let mut data = Arc::try_unwrap(raw).unwrap_or_else(|a| (*a).clone());
         match decision {
@@ -301,4 +313,63 @@ impl Session {
         }
         Ok(data)
     }
+}
+
+impl Session {
+    /// Adds our Authentication-Results field and, when a `[[dkim_sign]]` identity matches, a
+    /// DKIM-Signature over the final message (after every plugin change).
+    async fn sign_and_mark(&mut self, env: &Envelope, data: Arc<Vec<u8>>, authserv_id: &str) -> Vec<u8> {
+        let mut data = Arc::try_unwrap(data).unwrap_or_else(|a| (*a).clone());
+        let cfg = self.config.auth.clone();
+        if cfg.header {
+            use mailgate_config::AuthCheck as C;
+            let has = |c: C| cfg.always.contains(&c);
+            let value = self
+                .auth
+                .lock()
+                .await
+                .header(authserv_id, has(C::Spf), has(C::Dkim) || has(C::Dmarc) || has(C::Arc), has(C::Iprev))
+                .await;
+            let mut out = format!("Authentication-Results: {value}\r\n").into_bytes();
+            out.extend_from_slice(&data);
+            data = out;
+        }
+        self.auth.lock().await.end_message();
+        let from_domain = header_from_domain(&data);
+        let generation = self.generation.clone();
+        let signer = generation.signers.iter().find(|(d, _)| {
+            let domain_ok = from_domain.as_deref().is_some_and(|f| {
+                f.eq_ignore_ascii_case(&d.domain)
+                    || f.to_ascii_lowercase().ends_with(&format!(".{}", d.domain.to_ascii_lowercase()))
+            });
+            let listener_ok = d.listeners.is_empty() || d.listeners.iter().any(|l| **l == *self.listener);
+            let who_ok = match d.sign_for {
+                mailgate_config::SignFor::Any => true,
+                mailgate_config::SignFor::Trusted => self.auth_user.is_some() || self.trusted,
+                mailgate_config::SignFor::Authenticated => self.auth_user.is_some(),
+            };
+            let user_ok = d.users.is_empty() || self.auth_user.as_ref().is_some_and(|u| d.users.contains(u));
+            domain_ok && listener_ok && who_ok && user_ok
+        });
+        if let Some((d, signer)) = signer {
+            match signer.sign(&data) {
+                Ok(field) => {
+                    tracing::info!(queue_id = %env.id, domain = %d.domain, selector = %d.selector, "DKIM signed");
+                    let mut out = field.into_bytes();
+                    out.extend_from_slice(&data);
+                    data = out;
+                }
+                // Unsigned mail still goes out; the log says why.
+                Err(e) => tracing::error!(queue_id = %env.id, domain = %d.domain, "{e}"),
+            }
+        }
+        data
+    }
+}
+
+/// The domain of the header From address, if the message has one.
+fn header_from_domain(data: &[u8]) -> Option<String> {
+    let msg = mail_parser::MessageParser::default().parse_headers(data)?;
+    let addr = msg.from()?.first()?.address.as_ref()?.to_string();
+    Some(addr.rsplit_once('@')?.1.to_string())
 }

@@ -41,6 +41,7 @@ impl Session {
         } else {
             format!("{me} greets {host}")
         };
+        self.auth.lock().await.set_helo(&host);
         self.helo = Some(host);
         // RFC 2034: the EHLO/HELO response carries no enhanced code.
         self.reply(Reply::plain(250, text));

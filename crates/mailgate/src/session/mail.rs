@@ -37,6 +37,7 @@ impl Session {
             return Next::Continue;
         }
         tracing::debug!(from = from.as_ref().map_or("<>", |a| a.as_str()), "MAIL");
+        self.auth.lock().await.begin_transaction(from.as_ref().map_or("", |a| a.as_str()));
         self.tx = Some(Transaction { from, params, rcpts: Vec::new(), bdat: None, pipeline: None });
         if let Some(mut chain) = self.chain.take() {
             chain.use_pipeline(&self.pipeline);

@@ -80,6 +80,11 @@ pub(crate) struct Session {
     pub tx: Option<Transaction>,
     /// This session's plugin instances (created on first use).
     pub chain: Option<SessionChain>,
+    /// SPF/DKIM/DMARC/ARC/iprev of this session, computed when first asked (shared with the
+    /// plugins).
+    pub auth: mailgate_plugin_host::host::SharedAuth,
+    /// The generation's signing identities and authenticator.
+    pub generation: Arc<crate::server::Generation>,
     /// Bad commands so far; too many closes the session.
     errors: usize,
     stop: watch::Receiver<bool>,
@@ -99,9 +104,15 @@ impl Session {
     ) -> Session {
         let generation = shared.current();
         let (config, plugins) = (generation.config.clone(), generation.plugins.clone());
+        let auth =
+            Arc::new(tokio::sync::Mutex::new(mailgate_auth::AuthSession::new(generation.auth.clone(), peer.ip())));
         let trusted = config.is_trusted(peer.ip());
         let lines = LineReader::new(config.limits.command_line);
-        let chain = plugins.as_ref().map(|p| p.session(&sid, &pipeline));
+        let chain = plugins.as_ref().map(|p| {
+            let mut c = p.session(&sid, &pipeline);
+            c.set_auth(auth.clone());
+            c
+        });
         Session {
             sid,
             stream: Stream::Plain(stream),
@@ -112,6 +123,8 @@ impl Session {
             peer,
             local,
             chain,
+            auth,
+            generation,
             listener,
             shared,
             config,

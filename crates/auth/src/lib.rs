@@ -1,0 +1,29 @@
+//! Mail authentication for mailgate: SPF (MAIL FROM and HELO), DKIM verification, DMARC,
+//! ARC chain validation and iprev through `mail-auth` over the gateway's own hickory resolver;
+//! the `Authentication-Results:` header (RFC 8601); DKIM signing and key generation.
+//!
+//! [`AuthSession`] computes each check lazily, once per transaction (SPF, iprev) or message
+//! (DKIM, DMARC, ARC), when someone first asks and the data for it exists — a plugin through
+//! the host's `auth` import, or the gateway for the header's `always` checks.
+//!
+//! This crate must not know SMTP sessions, the spool or the plugin ABI: it takes an IP, names
+//! and raw message bytes, and gives plain results that the plugin host maps to WIT.
+
+mod header;
+mod results;
+mod session;
+mod sign;
+
+pub use header::{authentication_results, strip_ours};
+pub use results::{Arc as ArcResult, Dkim, Dmarc, Iprev, MessageResults, Policy, Spf, Status};
+pub use session::{AuthSession, Authenticator};
+pub use sign::{keygen, KeyKind, Signer};
+
+/// An error of this crate (loading keys, signing), with what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{0}")]
+    Key(String),
+    #[error("DKIM signing failed: {0}")]
+    Sign(String),
+}

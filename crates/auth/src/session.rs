@@ -1,0 +1,287 @@
+//! The checks themselves (through mail-auth over the gateway's resolver) and the lazy,
+//! once-per-transaction cache of their results.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use mail_auth::common::verify::VerifySignature;
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{AuthenticatedMessage, DkimResult, DmarcResult, IprevResult, MessageAuthenticator, SpfResult};
+
+use crate::results::{self, Dkim, Dmarc, Iprev, MessageResults, Policy, Spf, Status};
+
+/// Runs the checks. One per gateway generation; cheap to share.
+pub struct Authenticator {
+    inner: MessageAuthenticator,
+    /// Our host name: SPF's `%{r}` macro and the receiving host of explanations.
+    hostname: String,
+    /// Upper bound for one check, whatever the resolver's retries add up to (RFC 7208 §4.6.4
+    /// suggests at least 20 s for SPF; we stay below a client's DATA patience).
+    deadline: Duration,
+}
+
+impl Authenticator {
+    pub fn new(resolver: TokioResolver, hostname: &str, deadline: Duration) -> Authenticator {
+        Authenticator { inner: MessageAuthenticator(resolver), hostname: hostname.to_string(), deadline }
+    }
+
+    /// SPF of `sender` (MAIL FROM), or of the HELO name for the null sender (RFC 7208 §2.4).
+    pub async fn spf(&self, ip: IpAddr, helo: &str, sender: &str) -> (Spf, mail_auth::SpfOutput) {
+        let params = SpfParameters::verify_mail_from(ip, helo, &self.hostname, sender);
+        let out = match tokio::time::timeout(self.deadline, self.inner.verify_spf(params)).await {
+            Ok(out) => out,
+            Err(_) => {
+                let domain = sender.rsplit_once('@').map_or(helo, |(_, d)| d);
+                mail_auth::SpfOutput::new(domain.to_string()).with_result(SpfResult::TempError)
+            }
+        };
+        (Spf { status: spf_status(out.result()), domain: out.domain().to_string(), helo: sender.is_empty() }, out)
+    }
+
+    /// SPF of the HELO identity.
+    pub async fn spf_helo(&self, ip: IpAddr, helo: &str) -> Spf {
+        let params = SpfParameters::verify_ehlo(ip, helo, &self.hostname);
+        let status = match tokio::time::timeout(self.deadline, self.inner.verify_spf(params)).await {
+            Ok(out) => spf_status(out.result()),
+            Err(_) => Status::TempError,
+        };
+        Spf { status, domain: helo.to_string(), helo: true }
+    }
+
+    pub async fn iprev(&self, ip: IpAddr) -> Iprev {
+        match tokio::time::timeout(self.deadline, self.inner.verify_iprev(ip)).await {
+            Ok(out) => Iprev {
+                status: match out.result {
+                    IprevResult::Pass => Status::Pass,
+                    IprevResult::Fail(_) => Status::Fail,
+                    IprevResult::TempError(_) => Status::TempError,
+                    IprevResult::PermError(_) => Status::PermError,
+                    IprevResult::None => Status::None,
+                },
+                hostname: out.ptr.as_ref().and_then(|p| p.first()).map(|h| h.trim_end_matches('.').to_string()),
+            },
+            Err(_) => Iprev { status: Status::TempError, hostname: None },
+        }
+    }
+
+    /// DKIM (every signature), ARC and DMARC of a message. `spf` is the MAIL FROM result that
+    /// DMARC aligns with; `mail_from_domain` its domain.
+    pub async fn message(&self, raw: &[u8], mail_from_domain: &str, spf: &mail_auth::SpfOutput) -> MessageResults {
+        let Some(msg) = AuthenticatedMessage::parse(raw) else {
+            let arc = results::Arc { status: Status::None, instances: 0, sealer: None };
+            return MessageResults { dkim: vec![], dmarc: None, arc, from_domain: String::new() };
+        };
+        let from_domain = msg.from().rsplit_once('@').map_or("", |(_, d)| d).to_lowercase();
+        let work = async {
+            let dkim_out = self.inner.verify_dkim(&msg).await;
+            let arc_out = self.inner.verify_arc(&msg).await;
+            let dmarc_out = if from_domain.is_empty() {
+                None
+            } else {
+                Some(self.inner.verify_dmarc(DmarcParameters::new(&msg, &dkim_out, mail_from_domain, spf)).await)
+            };
+            let dkim = dkim_out
+                .iter()
+                .map(|o| {
+                    let (status, reason) = dkim_status(o.result());
+                    let (domain, selector) = o
+                        .signature()
+                        .map_or((String::new(), String::new()), |s| (s.d.clone(), s.selector().to_string()));
+                    Dkim { status, domain, selector, reason }
+                })
+                .collect();
+            let arc = results::Arc {
+                status: dkim_status(arc_out.result()).0,
+                instances: arc_out.sets().len() as u32,
+                sealer: arc_out.sets().last().map(|s| s.seal.header.d.clone()),
+            };
+            let dmarc = dmarc_out.map(|d| Dmarc {
+                status: match d.result() {
+                    DmarcResult::Pass => Status::Pass,
+                    DmarcResult::Fail(_) => Status::Fail,
+                    DmarcResult::TempError(_) => Status::TempError,
+                    DmarcResult::PermError(_) => Status::PermError,
+                    DmarcResult::None => Status::None,
+                },
+                domain: d.domain().to_string(),
+                policy: match d.policy() {
+                    mail_auth::dmarc::Policy::Reject => Policy::Reject,
+                    mail_auth::dmarc::Policy::Quarantine => Policy::Quarantine,
+                    _ => Policy::None,
+                },
+            });
+            MessageResults { dkim, dmarc, arc, from_domain: from_domain.clone() }
+        };
+        match tokio::time::timeout(self.deadline, work).await {
+            Ok(r) => r,
+            Err(_) => MessageResults {
+                dkim: vec![Dkim {
+                    status: Status::TempError,
+                    domain: String::new(),
+                    selector: String::new(),
+                    reason: Some("timed out".into()),
+                }],
+                dmarc: None,
+                arc: results::Arc { status: Status::TempError, instances: 0, sealer: None },
+                from_domain,
+            },
+        }
+    }
+}
+
+fn spf_status(r: SpfResult) -> Status {
+    match r {
+        SpfResult::Pass => Status::Pass,
+        SpfResult::Fail => Status::Fail,
+        SpfResult::SoftFail => Status::SoftFail,
+        SpfResult::Neutral => Status::Neutral,
+        SpfResult::TempError => Status::TempError,
+        SpfResult::PermError => Status::PermError,
+        SpfResult::None => Status::None,
+    }
+}
+
+fn dkim_status(r: &DkimResult) -> (Status, Option<String>) {
+    match r {
+        DkimResult::Pass => (Status::Pass, None),
+        DkimResult::Neutral(e) => (Status::Neutral, Some(e.to_string())),
+        DkimResult::Fail(e) => (Status::Fail, Some(e.to_string())),
+        DkimResult::PermError(e) => (Status::PermError, Some(e.to_string())),
+        DkimResult::TempError(e) => (Status::TempError, Some(e.to_string())),
+        DkimResult::None => (Status::None, None),
+    }
+}
+
+/// The checks of one SMTP session, computed on first use and kept until the data they depend
+/// on changes (a new HELO, a new transaction, a new message).
+pub struct AuthSession {
+    auth: Arc<Authenticator>,
+    ip: IpAddr,
+    helo: Option<String>,
+    /// MAIL FROM of the current transaction ("" for the null sender); none outside one.
+    mail_from: Option<String>,
+    /// SPF of MAIL FROM with mail-auth's output, which DMARC needs.
+    spf: Option<(Spf, mail_auth::SpfOutput)>,
+    spf_helo: Option<Spf>,
+    /// iprev depends only on the IP: kept for the whole session.
+    iprev: Option<Iprev>,
+    /// The message of the transaction, once DATA is complete.
+    message: Option<Arc<Vec<u8>>>,
+    results: Option<MessageResults>,
+}
+
+impl AuthSession {
+    pub fn new(auth: Arc<Authenticator>, ip: IpAddr) -> AuthSession {
+        AuthSession {
+            auth,
+            ip,
+            helo: None,
+            mail_from: None,
+            spf: None,
+            spf_helo: None,
+            iprev: None,
+            message: None,
+            results: None,
+        }
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// HELO/EHLO: the HELO identity and every transaction result change.
+    pub fn set_helo(&mut self, helo: &str) {
+        self.helo = Some(helo.to_string());
+        self.spf_helo = None;
+        self.end_transaction();
+    }
+
+    /// MAIL FROM: a new transaction.
+    pub fn begin_transaction(&mut self, mail_from: &str) {
+        self.end_transaction();
+        self.mail_from = Some(mail_from.to_string());
+    }
+
+    pub fn end_transaction(&mut self) {
+        self.mail_from = None;
+        self.spf = None;
+        self.message = None;
+        self.results = None;
+    }
+
+    /// The complete message (DATA/BDAT done).
+    pub fn set_message(&mut self, raw: Arc<Vec<u8>>) {
+        self.message = Some(raw);
+        self.results = None;
+    }
+
+    /// The message is decided: drop it (its results stay until the next transaction).
+    pub fn end_message(&mut self) {
+        self.message = None;
+    }
+
+    /// SPF of MAIL FROM; none outside a transaction.
+    pub async fn spf(&mut self) -> Option<&Spf> {
+        if self.spf.is_none() {
+            let from = self.mail_from.as_deref()?;
+            let helo = self.helo.as_deref().unwrap_or("");
+            self.spf = Some(self.auth.spf(self.ip, helo, from).await);
+        }
+        self.spf.as_ref().map(|(s, _)| s)
+    }
+
+    /// SPF of the HELO name; none before HELO.
+    pub async fn spf_helo(&mut self) -> Option<&Spf> {
+        if self.spf_helo.is_none() {
+            let helo = self.helo.clone()?;
+            self.spf_helo = Some(self.auth.spf_helo(self.ip, &helo).await);
+        }
+        self.spf_helo.as_ref()
+    }
+
+    pub async fn iprev(&mut self) -> &Iprev {
+        if self.iprev.is_none() {
+            self.iprev = Some(self.auth.iprev(self.ip).await);
+        }
+        self.iprev.as_ref().expect("just computed")
+    }
+
+    /// DKIM, ARC and DMARC of the message; none before the message is complete.
+    pub async fn message(&mut self) -> Option<&MessageResults> {
+        if self.results.is_none() {
+            let raw = self.message.clone()?;
+            self.spf().await;
+            let from = self.mail_from.clone().unwrap_or_default();
+            let domain = from.rsplit_once('@').map_or(self.helo.as_deref().unwrap_or(""), |(_, d)| d).to_string();
+            let spf_out =
+                self.spf.as_ref().map(|(_, o)| o.clone()).unwrap_or_else(|| mail_auth::SpfOutput::new(domain.clone()));
+            self.results = Some(self.auth.message(&raw, &domain, &spf_out).await);
+        }
+        self.results.as_ref()
+    }
+
+    /// Runs the checks the operator wants in every header, then renders the header value from
+    /// everything computed so far.
+    pub async fn header(
+        &mut self,
+        authserv_id: &str,
+        always_spf: bool,
+        always_message: bool,
+        always_iprev: bool,
+    ) -> String {
+        if always_spf {
+            self.spf().await;
+        }
+        if always_message {
+            self.message().await;
+        }
+        if always_iprev {
+            self.iprev().await;
+        }
+        let spf: Vec<&Spf> = self.spf.as_ref().map(|(s, _)| s).into_iter().chain(self.spf_helo.as_ref()).collect();
+        crate::header::authentication_results(authserv_id, self.ip, &spf, self.iprev.as_ref(), self.results.as_ref())
+    }
+}

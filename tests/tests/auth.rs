@@ -1,0 +1,365 @@
+//! Mail authentication through the gateway, cross-checked with dkimpy (Debian python3-dkim),
+//! an implementation nobody here wrote: dkimpy-signed mail verifies (RSA and Ed25519) and
+//! tampered mail fails; mail the gateway signs (keys from `mailgate dkim keygen`, records as it
+//! prints them) verifies in dkimpy; SPF results from pass to temperror/permerror; DMARC reject,
+//! quarantine (and the quarantine CLI) and none, aligned and not; an ARC chain sealed by dkimpy
+//! for a trusted forwarder. Every record is served by dnsmasq on loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mailgate_tests::dns::Dns;
+use mailgate_tests::gateway::{binary, Gateway};
+use mailgate_tests::sink::Sink;
+use mailgate_tests::wait_for;
+
+const T: Duration = Duration::from_secs(15);
+/// dkimpy is Debian's: call that interpreter, whatever `python3` is first on PATH.
+const PY: &str = "/usr/bin/python3";
+
+/// Runs a Python script with env vars and stdin; returns stdout (panics with stderr on failure).
+fn py(script: &str, env: &[(&str, &str)], stdin: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new(PY)
+        .arg("-c")
+        .arg(script)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (with python3-dkim)");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// `mailgate dkim keygen`: the key file and the TXT record value it says to publish.
+fn keygen(dir: &Path, domain: &str, selector: &str, alg: &str) -> (PathBuf, String) {
+    let key = dir.join(format!("{selector}.pem"));
+    let out = Command::new(binary())
+        .args(["dkim", "keygen", "--domain", domain, "--selector", selector, "--algorithm", alg, "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && text.contains(&format!("{selector}._domainkey.{domain}. IN TXT")), "{text}");
+    let record: String = text.split('"').skip(1).step_by(2).collect();
+    assert!(record.starts_with("v=DKIM1;"), "{text}");
+    (key, record)
+}
+
+/// A dnsmasq TXT option, the value cut into 255-octet strings (dnsmasq keeps quotes given on
+/// its command line, so there are none).
+fn txt(name: &str, value: &str) -> String {
+    let parts: Vec<String> = value.as_bytes().chunks(255).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+    format!("--txt-record={name},{}", parts.join(","))
+}
+
+/// Sends with smtplib; "OK" or the refusal's "code text" (at MAIL, RCPT or DATA).
+fn send(port: u16, from: &str, rcpt: &str, msg: &[u8]) -> String {
+    let out = py(
+        "import os, sys, smtplib\nmsg = sys.stdin.buffer.read()\n\
+         s = smtplib.SMTP('127.0.0.1', int(os.environ['PORT']), timeout=30)\n\
+         try:\n    s.sendmail(os.environ['FROM'], [os.environ['RCPT']], msg)\n    print('OK')\n\
+         except smtplib.SMTPRecipientsRefused as e:\n    c, t = list(e.recipients.values())[0]; print(c, t.decode())\n\
+         except smtplib.SMTPResponseException as e:\n    print(e.smtp_code, e.smtp_error.decode())\n",
+        &[("PORT", &port.to_string()), ("FROM", from), ("RCPT", rcpt)],
+        msg,
+    );
+    String::from_utf8_lossy(&out).trim().to_string()
+}
+
+fn message(from: &str, subject: &str) -> Vec<u8> {
+    format!(
+        "From: Sender <{from}>\r\nTo: <u@remote.test>\r\nSubject: {subject}\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n\
+         Message-ID: <{subject}@sender>\r\n\r\nHello,\r\nthis is {subject}.\r\n"
+    )
+    .into_bytes()
+}
+
+/// dkimpy signs `msg`: RSA with a PEM key file, Ed25519 with a base64 seed.
+fn dkimpy_sign(msg: &[u8], domain: &str, selector: &str, alg: &str, key: &str) -> Vec<u8> {
+    py(
+        "import os, sys, dkim\nmsg = sys.stdin.buffer.read()\nalg = os.environ['ALG']\n\
+         key = open(os.environ['KEY'], 'rb').read() if alg == 'rsa-sha256' else os.environ['KEY'].encode()\n\
+         sig = dkim.sign(msg, os.environ['SEL'].encode(), os.environ['DOM'].encode(), key,\n\
+             signature_algorithm=alg.encode(), include_headers=[b'From', b'To', b'Subject', b'Date', b'Message-ID'])\n\
+         sys.stdout.buffer.write(sig + msg)\n",
+        &[("ALG", alg), ("KEY", key), ("SEL", selector), ("DOM", domain)],
+        msg,
+    )
+}
+
+/// dkimpy's verdict on a message, asking our dnsmasq through dnspython.
+fn dkimpy_verify(msg: &[u8], dns_port: u16) -> String {
+    let out = py(
+        "import os, sys, dkim, dns.resolver\nr = dns.resolver.Resolver(configure=False)\n\
+         r.nameservers = ['127.0.0.1']; r.port = int(os.environ['DNSPORT'])\n\
+         def txt(name, timeout=5):\n    a = r.resolve(name.decode().rstrip('.'), 'TXT')\n    return b''.join(b''.join(x.strings) for x in a)\n\
+         print('pass' if dkim.verify(sys.stdin.buffer.read(), dnsfunc=txt) else 'fail')\n",
+        &[("DNSPORT", &dns_port.to_string())],
+        msg,
+    );
+    String::from_utf8_lossy(&out).trim().to_string()
+}
+
+/// An RSA key made by openssl (PKCS#1 PEM) and its public key for DNS.
+fn openssl_rsa(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(format!("{name}.pem"));
+    let ok = Command::new("openssl").args(["genrsa", "-traditional", "-out"]).arg(&key).arg("2048").output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let der = Command::new("openssl").args(["rsa", "-pubout", "-outform", "DER", "-in"]).arg(&key).output().unwrap();
+    use base64_free::encode;
+    (key, format!("v=DKIM1; k=rsa; p={}", encode(&der.stdout)))
+}
+
+/// Base64 without a crate (the tests have no base64 dependency).
+mod base64_free {
+    pub fn encode(b: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut s = String::new();
+        for c in b.chunks(3) {
+            let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+            for i in 0..4 {
+                if i <= c.len() {
+                    s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    s.push('=');
+                }
+            }
+        }
+        s
+    }
+}
+
+#[test]
+fn dkim_cross_checked_with_dkimpy_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    // Keys for dkimpy's signatures: openssl RSA, PyNaCl Ed25519.
+    let (rsa_key, rsa_txt) = openssl_rsa(dir.path(), "rsa1");
+    let ed = String::from_utf8(py(
+        "import base64, nacl.signing\nk = nacl.signing.SigningKey.generate()\n\
+         print(base64.b64encode(bytes(k)).decode(), base64.b64encode(bytes(k.verify_key)).decode())\n",
+        &[],
+        b"",
+    ))
+    .unwrap();
+    let (ed_seed, ed_pub) = ed.trim().split_once(' ').unwrap();
+    // Keys for the gateway's signatures, made by `mailgate dkim keygen`.
+    let (g_rsa, g_rsa_txt) = keygen(dir.path(), "out-rsa.test", "g1", "rsa");
+    let (g_ed, g_ed_txt) = keygen(dir.path(), "out-ed.test", "g2", "ed25519");
+    let dns = Dns::start(&[
+        &txt("rsa1._domainkey.signed.test", &rsa_txt),
+        &txt("ed1._domainkey.signed.test", &format!("v=DKIM1; k=ed25519; p={ed_pub}")),
+        &txt("g1._domainkey.out-rsa.test", &g_rsa_txt),
+        &txt("g2._domainkey.out-ed.test", &g_ed_txt),
+        "--txt-record=signed.test,v=spf1 -all",
+    ]);
+    let sink = Sink::start();
+    let extra = format!(
+        "{}\n[auth]\nalways = [\"dkim\"]\n\n\
+         [[dkim_sign]]\ndomain = \"out-rsa.test\"\nselector = \"g1\"\nkey = \"{}\"\nsign_for = \"trusted\"\n\n\
+         [[dkim_sign]]\ndomain = \"out-ed.test\"\nselector = \"g2\"\nkey = \"{}\"\nsign_for = \"trusted\"\n{}",
+        dns.config(),
+        g_rsa.display(),
+        g_ed.display(),
+        Gateway::plugin("dkim", "dkim", "stages = [\"data\"]", "require = [\"signed.test\"]")
+    );
+    let gw = Gateway::with_sink(sink.port(), &extra);
+
+    // dkimpy → gateway: both algorithms pass, and a forged Authentication-Results is dropped.
+    let mut forged = b"Authentication-Results: mx.gateway.test; dkim=pass header.d=paypal.test\r\n".to_vec();
+    forged.extend(message("alice@signed.test", "rsa-signed"));
+    let signed = dkimpy_sign(&forged, "signed.test", "rsa1", "rsa-sha256", rsa_key.to_str().unwrap());
+    assert_eq!(send(gw.port, "alice@signed.test", "u@remote.test", &signed), "OK");
+    let got = sink.wait_for_rcpt("u@remote.test", T).text();
+    assert!(got.contains("dkim=pass header.d=signed.test header.s=rsa1"), "{got}");
+    assert!(!got.contains("paypal.test"), "the forged field survived: {got}");
+    assert_eq!(got.matches("Authentication-Results: mx.gateway.test").count(), 1, "{got}");
+
+    let signed =
+        dkimpy_sign(&message("alice@signed.test", "ed-signed"), "signed.test", "ed1", "ed25519-sha256", ed_seed);
+    assert_eq!(send(gw.port, "alice@signed.test", "v@remote.test", &signed), "OK");
+    let got = sink.wait_for_rcpt("v@remote.test", T).text();
+    assert!(got.contains("dkim=pass header.d=signed.test header.s=ed1"), "{got}");
+
+    // Tampered after signing: the signature fails, and the dkim plugin refuses the domain.
+    let signed = dkimpy_sign(
+        &message("alice@signed.test", "tampered"),
+        "signed.test",
+        "rsa1",
+        "rsa-sha256",
+        rsa_key.to_str().unwrap(),
+    );
+    let tampered = String::from_utf8(signed).unwrap().replace("this is tampered", "this is changed");
+    let reply = send(gw.port, "alice@signed.test", "w@remote.test", tampered.as_bytes());
+    assert!(reply.starts_with("550 5.7.20 no valid DKIM signature for signed.test"), "{reply}");
+    assert!(gw.wait_log("plugin verdict", T));
+
+    // gateway → dkimpy: both keys from `mailgate dkim keygen`, verified with the records it printed.
+    for (from, rcpt, sel) in [("bob@out-rsa.test", "x@remote.test", "g1"), ("carol@out-ed.test", "y@remote.test", "g2")]
+    {
+        assert_eq!(send(gw.port, from, rcpt, &message(from, "outbound")), "OK");
+        let got = sink.wait_for_rcpt(rcpt, T);
+        assert!(
+            got.text().starts_with("DKIM-Signature:") && got.text().contains(&format!("s={sel};")),
+            "{}",
+            got.text()
+        );
+        assert_eq!(dkimpy_verify(&got.data, dns.port), "pass", "{}", got.text());
+        // And a change in transit breaks it for dkimpy too.
+        let changed = got.text().replace("this is outbound", "this is altered");
+        assert_eq!(dkimpy_verify(changed.as_bytes(), dns.port), "fail");
+    }
+}
+
+#[test]
+fn spf_results_from_pass_to_temperror_and_permerror() {
+    let dead = mailgate_tests::free_udp_port();
+    let too_many: String = (1..=11).map(|i| format!("a:h{i}.many.test ")).collect();
+    let dns = Dns::start(&[
+        "--txt-record=pass.test,v=spf1 ip4:127.0.0.1 -all",
+        "--txt-record=fail.test,v=spf1 ip4:192.0.2.1 -all",
+        "--txt-record=softfail.test,v=spf1 ~all",
+        "--txt-record=neutral.test,v=spf1 ?all",
+        "--txt-record=none.test,just some text",
+        &format!("--txt-record=many.test,v=spf1 {too_many}-all"),
+        "--txt-record=broken.test,v=spf1 ip4:not-an-ip -all",
+        // A zone whose server never answers: the look-up times out.
+        &format!("--server=/slow.test/127.0.0.1#{dead}"),
+    ]);
+    let spf = Gateway::plugin(
+        "spf",
+        "spf",
+        "stages = [\"mail_from\"]",
+        "stage = \"mail_from\"\nfail = \"reject\"\nsoftfail = \"accept\"\ntemperror = \"tempfail\"\npermerror = \"reject\"",
+    );
+    let gw = Gateway::with_sink(
+        1,
+        &format!(
+            "[relay]\naccept_domains = [\"example.test\"]\ntrusted_networks = []\n{}\n[auth]\nalways = [\"spf\"]\ntimeout = \"3s\"\n{spf}",
+            dns.config()
+        ),
+    );
+    let msg = |d: &str| message(&format!("s@{d}"), d);
+    for (domain, reply) in [
+        ("fail.test", "550 5.7.23 SPF fail for fail.test"),
+        ("many.test", "550 5.7.23 SPF permerror for many.test"),
+        ("broken.test", "550 5.7.23 SPF permerror for broken.test"),
+        ("slow.test", "451 4.4.3 SPF temperror for slow.test"),
+    ] {
+        let got = send(gw.port, &format!("s@{domain}"), "u@example.test", &msg(domain));
+        assert!(got.starts_with(reply), "{domain}: {got}");
+    }
+    for (domain, result) in [
+        ("pass.test", "pass"),
+        ("softfail.test", "softfail"),
+        ("neutral.test", "neutral"),
+        ("none.test", "none"),
+        ("nxdomain.test", "none"),
+    ] {
+        assert_eq!(send(gw.port, &format!("s@{domain}"), "u@example.test", &msg(domain)), "OK", "{domain}");
+        let want = format!("spf={result} smtp.mailfrom={domain}");
+        let found = wait_for(T, || {
+            Gateway::maildir_files(&gw.path("mail"), "u")
+                .iter()
+                .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+                .find(|t| t.contains(&want))
+        });
+        assert!(found.is_some(), "no message with {want}; log:\n{}", gw.log());
+    }
+}
+
+fn cli(cfg: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(binary()).args(args).arg("--config").arg(cfg).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn quarantined(cfg: &Path) -> Vec<serde_json::Value> {
+    let (ok, out) = cli(cfg, &["quarantine", "list", "--json"]);
+    assert!(ok, "{out}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn dmarc_policies_aligned_and_not_with_quarantine_cli_and_trusted_arc() {
+    let dir = tempfile::tempdir().unwrap();
+    let (arc_key, arc_txt) = openssl_rsa(dir.path(), "arc1");
+    let dns = Dns::start(&[
+        "--txt-record=_dmarc.reject.test,v=DMARC1; p=reject",
+        "--txt-record=_dmarc.quar.test,v=DMARC1; p=quarantine",
+        "--txt-record=_dmarc.none.test,v=DMARC1; p=none",
+        "--txt-record=reject.test,v=spf1 ip4:127.0.0.1 -all",
+        "--txt-record=other.test,v=spf1 ip4:127.0.0.1 -all",
+        "--txt-record=fwd.test,v=spf1 ip4:127.0.0.1 -all",
+        &txt("arc1._domainkey.fwd.test", &arc_txt),
+    ]);
+    let sink = Sink::start();
+    let admin = mailgate_tests::free_port();
+    let plugins = format!(
+        "{}{}",
+        Gateway::plugin("arc", "arc", "stages = [\"data\"]", "trusted = [\"fwd.test\"]"),
+        Gateway::plugin("dmarc", "dmarc", "stages = [\"data\"]", "")
+    );
+    let gw = Gateway::with_sink(
+        sink.port(),
+        &format!("{}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{plugins}", dns.config()),
+    );
+    let cfg = gw.path("mailgate.toml");
+
+    // p=reject: unaligned (SPF passes for other.test, no DKIM) is refused; aligned passes.
+    let reply = send(gw.port, "b@other.test", "a@remote.test", &message("x@reject.test", "unaligned"));
+    assert_eq!(reply, "550 5.7.1 Rejected by the DMARC policy of reject.test");
+    assert_eq!(send(gw.port, "x@reject.test", "a@remote.test", &message("x@reject.test", "aligned")), "OK");
+    let got = sink.wait_for_rcpt("a@remote.test", T).text();
+    assert!(got.contains("dmarc=pass header.from=reject.test policy.dmarc=reject"), "{got}");
+    assert!(got.contains("spf=pass smtp.mailfrom=reject.test"), "{got}");
+
+    // p=none: delivered, marked as failing.
+    assert_eq!(send(gw.port, "b@other.test", "n@remote.test", &message("x@none.test", "none")), "OK");
+    let got = sink.wait_for_rcpt("n@remote.test", T).text();
+    assert!(got.contains("dmarc=fail header.from=none.test policy.dmarc=none"), "{got}");
+
+    // p=quarantine: the client hears 250; the message waits in quarantine for the operator.
+    assert_eq!(send(gw.port, "b@other.test", "q@remote.test", &message("x@quar.test", "quarantined")), "OK");
+    assert_eq!(send(gw.port, "b@other.test", "d@remote.test", &message("x@quar.test", "deleted")), "OK");
+    let q = wait_for(T, || Some(quarantined(&cfg)).filter(|q| q.len() == 2)).expect("two quarantined");
+    let id_of = |rcpt: &str| {
+        q.iter().find(|m| m["recipients"][0]["address"] == rcpt).unwrap()["id"].as_str().unwrap().to_string()
+    };
+    let (keep, drop) = (id_of("q@remote.test"), id_of("d@remote.test"));
+    let (ok, out) = cli(&cfg, &["quarantine", "list"]);
+    assert!(ok && out.contains(&keep) && out.contains("quarantine: DMARC policy of quar.test: quarantine"), "{out}");
+    let (ok, out) = cli(&cfg, &["quarantine", "show", &keep, "--json"]);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
+    assert!(ok && shown["header"].as_str().unwrap().contains("Subject: quarantined"), "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(sink.received().iter().all(|m| !m.rcpts.contains(&"q@remote.test".to_string())), "delivered early");
+    assert!(cli(&cfg, &["quarantine", "release", &keep]).0);
+    let got = sink.wait_for_rcpt("q@remote.test", T).text();
+    assert!(got.contains("dmarc=fail header.from=quar.test policy.dmarc=quarantine"), "{got}");
+    assert!(cli(&cfg, &["quarantine", "delete", &drop]).0);
+    assert!(quarantined(&cfg).is_empty());
+    let (ok, out) = cli(&cfg, &["quarantine", "show", &drop]);
+    assert!(!ok && out.contains("no message"), "{out}");
+
+    // A forwarder (fwd.test) sealed an ARC chain with dkimpy: the arc plugin trusts it, so
+    // the DMARC failure that forwarding caused is not enforced.
+    let mut fwd = b"Authentication-Results: fwd.test; spf=pass smtp.mailfrom=reject.test\r\n".to_vec();
+    fwd.extend(message("x@reject.test", "forwarded"));
+    let sealed = py(
+        "import os, sys, dkim\nmsg = sys.stdin.buffer.read()\nkey = open(os.environ['KEY'], 'rb').read()\n\
+         h = dkim.arc_sign(msg, b'arc1', b'fwd.test', key, b'fwd.test', include_headers=[b'From', b'To', b'Subject', b'Date'])\n\
+         sys.stdout.buffer.write(b''.join(h) + msg)\n",
+        &[("KEY", arc_key.to_str().unwrap())],
+        &fwd,
+    );
+    assert!(String::from_utf8_lossy(&sealed).contains("ARC-Seal: i=1"), "{}", String::from_utf8_lossy(&sealed));
+    assert_eq!(send(gw.port, "list@fwd.test", "f@remote.test", &sealed), "OK", "{}", gw.log());
+    let got = sink.wait_for_rcpt("f@remote.test", T).text();
+    assert!(got.contains("arc=pass") && got.contains("dmarc=fail header.from=reject.test"), "{got}");
+    assert!(gw.log().contains("sealed by a trusted ARC forwarder"));
+}
