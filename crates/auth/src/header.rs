@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use crate::results::{Dkim, Iprev, MessageResults, Spf, Status};
 
 /// The value of our Authentication-Results field (without the name) for what was computed;
-/// `none` when nothing was.
+/// `<id>; none` when nothing was (the gateway then adds no field at all).
 pub fn authentication_results(
     authserv_id: &str,
     ip: IpAddr,

@@ -264,14 +264,14 @@ impl AuthSession {
     }
 
     /// Runs the checks the operator wants in every header, then renders the header value from
-    /// everything computed so far.
+    /// everything computed so far; none when nothing was.
     pub async fn header(
         &mut self,
         authserv_id: &str,
         always_spf: bool,
         always_message: bool,
         always_iprev: bool,
-    ) -> String {
+    ) -> Option<String> {
         if always_spf {
             self.spf().await;
         }
@@ -282,6 +282,15 @@ impl AuthSession {
             self.iprev().await;
         }
         let spf: Vec<&Spf> = self.spf.as_ref().map(|(s, _)| s).into_iter().chain(self.spf_helo.as_ref()).collect();
-        crate::header::authentication_results(authserv_id, self.ip, &spf, self.iprev.as_ref(), self.results.as_ref())
+        if spf.is_empty() && self.iprev.is_none() && self.results.is_none() {
+            return None;
+        }
+        Some(crate::header::authentication_results(
+            authserv_id,
+            self.ip,
+            &spf,
+            self.iprev.as_ref(),
+            self.results.as_ref(),
+        ))
     }
 }

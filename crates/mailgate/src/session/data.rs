@@ -330,9 +330,11 @@ impl Session {
                 .await
                 .header(authserv_id, has(C::Spf), has(C::Dkim) || has(C::Dmarc) || has(C::Arc), has(C::Iprev))
                 .await;
-            let mut out = format!("Authentication-Results: {value}\r\n").into_bytes();
-            out.extend_from_slice(&data);
-            data = out;
+            if let Some(value) = value {
+                let mut out = format!("Authentication-Results: {value}\r\n").into_bytes();
+                out.extend_from_slice(&data);
+                data = out;
+            }
         }
         self.auth.lock().await.end_message();
         let from_domain = header_from_domain(&data);
