@@ -47,6 +47,9 @@ fn main() {
     }
     records.push("--txt-record=bench.test,v=spf1 ip4:127.0.0.1 -all".into());
     records.push("--txt-record=_dmarc.bench.test,v=DMARC1; p=reject".into());
+    // DMARC also asks the parent domain; dnsmasq's own NXDOMAIN carries no SOA, so no resolver
+    // would cache it (a real zone's would be): give it a cacheable non-DMARC answer.
+    records.push("--txt-record=_dmarc.test,not a DMARC record".into());
     records.push("--ptr-record=1.0.0.127.in-addr.arpa,client.bench.test".into());
     records.push("--host-record=client.bench.test,127.0.0.1".into());
     let port = {
@@ -56,6 +59,8 @@ fn main() {
     let mut dns = Command::new("/usr/sbin/dnsmasq")
         .args(["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces"])
         .args(["--listen-address=127.0.0.1", "--pid-file=", "--local=/test/", "--local=/in-addr.arpa/"])
+        // A TTL, so that the resolver caches the answers (dnsmasq gives local records TTL 0).
+        .arg("--local-ttl=300")
         .arg(format!("--port={port}"))
         .arg("--user=root")
         .args(&records)
