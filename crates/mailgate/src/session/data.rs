@@ -206,7 +206,7 @@ impl Session {
         if self.chain.is_some() {
             let pipeline = tx.pipeline.clone().unwrap_or_else(|| self.pipeline.clone());
             match self.data_policy(&mut env, data, &pipeline).await {
-                Ok(d) => data = Arc::new(d),
+                Ok(d) => data = d,
                 Err(next) => return next,
             }
         }
@@ -243,10 +243,15 @@ impl Session {
 impl Session {
     /// Runs the data-stage plugins on a complete message and applies their verdict and
     /// modifications. Returns the message to store, or `Err` once a reply has been queued.
-    async fn data_policy(&mut self, env: &mut Envelope, raw: Arc<Vec<u8>>, pipeline: &str) -> Result<Vec<u8>, Next> {
+    async fn data_policy(
+        &mut self,
+        env: &mut Envelope,
+        raw: Arc<Vec<u8>>,
+        pipeline: &str,
+    ) -> Result<Arc<Vec<u8>>, Next> {
         let data = raw;
         let Some(mut chain) = self.chain.take() else {
-            return Ok(Arc::try_unwrap(data).unwrap_or_else(|a| (*a).clone()));
+            return Ok(data);
         };
         chain.use_pipeline(pipeline);
         let wenv = crate::plugins::wit_envelope(
@@ -259,7 +264,8 @@ impl Session {
         let raw = data;
         let (decision, mods) = chain.on_data(&self.conn_info(), &wenv, raw.clone()).await;
         self.chain = Some(chain);
-        let mut data = Arc::try_unwrap(raw).unwrap_or_else(|a| (*a).clone());
+        // Kept shared: the session's authentication checks may still need the bytes as received.
+        let mut data = raw;
         match decision {
             DataDecision::Continue => {}
             DataDecision::Reply(r) => {
@@ -287,7 +293,7 @@ impl Session {
             tracing::warn!(queue_id = %env.id, "invalid plugin modification ignored: {r}");
         }
         if let Some(d) = edits.data {
-            data = d;
+            data = Arc::new(d);
         }
         if let Some(s) = edits.sender {
             env.sender = s;
@@ -319,8 +325,8 @@ impl Session {
     /// Adds our Authentication-Results field and, when a `[[dkim_sign]]` identity matches, a
     /// DKIM-Signature over the final message (after every plugin change).
     async fn sign_and_mark(&mut self, env: &Envelope, data: Arc<Vec<u8>>, authserv_id: &str) -> Vec<u8> {
-        let mut data = Arc::try_unwrap(data).unwrap_or_else(|a| (*a).clone());
         let cfg = self.config.auth.clone();
+        let mut field = None;
         if cfg.header {
             use mailgate_config::AuthCheck as C;
             let has = |c: C| cfg.always.contains(&c);
@@ -330,13 +336,21 @@ impl Session {
                 .await
                 .header(authserv_id, has(C::Spf), has(C::Dkim) || has(C::Dmarc) || has(C::Arc), has(C::Iprev))
                 .await;
-            if let Some(value) = value {
-                let mut out = format!("Authentication-Results: {value}\r\n").into_bytes();
-                out.extend_from_slice(&data);
-                data = out;
-            }
+            field = value.map(|v| format!("Authentication-Results: {v}\r\n"));
         }
+        // The checks are done: the bytes as received are no longer needed, and without that
+        // second owner the message is not copied here.
         self.auth.lock().await.end_message();
+        let mut data = Arc::try_unwrap(data).unwrap_or_else(|a| (*a).clone());
+        if let Some(field) = field {
+            let mut out = Vec::with_capacity(field.len() + data.len());
+            out.extend_from_slice(field.as_bytes());
+            out.extend_from_slice(&data);
+            data = out;
+        }
+        if self.generation.signers.is_empty() {
+            return data;
+        }
         let from_domain = header_from_domain(&data);
         let generation = self.generation.clone();
         let signer = generation.signers.iter().find(|(d, _)| {
