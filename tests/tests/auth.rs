@@ -171,7 +171,9 @@ fn dkim_cross_checked_with_dkimpy_both_ways() {
     let gw = Gateway::with_sink(sink.port(), &extra);
 
     // dkimpy → gateway: both algorithms pass, and a forged Authentication-Results is dropped.
-    let mut forged = b"Authentication-Results: mx.gateway.test; dkim=pass header.d=paypal.test\r\n".to_vec();
+    let mut forged = b"Authentication-Results: mx.gateway.test; dkim=pass header.d=paypal.test\r\n\
+        Authentication-Results : (spaced and commented)\r\n \"MX.gateway.test\"; spf=pass smtp.mailfrom=paypal.test\r\n"
+        .to_vec();
     forged.extend(message("alice@signed.test", "rsa-signed"));
     let signed = dkimpy_sign(&forged, "signed.test", "rsa1", "rsa-sha256", rsa_key.to_str().unwrap());
     assert_eq!(send(gw.port, "alice@signed.test", "u@remote.test", &signed), "OK");
@@ -317,6 +319,12 @@ fn dmarc_policies_aligned_and_not_with_quarantine_cli_and_trusted_arc() {
     let got = sink.wait_for_rcpt("a@remote.test", T).text();
     assert!(got.contains("dmarc=pass header.from=reject.test policy.dmarc=reject"), "{got}");
     assert!(got.contains("spf=pass smtp.mailfrom=reject.test"), "{got}");
+
+    // Two From fields (or From domains): DMARC could not judge the message, so it is refused.
+    let mut two = b"From: ceo@reject.test\r\n".to_vec();
+    two.extend(message("x@other.test", "two-froms"));
+    let reply = send(gw.port, "b@other.test", "a@remote.test", &two);
+    assert_eq!(reply, "550 5.7.1 Refused: 2 From header fields (DMARC cannot judge it)");
 
     // p=none: delivered, marked as failing.
     assert_eq!(send(gw.port, "b@other.test", "n@remote.test", &message("x@none.test", "none")), "OK");

@@ -21,18 +21,25 @@ pub fn authentication_results(
             parts.push("dkim=none".to_string());
         }
         for Dkim { status, domain, selector, reason } in &m.dkim {
-            let why = reason.as_ref().map(|r| format!(" ({})", clean(r))).unwrap_or_default();
-            parts.push(format!(
-                "dkim={}{why} header.d={} header.s={}",
-                status.as_str(),
-                clean(domain),
-                clean(selector)
-            ));
+            let mut part = format!("dkim={}", status.as_str());
+            if let Some(r) = reason {
+                part += &format!(" ({})", clean(r));
+            }
+            for (key, value) in [("header.d", token(domain)), ("header.s", token(selector))] {
+                if !value.is_empty() {
+                    part += &format!(" {key}={value}");
+                }
+            }
+            parts.push(part);
         }
     }
     for s in spf {
         let key = if s.helo { "smtp.helo" } else { "smtp.mailfrom" };
-        parts.push(format!("spf={} {key}={}", s.status.as_str(), clean(&s.domain)));
+        let part = format!("spf={} {key}={}", s.status.as_str(), token(&s.domain));
+        // The null sender's MAIL FROM result is the HELO identity's: show it once.
+        if !parts.contains(&part) {
+            parts.push(part);
+        }
     }
     if let Some(m) = message {
         if let Some(d) = &m.dmarc {
@@ -41,7 +48,7 @@ pub fn authentication_results(
                 crate::Policy::Quarantine => "quarantine",
                 crate::Policy::Reject => "reject",
             };
-            parts.push(format!("dmarc={} header.from={} policy.dmarc={p}", d.status.as_str(), clean(&d.domain)));
+            parts.push(format!("dmarc={} header.from={} policy.dmarc={p}", d.status.as_str(), token(&d.domain)));
         }
         if m.arc.status != Status::None || m.arc.instances > 0 {
             parts.push(format!("arc={} smtp.remote-ip={ip}", m.arc.status.as_str()));
@@ -57,21 +64,28 @@ pub fn authentication_results(
     format!("{authserv_id};\r\n\t{}", parts.join(";\r\n\t"))
 }
 
-/// Header text may not break the field: no CR/LF, no ';' or parentheses that would nest.
+/// A comment's text: no CR/LF, no parentheses or backslash that would end or escape it.
 fn clean(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control() && !matches!(c, ';' | '(' | ')')).take(200).collect()
+    s.chars().filter(|c| !c.is_control() && !matches!(c, ';' | '(' | ')' | '\\' | '"')).take(200).collect()
 }
 
-/// Removes every Authentication-Results field (or ARC-Authentication-Results is left alone)
-/// whose authserv-id is `authserv_id` (case-insensitive) from the header of `raw`; returns how
-/// many were removed.
+/// A property value (RFC 8601 `pvalue`): a domain, selector or address; anything else is
+/// dropped so that a hostile PTR name or selector cannot bend the field.
+fn token(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@' | '+' | ':'))
+        .take(200)
+        .collect()
+}
+
+/// Removes every Authentication-Results field whose authserv-id is `authserv_id`
+/// (case-insensitive; comments and quotes around the id do not hide it) from the header of
+/// `raw`; returns how many were removed. ARC-Authentication-Results fields are not touched.
 pub fn strip_ours(raw: &mut Vec<u8>, authserv_id: &str) -> usize {
     let body_at = find_body(raw);
-    // The common case, no such field at all, costs one scan and no copy.
-    let name = b"authentication-results:";
-    let has_any = raw[..body_at]
-        .split(|&b| b == b'\n')
-        .any(|line| line.len() >= name.len() && line[..name.len()].eq_ignore_ascii_case(name));
+    // The common case, no such name anywhere in the header, costs one scan and no copy.
+    let name = b"authentication-results";
+    let has_any = raw[..body_at].windows(name.len()).any(|w| w.eq_ignore_ascii_case(name));
     if !has_any {
         return 0;
     }
@@ -97,6 +111,40 @@ pub fn strip_ours(raw: &mut Vec<u8>, authserv_id: &str) -> usize {
     removed
 }
 
+/// Why the header From of `raw` cannot be judged by DMARC or matched to a signing domain,
+/// if it cannot: more than one From field (RFC 5322 allows one), or mailboxes of more than one
+/// domain in it (RFC 7489 §6.6.1). Such a message would otherwise slip past DMARC.
+pub fn ambiguous_from(raw: &[u8]) -> Option<String> {
+    let body_at = find_body(raw);
+    let mut froms = vec![];
+    let mut i = 0;
+    while i < body_at {
+        let mut end = next_line(raw, i);
+        while end < body_at && matches!(raw.get(end), Some(b' ' | b'\t')) {
+            end = next_line(raw, end);
+        }
+        let field = String::from_utf8_lossy(&raw[i..end]);
+        if let Some((name, value)) = field.split_once(':') {
+            if name.trim().eq_ignore_ascii_case("from") {
+                froms.push(value.to_string());
+            }
+        }
+        i = end;
+    }
+    if froms.len() > 1 {
+        return Some(format!("{} From header fields", froms.len()));
+    }
+    let parsed = mail_parser::MessageParser::default().parse_headers(raw)?;
+    let mut domains: Vec<String> = parsed
+        .from()?
+        .iter()
+        .filter_map(|a| a.address.as_ref()?.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))
+        .collect();
+    domains.sort();
+    domains.dedup();
+    (domains.len() > 1).then(|| format!("From addresses in {} domains", domains.len()))
+}
+
 fn next_line(raw: &[u8], from: usize) -> usize {
     raw[from..].iter().position(|&b| b == b'\n').map_or(raw.len(), |p| from + p + 1)
 }
@@ -119,8 +167,19 @@ fn is_ours(field: &[u8], authserv_id: &str) -> bool {
     if !name.trim().eq_ignore_ascii_case("authentication-results") {
         return false;
     }
-    // The authserv-id is the first token, before ';' (CFWS and a version may follow it).
-    let id = value.trim_start().split([';', ' ', '\t', '\r', '\n', '(']).next().unwrap_or("");
+    // The authserv-id is the first token before ';'; CFWS (comments, folding) may come
+    // before and after it, and it may be a quoted string.
+    let mut v = value.replace(['\r', '\n'], " ");
+    loop {
+        let t = v.trim_start();
+        if let Some(rest) = t.strip_prefix('(') {
+            v = rest.split_once(')').map_or("", |(_, r)| r).to_string();
+        } else {
+            v = t.to_string();
+            break;
+        }
+    }
+    let id = v.split([';', ' ', '\t', '(']).next().unwrap_or("").trim_matches('"');
     id.eq_ignore_ascii_case(authserv_id)
 }
 
@@ -135,6 +194,50 @@ mod tests {
         let s = String::from_utf8(m).unwrap();
         assert!(s.starts_with("Authentication-Results: other.example; dkim=pass\r\nSubject: x\r\n\r\n"), "{s}");
         assert!(s.contains("body text stays"));
+    }
+
+    #[test]
+    fn comments_quotes_and_spacing_do_not_hide_our_id() {
+        for forged in [
+            "Authentication-Results : mx.gw.test; dkim=pass",
+            "authentication-results:(sneaky) mx.gw.test; dkim=pass",
+            "Authentication-Results: \"MX.GW.TEST\"; dkim=pass",
+            "Authentication-Results:\r\n\t(folded)\r\n mx.gw.test;\r\n\tdkim=pass",
+        ] {
+            let mut m = format!("{forged}\r\nSubject: x\r\n\r\nbody\r\n").into_bytes();
+            assert_eq!(strip_ours(&mut m, "mx.gw.test"), 1, "{forged}");
+            assert_eq!(m, b"Subject: x\r\n\r\nbody\r\n");
+        }
+        let mut other = b"Authentication-Results: (mx.gw.test) other.test; dkim=pass\r\n\r\n".to_vec();
+        assert_eq!(strip_ours(&mut other, "mx.gw.test"), 0);
+    }
+
+    #[test]
+    fn hostile_values_cannot_bend_the_field() {
+        let ip = "192.0.2.1".parse().unwrap();
+        let iprev = Iprev { status: Status::Pass, hostname: Some("evil\\) ; dkim=pass (".into()) };
+        let h = authentication_results("mx.test", ip, &[], Some(&iprev), None);
+        assert_eq!(h, "mx.test;\r\n\tiprev=pass (evil  dkim=pass ) policy.iprev=192.0.2.1");
+        let m = MessageResults {
+            dkim: vec![Dkim {
+                status: Status::TempError,
+                domain: String::new(),
+                selector: String::new(),
+                reason: None,
+            }],
+            dmarc: None,
+            arc: crate::results::Arc { status: Status::None, instances: 0, sealer: None },
+            from_domain: String::new(),
+        };
+        assert_eq!(authentication_results("mx.test", ip, &[], None, Some(&m)), "mx.test;\r\n\tdkim=temperror");
+    }
+
+    #[test]
+    fn two_from_fields_or_domains_are_ambiguous() {
+        assert_eq!(ambiguous_from(b"From: a@x.test\r\nSubject: s\r\n\r\nb"), None);
+        assert_eq!(ambiguous_from(b"From: a@x.test, b@x.test\r\n\r\nb"), None);
+        assert!(ambiguous_from(b"From: a@bank.test\r\nfrom : b@evil.test\r\n\r\nb").is_some());
+        assert!(ambiguous_from(b"From: a@bank.test, b@evil.test\r\n\r\nb").is_some());
     }
 
     #[test]

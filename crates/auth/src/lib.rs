@@ -2,8 +2,8 @@
 //! ARC chain validation and iprev through `mail-auth` over the gateway's own hickory resolver;
 //! the `Authentication-Results:` header (RFC 8601); DKIM signing and key generation.
 //!
-//! [`AuthSession`] computes each check lazily, once per transaction (SPF, iprev) or message
-//! (DKIM, DMARC, ARC), when someone first asks and the data for it exists — a plugin through
+//! [`AuthSession`] computes each check lazily, once per session (iprev), transaction (SPF) or
+//! message (DKIM, DMARC, ARC), when someone first asks and the data for it exists — a plugin through
 //! the host's `auth` import, or the gateway for the header's `always` checks.
 //!
 //! This crate must not know SMTP sessions, the spool or the plugin ABI: it takes an IP, names
@@ -14,7 +14,7 @@ mod results;
 mod session;
 mod sign;
 
-pub use header::{authentication_results, strip_ours};
+pub use header::{ambiguous_from, authentication_results, strip_ours};
 pub use results::{Arc as ArcResult, Dkim, Dmarc, Iprev, MessageResults, Policy, Spf, Status};
 pub use session::{AuthSession, Authenticator};
 pub use sign::{keygen, KeyKind, Signer};

@@ -18,8 +18,8 @@ pub struct Authenticator {
     inner: MessageAuthenticator,
     /// Our host name: SPF's `%{r}` macro and the receiving host of explanations.
     hostname: String,
-    /// Upper bound for one check, whatever the resolver's retries add up to (RFC 7208 §4.6.4
-    /// suggests at least 20 s for SPF; we stay below a client's DATA patience).
+    /// Upper bound for one check, whatever the resolver's retries add up to (RFC 7208 §4.6.4:
+    /// at least 20 s for SPF; a client waits minutes for the reply to DATA).
     deadline: Duration,
 }
 

@@ -28,14 +28,24 @@ pub struct Auth {
     /// Checks run for every message even when no plugin asks (by default only what plugins
     /// ask for is computed, and the header shows that).
     pub always: Vec<AuthCheck>,
-    /// Upper bound for one check, whatever the DNS retries add up to; past it: temperror.
+    /// Upper bound for one check, whatever the DNS retries add up to; past it: temperror
+    /// (RFC 7208 §4.6.4 asks for at least 20 s for SPF).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Refuse (550 5.7.1) a message with several From fields or From addresses in several
+    /// domains: DMARC cannot judge it (RFC 7489 §6.6.1), so it would slip past the policy.
+    pub refuse_ambiguous_from: bool,
 }
 
 impl Default for Auth {
     fn default() -> Self {
-        Auth { authserv_id: None, header: true, always: vec![], timeout: Duration::from_secs(10) }
+        Auth {
+            authserv_id: None,
+            header: true,
+            always: vec![],
+            timeout: Duration::from_secs(20),
+            refuse_ambiguous_from: true,
+        }
     }
 }
 

@@ -199,10 +199,9 @@ async fn api(shared: &Arc<Shared>, method: &str, target: &str) -> Result<String,
             Ok(v.to_string())
         }
         ("POST", ["quarantine", id, action]) => {
-            quarantined(id)?;
             let op = match *action {
-                "release" => AdminOp::Release(id.to_string()),
-                "delete" => AdminOp::Remove(id.to_string()),
+                "release" => AdminOp::ReleaseQuarantined(id.to_string()),
+                "delete" => AdminOp::DeleteQuarantined(id.to_string()),
                 _ => return Err(("404 Not Found", format!("unknown action {action}"))),
             };
             op_result(queue.admin(op).await)

@@ -495,6 +495,7 @@ impl QueueChain {
     pub async fn on_route(&self, pipeline: &str, env: &Envelope, rcpt: &str) -> RouteDecision {
         let mut chain = self.inner.lock().await;
         chain.order = chain.plugins.pipeline(pipeline);
+        chain.score.lock().expect("score lock").clear();
         let mut decision = RouteDecision::Default;
         for i in chain.order.clone().iter().copied() {
             if !chain.plugins.runs_at(i, Stage::Route) {
@@ -544,6 +545,7 @@ impl QueueChain {
     pub async fn on_delivery_result(&self, pipeline: &str, res: &types::DeliveryResult) {
         let mut chain = self.inner.lock().await;
         chain.order = chain.plugins.pipeline(pipeline);
+        chain.score.lock().expect("score lock").clear();
         for i in chain.order.clone().iter().copied() {
             if !chain.plugins.runs_at(i, Stage::DeliveryResult) {
                 continue;

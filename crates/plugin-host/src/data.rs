@@ -83,6 +83,11 @@ impl Scoreboard {
         self.in_transaction = true;
     }
 
+    /// Forgets everything (the queue's chain: every delivery starts from nothing).
+    pub fn clear(&mut self) {
+        *self = Scoreboard::default();
+    }
+
     /// The transaction ended (accepted, refused or reset): its points are forgotten.
     pub fn end_transaction(&mut self) {
         self.transaction.clear();

@@ -77,7 +77,29 @@ fn split(data: &[u8]) -> (Vec<Field>, &[u8]) {
 }
 
 fn field(name: &str, value: &str) -> Field {
-    Field { name: name.to_string(), raw: format!("{name}: {value}\r\n").into_bytes() }
+    Field { name: name.to_string(), raw: fold(&format!("{name}: {value}")).into_bytes() }
+}
+
+/// Folds a header line at spaces so that lines stay near 78 characters (RFC 5322 §2.1.1);
+/// a run without spaces stays whole (the receiver's 998-octet limit is checked elsewhere).
+fn fold(line: &str) -> String {
+    let mut out = String::with_capacity(line.len() + 8);
+    let mut width = 0;
+    for (i, word) in line.split(' ').enumerate() {
+        if i > 0 {
+            if width + 1 + word.len() > 78 && width > 0 {
+                out.push_str("\r\n ");
+                width = 1;
+            } else {
+                out.push(' ');
+                width += 1;
+            }
+        }
+        out.push_str(word);
+        width += word.len();
+    }
+    out.push_str("\r\n");
+    out
 }
 
 /// Applies `mods` in order to `data` (the message as it will be spooled).
@@ -149,6 +171,15 @@ mod tests {
     use super::*;
 
     const MSG: &[u8] = b"Received: x\r\nSubject: one\r\n two\r\nX-A: 1\r\nX-A: 2\r\n\r\nbody\r\n";
+
+    #[test]
+    fn long_values_are_folded_at_spaces() {
+        let v = (0..40).map(|i| format!("RULE_{i}=1.0")).collect::<Vec<_>>().join(" ");
+        let f = field("X-Spam-Status", &v);
+        let text = String::from_utf8(f.raw).unwrap();
+        assert!(text.lines().all(|l| l.len() <= 80), "{text}");
+        assert_eq!(text.replace("\r\n ", " "), format!("X-Spam-Status: {v}\r\n"));
+    }
 
     #[test]
     fn header_edits_keep_folding_and_body() {

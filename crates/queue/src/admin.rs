@@ -19,6 +19,7 @@ impl Queue {
             match self.inner.view.lock().unwrap().get(id) {
                 Some((_, State::Active)) => format!("{id} is being delivered right now; try again in a moment"),
                 Some((_, State::Held)) => format!("{id} is held; release it first"),
+                Some((_, State::Quarantined)) => format!("{id} is in quarantine; use mailgate quarantine"),
                 _ => format!("no message {id} in the queue"),
             }
         };
@@ -36,6 +37,24 @@ impl Queue {
                     self.dispatch(e);
                 }
                 Ok(format!("retrying {n} deferred messages now"))
+            }
+            AdminOp::ReleaseQuarantined(id) | AdminOp::DeleteQuarantined(id) if !quarantined(held, &id) => {
+                Err(format!("no message {id} in quarantine"))
+            }
+            AdminOp::ReleaseQuarantined(id) => {
+                let mut e = held.remove(&id).expect("checked by the guard");
+                let reason = e.env.quarantine.take().unwrap_or_default();
+                tracing::info!(queue_id = %id, %reason, "released from quarantine by the administrator");
+                e.env.next_attempt = 0;
+                self.inner.spool.update(&e.env);
+                self.dispatch(e);
+                Ok(format!("{id}: released from quarantine"))
+            }
+            AdminOp::DeleteQuarantined(id) => {
+                held.remove(&id);
+                self.forget(&id);
+                tracing::info!(queue_id = %id, "deleted from quarantine by the administrator");
+                Ok(format!("{id}: deleted"))
             }
             AdminOp::Remove(id) => {
                 waiting.remove(&id).or_else(|| held.remove(&id)).ok_or_else(|| busy(&id))?;
@@ -58,10 +77,10 @@ impl Queue {
                 Ok(format!("{id}: held"))
             }
             AdminOp::Release(id) => {
-                let mut e = held.remove(&id).ok_or_else(|| format!("{id} is not held or quarantined"))?;
-                if let Some(reason) = e.env.quarantine.take() {
-                    tracing::info!(queue_id = %id, %reason, "released from quarantine by the administrator");
+                if quarantined(held, &id) {
+                    return Err(format!("{id} is in quarantine; use mailgate quarantine release"));
                 }
+                let mut e = held.remove(&id).ok_or_else(|| format!("{id} is not held"))?;
                 e.env.held = false;
                 e.env.next_attempt = 0;
                 self.inner.spool.update(&e.env);
@@ -108,4 +127,10 @@ impl Queue {
             self.requeue(env);
         }
     }
+}
+
+/// Whether `id` is a quarantined message (checked inside the scheduler, so no release or
+/// delete can race another).
+fn quarantined(held: &HashMap<QueueId, Entry>, id: &QueueId) -> bool {
+    held.get(id).is_some_and(|e| e.env.quarantine.is_some())
 }

@@ -51,8 +51,12 @@ pub enum AdminOp {
     Bounce(QueueId),
     /// Keep it, don't try it, until released.
     Hold(QueueId),
-    /// Deliver a held or quarantined message (as if accepted now).
+    /// Deliver a held message.
     Release(QueueId),
+    /// Deliver a quarantined message (as if accepted now).
+    ReleaseQuarantined(QueueId),
+    /// Delete a quarantined message (no delivery, no DSN).
+    DeleteQuarantined(QueueId),
 }
 
 /// Where a queued message is.
@@ -201,11 +205,11 @@ impl Queue {
                 }
                 Some(Cmd::Enqueue(e)) => e,
             };
-            if e.env.quarantine.is_some() {
-                self.set_view(&e.env, State::Quarantined);
-                held.insert(e.env.id.clone(), e);
-            } else if e.env.held {
-                self.set_view(&e.env, State::Held);
+            if e.env.quarantine.is_some() || e.env.held {
+                // Kept until an operator acts: the content stays in the spool, not in memory.
+                let mut e = e;
+                e.data = None;
+                self.set_view(&e.env, if e.env.held { State::Held } else { State::Quarantined });
                 held.insert(e.env.id.clone(), e);
             } else if e.env.next_attempt <= now_ms() {
                 self.dispatch(e);

@@ -76,25 +76,28 @@ impl Filter for Spam {
             }
             Err(e) => log::warn!("no Bayes score: {e}"),
         }
-        match auth::spf().map(|s| s.status) {
+        // Rules an spf or dmarc plugin already scored are not counted twice.
+        let scored = score::rules();
+        let has = |prefix: &str| scored.iter().any(|(r, _)| r.starts_with(prefix));
+        match auth::spf().map(|s| s.status).filter(|_| !has("SPF_")) {
             Some(AuthStatus::Fail) => score::add(2.0, "SPF_FAIL"),
             Some(AuthStatus::Softfail) => score::add(1.0, "SPF_SOFTFAIL"),
             _ => {}
         }
-        match auth::dmarc().map(|d| d.status) {
+        match auth::dmarc().map(|d| d.status).filter(|_| !has("DMARC_")) {
             Some(AuthStatus::Fail) => score::add(3.0, "DMARC_FAIL"),
             Some(AuthStatus::Pass) => score::add(-1.0, "DMARC_PASS"),
             _ => {}
         }
         let total = score::total();
         let tests: Vec<String> =
-            score::rules().iter().map(|(r, p)| format!("{r}={p:.1}")).collect();
+            score::rules().iter().take(50).map(|(r, p)| format!("{r}={p:.1}")).collect();
         let spam = total >= self.quarantine_at;
         let status = format!(
             "{}, score={total:.1} required={:.1} tests={}",
             if spam { "Yes" } else { "No" },
             self.quarantine_at,
-            tests.join(",")
+            tests.join(", ")
         );
         let verdict = if total >= self.reject_at {
             Verdict::reject(550, "5.7.1", format!("Message refused as spam (score {total:.1})"))

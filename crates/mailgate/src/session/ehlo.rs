@@ -11,6 +11,8 @@ impl Session {
         if !valid_domain(&host) {
             return self.bad_command(Reply::new(501, Enhanced(5, 5, 4), "Invalid domain name in HELO/EHLO"));
         }
+        // Before the plugins, so that their `spf-helo` sees this name.
+        self.auth.lock().await.set_helo(&host);
         if let Some(mut chain) = self.chain.take() {
             let mut conn = self.conn_info();
             conn.helo = Some(host.clone());
@@ -41,7 +43,6 @@ impl Session {
         } else {
             format!("{me} greets {host}")
         };
-        self.auth.lock().await.set_helo(&host);
         self.helo = Some(host);
         // RFC 2034: the EHLO/HELO response carries no enhanced code.
         self.reply(Reply::plain(250, text));
