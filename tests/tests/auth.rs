@@ -171,11 +171,15 @@ fn dkim_cross_checked_with_dkimpy_both_ways() {
     let gw = Gateway::with_sink(sink.port(), &extra);
 
     // dkimpy → gateway: both algorithms pass, and a forged Authentication-Results is dropped.
-    let mut forged = b"Authentication-Results: mx.gateway.test; dkim=pass header.d=paypal.test\r\n\
-        Authentication-Results : (spaced and commented)\r\n \"MX.gateway.test\"; spf=pass smtp.mailfrom=paypal.test\r\n"
-        .to_vec();
+    let mut forged = b"Authentication-Results: mx.gateway.test; dkim=pass header.d=paypal.test\r\n".to_vec();
     forged.extend(message("alice@signed.test", "rsa-signed"));
     let signed = dkimpy_sign(&forged, "signed.test", "rsa1", "rsa-sha256", rsa_key.to_str().unwrap());
+    // Added after signing (dkimpy refuses to sign such a header): spaced, commented, quoted, folded.
+    let mut signed_plus =
+        b"Authentication-Results : (spaced and commented)\r\n \"MX.gateway.test\"; spf=pass smtp.mailfrom=paypal.test\r\n"
+            .to_vec();
+    signed_plus.extend(signed);
+    let signed = signed_plus;
     assert_eq!(send(gw.port, "alice@signed.test", "u@remote.test", &signed), "OK");
     let got = sink.wait_for_rcpt("u@remote.test", T).text();
     assert!(got.contains("dkim=pass header.d=signed.test header.s=rsa1"), "{got}");
