@@ -106,6 +106,20 @@ fn dkimpy_verify(msg: &[u8], dns_port: u16) -> String {
     String::from_utf8_lossy(&out).trim().to_string()
 }
 
+/// dkimpy's ARC chain validation of a message (cv= of the chain: pass, fail or none).
+fn dkimpy_arc_verify(msg: &[u8], dns_port: u16) -> String {
+    let out = py(
+        "import os, sys, dkim, dns.resolver\nr = dns.resolver.Resolver(configure=False)\n\
+         r.nameservers = ['127.0.0.1']; r.port = int(os.environ['DNSPORT'])\n\
+         def txt(name, timeout=5):\n    a = r.resolve(name.decode().rstrip('.'), 'TXT')\n    return b''.join(b''.join(x.strings) for x in a)\n\
+         cv, results, comment = dkim.arc_verify(sys.stdin.buffer.read(), dnsfunc=txt)\n\
+         print(cv.decode(), comment)\n",
+        &[("DNSPORT", &dns_port.to_string())],
+        msg,
+    );
+    String::from_utf8_lossy(&out).trim().to_string()
+}
+
 /// An RSA key made by openssl (PKCS#1 PEM) and its public key for DNS.
 fn openssl_rsa(dir: &Path, name: &str) -> (PathBuf, String) {
     let key = dir.join(format!("{name}.pem"));
@@ -151,21 +165,25 @@ fn dkim_cross_checked_with_dkimpy_both_ways() {
     // Keys for the gateway's signatures, made by `mailgate dkim keygen`.
     let (g_rsa, g_rsa_txt) = keygen(dir.path(), "out-rsa.test", "g1", "rsa");
     let (g_ed, g_ed_txt) = keygen(dir.path(), "out-ed.test", "g2", "ed25519");
+    let (seal_key, seal_txt) = keygen(dir.path(), "gw.test", "seal", "rsa");
     let dns = Dns::start(&[
         &txt("rsa1._domainkey.signed.test", &rsa_txt),
         &txt("ed1._domainkey.signed.test", &format!("v=DKIM1; k=ed25519; p={ed_pub}")),
         &txt("g1._domainkey.out-rsa.test", &g_rsa_txt),
         &txt("g2._domainkey.out-ed.test", &g_ed_txt),
+        &txt("seal._domainkey.gw.test", &seal_txt),
         "--txt-record=signed.test,v=spf1 -all",
     ]);
     let sink = Sink::start();
     let extra = format!(
         "{}\n[auth]\nalways = [\"dkim\"]\n\n\
          [[dkim_sign]]\ndomain = \"out-rsa.test\"\nselector = \"g1\"\nkey = \"{}\"\nsign_for = \"trusted\"\n\n\
-         [[dkim_sign]]\ndomain = \"out-ed.test\"\nselector = \"g2\"\nkey = \"{}\"\nsign_for = \"trusted\"\n{}",
+         [[dkim_sign]]\ndomain = \"out-ed.test\"\nselector = \"g2\"\nkey = \"{}\"\nsign_for = \"trusted\"\n\n\
+         [arc_seal]\ndomain = \"gw.test\"\nselector = \"seal\"\nkey = \"{}\"\n{}",
         dns.config(),
         g_rsa.display(),
         g_ed.display(),
+        seal_key.display(),
         Gateway::plugin("dkim", "dkim", "stages = [\"data\"]", "require = [\"signed.test\"]")
     );
     let gw = Gateway::with_sink(sink.port(), &extra);
@@ -211,11 +229,14 @@ fn dkim_cross_checked_with_dkimpy_both_ways() {
         assert_eq!(send(gw.port, from, rcpt, &message(from, "outbound")), "OK");
         let got = sink.wait_for_rcpt(rcpt, T);
         assert!(
-            got.text().starts_with("DKIM-Signature:") && got.text().contains(&format!("s={sel};")),
+            got.text().contains("\nDKIM-Signature:") && got.text().contains(&format!("s={sel};")),
             "{}",
             got.text()
         );
         assert_eq!(dkimpy_verify(&got.data, dns.port), "pass", "{}", got.text());
+        // Our ARC set validates in dkimpy: a first instance, so the chain is "pass".
+        let arc = dkimpy_arc_verify(&got.data, dns.port);
+        assert!(arc.starts_with("pass"), "{arc}\n{}", got.text());
         // And a change in transit breaks it for dkimpy too.
         let changed = got.text().replace("this is outbound", "this is altered");
         assert_eq!(dkimpy_verify(changed.as_bytes(), dns.port), "fail");

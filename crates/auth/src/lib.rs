@@ -1,6 +1,7 @@
 //! Mail authentication for mailgate: SPF (MAIL FROM and HELO), DKIM verification, DMARC,
 //! ARC chain validation and iprev through `mail-auth` over the gateway's own hickory resolver;
-//! the `Authentication-Results:` header (RFC 8601); DKIM signing and key generation.
+//! the `Authentication-Results:` header (RFC 8601); DKIM signing, ARC sealing and key
+//! generation.
 //!
 //! [`AuthSession`] computes each check lazily, once per session (iprev), transaction (SPF) or
 //! message (DKIM, DMARC, ARC), when someone first asks and the data for it exists — a plugin through
@@ -11,11 +12,13 @@
 
 mod header;
 mod results;
+mod seal;
 mod session;
 mod sign;
 
 pub use header::{ambiguous_from, authentication_results, strip_ours};
 pub use results::{Arc as ArcResult, Dkim, Dmarc, Iprev, MessageResults, Policy, Spf, Status};
+pub use seal::Sealer;
 pub use session::{AuthSession, Authenticator};
 pub use sign::{keygen, KeyKind, Signer};
 

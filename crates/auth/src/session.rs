@@ -28,6 +28,11 @@ impl Authenticator {
         Authenticator { inner: MessageAuthenticator(resolver), hostname: hostname.to_string(), deadline }
     }
 
+    /// mail-auth's authenticator over our resolver (for sealing).
+    pub(crate) fn inner(&self) -> &MessageAuthenticator {
+        &self.inner
+    }
+
     /// SPF of `sender` (MAIL FROM), or of the HELO name for the null sender (RFC 7208 §2.4).
     pub async fn spf(&self, ip: IpAddr, helo: &str, sender: &str) -> (Spf, mail_auth::SpfOutput) {
         let params = SpfParameters::verify_mail_from(ip, helo, &self.hostname, sender);

@@ -102,3 +102,16 @@ fn default_signed_headers() -> Vec<String> {
     .map(String::from)
     .to_vec()
 }
+
+/// `[arc_seal]`: seal every accepted message with an ARC set (RFC 8617) under this identity,
+/// so the next hop can rely on our authentication results.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArcSeal {
+    pub domain: String,
+    pub selector: String,
+    /// PEM RSA private key (ARC defines no Ed25519 algorithm).
+    pub key: PathBuf,
+    #[serde(default = "default_signed_headers")]
+    pub headers: Vec<String>,
+}

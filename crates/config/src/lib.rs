@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 mod auth;
 mod plugin;
 mod route;
-pub use auth::{Auth, AuthCheck, DkimSign, SignFor};
+pub use auth::{ArcSeal, Auth, AuthCheck, DkimSign, SignFor};
 pub use plugin::{Grant, Mode, OnError, Plugin, Stage};
 pub use route::{Route, TlsPolicy};
 
@@ -57,6 +57,8 @@ pub struct Config {
     pub auth: Auth,
     /// `[[dkim_sign]]` tables: the signing identities, first match wins.
     pub dkim_sign: Vec<DkimSign>,
+    /// `[arc_seal]`: ARC-seal every accepted message (none: no sealing).
+    pub arc_seal: Option<ArcSeal>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,6 +247,7 @@ impl Default for Config {
             dns: Dns::default(),
             auth: Auth::default(),
             dkim_sign: vec![],
+            arc_seal: None,
             routes: BTreeMap::new(),
             admin: Admin::default(),
             plugins: vec![],
@@ -406,6 +409,11 @@ impl Config {
             if d.domain.is_empty() || d.selector.is_empty() || !d.headers.iter().any(|h| h.eq_ignore_ascii_case("from"))
             {
                 errs.push(format!("dkim_sign[{i}]: domain and selector are required, and headers must include From"));
+            }
+        }
+        if let Some(a) = &self.arc_seal {
+            if !a.key.is_file() {
+                errs.push(format!("arc_seal.key: {}: no such file", a.key.display()));
             }
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {

@@ -32,6 +32,8 @@ pub struct Generation {
     pub auth: Arc<mailgate_auth::Authenticator>,
     /// The `[[dkim_sign]]` identities with their loaded keys, in config order.
     pub signers: Vec<(mailgate_config::DkimSign, mailgate_auth::Signer)>,
+    /// The `[arc_seal]` identity with its key, if configured.
+    pub sealer: Option<mailgate_auth::Sealer>,
 }
 
 impl Generation {
@@ -50,7 +52,17 @@ impl Generation {
                 .map_err(|e| anyhow::anyhow!("dkim_sign {}/{}: {e}", d.domain, d.selector))?;
             signers.push((d.clone(), s));
         }
-        Ok(Generation { config, plugins, auth, signers })
+        let sealer = match &config.arc_seal {
+            Some(a) => {
+                let id = config.auth.authserv_id.as_deref().unwrap_or(&config.server.hostname);
+                Some(
+                    mailgate_auth::Sealer::load(&a.key, &a.domain, &a.selector, &a.headers, id)
+                        .map_err(|e| anyhow::anyhow!("arc_seal {}/{}: {e}", a.domain, a.selector))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Generation { config, plugins, auth, signers, sealer })
     }
 }
 

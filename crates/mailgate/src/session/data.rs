@@ -360,6 +360,32 @@ impl Session {
             out.extend_from_slice(&data);
             data = out;
         }
+        let data = self.dkim_sign(env, data).await;
+        self.arc_seal(env, data).await
+    }
+
+    /// Prepends an ARC set when `[arc_seal]` is configured; a message that cannot be sealed
+    /// (e.g. its chain already failed) goes on unsealed, logged.
+    async fn arc_seal(&mut self, env: &Envelope, data: Vec<u8>) -> Vec<u8> {
+        let generation = self.generation.clone();
+        let Some(sealer) = &generation.sealer else { return data };
+        let (ip, helo) = (self.peer.ip(), self.helo.clone().unwrap_or_default());
+        match sealer.seal(&generation.auth, &data, ip, &helo, &env.sender).await {
+            Ok(set) => {
+                tracing::info!(queue_id = %env.id, "ARC sealed");
+                let mut out = set.into_bytes();
+                out.extend_from_slice(&data);
+                out
+            }
+            Err(e) => {
+                tracing::warn!(queue_id = %env.id, "not ARC sealed: {e}");
+                data
+            }
+        }
+    }
+
+    /// Prepends a DKIM-Signature when a `[[dkim_sign]]` identity matches.
+    async fn dkim_sign(&mut self, env: &Envelope, data: Vec<u8>) -> Vec<u8> {
         if self.generation.signers.is_empty() {
             return data;
         }

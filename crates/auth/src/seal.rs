@@ -1,0 +1,65 @@
+//! ARC sealing (RFC 8617) of mail the gateway passes on: an ARC set (ARC-Authentication-Results,
+//! ARC-Message-Signature, ARC-Seal) that records what we found, so a later hop can trust our
+//! results even after we changed the message.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use mail_auth::arc::ArcSealer;
+use mail_auth::common::crypto::{RsaKey, Sha256};
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::Done;
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{AuthenticatedMessage, AuthenticationResults, MessageAuthenticator};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::PrivateKeyDer;
+
+use crate::AuthError;
+
+/// Seals with one RSA key (ARC has no Ed25519 algorithm registered).
+pub struct Sealer {
+    sealer: ArcSealer<RsaKey<Sha256>, Done>,
+    /// Our authserv-id, in the ARC-Authentication-Results field.
+    authserv_id: String,
+}
+
+impl Sealer {
+    pub fn load(
+        path: &Path,
+        domain: &str,
+        selector: &str,
+        headers: &[String],
+        authserv_id: &str,
+    ) -> Result<Sealer, AuthError> {
+        let pem = std::fs::read(path).map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))?;
+        let key = PrivateKeyDer::from_pem_slice(&pem)
+            .map_err(|e| AuthError::Key(format!("{}: not a PEM private key ({e})", path.display())))?;
+        let key = RsaKey::<Sha256>::from_key_der(key)
+            .map_err(|e| AuthError::Key(format!("{}: ARC sealing needs an RSA key ({e})", path.display())))?;
+        let sealer = ArcSealer::from_key(key).domain(domain).selector(selector).headers(headers.to_vec());
+        Ok(Sealer { sealer, authserv_id: authserv_id.to_string() })
+    }
+
+    /// The ARC set to put on top of `raw` (header fields with CRLFs), or why not: a chain that
+    /// already failed must not be sealed again (RFC 8617 §5.1.2).
+    pub async fn seal(
+        &self,
+        auth: &crate::Authenticator,
+        raw: &[u8],
+        ip: IpAddr,
+        helo: &str,
+        mail_from: &str,
+    ) -> Result<String, AuthError> {
+        let inner: &MessageAuthenticator = auth.inner();
+        let msg = AuthenticatedMessage::parse(raw).ok_or_else(|| AuthError::Sign("unparsable message".into()))?;
+        let dkim = inner.verify_dkim(&msg).await;
+        let arc = inner.verify_arc(&msg).await;
+        let spf = inner.verify_spf(SpfParameters::verify_mail_from(ip, helo, &self.authserv_id, mail_from)).await;
+        let results = AuthenticationResults::new(&self.authserv_id)
+            .with_dkim_results(&dkim, msg.from())
+            .with_spf_mailfrom_result(&spf, ip, mail_from, helo)
+            .with_arc_result(&arc, ip);
+        let set = self.sealer.seal(&msg, &results, &arc).map_err(|e| AuthError::Sign(format!("ARC: {e}")))?;
+        Ok(set.to_header())
+    }
+}
