@@ -44,9 +44,6 @@ fn trim_word(w: &str) -> &str {
 /// "skip" token of their first letter and length bucket, URLs as their host name's parts.
 fn text_tokens(prefix: &str, text: &str, out: &mut BTreeSet<String>) {
     for raw in text.split_whitespace() {
-        if out.len() >= MAX_TOKENS {
-            return;
-        }
         let lower = raw.to_lowercase();
         if let Some(pos) = lower.find("http://").or_else(|| lower.find("https://")) {
             url_tokens(&lower[pos..], out);
@@ -89,14 +86,7 @@ fn url_tokens(url: &str, out: &mut BTreeSet<String>) {
 /// tried as tokens: they taught the model that HTML newsletters are spam, and false positives
 /// on hard ham doubled.)
 fn html_tokens(html: &str, out: &mut BTreeSet<String>) {
-    let mut end = html.len().min(MAX_TEXT);
-    while !html.is_char_boundary(end) {
-        end -= 1;
-    }
-    for tag in html[..end].split('<').skip(1) {
-        if out.len() >= MAX_TOKENS {
-            return;
-        }
+    for tag in window(html).split('<').skip(1) {
         let inner = tag.split('>').next().unwrap_or("");
         let mut words = inner.split_whitespace();
         let name: String = words.next().unwrap_or("").to_lowercase().chars().take(12).collect();
@@ -123,7 +113,8 @@ fn header_tokens(name: &str, value: &str, out: &mut BTreeSet<String>) {
     }
 }
 
-/// The message's tokens, sorted and unique, at most [`MAX_TOKENS`].
+/// The message's tokens, sorted and unique, at most [`MAX_TOKENS`] (a hash-chosen sample of
+/// them when there are more).
 pub fn tokens(input: &Input<'_>) -> Vec<String> {
     let mut out = BTreeSet::new();
     match input.subject {
@@ -146,18 +137,49 @@ pub fn tokens(input: &Input<'_>) -> Vec<String> {
         html_tokens(html, &mut out);
     }
     match input.text {
-        Some(t) => {
-            let mut end = t.len().min(MAX_TEXT);
-            while !t.is_char_boundary(end) {
-                end -= 1;
-            }
-            text_tokens("", &t[..end], &mut out);
-        }
+        Some(t) => text_tokens("", &window(t), &mut out),
         None => {
             out.insert("*no-text*".to_string());
         }
     }
-    out.into_iter().take(MAX_TOKENS).collect()
+    if out.len() <= MAX_TOKENS {
+        return out.into_iter().collect();
+    }
+    // Too many: keep the MAX_TOKENS with the smallest hashes (a bottom-k sample). Unlike the
+    // first MAX_TOKENS in reading order, filler words put in front cannot push the message's
+    // real words out; they only dilute the sample.
+    let mut hashed: Vec<(u64, String)> = out.into_iter().map(|t| (fnv1a(&t), t)).collect();
+    hashed.select_nth_unstable_by_key(MAX_TOKENS - 1, |(h, _)| *h);
+    hashed.truncate(MAX_TOKENS);
+    let mut kept: Vec<String> = hashed.into_iter().map(|(_, t)| t).collect();
+    kept.sort();
+    kept
+}
+
+/// FNV-1a with a splitmix64 finaliser: FNV alone leaves the high bits nearly equal for
+/// words with a common prefix, which would bias the sample.
+fn fnv1a(s: &str) -> u64 {
+    let mut z = s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+    z ^ (z >> 31)
+}
+
+/// At most MAX_TEXT bytes of `t`: the first three quarters and the last quarter when longer,
+/// so that padding in the middle or front cannot hide the end of a message.
+fn window(t: &str) -> std::borrow::Cow<'_, str> {
+    if t.len() <= MAX_TEXT {
+        return t.into();
+    }
+    let floor = |mut i: usize| {
+        while !t.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let head = floor(MAX_TEXT / 4 * 3);
+    let tail = floor(t.len() - MAX_TEXT / 4);
+    format!("{} {}", &t[..head], &t[tail..]).into()
 }
 
 #[cfg(test)]
@@ -191,6 +213,19 @@ mod tests {
         assert_eq!(t.iter().filter(|x| *x == "click").count(), 1);
         let long = "word ".repeat(10) + &(0..10_000).map(|i| format!("w{i:05} ")).collect::<String>();
         assert!(tokens(&Input { text: Some(&long), ..Default::default() }).len() <= MAX_TOKENS);
+    }
+
+    #[test]
+    fn filler_in_front_does_not_push_the_end_out() {
+        let filler: String = (0..20_000).map(|i| format!("f{i:05} ")).collect();
+        let text = format!("{filler} viagra lottery winner");
+        // The window keeps the end of an over-long text.
+        assert!(window(&text).ends_with("viagra lottery winner"));
+        assert!(window(&text).len() <= MAX_TEXT + 1);
+        // The sample is spread over the text, not its first MAX_TOKENS words.
+        let t = tokens(&Input { text: Some(&text), ..Default::default() });
+        assert_eq!(t.len(), MAX_TOKENS);
+        assert!(t.iter().any(|w| w.starts_with("f19")), "only the front was sampled");
     }
 
     #[test]
