@@ -102,3 +102,35 @@ except urllib.error.HTTPError as e:
     );
     assert!(ok, "{out}");
 }
+
+/// A quarantined message survives a restart, stays out of delivery, and is deleted (no
+/// delivery, no DSN) once `queue.quarantine_max_age` has passed.
+#[test]
+fn quarantine_survives_a_restart_then_expires() {
+    let sink = Sink::start();
+    let admin = free_port();
+    let quarantine = Gateway::plugin(
+        "verdict",
+        "verdict",
+        "stages = [\"data\"]",
+        "stage = \"data\"\nverdict = \"quarantine\"\ncode = 250\nenhanced = \"2.0.0\"\ntext = \"held for review\"",
+    );
+    let mut gw = Gateway::with_sink(
+        sink.port(),
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[queue]\nquarantine_max_age = \"6s\"\n{quarantine}"),
+    );
+    let cfg = gw.path("mailgate.toml");
+    assert!(swaks(gw.port, &["--to", "q@remote.test", "--from", "owner@sender.test"]).status.success());
+    let listed = |cfg: &Path| {
+        let (ok, out) = cli(cfg, &["quarantine", "list", "--json"]);
+        assert!(ok, "{out}");
+        serde_json::from_str::<Vec<serde_json::Value>>(&out).unwrap()
+    };
+    let id = wait_for(T, || listed(&cfg).first().map(|m| m["id"].as_str().unwrap().to_string())).expect("quarantined");
+    gw.restart();
+    let after = wait_for(T, || std::panic::catch_unwind(|| listed(&cfg)).ok()).unwrap();
+    assert!(after.iter().any(|m| m["id"] == id.as_str()), "lost on restart: {after:?}");
+    assert!(gw.wait_log("quarantine expired: message deleted", Duration::from_secs(20)), "{}", gw.log());
+    assert!(listed(&cfg).is_empty());
+    assert!(sink.received().is_empty(), "an expired quarantine was delivered or bounced");
+}

@@ -175,6 +175,10 @@ pub struct Queue {
     pub max_concurrent: usize,
     /// Deliveries in flight at once to one destination (next-hop domain or host).
     pub max_per_destination: usize,
+    /// How long a quarantined message is kept for an operator before it is deleted (no DSN:
+    /// the sender was told 250 and a quarantine is a local decision).
+    #[serde(with = "humantime_serde")]
+    pub quarantine_max_age: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -309,6 +313,7 @@ impl Default for Queue {
             max_age: Duration::from_secs(5 * 86400),
             max_concurrent: 200,
             max_per_destination: 20,
+            quarantine_max_age: Duration::from_secs(30 * 86400),
         }
     }
 }

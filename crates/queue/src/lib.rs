@@ -170,6 +170,11 @@ impl Queue {
         self.inner.view.lock().unwrap().values().cloned().collect()
     }
 
+    fn quarantine_expired(&self, env: &Envelope) -> bool {
+        let age = self.inner.config().queue.quarantine_max_age.as_millis() as u64;
+        env.received_at.saturating_add(age) <= now_ms()
+    }
+
     fn set_view(&self, env: &Envelope, state: State) {
         self.inner.view.lock().unwrap().insert(env.id.clone(), (env.clone(), state));
     }
@@ -187,6 +192,10 @@ impl Queue {
                 let Reverse((_, id)) = heap.pop().unwrap();
                 if let Some(e) = waiting.remove(&id) {
                     self.dispatch(e);
+                } else if held.get(&id).is_some_and(|e| e.env.quarantine.is_some() && self.quarantine_expired(&e.env)) {
+                    held.remove(&id);
+                    self.forget(&id);
+                    tracing::info!(queue_id = %id, "quarantine expired: message deleted");
                 }
             }
             let sleep = heap.peek().map(|Reverse((at, _))| Duration::from_millis(at.saturating_sub(now)));
@@ -210,6 +219,10 @@ impl Queue {
                 let mut e = e;
                 e.data = None;
                 self.set_view(&e.env, if e.env.held { State::Held } else { State::Quarantined });
+                if e.env.quarantine.is_some() {
+                    let age = self.inner.config().queue.quarantine_max_age.as_millis() as u64;
+                    heap.push(Reverse((e.env.received_at.saturating_add(age), e.env.id.clone())));
+                }
                 held.insert(e.env.id.clone(), e);
             } else if e.env.next_attempt <= now_ms() {
                 self.dispatch(e);
