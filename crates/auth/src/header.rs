@@ -83,9 +83,12 @@ fn token(s: &str) -> String {
 /// `raw`; returns how many were removed. ARC-Authentication-Results fields are not touched.
 pub fn strip_ours(raw: &mut Vec<u8>, authserv_id: &str) -> usize {
     let body_at = find_body(raw);
-    // The common case, no such name anywhere in the header, costs one scan and no copy.
+    // The common case, no line starting with that name (field names start a line; spaces may
+    // follow the name before the colon), costs one pass over line starts and no copy.
     let name = b"authentication-results";
-    let has_any = raw[..body_at].windows(name.len()).any(|w| w.eq_ignore_ascii_case(name));
+    let has_any = raw[..body_at]
+        .split(|&b| b == b'\n')
+        .any(|line| line.len() >= name.len() && line[..name.len()].eq_ignore_ascii_case(name));
     if !has_any {
         return 0;
     }
@@ -133,6 +136,10 @@ pub fn ambiguous_from(raw: &[u8]) -> Option<String> {
     }
     if froms.len() > 1 {
         return Some(format!("{} From header fields", froms.len()));
+    }
+    // One mailbox (the common case) cannot name two domains: no parse needed.
+    if froms.first().is_none_or(|f| f.matches('@').count() < 2) {
+        return None;
     }
     let parsed = mail_parser::MessageParser::default().parse_headers(raw)?;
     let mut domains: Vec<String> = parsed

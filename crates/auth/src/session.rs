@@ -193,10 +193,6 @@ impl AuthSession {
         }
     }
 
-    pub fn ip(&self) -> IpAddr {
-        self.ip
-    }
-
     /// HELO/EHLO: the HELO identity and every transaction result change.
     pub fn set_helo(&mut self, helo: &str) {
         self.helo = Some(helo.to_string());

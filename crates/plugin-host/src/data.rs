@@ -32,21 +32,11 @@ impl DataTable {
     pub fn get(&self, key: &str) -> Option<&str> {
         self.map.get(key).map(String::as_str)
     }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
 }
 
 /// One rule's contribution to the score.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoreRule {
-    /// The plugin that added it (for logs).
-    pub plugin: String,
     pub rule: String,
     pub points: f64,
 }
@@ -62,10 +52,10 @@ pub struct Scoreboard {
 }
 
 impl Scoreboard {
-    pub fn add(&mut self, plugin: &str, rule: String, points: f64) {
+    pub fn add(&mut self, rule: String, points: f64) {
         let list = if self.in_transaction { &mut self.transaction } else { &mut self.session };
         if list.len() < MAX_RULES {
-            list.push(ScoreRule { plugin: plugin.to_string(), rule, points });
+            list.push(ScoreRule { rule, points });
         }
     }
 
@@ -102,9 +92,9 @@ mod tests {
     #[test]
     fn session_points_outlive_transactions() {
         let mut s = Scoreboard::default();
-        s.add("dnsbl", "DNSBL".into(), 2.0);
+        s.add("DNSBL".into(), 2.0);
         s.begin_transaction();
-        s.add("spam", "BAYES".into(), 3.5);
+        s.add("BAYES".into(), 3.5);
         assert_eq!(s.total(), 5.5);
         assert_eq!(s.rules(), vec![("DNSBL".to_string(), 2.0), ("BAYES".to_string(), 3.5)]);
         s.end_transaction();

@@ -390,7 +390,8 @@ impl score::Host for HostState {
     fn add(&mut self, points: f64, rule: String) -> wasmtime::Result<()> {
         if points.is_finite() {
             let rule: String = rule.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
-            self.score.lock().expect("score lock").add(&self.meta.name, rule, points);
+            tracing::debug!(plugin = %self.meta.name, sid = %self.sid, %rule, points, "score");
+            self.score.lock().expect("score lock").add(rule, points);
         }
         Ok(())
     }

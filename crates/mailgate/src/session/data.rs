@@ -337,7 +337,8 @@ impl Session {
     /// Adds our Authentication-Results field and, when a `[[dkim_sign]]` identity matches, a
     /// DKIM-Signature over the final message (after every plugin change).
     async fn sign_and_mark(&mut self, env: &Envelope, data: Arc<Vec<u8>>, authserv_id: &str) -> Vec<u8> {
-        let cfg = self.config.auth.clone();
+        let config = self.config.clone();
+        let cfg = &config.auth;
         let mut field = None;
         if cfg.header {
             use mailgate_config::AuthCheck as C;
