@@ -93,13 +93,16 @@ fn dkimpy_sign(msg: &[u8], domain: &str, selector: &str, alg: &str, key: &str) -
     )
 }
 
+/// Python prelude for dkimpy: `txt`, a DNS function that asks our dnsmasq (port in DNSPORT)
+/// through dnspython, since dkimpy's own look-ups only use the system resolver.
+const DKIMPY_DNS: &str = "import os, sys, dkim, dns.resolver\nr = dns.resolver.Resolver(configure=False)\n\
+    r.nameservers = ['127.0.0.1']; r.port = int(os.environ['DNSPORT'])\n\
+    def txt(name, timeout=5):\n    a = r.resolve(name.decode().rstrip('.'), 'TXT')\n    return b''.join(b''.join(x.strings) for x in a)\n";
+
 /// dkimpy's verdict on a message, asking our dnsmasq through dnspython.
 fn dkimpy_verify(msg: &[u8], dns_port: u16) -> String {
     let out = py(
-        "import os, sys, dkim, dns.resolver\nr = dns.resolver.Resolver(configure=False)\n\
-         r.nameservers = ['127.0.0.1']; r.port = int(os.environ['DNSPORT'])\n\
-         def txt(name, timeout=5):\n    a = r.resolve(name.decode().rstrip('.'), 'TXT')\n    return b''.join(b''.join(x.strings) for x in a)\n\
-         print('pass' if dkim.verify(sys.stdin.buffer.read(), dnsfunc=txt) else 'fail')\n",
+        &format!("{DKIMPY_DNS}print('pass' if dkim.verify(sys.stdin.buffer.read(), dnsfunc=txt) else 'fail')\n"),
         &[("DNSPORT", &dns_port.to_string())],
         msg,
     );
@@ -109,11 +112,10 @@ fn dkimpy_verify(msg: &[u8], dns_port: u16) -> String {
 /// dkimpy's ARC chain validation of a message (cv= of the chain: pass, fail or none).
 fn dkimpy_arc_verify(msg: &[u8], dns_port: u16) -> String {
     let out = py(
-        "import os, sys, dkim, dns.resolver\nr = dns.resolver.Resolver(configure=False)\n\
-         r.nameservers = ['127.0.0.1']; r.port = int(os.environ['DNSPORT'])\n\
-         def txt(name, timeout=5):\n    a = r.resolve(name.decode().rstrip('.'), 'TXT')\n    return b''.join(b''.join(x.strings) for x in a)\n\
-         cv, results, comment = dkim.arc_verify(sys.stdin.buffer.read(), dnsfunc=txt)\n\
-         print(cv.decode(), comment)\n",
+        &format!(
+            "{DKIMPY_DNS}cv, results, comment = dkim.arc_verify(sys.stdin.buffer.read(), dnsfunc=txt)\n\
+             print(cv.decode(), comment)\n"
+        ),
         &[("DNSPORT", &dns_port.to_string())],
         msg,
     );

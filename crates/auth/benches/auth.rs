@@ -41,8 +41,8 @@ fn main() {
         let (pem, txt) = keygen(kind).unwrap();
         let path = dir.join(format!("{sel}.pem"));
         std::fs::write(&path, pem).unwrap();
-        let chunks: Vec<String> = txt.as_bytes().chunks(255).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
-        records.push(format!("--txt-record={sel}._domainkey.bench.test,{}", chunks.join(",")));
+        records
+            .push(format!("--txt-record={sel}._domainkey.bench.test,{}", mailgate_auth::txt_strings(&txt).join(",")));
         signers.push((sel, Signer::load(&path, "bench.test", sel, &headers).unwrap()));
     }
     records.push("--txt-record=bench.test,v=spf1 ip4:127.0.0.1 -all".into());

@@ -94,20 +94,12 @@ pub fn strip_ours(raw: &mut Vec<u8>, authserv_id: &str) -> usize {
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut removed = 0;
-    let mut i = 0;
-    while i < body_at {
-        // One field: a line and its continuation lines.
-        let mut end = next_line(raw, i);
-        while end < body_at && matches!(raw.get(end), Some(b' ' | b'\t')) {
-            end = next_line(raw, end);
-        }
-        let field = &raw[i..end];
+    for field in fields(&raw[..body_at]) {
         if is_ours(field, authserv_id) {
             removed += 1;
         } else {
             out.extend_from_slice(field);
         }
-        i = end;
     }
     out.extend_from_slice(&raw[body_at..]);
     *raw = out;
@@ -118,21 +110,14 @@ pub fn strip_ours(raw: &mut Vec<u8>, authserv_id: &str) -> usize {
 /// if it cannot: more than one From field (RFC 5322 allows one), or mailboxes of more than one
 /// domain in it (RFC 7489 §6.6.1). Such a message would otherwise slip past DMARC.
 pub fn ambiguous_from(raw: &[u8]) -> Option<String> {
-    let body_at = find_body(raw);
     let mut froms = vec![];
-    let mut i = 0;
-    while i < body_at {
-        let mut end = next_line(raw, i);
-        while end < body_at && matches!(raw.get(end), Some(b' ' | b'\t')) {
-            end = next_line(raw, end);
-        }
-        let field = String::from_utf8_lossy(&raw[i..end]);
+    for field in fields(&raw[..find_body(raw)]) {
+        let field = String::from_utf8_lossy(field);
         if let Some((name, value)) = field.split_once(':') {
             if name.trim().eq_ignore_ascii_case("from") {
                 froms.push(value.to_string());
             }
         }
-        i = end;
     }
     if froms.len() > 1 {
         return Some(format!("{} From header fields", froms.len()));
@@ -150,6 +135,23 @@ pub fn ambiguous_from(raw: &[u8]) -> Option<String> {
     domains.sort();
     domains.dedup();
     (domains.len() > 1).then(|| format!("From addresses in {} domains", domains.len()))
+}
+
+/// The fields of a header section: each a line with its continuation lines, CRLFs included.
+fn fields(header: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        if i >= header.len() {
+            return None;
+        }
+        let mut end = next_line(header, i);
+        while matches!(header.get(end), Some(b' ' | b'\t')) {
+            end = next_line(header, end);
+        }
+        let field = &header[i..end];
+        i = end;
+        Some(field)
+    })
 }
 
 fn next_line(raw: &[u8], from: usize) -> usize {
@@ -234,7 +236,6 @@ mod tests {
             }],
             dmarc: None,
             arc: crate::results::Arc { status: Status::None, instances: 0, sealer: None },
-            from_domain: String::new(),
         };
         assert_eq!(authentication_results("mx.test", ip, &[], None, Some(&m)), "mx.test;\r\n\tdkim=temperror");
     }

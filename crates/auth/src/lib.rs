@@ -20,7 +20,7 @@ pub use header::{ambiguous_from, authentication_results, strip_ours};
 pub use results::{Arc as ArcResult, Dkim, Dmarc, Iprev, MessageResults, Policy, Spf, Status};
 pub use seal::Sealer;
 pub use session::{AuthSession, Authenticator};
-pub use sign::{keygen, KeyKind, Signer};
+pub use sign::{keygen, txt_strings, KeyKind, Signer};
 
 /// An error of this crate (loading keys, signing), with what failed.
 #[derive(Debug, thiserror::Error)]

@@ -89,6 +89,4 @@ pub struct MessageResults {
     pub dkim: Vec<Dkim>,
     pub dmarc: Option<Dmarc>,
     pub arc: Arc,
-    /// The header From domain (empty when the message has no parsable From).
-    pub from_domain: String,
 }

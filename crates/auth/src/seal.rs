@@ -11,8 +11,6 @@ use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::Done;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{AuthenticatedMessage, AuthenticationResults, MessageAuthenticator};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::PrivateKeyDer;
 
 use crate::AuthError;
 
@@ -31,10 +29,7 @@ impl Sealer {
         headers: &[String],
         authserv_id: &str,
     ) -> Result<Sealer, AuthError> {
-        let pem = std::fs::read(path).map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))?;
-        let key = PrivateKeyDer::from_pem_slice(&pem)
-            .map_err(|e| AuthError::Key(format!("{}: not a PEM private key ({e})", path.display())))?;
-        let key = RsaKey::<Sha256>::from_key_der(key)
+        let key = RsaKey::<Sha256>::from_key_der(crate::sign::read_key(path)?)
             .map_err(|e| AuthError::Key(format!("{}: ARC sealing needs an RSA key ({e})", path.display())))?;
         let sealer = ArcSealer::from_key(key).domain(domain).selector(selector).headers(headers.to_vec());
         Ok(Sealer { sealer, authserv_id: authserv_id.to_string() })

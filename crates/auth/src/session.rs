@@ -77,7 +77,7 @@ impl Authenticator {
     pub async fn message(&self, raw: &[u8], mail_from_domain: &str, spf: &mail_auth::SpfOutput) -> MessageResults {
         let Some(msg) = AuthenticatedMessage::parse(raw) else {
             let arc = results::Arc { status: Status::None, instances: 0, sealer: None };
-            return MessageResults { dkim: vec![], dmarc: None, arc, from_domain: String::new() };
+            return MessageResults { dkim: vec![], dmarc: None, arc };
         };
         let from_domain = msg.from().rsplit_once('@').map_or("", |(_, d)| d).to_lowercase();
         let work = async {
@@ -118,7 +118,7 @@ impl Authenticator {
                     _ => Policy::None,
                 },
             });
-            MessageResults { dkim, dmarc, arc, from_domain: from_domain.clone() }
+            MessageResults { dkim, dmarc, arc }
         };
         match tokio::time::timeout(self.deadline, work).await {
             Ok(r) => r,
@@ -131,7 +131,6 @@ impl Authenticator {
                 }],
                 dmarc: None,
                 arc: results::Arc { status: Status::TempError, instances: 0, sealer: None },
-                from_domain,
             },
         }
     }

@@ -28,9 +28,7 @@ pub enum KeyKind {
 impl Signer {
     /// Loads a PEM private key (RSA in PKCS#1 or PKCS#8, Ed25519 in PKCS#8).
     pub fn load(path: &Path, domain: &str, selector: &str, headers: &[String]) -> Result<Signer, AuthError> {
-        let pem = std::fs::read(path).map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))?;
-        let key = PrivateKeyDer::from_pem_slice(&pem)
-            .map_err(|e| AuthError::Key(format!("{}: not a PEM private key ({e})", path.display())))?;
+        let key = read_key(path)?;
         let headers: Vec<String> = headers.to_vec();
         // PKCS#8 may hold either algorithm: try Ed25519 first, it is unambiguous.
         if let PrivateKeyDer::Pkcs8(p8) = &key {
@@ -51,6 +49,18 @@ impl Signer {
         };
         sig.map(|s| s.to_header()).map_err(|e| AuthError::Sign(e.to_string()))
     }
+}
+
+/// A PEM private key file (PKCS#1 or PKCS#8).
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, AuthError> {
+    let pem = std::fs::read(path).map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))?;
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| AuthError::Key(format!("{}: not a PEM private key ({e})", path.display())))
+}
+
+/// A TXT record value as DNS character-strings of at most 255 octets each.
+pub fn txt_strings(value: &str) -> Vec<String> {
+    value.as_bytes().chunks(255).map(|c| String::from_utf8_lossy(c).into_owned()).collect()
 }
 
 fn pem(label: &str, der: &[u8]) -> String {

@@ -84,6 +84,23 @@ pub struct DkimSign {
     pub users: Vec<String>,
 }
 
+impl DkimSign {
+    /// Whether this identity signs a message whose header From is in `from_domain`, received
+    /// on `listener` from a client authenticated as `user` (if any) or trusted by network.
+    pub fn applies(&self, from_domain: &str, listener: &str, user: Option<&str>, trusted: bool) -> bool {
+        let (from, own) = (from_domain.to_ascii_lowercase(), self.domain.to_ascii_lowercase());
+        let domain_ok = from == own || from.ends_with(&format!(".{own}"));
+        let listener_ok = self.listeners.is_empty() || self.listeners.iter().any(|l| l == listener);
+        let who_ok = match self.sign_for {
+            SignFor::Any => true,
+            SignFor::Trusted => user.is_some() || trusted,
+            SignFor::Authenticated => user.is_some(),
+        };
+        let user_ok = self.users.is_empty() || user.is_some_and(|u| self.users.iter().any(|x| x == u));
+        domain_ok && listener_ok && who_ok && user_ok
+    }
+}
+
 fn default_signed_headers() -> Vec<String> {
     [
         "From",

@@ -535,8 +535,7 @@ fn dkim_keygen(domain: &str, selector: &str, algorithm: &str, out: &std::path::P
         .map_err(|e| format!("{}: {e}", out.display()))?;
     f.write_all(pem.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", out.display()))?;
     // A TXT character-string holds at most 255 octets: split long records.
-    let strings: Vec<String> =
-        txt.as_bytes().chunks(255).map(|c| format!("\"{}\"", String::from_utf8_lossy(c))).collect();
+    let strings: Vec<String> = mailgate_auth::txt_strings(&txt).iter().map(|c| format!("\"{c}\"")).collect();
     Ok(format!(
         "wrote {} ({algorithm})\npublish this DNS record:\n{selector}._domainkey.{domain}. IN TXT ( {} )\n",
         out.display(),

@@ -383,12 +383,6 @@ impl SessionChain {
         self.inner.auth = Some(auth);
     }
 
-    /// The spam score so far: (total, (rule, points) in order).
-    pub fn score(&self) -> (f64, Vec<(String, f64)>) {
-        let s = self.inner.score.lock().expect("score lock");
-        (s.total(), s.rules())
-    }
-
     fn outside_transaction(&self) {
         self.inner.score.lock().expect("score lock").end_transaction();
     }

@@ -390,23 +390,14 @@ impl Session {
         if self.generation.signers.is_empty() {
             return data;
         }
-        let from_domain = header_from_domain(&data);
         let generation = self.generation.clone();
-        let signer = generation.signers.iter().position(|(d, _)| {
-            let domain_ok = from_domain.as_deref().is_some_and(|f| {
-                f.eq_ignore_ascii_case(&d.domain)
-                    || f.to_ascii_lowercase().ends_with(&format!(".{}", d.domain.to_ascii_lowercase()))
-            });
-            let listener_ok = d.listeners.is_empty() || d.listeners.iter().any(|l| **l == *self.listener);
-            let who_ok = match d.sign_for {
-                mailgate_config::SignFor::Any => true,
-                mailgate_config::SignFor::Trusted => self.auth_user.is_some() || self.trusted,
-                mailgate_config::SignFor::Authenticated => self.auth_user.is_some(),
-            };
-            let user_ok = d.users.is_empty() || self.auth_user.as_ref().is_some_and(|u| d.users.contains(u));
-            domain_ok && listener_ok && who_ok && user_ok
-        });
-        let Some(i) = signer else { return data };
+        let Some(from_domain) = header_from_domain(&data) else { return data };
+        let (listener, user) = (&*self.listener, self.auth_user.as_deref());
+        let Some(i) =
+            generation.signers.iter().position(|(d, _)| d.applies(&from_domain, listener, user, self.trusted))
+        else {
+            return data;
+        };
         // An RSA signature is ~0.5 ms of CPU: off the async threads.
         let (g, shared) = (generation.clone(), Arc::new(data));
         let bytes = shared.clone();
