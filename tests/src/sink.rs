@@ -38,6 +38,8 @@ struct State {
     /// RCPT commands seen per address (attempt counting).
     rcpt_seen: HashMap<String, usize>,
     connections: usize,
+    /// EHLO leaves out 8BITMIME (a 7-bit next hop).
+    no_8bitmime: bool,
 }
 
 pub struct Sink {
@@ -87,6 +89,11 @@ impl Sink {
 
     pub fn clear_rcpt_reply(&self, rcpt: &str) {
         self.state.lock().unwrap().rcpt.remove(&rcpt.to_lowercase());
+    }
+
+    /// Whether EHLO announces 8BITMIME (it does unless told otherwise).
+    pub fn set_8bitmime(&self, on: bool) {
+        self.state.lock().unwrap().no_8bitmime = !on;
     }
 
     pub fn set_data_reply(&self, reply: Option<&str>) {
@@ -156,13 +163,14 @@ async fn serve(
         let upper = cmd.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {
             let tls_kw = if tls.is_some() && !in_tls { "250-STARTTLS\r\n" } else { "" };
-            format!("250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n{tls_kw}250 SIZE 52428800\r\n")
+            let eight = if st.lock().unwrap().no_8bitmime { "" } else { "250-8BITMIME\r\n" };
+            format!("250-sink.test\r\n250-PIPELINING\r\n{eight}250-SMTPUTF8\r\n{tls_kw}250 SIZE 52428800\r\n")
         } else if upper.starts_with("HELO") {
             "250 sink.test\r\n".into()
-        } else if upper == "STARTTLS" && tls.is_some() && !in_tls {
+        } else if let Some(acceptor) = tls.as_ref().filter(|_| upper == "STARTTLS" && !in_tls) {
             io.get_mut().write_all(b"220 2.0.0 go ahead\r\n").await?;
             let inner = std::mem::replace(io.get_mut(), Box::new(tokio::io::duplex(1).0));
-            let stream = tls.as_ref().unwrap().accept(inner).await?;
+            let stream = acceptor.accept(inner).await?;
             io = BufReader::new(Box::new(stream));
             in_tls = true;
             continue;

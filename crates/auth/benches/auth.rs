@@ -132,5 +132,6 @@ fn main() {
         println!("({header:?})");
     });
     let _ = dns.kill();
+    let _ = dns.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }

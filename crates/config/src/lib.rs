@@ -25,7 +25,7 @@ pub use route::{Route, TlsPolicy};
 /// The embedded default configuration (`config/mailgate.toml`).
 pub const DEFAULT_TOML: &str = include_str!("../../../config/mailgate.toml");
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: Server,
@@ -66,6 +66,10 @@ pub struct Config {
 pub struct Server {
     /// Our host name: in the greeting, EHLO reply, `Received:` and DSNs.
     pub hostname: String,
+    /// Where `RCPT TO:<Postmaster>` (no domain, RFC 5321 §4.1.1.3) goes, an address delivered
+    /// by the routes like any other. Unset: `postmaster@` the first `relay.accept_domains`
+    /// entry (or the hostname).
+    pub postmaster: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,6 +134,27 @@ pub struct Limits {
     pub max_errors: usize,
     /// Failed AUTH attempts from one client IP (per 10 minutes) before 421 4.7.0.
     pub max_auth_failures: usize,
+    /// Deepest MIME nesting (multiparts and embedded messages) the gateway will parse; a
+    /// deeper message is refused with 554 5.6.0 before any plugin sees it.
+    pub max_mime_depth: usize,
+    /// Most MIME parts in one message (embedded messages' parts included); beyond: 554 5.6.0.
+    pub max_mime_parts: usize,
+    /// Most fields in the message's own header section; beyond: 554 5.6.0.
+    pub max_header_fields: usize,
+    /// Largest header section of the message, in octets; beyond: 554 5.6.0.
+    pub max_header_size: usize,
+    /// What to do with NUL octets in content: `refuse` (550 5.6.0, the default) or `strip`.
+    /// A next hop that drops NULs could read `<CRLF>NUL.<CRLF>` as the end of data.
+    pub nul_bytes: NulBytes,
+}
+
+/// See [`Limits::nul_bytes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NulBytes {
+    #[default]
+    Refuse,
+    Strip,
 }
 
 /// Server timeouts, RFC 5321 §4.5.3.2 (the minimums it recommends are the defaults).
@@ -236,32 +261,6 @@ pub struct Log {
     pub level: String,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: Server::default(),
-            listeners: vec![],
-            limits: Limits::default(),
-            tls: Tls::default(),
-            timeouts: Timeouts::default(),
-            relay: Relay::default(),
-            spool: Spool::default(),
-            queue: Queue::default(),
-            delivery: Delivery::default(),
-            dns: Dns::default(),
-            auth: Auth::default(),
-            dkim_sign: vec![],
-            arc_seal: None,
-            routes: BTreeMap::new(),
-            admin: Admin::default(),
-            plugins: vec![],
-            pipelines: BTreeMap::new(),
-            domain_pipelines: BTreeMap::new(),
-            log: Log::default(),
-        }
-    }
-}
-
 impl Default for Tls {
     fn default() -> Self {
         Tls { cert: None, key: None, handshake_timeout: Duration::from_secs(30) }
@@ -269,7 +268,7 @@ impl Default for Tls {
 }
 impl Default for Server {
     fn default() -> Self {
-        Server { hostname: "localhost".into() }
+        Server { hostname: "localhost".into(), postmaster: None }
     }
 }
 impl Default for Limits {
@@ -283,6 +282,11 @@ impl Default for Limits {
             max_sessions_per_ip: 50,
             max_errors: 20,
             max_auth_failures: 5,
+            max_mime_depth: 50,
+            max_mime_parts: 5000,
+            max_header_fields: 1000,
+            max_header_size: 512 << 10,
+            nul_bytes: NulBytes::Refuse,
         }
     }
 }
@@ -520,6 +524,17 @@ impl Config {
             v4 => v4,
         };
         self.relay.trusted_networks.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The address `<Postmaster>` stands for (see [`Server::postmaster`]).
+    pub fn postmaster(&self) -> String {
+        match &self.server.postmaster {
+            Some(a) => a.clone(),
+            None => format!(
+                "postmaster@{}",
+                self.relay.accept_domains.first().map_or(self.server.hostname.as_str(), |d| d.trim_start_matches('.'))
+            ),
+        }
     }
 
     pub fn helo_name(&self) -> &str {

@@ -1,3 +1,6 @@
+// figment::Jail closures must return figment::Error, whatever its size.
+#![allow(clippy::result_large_err)]
+
 use super::*;
 
 /// The default config names plugin files relative to the working directory: make them.

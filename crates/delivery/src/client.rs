@@ -182,6 +182,16 @@ impl Conn {
         if msg.smtputf8 && !self.ext.smtputf8 {
             return all(RcptOutcome::new(Status::Failed, "553 5.6.7 next hop does not support SMTPUTF8", Some(&host)));
         }
+        // RFC 6152: 8-bit content only to a server that announced 8BITMIME. A peer that does
+        // not may strip the eighth bit, and 0x8D 0x8A 0xAE 0x8D 0x8A then reads as the end of
+        // data: never sent, the sender gets a DSN instead.
+        if !self.ext.eightbitmime && !msg.data.is_ascii() {
+            return all(RcptOutcome::new(
+                Status::Failed,
+                "554 5.6.3 next hop does not support 8BITMIME and the message has 8-bit content",
+                Some(&host),
+            ));
+        }
         if let Some(limit) = self.ext.size.filter(|l| *l > 0) {
             if msg.data.len() as u64 > limit {
                 return all(RcptOutcome::new(

@@ -105,6 +105,12 @@ pub async fn test(run: TestRun) -> Result<(), String> {
         None => b"From: <sender@example.test>\r\nSubject: plugin test\r\n\r\nHello.\r\n".to_vec(),
     };
     let raw = mailgate_smtp::content::to_crlf(&raw);
+    // The gateway measures the structure before any plugin sees a message; so does the test.
+    let limits = mailgate_plugin_host::MessageLimits::from_config(&mailgate_config::Limits::default());
+    if let Err(e) = mailgate_plugin_host::inspect(&raw, &limits) {
+        println!("data: refused before any plugin: {}", e.reply());
+        return Ok(());
+    }
     let (decision, mods) = chain.on_data(&conn, &env, Arc::new(raw)).await;
     println!(
         "data: {}",

@@ -239,6 +239,10 @@ async fn accept_loop(listener: TcpListener, conf: Listener, shared: Arc<Shared>,
             }
         };
         let _ = stream.set_nodelay(true);
+        // One canonical form of the peer for everything after this point (SPF, iprev, DNSBL,
+        // limits, trusted networks, Received:, plugins, logs): an IPv4 client on a dual-stack
+        // `[::]` listener arrives as `::ffff:a.b.c.d` and must be treated as the IPv4 client it is.
+        let peer = canonical(peer);
         let shared = shared.clone();
         let name = name.clone();
         let stop = stop.clone();
@@ -248,13 +252,17 @@ async fn accept_loop(listener: TcpListener, conf: Listener, shared: Arc<Shared>,
             let n = shared.next_session.fetch_add(1, Ordering::Relaxed);
             let sid = format!("{:05}{:06}", shared.start_tag, n);
             let span = tracing::info_span!("session", sid = %sid, client = %peer);
-            let local = stream.local_addr().unwrap_or(peer);
-            Session::new(sid, stream, peer, local, name, role, pipeline, shared.clone(), stop)
-                .run()
-                .instrument(span)
-                .await;
+            let local = stream.local_addr().map(canonical).unwrap_or(peer);
+            let conn = crate::session::Accepted { sid, peer, local, listener: name, role, pipeline };
+            Session::new(conn, stream, shared.clone(), stop).run().instrument(span).await;
         });
     }
+}
+
+/// The address with an IPv4-mapped IPv6 address (`::ffff:192.0.2.1`) turned into the IPv4
+/// address it carries; every other address as it is.
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Releases a session's slot when dropped.

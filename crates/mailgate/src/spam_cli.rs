@@ -38,6 +38,10 @@ pub fn read_message(path: &Path) -> Result<Vec<u8>, String> {
 
 /// The tokens of a message, read exactly as the plugin reads it through the host.
 fn message_tokens(raw: Vec<u8>) -> Vec<String> {
+    // The gateway would refuse a message over the structure limits; it teaches nothing.
+    if mailgate_plugin_host::inspect(&raw, &Default::default()).is_err() {
+        return vec![];
+    }
     let msg = ParsedMessage::new(Arc::new(raw));
     let headers: Vec<(&str, String)> = HEADERS.iter().filter_map(|h| Some((*h, msg.header(h)?))).collect();
     let text = msg.text_body();

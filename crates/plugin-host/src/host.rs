@@ -2,7 +2,7 @@
 //! unless the plugin's config entry grants them.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::proto::rr::RData;
@@ -81,71 +81,7 @@ pub struct HostState {
 /// plugins.
 pub type SharedAuth = Arc<tokio::sync::Mutex<mailgate_auth::AuthSession>>;
 
-/// A message as plugins see it: the raw bytes, parsed once on first use with mail-parser and
-/// shared by every plugin of the chain.
-pub struct ParsedMessage {
-    raw: Arc<Vec<u8>>,
-    parsed: OnceLock<Option<mail_parser::Message<'static>>>,
-}
-
-impl ParsedMessage {
-    pub fn new(raw: Arc<Vec<u8>>) -> Arc<ParsedMessage> {
-        Arc::new(ParsedMessage { raw, parsed: OnceLock::new() })
-    }
-
-    fn get(&self) -> Option<&mail_parser::Message<'static>> {
-        self.parsed
-            .get_or_init(|| mail_parser::MessageParser::default().parse(self.raw.as_slice()).map(|m| m.into_owned()))
-            .as_ref()
-    }
-
-    /// The decoded Subject.
-    pub fn subject(&self) -> Option<&str> {
-        self.get().and_then(|p| p.subject())
-    }
-
-    /// The first From address, without display name or brackets.
-    pub fn from_address(&self) -> Option<String> {
-        self.get()
-            .and_then(|p| p.from())
-            .and_then(|a| a.first())
-            .and_then(|a| a.address.as_ref())
-            .map(|a| a.to_string())
-    }
-
-    /// The first text/plain part (or the HTML part converted to text).
-    pub fn text_body(&self) -> Option<String> {
-        self.get().and_then(|p| p.body_text(0)).map(|c| c.into_owned())
-    }
-
-    /// The first text/html part.
-    pub fn html_body(&self) -> Option<String> {
-        self.get().and_then(|p| p.body_html(0)).map(|c| c.into_owned())
-    }
-
-    /// The value of the first field `name`, unfolded (as the `header` import gives it).
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.header_values(Some(name)).into_iter().next().map(|(_, v)| v)
-    }
-
-    /// Raw value text of every header, unfolded.
-    pub fn header_values(&self, name: Option<&str>) -> Vec<(String, String)> {
-        let Some(m) = self.get() else { return vec![] };
-        m.headers()
-            .iter()
-            .filter(|h| name.is_none_or(|n| h.name.as_str().eq_ignore_ascii_case(n)))
-            .map(|h| {
-                let v = self.raw.get(h.offset_start as usize..h.offset_end as usize).unwrap_or_default();
-                (h.name.as_str().to_string(), unfold(v))
-            })
-            .collect()
-    }
-}
-
-fn unfold(v: &[u8]) -> String {
-    let s = String::from_utf8_lossy(v);
-    s.replace("\r\n", "").replace('\n', "").trim().to_string()
-}
+pub use crate::message::ParsedMessage;
 
 /// The guest's handle type for `message` (see `with:` in the bindgen).
 pub struct MessageHandle(pub Arc<ParsedMessage>);

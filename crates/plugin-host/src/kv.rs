@@ -14,9 +14,12 @@ pub trait KvStore: Send + Sync + 'static {
     fn delete(&self, key: &str) -> Result<(), String>;
 }
 
+/// A value and when it expires (`None`: never).
+type Entry = (Vec<u8>, Option<Instant>);
+
 /// In-process store with expiry; bounded so a plugin cannot grow it without limit.
 pub struct MemoryKv {
-    map: Mutex<HashMap<String, (Vec<u8>, Option<Instant>)>>,
+    map: Mutex<HashMap<String, Entry>>,
     /// Most keys kept; beyond it expired keys are swept and then writes fail.
     max_keys: usize,
 }

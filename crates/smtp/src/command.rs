@@ -38,8 +38,9 @@ pub enum Command {
         from: Option<Address>,
         params: MailParams,
     },
+    /// `to: None` is `<Postmaster>` without a domain (RFC 5321 §4.1.1.3): ours, whoever asks.
     Rcpt {
-        to: Address,
+        to: Option<Address>,
         params: RcptParams,
     },
     Data,
@@ -167,12 +168,19 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
     let (path, params) = split_path(rest, "FROM:")?;
     let from = if path == "<>" { None } else { Some(Address::parse_path(path).map_err(address_reply)?) };
     let mut p = MailParams::default();
+    let mut seen: Vec<String> = vec![];
     for param in params.split(' ').filter(|s| !s.is_empty()) {
         let (key, value) = match param.split_once('=') {
             Some((k, v)) => (k, Some(v)),
             None => (param, None),
         };
-        match (key.to_ascii_uppercase().as_str(), value) {
+        let key = key.to_ascii_uppercase();
+        // RFC 5321 §4.1.1.11 / RFC 1869: a parameter may appear once.
+        if seen.contains(&key) {
+            return Err(err(501, Enhanced(5, 5, 4), "Duplicate MAIL parameter"));
+        }
+        seen.push(key.clone());
+        match (key.as_str(), value) {
             ("SIZE", Some(v)) => p.size = Some(v.parse().map_err(|_| err(501, Enhanced(5, 5, 4), "Bad SIZE value"))?),
             ("BODY", Some(v)) => {
                 p.body = match v.to_ascii_uppercase().as_str() {
@@ -197,14 +205,12 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
 
 fn parse_rcpt(rest: &str) -> Result<Command, Reply> {
     let (path, params) = split_path(rest, "TO:")?;
-    if path.eq_ignore_ascii_case("<postmaster>") {
-        // RFC 5321 §4.1.1.3: <Postmaster> without a domain must be accepted; it means ours.
-        return Ok(Command::Rcpt {
-            to: Address::parse_mailbox("postmaster@localhost").unwrap(),
-            params: RcptParams {},
-        });
-    }
-    let to = Address::parse_path(path).map_err(address_reply)?;
+    // RFC 5321 §4.1.1.3: <Postmaster> without a domain must be accepted; it means ours.
+    let to = if path.eq_ignore_ascii_case("<postmaster>") {
+        None
+    } else {
+        Some(Address::parse_path(path).map_err(address_reply)?)
+    };
     if !params.is_empty() {
         return Err(err(555, Enhanced(5, 5, 4), "Unsupported RCPT parameter"));
     }
@@ -251,8 +257,9 @@ mod tests {
             MailParams { size: Some(1000), body: Body::EightBitMime, smtputf8: true, requiretls: false }
         );
         let Command::Rcpt { to, .. } = p("RCPT TO:<\"x>y\"@b.example>").unwrap() else { panic!() };
-        assert_eq!(to.domain(), "b.example");
-        assert!(matches!(p("RCPT TO:<Postmaster>").unwrap(), Command::Rcpt { .. }));
+        assert_eq!(to.unwrap().domain(), "b.example");
+        assert!(matches!(p("RCPT TO:<Postmaster>").unwrap(), Command::Rcpt { to: None, .. }));
+        assert!(matches!(p("RCPT TO:<postmaster@b.example>").unwrap(), Command::Rcpt { to: Some(_), .. }));
         assert_eq!(
             p("AUTH plain AGFiYwBkZWY=").unwrap(),
             Command::Auth { mechanism: "PLAIN".into(), initial: Some("AGFiYwBkZWY=".into()) }
@@ -267,6 +274,12 @@ mod tests {
         assert_eq!(code("MAIL FROM:<a@b.example> FOO=1"), 555);
         assert_eq!(code("MAIL FROM:<ü@b.example>"), 553);
         assert_eq!(code("RCPT TO:<a@b.example> NOTIFY=NEVER"), 555);
+        assert_eq!(code("RCPT TO:<Postmaster> NOTIFY=NEVER"), 555);
+        // A parameter given twice, in any case, with the same or another value.
+        for dup in ["SIZE=1 SIZE=2", "BODY=7BIT BODY=8BITMIME", "SMTPUTF8 smtputf8", "size=1 SIZE=1"] {
+            let r = p(&format!("MAIL FROM:<a@b.example> {dup}")).unwrap_err();
+            assert_eq!((r.code, r.enhanced), (501, Some(Enhanced(5, 5, 4))), "{dup}");
+        }
         assert_eq!(code("BDAT x"), 501);
         assert_eq!(code("DATA x"), 501);
         assert_eq!(code("EHLO"), 501);

@@ -4,7 +4,7 @@
 //! and the message is at most the size limit. After an error the receiver keeps consuming until
 //! the end of the content (so the client and server stay in step) but stores nothing more.
 
-use memchr::memchr2;
+use memchr::memchr3;
 
 /// How the content is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +22,9 @@ pub enum ContentError {
     BareCr,
     LineTooLong,
     TooBig,
+    /// A NUL octet: a next hop that drops NULs could read `<CRLF>NUL.<CRLF>` as the end of
+    /// data (outbound smuggling), so by default the message is refused.
+    Nul,
 }
 
 impl ContentError {
@@ -37,6 +40,7 @@ impl ContentError {
                 Reply::new(550, Enhanced(5, 6, 0), "Message refused: line longer than 998 octets")
             }
             ContentError::TooBig => Reply::new(552, Enhanced(5, 3, 4), "Message exceeds the size limit"),
+            ContentError::Nul => Reply::new(550, Enhanced(5, 6, 0), "Message refused: NUL octet in content"),
         }
     }
 }
@@ -76,11 +80,36 @@ pub struct ContentReceiver {
     size: u64,
     /// The first error; from then on nothing more is stored.
     error: Option<ContentError>,
+    /// NUL octets are dropped instead of refused (`limits.nul_bytes = "strip"`).
+    strip_nul: bool,
+    /// NUL octets dropped so far.
+    stripped: u64,
 }
 
 impl ContentReceiver {
     pub fn new(mode: Mode, max_size: u64, max_line: usize) -> Self {
-        ContentReceiver { mode, state: State::LineStart, max_size, max_line, line_len: 0, size: 0, error: None }
+        ContentReceiver {
+            mode,
+            state: State::LineStart,
+            max_size,
+            max_line,
+            line_len: 0,
+            size: 0,
+            error: None,
+            strip_nul: false,
+            stripped: 0,
+        }
+    }
+
+    /// Drops NUL octets instead of refusing the message for them.
+    pub fn strip_nul(mut self, strip: bool) -> Self {
+        self.strip_nul = strip;
+        self
+    }
+
+    /// NUL octets dropped so far (with [`ContentReceiver::strip_nul`]).
+    pub fn stripped(&self) -> u64 {
+        self.stripped
     }
 
     /// Octets of content so far.
@@ -152,7 +181,7 @@ impl ContentReceiver {
                 }
                 State::Mid => {
                     let rest = &input[i..];
-                    let j = memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+                    let j = memchr3(b'\r', b'\n', 0, rest).unwrap_or(rest.len());
                     self.line_len += j;
                     if self.line_len > self.max_line {
                         self.fail(ContentError::LineTooLong);
@@ -162,6 +191,15 @@ impl ContentReceiver {
                     match rest.get(j) {
                         Some(b'\r') => {
                             self.state = State::Cr;
+                            i += 1;
+                        }
+                        Some(0) => {
+                            // Never stored: refused, or dropped (and then not counted).
+                            if self.strip_nul {
+                                self.stripped += 1;
+                            } else {
+                                self.fail(ContentError::Nul);
+                            }
                             i += 1;
                         }
                         Some(_) => {
@@ -268,6 +306,37 @@ mod tests {
         let mut out = Vec::new();
         let (_, p) = r.feed(b"0123456789abc\r\n.\r\n", &mut out);
         assert_eq!((p, r.error()), (Progress::Done, Some(ContentError::TooBig)));
+    }
+
+    #[test]
+    fn nul_is_refused_or_stripped_anywhere_in_a_line() {
+        // At a line start, mid-line, right before the end marker, and around a dot.
+        for input in [
+            &b"a\r\n\0.\r\nb\r\n.\r\n"[..],
+            b"a\0b\r\n.\r\n",
+            b"\0\r\n.\r\n",
+            b"a\r\n.\0\r\n.\r\n",
+            b"a\r\n..\0\r\n.\r\n",
+        ] {
+            let (_, e, _) = data(&[input]);
+            assert_eq!(e, Some(ContentError::Nul), "{input:?}");
+            let mut r = ContentReceiver::new(Mode::Data, 1 << 20, 998).strip_nul(true);
+            let mut out = Vec::new();
+            let (_, p) = r.feed(input, &mut out);
+            assert_eq!((p, r.error()), (Progress::Done, None), "{input:?}");
+            assert!(!out.contains(&0) && r.stripped() == 1, "{input:?}");
+        }
+        // "<CRLF>NUL.<CRLF>" stripped is a line holding one dot: stored as it stands, so the
+        // delivery dot-stuffs it like any other line.
+        let mut r = ContentReceiver::new(Mode::Data, 1 << 20, 998).strip_nul(true);
+        let mut out = Vec::new();
+        r.feed(b"a\r\n\0.\r\nb\r\n.\r\n", &mut out);
+        assert_eq!(out, b"a\r\n.\r\nb\r\n");
+        // BDAT the same.
+        let mut r = ContentReceiver::new(Mode::Bdat, 1 << 20, 998);
+        r.feed(b"a\r\n\0.\r\n", &mut out);
+        assert_eq!(r.finish_bdat(&mut out), Err(ContentError::Nul));
+        assert_eq!(ContentError::Nul.reply().to_string(), "550 5.6.0 Message refused: NUL octet in content");
     }
 
     #[test]

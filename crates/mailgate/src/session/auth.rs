@@ -28,7 +28,7 @@ fn b64(s: &str) -> Option<Vec<u8>> {
 impl Session {
     /// Whether AUTH is offered now: over TLS, when a plugin checks credentials.
     pub(crate) fn auth_offered(&self) -> bool {
-        self.tls.is_some() && self.plugins.as_ref().is_some_and(|p| p.has_stage(&self.pipeline, Stage::Auth))
+        self.tls.is_some() && self.auth_configured()
     }
 
     /// Whether MAIL needs an authenticated session (submission listeners).
@@ -93,7 +93,16 @@ impl Session {
         })
     }
 
+    /// Whether any plugin of this listener's pipeline checks credentials (TLS or not).
+    fn auth_configured(&self) -> bool {
+        self.plugins.as_ref().is_some_and(|p| p.has_stage(&self.pipeline, Stage::Auth))
+    }
+
     pub(crate) async fn auth(&mut self, mechanism: String, initial: Option<String>) -> std::io::Result<Next> {
+        // Nothing checks credentials: AUTH does not exist here, before TLS or after.
+        if !self.auth_configured() {
+            return Ok(self.bad_command(Reply::new(502, Enhanced(5, 5, 1), "AUTH not available")));
+        }
         if self.tls.is_none() {
             return Ok(self.bad_command(Reply::new(
                 538,

@@ -80,7 +80,8 @@ impl Session {
         let mut buf = Vec::with_capacity(header.len() + tx.params.size.unwrap_or(8192).min(1 << 20) as usize);
         buf.extend_from_slice(header.as_bytes());
         let max = cfg.limits.max_message_size;
-        Chunks { id, receiver: ContentReceiver::new(mode, max, cfg.limits.text_line - 2), buf }
+        let strip = cfg.limits.nul_bytes == mailgate_config::NulBytes::Strip;
+        Chunks { id, receiver: ContentReceiver::new(mode, max, cfg.limits.text_line - 2).strip_nul(strip), buf }
     }
 
     pub(crate) async fn data(&mut self) -> std::io::Result<Next> {
@@ -162,6 +163,21 @@ impl Session {
             tracing::warn!(queue_id = %c.id, hops, "mail loop: too many Received headers");
             metrics::counter!("mailgate_messages_total", "result" => "refused").increment(1);
             self.reply(Reply::new(554, Enhanced(5, 4, 6), "Too many hops (mail loop?)"));
+            return Next::Continue;
+        }
+        // The structure is measured before anything parses the message (plugins, DKIM,
+        // ARC): too deep, too many parts or too many header fields is refused here.
+        let id = c.id.clone();
+        let Some((buf, structure)) = check_structure(c.buf, &self.config.limits).await else {
+            tracing::error!(queue_id = %id, "structure check failed to run");
+            self.reply(Reply::new(451, Enhanced(4, 3, 0), "Local error in processing, try again later"));
+            return Next::Continue;
+        };
+        let c = Chunks { buf, ..c };
+        if let Err(e) = structure {
+            tracing::info!(queue_id = %c.id, "message refused: {e}");
+            metrics::counter!("mailgate_messages_total", "result" => "refused").increment(1);
+            self.reply(e.reply());
             return Next::Continue;
         }
         if self.config.auth.refuse_ambiguous_from {
@@ -419,6 +435,28 @@ impl Session {
         }
         data
     }
+}
+
+/// Messages above this size are measured on the blocking pool, off the async threads.
+const INLINE_CHECK: usize = 256 << 10;
+
+/// Runs [`mailgate_plugin_host::inspect`] on a received message; hands the bytes back.
+async fn check_structure(
+    buf: Vec<u8>,
+    limits: &mailgate_config::Limits,
+) -> Option<(Vec<u8>, Result<mailgate_plugin_host::Structure, mailgate_plugin_host::MessageError>)> {
+    let limits = mailgate_plugin_host::MessageLimits::from_config(limits);
+    if buf.len() <= INLINE_CHECK {
+        let r = mailgate_plugin_host::inspect(&buf, &limits);
+        return Some((buf, r));
+    }
+    // `None` only if the task could not run to its end (the runtime is shutting down).
+    tokio::task::spawn_blocking(move || {
+        let r = mailgate_plugin_host::inspect(&buf, &limits);
+        (buf, r)
+    })
+    .await
+    .ok()
 }
 
 /// The domain of the header From address, if the message has one.

@@ -27,6 +27,12 @@ impl Session {
         Next::Continue
     }
 
+    /// RFC 5321 §3.5.2: we expand no mailing lists.
+    pub(crate) fn expn(&mut self) -> Next {
+        self.reply(Reply::new(502, Enhanced(5, 5, 1), "EXPN not available: no mailing lists are disclosed"));
+        Next::Continue
+    }
+
     pub(crate) fn help(&mut self) -> Next {
         self.reply(Reply::new(
             214,

@@ -90,18 +90,25 @@ pub(crate) struct Session {
     stop: watch::Receiver<bool>,
 }
 
+/// The facts of an accepted connection a session starts from.
+pub struct Accepted {
+    pub sid: String,
+    /// The client, canonical (an IPv4-mapped address is its IPv4 address).
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub listener: Arc<str>,
+    pub role: Role,
+    pub pipeline: String,
+}
+
 impl Session {
     pub fn new(
-        sid: String,
+        conn: Accepted,
         stream: tokio::net::TcpStream,
-        peer: SocketAddr,
-        local: SocketAddr,
-        listener: Arc<str>,
-        role: Role,
-        pipeline: String,
         shared: Arc<Shared>,
         stop: watch::Receiver<bool>,
     ) -> Session {
+        let Accepted { sid, peer, local, listener, role, pipeline } = conn;
         let generation = shared.current();
         let (config, plugins) = (generation.config.clone(), generation.plugins.clone());
         let auth =
@@ -277,7 +284,8 @@ impl Session {
             Command::Rset => self.rset(),
             Command::Noop => self.ok(),
             Command::Quit => self.quit(),
-            Command::Vrfy(_) | Command::Expn(_) => self.vrfy(),
+            Command::Vrfy(_) => self.vrfy(),
+            Command::Expn(_) => self.expn(),
             Command::Help => self.help(),
             Command::StartTls => self.starttls().await?,
             Command::Auth { mechanism, initial } => self.auth(mechanism, initial).await?,

@@ -6,8 +6,21 @@ use mailgate_smtp::{Address, Enhanced, Reply};
 use super::{Next, Session};
 
 impl Session {
-    pub(crate) async fn rcpt(&mut self, to: Address) -> Next {
+    /// `to: None` is `<Postmaster>` without a domain: the configured postmaster address,
+    /// accepted from anyone.
+    pub(crate) async fn rcpt(&mut self, to: Option<Address>) -> Next {
         let max = self.config.limits.max_recipients;
+        let (to, postmaster) = match to {
+            Some(a) => (a, false),
+            None => match Address::parse_mailbox(&self.config.postmaster()) {
+                Ok(a) => (a, true),
+                Err(_) => {
+                    tracing::error!(postmaster = %self.config.postmaster(), "server.postmaster is not an address");
+                    self.reply(Reply::new(451, Enhanced(4, 3, 0), "Postmaster address misconfigured"));
+                    return Next::Continue;
+                }
+            },
+        };
         let Some(tx) = self.tx.as_mut() else {
             return self.bad_command(codes::bad_sequence("Need MAIL before RCPT"));
         };
@@ -21,7 +34,7 @@ impl Session {
         // No open relay: our domains from anyone, other domains only from trusted or
         // authenticated clients.
         let may_relay = self.trusted || self.auth_user.is_some();
-        if !may_relay && !self.config.accepts_domain(to.domain()) {
+        if !may_relay && !postmaster && !self.config.accepts_domain(to.domain()) {
             tracing::info!(rcpt = %to, "relaying denied");
             metrics::counter!("mailgate_recipients_total", "class" => "5xx").increment(1);
             self.reply(Reply::new(550, Enhanced(5, 7, 1), "Relaying denied"));
