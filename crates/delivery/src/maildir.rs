@@ -9,18 +9,31 @@ use crate::{Outbound, RcptOutcome, Status};
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// A mailbox directory name from a local part: lower-cased, path-safe.
+/// A mailbox directory name from a local part: lower-cased (local parts that differ only in
+/// case share a mailbox, as most systems do), then every character that is not a letter, a
+/// digit or one of `-_+=` (and `.` after the first position) percent-encoded as its UTF-8
+/// octets. `%` itself is encoded, so the mapping is reversible: `user%evil.org`,
+/// `"user@evil.org"` and `user_evil.org` are three mailboxes, and no name is a path, hidden,
+/// `.` or `..`.
 fn mailbox_dir(addr: &str) -> String {
-    let local = addr.rsplit_once('@').map_or(addr, |(l, _)| l).trim_matches('"');
-    let clean: String = local
-        .to_lowercase()
-        .chars()
-        .map(|c| if c.is_alphanumeric() || "-_+=".contains(c) || (c == '.') { c } else { '_' })
-        .collect();
-    match clean.trim_start_matches('.') {
-        "" => "_".to_string(),
-        s => s.to_string(),
+    let local = addr.rsplit_once('@').map_or(addr, |(l, _)| l);
+    // A quoted local part means its content: `"abc"` is `abc` (RFC 5321 §4.1.2).
+    let local = local.strip_prefix('"').and_then(|l| l.strip_suffix('"')).unwrap_or(local);
+    if local.is_empty() {
+        return "%".to_string();
     }
+    let mut out = String::with_capacity(local.len());
+    for (i, c) in local.to_lowercase().chars().enumerate() {
+        if c.is_alphanumeric() || "-_+=".contains(c) || (c == '.' && i > 0) {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
 }
 
 fn write_one(root: &Path, id: &str, sender: &str, rcpt: &str, data: &[u8]) -> std::io::Result<PathBuf> {
@@ -76,9 +89,24 @@ pub async fn deliver(root: &Path, msg: &Outbound<'_>) -> Vec<RcptOutcome> {
 mod tests {
     #[test]
     fn mailbox_names_are_path_safe() {
-        assert_eq!(super::mailbox_dir("Someone@example.test"), "someone");
-        assert_eq!(super::mailbox_dir("../../etc@x"), "_.._etc");
-        assert_eq!(super::mailbox_dir("\"a/b\"@x"), "a_b");
-        assert_eq!(super::mailbox_dir("..@x"), "_");
+        use super::mailbox_dir as m;
+        assert_eq!(m("Someone@example.test"), "someone");
+        assert_eq!(m("../../etc@x"), "%2E.%2F..%2Fetc");
+        assert_eq!(m("\"a/b\"@x"), "a%2Fb");
+        assert_eq!(m("..@x"), "%2E.");
+        assert_eq!(m("\"\"@x"), "%");
+        // Distinct local parts stay distinct mailboxes.
+        let names: Vec<String> =
+            ["user%evil.org@x", "\"user@evil.org\"@x", "user_evil.org@x", "user.evil.org@x", "user@x", "us%65r@x"]
+                .iter()
+                .map(|a| m(a))
+                .collect();
+        let unique: std::collections::HashSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        assert_eq!(names[0], "user%25evil.org");
+        assert_eq!(names[1], "user%40evil.org");
+        for n in &names {
+            assert!(!n.contains('/') && !n.starts_with('.'), "{n}");
+        }
     }
 }

@@ -138,7 +138,18 @@ impl Session {
         }
         let mut c = chunks.expect("present when not refused");
         if !last {
-            self.reply(Reply::new(250, Enhanced(2, 0, 0), format!("{size} octets received")));
+            // Refused at the chunk that crossed a limit (size, line rules): this and every
+            // later chunk of the transaction is read and answered with the refusal, nothing
+            // more is kept, and LAST ends the transaction (RFC 3030 §4.2).
+            match c.receiver.error() {
+                Some(e) => {
+                    if e == mailgate_smtp::ContentError::TooBig {
+                        tracing::info!(queue_id = %c.id, size = c.receiver.size(), "BDAT content over the size limit");
+                    }
+                    self.reply(e.reply());
+                }
+                None => self.reply(Reply::new(250, Enhanced(2, 0, 0), format!("{size} octets received"))),
+            }
             if let Some(tx) = self.tx.as_mut() {
                 tx.bdat = Some(c);
             }
