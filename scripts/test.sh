@@ -17,7 +17,8 @@ plugins/build.sh
 step "workspace tests"
 cargo test --workspace --locked
 
-step "fuzz target builds"
+step "fuzz targets build"
 cargo build --locked --manifest-path crates/smtp/fuzz/Cargo.toml
+cargo build --locked --manifest-path crates/message/fuzz/Cargo.toml
 
 step "all green in $((SECONDS - t0))s"

@@ -22,7 +22,9 @@ fn deep(kind: &str, levels: usize) -> Vec<u8> {
     for i in 0..levels {
         let multipart = kind == "multipart" || (kind == "mix" && i % 2 == 0);
         if multipart {
-            m.extend_from_slice(format!("Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n").as_bytes());
+            m.extend_from_slice(
+                format!("Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n").as_bytes(),
+            );
             closers.push(format!("--b{i}--\r\n"));
         } else {
             let sub = if kind == "global" { "global" } else { "rfc822" };

@@ -106,8 +106,8 @@ pub async fn test(run: TestRun) -> Result<(), String> {
     };
     let raw = mailgate_smtp::content::to_crlf(&raw);
     // The gateway measures the structure before any plugin sees a message; so does the test.
-    let limits = mailgate_plugin_host::MessageLimits::from_config(&mailgate_config::Limits::default());
-    if let Err(e) = mailgate_plugin_host::inspect(&raw, &limits) {
+    let limits = mailgate_message::MessageLimits::from_config(&mailgate_config::Limits::default());
+    if let Err(e) = mailgate_message::inspect(&raw, &limits) {
         println!("data: refused before any plugin: {}", e.reply());
         return Ok(());
     }

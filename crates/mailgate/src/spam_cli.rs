@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailgate_plugin_host::host::ParsedMessage;
+use mailgate_message::ParsedMessage;
 use mailgate_plugin_host::DataDecision;
 use mailgate_spam::{Counts, Input, HEADERS, KEY_NHAM, KEY_NSPAM};
 
@@ -39,7 +39,7 @@ pub fn read_message(path: &Path) -> Result<Vec<u8>, String> {
 /// The tokens of a message, read exactly as the plugin reads it through the host.
 fn message_tokens(raw: Vec<u8>) -> Vec<String> {
     // The gateway would refuse a message over the structure limits; it teaches nothing.
-    if mailgate_plugin_host::inspect(&raw, &Default::default()).is_err() {
+    if mailgate_message::inspect(&raw, &Default::default()).is_err() {
         return vec![];
     }
     let msg = ParsedMessage::new(Arc::new(raw));

@@ -81,7 +81,7 @@ pub struct HostState {
 /// plugins.
 pub type SharedAuth = Arc<tokio::sync::Mutex<mailgate_auth::AuthSession>>;
 
-pub use crate::message::ParsedMessage;
+pub use mailgate_message::ParsedMessage;
 
 /// The guest's handle type for `message` (see `with:` in the bindgen).
 pub struct MessageHandle(pub Arc<ParsedMessage>);
@@ -115,10 +115,10 @@ impl message::HostMessage for HostState {
         Ok(self.table.get(&m)?.0.html_body())
     }
     fn raw_size(&mut self, m: Resource<MessageHandle>) -> wasmtime::Result<u64> {
-        Ok(self.table.get(&m)?.0.raw.len() as u64)
+        Ok(self.table.get(&m)?.0.raw().len() as u64)
     }
     fn read(&mut self, m: Resource<MessageHandle>, offset: u64, len: u32) -> wasmtime::Result<Vec<u8>> {
-        let raw = &self.table.get(&m)?.0.raw;
+        let raw = self.table.get(&m)?.0.raw();
         let start = (offset.min(raw.len() as u64)) as usize;
         let end = start.saturating_add(len.min(MAX_READ) as usize).min(raw.len());
         Ok(raw[start..end].to_vec())

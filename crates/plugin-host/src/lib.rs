@@ -16,13 +16,11 @@ pub mod data;
 pub mod engine;
 pub mod host;
 pub mod kv;
-pub mod message;
 pub mod modify;
 
 pub use chain::{DataDecision, Decision, Plugins, QueueChain, RouteDecision, SessionChain};
 pub use engine::PluginEngine;
 pub use kv::{KvStore, MemoryKv};
-pub use message::{inspect, MessageError, MessageLimits, ParsedMessage, Structure};
 
 /// A failure of the plugin machinery (not a policy answer).
 #[derive(Debug, thiserror::Error)]

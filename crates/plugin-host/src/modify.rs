@@ -1,8 +1,9 @@
-//! Applying plugin modifications to a message before it is spooled. Header edits work on the
-//! raw header section (folded fields stay whole); every value is checked so a plugin cannot
-//! inject a line end or a malformed field. Invalid modifications are dropped and logged.
+//! Applying plugin modifications: content edits go to `mailgate-message` (which checks every
+//! name and value, so a plugin cannot inject a line end or a malformed field); envelope and
+//! route changes are collected here. Invalid modifications are dropped and logged.
 
 use crate::bindings::types::{Modification, Route};
+use mailgate_message::Edit;
 
 /// The result of applying a chain's modifications.
 #[derive(Debug, Default)]
@@ -37,132 +38,36 @@ pub fn route_text(r: &Route) -> String {
     }
 }
 
-fn valid_name(n: &str) -> bool {
-    !n.is_empty() && n.len() <= 76 && n.bytes().all(|b| (33..=126).contains(&b) && b != b':')
-}
-
-fn valid_value(v: &str) -> bool {
-    v.len() <= 8000 && !v.contains(['\r', '\n', '\0'])
-}
-
 fn valid_address(a: &str) -> bool {
     a.is_empty() || mailgate_smtp::Address::parse_mailbox(a).is_ok()
 }
 
-/// One header field: its name and its whole raw text (all folded lines, with CRLFs).
-struct Field {
-    name: String,
-    raw: Vec<u8>,
-}
-
-fn split(data: &[u8]) -> (Vec<Field>, &[u8]) {
-    let end = data.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 2).unwrap_or(data.len());
-    let (head, body) = data.split_at(end);
-    let mut fields: Vec<Field> = vec![];
-    for line in head.split_inclusive(|b| *b == b'\n') {
-        let folded = matches!(line.first(), Some(b' ' | b'\t'));
-        match fields.last_mut() {
-            Some(f) if folded => f.raw.extend_from_slice(line),
-            _ => {
-                let name = line
-                    .split(|b| *b == b':')
-                    .next()
-                    .map(|n| String::from_utf8_lossy(n).trim().to_string())
-                    .unwrap_or_default();
-                fields.push(Field { name, raw: line.to_vec() });
-            }
-        }
-    }
-    (fields, body)
-}
-
-fn field(name: &str, value: &str) -> Field {
-    Field { name: name.to_string(), raw: fold(&format!("{name}: {value}")).into_bytes() }
-}
-
-/// Folds a header line at spaces so that lines stay near 78 characters (RFC 5322 §2.1.1);
-/// a run without spaces stays whole (the receiver's 998-octet limit is checked elsewhere).
-fn fold(line: &str) -> String {
-    let mut out = String::with_capacity(line.len() + 8);
-    let mut width = 0;
-    for (i, word) in line.split(' ').enumerate() {
-        if i > 0 {
-            if width + 1 + word.len() > 78 && width > 0 {
-                out.push_str("\r\n ");
-                width = 1;
-            } else {
-                out.push(' ');
-                width += 1;
-            }
-        }
-        out.push_str(word);
-        width += word.len();
-    }
-    out.push_str("\r\n");
-    out
-}
-
-/// Applies `mods` in order to `data` (the message as it will be spooled).
+/// Applies `mods` in order to `data` (the message as it will be spooled): the content edits
+/// through [`mailgate_message::apply`], the envelope and route here.
 pub fn apply(data: &[u8], mods: &[Modification]) -> Edits {
     let mut e = Edits::default();
     if mods.is_empty() {
         return e;
     }
-    let (mut fields, body) = split(data);
-    let mut body = body.to_vec();
-    let mut changed = false;
+    let mut content = vec![];
     for m in mods {
         match m {
-            Modification::AddHeader((n, v)) if valid_name(n) && valid_value(v) => {
-                fields.push(field(n, v));
-                changed = true;
+            Modification::AddHeader((n, v)) => content.push(Edit::AddHeader { name: n.clone(), value: v.clone() }),
+            Modification::RemoveHeader(n) => content.push(Edit::RemoveHeader { name: n.clone() }),
+            Modification::ChangeHeader((n, idx, v)) => {
+                content.push(Edit::ChangeHeader { name: n.clone(), index: *idx, value: v.clone() })
             }
-            Modification::RemoveHeader(n) => {
-                let before = fields.len();
-                fields.retain(|f| !f.name.eq_ignore_ascii_case(n));
-                changed |= fields.len() != before;
-            }
-            Modification::ChangeHeader((n, idx, v)) if valid_name(n) && valid_value(v) => {
-                let pos = fields
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, f)| f.name.eq_ignore_ascii_case(n))
-                    .map(|(i, _)| i)
-                    .nth(*idx as usize);
-                match (pos, v.is_empty()) {
-                    (Some(i), true) => {
-                        fields.remove(i);
-                    }
-                    (Some(i), false) => fields[i] = field(&fields[i].name.clone(), v),
-                    (None, false) => fields.push(field(n, v)),
-                    (None, true) => {}
-                }
-                changed = true;
-            }
+            Modification::ReplaceBody(b) => content.push(Edit::ReplaceBody(b.clone())),
             Modification::AddRecipient(a) if valid_address(a) && !a.is_empty() => e.add_rcpts.push(a.clone()),
             Modification::RemoveRecipient(a) => e.remove_rcpts.push(a.clone()),
             Modification::ChangeSender(a) if valid_address(a) => e.sender = Some(a.clone()),
-            Modification::ReplaceBody(b) => {
-                // Canonical CRLF line ends whatever the plugin gave, after the empty line.
-                body = b"\r\n".to_vec();
-                body.extend_from_slice(&mailgate_smtp::content::to_crlf(b));
-                changed = true;
-            }
             Modification::SetRoute(r) => e.route = Some(route_text(r)),
             other => e.refused.push(format!("{other:?}")),
         }
     }
-    if changed {
-        let mut out = Vec::with_capacity(data.len() + 256);
-        for f in &fields {
-            out.extend_from_slice(&f.raw);
-        }
-        if !body.starts_with(b"\r\n") {
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(&body);
-        e.data = Some(out);
-    }
+    let applied = mailgate_message::apply(data, &content);
+    e.data = applied.data;
+    e.refused.extend(applied.refused.into_iter().map(|(_, why)| why.to_string()));
     e
 }
 
@@ -171,31 +76,6 @@ mod tests {
     use super::*;
 
     const MSG: &[u8] = b"Received: x\r\nSubject: one\r\n two\r\nX-A: 1\r\nX-A: 2\r\n\r\nbody\r\n";
-
-    #[test]
-    fn long_values_are_folded_at_spaces() {
-        let v = (0..40).map(|i| format!("RULE_{i}=1.0")).collect::<Vec<_>>().join(" ");
-        let f = field("X-Spam-Status", &v);
-        let text = String::from_utf8(f.raw).unwrap();
-        assert!(text.lines().all(|l| l.len() <= 80), "{text}");
-        assert_eq!(text.replace("\r\n ", " "), format!("X-Spam-Status: {v}\r\n"));
-    }
-
-    #[test]
-    fn header_edits_keep_folding_and_body() {
-        let e = apply(
-            MSG,
-            &[
-                Modification::AddHeader(("X-New".into(), "yes".into())),
-                Modification::ChangeHeader(("x-a".into(), 1, "two".into())),
-                Modification::RemoveHeader("subject".into()),
-            ],
-        );
-        assert_eq!(
-            String::from_utf8(e.data.unwrap()).unwrap(),
-            "Received: x\r\nX-A: 1\r\nX-A: two\r\nX-New: yes\r\n\r\nbody\r\n"
-        );
-    }
 
     #[test]
     fn injection_is_refused() {

@@ -451,19 +451,19 @@ impl Session {
 /// Messages above this size are measured on the blocking pool, off the async threads.
 const INLINE_CHECK: usize = 256 << 10;
 
-/// Runs [`mailgate_plugin_host::inspect`] on a received message; hands the bytes back.
+/// Runs [`mailgate_message::inspect`] on a received message; hands the bytes back.
 async fn check_structure(
     buf: Vec<u8>,
     limits: &mailgate_config::Limits,
-) -> Option<(Vec<u8>, Result<mailgate_plugin_host::Structure, mailgate_plugin_host::MessageError>)> {
-    let limits = mailgate_plugin_host::MessageLimits::from_config(limits);
+) -> Option<(Vec<u8>, Result<mailgate_message::Structure, mailgate_message::MessageError>)> {
+    let limits = mailgate_message::MessageLimits::from_config(limits);
     if buf.len() <= INLINE_CHECK {
-        let r = mailgate_plugin_host::inspect(&buf, &limits);
+        let r = mailgate_message::inspect(&buf, &limits);
         return Some((buf, r));
     }
     // `None` only if the task could not run to its end (the runtime is shutting down).
     tokio::task::spawn_blocking(move || {
-        let r = mailgate_plugin_host::inspect(&buf, &limits);
+        let r = mailgate_message::inspect(&buf, &limits);
         (buf, r)
     })
     .await

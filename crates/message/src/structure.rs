@@ -1,5 +1,4 @@
-//! The message as the host parses it for plugins, and the structural check that runs before
-//! any plugin sees it.
+//! The structural check that runs before anything parses a message.
 //!
 //! mail-parser builds a tree: an embedded `message/rfc822` becomes a nested `Message`. Its
 //! parser walks plain nesting with its own stack, but turning a nested result into an owned
@@ -17,9 +16,7 @@
 //! 4. every parse result is taken apart iteratively, so dropping it cannot recurse either.
 //!
 //! A message that passes has at most `max_depth` levels, and the lazy parse for plugins
-//! ([`ParsedMessage`]) recurses at most that deep.
-
-use std::sync::{Arc, OnceLock};
+//! ([`crate::ParsedMessage`]) recurses at most that deep.
 
 use mail_parser::{HeaderName, Message, MessageParser, MimeHeaders, PartType};
 use mailgate_smtp::{Enhanced, Reply};
@@ -345,84 +342,6 @@ pub fn dismantle(message: Message<'_>) {
             }
         }
     }
-}
-
-/// A message as plugins see it: the raw bytes, parsed once on first use with mail-parser and
-/// shared by every plugin of the chain. Only messages that passed [`inspect`] should be
-/// handed to plugins: then the parse here recurses at most `max_depth` levels.
-pub struct ParsedMessage {
-    pub(crate) raw: Arc<Vec<u8>>,
-    parsed: OnceLock<Option<Message<'static>>>,
-}
-
-impl Drop for ParsedMessage {
-    fn drop(&mut self) {
-        if let Some(Some(m)) = self.parsed.take() {
-            dismantle(m);
-        }
-    }
-}
-
-impl ParsedMessage {
-    pub fn new(raw: Arc<Vec<u8>>) -> Arc<ParsedMessage> {
-        Arc::new(ParsedMessage { raw, parsed: OnceLock::new() })
-    }
-
-    fn get(&self) -> Option<&Message<'static>> {
-        self.parsed.get_or_init(|| MessageParser::default().parse(self.raw.as_slice()).map(|m| m.into_owned())).as_ref()
-    }
-
-    /// The message as received.
-    pub fn raw(&self) -> &[u8] {
-        &self.raw
-    }
-
-    /// The decoded Subject.
-    pub fn subject(&self) -> Option<&str> {
-        self.get().and_then(|p| p.subject())
-    }
-
-    /// The first From address, without display name or brackets.
-    pub fn from_address(&self) -> Option<String> {
-        self.get()
-            .and_then(|p| p.from())
-            .and_then(|a| a.first())
-            .and_then(|a| a.address.as_ref())
-            .map(|a| a.to_string())
-    }
-
-    /// The first text/plain part (or the HTML part converted to text).
-    pub fn text_body(&self) -> Option<String> {
-        self.get().and_then(|p| p.body_text(0)).map(|c| c.into_owned())
-    }
-
-    /// The first text/html part.
-    pub fn html_body(&self) -> Option<String> {
-        self.get().and_then(|p| p.body_html(0)).map(|c| c.into_owned())
-    }
-
-    /// The value of the first field `name`, unfolded (as the `header` import gives it).
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.header_values(Some(name)).into_iter().next().map(|(_, v)| v)
-    }
-
-    /// Raw value text of every header, unfolded.
-    pub fn header_values(&self, name: Option<&str>) -> Vec<(String, String)> {
-        let Some(m) = self.get() else { return vec![] };
-        m.headers()
-            .iter()
-            .filter(|h| name.is_none_or(|n| h.name.as_str().eq_ignore_ascii_case(n)))
-            .map(|h| {
-                let v = self.raw.get(h.offset_start as usize..h.offset_end as usize).unwrap_or_default();
-                (h.name.as_str().to_string(), unfold(v))
-            })
-            .collect()
-    }
-}
-
-fn unfold(v: &[u8]) -> String {
-    let s = String::from_utf8_lossy(v);
-    s.replace("\r\n", "").replace('\n', "").trim().to_string()
 }
 
 #[cfg(test)]

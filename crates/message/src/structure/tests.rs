@@ -1,4 +1,6 @@
 use super::*;
+use crate::ParsedMessage;
+use std::sync::Arc;
 
 fn limits() -> MessageLimits {
     MessageLimits::default()

@@ -1,0 +1,235 @@
+//! Header and body edits on a message before it is spooled. Edits work on the raw header
+//! section (folded fields stay whole); every name and value is checked so that an edit cannot
+//! inject a line end or a malformed field. An invalid edit is refused (and reported), never
+//! applied in part.
+
+/// One change to the message content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit {
+    /// Append a field.
+    AddHeader { name: String, value: String },
+    /// Remove every field of that name.
+    RemoveHeader { name: String },
+    /// Replace the `index`-th field of that name (0-based); an empty value removes it, and a
+    /// missing one is added.
+    ChangeHeader { name: String, index: u32, value: String },
+    /// Replace the body; line ends are made canonical.
+    ReplaceBody(Vec<u8>),
+}
+
+/// Longest field name an edit may use (RFC 5322 §2.1.1 keeps a line within 78 characters).
+pub const MAX_NAME: usize = 76;
+/// Longest field value an edit may set, in octets.
+pub const MAX_VALUE: usize = 8000;
+
+/// Why an edit was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EditError {
+    #[error("invalid field name {0:?}")]
+    Name(String),
+    #[error("invalid value for {0} (line end, NUL or over {MAX_VALUE} octets)")]
+    Value(String),
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= MAX_NAME && n.bytes().all(|b| (33..=126).contains(&b) && b != b':')
+}
+
+fn valid_value(v: &str) -> bool {
+    v.len() <= MAX_VALUE && !v.contains(['\r', '\n', '\0'])
+}
+
+/// One header field: its name and its whole raw text (all folded lines, with CRLFs).
+struct Field {
+    name: String,
+    raw: Vec<u8>,
+}
+
+fn split(data: &[u8]) -> (Vec<Field>, &[u8]) {
+    let end = data.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 2).unwrap_or(data.len());
+    let (head, body) = data.split_at(end);
+    let mut fields: Vec<Field> = vec![];
+    for line in head.split_inclusive(|b| *b == b'\n') {
+        let folded = matches!(line.first(), Some(b' ' | b'\t'));
+        match fields.last_mut() {
+            Some(f) if folded => f.raw.extend_from_slice(line),
+            _ => {
+                let name = line
+                    .split(|b| *b == b':')
+                    .next()
+                    .map(|n| String::from_utf8_lossy(n).trim().to_string())
+                    .unwrap_or_default();
+                fields.push(Field { name, raw: line.to_vec() });
+            }
+        }
+    }
+    (fields, body)
+}
+
+fn field(name: &str, value: &str) -> Field {
+    Field { name: name.to_string(), raw: fold(&format!("{name}: {value}")).into_bytes() }
+}
+
+/// Folds a header line at spaces so that lines stay near 78 characters (RFC 5322 §2.1.1);
+/// a run without spaces stays whole (the receiver's 998-octet limit is checked elsewhere).
+pub fn fold(line: &str) -> String {
+    let mut out = String::with_capacity(line.len() + 8);
+    let mut width = 0;
+    for (i, word) in line.split(' ').enumerate() {
+        if i > 0 {
+            if width + 1 + word.len() > 78 && width > 0 {
+                out.push_str("\r\n ");
+                width = 1;
+            } else {
+                out.push(' ');
+                width += 1;
+            }
+        }
+        out.push_str(word);
+        width += word.len();
+    }
+    out.push_str("\r\n");
+    out
+}
+
+/// The outcome of [`apply`].
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The new message, when an edit changed it.
+    pub data: Option<Vec<u8>>,
+    /// The edits refused, each with its reason, in order.
+    pub refused: Vec<(usize, EditError)>,
+}
+
+/// Applies `edits` in order to `data` (CRLF lines, as received).
+pub fn apply(data: &[u8], edits: &[Edit]) -> Applied {
+    let mut out = Applied::default();
+    if edits.is_empty() {
+        return out;
+    }
+    let (mut fields, body) = split(data);
+    let mut body = body.to_vec();
+    let mut changed = false;
+    for (i, e) in edits.iter().enumerate() {
+        let check = |n: &str, v: &str| {
+            if !valid_name(n) {
+                Err(EditError::Name(n.chars().take(80).collect()))
+            } else if !valid_value(v) {
+                Err(EditError::Value(n.to_string()))
+            } else {
+                Ok(())
+            }
+        };
+        match e {
+            Edit::AddHeader { name, value } => match check(name, value) {
+                Ok(()) => {
+                    fields.push(field(name, value));
+                    changed = true;
+                }
+                Err(r) => out.refused.push((i, r)),
+            },
+            Edit::RemoveHeader { name } => {
+                let before = fields.len();
+                fields.retain(|f| !f.name.eq_ignore_ascii_case(name));
+                changed |= fields.len() != before;
+            }
+            Edit::ChangeHeader { name, index, value } => {
+                if let Err(r) = check(name, value) {
+                    out.refused.push((i, r));
+                    continue;
+                }
+                let pos = fields
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| f.name.eq_ignore_ascii_case(name))
+                    .map(|(i, _)| i)
+                    .nth(*index as usize);
+                match (pos, value.is_empty()) {
+                    (Some(i), true) => {
+                        fields.remove(i);
+                    }
+                    (Some(i), false) => fields[i] = field(&fields[i].name.clone(), value),
+                    (None, false) => fields.push(field(name, value)),
+                    (None, true) => {}
+                }
+                changed = true;
+            }
+            Edit::ReplaceBody(b) => {
+                // Canonical CRLF line ends whatever was given, after the empty line.
+                body = b"\r\n".to_vec();
+                body.extend_from_slice(&mailgate_smtp::content::to_crlf(b));
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        let mut msg = Vec::with_capacity(data.len() + 256);
+        for f in &fields {
+            msg.extend_from_slice(&f.raw);
+        }
+        if !body.starts_with(b"\r\n") {
+            msg.extend_from_slice(b"\r\n");
+        }
+        msg.extend_from_slice(&body);
+        out.data = Some(msg);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: &[u8] = b"Received: x\r\nSubject: one\r\n two\r\nX-A: 1\r\nX-A: 2\r\n\r\nbody\r\n";
+
+    fn add(n: &str, v: &str) -> Edit {
+        Edit::AddHeader { name: n.into(), value: v.into() }
+    }
+
+    #[test]
+    fn long_values_are_folded_at_spaces() {
+        let v = (0..40).map(|i| format!("RULE_{i}=1.0")).collect::<Vec<_>>().join(" ");
+        let f = field("X-Spam-Status", &v);
+        let text = String::from_utf8(f.raw).unwrap();
+        assert!(text.lines().all(|l| l.len() <= 80), "{text}");
+        assert_eq!(text.replace("\r\n ", " "), format!("X-Spam-Status: {v}\r\n"));
+    }
+
+    #[test]
+    fn header_edits_keep_folding_and_body() {
+        let e = apply(
+            MSG,
+            &[
+                add("X-New", "yes"),
+                Edit::ChangeHeader { name: "x-a".into(), index: 1, value: "two".into() },
+                Edit::RemoveHeader { name: "subject".into() },
+            ],
+        );
+        assert_eq!(
+            String::from_utf8(e.data.unwrap()).unwrap(),
+            "Received: x\r\nX-A: 1\r\nX-A: two\r\nX-New: yes\r\n\r\nbody\r\n"
+        );
+    }
+
+    #[test]
+    fn injection_and_oversize_are_refused() {
+        let e = apply(
+            MSG,
+            &[
+                add("X-Evil", "a\r\nBcc: victim@x"),
+                add("Bad Name", "v"),
+                add("X-Nul", "a\0b"),
+                add("X-Big", &"v".repeat(MAX_VALUE + 1)),
+                add(&"N".repeat(MAX_NAME + 1), "v"),
+            ],
+        );
+        assert!(e.data.is_none());
+        assert_eq!(e.refused.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn body_is_made_canonical() {
+        let e = apply(MSG, &[Edit::ReplaceBody(b"new\nbody".to_vec())]);
+        assert!(String::from_utf8(e.data.unwrap()).unwrap().ends_with("X-A: 2\r\n\r\nnew\r\nbody\r\n"));
+    }
+}

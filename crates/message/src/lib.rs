@@ -1,0 +1,18 @@
+//! A message's content, between "it has arrived" and "it is in the spool".
+//!
+//! This crate owns what the gateway knows about the bytes of a message: the structural check
+//! that runs before anything parses it ([`inspect`]: MIME depth, part count, header size —
+//! without recursion, so no input can overflow a stack), the parsed view plugins read through
+//! the `message` resource ([`ParsedMessage`]), and the header/body edits plugins ask for
+//! ([`edit::apply`]). Everything here takes bytes and returns values, so the whole path can be
+//! fuzzed (`fuzz/`).
+//!
+//! It must not know sessions, plugins, the spool or the network.
+
+pub mod edit;
+pub mod parsed;
+pub mod structure;
+
+pub use edit::{apply, Applied, Edit, EditError};
+pub use parsed::ParsedMessage;
+pub use structure::{dismantle, inspect, MessageError, MessageLimits, Structure};
