@@ -130,6 +130,16 @@ pub struct Limits {
     pub max_sessions: usize,
     /// Concurrent SMTP sessions from one client IP; beyond it 421 4.7.0.
     pub max_sessions_per_ip: usize,
+    /// Concurrent SMTP sessions from one client network (IPv4 /24, IPv6 /64): a botnet slice
+    /// or one provider's pool cannot take every slot; beyond it 421 4.7.0.
+    pub max_sessions_per_net: usize,
+    /// Percentage of `max_sessions` from which a new client makes room: the session stalled
+    /// the longest (no command completed, no content for `timeouts.shed_idle`) is closed with
+    /// 421 4.7.0, so slow or idle clients cannot lock good ones out.
+    pub shed_at_percent: usize,
+    /// Slowest DATA/BDAT transfer tolerated, in octets per second, after `timeouts.data_grace`
+    /// (Postfix's smtpd_min_data_rate); slower: 421 4.4.2.
+    pub min_data_rate: u64,
     /// Bad commands in one session before it is closed with 421.
     pub max_errors: usize,
     /// Failed AUTH attempts from one client IP (per 10 minutes) before 421 4.7.0.
@@ -161,12 +171,18 @@ pub enum NulBytes {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
-    /// Waiting for the next command.
+    /// Waiting for the next command: for the whole command line, however it trickles in.
     #[serde(with = "humantime_serde")]
     pub command: Duration,
     /// Waiting for each block of DATA/BDAT content.
     #[serde(with = "humantime_serde")]
     pub data_block: Duration,
+    /// Time a transfer gets before `limits.min_data_rate` applies.
+    #[serde(with = "humantime_serde")]
+    pub data_grace: Duration,
+    /// How long a session must have made no progress before load shedding may close it.
+    #[serde(with = "humantime_serde")]
+    pub shed_idle: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -280,6 +296,9 @@ impl Default for Limits {
             max_message_size: 25 << 20,
             max_sessions: 1000,
             max_sessions_per_ip: 50,
+            max_sessions_per_net: 200,
+            shed_at_percent: 90,
+            min_data_rate: 500,
             max_errors: 20,
             max_auth_failures: 5,
             max_mime_depth: 50,
@@ -292,7 +311,12 @@ impl Default for Limits {
 }
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { command: Duration::from_secs(300), data_block: Duration::from_secs(180) }
+        Timeouts {
+            command: Duration::from_secs(300),
+            data_block: Duration::from_secs(180),
+            data_grace: Duration::from_secs(30),
+            shed_idle: Duration::from_secs(10),
+        }
     }
 }
 impl Default for Relay {

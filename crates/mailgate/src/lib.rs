@@ -13,6 +13,7 @@ mod plugin_cli;
 mod plugins;
 mod server;
 mod session;
+mod slots;
 mod spam_cli;
 mod tls;
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use mailgate_config::{Config, Listener};
@@ -77,9 +77,8 @@ pub struct Shared {
     kv: Arc<dyn KvStore>,
     pub spool: Arc<dyn Spool>,
     pub queue: Queue,
-    /// Sessions open now, in total and per client IP (for the 421 limits).
-    sessions: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Sessions open now: the 421 limits and load shedding.
+    slots: Arc<crate::slots::Slots>,
     /// The server certificate (None: no TLS configured) and the acceptor built on it.
     pub certs: Option<Arc<CertStore>>,
     pub acceptor: Option<TlsAcceptor>,
@@ -132,8 +131,7 @@ impl Gateway {
             auth_failures: Mutex::new(HashMap::new()),
             spool: spool.clone(),
             queue,
-            sessions: AtomicUsize::new(0),
-            per_ip: Mutex::new(HashMap::new()),
+            slots: Arc::new(crate::slots::Slots::default()),
             next_session: AtomicU64::new(0),
             start_tag: mailgate_smtp::trace::now_unix() % 100_000,
         });
@@ -170,7 +168,7 @@ impl Gateway {
             t.abort();
         }
         let deadline = tokio::time::Instant::now() + grace;
-        while self.shared.sessions.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        while self.shared.slots.open() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         self.spool.close();
@@ -248,12 +246,13 @@ async fn accept_loop(listener: TcpListener, conf: Listener, shared: Arc<Shared>,
         let stop = stop.clone();
         let (role, pipeline) = (conf.role, conf.pipeline.clone());
         tokio::spawn(async move {
-            let Some(_guard) = admit(&shared, &stream, peer.ip(), &name) else { return };
+            let Some(admitted) = admit(&shared, &stream, peer.ip(), &name) else { return };
             let n = shared.next_session.fetch_add(1, Ordering::Relaxed);
             let sid = format!("{:05}{:06}", shared.start_tag, n);
             let span = tracing::info_span!("session", sid = %sid, client = %peer);
             let local = stream.local_addr().map(canonical).unwrap_or(peer);
-            let conn = crate::session::Accepted { sid, peer, local, listener: name, role, pipeline };
+            let slot = admitted.slot.clone();
+            let conn = crate::session::Accepted { sid, peer, local, listener: name, role, pipeline, slot };
             Session::new(conn, stream, shared.clone(), stop).run().instrument(span).await;
         });
     }
@@ -265,53 +264,19 @@ pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
-/// Releases a session's slot when dropped.
-struct Admitted {
-    shared: Arc<Shared>,
-    ip: IpAddr,
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
-        metrics::gauge!("mailgate_sessions_open").decrement(1.0);
-        let mut m = self.shared.per_ip.lock().unwrap();
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
+/// Applies the session limits; a refused client gets `421 4.7.0` and the connection closes.
+fn admit(shared: &Arc<Shared>, stream: &TcpStream, ip: IpAddr, listener: &Arc<str>) -> Option<crate::slots::Admitted> {
+    let generation = shared.current();
+    let config = &generation.config;
+    match shared.slots.admit(ip, &config.limits, config.timeouts.shed_idle, listener) {
+        Ok(a) => {
+            metrics::counter!("mailgate_sessions_total", "listener" => listener.to_string()).increment(1);
+            Some(a)
+        }
+        Err(refusal) => {
+            // One small write into an empty socket buffer: it does not block.
+            let _ = stream.try_write(&Reply::new(421, Enhanced(4, 7, 0), refusal.text()).to_bytes());
+            None
         }
     }
-}
-
-/// Applies the session limits; a refused client gets `421 4.7.0` and the connection closes.
-fn admit(shared: &Arc<Shared>, stream: &TcpStream, ip: IpAddr, listener: &Arc<str>) -> Option<Admitted> {
-    let generation = shared.current();
-    let limits = &generation.config.limits;
-    let total = shared.sessions.fetch_add(1, Ordering::Relaxed) + 1;
-    let per_ip = {
-        let mut m = shared.per_ip.lock().unwrap();
-        let n = m.entry(ip).or_default();
-        *n += 1;
-        *n
-    };
-    let guard = Admitted { shared: shared.clone(), ip };
-    metrics::gauge!("mailgate_sessions_open").increment(1.0);
-    let refuse = if total > limits.max_sessions {
-        Some("Too many connections, try again later")
-    } else if per_ip > limits.max_sessions_per_ip {
-        Some("Too many connections from your address, try again later")
-    } else {
-        None
-    };
-    if let Some(text) = refuse {
-        tracing::warn!(client = %ip, total, per_ip, "connection refused: {text}");
-        metrics::counter!("mailgate_sessions_refused_total", "listener" => listener.to_string()).increment(1);
-        // One small write into an empty socket buffer: it does not block.
-        let _ = stream.try_write(&Reply::new(421, Enhanced(4, 7, 0), text).to_bytes());
-        return None;
-    }
-    metrics::counter!("mailgate_sessions_total", "listener" => listener.to_string()).increment(1);
-    Some(guard)
 }

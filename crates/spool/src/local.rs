@@ -21,8 +21,6 @@ use crate::{BoxFuture, DataRef, Envelope, QueueId, Spool, SpoolError};
 
 /// Largest batch the writer gathers before it syncs.
 const MAX_BATCH: usize = 8 << 20;
-/// Longest a lazy record (update, done) waits for a commit to carry it.
-const LAZY_FLUSH: std::time::Duration = std::time::Duration::from_millis(50);
 /// Sealed segments kept before the oldest one's live messages are relocated.
 const COMPACT_AFTER: usize = 4;
 
@@ -45,9 +43,6 @@ struct Req {
 
 /// What the index and the writer share.
 struct Shared {
-    /// Records that need no sync of their own (updates, done): they ride along with the next
-    /// commit instead of waking the writer one by one.
-    lazy: Mutex<Vec<Req>>,
     /// Where each live message's content is.
     index: Mutex<HashMap<QueueId, DataRef>>,
     /// Open read handles per segment.
@@ -192,12 +187,7 @@ impl LocalSpool {
         sync_dir(&dir)?;
         pins.insert(active_seg, 0);
 
-        let shared = Arc::new(Shared {
-            lazy: Mutex::new(Vec::new()),
-            index: Mutex::new(index),
-            files: Mutex::new(HashMap::new()),
-            dir: dir.clone(),
-        });
+        let shared = Arc::new(Shared { index: Mutex::new(index), files: Mutex::new(HashMap::new()), dir: dir.clone() });
         let mut writer = Writer {
             shared: shared.clone(),
             active,
@@ -225,8 +215,15 @@ impl LocalSpool {
         guard.as_ref().ok_or(SpoolError::Closed)?.send(req).map_err(|_| SpoolError::Closed)
     }
 
-    fn lazy(&self, req: Req) {
-        self.shared.lazy.lock().unwrap().push(req);
+    /// Hands a record that needs no sync of its own (an update, a done) to the writer now: it
+    /// is written (to the page cache, which a killed process does not lose) with the next
+    /// batch, at once when the writer is idle, so that a delivery's result reaches the file
+    /// within a write of the delivery, and a crash right after it does not send it again. It
+    /// is fsynced with the next store's sync (or at close).
+    fn prompt(&self, req: Req) {
+        if self.send(req).is_err() {
+            tracing::warn!("spool is closed: a late update or done record was not written");
+        }
     }
 
     /// Flushes and stops the writer (also done on drop).
@@ -277,13 +274,13 @@ impl Spool for LocalSpool {
         let meta = serde_json::to_vec(env).expect("envelope serializes");
         let mut bytes = Vec::new();
         record::encode(&mut bytes, Kind::Update, &meta, &[]);
-        self.lazy(Req { kind: Kind::Update, id: env.id.clone(), bytes, data_rel: 0, data_len: 0, meta, ack: None });
+        self.prompt(Req { kind: Kind::Update, id: env.id.clone(), bytes, data_rel: 0, data_len: 0, meta, ack: None });
     }
 
     fn complete(&self, id: &QueueId) {
         let mut bytes = Vec::new();
         record::encode(&mut bytes, Kind::Done, id.as_bytes(), &[]);
-        self.lazy(Req { kind: Kind::Done, id: id.clone(), bytes, data_rel: 0, data_len: 0, meta: vec![], ack: None });
+        self.prompt(Req { kind: Kind::Done, id: id.clone(), bytes, data_rel: 0, data_len: 0, meta: vec![], ack: None });
     }
 
     fn read(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
@@ -335,17 +332,9 @@ impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Req>) {
         let mut buf = Vec::with_capacity(1 << 20);
         loop {
-            // Wake for a record that waits for its sync, or now and then for the lazy ones.
-            let first = match rx.recv_timeout(LAZY_FLUSH) {
-                Ok(r) => Some(r),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            };
-            let mut batch = std::mem::take(&mut *self.shared.lazy.lock().unwrap());
-            batch.extend(first);
-            if batch.is_empty() {
-                continue;
-            }
+            // Wake for the first record; take every one that is waiting with it.
+            let Ok(first) = rx.recv() else { break };
+            let mut batch = vec![first];
             let mut size: usize = batch.iter().map(|r| r.bytes.len()).sum();
             while size < MAX_BATCH {
                 match rx.try_recv() {
@@ -358,10 +347,6 @@ impl Writer {
             }
             let _ = self.commit(batch, &mut buf, false);
             self.maybe_rotate();
-        }
-        let rest = std::mem::take(&mut *self.shared.lazy.lock().unwrap());
-        if !rest.is_empty() {
-            let _ = self.commit(rest, &mut buf, true);
         }
         let _ = self.active.sync_data();
     }

@@ -27,6 +27,8 @@ pub(crate) struct Chunks {
     id: QueueId,
     receiver: ContentReceiver,
     buf: Vec<u8>,
+    /// When the content began (for `limits.min_data_rate`).
+    started: std::time::Instant,
 }
 
 impl Session {
@@ -81,7 +83,8 @@ impl Session {
         buf.extend_from_slice(header.as_bytes());
         let max = cfg.limits.max_message_size;
         let strip = cfg.limits.nul_bytes == mailgate_config::NulBytes::Strip;
-        Chunks { id, receiver: ContentReceiver::new(mode, max, cfg.limits.text_line - 2).strip_nul(strip), buf }
+        let receiver = ContentReceiver::new(mode, max, cfg.limits.text_line - 2).strip_nul(strip);
+        Chunks { id, receiver, buf, started: std::time::Instant::now() }
     }
 
     pub(crate) async fn data(&mut self) -> std::io::Result<Next> {
@@ -100,7 +103,7 @@ impl Session {
             if progress == Progress::Done {
                 break;
             }
-            if !self.fill_content().await? {
+            if !self.fill_content(c.started, c.receiver.size()).await? {
                 tracing::info!(queue_id = %c.id, "client went away during DATA; nothing was accepted");
                 return Ok(Next::Close);
             }
@@ -119,6 +122,7 @@ impl Session {
         };
         // Read exactly `size` octets, even when refusing them, to stay in step with the client.
         let mut remaining = size;
+        let chunk_started = std::time::Instant::now();
         loop {
             let avail = (self.pending_input().len() as u64).min(remaining) as usize;
             if let Some(c) = chunks.as_mut() {
@@ -129,7 +133,9 @@ impl Session {
             if remaining == 0 {
                 break;
             }
-            if !self.fill_content().await? {
+            let (started, received) =
+                chunks.as_ref().map_or((chunk_started, size - remaining), |c| (c.started, c.receiver.size()));
+            if !self.fill_content(started, received).await? {
                 return Ok(Next::Close);
             }
         }

@@ -88,6 +88,8 @@ pub(crate) struct Session {
     /// Bad commands so far; too many closes the session.
     errors: usize,
     stop: watch::Receiver<bool>,
+    /// This session's slot: marked on progress, notified to make room.
+    slot: Arc<crate::slots::Slot>,
 }
 
 /// The facts of an accepted connection a session starts from.
@@ -99,6 +101,46 @@ pub struct Accepted {
     pub listener: Arc<str>,
     pub role: Role,
     pub pipeline: String,
+    /// Its place in the slot table: progress marks, and the signal to make room.
+    pub slot: Arc<crate::slots::Slot>,
+}
+
+/// Why a read ended without input, other than the client: typed, so that the session picks
+/// its reply by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Interrupt {
+    #[error("closed to make room for another client")]
+    Shed,
+    #[error("the gateway is shutting down")]
+    Shutdown,
+    #[error("content arrives slower than limits.min_data_rate")]
+    TooSlow,
+}
+
+impl Interrupt {
+    fn of(e: &std::io::Error) -> Option<Interrupt> {
+        e.get_ref().and_then(|inner| inner.downcast_ref::<Interrupt>()).copied()
+    }
+
+    fn reply(self) -> Reply {
+        match self {
+            Interrupt::Shed => Reply::new(421, Enhanced(4, 7, 0), "Closing idle connection, the server is busy"),
+            Interrupt::Shutdown => codes::shutting_down(),
+            Interrupt::TooSlow => Reply::new(421, Enhanced(4, 4, 2), "Data transfer too slow, closing connection"),
+        }
+    }
+}
+
+/// Resolves once the gateway stops (never, if the sender is gone without stopping).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 impl Session {
@@ -108,7 +150,7 @@ impl Session {
         shared: Arc<Shared>,
         stop: watch::Receiver<bool>,
     ) -> Session {
-        let Accepted { sid, peer, local, listener, role, pipeline } = conn;
+        let Accepted { sid, peer, local, listener, role, pipeline, slot } = conn;
         let generation = shared.current();
         let (config, plugins) = (generation.config.clone(), generation.plugins.clone());
         let auth =
@@ -146,6 +188,7 @@ impl Session {
             tx: None,
             errors: 0,
             stop,
+            slot,
         }
     }
 
@@ -167,7 +210,9 @@ impl Session {
         Ok(())
     }
 
-    /// Reads more input into `rbuf`. `Ok(false)` on EOF.
+    /// Reads more input into `rbuf`. `Ok(false)` on EOF. Ends early, with an [`Interrupt`],
+    /// when the session is asked to make room, or when the gateway stops while no transaction
+    /// is open (a transaction in progress may finish).
     async fn fill(&mut self, limit: Duration) -> std::io::Result<bool> {
         if self.rpos > 0 && self.rpos == self.rbuf.len() {
             self.rbuf.clear();
@@ -179,11 +224,16 @@ impl Session {
         if self.rbuf.capacity() - self.rbuf.len() < 4096 {
             self.rbuf.reserve(16 << 10);
         }
-        match tokio::time::timeout(limit, self.stream.read_buf(&mut self.rbuf)).await {
-            Ok(Ok(0)) => Ok(false),
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timeout")),
+        let idle = self.tx.is_none();
+        tokio::select! {
+            r = tokio::time::timeout(limit, self.stream.read_buf(&mut self.rbuf)) => match r {
+                Ok(Ok(0)) => Ok(false),
+                Ok(Ok(_)) => Ok(true),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timeout")),
+            },
+            _ = self.slot.shed.notified() => Err(std::io::Error::other(Interrupt::Shed)),
+            _ = stopped(&mut self.stop), if idle => Err(std::io::Error::other(Interrupt::Shutdown)),
         }
     }
 
@@ -209,7 +259,19 @@ impl Session {
         self.reply(greeting);
         match self.serve().await {
             Ok(()) => tracing::info!("disconnected"),
+            Err(e) if Interrupt::of(&e).is_some() => {
+                let why = Interrupt::of(&e).unwrap_or(Interrupt::Shutdown);
+                if why == Interrupt::Shed {
+                    metrics::counter!("mailgate_sessions_closed_total", "reason" => "shed").increment(1);
+                } else if why == Interrupt::TooSlow {
+                    metrics::counter!("mailgate_sessions_closed_total", "reason" => "slow").increment(1);
+                }
+                self.reply(why.reply());
+                let _ = self.flush().await;
+                tracing::info!("closed: {why}");
+            }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                metrics::counter!("mailgate_sessions_closed_total", "reason" => "timeout").increment(1);
                 self.reply(codes::timeout());
                 let _ = self.flush().await;
                 tracing::info!("closed after timeout");
@@ -220,7 +282,11 @@ impl Session {
 
     async fn serve(&mut self) -> std::io::Result<()> {
         let cmd_timeout = self.config.timeouts.command;
+        // When the command line being waited for began: the timeout is for the whole line,
+        // however slowly it trickles in.
+        let mut line_since = std::time::Instant::now();
         loop {
+            let mut completed = false;
             // Answer every complete command already received (pipelining), then flush.
             loop {
                 let (ev, used) = self.lines.next(&self.rbuf[self.rpos..]);
@@ -232,6 +298,8 @@ impl Session {
                     LineEvent::Line(line) => {
                         let parsed = Command::parse(line);
                         self.rpos += used;
+                        completed = true;
+                        self.slot.progressed();
                         match parsed {
                             Ok(cmd) => self.command(cmd).await?,
                             Err(reply) => self.bad_command(reply),
@@ -257,7 +325,14 @@ impl Session {
                 self.flush().await?;
                 return Ok(());
             }
-            if !self.fill(cmd_timeout).await? {
+            if completed || self.pending_input().is_empty() {
+                line_since = std::time::Instant::now();
+            }
+            let left = cmd_timeout.saturating_sub(line_since.elapsed());
+            if left.is_zero() {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "command line timeout"));
+            }
+            if !self.fill(left).await? {
                 return Ok(());
             }
         }
@@ -340,10 +415,31 @@ impl Session {
         }
     }
 
-    /// Reads more input during DATA/BDAT content, with the data-block timeout.
-    pub(crate) async fn fill_content(&mut self) -> std::io::Result<bool> {
-        let t = self.config.timeouts.data_block;
-        self.fill(t).await
+    /// Reads more input during DATA/BDAT content: within the data-block timeout, and at no
+    /// less than `limits.min_data_rate` for the transfer as a whole once `timeouts.data_grace`
+    /// is over (`received` octets since `started`). A transfer keeping that rate counts as
+    /// progress for load shedding; a trickle does not.
+    pub(crate) async fn fill_content(&mut self, started: std::time::Instant, received: u64) -> std::io::Result<bool> {
+        let (block, grace, rate) =
+            (self.config.timeouts.data_block, self.config.timeouts.data_grace, self.config.limits.min_data_rate);
+        if rate == 0 {
+            return self.fill(block).await;
+        }
+        let allowed = grace + Duration::from_secs_f64(received as f64 / rate as f64);
+        let elapsed = started.elapsed();
+        if elapsed > allowed {
+            return Err(std::io::Error::other(Interrupt::TooSlow));
+        }
+        if received as f64 >= elapsed.as_secs_f64() * rate as f64 {
+            self.slot.progressed();
+        }
+        let left = allowed - elapsed;
+        match self.fill(block.min(left)).await {
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut && left < block => {
+                Err(std::io::Error::other(Interrupt::TooSlow))
+            }
+            r => r,
+        }
     }
 
     /// Drops all unconsumed input; returns how many octets that was.
