@@ -53,6 +53,7 @@ address = "127.0.0.1:$MG_PORT"
 [limits]
 max_sessions = 2000
 max_sessions_per_ip = 2000
+max_sessions_per_net = 2000
 [spool]
 path = "$work/mg-spool"
 [relay]

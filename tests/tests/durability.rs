@@ -99,3 +99,95 @@ fn sigterm_lets_a_transaction_finish_then_stops_and_keeps_the_queue() {
     let m = sink.wait_for_rcpt("late@remote.test", T);
     assert!(m.text().contains("Subject: during shutdown"));
 }
+
+/// One message on a new connection; `Some(true)` when it was acknowledged with 250, `None`
+/// when the gateway was not there (killed): never panics, the gateway comes and goes.
+fn try_send(port: u16, subject: &str) -> Option<bool> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut got = Vec::new();
+    let mut replies = |s: &mut std::net::TcpStream, n: usize| -> Option<String> {
+        let mut buf = [0u8; 1024];
+        while got.iter().filter(|b| **b == b'\n').count() < n {
+            let k = s.read(&mut buf).ok().filter(|k| *k > 0)?;
+            got.extend_from_slice(&buf[..k]);
+        }
+        Some(String::from_utf8_lossy(&got).into_owned())
+    };
+    replies(&mut s, 1)?;
+    s.write_all(b"HELO client.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<d@remote.test>\r\nDATA\r\n").ok()?;
+    replies(&mut s, 5)?;
+    s.write_all(format!("Subject: {subject}\r\n\r\nbody\r\n.\r\nQUIT\r\n").as_bytes()).ok()?;
+    let all = replies(&mut s, 6)?;
+    Some(all.lines().nth(5).is_some_and(|l| l.starts_with("250 2.0.0 Ok: queued")))
+}
+
+/// kill -9 again and again under load: every acknowledged message is delivered (none lost), and
+/// few twice (the done record follows a delivery within one write). `KILL_ROUNDS` sets the
+/// rounds (default 3; BENCHMARKS.md has a 20-round run).
+#[test]
+fn kill_9_under_load_loses_nothing_and_rarely_delivers_twice() {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let rounds: usize = std::env::var("KILL_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let sink = Sink::start();
+    let mut gw = Gateway::with_sink(sink.port(), "[queue]\nretry_schedule = [\"1s\"]\n");
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let port = gw.port;
+    let senders: Vec<_> = (0..8)
+        .map(|t| {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                // Bounded: at most 100,000 tries per sender, and the test stops them.
+                for n in 0..100_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let subject = format!("dup-{t}-{n}");
+                    match try_send(port, &subject) {
+                        Some(true) => acked.lock().unwrap().push(subject),
+                        Some(false) => {}
+                        None => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })
+        })
+        .collect();
+    for _ in 0..rounds {
+        std::thread::sleep(Duration::from_millis(1500));
+        gw.kill9();
+        gw.start_again();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        s.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 100, "too little load: {}", acked.len());
+    let count = |sink: &Sink| {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for m in sink.received() {
+            let text = m.text();
+            if let Some(s) = text.lines().find_map(|l| l.strip_prefix("Subject: ")) {
+                *seen.entry(s.to_string()).or_default() += 1;
+            }
+        }
+        seen
+    };
+    let all_there = mailgate_tests::wait_for(Duration::from_secs(90), || {
+        let seen = count(&sink);
+        acked.iter().all(|s| seen.contains_key(s)).then_some(seen)
+    });
+    let seen = count(&sink);
+    let lost: Vec<&String> = acked.iter().filter(|s| !seen.contains_key(*s)).collect();
+    assert!(all_there.is_some(), "{} acknowledged messages lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+    let twice: usize = seen.values().map(|n| n - 1).sum();
+    let rate = twice as f64 * 100.0 / acked.len() as f64;
+    eprintln!("kill -9 × {rounds}: {} acknowledged, 0 lost, {twice} delivered twice ({rate:.3} %)", acked.len());
+    // The target is 0.05 %; a few rounds are too few for that to be a stable bound.
+    assert!(rate <= 1.0, "{twice} of {} delivered twice", acked.len());
+}

@@ -7,6 +7,7 @@ use mailgate_tests::clients::{swaks, Raw};
 use mailgate_tests::dns::Dns;
 use mailgate_tests::gateway::Gateway;
 use mailgate_tests::sink::Sink;
+use mailgate_tests::wait_for;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -147,10 +148,14 @@ fn stock_plugins_check_helo_and_recipients_and_add_a_header() {
 fn routing_decision_is_honoured() {
     let sink = Sink::start();
     let other = Sink::start();
+    // A smarthost of the plugin's own needs the route grant with it listed.
     let plugins = Gateway::plugin(
         "route-by-domain",
         "router",
-        "stages = [\"route\"]",
+        &format!(
+            "stages = [\"route\"]\ngrants = [\"route\"]\nallowed_routes = [\"smarthost:127.0.0.1:{}\"]",
+            other.port()
+        ),
         &format!(
             "routes = [\"routed.test=smarthost:127.0.0.1:{}\", \"gone.test=reject:550 5.1.6 moved away\"]",
             other.port()
@@ -165,6 +170,39 @@ fn routing_decision_is_honoured() {
     // The rejected route bounces: the DSN goes to the sender through the default route.
     let dsn = sink.wait_for_rcpt("a@sender.test", T);
     assert!(dsn.text().contains("550 5.1.6 moved away"), "{}", dsn.text());
+}
+
+#[test]
+fn a_plugin_cannot_route_outside_the_configured_routes() {
+    let sink = Sink::start();
+    // An unconfigured smarthost: it must never see a connection.
+    let trap = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let evil = dir.path().join("evil");
+    let plugins = Gateway::plugin(
+        "route-by-domain",
+        "router",
+        "stages = [\"route\"]\non_error = \"tempfail\"",
+        &format!(
+            "routes = [\"files.test=maildir:{}\", \"net.test=smarthost:127.0.0.1:{}\", \"fine.test=mx:fine.test\"]",
+            evil.display(),
+            trap.port()
+        ),
+    );
+    let gw = gateway(&sink, &plugins);
+    let out = swaks(gw.port, &["--to", "x@files.test,y@net.test", "--from", "a@sender.test"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let refused = |what: &str| {
+        let log = gw.log();
+        log.lines().any(|l| l.contains(what) && l.contains("is not configured for this plugin"))
+    };
+    assert!(
+        wait_for(T, || (refused("maildir:") && refused("smarthost:127.0.0.1")).then_some(())).is_some(),
+        "{}",
+        gw.log()
+    );
+    assert!(!evil.exists(), "a file was written at a path no operator configured");
+    assert_eq!(trap.connections(), 0, "a connection was made to a host no operator configured");
 }
 
 #[test]

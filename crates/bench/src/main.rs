@@ -133,6 +133,20 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         new_conn: a.new_conn,
         domain: a.domain.clone(),
     };
+    // The peak resident size of the first measured process, sampled while the load runs.
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = a.pid.first().copied().map(|pid| {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(kib) = procstat::rss_kib(pid) {
+                    peak.fetch_max(kib, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    });
+    let rss_before = a.pid.first().and_then(|p| procstat::rss_kib(*p)).unwrap_or(0);
     let out = load::run(load).await;
     // Wait until the sink has every accepted message (a relay delivers after its 250).
     let want = out.accepted;
@@ -151,6 +165,18 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     let delivered = counters.messages.load(Ordering::Relaxed);
     let cpu = procstat::cpu_seconds(&a.pid, &a.comm) - cpu0;
+    if let Some(s) = sampler {
+        s.abort();
+    }
+    // And what stays resident a little after the burst (memory given back or not).
+    let rss_after = match a.pid.first() {
+        Some(p) => {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            procstat::rss_kib(*p).unwrap_or(0)
+        }
+        None => 0,
+    };
+    let mib = |kib: u64| (kib as f64 / 102.4).round() / 10.0;
     let elapsed = delivered_at.duration_since(out.first_send).as_secs_f64();
     let h = &out.latency;
     let report = serde_json::json!({
@@ -169,6 +195,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         "p50_us": h.value_at_quantile(0.5),
         "p99_us": h.value_at_quantile(0.99),
         "p999_us": h.value_at_quantile(0.999),
+        "rss_before_mib": mib(rss_before),
+        "rss_peak_mib": mib(peak.load(Ordering::Relaxed)),
+        "rss_after_mib": mib(rss_after),
     });
     println!("{report}");
     if delivered < want {

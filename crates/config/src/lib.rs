@@ -19,7 +19,7 @@ mod auth;
 mod plugin;
 mod route;
 pub use auth::{ArcSeal, Auth, AuthCheck, DkimSign, SignFor};
-pub use plugin::{Grant, Mode, OnError, Plugin, Stage};
+pub use plugin::{parse_allowed_route, AllowedRoute, Grant, Mode, OnError, Plugin, Stage};
 pub use route::{Route, TlsPolicy};
 
 /// The embedded default configuration (`config/mailgate.toml`).
@@ -137,6 +137,10 @@ pub struct Limits {
     /// the longest (no command completed, no content for `timeouts.shed_idle`) is closed with
     /// 421 4.7.0, so slow or idle clients cannot lock good ones out.
     pub shed_at_percent: usize,
+    /// Octets of message content held in memory at once, over every session and the queue's
+    /// first-delivery copies. Beyond it a new DATA/BDAT gets 452 4.3.1 and the queue reads
+    /// content back from the spool instead of keeping it.
+    pub content_memory: usize,
     /// Slowest DATA/BDAT transfer tolerated, in octets per second, after `timeouts.data_grace`
     /// (Postfix's smtpd_min_data_rate); slower: 421 4.4.2.
     pub min_data_rate: u64,
@@ -299,6 +303,7 @@ impl Default for Limits {
             max_sessions_per_net: 200,
             shed_at_percent: 90,
             min_data_rate: 500,
+            content_memory: 512 << 20,
             max_errors: 20,
             max_auth_failures: 5,
             max_mime_depth: 50,

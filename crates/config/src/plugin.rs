@@ -73,6 +73,8 @@ pub enum Mode {
 pub enum Grant {
     Dns,
     Kv,
+    /// Routes beyond those the operator configured: the ones in `allowed_routes`.
+    Route,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +97,10 @@ pub struct Plugin {
     pub memory_limit: u64,
     #[serde(default)]
     pub grants: Vec<Grant>,
+    /// With `grants = ["route"]`: the smarthosts and maildirs this plugin may choose besides
+    /// the routes of `[routes]`, as `smarthost:HOST:PORT` or `maildir:PATH`.
+    #[serde(default)]
+    pub allowed_routes: Vec<String>,
     /// Read-only data tables this plugin may look up (`name = "file.tsv"`), loaded once per
     /// configuration generation and shared by every instance (e.g. the spam model).
     #[serde(default)]
@@ -132,6 +138,14 @@ impl Plugin {
         if !(1 << 20..=4 << 30).contains(&self.memory_limit) {
             return Err("memory_limit: must be between 1 MiB and 4 GiB".into());
         }
+        if !self.allowed_routes.is_empty() && !self.granted(Grant::Route) {
+            return Err("allowed_routes: needs grants = [\"route\"]".into());
+        }
+        for r in &self.allowed_routes {
+            if parse_allowed_route(r).is_none() {
+                return Err(format!("allowed_routes: {r:?} is not smarthost:HOST:PORT or maildir:PATH"));
+            }
+        }
         for (name, path) in &self.data {
             if !path.is_file() {
                 return Err(format!("data.{name}: {}: no such file", path.display()));
@@ -142,5 +156,24 @@ impl Plugin {
 
     pub fn granted(&self, g: Grant) -> bool {
         self.grants.contains(&g)
+    }
+}
+
+/// One `allowed_routes` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedRoute {
+    Smarthost(String, u16),
+    Maildir(PathBuf),
+}
+
+/// Parses `smarthost:HOST:PORT` or `maildir:PATH`.
+pub fn parse_allowed_route(s: &str) -> Option<AllowedRoute> {
+    if let Some(rest) = s.strip_prefix("smarthost:") {
+        let (host, port) = rest.rsplit_once(':')?;
+        let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+        (!host.is_empty()).then(|| AllowedRoute::Smarthost(host.to_ascii_lowercase(), port))
+    } else {
+        let path = s.strip_prefix("maildir:")?;
+        (!path.is_empty()).then(|| AllowedRoute::Maildir(PathBuf::from(path)))
     }
 }

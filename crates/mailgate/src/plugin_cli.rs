@@ -49,6 +49,7 @@ pub fn plugin_entry(wasm: &Path, table: Option<&str>, grants: Vec<Grant>) -> Res
         cpu_budget: std::time::Duration::from_millis(500),
         memory_limit: 64 << 20,
         grants,
+        allowed_routes: vec![],
         data: Default::default(),
         mode: Default::default(),
         config,

@@ -76,6 +76,8 @@ pub struct Shared {
     resolver: hickory_resolver::TokioResolver,
     kv: Arc<dyn KvStore>,
     pub spool: Arc<dyn Spool>,
+    /// Message content in memory (`limits.content_memory`; set at start, a reload keeps it).
+    pub budget: Arc<mailgate_message::Budget>,
     pub queue: Queue,
     /// Sessions open now: the 421 limits and load shedding.
     slots: Arc<crate::slots::Slots>,
@@ -132,6 +134,7 @@ impl Gateway {
             spool: spool.clone(),
             queue,
             slots: Arc::new(crate::slots::Slots::default()),
+            budget: mailgate_message::Budget::new(config.limits.content_memory),
             next_session: AtomicU64::new(0),
             start_tag: mailgate_smtp::trace::now_unix() % 100_000,
         });

@@ -4,15 +4,18 @@
 //! that runs before anything parses it ([`inspect`]: MIME depth, part count, header size —
 //! without recursion, so no input can overflow a stack), the parsed view plugins read through
 //! the `message` resource ([`ParsedMessage`]), and the header/body edits plugins ask for
-//! ([`edit::apply`]). Everything here takes bytes and returns values, so the whole path can be
+//! ([`edit::apply`]), and the memory budget content in flight is counted against
+//! ([`Budget`]). Everything here takes bytes and returns values, so the whole path can be
 //! fuzzed (`fuzz/`).
 //!
 //! It must not know sessions, plugins, the spool or the network.
 
+pub mod budget;
 pub mod edit;
 pub mod parsed;
 pub mod structure;
 
+pub use budget::{Budget, Reservation};
 pub use edit::{apply, Applied, Edit, EditError};
 pub use parsed::ParsedMessage;
 pub use structure::{dismantle, inspect, MessageError, MessageLimits, Structure};

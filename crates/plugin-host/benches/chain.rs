@@ -25,6 +25,7 @@ fn entry(name: &str, file: &str, config: &[(&str, serde_json::Value)]) -> Plugin
         cpu_budget: Duration::from_millis(100),
         memory_limit: 16 << 20,
         grants: vec![],
+        allowed_routes: vec![],
         data: Default::default(),
         mode: Default::default(),
         config: config.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),

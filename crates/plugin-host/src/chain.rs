@@ -141,7 +141,7 @@ impl Plugins {
         let mut loaded = vec![];
         for p in &cfg.plugins {
             let t = Instant::now();
-            let lp = engine.load(p)?;
+            let lp = engine.load(cfg, p)?;
             tracing::info!(plugin = %p.name, hash = %lp.meta.hash, compile_ms = t.elapsed().as_millis() as u64, "plugin loaded");
             loaded.push(lp);
         }
@@ -450,6 +450,12 @@ impl SessionChain {
                     Verdict::Quarantine(reason) => DataDecision::Quarantine(reason.chars().take(200).collect()),
                     Verdict::Discard => DataDecision::Discard,
                 };
+                // A route outside the plugin's grant is its failure, not a route.
+                for m in &dr.modifications {
+                    if let types::Modification::SetRoute(r) = m {
+                        chain.plugins.loaded[i].meta.routes.check(r)?;
+                    }
+                }
                 Ok((d, accepted, dr.modifications))
             });
             let name = chain.plugins.loaded[i].meta.name.clone();
@@ -502,6 +508,10 @@ impl QueueChain {
             };
             chain.observe(i, Stage::Route, started);
             let step = answer.and_then(|rr| {
+                // A route outside the plugin's grant is its failure, not a route.
+                if let Some(r) = &rr.route {
+                    chain.plugins.loaded[i].meta.routes.check(r)?;
+                }
                 let route = rr.route.map(RouteDecision::Route);
                 match rr.verdict {
                     Verdict::Next => Ok((route, false)),

@@ -87,10 +87,15 @@ impl PluginEngine {
     }
 
     /// Compiles and links one plugin; errors say whether it does not satisfy the world.
-    pub fn load(&self, p: &mailgate_config::Plugin) -> Result<LoadedPlugin, PluginError> {
+    pub fn load(
+        &self,
+        cfg: &mailgate_config::Config,
+        p: &mailgate_config::Plugin,
+    ) -> Result<LoadedPlugin, PluginError> {
         let err = |msg: String| PluginError::Load { plugin: p.name.clone(), msg };
         let bytes = std::fs::read(&p.path).map_err(|e| err(format!("{}: {e}", p.path.display())))?;
         let mut meta = PluginMeta::from_config(p, TICK, fingerprint(&bytes));
+        meta.routes = crate::route::RoutePolicy::new(cfg, p);
         for (name, path) in &p.data {
             let table = crate::data::DataTable::load(path).map_err(|e| err(format!("data.{name}: {e}")))?;
             meta.tables.insert(name.clone(), Arc::new(table));

@@ -32,6 +32,8 @@ pub struct PluginMeta {
     pub tables: std::collections::HashMap<String, Arc<crate::data::DataTable>>,
     /// SHA-256-free fingerprint (FNV-1a of the file) for status output and logs.
     pub hash: String,
+    /// The smarthosts and maildirs it may choose as a route.
+    pub routes: crate::route::RoutePolicy,
 }
 
 impl PluginMeta {
@@ -49,6 +51,7 @@ impl PluginMeta {
             memory_limit: p.memory_limit as usize,
             tables: Default::default(),
             hash,
+            routes: Default::default(),
         }
     }
 }

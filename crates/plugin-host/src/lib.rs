@@ -17,6 +17,7 @@ pub mod engine;
 pub mod host;
 pub mod kv;
 pub mod modify;
+pub mod route;
 
 pub use chain::{DataDecision, Decision, Plugins, QueueChain, RouteDecision, SessionChain};
 pub use engine::PluginEngine;

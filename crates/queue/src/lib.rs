@@ -32,6 +32,8 @@ struct Entry {
     env: Envelope,
     /// The content while it is still in memory (first attempt); read from the spool otherwise.
     data: Option<Arc<Vec<u8>>>,
+    /// That content's share of the memory budget, given back with it.
+    hold: Option<mailgate_message::Reservation>,
 }
 
 enum Cmd {
@@ -148,7 +150,17 @@ impl Queue {
         if let Some(reason) = &env.quarantine {
             tracing::info!(queue_id = %env.id, %reason, "message is quarantined: not delivered");
         }
-        let _ = self.tx.send(Cmd::Enqueue(Entry { env, data }));
+        let _ = self.tx.send(Cmd::Enqueue(Entry { env, data, hold: None }));
+    }
+
+    /// Like [`Queue::enqueue`] with the content in memory, counted against the memory budget
+    /// by `hold` until the first attempt is over (or the message waits, when it is dropped and
+    /// read back from the spool later).
+    pub fn enqueue_held(&self, env: Envelope, data: Arc<Vec<u8>>, hold: mailgate_message::Reservation) {
+        if let Some(reason) = &env.quarantine {
+            tracing::info!(queue_id = %env.id, %reason, "message is quarantined: not delivered");
+        }
+        let _ = self.tx.send(Cmd::Enqueue(Entry { env, data: Some(data), hold: Some(hold) }));
     }
 
     /// Switches to a reloaded configuration (routes, retries) and plugin hooks; deliveries in
@@ -218,6 +230,7 @@ impl Queue {
                 // Kept until an operator acts: the content stays in the spool, not in memory.
                 let mut e = e;
                 e.data = None;
+                e.hold = None;
                 self.set_view(&e.env, if e.env.held { State::Held } else { State::Quarantined });
                 if e.env.quarantine.is_some() {
                     let age = self.inner.config().queue.quarantine_max_age.as_millis() as u64;
@@ -440,7 +453,7 @@ impl Queue {
     }
 
     fn requeue(&self, env: Envelope) {
-        let _ = self.tx.send(Cmd::Enqueue(Entry { env, data: None }));
+        let _ = self.tx.send(Cmd::Enqueue(Entry { env, data: None, hold: None }));
     }
 
     /// Stores and queues a DSN to the sender for the failed recipients (never for `<>`).
@@ -491,10 +504,11 @@ impl Queue {
             requiretls: false,
             held: false,
         };
-        match inner.spool.store(&dsn_env, &body).await {
+        let body = Arc::new(body);
+        match inner.spool.store(&dsn_env, body.clone()).await {
             Ok(()) => {
                 tracing::info!(queue_id = %env.id, dsn_id = %dsn_env.id, to = %env.sender, "DSN queued");
-                self.enqueue(dsn_env, Some(Arc::new(body)));
+                self.enqueue(dsn_env, Some(body));
                 true
             }
             Err(e) => {

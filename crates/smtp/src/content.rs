@@ -15,7 +15,7 @@ pub enum Mode {
     Bdat,
 }
 
-/// Why the content is refused; the session maps each to a 5xx reply.
+/// Why the content is refused; each knows its reply (5xx, but 4xx for the memory budget).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContentError {
     BareLf,
@@ -25,6 +25,8 @@ pub enum ContentError {
     /// A NUL octet: a next hop that drops NULs could read `<CRLF>NUL.<CRLF>` as the end of
     /// data (outbound smuggling), so by default the message is refused.
     Nul,
+    /// The gateway's memory budget for content in flight is spent: try again later.
+    OverBudget,
 }
 
 impl ContentError {
@@ -41,6 +43,9 @@ impl ContentError {
             }
             ContentError::TooBig => Reply::new(552, Enhanced(5, 3, 4), "Message exceeds the size limit"),
             ContentError::Nul => Reply::new(550, Enhanced(5, 6, 0), "Message refused: NUL octet in content"),
+            ContentError::OverBudget => {
+                Reply::new(452, Enhanced(4, 3, 1), "Insufficient system storage, try again later")
+            }
         }
     }
 }
@@ -124,6 +129,12 @@ impl ContentReceiver {
 
     fn fail(&mut self, e: ContentError) {
         self.error.get_or_insert(e);
+    }
+
+    /// Refuses the content from here on for a reason outside the content (the memory budget):
+    /// the rest is still consumed, nothing more is stored.
+    pub fn abort(&mut self, e: ContentError) {
+        self.fail(e);
     }
 
     fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {

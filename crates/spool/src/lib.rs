@@ -11,6 +11,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 mod envelope;
 mod local;
@@ -53,8 +54,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// The spool contract.
 pub trait Spool: Send + Sync + 'static {
     /// Stores a new message. Resolves only after envelope and content are durable (written and
-    /// fsynced); only then may the client hear `250`.
-    fn store<'a>(&'a self, env: &'a Envelope, data: &'a [u8]) -> BoxFuture<'a, Result<(), SpoolError>>;
+    /// fsynced); only then may the client hear `250`. The content is shared, not copied: the
+    /// caller may hand the same bytes to the queue afterwards.
+    fn store<'a>(&'a self, env: &'a Envelope, data: Arc<Vec<u8>>) -> BoxFuture<'a, Result<(), SpoolError>>;
 
     /// Records a new state of a stored message (recipient results, next attempt). Written with
     /// the next commit; losing it in a crash means a retry, never a lost message.

@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +36,9 @@ struct Req {
     data_len: usize,
     /// Envelope JSON (store and update records), kept for relocation.
     meta: Vec<u8>,
+    /// Content written right after `bytes`, shared with the caller instead of copied (new
+    /// messages); `None` when `bytes` is the whole record.
+    data: Option<Arc<Vec<u8>>>,
     /// Who waits for the sync; `None` for records that ride along with the next one.
     ack: Option<Ack>,
 }
@@ -57,6 +59,24 @@ pub struct LocalSpool {
     /// Last id issued; ids are microseconds since the epoch, made strictly increasing.
     last_id: AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Writes every slice in order, in as few vectored writes as the kernel takes.
+fn write_all_slices(f: &mut File, slices: &[&[u8]]) -> std::io::Result<()> {
+    use std::io::{IoSlice, Write};
+    // IOV_MAX on Linux.
+    const MAX_IOV: usize = 1024;
+    let mut io: Vec<IoSlice<'_>> = slices.iter().filter(|s| !s.is_empty()).map(|s| IoSlice::new(s)).collect();
+    let mut rest = &mut io[..];
+    while !rest.is_empty() {
+        let n = rest.len().min(MAX_IOV);
+        let wrote = f.write_vectored(&rest[..n])?;
+        if wrote == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, wrote);
+    }
+    Ok(())
 }
 
 fn seg_path(dir: &Path, seg: u64) -> PathBuf {
@@ -247,19 +267,19 @@ impl Drop for LocalSpool {
 }
 
 impl Spool for LocalSpool {
-    fn store<'a>(&'a self, env: &'a Envelope, data: &'a [u8]) -> BoxFuture<'a, Result<(), SpoolError>> {
+    fn store<'a>(&'a self, env: &'a Envelope, data: Arc<Vec<u8>>) -> BoxFuture<'a, Result<(), SpoolError>> {
         Box::pin(async move {
             let meta = serde_json::to_vec(env).expect("envelope serializes");
-            let mut bytes = Vec::new();
-            let data_rel = record::encode(&mut bytes, Kind::Store, &meta, data);
+            let bytes = record::head(Kind::Store, &meta, &data);
             let (ack, wait) = tokio::sync::oneshot::channel();
             self.send(Req {
                 kind: Kind::Store,
                 id: env.id.clone(),
+                data_rel: bytes.len(),
                 bytes,
-                data_rel,
                 data_len: data.len(),
                 meta,
+                data: Some(data),
                 ack: Some(ack),
             })?;
             match wait.await {
@@ -274,13 +294,31 @@ impl Spool for LocalSpool {
         let meta = serde_json::to_vec(env).expect("envelope serializes");
         let mut bytes = Vec::new();
         record::encode(&mut bytes, Kind::Update, &meta, &[]);
-        self.prompt(Req { kind: Kind::Update, id: env.id.clone(), bytes, data_rel: 0, data_len: 0, meta, ack: None });
+        self.prompt(Req {
+            kind: Kind::Update,
+            id: env.id.clone(),
+            bytes,
+            data_rel: 0,
+            data_len: 0,
+            meta,
+            data: None,
+            ack: None,
+        });
     }
 
     fn complete(&self, id: &QueueId) {
         let mut bytes = Vec::new();
         record::encode(&mut bytes, Kind::Done, id.as_bytes(), &[]);
-        self.prompt(Req { kind: Kind::Done, id: id.clone(), bytes, data_rel: 0, data_len: 0, meta: vec![], ack: None });
+        self.prompt(Req {
+            kind: Kind::Done,
+            id: id.clone(),
+            bytes,
+            data_rel: 0,
+            data_len: 0,
+            meta: vec![],
+            data: None,
+            ack: None,
+        });
     }
 
     fn read(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
@@ -330,7 +368,6 @@ impl Shared {
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Req>) {
-        let mut buf = Vec::with_capacity(1 << 20);
         loop {
             // Wake for the first record; take every one that is waiting with it.
             let Ok(first) = rx.recv() else { break };
@@ -345,7 +382,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let _ = self.commit(batch, &mut buf, false);
+            let _ = self.commit(batch, false);
             self.maybe_rotate();
         }
         let _ = self.active.sync_data();
@@ -356,36 +393,51 @@ impl Writer {
     /// sync) succeeded: a failed batch leaves every old segment pinned. After a failure the
     /// writer is poisoned until a fresh segment is open, so nothing is ever appended behind a
     /// partial record.
-    fn commit(&mut self, batch: Vec<Req>, buf: &mut Vec<u8>, sync: bool) -> Result<(), String> {
+    fn commit(&mut self, batch: Vec<Req>, sync: bool) -> Result<(), String> {
         if self.poisoned {
             self.rotate();
         }
-        buf.clear();
         let seg = self.active_seg;
         let mut offsets = Vec::with_capacity(batch.len());
         let mut need_sync = sync;
+        // The batch is written as it is, record after record, in vectored writes: no copy of
+        // the content into a batch buffer.
+        let mut slices: Vec<&[u8]> = Vec::with_capacity(batch.len() * 2);
+        let mut written = 0u64;
         for r in &batch {
-            offsets.push(self.active_len + buf.len() as u64);
-            buf.extend_from_slice(&r.bytes);
+            offsets.push(self.active_len + written);
+            slices.push(&r.bytes);
+            written += r.bytes.len() as u64;
+            if let Some(d) = &r.data {
+                slices.push(d);
+                written += d.len() as u64;
+            }
             need_sync |= r.ack.is_some();
         }
         let res = if self.poisoned {
             Err("spool writer cannot open a new segment".to_string())
         } else {
             let started = std::time::Instant::now();
-            let r = self.active.write_all(buf).and_then(|_| if need_sync { self.active.sync_data() } else { Ok(()) });
+            let r = write_all_slices(&mut self.active, &slices).and_then(|_| {
+                if need_sync {
+                    self.active.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
             if need_sync {
                 metrics::histogram!("mailgate_spool_fsync_seconds").record(started.elapsed().as_secs_f64());
                 metrics::counter!("mailgate_spool_commits_total").increment(1);
             }
-            metrics::counter!("mailgate_spool_bytes_total").increment(buf.len() as u64);
+            metrics::counter!("mailgate_spool_bytes_total").increment(written);
             r.map_err(|e| e.to_string())
         };
+        drop(slices);
         if let Err(e) = &res {
             tracing::error!("spool write failed: {e}; the batch is refused and a new segment will be started");
             self.poisoned = true;
         } else {
-            self.active_len += buf.len() as u64;
+            self.active_len += written;
         }
         let mut index = self.shared.index.lock().unwrap();
         for (r, offset) in batch.into_iter().zip(offsets) {
@@ -485,6 +537,7 @@ impl Writer {
                         data_rel,
                         data_len: data.len(),
                         meta: l.meta.clone(),
+                        data: None,
                         ack: None,
                     });
                 }
@@ -492,9 +545,8 @@ impl Writer {
             }
         }
         let moved = batch.len();
-        let mut buf = Vec::new();
         // Synced before the old segment may go; on failure nothing moved and it stays pinned.
-        match self.commit(batch, &mut buf, true) {
+        match self.commit(batch, true) {
             Ok(()) => {
                 tracing::info!(segment = oldest, moved, "relocated live messages out of the oldest spool segment")
             }

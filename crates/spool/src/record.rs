@@ -34,8 +34,9 @@ impl Kind {
     }
 }
 
-/// Appends one record to `out`; returns the offset of its data relative to the record start.
-pub fn encode(out: &mut Vec<u8>, kind: Kind, meta: &[u8], data: &[u8]) -> usize {
+/// The header and meta of a record whose `data` is written right after them (not copied
+/// here); the CRC covers the data all the same.
+pub fn head(kind: Kind, meta: &[u8], data: &[u8]) -> Vec<u8> {
     let mut crc = crc32fast::Hasher::new();
     let kind_b = [kind as u8];
     let ml = (meta.len() as u32).to_le_bytes();
@@ -45,15 +46,24 @@ pub fn encode(out: &mut Vec<u8>, kind: Kind, meta: &[u8], data: &[u8]) -> usize 
     crc.update(&dl);
     crc.update(meta);
     crc.update(data);
-    out.reserve(HEADER + meta.len() + data.len());
+    let mut out = Vec::with_capacity(HEADER + meta.len());
     out.extend_from_slice(&MAGIC.to_le_bytes());
     out.extend_from_slice(&kind_b);
     out.extend_from_slice(&ml);
     out.extend_from_slice(&dl);
     out.extend_from_slice(&crc.finalize().to_le_bytes());
     out.extend_from_slice(meta);
+    out
+}
+
+/// Appends one whole record to `out`; returns the offset of its data relative to the record
+/// start.
+pub fn encode(out: &mut Vec<u8>, kind: Kind, meta: &[u8], data: &[u8]) -> usize {
+    let h = head(kind, meta, data);
+    out.reserve(h.len() + data.len());
+    out.extend_from_slice(&h);
     out.extend_from_slice(data);
-    HEADER + meta.len()
+    h.len()
 }
 
 /// A decoded record borrowing from the segment bytes.

@@ -1,4 +1,5 @@
 use mailgate_spool::{Envelope, LocalSpool, RcptStatus, Recipient, Spool};
+use std::sync::Arc;
 
 fn env(spool: &LocalSpool, rcpts: &[&str]) -> Envelope {
     Envelope {
@@ -36,8 +37,8 @@ async fn stores_recovers_and_forgets_completed() {
         a = env(&spool, &["x@y.example", "z@y.example"]);
         b = env(&spool, &["q@y.example"]);
         assert!(a.id < b.id);
-        spool.store(&a, b"message A\r\n").await.unwrap();
-        spool.store(&b, b"message B\r\n").await.unwrap();
+        spool.store(&a, Arc::new(b"message A\r\n".to_vec())).await.unwrap();
+        spool.store(&b, Arc::new(b"message B\r\n".to_vec())).await.unwrap();
         assert_eq!(spool.read(&a.id).unwrap(), b"message A\r\n");
         let mut a2 = a.clone();
         a2.recipients[0].status = RcptStatus::Delivered;
@@ -67,7 +68,7 @@ async fn concurrent_stores_share_syncs_and_segments_are_reclaimed() {
             let e = env(&s, &["r@y.example"]);
             ids.push(e.id.clone());
             let body = body.clone();
-            tasks.push(tokio::spawn(async move { s.store(&e, &body).await }));
+            tasks.push(tokio::spawn(async move { s.store(&e, Arc::new(body)).await }));
         }
         for t in tasks {
             t.await.unwrap().unwrap();
@@ -81,7 +82,7 @@ async fn concurrent_stores_share_syncs_and_segments_are_reclaimed() {
     // Push more traffic through so the writer rotates and compacts.
     for _ in 0..100 {
         let e = env(&spool, &["r@y.example"]);
-        spool.store(&e, &body).await.unwrap();
+        spool.store(&e, Arc::new(body.clone())).await.unwrap();
         spool.complete(&e.id);
     }
     assert_eq!(spool.read(&ids[0]).unwrap(), body);
@@ -99,7 +100,7 @@ async fn torn_tail_is_ignored() {
     {
         let (spool, _) = LocalSpool::open(dir.path(), 1 << 20).unwrap();
         a = env(&spool, &["x@y.example"]);
-        spool.store(&a, b"hello\r\n").await.unwrap();
+        spool.store(&a, Arc::new(b"hello\r\n".to_vec())).await.unwrap();
     }
     // Simulate a crash in the middle of an unacknowledged write.
     let seg = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).max().unwrap();

@@ -29,6 +29,32 @@ pub(crate) struct Chunks {
     buf: Vec<u8>,
     /// When the content began (for `limits.min_data_rate`).
     started: std::time::Instant,
+    /// The octets of `buf`'s capacity, counted against `limits.content_memory`.
+    hold: mailgate_message::Reservation,
+}
+
+/// Smallest step by which a receive buffer grows (and is counted).
+const GROW_STEP: usize = 64 << 10;
+
+impl Chunks {
+    /// Feeds received octets to the content receiver. The buffer grows in steps of a quarter
+    /// of its size (not doubling: no half-empty megabytes), and every step is counted against
+    /// the memory budget; when the budget is spent the content is refused (452 4.3.1), its
+    /// buffer given back, and the rest only consumed.
+    fn feed(&mut self, input: &[u8]) -> (usize, Progress) {
+        if self.receiver.error().is_none() && self.buf.capacity() - self.buf.len() < input.len() {
+            let step = input.len().max(self.buf.len() / 4).max(GROW_STEP);
+            if self.hold.grow_to(self.buf.len() + step) {
+                self.buf.reserve_exact(step);
+                self.hold.force_to(self.buf.capacity());
+            } else {
+                self.receiver.abort(mailgate_smtp::ContentError::OverBudget);
+                self.buf = Vec::new();
+                self.hold.shrink_to(0);
+            }
+        }
+        self.receiver.feed(input, &mut self.buf)
+    }
 }
 
 impl Session {
@@ -41,8 +67,9 @@ impl Session {
         }
     }
 
-    /// Starts a message: queue id, `Received:` first in the buffer.
-    fn begin_content(&self, mode: Mode) -> Chunks {
+    /// Starts a message: queue id, `Received:` first in the buffer. `None` when the memory
+    /// budget for content cannot take another message now.
+    fn begin_content(&self, mode: Mode) -> Option<Chunks> {
         let cfg = &self.config;
         let tx = self.tx.as_ref().expect("checked by content_refusal");
         let id = self.shared.spool.new_id();
@@ -79,12 +106,15 @@ impl Session {
             unix_time: now_unix(),
         }
         .to_header();
-        let mut buf = Vec::with_capacity(header.len() + tx.params.size.unwrap_or(8192).min(1 << 20) as usize);
+        let want = header.len() + (tx.params.size.unwrap_or(8192).min(1 << 20) as usize).max(8192);
+        let mut hold = self.shared.budget.reserve(want)?;
+        let mut buf = Vec::with_capacity(want);
+        hold.force_to(buf.capacity());
         buf.extend_from_slice(header.as_bytes());
         let max = cfg.limits.max_message_size;
         let strip = cfg.limits.nul_bytes == mailgate_config::NulBytes::Strip;
         let receiver = ContentReceiver::new(mode, max, cfg.limits.text_line - 2).strip_nul(strip);
-        Chunks { id, receiver, buf, started: std::time::Instant::now() }
+        Some(Chunks { id, receiver, buf, started: std::time::Instant::now(), hold })
     }
 
     pub(crate) async fn data(&mut self) -> std::io::Result<Next> {
@@ -94,11 +124,16 @@ impl Session {
         if self.tx.as_ref().is_some_and(|t| t.bdat.is_some()) {
             return Ok(self.bad_command(codes::bad_sequence("DATA not allowed after BDAT")));
         }
-        let mut c = self.begin_content(Mode::Data);
+        let Some(mut c) = self.begin_content(Mode::Data) else {
+            tracing::warn!("DATA refused: the memory budget for message content is spent");
+            metrics::counter!("mailgate_messages_total", "result" => "over_budget").increment(1);
+            self.reply(mailgate_smtp::ContentError::OverBudget.reply());
+            return Ok(Next::Continue);
+        };
         self.reply(Reply::plain(354, "End data with <CR><LF>.<CR><LF>"));
         self.flush_now().await?;
         loop {
-            let (used, progress) = c.receiver.feed(self.pending_input(), &mut c.buf);
+            let (used, progress) = c.feed(self.pending_input());
             self.consume(used);
             if progress == Progress::Done {
                 break;
@@ -112,21 +147,28 @@ impl Session {
     }
 
     pub(crate) async fn bdat(&mut self, size: u64, last: bool) -> std::io::Result<Next> {
-        let refusal = self.content_refusal();
+        let mut refusal = self.content_refusal();
         let mut chunks = match &refusal {
             Some(_) => None,
-            None => Some(match self.tx.as_mut().and_then(|t| t.bdat.take()) {
-                Some(c) => c,
+            None => match self.tx.as_mut().and_then(|t| t.bdat.take()) {
+                Some(c) => Some(c),
                 None => self.begin_content(Mode::Bdat),
-            }),
+            },
         };
+        if refusal.is_none() && chunks.is_none() {
+            tracing::warn!("BDAT refused: the memory budget for message content is spent");
+            metrics::counter!("mailgate_messages_total", "result" => "over_budget").increment(1);
+            // The transaction ends here; its chunks are read and refused.
+            self.tx = None;
+            refusal = Some(mailgate_smtp::ContentError::OverBudget.reply());
+        }
         // Read exactly `size` octets, even when refusing them, to stay in step with the client.
         let mut remaining = size;
         let chunk_started = std::time::Instant::now();
         loop {
             let avail = (self.pending_input().len() as u64).min(remaining) as usize;
             if let Some(c) = chunks.as_mut() {
-                c.receiver.feed(&self.pending_input()[..avail], &mut c.buf);
+                c.feed(&self.pending_input()[..avail]);
             }
             self.consume(avail);
             remaining -= avail as u64;
@@ -234,7 +276,7 @@ impl Session {
             requiretls: tx.params.requiretls,
             held: false,
         };
-        let mut data = c.buf;
+        let (mut data, mut hold) = (c.buf, c.hold);
         // RFC 8601 §5: a field claiming our authserv-id did not come from us.
         let authserv_id = self.config.auth.authserv_id.clone().unwrap_or_else(|| self.config.server.hostname.clone());
         let forged = mailgate_auth::strip_ours(&mut data, &authserv_id);
@@ -246,7 +288,7 @@ impl Session {
         let mut data = raw;
         if self.chain.is_some() {
             let pipeline = tx.pipeline.clone().unwrap_or_else(|| self.pipeline.clone());
-            match self.data_policy(&mut env, data, &pipeline).await {
+            match self.data_policy(&mut env, data, &pipeline, &mut hold).await {
                 Ok(d) => data = d,
                 Err(next) => {
                     // Refused or dropped: the received bytes are not needed any more.
@@ -255,8 +297,13 @@ impl Session {
                 }
             }
         }
-        let data = self.sign_and_mark(&env, data, &authserv_id).await;
-        match shared.spool.store(&env, &data).await {
+        let mut data = self.sign_and_mark(&env, data, &authserv_id).await;
+        data.shrink_to_fit();
+        // From here only this copy is in memory: the queue keeps it (counted) for the first
+        // delivery.
+        hold.shrink_to(data.capacity());
+        let data = Arc::new(data);
+        match shared.spool.store(&env, data.clone()).await {
             Ok(()) => {
                 tracing::info!(
                     queue_id = %env.id,
@@ -271,7 +318,7 @@ impl Session {
                 metrics::counter!("mailgate_recipients_total", "class" => "2xx").increment(env.recipients.len() as u64);
                 metrics::counter!("mailgate_message_bytes_total").increment(data.len() as u64);
                 let reply = Reply::new(250, Enhanced(2, 0, 0), format!("Ok: queued as {}", env.id));
-                shared.queue.enqueue(env, Some(Arc::new(data)));
+                shared.queue.enqueue_held(env, data, hold);
                 self.reply(reply);
             }
             Err(e) => {
@@ -293,6 +340,7 @@ impl Session {
         env: &mut Envelope,
         raw: Arc<Vec<u8>>,
         pipeline: &str,
+        hold: &mut mailgate_message::Reservation,
     ) -> Result<Arc<Vec<u8>>, Next> {
         let data = raw;
         let Some(mut chain) = self.chain.take() else {
@@ -338,6 +386,8 @@ impl Session {
             tracing::warn!(queue_id = %env.id, "invalid plugin modification ignored: {r}");
         }
         if let Some(d) = edits.data {
+            // The edited copy lives beside the received one until the checks are done.
+            hold.force_to(hold.size() + d.capacity());
             data = Arc::new(d);
         }
         if let Some(s) = edits.sender {
@@ -389,10 +439,7 @@ impl Session {
         self.auth.lock().await.end_message();
         let mut data = Arc::try_unwrap(data).unwrap_or_else(|a| (*a).clone());
         if let Some(field) = field {
-            let mut out = Vec::with_capacity(field.len() + data.len());
-            out.extend_from_slice(field.as_bytes());
-            out.extend_from_slice(&data);
-            data = out;
+            prepend(&mut data, field.as_bytes());
         }
         let data = self.dkim_sign(env, data).await;
         self.arc_seal(env, data).await
@@ -407,9 +454,9 @@ impl Session {
         match sealer.seal(&generation.auth, &data, ip, &helo, &env.sender).await {
             Ok(set) => {
                 tracing::info!(queue_id = %env.id, "ARC sealed");
-                let mut out = set.into_bytes();
-                out.extend_from_slice(&data);
-                out
+                let mut data = data;
+                prepend(&mut data, set.as_bytes());
+                data
             }
             Err(e) => {
                 tracing::warn!(queue_id = %env.id, "not ARC sealed: {e}");
@@ -443,15 +490,20 @@ impl Session {
         match result {
             Ok(field) => {
                 tracing::info!(queue_id = %env.id, domain = %d.domain, selector = %d.selector, "DKIM signed");
-                let mut out = field.into_bytes();
-                out.extend_from_slice(&data);
-                data = out;
+                prepend(&mut data, field.as_bytes());
             }
             // Unsigned mail still goes out; the log says why.
             Err(e) => tracing::error!(queue_id = %env.id, domain = %d.domain, "{e}"),
         }
         data
     }
+}
+
+/// Puts `field` in front of the message in place: the buffer grows (for a large one the
+/// allocator remaps it without copying) and the content moves up, with no second copy of the
+/// message in memory.
+fn prepend(data: &mut Vec<u8>, field: &[u8]) {
+    data.splice(0..0, field.iter().copied());
 }
 
 /// Messages above this size are measured on the blocking pool, off the async threads.
