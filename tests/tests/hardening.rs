@@ -231,3 +231,42 @@ fn local_parts_that_differ_get_their_own_mailboxes() {
         boxes(&root)
     );
 }
+
+#[test]
+fn content_beyond_the_memory_budget_is_refused_for_now() {
+    let gw = Gateway::with_sink(1, "[limits]\ncontent_memory = 1048576\n");
+    let line = format!("{}\r\n", "x".repeat(998));
+    let kib600: String = line.repeat(600);
+    // A holds 600 KB of an unfinished message.
+    let mut a = Raw::connect(gw.port);
+    a.cmd("EHLO a.test");
+    a.cmd("MAIL FROM:<a@sender.test>");
+    a.cmd("RCPT TO:<u@example.test>");
+    assert!(a.cmd("DATA").starts_with("354"));
+    a.send(kib600.as_bytes());
+    // B announces 500 KB: the budget (1 MiB) cannot hold both, so B hears 452 before any data.
+    let mut b = Raw::connect(gw.port);
+    b.cmd("EHLO b.test");
+    assert!(b.cmd("MAIL FROM:<b@sender.test> SIZE=500000").starts_with("250"));
+    b.cmd("RCPT TO:<u@example.test>");
+    let got = wait_for(T, || {
+        let r = b.cmd("DATA");
+        if r.starts_with("354") {
+            b.send(b".\r\n");
+            b.reply();
+            b.cmd("RSET");
+            b.cmd("MAIL FROM:<b@sender.test> SIZE=500000");
+            b.cmd("RCPT TO:<u@example.test>");
+            None
+        } else {
+            Some(r)
+        }
+    });
+    assert_eq!(got.as_deref(), Some("452 4.3.1 Insufficient system storage, try again later"));
+    // A goes over the budget on its own: refused for now at the end of its data.
+    a.send(kib600.as_bytes());
+    let r = a.cmd(".");
+    assert_eq!(r, "452 4.3.1 Insufficient system storage, try again later");
+    // The memory came back: a small message goes through.
+    assert!(send_raw(gw.port, "c@sender.test", "u@example.test", b"Subject: small\r\n\r\nok\r\n").starts_with("250"));
+}
