@@ -92,3 +92,23 @@ fn json_logs_have_one_line_per_transaction_with_its_outcome() {
     assert_eq!(a["fields"]["from"], "a@sender.test");
     assert!(a["span"]["sid"].as_str().is_some(), "the session id names the line: {a}");
 }
+
+#[test]
+fn a_plugin_cannot_create_metric_series_without_bound() {
+    let admin = free_port();
+    let memo = Gateway::plugin("memo", "memo", "stages = [\"helo\"]", "");
+    let gw = Gateway::with_sink(1, &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n{memo}"));
+    // 300 distinct HELO names, each a new series for the memo plugin's labelled counter.
+    let mut c = mailgate_tests::clients::Raw::connect(gw.port);
+    for i in 0..300 {
+        assert!(c.cmd(&format!("EHLO client{i}.test")).starts_with("250"));
+    }
+    let m = wait_for(Duration::from_secs(10), || {
+        let m = scrape(admin);
+        (sum(&m, "mailgate_plugin_metrics_dropped_total", "plugin=\"memo\"") >= 100.0).then_some(m)
+    })
+    .expect("dropped observations counted");
+    let series = m.keys().filter(|k| k.starts_with("mailgate_plugin_memo_helo{")).count();
+    assert_eq!(series, 200, "the cap is 200 series per plugin");
+    assert_eq!(sum(&m, "mailgate_plugin_metrics_dropped_total", "plugin=\"memo\""), 100.0);
+}

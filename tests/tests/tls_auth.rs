@@ -290,3 +290,26 @@ fn openssl_s_client_starttls_handshake() {
     assert!(all.contains("250-AUTH PLAIN LOGIN") || all.contains("AUTH PLAIN LOGIN"), "{all}");
     assert!(all.contains("221 2.0.0"), "{all}");
 }
+
+#[test]
+fn starttls_forgets_what_plugins_remembered_and_the_score() {
+    let (_certs, cert, key) = certificate();
+    let memo = Gateway::plugin("memo", "memo", "stages = [\"helo\", \"mail_from\"]", "");
+    let gw =
+        Gateway::with_sink(1, &format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n{memo}", cert.display(), key.display()));
+    let (ok, out) = python(
+        gw.port,
+        &format!(
+            r#"{PY_PRELUDE}
+c = smtplib.SMTP("127.0.0.1", port); c.ehlo("before-tls")
+print(c.docmd("MAIL", "FROM:<a@sender.test>"))
+c.docmd("RSET"); c.starttls(context=ctx); c.ehlo("after-tls")
+print(c.docmd("MAIL", "FROM:<a@sender.test>"))
+"#
+        ),
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("(451, b'4.7.1 memo: plain, helos [before-tls], score 1')"), "{out}");
+    // A new instance and a new score: nothing from before TLS.
+    assert!(out.contains("(451, b'4.7.1 memo: tls, helos [after-tls], score 1')"), "{out}\n{}", gw.log());
+}

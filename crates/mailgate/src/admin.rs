@@ -55,7 +55,8 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, shared: Arc<
                 None => true,
                 Some(t) => String::from_utf8_lossy(&buf).lines().any(|l| {
                     l.split_once(':').is_some_and(|(k, v)| {
-                        k.eq_ignore_ascii_case("authorization") && v.trim() == format!("Bearer {t}")
+                        k.eq_ignore_ascii_case("authorization")
+                            && constant_time_eq(v.trim().as_bytes(), format!("Bearer {t}").as_bytes())
                     })
                 }),
             };
@@ -207,5 +208,26 @@ async fn api(shared: &Arc<Shared>, method: &str, target: &str) -> Result<String,
             op_result(queue.admin(op).await)
         }
         _ => Err(("404 Not Found", format!("no such endpoint: {method} {path}"))),
+    }
+}
+
+/// Compares without an early exit, so the time taken does not tell how much of a guessed
+/// token was right (only whether its length was).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_comparison() {
+        use super::constant_time_eq as eq;
+        assert!(eq(b"Bearer s3cret", b"Bearer s3cret"));
+        assert!(!eq(b"Bearer s3cres", b"Bearer s3cret"));
+        assert!(!eq(b"Bearer s3cre", b"Bearer s3cret"));
+        assert!(!eq(b"", b"x"));
     }
 }

@@ -29,6 +29,8 @@ pub enum EditError {
     Name(String),
     #[error("invalid value for {0} (line end, NUL or over {MAX_VALUE} octets)")]
     Value(String),
+    #[error("replacement body of {0} octets is over the message size limit")]
+    BodyTooBig(usize),
 }
 
 fn valid_name(n: &str) -> bool {
@@ -101,8 +103,9 @@ pub struct Applied {
     pub refused: Vec<(usize, EditError)>,
 }
 
-/// Applies `edits` in order to `data` (CRLF lines, as received).
-pub fn apply(data: &[u8], edits: &[Edit]) -> Applied {
+/// Applies `edits` in order to `data` (CRLF lines, as received). A replacement body may be
+/// at most `max_body` octets (the message size limit).
+pub fn apply(data: &[u8], edits: &[Edit], max_body: usize) -> Applied {
     let mut out = Applied::default();
     if edits.is_empty() {
         return out;
@@ -154,6 +157,7 @@ pub fn apply(data: &[u8], edits: &[Edit]) -> Applied {
                 }
                 changed = true;
             }
+            Edit::ReplaceBody(b) if b.len() > max_body => out.refused.push((i, EditError::BodyTooBig(b.len()))),
             Edit::ReplaceBody(b) => {
                 // Canonical CRLF line ends whatever was given, after the empty line.
                 body = b"\r\n".to_vec();
@@ -204,6 +208,7 @@ mod tests {
                 Edit::ChangeHeader { name: "x-a".into(), index: 1, value: "two".into() },
                 Edit::RemoveHeader { name: "subject".into() },
             ],
+            1000,
         );
         assert_eq!(
             String::from_utf8(e.data.unwrap()).unwrap(),
@@ -221,15 +226,17 @@ mod tests {
                 add("X-Nul", "a\0b"),
                 add("X-Big", &"v".repeat(MAX_VALUE + 1)),
                 add(&"N".repeat(MAX_NAME + 1), "v"),
+                Edit::ReplaceBody(vec![b'x'; 1001]),
             ],
+            1000,
         );
         assert!(e.data.is_none());
-        assert_eq!(e.refused.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(e.refused.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4, 5]);
     }
 
     #[test]
     fn body_is_made_canonical() {
-        let e = apply(MSG, &[Edit::ReplaceBody(b"new\nbody".to_vec())]);
+        let e = apply(MSG, &[Edit::ReplaceBody(b"new\nbody".to_vec())], 1000);
         assert!(String::from_utf8(e.data.unwrap()).unwrap().ends_with("X-A: 2\r\n\r\nnew\r\nbody\r\n"));
     }
 }

@@ -34,6 +34,8 @@ pub struct PluginMeta {
     pub hash: String,
     /// The smarthosts and maildirs it may choose as a route.
     pub routes: crate::route::RoutePolicy,
+    /// The metric series it has created (hashes), for the [`MAX_SERIES`] cap.
+    pub series: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
 
 impl PluginMeta {
@@ -52,6 +54,7 @@ impl PluginMeta {
             tables: Default::default(),
             hash,
             routes: Default::default(),
+            series: Default::default(),
         }
     }
 }
@@ -134,7 +137,7 @@ impl message::HostMessage for HostState {
 
 impl log::Host for HostState {
     fn log(&mut self, level: log::Level, msg: String) -> wasmtime::Result<()> {
-        let msg: String = msg.chars().take(4096).collect();
+        let msg: String = msg.chars().take(MAX_LOG_LINE).collect();
         let (plugin, sid) = (&self.meta.name, &*self.sid);
         match level {
             log::Level::Trace => tracing::trace!(plugin, sid, "{msg}"),
@@ -199,6 +202,9 @@ impl HostState {
     fn kv_key(&self, key: &str) -> Result<String, kv::KvError> {
         if !self.meta.kv {
             return Err(kv::KvError::Denied);
+        }
+        if key.len() > MAX_KV_KEY {
+            return Err(kv::KvError::Backend(format!("key longer than {MAX_KV_KEY} octets")));
         }
         Ok(format!("{}\u{0}{key}", self.meta.name))
     }
@@ -272,6 +278,9 @@ impl kv::Host for HostState {
         Ok(self.kv_key(&key).and_then(|k| self.services.kv.get(&k).map_err(kv::KvError::Backend)))
     }
     fn set(&mut self, key: String, value: Vec<u8>, ttl: Option<u32>) -> wasmtime::Result<Result<(), kv::KvError>> {
+        if value.len() > MAX_KV_VALUE && self.meta.kv {
+            return Ok(Err(kv::KvError::Backend(format!("value larger than {MAX_KV_VALUE} octets"))));
+        }
         let ttl = ttl.map(|s| Duration::from_secs(s.into()));
         Ok(self.kv_key(&key).and_then(|k| self.services.kv.set(&k, value, ttl).map_err(kv::KvError::Backend)))
     }
@@ -284,10 +293,52 @@ impl kv::Host for HostState {
     }
 }
 
+/// Distinct metric series (name and label values) one plugin may create; the rest are
+/// dropped and counted in `mailgate_plugin_metrics_dropped_total`, so a plugin cannot grow
+/// the gateway's memory through metrics.
+pub const MAX_SERIES: usize = 200;
+/// Label pairs per observation (more are ignored), and the length of each key and value.
+const MAX_LABELS: usize = 8;
+const MAX_LABEL_LEN: usize = 64;
+/// Largest kv value and key, in octets.
+pub const MAX_KV_VALUE: usize = 64 << 10;
+pub const MAX_KV_KEY: usize = 512;
+/// Longest log line a plugin may write, in characters (the rest is cut).
+pub const MAX_LOG_LINE: usize = 4096;
+/// Longest data-table key looked up (longer keys are absent).
+pub const MAX_DATA_KEY: usize = 1024;
+
 fn metric_labels(plugin: &str, labels: Vec<(String, String)>) -> Vec<::metrics::Label> {
-    let mut v: Vec<::metrics::Label> = labels.into_iter().take(8).map(|(k, v)| ::metrics::Label::new(k, v)).collect();
+    let cut = |s: String| s.chars().take(MAX_LABEL_LEN).collect::<String>();
+    let mut v: Vec<::metrics::Label> =
+        labels.into_iter().take(MAX_LABELS).map(|(k, v)| ::metrics::Label::new(cut(k), cut(v))).collect();
     v.push(::metrics::Label::new("plugin", plugin.to_string()));
     v
+}
+
+impl HostState {
+    /// Whether this series may be recorded: known already, or new and under the cap.
+    fn series_allowed(&self, name: &str, labels: &[::metrics::Label]) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut h);
+        for l in labels {
+            l.key().hash(&mut h);
+            l.value().hash(&mut h);
+        }
+        let key = h.finish();
+        let mut series = self.meta.series.lock().unwrap_or_else(|e| e.into_inner());
+        if series.contains(&key) {
+            return true;
+        }
+        if series.len() < MAX_SERIES {
+            series.insert(key);
+            return true;
+        }
+        drop(series);
+        ::metrics::counter!("mailgate_plugin_metrics_dropped_total", "plugin" => self.meta.name.clone()).increment(1);
+        false
+    }
 }
 
 fn metric_name(name: &str) -> String {
@@ -298,11 +349,17 @@ fn metric_name(name: &str) -> String {
 
 impl metrics::Host for HostState {
     fn counter(&mut self, name: String, value: u64, labels: Vec<(String, String)>) -> wasmtime::Result<()> {
-        ::metrics::counter!(metric_name(&name), metric_labels(&self.meta.name, labels)).increment(value);
+        let (name, labels) = (metric_name(&name), metric_labels(&self.meta.name, labels));
+        if self.series_allowed(&name, &labels) {
+            ::metrics::counter!(name, labels).increment(value);
+        }
         Ok(())
     }
     fn histogram(&mut self, name: String, value: f64, labels: Vec<(String, String)>) -> wasmtime::Result<()> {
-        ::metrics::histogram!(metric_name(&name), metric_labels(&self.meta.name, labels)).record(value);
+        let (name, labels) = (metric_name(&name), metric_labels(&self.meta.name, labels));
+        if self.series_allowed(&name, &labels) {
+            ::metrics::histogram!(name, labels).record(value);
+        }
         Ok(())
     }
 }
@@ -320,7 +377,15 @@ impl data::Host for HostState {
         Ok(Ok(keys
             .iter()
             .enumerate()
-            .map(|(i, k)| if i < crate::data::MAX_KEYS { t.get(k).map(str::to_string) } else { None })
+            .map(
+                |(i, k)| {
+                    if i < crate::data::MAX_KEYS && k.len() <= MAX_DATA_KEY {
+                        t.get(k).map(str::to_string)
+                    } else {
+                        None
+                    }
+                },
+            )
             .collect()))
     }
 }

@@ -44,7 +44,8 @@ fn valid_address(a: &str) -> bool {
 
 /// Applies `mods` in order to `data` (the message as it will be spooled): the content edits
 /// through [`mailgate_message::apply`], the envelope and route here.
-pub fn apply(data: &[u8], mods: &[Modification]) -> Edits {
+/// A replacement body may be at most `max_body` octets (the message size limit).
+pub fn apply(data: &[u8], mods: &[Modification], max_body: usize) -> Edits {
     let mut e = Edits::default();
     if mods.is_empty() {
         return e;
@@ -65,7 +66,7 @@ pub fn apply(data: &[u8], mods: &[Modification]) -> Edits {
             other => e.refused.push(format!("{other:?}")),
         }
     }
-    let applied = mailgate_message::apply(data, &content);
+    let applied = mailgate_message::apply(data, &content, max_body);
     e.data = applied.data;
     e.refused.extend(applied.refused.into_iter().map(|(_, why)| why.to_string()));
     e
@@ -85,6 +86,7 @@ mod tests {
                 Modification::AddHeader(("X-Evil".into(), "a\r\nBcc: victim@x".into())),
                 Modification::AddHeader(("Bad Name".into(), "v".into())),
             ],
+            1000,
         );
         assert!(e.data.is_none());
         assert_eq!(e.refused.len(), 2);
@@ -101,6 +103,7 @@ mod tests {
                 Modification::AddRecipient("not an address".into()),
                 Modification::SetRoute(Route::Smarthost(("10.0.0.1".into(), 2525))),
             ],
+            1000,
         );
         assert!(String::from_utf8(e.data.unwrap()).unwrap().ends_with("X-A: 2\r\n\r\nnew\r\nbody\r\n"));
         assert_eq!(e.sender.as_deref(), Some(""));

@@ -381,7 +381,7 @@ impl Session {
             }
             DataDecision::Quarantine(reason) => env.quarantine = Some(reason),
         }
-        let edits = modify::apply(&data, &mods);
+        let edits = modify::apply(&data, &mods, self.config.limits.max_message_size as usize);
         for r in &edits.refused {
             tracing::warn!(queue_id = %env.id, "invalid plugin modification ignored: {r}");
         }

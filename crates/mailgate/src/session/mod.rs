@@ -192,6 +192,20 @@ impl Session {
         }
     }
 
+    /// New per-session policy state: plugin instances (and with them the shared score) and
+    /// the authentication session — at the start, and after STARTTLS.
+    pub(crate) fn new_policy(&mut self) {
+        self.auth = Arc::new(tokio::sync::Mutex::new(mailgate_auth::AuthSession::new(
+            self.generation.auth.clone(),
+            self.peer.ip(),
+        )));
+        self.chain = self.plugins.as_ref().map(|p| {
+            let mut c = p.session(&self.sid, &self.pipeline);
+            c.set_auth(self.auth.clone());
+            c
+        });
+    }
+
     pub fn reply(&mut self, r: Reply) {
         r.write_to(&mut self.wbuf);
     }

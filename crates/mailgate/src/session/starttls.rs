@@ -35,11 +35,24 @@ impl Session {
             tracing::info!("STARTTLS handshake failed: {e}");
             return Ok(Next::Close);
         }
-        // RFC 3207 §4.2: forget everything the client said before TLS.
+        // RFC 3207 §4.2: forget everything the client said before TLS — the SMTP state, and
+        // the policy state built on it: plugin instances (whatever they remembered), the
+        // shared score, the authentication session.
         self.helo = None;
         self.esmtp = false;
         self.tx = None;
         self.auth_user = None;
+        self.new_policy();
+        // The new instances see the connection (now with TLS) as the old ones did at first;
+        // what they found then (a DNSBL listing, say) counts again, not a STARTTLS away.
+        if let Some(mut chain) = self.chain.take() {
+            let decision = chain.on_connect(&self.conn_info()).await;
+            self.chain = Some(chain);
+            if self.enforce(decision).is_err() {
+                tracing::info!("refused after STARTTLS by policy");
+                return Ok(Next::Close);
+            }
+        }
         Ok(Next::Continue)
     }
 }

@@ -74,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     assert!(canonical(&stored));
-    let applied = apply(&stored, &edits(data));
+    let applied = apply(&stored, &edits(data), 1 << 20);
     if let Some(out) = applied.data {
         assert!(canonical(&out), "an edit made the content non-canonical");
         if inspect(&out, &MessageLimits::default()).is_ok() {

@@ -1,0 +1,34 @@
+//! memo (test plugin): remembers, in its own instance, every HELO name it was shown and the
+//! spam points it added, and tells at MAIL FROM what it remembers. A session that keeps its
+//! plugin instances across STARTTLS would carry plaintext-era state into the TLS session
+//! (RFC 3207 §4.2 says to forget it): this plugin makes that visible. It also counts every
+//! HELO name in a metric labelled by the name, to show the host's cap on metric series.
+
+use mailgate_plugin_sdk::prelude::*;
+
+#[derive(Default)]
+struct Memo {
+    /// HELO names seen by this instance, in order.
+    helos: Vec<String>,
+}
+
+impl Filter for Memo {
+    fn on_helo(&mut self, _: &ConnectionInfo, helo: &str) -> Verdict {
+        self.helos.push(helo.to_string());
+        // One metric series per HELO name: a plugin that labels by client input (a bad idea,
+        // shown here on purpose) must not grow the gateway's memory without bound.
+        metrics::counter("memo_helo", 1, &[("helo", helo)]);
+        // Session-wide points (HELO stage): they belong to the session, not the transaction.
+        score::add(1.0, "MEMO_HELO");
+        Verdict::Next
+    }
+
+    fn on_mail_from(&mut self, conn: &ConnectionInfo, _: &Envelope) -> Verdict {
+        let tls = if conn.tls.is_some() { "tls" } else { "plain" };
+        let text = format!("memo: {tls}, helos [{}], score {}", self.helos.join(" "), score::total());
+        // A 4xx the test reads; it changes nothing else.
+        Verdict::tempfail(451, "4.7.1", text)
+    }
+}
+
+export!(Memo);
