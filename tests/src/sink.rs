@@ -40,6 +40,10 @@ struct State {
     connections: usize,
     /// EHLO leaves out 8BITMIME (a 7-bit next hop).
     no_8bitmime: bool,
+    /// How long the reply to the final dot waits (a slow next hop).
+    data_delay: Duration,
+    /// Final dots seen (whether answered yet or not).
+    data_ends: usize,
 }
 
 pub struct Sink {
@@ -89,6 +93,16 @@ impl Sink {
 
     pub fn clear_rcpt_reply(&self, rcpt: &str) {
         self.state.lock().unwrap().rcpt.remove(&rcpt.to_lowercase());
+    }
+
+    /// Makes the reply to the final dot wait this long.
+    pub fn set_data_delay(&self, d: Duration) {
+        self.state.lock().unwrap().data_delay = d;
+    }
+
+    /// Final dots seen so far, answered or not.
+    pub fn data_ends(&self) -> usize {
+        self.state.lock().unwrap().data_ends
     }
 
     /// Whether EHLO announces 8BITMIME (it does unless told otherwise).
@@ -203,6 +217,14 @@ async fn serve(
                     }
                     let l = if l.starts_with(b"..") { &l[1..] } else { &l[..] };
                     data.extend_from_slice(l);
+                }
+                let delay = {
+                    let mut g = st.lock().unwrap();
+                    g.data_ends += 1;
+                    g.data_delay
+                };
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
                 }
                 let mut g = st.lock().unwrap();
                 let rep = g.data.clone().unwrap_or_else(|| "250 2.0.0 queued".into());

@@ -191,3 +191,21 @@ fn kill_9_under_load_loses_nothing_and_rarely_delivers_twice() {
     // The target is 0.05 %; a few rounds are too few for that to be a stable bound.
     assert!(rate <= 1.0, "{twice} of {} delivered twice", acked.len());
 }
+
+/// SIGTERM while a delivery is in flight: the queue lets it finish and its result reaches the
+/// spool before the spool closes, so the restarted gateway has nothing to send again.
+#[test]
+fn a_delivery_in_flight_at_sigterm_is_recorded_before_the_spool_closes() {
+    let sink = Sink::start();
+    sink.set_data_delay(Duration::from_secs(2));
+    let mut gw = Gateway::with_sink(sink.port(), "[queue]\nretry_schedule = [\"1s\"]\n");
+    send_raw(gw.port, "slow@remote.test", "in flight at shutdown");
+    assert!(mailgate_tests::wait_for(T, || (sink.data_ends() == 1).then_some(())).is_some(), "{}", gw.log());
+    gw.stop();
+    assert_eq!(sink.received().len(), 1, "the delivery finished during the shutdown");
+    sink.set_data_delay(Duration::ZERO);
+    // Recovery runs before the listeners open: once it answers, it has found what to resend.
+    gw.start_again();
+    let log = gw.log();
+    assert!(!log.contains("queued again from the spool"), "the delivered message was queued again:\n{log}");
+}

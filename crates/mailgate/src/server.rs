@@ -174,6 +174,9 @@ impl Gateway {
         while self.shared.slots.open() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+        // Deliveries in flight finish and write their results before the spool closes.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.shared.queue.shutdown(left.max(std::time::Duration::from_secs(5))).await;
         self.spool.close();
         tracing::info!("gateway stopped");
     }

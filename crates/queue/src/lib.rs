@@ -98,6 +98,10 @@ struct Inner {
     config: RwLock<Arc<Config>>,
     /// All deliveries in flight.
     global: Arc<Semaphore>,
+    /// The permits of `global` (what shutdown waits to get back).
+    max_in_flight: usize,
+    /// Set by shutdown: no new attempt starts.
+    stopping: std::sync::atomic::AtomicBool,
     /// Deliveries in flight per destination.
     per_dest: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Plugins' on-route and on-delivery-result, when any are configured.
@@ -129,6 +133,8 @@ impl Queue {
             spool,
             delivery,
             global: Arc::new(Semaphore::new(config.queue.max_concurrent)),
+            max_in_flight: config.queue.max_concurrent,
+            stopping: Default::default(),
             per_dest: Mutex::new(HashMap::new()),
             config: RwLock::new(config),
             hooks: RwLock::new(hooks),
@@ -161,6 +167,21 @@ impl Queue {
             tracing::info!(queue_id = %env.id, %reason, "message is quarantined: not delivered");
         }
         let _ = self.tx.send(Cmd::Enqueue(Entry { env, data: Some(data), hold: Some(hold) }));
+    }
+
+    /// Stops starting deliveries and waits (up to `grace`) for those in flight, so that their
+    /// results reach the spool before it closes: a delivery whose done record was lost would
+    /// be sent again after the restart.
+    pub async fn shutdown(&self, grace: std::time::Duration) {
+        self.inner.stopping.store(true, std::sync::atomic::Ordering::Release);
+        let all = self.inner.max_in_flight as u32;
+        match tokio::time::timeout(grace, self.inner.global.acquire_many(all)).await {
+            Ok(_) => tracing::info!("queue stopped: no delivery in flight"),
+            Err(_) => tracing::warn!(
+                in_flight = all as usize - self.inner.global.available_permits(),
+                "queue stopped with deliveries still in flight; they are tried again after the restart"
+            ),
+        }
     }
 
     /// Switches to a reloaded configuration (routes, retries) and plugin hooks; deliveries in
@@ -254,6 +275,10 @@ impl Queue {
         let q = self.clone();
         tokio::spawn(async move {
             let Ok(_permit) = q.inner.global.clone().acquire_owned().await else { return };
+            if q.inner.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                // Not started: it stays in the spool and is queued again at the next start.
+                return;
+            }
             metrics::gauge!("mailgate_queue_depth", "state" => "active").increment(1.0);
             q.attempt(e).await;
             metrics::gauge!("mailgate_queue_depth", "state" => "active").decrement(1.0);
