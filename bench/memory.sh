@@ -23,7 +23,7 @@ trap cleanup EXIT
 echo "building (release)…" >&2
 cargo build --release --locked -p mailgate -p mailgate-bench >&2
 BENCH=$root/target/release/mailgate-bench
-MG=$root/target/release/mailgate
+MG=${MG:-$root/target/release/mailgate}
 
 cat > "$work/mailgate.toml" <<TOML
 [server]

@@ -8,6 +8,7 @@
 //! tests can run many gateways in one process.
 
 mod admin;
+pub mod alloc;
 pub mod cli;
 mod plugin_cli;
 mod plugins;

@@ -1,8 +1,9 @@
-// mimalloc: the hot path allocates small buffers on many threads; glibc malloc showed up as
-// ~12% of the gateway's CPU under load (perf), mimalloc roughly halves that.
+// mimalloc for small buffers (glibc malloc showed up as ~12% of the gateway's CPU under load),
+// the system allocator for large ones (message contents): see `mailgate::alloc`.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: mailgate::alloc::GatewayAlloc = mailgate::alloc::GatewayAlloc;
 
 fn main() -> std::process::ExitCode {
+    mailgate::alloc::init();
     mailgate::cli::main()
 }
