@@ -98,6 +98,8 @@ impl Gateway {
             .args(["serve", "--config"])
             .arg(&cfg)
             .env("RUST_LOG", "info")
+            // Every MAILGATE_* variable is a config key to the gateway: not this one.
+            .env_remove("MAILGATE_BIN")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

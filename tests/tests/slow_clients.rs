@@ -110,17 +110,40 @@ fn a_thousand_slow_clients_do_not_lock_a_good_one_out() {
     rt.shutdown_timeout(Duration::from_secs(5));
     latencies.sort();
     let pct = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
+    let shed = gw.log().matches("closed: closed to make room for another client").count();
     eprintln!(
-        "slow clients: {MESSAGES} messages accepted among {ATTACKERS} slow/idle connections ({} greetings): \
-         p50 {:?}, p99 {:?}, max {:?}",
+        "slow clients: {MESSAGES} messages accepted among {ATTACKERS} slow/idle connections ({} greetings, \
+         {shed} sessions shed): p50 {:?}, p99 {:?}, max {:?}",
         greeted.load(Ordering::Relaxed),
         pct(50),
         pct(99),
         latencies[latencies.len() - 1]
     );
-    assert!(gw.log().contains("closed: closed to make room for another client"));
     let got = sink.wait_for(MESSAGES, Duration::from_secs(30));
     assert_eq!(got.len(), MESSAGES);
+}
+
+#[test]
+fn when_the_slots_are_full_the_session_stalled_longest_makes_room() {
+    let gw = Gateway::with_sink(1, "[limits]\nmax_sessions = 10\n[timeouts]\nshed_idle = \"1s\"\n");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        // Ten idle sessions fill every slot; the first one connects a while before the rest.
+        let mut idle = vec![];
+        for i in 0..10u8 {
+            let mut s = connect_from(IpAddr::from([127, 3, 0, i + 1]), gw.port).await.unwrap();
+            assert!(read_reply(&mut s).await.starts_with("220"));
+            idle.push(s);
+            if i == 0 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        // A newcomer gets in, and the session idle longest (the first) is told why it goes.
+        let mut s = connect_from(IpAddr::from([127, 0, 0, 1]), gw.port).await.unwrap();
+        assert!(read_reply(&mut s).await.starts_with("220"), "{}", gw.log());
+        assert_eq!(read_reply(&mut idle[0]).await, "421 4.7.0 Closing idle connection, the server is busy\r\n");
+    });
 }
 
 #[test]
