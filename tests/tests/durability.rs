@@ -124,20 +124,24 @@ fn try_send(port: u16, subject: &str) -> Option<bool> {
 }
 
 /// kill -9 again and again under load: every acknowledged message is delivered (none lost), and
-/// few twice (the done record follows a delivery within one write). `KILL_ROUNDS` sets the
-/// rounds (default 3; BENCHMARKS.md has a 20-round run).
+/// few twice (the done record follows a delivery within one write). `KILL_ROUNDS` and
+/// `KILL_SENDERS` set the rounds and the concurrent senders (default 3 and 8; BENCHMARKS.md
+/// has 20-round runs).
 #[test]
 fn kill_9_under_load_loses_nothing_and_rarely_delivers_twice() {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
-    let rounds: usize = std::env::var("KILL_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let env = |k: &str, default: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let (rounds, senders) = (env("KILL_ROUNDS", 3), env("KILL_SENDERS", 8));
+    // How long the last gateway gets to deliver the backlog of every restart.
+    let drain = Duration::from_secs(env("KILL_DRAIN", 90) as u64);
     let sink = Sink::start();
     let mut gw = Gateway::with_sink(sink.port(), "[queue]\nretry_schedule = [\"1s\"]\n");
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let port = gw.port;
-    let senders: Vec<_> = (0..8)
+    let senders: Vec<_> = (0..senders)
         .map(|t| {
             let (stop, acked) = (stop.clone(), acked.clone());
             std::thread::spawn(move || {
@@ -178,7 +182,7 @@ fn kill_9_under_load_loses_nothing_and_rarely_delivers_twice() {
         }
         seen
     };
-    let all_there = mailgate_tests::wait_for(Duration::from_secs(90), || {
+    let all_there = mailgate_tests::wait_for(drain, || {
         let seen = count(&sink);
         acked.iter().all(|s| seen.contains_key(s)).then_some(seen)
     });
