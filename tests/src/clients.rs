@@ -77,4 +77,24 @@ impl Raw {
         self.send(format!("{line}\r\n").as_bytes());
         self.reply()
     }
+
+    /// One whole transaction on a new connection: EHLO, MAIL, RCPT, DATA with `content`
+    /// (CRLF lines, without the final dot). The reply to the end of data, or the refusal that
+    /// ended the transaction earlier.
+    pub fn transaction(port: u16, from: &str, to: &str, content: &[u8]) -> String {
+        let mut c = Raw::connect(port);
+        assert!(c.cmd("EHLO client.test").starts_with("250"));
+        for line in [format!("MAIL FROM:<{from}>"), format!("RCPT TO:<{to}>")] {
+            let r = c.cmd(&line);
+            if !r.starts_with("250") {
+                return r;
+            }
+        }
+        let r = c.cmd("DATA");
+        if !r.starts_with("354") {
+            return r;
+        }
+        c.send(content);
+        c.cmd(".")
+    }
 }

@@ -24,18 +24,7 @@ fn dual_stack_listener() -> (String, u16) {
 
 /// Sends one message over a raw connection; returns the reply to the end of data.
 fn send(port: u16, from: &str, to: &str, subject: &str) -> String {
-    let mut c = Raw::connect(port);
-    assert!(c.cmd("EHLO client.test").starts_with("250"));
-    let r = c.cmd(&format!("MAIL FROM:<{from}>"));
-    if !r.starts_with("250") {
-        return r;
-    }
-    let r = c.cmd(&format!("RCPT TO:<{to}>"));
-    if !r.starts_with("250") {
-        return r;
-    }
-    assert!(c.cmd("DATA").starts_with("354"));
-    c.cmd(&format!("From: <{from}>\r\nSubject: {subject}\r\n\r\nhello\r\n."))
+    Raw::transaction(port, from, to, format!("From: <{from}>\r\nSubject: {subject}\r\n\r\nhello\r\n").as_bytes())
 }
 
 /// Sends one message with Python's smtplib from the client address `source` (a loopback

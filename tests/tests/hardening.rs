@@ -40,19 +40,7 @@ fn deep(kind: &str, levels: usize) -> Vec<u8> {
 
 /// Sends one message over a raw connection; returns the final reply (or the refusal).
 fn send_raw(port: u16, from: &str, to: &str, content: &[u8]) -> String {
-    let mut c = Raw::connect(port);
-    c.cmd("EHLO client.test");
-    let r = c.cmd(&format!("MAIL FROM:<{from}>"));
-    if !r.starts_with("250") {
-        return r;
-    }
-    let r = c.cmd(&format!("RCPT TO:<{to}>"));
-    if !r.starts_with("250") {
-        return r;
-    }
-    assert!(c.cmd("DATA").starts_with("354"));
-    c.send(content);
-    c.cmd(".")
+    Raw::transaction(port, from, to, content)
 }
 
 #[test]

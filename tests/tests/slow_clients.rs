@@ -71,6 +71,22 @@ async fn attacker(i: usize, port: u16, stop: Arc<AtomicBool>, greeted: Arc<Atomi
     }
 }
 
+/// Sends `byte` every half second (at most 40 times) until the server says something;
+/// returns what it said and how long that took.
+async fn trickle(s: &mut tokio::net::TcpStream, byte: u8) -> (String, Duration) {
+    let t = Instant::now();
+    for _ in 0..40 {
+        if s.write_all(&[byte]).await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+            return (String::from_utf8_lossy(&buf[..n]).into_owned(), t.elapsed());
+        }
+    }
+    (String::new(), t.elapsed())
+}
+
 /// One message on a new connection from 127.0.0.1; the final reply.
 fn send_one(port: u16, n: usize) -> String {
     let mut c = Raw::connect(port);
@@ -154,20 +170,9 @@ fn a_trickled_command_line_and_a_trickled_data_transfer_are_cut_off() {
         // One byte a half second, never a whole line: each read is quick, the line is not.
         let mut s = connect_from(IpAddr::from([127, 0, 0, 1]), gw.port).await.unwrap();
         read_reply(&mut s).await;
-        let t = Instant::now();
-        let mut closed = String::new();
-        for _ in 0..40 {
-            if s.write_all(b"N").await.is_err() {
-                break;
-            }
-            let mut buf = [0u8; 256];
-            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
-                closed = String::from_utf8_lossy(&buf[..n]).into_owned();
-                break;
-            }
-        }
+        let (closed, took) = trickle(&mut s, b'N').await;
         assert!(closed.starts_with("421 4.4.2"), "{closed:?}");
-        assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+        assert!(took < Duration::from_secs(8), "{took:?}");
 
         // DATA at a byte a half second: under 500 octets/s once the grace is over.
         let mut s = connect_from(IpAddr::from([127, 0, 0, 1]), gw.port).await.unwrap();
@@ -179,20 +184,9 @@ fn a_trickled_command_line_and_a_trickled_data_transfer_are_cut_off() {
         while !seen.contains("354") {
             seen.push_str(&read_reply(&mut s).await);
         }
-        let t = Instant::now();
-        let mut closed = String::new();
-        for _ in 0..40 {
-            if s.write_all(b"x").await.is_err() {
-                break;
-            }
-            let mut buf = [0u8; 256];
-            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
-                closed = String::from_utf8_lossy(&buf[..n]).into_owned();
-                break;
-            }
-        }
+        let (closed, took) = trickle(&mut s, b'x').await;
         assert_eq!(closed, "421 4.4.2 Data transfer too slow, closing connection\r\n");
-        assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+        assert!(took < Duration::from_secs(8), "{took:?}");
     });
 }
 
