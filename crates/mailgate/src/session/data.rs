@@ -318,7 +318,15 @@ impl Session {
                 metrics::counter!("mailgate_recipients_total", "class" => "2xx").increment(env.recipients.len() as u64);
                 metrics::counter!("mailgate_message_bytes_total").increment(data.len() as u64);
                 let reply = Reply::new(250, Enhanced(2, 0, 0), format!("Ok: queued as {}", env.id));
-                shared.queue.enqueue_held(env, data, hold);
+                // The queue keeps the content for its first attempt while the budget has room
+                // to spare; when it is tight (slow next hops), the queue reads it back from the
+                // spool instead, so waiting deliveries never keep new mail out.
+                if shared.budget.used() <= shared.budget.limit() / 2 {
+                    shared.queue.enqueue_held(env, data, hold);
+                } else {
+                    drop(hold);
+                    shared.queue.enqueue(env, None);
+                }
                 self.reply(reply);
             }
             Err(e) => {
