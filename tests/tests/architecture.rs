@@ -1,0 +1,56 @@
+//! The crate boundaries, read from `cargo metadata`: each crate knows only what its `lib.rs`
+//! says it may. A dependency that crosses a boundary fails here, not in a review.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+/// Every workspace package with the workspace packages it depends on (normal and build
+/// dependencies; dev-dependencies are tests' business).
+fn workspace_deps() -> BTreeMap<String, Vec<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = mailgate_tests::gateway::repo_root();
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(&root)
+        .output()
+        .expect("cargo metadata");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let packages = meta["packages"].as_array().unwrap();
+    let names: Vec<String> = packages.iter().map(|p| p["name"].as_str().unwrap().to_string()).collect();
+    packages
+        .iter()
+        .map(|p| {
+            let deps = p["dependencies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["kind"].as_str() != Some("dev"))
+                .filter_map(|d| d["name"].as_str())
+                .filter(|d| names.iter().any(|n| n == d))
+                .map(str::to_string)
+                .collect();
+            (p["name"].as_str().unwrap().to_string(), deps)
+        })
+        .collect()
+}
+
+#[test]
+fn crate_boundaries_hold() {
+    let deps = workspace_deps();
+    let of = |name: &str| deps.get(name).unwrap_or_else(|| panic!("no package {name}: {:?}", deps.keys()));
+    // The protocol crate is sans-IO and stands alone.
+    assert!(of("mailgate-smtp").is_empty(), "mailgate-smtp depends on {:?}", of("mailgate-smtp"));
+    // Storage and delivery know nothing of plugins.
+    for c in ["mailgate-spool", "mailgate-delivery", "mailgate-message", "mailgate-queue"] {
+        assert!(!of(c).iter().any(|d| d == "mailgate-plugin-host"), "{c} depends on the plugin host: {:?}", of(c));
+    }
+    // The spool does not interpret what it stores.
+    assert!(of("mailgate-spool").is_empty(), "mailgate-spool depends on {:?}", of("mailgate-spool"));
+    // No library depends on the binary crate.
+    for (name, d) in &deps {
+        if name != "mailgate-tests" {
+            assert!(!d.iter().any(|x| x == "mailgate"), "{name} depends on the mailgate binary crate");
+        }
+    }
+}
