@@ -16,6 +16,13 @@ use mailgate_tests::{free_port, wait_for};
 
 const T: Duration = Duration::from_secs(15);
 
+/// Waits until the dual-stack listener accepts: the harness waits for the first listener
+/// only, and the second is bound a moment later.
+fn ready(port: u16) {
+    let up = wait_for(T, || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    assert!(up.is_some(), "nothing listens on {port}");
+}
+
 /// A second listener on `[::]` (all addresses, both families) at a fresh port.
 fn dual_stack_listener() -> (String, u16) {
     let port = free_port();
@@ -72,6 +79,7 @@ fn spf_iprev_received_and_logs_see_the_ipv4_address() {
             dns.config()
         ),
     );
+    ready(dual);
     for (domain, ip) in [
         ("ip4.test", "127.0.0.2"),
         ("a.test", "127.0.0.2"),
@@ -111,6 +119,7 @@ fn limits_and_plugin_keys_count_one_client_once_across_both_listeners() {
     );
     let (listener, dual) = dual_stack_listener();
     let gw = Gateway::with_sink(sink.port(), &format!("{listener}\n{untrusted}\n{ratelimit}"));
+    ready(dual);
     // The rate limit: one MAIL on each listener, then the third is over the limit of two.
     for port in [gw.port, dual] {
         let mut c = Raw::connect(port);
@@ -126,6 +135,7 @@ fn limits_and_plugin_keys_count_one_client_once_across_both_listeners() {
     let grey = Gateway::plugin("greylist", "greylist", "stages = [\"rcpt\"]\ngrants = [\"kv\"]", "delay = 1");
     let (listener, dual) = dual_stack_listener();
     let gw = Gateway::with_sink(sink.port(), &format!("{listener}\n{untrusted}\n{grey}"));
+    ready(dual);
     let rcpt = |port: u16| {
         let mut c = Raw::connect(port);
         c.cmd("EHLO client.test");
@@ -141,6 +151,7 @@ fn limits_and_plugin_keys_count_one_client_once_across_both_listeners() {
     // The per-IP session limit: one session on the IPv4 listener fills this client's quota.
     let (listener, dual) = dual_stack_listener();
     let gw = Gateway::with_sink(sink.port(), &format!("{listener}\n[limits]\nmax_sessions_per_ip = 1\n"));
+    ready(dual);
     // The readiness probe's session may still hold the slot for a moment: wait for a 220.
     let held = wait_for(T, || {
         let (c, greeting) = Raw::connect_any(gw.port);
@@ -154,6 +165,7 @@ fn limits_and_plugin_keys_count_one_client_once_across_both_listeners() {
     // Trusted networks (loopback by default): the IPv4 client may relay on the dual listener.
     let (listener, dual) = dual_stack_listener();
     let gw = Gateway::with_sink(sink.port(), &listener);
+    ready(dual);
     let got = send(dual, "a@sender.test", "u@remote.test", "relayed");
     assert!(got.starts_with("250"), "{got}\n{}", gw.log());
     let text = sink.wait_for_rcpt("u@remote.test", T).text();
@@ -178,6 +190,7 @@ fn dnsbl_looks_up_the_ipv4_address_and_plugins_see_it() {
             dns.config()
         ),
     );
+    ready(dual);
     let (_c, greeting) = Raw::connect_any(dual);
     // The reply text carries the plugin's `connection-info.client-ip` as it received it.
     assert!(greeting.starts_with("554 5.7.1 127.0.0.1 is listed (bl.test=1)"), "{greeting}\n{}", gw.log());
