@@ -42,11 +42,16 @@ fn crate_boundaries_hold() {
     // The protocol crate is sans-IO and stands alone.
     assert!(of("mailgate-smtp").is_empty(), "mailgate-smtp depends on {:?}", of("mailgate-smtp"));
     // Storage and delivery know nothing of plugins.
-    for c in ["mailgate-spool", "mailgate-delivery", "mailgate-message", "mailgate-queue"] {
+    for c in ["mailgate-spool", "mailgate-delivery", "mailgate-message", "mailgate-queue", "mailgate-cleanup"] {
         assert!(!of(c).iter().any(|d| d == "mailgate-plugin-host"), "{c} depends on the plugin host: {:?}", of(c));
     }
     // The spool does not interpret what it stores.
     assert!(of("mailgate-spool").is_empty(), "mailgate-spool depends on {:?}", of("mailgate-spool"));
+    // The cleanup stage is below the queue and the sessions: it knows neither (the queue
+    // passes its DSNs through it; sessions hand it their messages).
+    for c in ["mailgate-queue", "mailgate-delivery"] {
+        assert!(!of("mailgate-cleanup").iter().any(|d| d == c), "mailgate-cleanup depends on {c}");
+    }
     // No library depends on the binary crate.
     for (name, d) in &deps {
         if name != "mailgate-tests" {

@@ -62,6 +62,10 @@ body
         .args(["--rcpt", "x@example.test"])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout)
-        .contains("modification: Modification::AddHeader((\"X-Mailgate-Plugin\", \"add-header\"))"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("modification: AddHeader { name: \"X-Mailgate-Plugin\", value: \"add-header\" }"), "{text}");
+    // The message took the gateway's path: our Received: first, the plugin's field applied.
+    let stored = text.split("stored header section (after cleanup):\n").nth(1).unwrap_or_else(|| panic!("{text}"));
+    assert!(stored.starts_with("Received: from "), "{text}");
+    assert!(stored.contains("\r\nX-Mailgate-Plugin: add-header"), "{text}");
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mailgate_smtp::{Extensions, Reply, ReplyParser};
+use mailgate_smtp::{Enhanced, Extensions, Reply, ReplyParser};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -37,8 +37,8 @@ pub struct Conn {
     broken: bool,
 }
 
-fn deferred(text: String, host: &str) -> RcptOutcome {
-    RcptOutcome::new(Status::Deferred, text, Some(host))
+fn deferred(reply: Reply, host: &str) -> RcptOutcome {
+    RcptOutcome::new(Status::Deferred, reply, Some(host))
 }
 
 impl Conn {
@@ -63,8 +63,8 @@ impl Conn {
     ) -> Result<Conn, OpenError> {
         let tcp = timeout(s.connect_timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| OpenError::Fail(format!("451 4.4.1 connect to {addr} timed out")))?
-            .map_err(|e| OpenError::Fail(format!("451 4.4.1 connect to {addr}: {e}")))?;
+            .map_err(|_| OpenError::Fail(Reply::new(451, Enhanced(4, 4, 1), format!("connect to {addr} timed out"))))?
+            .map_err(|e| OpenError::Fail(Reply::new(451, Enhanced(4, 4, 1), format!("connect to {addr}: {e}"))))?;
         let _ = tcp.set_nodelay(true);
         let mut c = Conn {
             io: Box::new(tcp),
@@ -77,7 +77,7 @@ impl Conn {
         };
         let greet = c.read_reply(s.command_timeout).await.map_err(OpenError::Fail)?;
         if greet.code != 220 {
-            return Err(OpenError::Fail(format!("{} (greeting)", greet)));
+            return Err(OpenError::Fail(greet));
         }
         c.ehlo(s).await.map_err(OpenError::Fail)?;
         let want_tls = policy.kind != PolicyKind::None && try_tls;
@@ -86,13 +86,18 @@ impl Conn {
             let r = c.read_reply(s.command_timeout).await.map_err(OpenError::Fail)?;
             if r.code != 220 {
                 if policy.kind == PolicyKind::Required {
-                    return Err(OpenError::Fail(format!("451 4.7.5 TLS required but STARTTLS refused: {r}")));
+                    return Err(OpenError::Fail(Reply::new(
+                        451,
+                        Enhanced(4, 7, 5),
+                        format!("TLS required but STARTTLS refused: {r}"),
+                    )));
                 }
                 return Err(OpenError::Handshake(format!("STARTTLS refused: {r}")));
             }
-            let name = tls::server_name(host)
-                .or_else(|| tls::server_name(&addr.ip().to_string()))
-                .ok_or_else(|| OpenError::Fail(format!("451 4.7.5 bad TLS server name {host}")))?;
+            let name =
+                tls::server_name(host).or_else(|| tls::server_name(&addr.ip().to_string())).ok_or_else(|| {
+                    OpenError::Fail(Reply::new(451, Enhanced(4, 7, 5), format!("bad TLS server name {host}")))
+                })?;
             let connector = policy.connector.clone().expect("a TLS policy has a connector");
             let io = std::mem::replace(&mut c.io, Box::new(tokio::io::duplex(1).0));
             let stream = timeout(s.command_timeout, connector.connect(name, io))
@@ -100,7 +105,11 @@ impl Conn {
                 .map_err(|_| OpenError::Handshake("TLS handshake timed out".into()))?
                 .map_err(|e| {
                     if policy.kind == PolicyKind::Required {
-                        OpenError::Fail(format!("451 4.7.5 TLS required but handshake failed: {e}"))
+                        OpenError::Fail(Reply::new(
+                            451,
+                            Enhanced(4, 7, 5),
+                            format!("TLS required but handshake failed: {e}"),
+                        ))
                     } else {
                         OpenError::Handshake(e.to_string())
                     }
@@ -115,12 +124,16 @@ impl Conn {
             c.rbuf.clear();
             c.ehlo(s).await.map_err(OpenError::Fail)?;
         } else if policy.kind == PolicyKind::Required {
-            return Err(OpenError::Fail("451 4.7.5 TLS required but the server does not offer STARTTLS".into()));
+            return Err(OpenError::Fail(Reply::new(
+                451,
+                Enhanced(4, 7, 5),
+                "TLS required but the server does not offer STARTTLS",
+            )));
         }
         Ok(c)
     }
 
-    async fn ehlo(&mut self, s: &Settings) -> Result<(), String> {
+    async fn ehlo(&mut self, s: &Settings) -> Result<(), Reply> {
         self.write(format!("EHLO {}\r\n", s.helo_name).as_bytes()).await?;
         let r = self.read_reply(s.command_timeout).await?;
         if r.code == 250 {
@@ -130,19 +143,22 @@ impl Conn {
         self.write(format!("HELO {}\r\n", s.helo_name).as_bytes()).await?;
         let r = self.read_reply(s.command_timeout).await?;
         if r.code != 250 {
-            return Err(format!("{r} (HELO)"));
+            return Err(r);
         }
         self.ext = Extensions::default();
         Ok(())
     }
 
-    async fn write(&mut self, b: &[u8]) -> Result<(), String> {
-        self.io.write_all(b).await.map_err(|e| format!("451 4.4.2 write to {}: {e}", self.addr))?;
-        self.io.flush().await.map_err(|e| format!("451 4.4.2 write to {}: {e}", self.addr))
+    async fn write(&mut self, b: &[u8]) -> Result<(), Reply> {
+        self.io
+            .write_all(b)
+            .await
+            .map_err(|e| Reply::new(451, Enhanced(4, 4, 2), format!("write to {}: {e}", self.addr)))?;
+        self.io.flush().await.map_err(|e| Reply::new(451, Enhanced(4, 4, 2), format!("write to {}: {e}", self.addr)))
     }
 
     /// Reads one whole reply. Errors are reply texts (4xx: the attempt is deferred).
-    async fn read_reply(&mut self, limit: Duration) -> Result<Reply, String> {
+    async fn read_reply(&mut self, limit: Duration) -> Result<Reply, Reply> {
         let mut parser = ReplyParser::default();
         let addr = self.addr;
         let fut = async {
@@ -156,21 +172,27 @@ impl Conn {
                     match parser.feed(&line) {
                         Ok(Some(r)) => return Ok(r),
                         Ok(None) => {}
-                        Err(e) => return Err(format!("451 4.5.0 {addr}: {e}")),
+                        Err(e) => return Err(Reply::new(451, Enhanced(4, 5, 0), format!("{addr}: {e}"))),
                     }
                 }
                 if self.rbuf.len() > 64 << 10 {
-                    return Err(format!("451 4.5.0 {addr}: reply line too long"));
+                    return Err(Reply::new(451, Enhanced(4, 5, 0), format!("{addr}: reply line too long")));
                 }
                 let mut chunk = [0u8; 4096];
-                let n = self.io.read(&mut chunk).await.map_err(|e| format!("451 4.4.2 read from {addr}: {e}"))?;
+                let n = self
+                    .io
+                    .read(&mut chunk)
+                    .await
+                    .map_err(|e| Reply::new(451, Enhanced(4, 4, 2), format!("read from {addr}: {e}")))?;
                 if n == 0 {
-                    return Err(format!("451 4.4.2 {addr} closed the connection"));
+                    return Err(Reply::new(451, Enhanced(4, 4, 2), format!("{addr} closed the connection")));
                 }
                 self.rbuf.extend_from_slice(&chunk[..n]);
             }
         };
-        timeout(limit, fut).await.map_err(|_| format!("451 4.4.2 timeout waiting for {addr}"))?
+        timeout(limit, fut)
+            .await
+            .map_err(|_| Reply::new(451, Enhanced(4, 4, 2), format!("timeout waiting for {addr}")))?
     }
 
     /// One mail transaction for all of `msg`'s recipients. With PIPELINING, MAIL, every RCPT
@@ -180,7 +202,11 @@ impl Conn {
         let n = msg.recipients.len();
         let all = |o: RcptOutcome| Ok(vec![o; n]);
         if msg.smtputf8 && !self.ext.smtputf8 {
-            return all(RcptOutcome::new(Status::Failed, "553 5.6.7 next hop does not support SMTPUTF8", Some(&host)));
+            return all(RcptOutcome::new(
+                Status::Failed,
+                Reply::new(553, Enhanced(5, 6, 7), "next hop does not support SMTPUTF8"),
+                Some(&host),
+            ));
         }
         // RFC 6152: 8-bit content only to a server that announced 8BITMIME. A peer that does
         // not may strip the eighth bit, and 0x8D 0x8A 0xAE 0x8D 0x8A then reads as the end of
@@ -188,7 +214,11 @@ impl Conn {
         if !self.ext.eightbitmime && !msg.data.is_ascii() {
             return all(RcptOutcome::new(
                 Status::Failed,
-                "554 5.6.3 next hop does not support 8BITMIME and the message has 8-bit content",
+                Reply::new(
+                    554,
+                    Enhanced(5, 6, 3),
+                    "next hop does not support 8BITMIME and the message has 8-bit content",
+                ),
                 Some(&host),
             ));
         }
@@ -196,7 +226,7 @@ impl Conn {
             if msg.data.len() as u64 > limit {
                 return all(RcptOutcome::new(
                     Status::Failed,
-                    format!("552 5.3.4 message larger than the next hop's limit ({limit})"),
+                    Reply::new(552, Enhanced(5, 3, 4), format!("message larger than the next hop's limit ({limit})")),
                     Some(&host),
                 ));
             }
@@ -218,7 +248,7 @@ impl Conn {
 
         // Send and collect the replies, pipelined or in lock-step.
         let mut replies: Vec<Reply> = Vec::with_capacity(cmds.len());
-        let stale = |e: String, first: bool| if first { TxError::Stale } else { TxError::Host(deferred(e, &host)) };
+        let stale = |e: Reply, first: bool| if first { TxError::Stale } else { TxError::Host(deferred(e, &host)) };
         if self.ext.pipelining {
             let batch: String = cmds.concat();
             self.write(batch.as_bytes()).await.map_err(|e| stale(e, true))?;
@@ -241,16 +271,7 @@ impl Conn {
                 }
             }
         }
-        let outcome = |r: &Reply| {
-            let status = if r.is_positive() {
-                Status::Delivered
-            } else if r.is_permanent() {
-                Status::Failed
-            } else {
-                Status::Deferred
-            };
-            RcptOutcome::new(status, r.to_string(), Some(&host))
-        };
+        let outcome = |r: &Reply| RcptOutcome::of(r.clone(), Some(&host));
         let mail_reply = &replies[0];
         if !mail_reply.is_positive() {
             if self.ext.pipelining && replies.get(n + 1).is_some_and(|r| r.code == 354) {
@@ -264,7 +285,7 @@ impl Conn {
         let mut out: Vec<RcptOutcome> = (0..n)
             .map(|i| match rcpt_replies.get(i) {
                 Some(r) if !r.is_positive() => outcome(r),
-                _ => RcptOutcome::new(Status::Deferred, "451 4.4.2 no reply", Some(&host)),
+                _ => RcptOutcome::new(Status::Deferred, Reply::new(451, Enhanced(4, 4, 2), "no reply"), Some(&host)),
             })
             .collect();
         let data_reply = replies.get(n + 1);
@@ -281,7 +302,11 @@ impl Conn {
             Some(r) => {
                 // A positive reply other than 354 to DATA is out of protocol: never "delivered".
                 let o = if r.is_positive() {
-                    RcptOutcome::new(Status::Deferred, format!("451 4.5.0 unexpected reply to DATA: {r}"), Some(&host))
+                    RcptOutcome::new(
+                        Status::Deferred,
+                        Reply::new(451, Enhanced(4, 5, 0), format!("unexpected reply to DATA: {r}")),
+                        Some(&host),
+                    )
                 } else {
                     outcome(r)
                 };
@@ -304,15 +329,21 @@ impl Conn {
 
     /// Sends the content dot-stuffed, with the end marker, a block at a time: no stuffed copy
     /// of the whole message is made (a 9 MB message costs 64 KiB here, not 9 MB more).
-    async fn write_stuffed(&mut self, data: &[u8]) -> Result<(), String> {
+    async fn write_stuffed(&mut self, data: &[u8]) -> Result<(), Reply> {
         let mut stuffer = Stuffer::new(data);
         let mut block = Vec::with_capacity(STUFF_BLOCK + 1024);
         while stuffer.next_block(&mut block, STUFF_BLOCK) {
-            self.io.write_all(&block).await.map_err(|e| format!("451 4.4.2 write to {}: {e}", self.addr))?;
+            self.io
+                .write_all(&block)
+                .await
+                .map_err(|e| Reply::new(451, Enhanced(4, 4, 2), format!("write to {}: {e}", self.addr)))?;
             block.clear();
         }
-        self.io.write_all(&block).await.map_err(|e| format!("451 4.4.2 write to {}: {e}", self.addr))?;
-        self.io.flush().await.map_err(|e| format!("451 4.4.2 write to {}: {e}", self.addr))
+        self.io
+            .write_all(&block)
+            .await
+            .map_err(|e| Reply::new(451, Enhanced(4, 4, 2), format!("write to {}: {e}", self.addr)))?;
+        self.io.flush().await.map_err(|e| Reply::new(451, Enhanced(4, 4, 2), format!("write to {}: {e}", self.addr)))
     }
 
     async fn rset(&mut self, s: &Settings) {
@@ -335,18 +366,18 @@ impl Conn {
 /// Why opening failed: a handshake failure can fall back to plaintext, anything else cannot.
 enum OpenError {
     Handshake(String),
-    Fail(String),
+    /// The reply that ended it: the host's own (a 5xx greeting keeps its class) or ours.
+    Fail(Reply),
 }
 
 impl OpenError {
     fn outcome(self, host: &str) -> RcptOutcome {
         match self {
-            OpenError::Handshake(e) => deferred(format!("451 4.7.5 TLS handshake failed: {e}"), host),
-            OpenError::Fail(e) => {
-                // A 5xx greeting or EHLO is still "try the next host", but keep its class.
-                let status = if e.starts_with('5') { Status::Failed } else { Status::Deferred };
-                RcptOutcome::new(status, e, Some(host))
+            OpenError::Handshake(e) => {
+                deferred(Reply::new(451, Enhanced(4, 7, 5), format!("TLS handshake failed: {e}")), host)
             }
+            // A 5xx greeting or EHLO is still "try the next host", but keeps its class.
+            OpenError::Fail(r) => RcptOutcome::of(r, Some(host)),
         }
     }
 }

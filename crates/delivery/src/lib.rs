@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mailgate_config::{Config, Route};
+use mailgate_smtp::{Enhanced, Reply};
 
 pub use client::Conn;
 pub use mx::Resolver;
@@ -35,15 +36,28 @@ pub enum Status {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RcptOutcome {
     pub status: Status,
-    /// The reply as text, e.g. `250 2.0.0 Ok` or `451 4.4.1 connection refused`.
-    pub reply: String,
+    /// The remote server's reply, or our own when no server answered (e.g. `451 4.4.1
+    /// connection refused`).
+    pub reply: Reply,
     /// The host that answered, when one did (for the DSN's Remote-MTA).
     pub remote_host: Option<String>,
 }
 
 impl RcptOutcome {
-    pub fn new(status: Status, reply: impl Into<String>, host: Option<&str>) -> Self {
-        RcptOutcome { status, reply: reply.into(), remote_host: host.map(str::to_string) }
+    pub fn new(status: Status, reply: Reply, host: Option<&str>) -> Self {
+        RcptOutcome { status, reply, remote_host: host.map(str::to_string) }
+    }
+
+    /// The outcome a remote reply means: 2xx/3xx delivered, 4xx deferred, 5xx failed.
+    pub fn of(reply: Reply, host: Option<&str>) -> Self {
+        let status = if reply.is_positive() {
+            Status::Delivered
+        } else if reply.is_permanent() {
+            Status::Failed
+        } else {
+            Status::Deferred
+        };
+        RcptOutcome::new(status, reply, host)
     }
 }
 
@@ -117,7 +131,9 @@ impl Delivery {
     pub async fn deliver(&self, route: &Route, domain: &str, msg: &Outbound<'_>) -> Vec<RcptOutcome> {
         let all = |o: RcptOutcome| vec![o; msg.recipients.len()];
         match route {
-            Route::Discard => all(RcptOutcome::new(Status::Delivered, "250 2.0.0 discarded by route", None)),
+            Route::Discard => {
+                all(RcptOutcome::new(Status::Delivered, Reply::new(250, Enhanced(2, 0, 0), "discarded by route"), None))
+            }
             Route::Maildir { path } => maildir::deliver(path, msg).await,
             Route::Smarthost { host, port, tls, ca_file } => {
                 let addrs = match self.resolver.addresses(host, *port).await {
@@ -127,7 +143,11 @@ impl Delivery {
                 let policy = match self.tls.policy(*tls, ca_file.as_deref()) {
                     Ok(p) => p,
                     Err(e) => {
-                        return all(RcptOutcome::new(Status::Deferred, format!("451 4.7.5 TLS setup: {e}"), None))
+                        return all(RcptOutcome::new(
+                            Status::Deferred,
+                            Reply::new(451, Enhanced(4, 7, 5), format!("TLS setup: {e}")),
+                            None,
+                        ))
                     }
                 };
                 self.smtp(vec![Target { host: host.clone(), addrs }], &policy, msg).await
@@ -146,13 +166,22 @@ impl Delivery {
                     }
                 }
                 if targets.is_empty() {
-                    return all(last_err
-                        .unwrap_or_else(|| RcptOutcome::new(Status::Deferred, "451 4.4.4 no usable MX host", None)));
+                    return all(last_err.unwrap_or_else(|| {
+                        RcptOutcome::new(
+                            Status::Deferred,
+                            Reply::new(451, Enhanced(4, 4, 4), "no usable MX host"),
+                            None,
+                        )
+                    }));
                 }
                 let policy = match self.tls.policy(*tls, None) {
                     Ok(p) => p,
                     Err(e) => {
-                        return all(RcptOutcome::new(Status::Deferred, format!("451 4.7.5 TLS setup: {e}"), None))
+                        return all(RcptOutcome::new(
+                            Status::Deferred,
+                            Reply::new(451, Enhanced(4, 7, 5), format!("TLS setup: {e}")),
+                            None,
+                        ))
                     }
                 };
                 self.smtp(targets, &policy, msg).await
@@ -162,7 +191,8 @@ impl Delivery {
 
     /// Tries the targets in order until one takes the transaction (any reply to it counts).
     async fn smtp(&self, targets: Vec<Target>, policy: &tls::Policy, msg: &Outbound<'_>) -> Vec<RcptOutcome> {
-        let mut last = RcptOutcome::new(Status::Deferred, "451 4.4.1 no host reachable", None);
+        let mut last =
+            RcptOutcome::new(Status::Deferred, Reply::new(451, Enhanced(4, 4, 1), "no host reachable"), None);
         for t in &targets {
             for addr in &t.addrs {
                 match self.attempt(&t.host, *addr, policy, msg).await {
@@ -207,9 +237,11 @@ impl Delivery {
                 }
                 Ok(out)
             }
-            Err(client::TxError::Stale) => {
-                Err(RcptOutcome::new(Status::Deferred, "451 4.4.2 connection lost", Some(host)))
-            }
+            Err(client::TxError::Stale) => Err(RcptOutcome::new(
+                Status::Deferred,
+                Reply::new(451, Enhanced(4, 4, 2), "connection lost"),
+                Some(host),
+            )),
             Err(client::TxError::Host(o)) => Err(o),
         }
     }

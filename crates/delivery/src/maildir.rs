@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{Outbound, RcptOutcome, Status};
+use mailgate_smtp::{Enhanced, Reply};
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -69,17 +70,25 @@ pub async fn deliver(root: &Path, msg: &Outbound<'_>) -> Vec<RcptOutcome> {
             .map(|r| match write_one(&root, &id, &sender, r, &data) {
                 Ok(p) => RcptOutcome::new(
                     Status::Delivered,
-                    format!("250 2.0.0 delivered to maildir as {}", p.display()),
+                    Reply::new(250, Enhanced(2, 0, 0), format!("delivered to maildir as {}", p.display())),
                     None,
                 ),
-                Err(e) => RcptOutcome::new(Status::Deferred, format!("451 4.3.0 maildir write failed: {e}"), None),
+                Err(e) => RcptOutcome::new(
+                    Status::Deferred,
+                    Reply::new(451, Enhanced(4, 3, 0), format!("maildir write failed: {e}")),
+                    None,
+                ),
             })
             .collect::<Vec<_>>()
     })
     .await;
     res.unwrap_or_else(|e| {
         vec![
-            RcptOutcome::new(Status::Deferred, format!("451 4.3.0 maildir task failed: {e}"), None);
+            RcptOutcome::new(
+                Status::Deferred,
+                Reply::new(451, Enhanced(4, 3, 0), format!("maildir task failed: {e}")),
+                None
+            );
             msg.recipients.len()
         ]
     })

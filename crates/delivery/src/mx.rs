@@ -12,6 +12,7 @@ use mailgate_config::Dns;
 use rand::seq::SliceRandom;
 
 use crate::{RcptOutcome, Status};
+use mailgate_smtp::{Enhanced, Reply};
 
 /// The gateway's DNS resolver (cloning shares the cache).
 #[derive(Clone)]
@@ -71,7 +72,11 @@ impl Resolver {
                 if mx.len() == 1 && mx[0].1.is_empty() {
                     return Err(RcptOutcome::new(
                         Status::Failed,
-                        "556 5.1.10 recipient domain publishes a null MX (RFC 7505): it accepts no mail",
+                        Reply::new(
+                            556,
+                            Enhanced(5, 1, 10),
+                            "recipient domain publishes a null MX (RFC 7505): it accepts no mail",
+                        ),
                         None,
                     ));
                 }
@@ -85,13 +90,15 @@ impl Resolver {
             }
             Err(e) if e.is_nx_domain() => Err(RcptOutcome::new(
                 Status::Failed,
-                format!("550 5.1.2 recipient domain {domain} does not exist"),
+                Reply::new(550, Enhanced(5, 1, 2), format!("recipient domain {domain} does not exist")),
                 None,
             )),
             Err(e) if e.is_no_records_found() => Ok(vec![domain.to_string()]), // implicit MX
-            Err(e) => {
-                Err(RcptOutcome::new(Status::Deferred, format!("451 4.4.3 MX lookup for {domain} failed: {e}"), None))
-            }
+            Err(e) => Err(RcptOutcome::new(
+                Status::Deferred,
+                Reply::new(451, Enhanced(4, 4, 3), format!("MX lookup for {domain} failed: {e}")),
+                None,
+            )),
         }
     }
 
@@ -107,17 +114,23 @@ impl Resolver {
             Ok(ips) => {
                 let v: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(ip, port)).collect();
                 if v.is_empty() {
-                    Err(RcptOutcome::new(Status::Deferred, format!("451 4.4.4 no address for {host}"), None))
+                    Err(RcptOutcome::new(
+                        Status::Deferred,
+                        Reply::new(451, Enhanced(4, 4, 4), format!("no address for {host}")),
+                        None,
+                    ))
                 } else {
                     Ok(v)
                 }
             }
-            Err(e) if e.is_nx_domain() || e.is_no_records_found() => {
-                Err(RcptOutcome::new(Status::Deferred, format!("451 4.4.4 host {host} has no address"), None))
-            }
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Err(RcptOutcome::new(
+                Status::Deferred,
+                Reply::new(451, Enhanced(4, 4, 4), format!("host {host} has no address")),
+                None,
+            )),
             Err(e) => Err(RcptOutcome::new(
                 Status::Deferred,
-                format!("451 4.4.3 address lookup for {host} failed: {e}"),
+                Reply::new(451, Enhanced(4, 4, 3), format!("address lookup for {host} failed: {e}")),
                 None,
             )),
         }

@@ -123,10 +123,10 @@ async fn api(shared: &Arc<Shared>, method: &str, target: &str) -> Result<String,
             .find(|(e, s)| e.id == id && *s == State::Quarantined)
             .ok_or(("404 Not Found", format!("no message {id} in quarantine")))
     };
-    let op_result = |r: Result<String, String>| match r {
+    let op_result = |r: Result<String, mailgate_queue::AdminError>| match r {
         Ok(m) => Ok(serde_json::json!({ "ok": true, "message": m }).to_string()),
-        Err(e) if e.starts_with("no message") => Err(("404 Not Found", e)),
-        Err(e) => Err(("409 Conflict", e)),
+        Err(e) if e.is_not_found() => Err(("404 Not Found", e.to_string())),
+        Err(e) => Err(("409 Conflict", e.to_string())),
     };
     match (method, segs.as_slice()) {
         ("GET", ["status"]) => {

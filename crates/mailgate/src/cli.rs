@@ -205,7 +205,7 @@ enum PluginCmd {
 }
 
 /// argon2id with the crate's (OWASP-recommended) parameters and a random 16-octet salt.
-fn hash_password(password: &str) -> Result<String, String> {
+pub(crate) fn hash_password(password: &str) -> Result<String, String> {
     use argon2::password_hash::{PasswordHasher, SaltString};
     let salt_bytes: [u8; 16] = rand::random();
     let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;

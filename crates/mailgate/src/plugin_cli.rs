@@ -4,11 +4,29 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use mailgate_cleanup::{Cleanup, DataPolicy, Incoming, Origin, Outcome, PolicyAnswer, Signing, Verdict};
 use mailgate_config::{Config, Grant, OnError, Plugin, Stage};
 use mailgate_plugin_host::bindings::types;
-use mailgate_plugin_host::{DataDecision, Decision, MemoryKv, Plugins, RouteDecision};
+use mailgate_plugin_host::{Decision, MemoryKv, Plugins, RouteDecision};
+use mailgate_spool::{BoxFuture, Envelope};
 
-use crate::plugins::wit_envelope;
+use crate::plugins::{wit_envelope, ChainPolicy};
+
+/// The plugin as the on-data policy, remembering its answer to print it.
+struct Recording<'a> {
+    inner: ChainPolicy<'a>,
+    seen: Option<PolicyAnswer>,
+}
+
+impl DataPolicy for Recording<'_> {
+    fn on_data<'a>(&'a mut self, env: &'a Envelope, data: Arc<Vec<u8>>) -> BoxFuture<'a, PolicyAnswer> {
+        Box::pin(async move {
+            let answer = self.inner.on_data(env, data).await;
+            self.seen = Some(answer.clone());
+            answer
+        })
+    }
+}
 
 /// What `plugin test` simulates.
 pub struct TestRun {
@@ -106,33 +124,68 @@ pub async fn test(run: TestRun) -> Result<(), String> {
         None => b"From: <sender@example.test>\r\nSubject: plugin test\r\n\r\nHello.\r\n".to_vec(),
     };
     let raw = mailgate_smtp::content::to_crlf(&raw);
-    // The gateway measures the structure before any plugin sees a message; so does the test.
-    let limits = mailgate_message::MessageLimits::from_config(&mailgate_config::Limits::default());
-    if let Err(e) = mailgate_message::inspect(&raw, &limits) {
-        println!("data: refused before any plugin: {}", e.reply());
-        return Ok(());
+    // The message takes the gateway's own path: the cleanup stage with this plugin as its
+    // on-data policy, stopping short of the spool.
+    let config = Arc::new(Config::default());
+    let cleanup = Cleanup::new(config, Signing::none());
+    let ip = run.client_ip.parse().map_err(|_| format!("--client-ip {}: not an IP address", run.client_ip))?;
+    let origin = Origin {
+        client: Some((run.helo.clone(), ip)),
+        with: Some("ESMTP".into()),
+        listener: "test".into(),
+        ..Origin::default()
+    };
+    let mut envelope = mailgate_cleanup::envelope("PLUGINTEST".into(), run.from.clone(), run.rcpts.clone());
+    envelope.client = format!("{} ({ip})", run.helo);
+    let incoming = Incoming { envelope, data: raw, hold: None, traced: false };
+    let mut policy = Recording { inner: ChainPolicy { chain: &mut chain, conn: conn.clone() }, seen: None };
+    let result = cleanup.process(incoming, &origin, Some(&mut policy)).await;
+    match (&policy.seen, &result) {
+        (None, Err(e)) => println!("data: refused before any plugin: {}", e.reply()),
+        (None, Ok(_)) => println!("data: the plugin was not asked"),
+        (Some(answer), _) => {
+            let verdict = match &answer.verdict {
+                Verdict::Continue => "next".to_string(),
+                Verdict::Reply(r) => format!("reply {r}"),
+                Verdict::Disconnect(r) => format!("disconnect {r}"),
+                Verdict::Quarantine(why) => format!("quarantine ({why})"),
+                Verdict::Discard => "discard".to_string(),
+            };
+            println!("data: {verdict}");
+            let c = &answer.changes;
+            for m in &c.content {
+                println!("  modification: {m:?}");
+            }
+            if let Some(s) = &c.sender {
+                println!("  modification: sender <{s}>");
+            }
+            for r in &c.add_rcpts {
+                println!("  modification: add recipient <{r}>");
+            }
+            for r in &c.remove_rcpts {
+                println!("  modification: remove recipient <{r}>");
+            }
+            if let Some(r) = &c.route {
+                println!("  modification: route {r:?}");
+            }
+            for r in &c.refused {
+                println!("  refused modification: {r}");
+            }
+        }
     }
-    let (decision, mods) = chain.on_data(&conn, &env, Arc::new(raw)).await;
-    println!(
-        "data: {}",
-        match &decision {
-            DataDecision::Continue => "next".to_string(),
-            DataDecision::Reply(r) => format!("reply {r}"),
-            DataDecision::Disconnect(r) => format!("disconnect {r}"),
-            DataDecision::Quarantine(why) => format!("quarantine ({why})"),
-            DataDecision::Discard => "discard".to_string(),
+    match result {
+        Ok(Outcome::Kept(p)) => {
+            let head = mailgate_queue::dsn::headers_of(&p.data);
+            println!("stored header section (after cleanup):\n{}", String::from_utf8_lossy(head).trim_end());
         }
-    );
-    if decision == DataDecision::Continue || matches!(decision, DataDecision::Quarantine(_)) {
-        for m in &mods {
-            println!("  modification: {m:?}");
-        }
+        Ok(Outcome::Dropped { why, .. }) => println!("not stored: {why:?}"),
+        Err(e) => println!("not stored: {}", e.reply()),
     }
     let queue = plugins.queue();
     for r in &run.rcpts {
         let route = match queue.on_route(mailgate_config::DEFAULT_PIPELINE, &env, r).await {
             RouteDecision::Default => "configured route".to_string(),
-            RouteDecision::Route(route) => mailgate_plugin_host::modify::route_text(&route),
+            RouteDecision::Route(route) => format!("{:?}", crate::plugins::route_choice(&route)),
             RouteDecision::Reply(reply) => format!("reply {reply}"),
         };
         println!("route <{r}>: {route}");

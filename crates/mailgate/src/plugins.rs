@@ -1,12 +1,15 @@
-//! Wiring between the gateway and its plugin chains: WIT views of sessions and envelopes, and
-//! the queue's hooks (on-route, on-delivery-result) backed by the plugins' queue chain.
+//! Wiring between the gateway and its plugin chains: WIT views of sessions and envelopes, the
+//! session chain as the cleanup stage's on-data policy, and the queue's hooks (on-route,
+//! on-delivery-result) backed by the plugins' queue chain.
 
+use std::sync::Arc;
+
+use mailgate_cleanup::{Changes, DataPolicy, PolicyAnswer, Verdict};
 use mailgate_delivery::{RcptOutcome, Status};
-use mailgate_plugin_host::bindings::types;
-use mailgate_plugin_host::modify::route_text;
-use mailgate_plugin_host::{QueueChain, RouteDecision};
+use mailgate_plugin_host::bindings::types::{self, ConnectionInfo};
+use mailgate_plugin_host::{modify, DataDecision, QueueChain, RouteDecision, SessionChain};
 use mailgate_queue::Hooks;
-use mailgate_spool::{BoxFuture, Envelope};
+use mailgate_spool::{BoxFuture, Envelope, RouteChoice};
 
 /// A WIT envelope.
 pub fn wit_envelope(
@@ -29,16 +32,65 @@ fn spooled(env: &Envelope) -> types::Envelope {
     )
 }
 
-/// Parses `"550 5.1.1 text"` into a WIT reply.
-pub fn wit_reply(text: &str) -> Option<types::Reply> {
-    let mut it = text.splitn(3, ' ');
-    let code: u16 = it.next()?.parse().ok()?;
-    let second = it.next().unwrap_or("");
-    let (enhanced, rest) = match mailgate_smtp::Enhanced::parse(second) {
-        Some(_) => (second.to_string(), it.next().unwrap_or("").to_string()),
-        None => (String::new(), [second, it.next().unwrap_or("")].join(" ").trim().to_string()),
-    };
-    Some(types::Reply { code, enhanced, text: rest })
+/// A reply as plugins see it.
+pub fn wit_reply(r: &mailgate_smtp::Reply) -> types::Reply {
+    types::Reply {
+        code: r.code,
+        enhanced: r.enhanced.map(|e| e.to_string()).unwrap_or_default(),
+        text: r.text.to_string(),
+    }
+}
+
+/// A plugin's route as the spool keeps it.
+pub fn route_choice(r: &types::Route) -> RouteChoice {
+    match r {
+        types::Route::Mx(d) => RouteChoice::Mx { domain: d.clone() },
+        types::Route::Smarthost((host, port)) => RouteChoice::Smarthost { host: host.clone(), port: *port },
+        types::Route::Maildir(p) => RouteChoice::Maildir { path: p.clone() },
+        types::Route::Discard => RouteChoice::Discard,
+        types::Route::Hold => RouteChoice::Hold,
+        types::Route::Reject(r) => {
+            RouteChoice::Reject { code: r.code, enhanced: r.enhanced.clone(), text: r.text.clone() }
+        }
+    }
+}
+
+/// A session's plugin chain as the cleanup stage's on-data policy, for one message.
+pub struct ChainPolicy<'a> {
+    pub chain: &'a mut SessionChain,
+    pub conn: ConnectionInfo,
+}
+
+impl DataPolicy for ChainPolicy<'_> {
+    fn on_data<'a>(&'a mut self, env: &'a Envelope, data: Arc<Vec<u8>>) -> BoxFuture<'a, PolicyAnswer> {
+        Box::pin(async move {
+            let wenv = wit_envelope(
+                &env.sender,
+                env.recipients.iter().map(|r| r.address.clone()).collect(),
+                env.body_8bit,
+                env.smtputf8,
+                Some(data.len() as u64),
+            );
+            let (decision, mods) = self.chain.on_data(&self.conn, &wenv, data).await;
+            let verdict = match decision {
+                DataDecision::Continue => Verdict::Continue,
+                DataDecision::Reply(r) => Verdict::Reply(r),
+                DataDecision::Disconnect(r) => Verdict::Disconnect(r),
+                DataDecision::Discard => Verdict::Discard,
+                DataDecision::Quarantine(why) => Verdict::Quarantine(why),
+            };
+            let e = modify::translate(&mods);
+            let changes = Changes {
+                content: e.content,
+                sender: e.sender,
+                add_rcpts: e.add_rcpts,
+                remove_rcpts: e.remove_rcpts,
+                route: e.route.as_ref().map(route_choice),
+                refused: e.refused,
+            };
+            PolicyAnswer { verdict, changes }
+        })
+    }
 }
 
 /// The queue's view of the plugins: a recipient's domain picks the pipeline.
@@ -55,12 +107,16 @@ impl PluginHooks {
 }
 
 impl Hooks for PluginHooks {
-    fn route<'a>(&'a self, env: &'a Envelope, rcpt: &'a str) -> BoxFuture<'a, Option<String>> {
+    fn route<'a>(&'a self, env: &'a Envelope, rcpt: &'a str) -> BoxFuture<'a, Option<RouteChoice>> {
         Box::pin(async move {
             match self.chain.on_route(self.pipeline(rcpt), &spooled(env), rcpt).await {
                 RouteDecision::Default => None,
-                RouteDecision::Route(r) => Some(route_text(&r)),
-                RouteDecision::Reply(r) => Some(format!("reject:{r}")),
+                RouteDecision::Route(r) => Some(route_choice(&r)),
+                RouteDecision::Reply(r) => Some(RouteChoice::Reject {
+                    code: r.code,
+                    enhanced: r.enhanced.map(|e| e.to_string()).unwrap_or_default(),
+                    text: r.text.to_string(),
+                }),
             }
         })
     }
@@ -76,7 +132,7 @@ impl Hooks for PluginHooks {
                     Status::Deferred => types::DeliveryStatus::Deferred,
                     Status::Failed => types::DeliveryStatus::Failed,
                 },
-                reply: wit_reply(&o.reply),
+                reply: Some(wit_reply(&o.reply)),
                 remote_host: o.remote_host.clone(),
             };
             self.chain.on_delivery_result(self.pipeline(rcpt), &res).await;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use mailgate_cleanup::Cleanup;
 use mailgate_config::{Config, Listener};
 use tokio_rustls::TlsAcceptor;
 
@@ -30,15 +31,13 @@ pub struct Generation {
     pub plugins: Option<Arc<Plugins>>,
     /// Runs SPF/DKIM/DMARC/ARC/iprev for this generation's sessions.
     pub auth: Arc<mailgate_auth::Authenticator>,
-    /// The `[[dkim_sign]]` identities with their loaded keys, in config order.
-    pub signers: Vec<(mailgate_config::DkimSign, mailgate_auth::Signer)>,
-    /// The `[arc_seal]` identity with its key, if configured.
-    pub sealer: Option<mailgate_auth::Sealer>,
+    /// The cleanup stage every message of this generation passes (with its signing keys).
+    pub cleanup: Arc<Cleanup>,
 }
 
 impl Generation {
-    /// Loads what a configuration needs besides its plugins (the DKIM keys); an unreadable key
-    /// fails the start or the reload, naming it.
+    /// Loads what a configuration needs besides its plugins (the DKIM and ARC keys); an
+    /// unreadable key fails the start or the reload, naming it.
     fn new(
         config: Arc<Config>,
         plugins: Option<Arc<Plugins>>,
@@ -46,23 +45,9 @@ impl Generation {
     ) -> anyhow::Result<Generation> {
         let auth =
             Arc::new(mailgate_auth::Authenticator::new(resolver.clone(), &config.server.hostname, config.auth.timeout));
-        let mut signers = vec![];
-        for d in &config.dkim_sign {
-            let s = mailgate_auth::Signer::load(&d.key, &d.domain, &d.selector, &d.headers)
-                .map_err(|e| anyhow::anyhow!("dkim_sign {}/{}: {e}", d.domain, d.selector))?;
-            signers.push((d.clone(), s));
-        }
-        let sealer = match &config.arc_seal {
-            Some(a) => {
-                let id = config.auth.authserv_id.as_deref().unwrap_or(&config.server.hostname);
-                Some(
-                    mailgate_auth::Sealer::load(&a.key, &a.domain, &a.selector, &a.headers, id)
-                        .map_err(|e| anyhow::anyhow!("arc_seal {}/{}: {e}", a.domain, a.selector))?,
-                )
-            }
-            None => None,
-        };
-        Ok(Generation { config, plugins, auth, signers, sealer })
+        let signing = mailgate_cleanup::Signing::load(&config, auth.clone())?;
+        let cleanup = Arc::new(Cleanup::new(config.clone(), signing));
+        Ok(Generation { config, plugins, auth, cleanup })
     }
 }
 
@@ -122,7 +107,7 @@ impl Gateway {
             Arc::new(PluginHooks { chain: p.queue(), config: config.clone() }) as Arc<dyn mailgate_queue::Hooks>
         });
         let generation = Generation::new(config.clone(), plugins, &resolver)?;
-        let queue = Queue::start(spool.clone(), delivery, config.clone(), recovered, hooks);
+        let queue = Queue::start(spool.clone(), delivery, config.clone(), recovered, hooks, generation.cleanup.clone());
         let shared = Arc::new(Shared {
             current: RwLock::new(Arc::new(generation)),
             config_file,
@@ -136,7 +121,7 @@ impl Gateway {
             slots: Arc::new(crate::slots::Slots::default()),
             budget: mailgate_message::Budget::new(config.limits.content_memory),
             next_session: AtomicU64::new(0),
-            start_tag: mailgate_smtp::trace::now_unix() % 100_000,
+            start_tag: mailgate_message::date::now_unix() % 100_000,
         });
         if let Some(addr) = config.admin.listen {
             crate::admin::start(addr, shared.clone(), config.admin.token.clone()).await?;
@@ -183,6 +168,11 @@ impl Gateway {
 }
 
 impl Shared {
+    /// The table of open sessions (admission and load shedding).
+    pub(crate) fn slots(&self) -> &Arc<crate::slots::Slots> {
+        &self.slots
+    }
+
     /// The generation new sessions start with.
     pub fn current(&self) -> Arc<Generation> {
         self.current.read().unwrap().clone()
@@ -209,7 +199,7 @@ impl Shared {
         });
         let names = plugins.as_ref().map(|p| p.describe()).unwrap_or_default();
         let generation = Generation::new(config.clone(), plugins, &shared.resolver).map_err(|e| format!("{e:#}"))?;
-        shared.queue.reconfigure(config, hooks);
+        shared.queue.reconfigure(config, hooks, generation.cleanup.clone());
         *shared.current.write().unwrap() = Arc::new(generation);
         let summary = names.iter().map(|(n, h)| format!("{n}@{h}")).collect::<Vec<_>>().join(", ");
         tracing::info!(plugins = %summary, "configuration reloaded");
@@ -274,7 +264,7 @@ pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
 fn admit(shared: &Arc<Shared>, stream: &TcpStream, ip: IpAddr, listener: &Arc<str>) -> Option<crate::slots::Admitted> {
     let generation = shared.current();
     let config = &generation.config;
-    match shared.slots.admit(ip, &config.limits, config.timeouts.shed_idle, listener) {
+    match shared.slots().admit(ip, &config.limits, config.timeouts.shed_idle, listener) {
         Ok(a) => {
             metrics::counter!("mailgate_sessions_total", "listener" => listener.to_string()).increment(1);
             Some(a)

@@ -1,7 +1,6 @@
-//! Inbound TLS: the server certificate (reloadable without a restart: sessions ask a resolver
-//! that can be swapped) and the stream a session reads and writes, plain or TLS.
+//! Inbound TLS: the server certificate, reloadable without a restart (sessions ask a resolver
+//! that can be swapped).
 
-use std::io;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -10,8 +9,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 /// The current certificate; [`CertStore::reload`] swaps it for new handshakes.
@@ -62,53 +59,5 @@ impl CertStore {
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current.read().unwrap().clone())
-    }
-}
-
-/// A session's connection.
-pub enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-    /// Only while a handshake has taken the socket.
-    Gone,
-}
-
-impl Stream {
-    pub async fn read_buf(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read_buf(buf).await,
-            Stream::Tls(s) => s.read_buf(buf).await,
-            Stream::Gone => Err(io::ErrorKind::NotConnected.into()),
-        }
-    }
-
-    pub async fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.write_all(b).await,
-            Stream::Tls(s) => {
-                s.write_all(b).await?;
-                s.flush().await
-            }
-            Stream::Gone => Err(io::ErrorKind::NotConnected.into()),
-        }
-    }
-
-    /// Runs the server handshake on a plain stream.
-    pub async fn upgrade(
-        &mut self,
-        acceptor: &TlsAcceptor,
-        limit: std::time::Duration,
-    ) -> io::Result<(String, String)> {
-        let Stream::Plain(tcp) = std::mem::replace(self, Stream::Gone) else {
-            return Err(io::Error::other("TLS is already active"));
-        };
-        let tls = tokio::time::timeout(limit, acceptor.accept(tcp))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-        let (_, conn) = tls.get_ref();
-        let version = conn.protocol_version().map(|v| format!("{v:?}").replace("TLSv1_", "TLSv1.")).unwrap_or_default();
-        let cipher = conn.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite())).unwrap_or_default();
-        *self = Stream::Tls(Box::new(tls));
-        Ok((version, cipher))
     }
 }

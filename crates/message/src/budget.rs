@@ -44,6 +44,13 @@ impl Budget {
     pub fn reserve(self: &Arc<Self>, n: usize) -> Option<Reservation> {
         self.take(n).then(|| Reservation { budget: self.clone(), n })
     }
+
+    /// Counts `n` octets even past the limit: for content the gateway itself must keep (a
+    /// DSN whose failure is already decided), so that the count stays true.
+    pub fn force(self: &Arc<Self>, n: usize) -> Reservation {
+        self.used.fetch_add(n, Ordering::AcqRel);
+        Reservation { budget: self.clone(), n }
+    }
 }
 
 /// Octets of a [`Budget`], given back when dropped.

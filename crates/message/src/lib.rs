@@ -11,6 +11,7 @@
 //! It must not know sessions, plugins, the spool or the network.
 
 pub mod budget;
+pub mod date;
 pub mod edit;
 pub mod parsed;
 pub mod structure;

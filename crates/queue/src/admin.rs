@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use mailgate_smtp::{Enhanced, Reply};
 use mailgate_spool::{QueueId, RcptStatus};
 
-use crate::{AdminOp, Entry, Queue, State};
+use crate::{AdminError, AdminOp, Entry, Queue, State};
 
 impl Queue {
     pub(crate) fn admin_op(
@@ -14,13 +15,14 @@ impl Queue {
         op: AdminOp,
         waiting: &mut HashMap<QueueId, Entry>,
         held: &mut HashMap<QueueId, Entry>,
-    ) -> Result<String, String> {
-        let busy = |id: &QueueId| -> String {
-            match self.inner.view.lock().unwrap().get(id) {
-                Some((_, State::Active)) => format!("{id} is being delivered right now; try again in a moment"),
-                Some((_, State::Held)) => format!("{id} is held; release it first"),
-                Some((_, State::Quarantined)) => format!("{id} is in quarantine; use mailgate quarantine"),
-                _ => format!("no message {id} in the queue"),
+    ) -> Result<String, AdminError> {
+        let busy = |id: &QueueId| -> AdminError {
+            let id = id.clone();
+            match self.inner.view.lock().unwrap().get(&id) {
+                Some((_, State::Active)) => AdminError::Active(id),
+                Some((_, State::Held)) => AdminError::Held(id),
+                Some((_, State::Quarantined)) => AdminError::Quarantined(id),
+                _ => AdminError::NotFound(id),
             }
         };
         match op {
@@ -39,7 +41,7 @@ impl Queue {
                 Ok(format!("retrying {n} deferred messages now"))
             }
             AdminOp::ReleaseQuarantined(id) | AdminOp::DeleteQuarantined(id) if !quarantined(held, &id) => {
-                Err(format!("no message {id} in quarantine"))
+                Err(AdminError::NotQuarantined(id))
             }
             AdminOp::ReleaseQuarantined(id) => {
                 let mut e = held.remove(&id).expect("checked by the guard");
@@ -78,9 +80,9 @@ impl Queue {
             }
             AdminOp::Release(id) => {
                 if quarantined(held, &id) {
-                    return Err(format!("{id} is in quarantine; use mailgate quarantine release"));
+                    return Err(AdminError::Quarantined(id));
                 }
-                let mut e = held.remove(&id).ok_or_else(|| format!("{id} is not held"))?;
+                let mut e = held.remove(&id).ok_or_else(|| AdminError::NotHeld(id.clone()))?;
                 e.env.held = false;
                 e.env.next_attempt = 0;
                 self.inner.spool.update(&e.env);
@@ -110,19 +112,20 @@ impl Queue {
             }
         };
         let mut failed = vec![];
+        let reply = Reply::new(550, Enhanced(5, 0, 0), "returned to the sender by the administrator");
         for (i, r) in env.recipients.iter_mut().enumerate() {
             if r.status == RcptStatus::Pending {
                 r.status = RcptStatus::Failed;
-                r.last_reply = Some("550 5.0.0 returned to the sender by the administrator".into());
-                failed.push(i);
+                r.last_reply = Some(reply.to_string());
+                failed.push((i, reply.clone()));
             }
         }
         if self.bounce(&env, &failed, &data).await {
             tracing::info!(queue_id = %env.id, "bounced by the administrator");
             self.forget(&env.id);
         } else {
-            for &i in &failed {
-                env.recipients[i].status = RcptStatus::Pending;
+            for (i, _) in &failed {
+                env.recipients[*i].status = RcptStatus::Pending;
             }
             self.requeue(env);
         }

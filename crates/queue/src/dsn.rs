@@ -1,23 +1,22 @@
 //! RFC 3464 delivery status notifications for recipients that failed permanently.
 
-use mailgate_smtp::trace::rfc5322_date;
+use mailgate_message::date::rfc5322_date;
+use mailgate_smtp::{Enhanced, Reply};
 
 /// One failed recipient as reported in a DSN.
 pub struct Failure<'a> {
     pub recipient: &'a str,
     /// The reply that failed it, e.g. `550 5.1.1 no such user` (or a local reason).
-    pub reply: &'a str,
+    pub reply: &'a Reply,
     pub remote_host: Option<&'a str>,
 }
 
-/// The enhanced status in a reply text, or a default by the reply's class.
-fn status_of(reply: &str) -> String {
-    let mut words = reply.split_whitespace();
-    let code = words.next().unwrap_or("");
-    match words.next().and_then(mailgate_smtp::Enhanced::parse) {
-        Some(e) => e.to_string(),
-        None if code.starts_with('4') => "4.0.0".into(),
-        None => "5.0.0".into(),
+/// The reply's enhanced status, or a default by its class.
+fn status_of(reply: &Reply) -> Enhanced {
+    match reply.enhanced {
+        Some(e) => e,
+        None if reply.is_transient() => Enhanced(4, 0, 0),
+        None => Enhanced(5, 0, 0),
     }
 }
 
@@ -71,7 +70,7 @@ pub fn build(
         if let Some(h) = f.remote_host {
             m += &format!("Remote-MTA: dns; {h}\r\n");
         }
-        m += &format!("Diagnostic-Code: smtp; {}\r\n", f.reply.replace(['\r', '\n'], " "));
+        m += &format!("Diagnostic-Code: smtp; {}\r\n", f.reply.to_string().replace(['\r', '\n'], " "));
     }
     m += &format!("\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n");
     let mut out = m.into_bytes();
@@ -87,8 +86,8 @@ mod tests {
     #[test]
     fn builds_a_report_with_the_original_headers() {
         let orig = b"Subject: hello\r\nFrom: a@b.example\r\n\r\nbody text\r\n";
-        let f =
-            [Failure { recipient: "x@y.example", reply: "550 5.1.1 no such user", remote_host: Some("mx.y.example") }];
+        let reply = Reply::new(550, Enhanced(5, 1, 1), "no such user");
+        let f = [Failure { recipient: "x@y.example", reply: &reply, remote_host: Some("mx.y.example") }];
         let d = String::from_utf8(build("mx.test", "Q1", "a@b.example", 0, 60, &f, orig)).unwrap();
         assert!(d.contains("report-type=delivery-status"));
         assert!(d.contains(
@@ -96,6 +95,6 @@ mod tests {
         ));
         assert!(d.contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: hello\r\nFrom: a@b.example\r\n\r\n--"));
         assert!(!d.contains("body text"));
-        assert_eq!(status_of("451 timeout"), "4.0.0");
+        assert_eq!(status_of(&Reply::plain(451, "timeout")), Enhanced(4, 0, 0));
     }
 }

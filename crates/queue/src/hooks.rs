@@ -2,20 +2,20 @@
 //! who wants to hear about each attempt (on-delivery-result). The queue knows this trait, not
 //! plugins.
 
-use mailgate_config::{Route, TlsPolicy};
+use mailgate_config::{Config, Route, TlsPolicy};
 use mailgate_delivery::RcptOutcome;
-use mailgate_spool::{BoxFuture, Envelope};
+use mailgate_smtp::{Enhanced, Reply};
+use mailgate_spool::{BoxFuture, Envelope, RouteChoice};
 
 pub trait Hooks: Send + Sync + 'static {
-    /// A route for one recipient in the text form of [`parse_route`], or `None` for the
-    /// configured route.
-    fn route<'a>(&'a self, env: &'a Envelope, rcpt: &'a str) -> BoxFuture<'a, Option<String>>;
+    /// A route for one recipient, or `None` for the configured route.
+    fn route<'a>(&'a self, env: &'a Envelope, rcpt: &'a str) -> BoxFuture<'a, Option<RouteChoice>>;
 
     /// One recipient's outcome of one attempt.
     fn delivery_result<'a>(&'a self, env: &'a Envelope, rcpt: &'a str, outcome: &'a RcptOutcome) -> BoxFuture<'a, ()>;
 }
 
-/// A route chosen outside the config.
+/// What a chosen route means to the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Chosen {
     /// Deliver by this route; for `mx`, to this domain's MX.
@@ -23,31 +23,38 @@ pub enum Chosen {
     /// Keep it queued without trying.
     Hold,
     /// Fail (5xx) or defer (4xx) the recipient with this reply.
-    Reply(String),
+    Reply(Reply),
 }
 
-/// Parses `mx:DOMAIN`, `smarthost:HOST:PORT`, `maildir:PATH`, `discard`, `hold` or
-/// `reject:CODE ENH TEXT`.
-pub fn parse_route(s: &str) -> Result<Chosen, String> {
-    let (kind, rest) = s.split_once(':').unwrap_or((s, ""));
-    match kind {
-        "mx" if !rest.is_empty() => {
-            Ok(Chosen::Route(Route::Mx { tls: TlsPolicy::Opportunistic }, Some(rest.to_ascii_lowercase())))
+/// Turns a stored choice into a delivery. A smarthost the operator also configured as a route
+/// keeps that route's TLS policy and CA file; any other is opportunistic.
+pub fn resolve(choice: &RouteChoice, config: &Config) -> Chosen {
+    match choice {
+        RouteChoice::Mx { domain } => {
+            Chosen::Route(Route::Mx { tls: TlsPolicy::Opportunistic }, Some(domain.to_ascii_lowercase()))
         }
-        "smarthost" => {
-            let (host, port) = rest.rsplit_once(':').ok_or("smarthost:HOST:PORT")?;
-            let port: u16 = port.parse().map_err(|_| "bad smarthost port")?;
-            let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-            if host.is_empty() || port == 0 {
-                return Err("smarthost:HOST:PORT".into());
-            }
-            Ok(Chosen::Route(Route::Smarthost { host, port, tls: TlsPolicy::Opportunistic, ca_file: None }, None))
+        RouteChoice::Smarthost { host, port } => {
+            let configured = config.routes.values().find(
+                |r| matches!(r, Route::Smarthost { host: h, port: p, .. } if h.eq_ignore_ascii_case(host) && p == port),
+            );
+            let route = configured.cloned().unwrap_or_else(|| Route::Smarthost {
+                host: host.clone(),
+                port: *port,
+                tls: TlsPolicy::Opportunistic,
+                ca_file: None,
+            });
+            Chosen::Route(route, None)
         }
-        "maildir" if !rest.is_empty() => Ok(Chosen::Route(Route::Maildir { path: rest.into() }, None)),
-        "discard" => Ok(Chosen::Route(Route::Discard, None)),
-        "hold" => Ok(Chosen::Hold),
-        "reject" if rest.starts_with(['4', '5']) => Ok(Chosen::Reply(rest.to_string())),
-        _ => Err(format!("unknown route {s:?}")),
+        RouteChoice::Maildir { path } => Chosen::Route(Route::Maildir { path: path.into() }, None),
+        RouteChoice::Discard => Chosen::Route(Route::Discard, None),
+        RouteChoice::Hold => Chosen::Hold,
+        RouteChoice::Reject { code, enhanced, text } => {
+            // Only 4xx and 5xx make sense here; anything else defers for an operator to see.
+            let code = if (400..600).contains(code) { *code } else { 451 };
+            let default = if code >= 500 { Enhanced(5, 0, 0) } else { Enhanced(4, 0, 0) };
+            let enhanced = Enhanced::parse(enhanced).filter(|e| e.0 as u16 == code / 100).unwrap_or(default);
+            Chosen::Reply(Reply::new(code, enhanced, text.replace(['\r', '\n'], " ")))
+        }
     }
 }
 
@@ -56,21 +63,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_route_texts() {
+    fn resolves_choices() {
+        let mut config = Config::default();
+        let configured = Route::Smarthost {
+            host: "relay.test".into(),
+            port: 2526,
+            tls: TlsPolicy::Required,
+            ca_file: Some("/etc/ca.pem".into()),
+        };
+        config.routes.insert("*".into(), configured.clone());
+        let smarthost = |host: &str, port| resolve(&RouteChoice::Smarthost { host: host.into(), port }, &config);
+        assert_eq!(smarthost("Relay.test", 2526), Chosen::Route(configured, None));
         assert_eq!(
-            parse_route("smarthost:127.0.0.1:2526").unwrap(),
+            smarthost("127.0.0.1", 25),
             Chosen::Route(
-                Route::Smarthost { host: "127.0.0.1".into(), port: 2526, tls: TlsPolicy::Opportunistic, ca_file: None },
+                Route::Smarthost { host: "127.0.0.1".into(), port: 25, tls: TlsPolicy::Opportunistic, ca_file: None },
                 None
             )
         );
         assert_eq!(
-            parse_route("mx:Example.ORG").unwrap(),
+            resolve(&RouteChoice::Mx { domain: "Example.ORG".into() }, &config),
             Chosen::Route(Route::Mx { tls: TlsPolicy::Opportunistic }, Some("example.org".into()))
         );
-        assert_eq!(parse_route("hold").unwrap(), Chosen::Hold);
-        assert_eq!(parse_route("reject:550 5.7.1 no").unwrap(), Chosen::Reply("550 5.7.1 no".into()));
-        assert!(parse_route("smarthost:x").is_err());
-        assert!(parse_route("teleport").is_err());
+        assert_eq!(resolve(&RouteChoice::Hold, &config), Chosen::Hold);
+        let reject = |code, enh: &str| {
+            resolve(&RouteChoice::Reject { code, enhanced: enh.into(), text: "no\r\nX: y".into() }, &config)
+        };
+        assert_eq!(reject(550, "5.7.1"), Chosen::Reply(Reply::new(550, Enhanced(5, 7, 1), "no  X: y")));
+        assert_eq!(reject(450, "5.7.1"), Chosen::Reply(Reply::new(450, Enhanced(4, 0, 0), "no  X: y")));
+        assert_eq!(reject(250, ""), Chosen::Reply(Reply::new(451, Enhanced(4, 0, 0), "no  X: y")));
     }
 }

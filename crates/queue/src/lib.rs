@@ -10,17 +10,19 @@ mod admin;
 pub mod dsn;
 mod hooks;
 
-pub use hooks::{parse_route, Chosen, Hooks};
+pub use hooks::{resolve, Chosen, Hooks};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use mailgate_cleanup::{Cleanup, Incoming, Origin, Outcome};
 use mailgate_config::{Config, Route};
 use mailgate_delivery::{Delivery, Outbound, RcptOutcome, Status};
-use mailgate_smtp::trace::now_unix;
-use mailgate_spool::{Envelope, QueueId, RcptStatus, Recipient, Spool};
+use mailgate_message::date::now_unix;
+use mailgate_smtp::{Enhanced, Reply};
+use mailgate_spool::{Envelope, QueueId, RcptStatus, Spool};
 use tokio::sync::{mpsc, Semaphore};
 
 fn now_ms() -> u64 {
@@ -39,7 +41,7 @@ struct Entry {
 enum Cmd {
     Enqueue(Entry),
     /// An operator's request, answered with a message or an error.
-    Admin(AdminOp, tokio::sync::oneshot::Sender<Result<String, String>>),
+    Admin(AdminOp, tokio::sync::oneshot::Sender<Result<String, AdminError>>),
 }
 
 /// What an operator can do to a queued message.
@@ -59,6 +61,32 @@ pub enum AdminOp {
     ReleaseQuarantined(QueueId),
     /// Delete a quarantined message (no delivery, no DSN).
     DeleteQuarantined(QueueId),
+}
+
+/// Why an operator's request was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("no message {0} in the queue")]
+    NotFound(QueueId),
+    #[error("no message {0} in quarantine")]
+    NotQuarantined(QueueId),
+    #[error("{0} is not held")]
+    NotHeld(QueueId),
+    #[error("{0} is being delivered right now; try again in a moment")]
+    Active(QueueId),
+    #[error("{0} is held; release it first")]
+    Held(QueueId),
+    #[error("{0} is in quarantine; use mailgate quarantine")]
+    Quarantined(QueueId),
+    #[error("the queue has stopped")]
+    Stopped,
+}
+
+impl AdminError {
+    /// The message does not exist in the state asked for (as opposed to: it exists, but is busy).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, AdminError::NotFound(_) | AdminError::NotQuarantined(_) | AdminError::NotHeld(_))
+    }
 }
 
 /// Where a queued message is.
@@ -106,6 +134,8 @@ struct Inner {
     per_dest: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Plugins' on-route and on-delivery-result, when any are configured.
     hooks: RwLock<Option<Arc<dyn Hooks>>>,
+    /// The cleanup stage DSNs pass through (Received:, signing), of the current configuration.
+    cleanup: RwLock<Arc<Cleanup>>,
     /// Every queued message's latest envelope and state, for the admin API.
     view: Mutex<BTreeMap<QueueId, (Envelope, State)>>,
 }
@@ -117,6 +147,9 @@ impl Inner {
     fn hooks(&self) -> Option<Arc<dyn Hooks>> {
         self.hooks.read().unwrap().clone()
     }
+    fn cleanup(&self) -> Arc<Cleanup> {
+        self.cleanup.read().unwrap().clone()
+    }
 }
 
 impl Queue {
@@ -127,6 +160,7 @@ impl Queue {
         config: Arc<Config>,
         recovered: Vec<Envelope>,
         hooks: Option<Arc<dyn Hooks>>,
+        cleanup: Arc<Cleanup>,
     ) -> Queue {
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
@@ -138,6 +172,7 @@ impl Queue {
             per_dest: Mutex::new(HashMap::new()),
             config: RwLock::new(config),
             hooks: RwLock::new(hooks),
+            cleanup: RwLock::new(cleanup),
             view: Mutex::new(BTreeMap::new()),
         });
         let q = Queue { tx, inner };
@@ -184,18 +219,19 @@ impl Queue {
         }
     }
 
-    /// Switches to a reloaded configuration (routes, retries) and plugin hooks; deliveries in
-    /// flight finish on the old ones.
-    pub fn reconfigure(&self, config: Arc<Config>, hooks: Option<Arc<dyn Hooks>>) {
+    /// Switches to a reloaded configuration (routes, retries), plugin hooks and cleanup stage;
+    /// deliveries in flight finish on the old ones.
+    pub fn reconfigure(&self, config: Arc<Config>, hooks: Option<Arc<dyn Hooks>>, cleanup: Arc<Cleanup>) {
         *self.inner.config.write().unwrap() = config;
         *self.inner.hooks.write().unwrap() = hooks;
+        *self.inner.cleanup.write().unwrap() = cleanup;
     }
 
     /// An operator's request (see [`AdminOp`]).
-    pub async fn admin(&self, op: AdminOp) -> Result<String, String> {
+    pub async fn admin(&self, op: AdminOp) -> Result<String, AdminError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.tx.send(Cmd::Admin(op, tx)).map_err(|_| "queue stopped".to_string())?;
-        rx.await.map_err(|_| "queue stopped".to_string())?
+        self.tx.send(Cmd::Admin(op, tx)).map_err(|_| AdminError::Stopped)?;
+        rx.await.map_err(|_| AdminError::Stopped)?
     }
 
     /// Every queued message with its state, in queue-id order.
@@ -312,36 +348,33 @@ impl Queue {
         for (i, rcpt) in pending {
             let domain = rcpt.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
             let chosen = match (&e.env.route, &hooks) {
-                (Some(text), _) => Some(text.clone()),
+                (Some(choice), _) => Some(choice.clone()),
                 (None, Some(h)) => h.route(&e.env, &rcpt).await,
                 (None, None) => None,
             };
-            let (route, domain) = match chosen.map(|t| parse_route(&t)) {
+            let (route, domain) = match chosen.map(|c| resolve(&c, &config)) {
                 None => match config.route_for(&domain) {
                     Some(route) => (route.clone(), domain),
                     None => {
-                        outcomes[i] =
-                            Some(RcptOutcome::new(Status::Failed, "554 5.4.4 no route to the recipient domain", None));
+                        outcomes[i] = Some(RcptOutcome::new(
+                            Status::Failed,
+                            Reply::new(554, Enhanced(5, 4, 4), "no route to the recipient domain"),
+                            None,
+                        ));
                         continue;
                     }
                 },
-                Some(Ok(Chosen::Route(route, mx_domain))) => (route, mx_domain.unwrap_or(domain)),
-                Some(Ok(Chosen::Hold)) => {
-                    outcomes[i] = Some(RcptOutcome::new(Status::Deferred, "451 4.3.2 held by policy", None));
-                    continue;
-                }
-                Some(Ok(Chosen::Reply(text))) => {
-                    let status = if text.starts_with('5') { Status::Failed } else { Status::Deferred };
-                    outcomes[i] = Some(RcptOutcome::new(status, text, None));
-                    continue;
-                }
-                Some(Err(err)) => {
-                    tracing::error!(queue_id = %e.env.id, rcpt = %rcpt, "invalid route from policy: {err}");
+                Some(Chosen::Route(route, mx_domain)) => (route, mx_domain.unwrap_or(domain)),
+                Some(Chosen::Hold) => {
                     outcomes[i] = Some(RcptOutcome::new(
                         Status::Deferred,
-                        format!("451 4.3.5 invalid route from policy: {err}"),
+                        Reply::new(451, Enhanced(4, 3, 2), "held by policy"),
                         None,
                     ));
+                    continue;
+                }
+                Some(Chosen::Reply(reply)) => {
+                    outcomes[i] = Some(RcptOutcome::of(reply, None));
                     continue;
                 }
             };
@@ -420,7 +453,7 @@ impl Queue {
         let inner = &self.inner;
         let (config, hooks) = (inner.config(), inner.hooks());
         env.attempts += 1;
-        let mut failed: Vec<usize> = vec![];
+        let mut failed: Vec<(usize, Reply)> = vec![];
         for (i, o) in outcomes.into_iter().enumerate() {
             let Some(o) = o else { continue };
             if let Some(h) = &hooks {
@@ -435,13 +468,13 @@ impl Queue {
                 Status::Failed => "failed",
             };
             metrics::counter!("mailgate_delivery_attempts_total", "result" => result, "domain" => domain).increment(1);
-            r.last_reply = Some(o.reply);
+            r.last_reply = Some(o.reply.to_string());
             r.remote_host = o.remote_host;
             match o.status {
                 Status::Delivered => r.status = RcptStatus::Delivered,
                 Status::Failed => {
                     r.status = RcptStatus::Failed;
-                    failed.push(i);
+                    failed.push((i, o.reply));
                 }
                 Status::Deferred => {}
             }
@@ -452,16 +485,18 @@ impl Queue {
                 if r.status == RcptStatus::Pending {
                     r.status = RcptStatus::Failed;
                     let last = r.last_reply.take().unwrap_or_default();
-                    r.last_reply = Some(format!("550 4.4.7 message expired in the queue; last reply: {last}"));
-                    failed.push(i);
+                    let reply =
+                        Reply::new(550, Enhanced(5, 4, 7), format!("message expired in the queue; last reply: {last}"));
+                    r.last_reply = Some(reply.to_string());
+                    failed.push((i, reply));
                 }
             }
         }
         if !failed.is_empty() && !self.bounce(&env, &failed, data).await {
             // The DSN could not be stored: keep the recipients and bounce on the next attempt
             // rather than finish the message without telling the sender.
-            for &i in &failed {
-                env.recipients[i].status = RcptStatus::Pending;
+            for (i, _) in &failed {
+                env.recipients[*i].status = RcptStatus::Pending;
             }
         }
         if env.is_finished() {
@@ -481,27 +516,25 @@ impl Queue {
         let _ = self.tx.send(Cmd::Enqueue(Entry { env, data: None, hold: None }));
     }
 
-    /// Stores and queues a DSN to the sender for the failed recipients (never for `<>`).
-    /// Returns false only when a DSN was due and could not be stored.
-    async fn bounce(&self, env: &Envelope, failed: &[usize], data: &[u8]) -> bool {
+    /// Writes a DSN to the sender for the failed recipients (never for `<>`), passes it through
+    /// the cleanup stage (Received:, DKIM signing for our domain) into the spool, and queues
+    /// it. Returns false only when a DSN was due and could not be stored.
+    async fn bounce(&self, env: &Envelope, failed: &[(usize, Reply)], data: &[u8]) -> bool {
         if env.sender.is_empty() {
             tracing::warn!(queue_id = %env.id, "permanent failure of a null-sender message: no DSN (RFC 3464)");
             return true;
         }
         let inner = &self.inner;
+        let cleanup = inner.cleanup();
         let failures: Vec<dsn::Failure> = failed
             .iter()
-            .map(|i| {
+            .map(|(i, reply)| {
                 let r = &env.recipients[*i];
-                dsn::Failure {
-                    recipient: &r.address,
-                    reply: r.last_reply.as_deref().unwrap_or(""),
-                    remote_host: r.remote_host.as_deref(),
-                }
+                dsn::Failure { recipient: &r.address, reply, remote_host: r.remote_host.as_deref() }
             })
             .collect();
         let body = dsn::build(
-            &inner.config().server.hostname,
+            &cleanup.config().server.hostname,
             &env.id,
             &env.sender,
             env.received_at / 1000,
@@ -509,36 +542,26 @@ impl Queue {
             &failures,
             data,
         );
-        let dsn_env = Envelope {
-            id: inner.spool.new_id(),
-            sender: String::new(),
-            recipients: vec![Recipient {
-                address: env.sender.clone(),
-                status: RcptStatus::Pending,
-                last_reply: None,
-                remote_host: None,
-            }],
-            received_at: now_ms(),
-            attempts: 0,
-            next_attempt: 0,
-            body_8bit: !data.is_ascii(),
-            smtputf8: !env.sender.is_ascii(),
-            client: "local DSN".into(),
-            route: None,
-            quarantine: None,
-            requiretls: false,
-            held: false,
-        };
-        let body = Arc::new(body);
-        match inner.spool.store(&dsn_env, body.clone()).await {
-            Ok(()) => {
-                tracing::info!(queue_id = %env.id, dsn_id = %dsn_env.id, to = %env.sender, "DSN queued");
-                self.enqueue(dsn_env, Some(body));
+        let mut dsn_env = mailgate_cleanup::envelope(inner.spool.new_id(), String::new(), vec![env.sender.clone()]);
+        dsn_env.smtputf8 = !env.sender.is_ascii();
+        dsn_env.client = "local DSN".into();
+        let incoming = Incoming { envelope: dsn_env, data: body, hold: None, traced: false };
+        match cleanup.submit(&*inner.spool, incoming, &Origin::local(), None).await {
+            Ok(Outcome::Kept(a)) => {
+                tracing::info!(queue_id = %env.id, dsn_id = %a.envelope.id, to = %env.sender, "DSN queued");
+                self.enqueue(a.envelope, Some(a.data));
                 true
             }
-            Err(e) => {
+            Ok(Outcome::Dropped { .. }) => true,
+            Err(mailgate_cleanup::Refusal::Spool(e)) => {
                 tracing::error!(queue_id = %env.id, "cannot store DSN, will retry: {e}");
                 false
+            }
+            Err(e) => {
+                // Only a DSN that outgrew the limits (a huge header section quoted back): the
+                // sender cannot be told; say so rather than retry forever.
+                tracing::error!(queue_id = %env.id, "DSN refused by cleanup, not sent: {e}");
+                true
             }
         }
     }

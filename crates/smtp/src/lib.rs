@@ -15,7 +15,6 @@ pub mod content;
 pub mod ehlo;
 pub mod line;
 pub mod reply;
-pub mod trace;
 
 pub use address::{Address, AddressError};
 pub use command::{Body, Command, MailParams, RcptParams};

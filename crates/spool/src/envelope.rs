@@ -28,6 +28,82 @@ pub struct Recipient {
     pub remote_host: Option<String>,
 }
 
+impl Recipient {
+    /// A recipient not yet tried.
+    pub fn pending(address: String) -> Recipient {
+        Recipient { address, status: RcptStatus::Pending, last_reply: None, remote_host: None }
+    }
+}
+
+/// A route chosen for a message (or one recipient) outside the configuration, by a plugin.
+/// Stored as data: the queue interprets it, this crate does not.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum RouteChoice {
+    /// The MX hosts of this domain.
+    Mx { domain: String },
+    /// One host (only those the operator allowed; checked before it is stored).
+    Smarthost { host: String, port: u16 },
+    /// A maildir (only a configured one; checked before it is stored).
+    Maildir { path: String },
+    /// Accept and drop.
+    Discard,
+    /// Keep it queued without trying.
+    Hold,
+    /// Fail (5xx) or defer (4xx) with this reply.
+    Reject { code: u16, enhanced: String, text: String },
+}
+
+/// Reads the route field as written by this version (tagged JSON) or by versions before it,
+/// which stored a text form (`mx:D`, `smarthost:H:P`, `maildir:P`, `discard`, `hold`,
+/// `reject:CODE ENH TEXT`): a spool survives the upgrade. A legacy text that does not parse
+/// becomes a transient reject, so the message waits for an operator instead of going astray.
+fn route_or_legacy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<RouteChoice>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Typed(RouteChoice),
+        Legacy(String),
+    }
+    Ok(match Option::<Stored>::deserialize(d)? {
+        None => None,
+        Some(Stored::Typed(r)) => Some(r),
+        Some(Stored::Legacy(s)) => Some(legacy_route(&s)),
+    })
+}
+
+fn legacy_route(s: &str) -> RouteChoice {
+    let (kind, rest) = s.split_once(':').unwrap_or((s, ""));
+    let smarthost = || {
+        let (host, port) = rest.rsplit_once(':')?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        Some(RouteChoice::Smarthost { host, port: port.parse().ok()? })
+    };
+    let reject = || {
+        let mut it = rest.splitn(3, ' ');
+        let code: u16 = it.next()?.parse().ok()?;
+        Some(RouteChoice::Reject {
+            code,
+            enhanced: it.next().unwrap_or("").to_string(),
+            text: it.next().unwrap_or("").to_string(),
+        })
+    };
+    let parsed = match kind {
+        "mx" if !rest.is_empty() => Some(RouteChoice::Mx { domain: rest.to_ascii_lowercase() }),
+        "smarthost" => smarthost(),
+        "maildir" if !rest.is_empty() => Some(RouteChoice::Maildir { path: rest.to_string() }),
+        "discard" => Some(RouteChoice::Discard),
+        "hold" => Some(RouteChoice::Hold),
+        "reject" => reject(),
+        _ => None,
+    };
+    parsed.unwrap_or_else(|| RouteChoice::Reject {
+        code: 451,
+        enhanced: "4.3.5".into(),
+        text: format!("stored route {s:?} not understood"),
+    })
+}
+
 /// The envelope and queue state of a message.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Envelope {
@@ -50,10 +126,9 @@ pub struct Envelope {
     /// The client's address and HELO, for logs and DSNs.
     #[serde(default)]
     pub client: String,
-    /// A route for the whole message chosen by a plugin, in the queue's text form
-    /// (`mx:D`, `smarthost:H:P`, `maildir:P`, `discard`, `hold`, `reject:CODE ENH TEXT`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub route: Option<String>,
+    /// A route for the whole message chosen by a plugin.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "route_or_legacy")]
+    pub route: Option<RouteChoice>,
     /// Why the message is quarantined: kept, never delivered until released.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine: Option<String>,
@@ -72,5 +147,33 @@ impl Envelope {
     }
     pub fn is_finished(&self) -> bool {
         self.recipients.iter().all(|r| r.status != RcptStatus::Pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_round_trip_and_legacy_texts_still_read() {
+        let typed = RouteChoice::Smarthost { host: "10.0.0.1".into(), port: 2525 };
+        let json = serde_json::to_string(&typed).unwrap();
+        assert_eq!(json, r#"{"type":"smarthost","host":"10.0.0.1","port":2525}"#);
+        let read = |route: &str| -> Option<RouteChoice> {
+            let env = format!(
+                r#"{{"id":"A","sender":"","recipients":[],"received_at":0,"attempts":0,"next_attempt":0,"route":{route}}}"#
+            );
+            serde_json::from_str::<Envelope>(&env).unwrap().route
+        };
+        assert_eq!(read(&json), Some(typed.clone()));
+        assert_eq!(read(r#""smarthost:[10.0.0.1]:2525""#), Some(typed));
+        assert_eq!(read(r#""mx:Example.ORG""#), Some(RouteChoice::Mx { domain: "example.org".into() }));
+        assert_eq!(read(r#""hold""#), Some(RouteChoice::Hold));
+        assert_eq!(
+            read(r#""reject:550 5.7.1 go away""#),
+            Some(RouteChoice::Reject { code: 550, enhanced: "5.7.1".into(), text: "go away".into() })
+        );
+        assert!(matches!(read(r#""teleport""#), Some(RouteChoice::Reject { code: 451, .. })));
+        assert_eq!(read("null"), None);
     }
 }

@@ -3,28 +3,28 @@
 use mailgate_smtp::reply::codes;
 use mailgate_smtp::{Address, Body, Enhanced, MailParams, Reply};
 
-use super::{Next, Session, Transaction};
+use super::{Next, Session, SessionIo, Transaction};
 
-impl Session {
+impl<S: SessionIo> Session<S> {
     pub(crate) async fn mail(&mut self, from: Option<Address>, params: MailParams) -> Next {
-        if self.helo.is_none() {
+        if self.conn.helo.is_none() {
             return self.bad_command(codes::bad_sequence("Send HELO/EHLO first"));
         }
         if self.tx.is_some() {
             return self.bad_command(codes::bad_sequence("Sender already specified"));
         }
-        if !self.esmtp && (params != MailParams::default()) {
+        if !self.conn.esmtp && (params != MailParams::default()) {
             return self.bad_command(Reply::new(555, Enhanced(5, 5, 4), "MAIL parameters need EHLO"));
         }
         if params.body == Body::BinaryMime {
             return self.bad_command(Reply::new(555, Enhanced(5, 5, 4), "BODY=BINARYMIME is not supported"));
         }
-        if params.requiretls && self.tls.is_none() {
+        if params.requiretls && self.conn.tls.is_none() {
             // RFC 8689 §4.1: only offered, and only accepted, over TLS.
             return self.bad_command(Reply::new(530, Enhanced(5, 7, 10), "REQUIRETLS needs a TLS session"));
         }
-        if self.auth_required() && self.auth_user.is_none() {
-            let r = if self.tls.is_none() {
+        if self.auth_required() && self.conn.user.is_none() {
+            let r = if self.conn.tls.is_none() {
                 Reply::new(530, Enhanced(5, 7, 0), "Must issue a STARTTLS command first")
             } else {
                 Reply::new(530, Enhanced(5, 7, 0), "Authentication required")
@@ -37,12 +37,12 @@ impl Session {
             return Next::Continue;
         }
         tracing::debug!(from = from.as_ref().map_or("<>", |a| a.as_str()), "MAIL");
-        self.auth.lock().await.begin_transaction(from.as_ref().map_or("", |a| a.as_str()));
+        self.policy.auth.lock().await.begin_transaction(from.as_ref().map_or("", |a| a.as_str()));
         self.tx = Some(Transaction { from, params, rcpts: Vec::new(), bdat: None, pipeline: None });
-        if let Some(mut chain) = self.chain.take() {
-            chain.use_pipeline(&self.pipeline);
-            let d = chain.on_mail_from(&self.conn_info(), &self.wit_envelope()).await;
-            self.chain = Some(chain);
+        let envelope = self.wit_envelope();
+        if let Some(chain) = self.policy.chain.as_mut() {
+            chain.use_pipeline(&self.conn.pipeline);
+            let d = chain.on_mail_from(&self.conn.info(), &envelope).await;
             if let Err(next) = self.enforce(d) {
                 self.tx = None;
                 return next;

@@ -3,9 +3,9 @@
 use mailgate_smtp::reply::codes;
 use mailgate_smtp::{Enhanced, Reply};
 
-use super::{Next, Session};
+use super::{Next, Session, SessionIo};
 
-impl Session {
+impl<S: SessionIo> Session<S> {
     pub(crate) fn rset(&mut self) -> Next {
         self.tx = None;
         self.reply(codes::ok());

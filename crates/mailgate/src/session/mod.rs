@@ -1,34 +1,63 @@
-//! One SMTP session: the state machine over the sans-IO parser. Each verb is handled in its
-//! own file; this one owns the I/O loop, pipelining and the per-session state.
+//! One SMTP session: a state machine over the sans-IO parser, generic over its byte stream (a
+//! TCP socket in the gateway, an in-memory duplex in the tests of `tests.rs`).
+//!
+//! A session is made of the connection's facts ([`Conn`]), its I/O ([`Io`]), the open mail
+//! [`Transaction`], its [`Policy`] (plugin chain and authentication state) and the protocol
+//! [`State`]: what the next input octets are — a command line, DATA content, the rest of a BDAT
+//! chunk, or a SASL response. The loop in [`Session::serve`] feeds the input to the state; verb
+//! handlers (one file per verb) answer and move the state, and never read the socket
+//! themselves. Each scope has one reset: the transaction (`tx = None`), STARTTLS
+//! ([`Session::reset_for_tls`]) and the session (a new one).
 
 mod auth;
 mod data;
 mod ehlo;
+mod io;
 mod mail;
 mod misc;
 mod rcpt;
 mod starttls;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use mailgate_config::Role;
 use mailgate_smtp::reply::codes;
-use mailgate_smtp::{Address, Command, Enhanced, LineError, LineEvent, LineReader, MailParams, Reply};
+use mailgate_smtp::{Address, Command, Enhanced, LineError, LineEvent, MailParams, Reply};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::plugins::wit_envelope;
-use crate::server::Shared;
-use crate::tls::Stream;
+use crate::server::{Generation, Shared};
 use mailgate_plugin_host::bindings::types::{self, ConnectionInfo};
 use mailgate_plugin_host::{Decision, SessionChain};
+
+pub(crate) use io::{Interrupt, Io};
+
+/// The byte streams a session runs over.
+pub trait SessionIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> SessionIo for T {}
 
 /// What the loop does after a command.
 pub(crate) enum Next {
     Continue,
     /// Send what is buffered, then close.
     Close,
+}
+
+/// What the next input octets are.
+pub(crate) enum State {
+    /// A command line.
+    Command,
+    /// DATA content, up to `<CRLF>.<CRLF>`.
+    Data(data::Chunks),
+    /// The rest of a BDAT chunk.
+    Bdat(data::BdatChunk),
+    /// The client's answer to a SASL challenge.
+    Sasl(auth::Sasl),
 }
 
 /// A mail transaction: from MAIL to the end of DATA/BDAT LAST (or RSET).
@@ -43,10 +72,10 @@ pub(crate) struct Transaction {
     pub pipeline: Option<String>,
 }
 
-pub(crate) struct Session {
+/// The facts of a connection: fixed at accept, then TLS, HELO and AUTH as they happen.
+pub(crate) struct Conn {
     /// Session id, as in the logs; plugins see it too.
     pub sid: String,
-    stream: Stream,
     pub peer: SocketAddr,
     pub local: SocketAddr,
     /// Listener name, for logs.
@@ -58,38 +87,57 @@ pub(crate) struct Session {
     /// TLS version and cipher once TLS is active.
     pub tls: Option<(String, String)>,
     /// The authenticated identity, once AUTH succeeded.
-    pub auth_user: Option<String>,
-    pub shared: Arc<Shared>,
-    /// The configuration generation this session started with (a reload does not change it).
-    pub config: Arc<mailgate_config::Config>,
-    /// That generation's plugins.
-    pub plugins: Option<Arc<mailgate_plugin_host::Plugins>>,
-    /// Read but not yet consumed input.
-    rbuf: Vec<u8>,
-    /// Start of the unconsumed part of `rbuf`.
-    rpos: usize,
-    /// Replies not yet sent (pipelining: flushed before we wait for input).
-    wbuf: Vec<u8>,
-    lines: LineReader,
+    pub user: Option<String>,
     /// The HELO/EHLO name, once given.
     pub helo: Option<String>,
     /// EHLO (true) or HELO (false): decides the `with` of `Received:`.
     pub esmtp: bool,
     /// The client may relay to any domain (trusted network).
     pub trusted: bool,
-    pub tx: Option<Transaction>,
-    /// This session's plugin instances (created on first use).
+}
+
+impl Conn {
+    /// What plugins know about this connection.
+    pub fn info(&self) -> ConnectionInfo {
+        ConnectionInfo {
+            session_id: self.sid.clone(),
+            client_ip: self.peer.ip().to_string(),
+            client_port: self.peer.port(),
+            local_ip: self.local.ip().to_string(),
+            local_port: self.local.port(),
+            listener: self.listener.to_string(),
+            tls: self
+                .tls
+                .as_ref()
+                .map(|(version, cipher)| types::TlsInfo { version: version.clone(), cipher: cipher.clone() }),
+            helo: self.helo.clone(),
+            authenticated_as: self.user.clone(),
+            trusted: self.trusted,
+        }
+    }
+}
+
+/// The session's policy state: its plugin instances (and with them the shared score) and its
+/// authentication session. Made new at the start and after STARTTLS.
+pub(crate) struct Policy {
+    /// This session's plugin instances (`None`: no plugins configured).
     pub chain: Option<SessionChain>,
     /// SPF/DKIM/DMARC/ARC/iprev of this session, computed when first asked (shared with the
-    /// plugins).
-    pub auth: mailgate_plugin_host::host::SharedAuth,
-    /// The generation's signing identities and authenticator.
-    pub generation: Arc<crate::server::Generation>,
-    /// Bad commands so far; too many closes the session.
-    errors: usize,
-    stop: watch::Receiver<bool>,
-    /// This session's slot: marked on progress, notified to make room.
-    slot: Arc<crate::slots::Slot>,
+    /// plugins and the cleanup stage).
+    pub auth: mailgate_cleanup::SharedAuth,
+}
+
+impl Policy {
+    fn new(generation: &Generation, conn: &Conn) -> Policy {
+        let auth =
+            Arc::new(tokio::sync::Mutex::new(mailgate_auth::AuthSession::new(generation.auth.clone(), conn.peer.ip())));
+        let chain = generation.plugins.as_ref().map(|p| {
+            let mut c = p.session(&conn.sid, &conn.pipeline);
+            c.set_auth(auth.clone());
+            c
+        });
+        Policy { chain, auth }
+    }
 }
 
 /// The facts of an accepted connection a session starts from.
@@ -105,251 +153,208 @@ pub struct Accepted {
     pub slot: Arc<crate::slots::Slot>,
 }
 
-/// Why a read ended without input, other than the client: typed, so that the session picks
-/// its reply by kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum Interrupt {
-    #[error("closed to make room for another client")]
-    Shed,
-    #[error("the gateway is shutting down")]
-    Shutdown,
-    #[error("content arrives slower than limits.min_data_rate")]
-    TooSlow,
+pub(crate) struct Session<S> {
+    pub conn: Conn,
+    io: Io<S>,
+    pub tx: Option<Transaction>,
+    pub policy: Policy,
+    state: State,
+    pub shared: Arc<Shared>,
+    /// The configuration generation this session started with (a reload does not change it).
+    pub generation: Arc<Generation>,
+    /// That generation's configuration.
+    pub config: Arc<mailgate_config::Config>,
+    /// Bad commands so far; too many closes the session.
+    errors: usize,
 }
 
-impl Interrupt {
-    fn of(e: &std::io::Error) -> Option<Interrupt> {
-        e.get_ref().and_then(|inner| inner.downcast_ref::<Interrupt>()).copied()
-    }
-
-    fn reply(self) -> Reply {
-        match self {
-            Interrupt::Shed => Reply::new(421, Enhanced(4, 7, 0), "Closing idle connection, the server is busy"),
-            Interrupt::Shutdown => codes::shutting_down(),
-            Interrupt::TooSlow => Reply::new(421, Enhanced(4, 4, 2), "Data transfer too slow, closing connection"),
-        }
-    }
-}
-
-/// Resolves once the gateway stops (never, if the sender is gone without stopping).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    loop {
-        if *rx.borrow_and_update() {
-            return;
-        }
-        if rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-impl Session {
-    pub fn new(
-        conn: Accepted,
-        stream: tokio::net::TcpStream,
-        shared: Arc<Shared>,
-        stop: watch::Receiver<bool>,
-    ) -> Session {
-        let Accepted { sid, peer, local, listener, role, pipeline, slot } = conn;
+impl<S: SessionIo> Session<S> {
+    pub fn new(accepted: Accepted, stream: S, shared: Arc<Shared>, stop: watch::Receiver<bool>) -> Session<S> {
+        let Accepted { sid, peer, local, listener, role, pipeline, slot } = accepted;
         let generation = shared.current();
-        let (config, plugins) = (generation.config.clone(), generation.plugins.clone());
-        let auth =
-            Arc::new(tokio::sync::Mutex::new(mailgate_auth::AuthSession::new(generation.auth.clone(), peer.ip())));
-        let trusted = config.is_trusted(peer.ip());
-        let lines = LineReader::new(config.limits.command_line);
-        let chain = plugins.as_ref().map(|p| {
-            let mut c = p.session(&sid, &pipeline);
-            c.set_auth(auth.clone());
-            c
-        });
-        Session {
+        let config = generation.config.clone();
+        let conn = Conn {
             sid,
-            stream: Stream::Plain(stream),
+            peer,
+            local,
+            listener,
             role,
             pipeline,
             tls: None,
-            auth_user: None,
-            peer,
-            local,
-            chain,
-            auth,
-            generation,
-            listener,
-            shared,
-            config,
-            plugins,
-            rbuf: Vec::with_capacity(8192),
-            rpos: 0,
-            wbuf: Vec::with_capacity(1024),
-            lines,
+            user: None,
             helo: None,
             esmtp: false,
-            trusted,
-            tx: None,
-            errors: 0,
-            stop,
-            slot,
-        }
+            trusted: config.is_trusted(peer.ip()),
+        };
+        let policy = Policy::new(&generation, &conn);
+        let io = Io::new(stream, config.limits.command_line, stop, slot);
+        Session { conn, io, tx: None, policy, state: State::Command, shared, generation, config, errors: 0 }
     }
 
-    /// New per-session policy state: plugin instances (and with them the shared score) and
-    /// the authentication session — at the start, and after STARTTLS.
-    pub(crate) fn new_policy(&mut self) {
-        self.auth = Arc::new(tokio::sync::Mutex::new(mailgate_auth::AuthSession::new(
-            self.generation.auth.clone(),
-            self.peer.ip(),
-        )));
-        self.chain = self.plugins.as_ref().map(|p| {
-            let mut c = p.session(&self.sid, &self.pipeline);
-            c.set_auth(self.auth.clone());
-            c
-        });
+    /// RFC 3207 §4.2: after STARTTLS the session forgets everything the client said before —
+    /// the SMTP state, and the policy state built on it: plugin instances (whatever they
+    /// remembered), the shared score, the authentication session.
+    pub(crate) fn reset_for_tls(&mut self) {
+        self.conn.helo = None;
+        self.conn.esmtp = false;
+        self.conn.user = None;
+        self.tx = None;
+        self.policy = Policy::new(&self.generation, &self.conn);
     }
 
     pub fn reply(&mut self, r: Reply) {
-        r.write_to(&mut self.wbuf);
-    }
-
-    /// Sends the buffered replies. Bounded by the command timeout: a client that stops
-    /// reading cannot hold the session (and its slot) forever.
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.wbuf.is_empty() {
-            let limit = self.config.timeouts.command;
-            match tokio::time::timeout(limit, self.stream.write_all(&self.wbuf)).await {
-                Ok(r) => r?,
-                Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "client does not read")),
-            }
-            self.wbuf.clear();
-        }
-        Ok(())
-    }
-
-    /// Reads more input into `rbuf`. `Ok(false)` on EOF. Ends early, with an [`Interrupt`],
-    /// when the session is asked to make room, or when the gateway stops while no transaction
-    /// is open (a transaction in progress may finish).
-    async fn fill(&mut self, limit: Duration) -> std::io::Result<bool> {
-        if self.rpos > 0 && self.rpos == self.rbuf.len() {
-            self.rbuf.clear();
-            self.rpos = 0;
-        } else if self.rpos > 64 << 10 {
-            self.rbuf.drain(..self.rpos);
-            self.rpos = 0;
-        }
-        if self.rbuf.capacity() - self.rbuf.len() < 4096 {
-            self.rbuf.reserve(16 << 10);
-        }
-        let idle = self.tx.is_none();
-        tokio::select! {
-            r = tokio::time::timeout(limit, self.stream.read_buf(&mut self.rbuf)) => match r {
-                Ok(Ok(0)) => Ok(false),
-                Ok(Ok(_)) => Ok(true),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timeout")),
-            },
-            _ = self.slot.shed.notified() => Err(std::io::Error::other(Interrupt::Shed)),
-            _ = stopped(&mut self.stop), if idle => Err(std::io::Error::other(Interrupt::Shutdown)),
-        }
+        self.io.reply(r);
     }
 
     pub async fn run(mut self) {
-        tracing::info!(listener = %self.listener, trusted = self.trusted, "connected");
-        if self.role == Role::Submissions {
+        tracing::info!(listener = %self.conn.listener, trusted = self.conn.trusted, "connected");
+        if self.conn.role == Role::Submissions {
             // Implicit TLS (RFC 8314): the handshake comes before the greeting.
             if let Err(e) = self.handshake().await {
                 tracing::info!("TLS handshake failed: {e}");
                 return;
             }
         }
-        if let Some(mut chain) = self.chain.take() {
-            let decision = chain.on_connect(&self.conn_info()).await;
-            self.chain = Some(chain);
-            if let Err(_next) = self.enforce(decision) {
-                tracing::info!("refused at connect by policy");
-                let _ = self.flush().await;
-                return;
-            }
+        if self.connect_policy().await.is_err() {
+            tracing::info!("refused at connect by policy");
+            let _ = self.io.flush(self.config.timeouts.command).await;
+            return;
         }
         let greeting = Reply::plain(220, format!("{} ESMTP mailgate", self.config.server.hostname));
         self.reply(greeting);
-        match self.serve().await {
+        let result = self.serve().await;
+        if matches!(self.state, State::Data(_) | State::Bdat(_)) && result.is_ok() {
+            tracing::info!("client went away during message content; nothing was accepted");
+        }
+        match result {
             Ok(()) => tracing::info!("disconnected"),
-            Err(e) if Interrupt::of(&e).is_some() => {
-                let why = Interrupt::of(&e).unwrap_or(Interrupt::Shutdown);
-                if why == Interrupt::Shed {
-                    metrics::counter!("mailgate_sessions_closed_total", "reason" => "shed").increment(1);
-                } else if why == Interrupt::TooSlow {
-                    metrics::counter!("mailgate_sessions_closed_total", "reason" => "slow").increment(1);
+            Err(e) => {
+                let (reply, reason) = match Interrupt::of(&e) {
+                    Some(why) => (Some(why.reply()), Some(why.reason())),
+                    None if e.kind() == std::io::ErrorKind::TimedOut => (Some(codes::timeout()), Some("timeout")),
+                    None => (None, None),
+                };
+                if let Some(reason) = reason.filter(|r| *r != "shutdown") {
+                    metrics::counter!("mailgate_sessions_closed_total", "reason" => reason).increment(1);
                 }
-                self.reply(why.reply());
-                let _ = self.flush().await;
-                tracing::info!("closed: {why}");
+                match reply {
+                    Some(r) => {
+                        self.reply(r);
+                        let _ = self.io.flush(self.config.timeouts.command).await;
+                        tracing::info!("closed: {e}");
+                    }
+                    None => tracing::info!("connection error: {e}"),
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                metrics::counter!("mailgate_sessions_closed_total", "reason" => "timeout").increment(1);
-                self.reply(codes::timeout());
-                let _ = self.flush().await;
-                tracing::info!("closed after timeout");
-            }
-            Err(e) => tracing::info!("connection error: {e}"),
         }
     }
 
+    /// The connect stage of the plugins (at the start, and again after STARTTLS). `Err` once
+    /// the refusal is queued.
+    async fn connect_policy(&mut self) -> Result<(), Next> {
+        let Some(chain) = self.policy.chain.as_mut() else { return Ok(()) };
+        let decision = chain.on_connect(&self.conn.info()).await;
+        self.enforce(decision)
+    }
+
+    /// Feeds the input to the state until it needs more, flushes the replies, waits for
+    /// input; until the client quits, the session is closed, or an [`Interrupt`] ends it.
     async fn serve(&mut self) -> std::io::Result<()> {
         let cmd_timeout = self.config.timeouts.command;
         // When the command line being waited for began: the timeout is for the whole line,
         // however slowly it trickles in.
-        let mut line_since = std::time::Instant::now();
+        let mut line_since = Instant::now();
         loop {
             let mut completed = false;
-            // Answer every complete command already received (pipelining), then flush.
             loop {
-                let (ev, used) = self.lines.next(&self.rbuf[self.rpos..]);
-                let next = match ev {
+                match self.step().await? {
+                    Step::NeedMore => break,
+                    Step::Done => completed = true,
+                    Step::Close => {
+                        self.io.flush(cmd_timeout).await?;
+                        return Ok(());
+                    }
+                }
+            }
+            self.io.flush(cmd_timeout).await?;
+            if self.io.stopping() && self.tx.is_none() && matches!(self.state, State::Command) {
+                self.reply(codes::shutting_down());
+                self.io.flush(cmd_timeout).await?;
+                return Ok(());
+            }
+            if completed || self.io.pending().is_empty() {
+                line_since = Instant::now();
+            }
+            let idle = self.tx.is_none();
+            let more = match &self.state {
+                State::Data(c) => {
+                    let (started, received) = c.progress();
+                    self.io.fill_content(&self.config, started, received, idle).await?
+                }
+                State::Bdat(b) => {
+                    let (started, received) = b.progress();
+                    self.io.fill_content(&self.config, started, received, idle).await?
+                }
+                State::Command | State::Sasl(_) => {
+                    let left = cmd_timeout.saturating_sub(line_since.elapsed());
+                    if left.is_zero() {
+                        return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "command line timeout"));
+                    }
+                    self.io.fill(left, idle).await?
+                }
+            };
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One step of the state machine on the input received so far.
+    async fn step(&mut self) -> std::io::Result<Step> {
+        let next = match std::mem::replace(&mut self.state, State::Command) {
+            State::Command => {
+                let (ev, used) = self.io.next_line();
+                match ev {
                     LineEvent::NeedMore => {
-                        self.rpos += used;
-                        break;
+                        self.io.consume(used);
+                        return Ok(Step::NeedMore);
                     }
                     LineEvent::Line(line) => {
                         let parsed = Command::parse(line);
-                        self.rpos += used;
-                        completed = true;
-                        self.slot.progressed();
+                        self.io.consume(used);
+                        self.io.progressed();
                         match parsed {
                             Ok(cmd) => self.command(cmd).await?,
                             Err(reply) => self.bad_command(reply),
                         }
                     }
                     LineEvent::Error(e) => {
-                        self.rpos += used;
+                        self.io.consume(used);
                         tracing::info!("refused command line: {e:?}");
                         self.bad_command(match e {
                             LineError::TooLong => codes::line_too_long(),
                             LineError::BareLf | LineError::BareCr => codes::bare_line_ending(),
                         })
                     }
-                };
-                if let Next::Close = next {
-                    self.flush().await?;
-                    return Ok(());
                 }
             }
-            self.flush().await?;
-            if *self.stop.borrow() && self.tx.is_none() {
-                self.reply(codes::shutting_down());
-                self.flush().await?;
-                return Ok(());
-            }
-            if completed || self.pending_input().is_empty() {
-                line_since = std::time::Instant::now();
-            }
-            let left = cmd_timeout.saturating_sub(line_since.elapsed());
-            if left.is_zero() {
-                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "command line timeout"));
-            }
-            if !self.fill(left).await? {
-                return Ok(());
-            }
-        }
+            State::Data(chunks) => match self.data_input(chunks).await {
+                Some(next) => next,
+                None => return Ok(Step::NeedMore),
+            },
+            State::Bdat(chunk) => match self.bdat_input(chunk).await {
+                Some(next) => next,
+                None => return Ok(Step::NeedMore),
+            },
+            State::Sasl(sasl) => match self.sasl_input(sasl).await {
+                Some(next) => next,
+                None => return Ok(Step::NeedMore),
+            },
+        };
+        Ok(match next {
+            Next::Continue => Step::Done,
+            Next::Close => Step::Close,
+        })
     }
 
     fn bad_command(&mut self, reply: Reply) -> Next {
@@ -368,8 +373,8 @@ impl Session {
             Command::Helo(host) => self.ehlo(host, false).await,
             Command::Mail { from, params } => self.mail(from, params).await,
             Command::Rcpt { to, .. } => self.rcpt(to).await,
-            Command::Data => self.data().await?,
-            Command::Bdat { size, last } => self.bdat(size, last).await?,
+            Command::Data => self.data(),
+            Command::Bdat { size, last } => self.bdat(size, last),
             Command::Rset => self.rset(),
             Command::Noop => self.ok(),
             Command::Quit => self.quit(),
@@ -377,27 +382,8 @@ impl Session {
             Command::Expn(_) => self.expn(),
             Command::Help => self.help(),
             Command::StartTls => self.starttls().await?,
-            Command::Auth { mechanism, initial } => self.auth(mechanism, initial).await?,
+            Command::Auth { mechanism, initial } => self.auth(mechanism, initial).await,
         })
-    }
-
-    /// What plugins know about this connection.
-    pub(crate) fn conn_info(&self) -> ConnectionInfo {
-        ConnectionInfo {
-            session_id: self.sid.clone(),
-            client_ip: self.peer.ip().to_string(),
-            client_port: self.peer.port(),
-            local_ip: self.local.ip().to_string(),
-            local_port: self.local.port(),
-            listener: self.listener.to_string(),
-            tls: self
-                .tls
-                .as_ref()
-                .map(|(version, cipher)| types::TlsInfo { version: version.clone(), cipher: cipher.clone() }),
-            helo: self.helo.clone(),
-            authenticated_as: self.auth_user.clone(),
-            trusted: self.trusted,
-        }
     }
 
     /// The current transaction as plugins see it.
@@ -428,53 +414,14 @@ impl Session {
             }
         }
     }
+}
 
-    /// Reads more input during DATA/BDAT content: within the data-block timeout, and at no
-    /// less than `limits.min_data_rate` for the transfer as a whole once `timeouts.data_grace`
-    /// is over (`received` octets since `started`). A transfer keeping that rate counts as
-    /// progress for load shedding; a trickle does not.
-    pub(crate) async fn fill_content(&mut self, started: std::time::Instant, received: u64) -> std::io::Result<bool> {
-        let (block, grace, rate) =
-            (self.config.timeouts.data_block, self.config.timeouts.data_grace, self.config.limits.min_data_rate);
-        if rate == 0 {
-            return self.fill(block).await;
-        }
-        let allowed = grace + Duration::from_secs_f64(received as f64 / rate as f64);
-        let elapsed = started.elapsed();
-        if elapsed > allowed {
-            return Err(std::io::Error::other(Interrupt::TooSlow));
-        }
-        if received as f64 >= elapsed.as_secs_f64() * rate as f64 {
-            self.slot.progressed();
-        }
-        let left = allowed - elapsed;
-        match self.fill(block.min(left)).await {
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut && left < block => {
-                Err(std::io::Error::other(Interrupt::TooSlow))
-            }
-            r => r,
-        }
-    }
-
-    /// Drops all unconsumed input; returns how many octets that was.
-    pub(crate) fn discard_input(&mut self) -> usize {
-        let n = self.rbuf.len() - self.rpos;
-        self.rbuf.clear();
-        self.rpos = 0;
-        n
-    }
-
-    /// The unconsumed input.
-    pub(crate) fn pending_input(&self) -> &[u8] {
-        &self.rbuf[self.rpos..]
-    }
-
-    pub(crate) fn consume(&mut self, n: usize) {
-        self.rpos += n;
-    }
-
-    /// Sends buffered replies now (before a long wait, e.g. the 354).
-    pub(crate) async fn flush_now(&mut self) -> std::io::Result<()> {
-        self.flush().await
-    }
+/// What one step did.
+enum Step {
+    /// Nothing more can be done before more input arrives.
+    NeedMore,
+    /// A command (or a message, or a chunk) was handled.
+    Done,
+    /// Close after flushing.
+    Close,
 }

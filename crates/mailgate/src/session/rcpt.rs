@@ -3,9 +3,9 @@
 use mailgate_smtp::reply::codes;
 use mailgate_smtp::{Address, Enhanced, Reply};
 
-use super::{Next, Session};
+use super::{Next, Session, SessionIo};
 
-impl Session {
+impl<S: SessionIo> Session<S> {
     /// `to: None` is `<Postmaster>` without a domain: the configured postmaster address,
     /// accepted from anyone.
     pub(crate) async fn rcpt(&mut self, to: Option<Address>) -> Next {
@@ -33,11 +33,16 @@ impl Session {
         }
         // No open relay: our domains from anyone, other domains only from trusted or
         // authenticated clients.
-        let may_relay = self.trusted || self.auth_user.is_some();
+        let may_relay = self.conn.trusted || self.conn.user.is_some();
         if !may_relay && !postmaster && !self.config.accepts_domain(to.domain()) {
             tracing::info!(rcpt = %to, "relaying denied");
             metrics::counter!("mailgate_recipients_total", "class" => "5xx").increment(1);
             self.reply(Reply::new(550, Enhanced(5, 7, 1), "Relaying denied"));
+            return Next::Continue;
+        }
+        // A recipient given twice is not a new one, at the limit too.
+        if tx.rcpts.iter().any(|r| r.as_str().eq_ignore_ascii_case(to.as_str())) {
+            self.reply(Reply::new(250, Enhanced(2, 1, 5), "Recipient OK"));
             return Next::Continue;
         }
         if tx.rcpts.len() >= max {
@@ -45,12 +50,8 @@ impl Session {
             self.reply(Reply::new(452, Enhanced(4, 5, 3), "Too many recipients"));
             return Next::Continue;
         }
-        if tx.rcpts.iter().any(|r| r.as_str().eq_ignore_ascii_case(to.as_str())) {
-            self.reply(Reply::new(250, Enhanced(2, 1, 5), "Recipient OK"));
-            return Next::Continue;
-        }
         // One message, one pipeline: the first accepted recipient's domain picks it.
-        let want = self.config.pipeline_for_domain(to.domain()).unwrap_or(&self.pipeline).to_string();
+        let want = self.config.pipeline_for_domain(to.domain()).unwrap_or(&self.conn.pipeline).to_string();
         if self.tx.as_ref().and_then(|t| t.pipeline.as_ref()).is_some_and(|p| *p != want) {
             self.reply(Reply::new(
                 452,
@@ -59,10 +60,10 @@ impl Session {
             ));
             return Next::Continue;
         }
-        if let Some(mut chain) = self.chain.take() {
+        let envelope = self.wit_envelope();
+        if let Some(chain) = self.policy.chain.as_mut() {
             chain.use_pipeline(&want);
-            let d = chain.on_rcpt(&self.conn_info(), &self.wit_envelope(), to.as_str()).await;
-            self.chain = Some(chain);
+            let d = chain.on_rcpt(&self.conn.info(), &envelope, to.as_str()).await;
             if let Err(next) = self.enforce(d) {
                 return next;
             }

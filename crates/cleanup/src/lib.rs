@@ -1,0 +1,480 @@
+//! The cleanup stage (Postfix's `cleanup`): everything between "the content has arrived" and
+//! "it is in the spool", the same for every way a message enters the queue — SMTP DATA/BDAT,
+//! the DSNs the queue writes, `mailgate plugin test` (which stops before the spool) and the
+//! sending API.
+//!
+//! In order: our `Received:` field, loop detection, the structure check (before anything
+//! parses the message), the From check, removal of `Authentication-Results:` fields forged in
+//! our name, the on-data policy with its verdict and changes, our `Authentication-Results:`,
+//! DKIM signing, ARC sealing, and the spool write. The answer is [`Outcome`] or a typed
+//! [`Refusal`] that knows its SMTP reply.
+//!
+//! This crate owns those steps and their order. It must not know sessions, sockets, the queue
+//! or the plugin ABI: the on-data policy comes in through [`DataPolicy`], and what happens to a
+//! stored message next (the queue) is the caller's business.
+
+mod received;
+mod sign;
+#[cfg(test)]
+mod tests;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use mailgate_auth::AuthSession;
+use mailgate_config::Config;
+use mailgate_message::{Edit, MessageError, Reservation};
+use mailgate_smtp::{Enhanced, Reply};
+use mailgate_spool::{BoxFuture, Envelope, Recipient, RouteChoice, Spool, SpoolError};
+
+pub use received::Received;
+pub use sign::Signing;
+
+/// `Received:` fields beyond which a message is taken to be looping (Postfix uses 50 too).
+pub const MAX_HOPS: usize = 50;
+
+/// Messages above this size are measured on the blocking pool, off the async threads.
+const INLINE_CHECK: usize = 256 << 10;
+
+/// The authentication state of the session a message came in (SPF, DKIM, DMARC, ARC, iprev),
+/// shared with the plugins that ask for it.
+pub type SharedAuth = Arc<tokio::sync::Mutex<AuthSession>>;
+
+/// Where a message comes from: what `Received:`, signing and sealing need to know.
+#[derive(Clone, Default)]
+pub struct Origin {
+    /// The client's HELO name and address; `None` for a message the gateway wrote (a DSN).
+    pub client: Option<(String, IpAddr)>,
+    /// The protocol for `Received: … with` (`ESMTPSA`…); `None` for local messages.
+    pub with: Option<String>,
+    /// TLS version and cipher of the client's connection.
+    pub tls: Option<(String, String)>,
+    /// The authenticated identity.
+    pub user: Option<String>,
+    /// The listener it came in on (DKIM identities may be limited to listeners).
+    pub listener: String,
+    /// The client may relay (a trusted network); the gateway's own messages are trusted.
+    pub trusted: bool,
+    /// The session's authentication state: when present, our `Authentication-Results:` is
+    /// written from it and the plugins' `auth` import reads it.
+    pub auth: Option<SharedAuth>,
+}
+
+impl Origin {
+    /// A message the gateway writes itself (a DSN).
+    pub fn local() -> Origin {
+        Origin { trusted: true, listener: "local".into(), ..Origin::default() }
+    }
+}
+
+/// A message whose content has arrived.
+pub struct Incoming {
+    /// Its envelope (id, sender, recipients, flags). Recipients are pending.
+    pub envelope: Envelope,
+    /// The content, CRLF line ends.
+    pub data: Vec<u8>,
+    /// The octets of `data` counted against the memory budget (`None`: not counted).
+    pub hold: Option<Reservation>,
+    /// Our `Received:` field is already first in `data`: SMTP writes it before the content
+    /// arrives ([`Cleanup::received`]), so that a large message is not moved to make room.
+    pub traced: bool,
+}
+
+/// What the on-data policy (the plugin chain) decided.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Verdict {
+    #[default]
+    Continue,
+    /// Refuse with this reply.
+    Reply(Reply),
+    /// Refuse with this reply and close the session.
+    Disconnect(Reply),
+    /// Accept and drop: the client cannot tell it from a delivery.
+    Discard,
+    /// Keep it, never delivered until an operator releases it.
+    Quarantine(String),
+}
+
+/// The changes the policy asks for, already checked for form by whoever made them.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// Header and body edits, applied in order (each is checked again here).
+    pub content: Vec<Edit>,
+    /// New reverse path (`Some("")` is the null sender).
+    pub sender: Option<String>,
+    pub add_rcpts: Vec<String>,
+    pub remove_rcpts: Vec<String>,
+    /// A route for the whole message.
+    pub route: Option<RouteChoice>,
+    /// Changes refused before they got here, with the reason (for the log).
+    pub refused: Vec<String>,
+}
+
+/// The on-data policy's answer.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyAnswer {
+    pub verdict: Verdict,
+    pub changes: Changes,
+}
+
+/// The on-data policy: the gateway's plugin chain, or nothing.
+pub trait DataPolicy: Send {
+    /// Judges a complete message. `data` is shared, not copied.
+    fn on_data<'a>(&'a mut self, env: &'a Envelope, data: Arc<Vec<u8>>) -> BoxFuture<'a, PolicyAnswer>;
+}
+
+/// Why a message was not accepted. Each kind knows the reply the sender gets.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("mail loop: {0} Received fields")]
+    Loop(usize),
+    #[error("{0}")]
+    Structure(#[from] MessageError),
+    #[error("{0} (DMARC cannot judge it)")]
+    AmbiguousFrom(String),
+    #[error("refused by policy: {0}")]
+    Policy(Reply),
+    #[error("refused by policy, closing the session: {0}")]
+    PolicyDisconnect(Reply),
+    #[error("the structure check could not run (shutting down)")]
+    Interrupted,
+    #[error("{0}")]
+    Spool(#[from] SpoolError),
+}
+
+impl Refusal {
+    /// The reply for the sender.
+    pub fn reply(&self) -> Reply {
+        match self {
+            Refusal::Loop(_) => Reply::new(554, Enhanced(5, 4, 6), "Too many hops (mail loop?)"),
+            Refusal::Structure(e) => e.reply(),
+            Refusal::AmbiguousFrom(why) => {
+                Reply::new(550, Enhanced(5, 7, 1), format!("Refused: {why} (DMARC cannot judge it)"))
+            }
+            Refusal::Policy(r) | Refusal::PolicyDisconnect(r) => r.clone(),
+            Refusal::Interrupted => Reply::new(451, Enhanced(4, 3, 0), "Local error in processing, try again later"),
+            Refusal::Spool(_) => {
+                Reply::new(451, Enhanced(4, 3, 0), "Temporary local problem storing the message, try again later")
+            }
+        }
+    }
+
+    /// Whether the session ends after the reply.
+    pub fn closes_session(&self) -> bool {
+        matches!(self, Refusal::PolicyDisconnect(_))
+    }
+}
+
+/// A message that passed cleanup.
+pub enum Outcome<T> {
+    /// Ready (or stored, after [`Cleanup::submit`]).
+    Kept(T),
+    /// Accepted and dropped: a `discard` verdict, or every recipient removed by the policy.
+    /// The sender hears the same as for a stored message.
+    Dropped { id: String, why: Dropped },
+}
+
+/// Why an accepted message was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    Discarded,
+    NoRecipients,
+}
+
+/// A message ready for the spool.
+pub struct Prepared {
+    pub envelope: Envelope,
+    pub data: Vec<u8>,
+    pub hold: Option<Reservation>,
+}
+
+/// A message in the spool. Its content stays shared for the queue's first attempt.
+pub struct Accepted {
+    pub envelope: Envelope,
+    pub data: Arc<Vec<u8>>,
+    pub hold: Option<Reservation>,
+}
+
+/// The cleanup stage of one configuration generation.
+pub struct Cleanup {
+    config: Arc<Config>,
+    signing: Signing,
+}
+
+impl Cleanup {
+    pub fn new(config: Arc<Config>, signing: Signing) -> Cleanup {
+        Cleanup { config, signing }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Our `Received:` field for a message of `env` from `origin`.
+    pub fn received(&self, origin: &Origin, env: &Envelope) -> String {
+        let for_rcpt = (env.recipients.len() == 1).then(|| env.recipients[0].address.as_str());
+        let tls = origin.tls.as_ref().map(|(v, c)| format!("{v} {c}"));
+        let clause = match (&tls, &origin.user) {
+            (t, Some(u)) => {
+                let u: String = u.chars().filter(|c| !c.is_control() && !"();".contains(*c)).take(64).collect();
+                Some(match t {
+                    Some(t) => format!("{t}; authenticated as {u}"),
+                    None => format!("authenticated as {u}"),
+                })
+            }
+            (t, None) => t.clone(),
+        };
+        Received {
+            from: origin.client.as_ref().map(|(h, ip)| (h.as_str(), *ip)),
+            by: &self.config.server.hostname,
+            with: origin.with.as_deref(),
+            tls: clause.as_deref(),
+            queue_id: &env.id,
+            for_rcpt,
+            unix_time: mailgate_message::date::now_unix(),
+        }
+        .to_header()
+    }
+
+    /// Runs every step but the spool write: the message as it would be stored, or why not.
+    pub async fn process(
+        &self,
+        msg: Incoming,
+        origin: &Origin,
+        policy: Option<&mut dyn DataPolicy>,
+    ) -> Result<Outcome<Prepared>, Refusal> {
+        let Incoming { mut envelope, mut data, mut hold, traced } = msg;
+        let id = envelope.id.clone();
+        if !traced {
+            let field = self.received(origin, &envelope);
+            prepend(&mut data, field.as_bytes());
+            if let Some(h) = hold.as_mut() {
+                h.force_to(data.capacity());
+            }
+        }
+        // RFC 5321 §6.3: a message that has passed too many hops is looping.
+        let hops = count_received(&data);
+        if hops > MAX_HOPS {
+            return Err(Refusal::Loop(hops));
+        }
+        // The structure is measured before anything parses the message (plugins, DKIM, ARC).
+        let (data, structure) = check_structure(data, &self.config.limits).await.ok_or(Refusal::Interrupted)?;
+        structure?;
+        if self.config.auth.refuse_ambiguous_from {
+            if let Some(why) = mailgate_auth::ambiguous_from(&data) {
+                return Err(Refusal::AmbiguousFrom(why));
+            }
+        }
+        let mut data = data;
+        envelope.body_8bit |= !data.is_ascii();
+        // RFC 8601 §5: a field claiming our authserv-id did not come from us.
+        let authserv_id = self.authserv_id();
+        let forged = mailgate_auth::strip_ours(&mut data, &authserv_id);
+        if forged > 0 {
+            tracing::info!(queue_id = %id, forged, "removed Authentication-Results fields claiming our authserv-id");
+        }
+        let data = Arc::new(data);
+        if let Some(auth) = &origin.auth {
+            auth.lock().await.set_message(data.clone());
+        }
+        let answer = match policy {
+            Some(p) => p.on_data(&envelope, data.clone()).await,
+            None => PolicyAnswer::default(),
+        };
+        let kept = self.apply(&mut envelope, data, &mut hold, answer).await;
+        let data = match kept {
+            Ok(Some(d)) => d,
+            other => {
+                if let Some(auth) = &origin.auth {
+                    auth.lock().await.end_message();
+                }
+                return match other {
+                    Ok(Some(_)) => unreachable!("handled above"),
+                    Ok(None) => {
+                        let why =
+                            if envelope.recipients.is_empty() { Dropped::NoRecipients } else { Dropped::Discarded };
+                        Ok(Outcome::Dropped { id, why })
+                    }
+                    Err(r) => Err(r),
+                };
+            }
+        };
+        let data = self.mark(origin, &authserv_id, data).await;
+        let data = self.signing.sign(&envelope, origin, data).await;
+        let mut data = self.signing.seal(&envelope, origin, data).await;
+        data.shrink_to_fit();
+        if let Some(h) = hold.as_mut() {
+            // From here only this copy is in memory.
+            h.shrink_to(data.capacity());
+        }
+        Ok(Outcome::Kept(Prepared { envelope, data, hold }))
+    }
+
+    /// [`Cleanup::process`], then the spool write. Resolves once the message is durable; only
+    /// then may the sender hear that it was accepted.
+    pub async fn submit(
+        &self,
+        spool: &dyn Spool,
+        msg: Incoming,
+        origin: &Origin,
+        policy: Option<&mut dyn DataPolicy>,
+    ) -> Result<Outcome<Accepted>, Refusal> {
+        let p = match self.process(msg, origin, policy).await? {
+            Outcome::Kept(p) => p,
+            Outcome::Dropped { id, why } => return Ok(Outcome::Dropped { id, why }),
+        };
+        let data = Arc::new(p.data);
+        spool.store(&p.envelope, data.clone()).await?;
+        Ok(Outcome::Kept(Accepted { envelope: p.envelope, data, hold: p.hold }))
+    }
+
+    fn authserv_id(&self) -> String {
+        self.config.auth.authserv_id.clone().unwrap_or_else(|| self.config.server.hostname.clone())
+    }
+
+    /// Applies the policy's verdict and changes. `Ok(None)`: accepted and dropped.
+    async fn apply(
+        &self,
+        env: &mut Envelope,
+        data: Arc<Vec<u8>>,
+        hold: &mut Option<Reservation>,
+        answer: PolicyAnswer,
+    ) -> Result<Option<Arc<Vec<u8>>>, Refusal> {
+        let PolicyAnswer { verdict, changes } = answer;
+        match verdict {
+            Verdict::Continue => {}
+            Verdict::Reply(r) => return Err(Refusal::Policy(r)),
+            Verdict::Disconnect(r) => return Err(Refusal::PolicyDisconnect(r)),
+            Verdict::Discard => return Ok(None),
+            Verdict::Quarantine(reason) => env.quarantine = Some(reason),
+        }
+        for r in &changes.refused {
+            tracing::warn!(queue_id = %env.id, "invalid policy change ignored: {r}");
+        }
+        let mut data = data;
+        if !changes.content.is_empty() {
+            let applied =
+                mailgate_message::apply(&data, &changes.content, self.config.limits.max_message_size as usize);
+            for (_, why) in &applied.refused {
+                tracing::warn!(queue_id = %env.id, "invalid policy change ignored: {why}");
+            }
+            if let Some(d) = applied.data {
+                // The edited copy lives beside the received one until the checks are done.
+                if let Some(h) = hold.as_mut() {
+                    h.force_to(h.size() + d.capacity());
+                }
+                data = Arc::new(d);
+            }
+        }
+        if let Some(s) = changes.sender {
+            env.sender = s;
+        }
+        env.recipients.retain(|r| !changes.remove_rcpts.iter().any(|x| x.eq_ignore_ascii_case(&r.address)));
+        for a in changes.add_rcpts {
+            if !env.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(&a)) {
+                env.recipients.push(Recipient::pending(a));
+            }
+        }
+        if changes.route.is_some() {
+            env.route = changes.route;
+        }
+        if env.recipients.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(data))
+    }
+
+    /// Puts our `Authentication-Results:` on top, from the session's results (and the checks
+    /// the operator wants in every header). The received bytes are released here.
+    async fn mark(&self, origin: &Origin, authserv_id: &str, data: Arc<Vec<u8>>) -> Vec<u8> {
+        let Some(auth) = &origin.auth else {
+            return Arc::try_unwrap(data).unwrap_or_else(|a| (*a).clone());
+        };
+        let cfg = &self.config.auth;
+        let mut field = None;
+        let mut session = auth.lock().await;
+        if cfg.header {
+            use mailgate_config::AuthCheck as C;
+            let has = |c: C| cfg.always.contains(&c);
+            let value = session
+                .header(authserv_id, has(C::Spf), has(C::Dkim) || has(C::Dmarc) || has(C::Arc), has(C::Iprev))
+                .await;
+            field = value.map(|v| format!("Authentication-Results: {v}\r\n"));
+        }
+        // The checks are done: without that second owner the message is not copied here.
+        session.end_message();
+        drop(session);
+        let mut data = Arc::try_unwrap(data).unwrap_or_else(|a| (*a).clone());
+        if let Some(field) = field {
+            prepend(&mut data, field.as_bytes());
+        }
+        data
+    }
+}
+
+/// A new envelope for content the gateway writes or receives: pending recipients, no attempt.
+pub fn envelope(id: String, sender: String, recipients: Vec<String>) -> Envelope {
+    Envelope {
+        id,
+        sender,
+        recipients: recipients.into_iter().map(Recipient::pending).collect(),
+        received_at: mailgate_message::date::now_millis(),
+        attempts: 0,
+        next_attempt: 0,
+        body_8bit: false,
+        smtputf8: false,
+        client: String::new(),
+        route: None,
+        quarantine: None,
+        requiretls: false,
+        held: false,
+    }
+}
+
+/// Puts `field` in front of the message in place: the buffer grows (for a large one the
+/// allocator remaps it without copying) and the content moves up, with no second copy.
+pub fn prepend(data: &mut Vec<u8>, field: &[u8]) {
+    data.splice(0..0, field.iter().copied());
+}
+
+/// Counts `Received:` fields in the header section.
+fn count_received(msg: &[u8]) -> usize {
+    let end = msg.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(msg.len());
+    msg[..end].split(|b| *b == b'\n').filter(|l| l.len() >= 9 && l[..9].eq_ignore_ascii_case(b"received:")).count()
+}
+
+/// Runs [`mailgate_message::inspect`]; hands the bytes back. `None` only if the blocking task
+/// could not run to its end (the runtime is shutting down).
+async fn check_structure(
+    buf: Vec<u8>,
+    limits: &mailgate_config::Limits,
+) -> Option<(Vec<u8>, Result<mailgate_message::Structure, MessageError>)> {
+    let limits = mailgate_message::MessageLimits::from_config(limits);
+    if buf.len() <= INLINE_CHECK {
+        let r = mailgate_message::inspect(&buf, &limits);
+        return Some((buf, r));
+    }
+    tokio::task::spawn_blocking(move || {
+        let r = mailgate_message::inspect(&buf, &limits);
+        (buf, r)
+    })
+    .await
+    .ok()
+}
+
+/// RFC 3848 / RFC 6531 protocol name for `Received: … with`: S for TLS, A for an
+/// authenticated client.
+pub fn protocol(esmtp: bool, smtputf8: bool, tls: bool, authenticated: bool) -> String {
+    let base = match (smtputf8, esmtp) {
+        (true, _) => "UTF8SMTP",
+        (false, true) => "ESMTP",
+        (false, false) => "SMTP",
+    };
+    let suffix = match (tls, authenticated) {
+        (true, true) => "SA",
+        (true, false) => "S",
+        (false, true) => "A",
+        (false, false) => "",
+    };
+    format!("{base}{suffix}")
+}
