@@ -1,6 +1,6 @@
 //! The one `bindgen!` over `wit/`: the Rust face of the `mailgate:plugin/filter` world.
-//! DNS imports are async on the host (lookups await the resolver); every export is called
-//! asynchronously so a slow import never blocks the runtime.
+//! DNS, auth and kv imports are async on the host (they wait for the resolver or a backend);
+//! every export is called asynchronously so a slow import never blocks the runtime.
 
 wasmtime::component::bindgen!({
     world: "filter",
@@ -8,6 +8,7 @@ wasmtime::component::bindgen!({
     imports: {
         "mailgate:plugin/dns": async,
         "mailgate:plugin/auth": async,
+        "mailgate:plugin/kv": async,
         default: trappable,
     },
     exports: { default: async },

@@ -21,7 +21,7 @@ pub mod route;
 
 pub use chain::{DataDecision, Decision, Plugins, QueueChain, RouteDecision, SessionChain};
 pub use engine::PluginEngine;
-pub use kv::{KvStore, MemoryKv};
+pub use kv::{KvError, KvStore, MemoryKv};
 
 /// A failure of the plugin machinery (not a policy answer).
 #[derive(Debug, thiserror::Error)]
