@@ -261,6 +261,6 @@ async fn submit_stores_exactly_the_prepared_message() {
     let c = cleanup("");
     let out = c.submit(&*spool, incoming(MSG, &["u@x.test"]), &client(), None).await.unwrap();
     let Outcome::Kept(a) = out else { panic!("not kept") };
-    assert_eq!(spool.read(&a.envelope.id).unwrap(), *a.data);
+    assert_eq!(spool.read(&a.envelope.id).await.unwrap(), *a.data);
     spool.close();
 }

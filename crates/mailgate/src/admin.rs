@@ -193,7 +193,7 @@ async fn api(shared: &Arc<Shared>, method: &str, target: &str) -> Result<String,
         ("GET", ["quarantine", id]) => {
             let (env, state) = quarantined(id)?;
             let mut v = item(&env, state);
-            let content = shared.spool.read(&env.id).map_err(|e| ("500 Internal Server Error", e.to_string()))?;
+            let content = shared.spool.read(&env.id).await.map_err(|e| ("500 Internal Server Error", e.to_string()))?;
             let end = content.windows(4).position(|w| w == b"\r\n\r\n").map_or(content.len(), |p| p + 2);
             v["header"] = String::from_utf8_lossy(&content[..end.min(64 << 10)]).into_owned().into();
             v["size"] = content.len().into();

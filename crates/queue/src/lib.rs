@@ -327,19 +327,15 @@ impl Queue {
         let (config, hooks) = (inner.config(), inner.hooks());
         let data = match e.data.take() {
             Some(d) => d,
-            None => {
-                let spool = inner.spool.clone();
-                let id = e.env.id.clone();
-                match tokio::task::spawn_blocking(move || spool.read(&id)).await {
-                    Ok(Ok(d)) => Arc::new(d),
-                    other => {
-                        tracing::error!(queue_id = %e.env.id, "cannot read message from the spool: {:?}; retrying later", other.map(|r| r.err()));
-                        e.env.next_attempt = now_ms() + 60_000;
-                        self.requeue(e.env);
-                        return;
-                    }
+            None => match inner.spool.read(&e.env.id).await {
+                Ok(d) => Arc::new(d),
+                Err(err) => {
+                    tracing::error!(queue_id = %e.env.id, "cannot read message from the spool: {err}; retrying later");
+                    e.env.next_attempt = now_ms() + 60_000;
+                    self.requeue(e.env);
+                    return;
                 }
-            }
+            },
         };
         // Group pending recipients by destination: one transaction per group.
         let mut groups: BTreeMap<String, (Route, String, Vec<usize>)> = BTreeMap::new();

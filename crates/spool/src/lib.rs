@@ -51,23 +51,39 @@ impl SpoolError {
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The spool contract.
+/// The spool contract, shaped for a backend shared by several nodes as well as for the local
+/// segment log: the calls that wait for storage are async; `update` and `complete` hand a
+/// record over to be committed with the next batch (losing one in a crash means a retry,
+/// never a lost message), so callers never wait for them.
 pub trait Spool: Send + Sync + 'static {
     /// Stores a new message. Resolves only after envelope and content are durable (written and
     /// fsynced); only then may the client hear `250`. The content is shared, not copied: the
     /// caller may hand the same bytes to the queue afterwards.
     fn store<'a>(&'a self, env: &'a Envelope, data: Arc<Vec<u8>>) -> BoxFuture<'a, Result<(), SpoolError>>;
 
-    /// Records a new state of a stored message (recipient results, next attempt). Written with
-    /// the next commit; losing it in a crash means a retry, never a lost message.
+    /// Records a new state of a stored message (recipient results, next attempt), and ends the
+    /// caller's claim on it.
     fn update(&self, env: &Envelope);
 
     /// The message is finished (every recipient delivered or bounced): its space may be reused.
     fn complete(&self, id: &QueueId);
 
     /// Reads a stored message's content back.
-    fn read(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError>;
+    fn read<'a>(&'a self, id: &'a QueueId) -> BoxFuture<'a, Result<Vec<u8>, SpoolError>>;
 
     /// Makes a new queue id, unique within this spool across restarts.
     fn new_id(&self) -> QueueId;
+
+    /// Claims up to `n` messages due at `now_ms` (Unix milliseconds) that no one holds, for
+    /// `lease`: until then no other claim returns them. Held and quarantined messages are
+    /// never due. With several nodes on one shared spool, this is how they share the work.
+    fn claim_due<'a>(
+        &'a self,
+        now_ms: u64,
+        n: usize,
+        lease: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Vec<Envelope>, SpoolError>>;
+
+    /// Gives a claim back without a new state: the message is due again for the next claim.
+    fn release<'a>(&'a self, id: &'a QueueId) -> BoxFuture<'a, Result<(), SpoolError>>;
 }

@@ -52,8 +52,17 @@ struct Shared {
     dir: PathBuf,
 }
 
+/// A live message as [`Spool::claim_due`] sees it: its latest envelope, and until when it is
+/// claimed (Unix ms; 0: free).
+struct Claimable {
+    env: Envelope,
+    leased_until: u64,
+}
+
 /// The local-disk [`Spool`]. Cheap to share behind an `Arc`.
 pub struct LocalSpool {
+    /// Every live message's latest envelope and claim, for `claim_due`.
+    claims: Mutex<BTreeMap<QueueId, Claimable>>,
     tx: Mutex<Option<mpsc::Sender<Req>>>,
     shared: Arc<Shared>,
     /// Last id issued; ids are microseconds since the epoch, made strictly increasing.
@@ -221,7 +230,9 @@ impl LocalSpool {
         writer.collect_garbage();
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new().name("spool-writer".into()).spawn(move || writer.run(rx))?;
+        let claims = recovered.iter().map(|e| (e.id.clone(), Claimable { env: e.clone(), leased_until: 0 })).collect();
         let spool = Arc::new(LocalSpool {
+            claims: Mutex::new(claims),
             tx: Mutex::new(Some(tx)),
             shared,
             last_id: AtomicU64::new(max_id),
@@ -269,6 +280,9 @@ impl Drop for LocalSpool {
 impl Spool for LocalSpool {
     fn store<'a>(&'a self, env: &'a Envelope, data: Arc<Vec<u8>>) -> BoxFuture<'a, Result<(), SpoolError>> {
         Box::pin(async move {
+            // Claimed by whoever stores it: the queue that takes it next.
+            let claim = Claimable { env: env.clone(), leased_until: u64::MAX };
+            self.claims.lock().unwrap().insert(env.id.clone(), claim);
             let meta = serde_json::to_vec(env).expect("envelope serializes");
             let bytes = record::head(Kind::Store, &meta, &data);
             let (ack, wait) = tokio::sync::oneshot::channel();
@@ -282,15 +296,22 @@ impl Spool for LocalSpool {
                 data: Some(data),
                 ack: Some(ack),
             })?;
-            match wait.await {
+            let stored = match wait.await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(SpoolError::Io(std::io::Error::other(e))),
                 Err(_) => Err(SpoolError::Closed),
+            };
+            if stored.is_err() {
+                self.claims.lock().unwrap().remove(&env.id);
             }
+            stored
         })
     }
 
     fn update(&self, env: &Envelope) {
+        if let Some(c) = self.claims.lock().unwrap().get_mut(&env.id) {
+            *c = Claimable { env: env.clone(), leased_until: 0 };
+        }
         let meta = serde_json::to_vec(env).expect("envelope serializes");
         let mut bytes = Vec::new();
         record::encode(&mut bytes, Kind::Update, &meta, &[]);
@@ -307,6 +328,7 @@ impl Spool for LocalSpool {
     }
 
     fn complete(&self, id: &QueueId) {
+        self.claims.lock().unwrap().remove(id);
         let mut bytes = Vec::new();
         record::encode(&mut bytes, Kind::Done, id.as_bytes(), &[]);
         self.prompt(Req {
@@ -321,17 +343,43 @@ impl Spool for LocalSpool {
         });
     }
 
-    fn read(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
-        // A relocation may move the content between the index lookup and the read: retry once.
-        for _ in 0..2 {
-            let r = *self.shared.index.lock().unwrap().get(id).ok_or_else(|| SpoolError::NotFound(id.clone()))?;
-            match self.shared.read_at(r) {
-                Ok(v) => return Ok(v),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
+    fn read<'a>(&'a self, id: &'a QueueId) -> BoxFuture<'a, Result<Vec<u8>, SpoolError>> {
+        let (shared, id) = (self.shared.clone(), id.clone());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || shared.read_message(&id)).await.map_err(|_| SpoolError::Closed)?
+        })
+    }
+
+    fn claim_due<'a>(
+        &'a self,
+        now_ms: u64,
+        n: usize,
+        lease: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Vec<Envelope>, SpoolError>> {
+        let until = now_ms.saturating_add(lease.as_millis() as u64);
+        let mut claims = self.claims.lock().unwrap();
+        let due = claims
+            .values_mut()
+            .filter(|c| c.env.next_attempt <= now_ms && c.leased_until <= now_ms)
+            .filter(|c| !c.env.held && c.env.quarantine.is_none())
+            .take(n)
+            .map(|c| {
+                c.leased_until = until;
+                c.env.clone()
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(due)))
+    }
+
+    fn release<'a>(&'a self, id: &'a QueueId) -> BoxFuture<'a, Result<(), SpoolError>> {
+        let r = match self.claims.lock().unwrap().get_mut(id) {
+            Some(c) => {
+                c.leased_until = 0;
+                Ok(())
             }
-        }
-        Err(SpoolError::NotFound(id.clone()))
+            None => Err(SpoolError::NotFound(id.clone())),
+        };
+        Box::pin(std::future::ready(r))
     }
 
     fn new_id(&self) -> QueueId {
@@ -344,6 +392,28 @@ impl Spool for LocalSpool {
                 Err(seen) => last = seen,
             }
         }
+    }
+}
+
+impl LocalSpool {
+    /// Reads a stored message's content, on this thread (tests, tools).
+    pub fn read_blocking(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
+        self.shared.read_message(id)
+    }
+}
+
+impl Shared {
+    fn read_message(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
+        // A relocation may move the content between the index lookup and the read: retry once.
+        for _ in 0..2 {
+            let r = *self.index.lock().unwrap().get(id).ok_or_else(|| SpoolError::NotFound(id.clone()))?;
+            match self.read_at(r) {
+                Ok(v) => return Ok(v),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(SpoolError::NotFound(id.clone()))
     }
 }
 

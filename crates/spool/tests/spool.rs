@@ -39,7 +39,7 @@ async fn stores_recovers_and_forgets_completed() {
         assert!(a.id < b.id);
         spool.store(&a, Arc::new(b"message A\r\n".to_vec())).await.unwrap();
         spool.store(&b, Arc::new(b"message B\r\n".to_vec())).await.unwrap();
-        assert_eq!(spool.read(&a.id).unwrap(), b"message A\r\n");
+        assert_eq!(spool.read_blocking(&a.id).unwrap(), b"message A\r\n");
         let mut a2 = a.clone();
         a2.recipients[0].status = RcptStatus::Delivered;
         a2.attempts = 1;
@@ -51,8 +51,8 @@ async fn stores_recovers_and_forgets_completed() {
     assert_eq!(rec[0].id, a.id);
     assert_eq!(rec[0].attempts, 1);
     assert_eq!(rec[0].recipients[0].status, RcptStatus::Delivered);
-    assert_eq!(spool.read(&a.id).unwrap(), b"message A\r\n");
-    assert!(spool.read(&b.id).is_err());
+    assert_eq!(spool.read_blocking(&a.id).unwrap(), b"message A\r\n");
+    assert!(spool.read_blocking(&b.id).is_err());
 }
 
 #[tokio::test]
@@ -85,12 +85,12 @@ async fn concurrent_stores_share_syncs_and_segments_are_reclaimed() {
         spool.store(&e, Arc::new(body.clone())).await.unwrap();
         spool.complete(&e.id);
     }
-    assert_eq!(spool.read(&ids[0]).unwrap(), body);
+    assert_eq!(spool.read_blocking(&ids[0]).unwrap(), body);
     assert!(spool.segment_count() <= 7, "segments reclaimed: {}", spool.segment_count());
     drop(spool);
     let (spool, rec) = LocalSpool::open(dir.path(), 64 << 10).unwrap();
     assert_eq!(rec.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), vec![ids[0].clone()]);
-    assert_eq!(spool.read(&ids[0]).unwrap(), body);
+    assert_eq!(spool.read_blocking(&ids[0]).unwrap(), body);
 }
 
 #[tokio::test]
@@ -108,5 +108,52 @@ async fn torn_tail_is_ignored() {
     std::io::Write::write_all(&mut f, &[0x4D, 0x47, 0x53, 0x50, 1, 9, 9]).unwrap();
     let (spool, rec) = LocalSpool::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(rec.len(), 1);
-    assert_eq!(spool.read(&a.id).unwrap(), b"hello\r\n");
+    assert_eq!(spool.read_blocking(&a.id).unwrap(), b"hello\r\n");
+}
+
+#[tokio::test]
+async fn claims_share_due_messages_and_leases_expire() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let lease = Duration::from_secs(60);
+    let ids = |v: Vec<Envelope>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    let (a, b, c);
+    {
+        let (spool, _) = LocalSpool::open(dir.path(), 1 << 20).unwrap();
+        a = env(&spool, &["x@y.example"]);
+        b = env(&spool, &["x@y.example"]);
+        c = env(&spool, &["x@y.example"]);
+        for e in [&a, &b, &c] {
+            spool.store(e, Arc::new(b"m\r\n".to_vec())).await.unwrap();
+        }
+        // Whoever stored them holds them.
+        assert!(spool.claim_due(1000, 10, lease).await.unwrap().is_empty());
+        spool.release(&a.id).await.unwrap();
+        assert_eq!(ids(spool.claim_due(1000, 10, lease).await.unwrap()), vec![a.id.clone()]);
+        // Claimed: no one else gets it until the lease is over.
+        assert!(spool.claim_due(2000, 10, lease).await.unwrap().is_empty());
+        assert_eq!(ids(spool.claim_due(1000 + 60_000, 10, lease).await.unwrap()), vec![a.id.clone()]);
+        // A new state ends the claim; the message is due at its next attempt.
+        let mut later = b.clone();
+        later.next_attempt = 500_000;
+        spool.update(&later);
+        // (At 400 000 `a`'s lease is over: it is due again, `b` is not yet.)
+        let long = Duration::from_secs(10_000);
+        assert_eq!(ids(spool.claim_due(400_000, 10, long).await.unwrap()), vec![a.id.clone()]);
+        assert_eq!(ids(spool.claim_due(500_000, 10, lease).await.unwrap()), vec![b.id.clone()]);
+        // Held messages are never due; finished ones are gone.
+        let mut held = c.clone();
+        held.held = true;
+        spool.update(&held);
+        spool.complete(&a.id);
+        assert!(spool.claim_due(u64::MAX - 1, 10, lease).await.unwrap().iter().all(|e| e.id == b.id));
+        assert!(spool.release(&a.id).await.is_err());
+        spool.close();
+    }
+    // After a restart nothing is claimed: every due message is there for the first claim, `n` at
+    // a time.
+    let (spool, _) = LocalSpool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(ids(spool.claim_due(500_000, 1, lease).await.unwrap()), vec![b.id.clone()]);
+    assert!(spool.claim_due(500_000, 1, lease).await.unwrap().is_empty());
+    assert_eq!(spool.read(&b.id).await.unwrap(), b"m\r\n");
 }
