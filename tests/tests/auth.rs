@@ -168,7 +168,9 @@ fn dkim_cross_checked_with_dkimpy_both_ways() {
     let (g_rsa, g_rsa_txt) = keygen(dir.path(), "out-rsa.test", "g1", "rsa");
     let (g_ed, g_ed_txt) = keygen(dir.path(), "out-ed.test", "g2", "ed25519");
     let (seal_key, seal_txt) = keygen(dir.path(), "gw.test", "seal", "rsa");
+    let (dsn_key, dsn_txt) = keygen(dir.path(), "gateway.test", "dsn", "ed25519");
     let dns = Dns::start(&[
+        &txt("dsn._domainkey.gateway.test", &dsn_txt),
         &txt("rsa1._domainkey.signed.test", &rsa_txt),
         &txt("ed1._domainkey.signed.test", &format!("v=DKIM1; k=ed25519; p={ed_pub}")),
         &txt("g1._domainkey.out-rsa.test", &g_rsa_txt),
@@ -181,10 +183,12 @@ fn dkim_cross_checked_with_dkimpy_both_ways() {
         "{}\n[auth]\nalways = [\"dkim\"]\n\n\
          [[dkim_sign]]\ndomain = \"out-rsa.test\"\nselector = \"g1\"\nkey = \"{}\"\nsign_for = \"trusted\"\n\n\
          [[dkim_sign]]\ndomain = \"out-ed.test\"\nselector = \"g2\"\nkey = \"{}\"\nsign_for = \"trusted\"\n\n\
+         [[dkim_sign]]\ndomain = \"gateway.test\"\nselector = \"dsn\"\nkey = \"{}\"\nsign_for = \"trusted\"\n\n\
          [arc_seal]\ndomain = \"gw.test\"\nselector = \"seal\"\nkey = \"{}\"\n{}",
         dns.config(),
         g_rsa.display(),
         g_ed.display(),
+        dsn_key.display(),
         seal_key.display(),
         Gateway::plugin("dkim", "dkim", "stages = [\"data\"]", "require = [\"signed.test\"]")
     );
@@ -243,6 +247,17 @@ fn dkim_cross_checked_with_dkimpy_both_ways() {
         let changed = got.text().replace("this is outbound", "this is altered");
         assert_eq!(dkimpy_verify(changed.as_bytes(), dns.port), "fail");
     }
+
+    // A DSN the queue writes passes the same cleanup stage: it is traced and signed for our
+    // domain (MAILER-DAEMON@mx.gateway.test), and the signature verifies in dkimpy.
+    sink.set_rcpt_reply("gone@remote.test", "550 5.1.1 no such user");
+    assert_eq!(send(gw.port, "bob@out-rsa.test", "gone@remote.test", &message("bob@out-rsa.test", "bounced")), "OK");
+    let dsn = sink.wait_for_rcpt("bob@out-rsa.test", T);
+    let text = dsn.text();
+    assert!(text.contains("From: Mail Delivery System <MAILER-DAEMON@mx.gateway.test>"), "{text}");
+    assert!(text.contains("Received: by mx.gateway.test (mailgate) id "), "{text}");
+    assert!(text.contains("d=gateway.test;") && text.contains("s=dsn;"), "{text}");
+    assert_eq!(dkimpy_verify(&dsn.data, dns.port), "pass", "{text}");
 }
 
 #[test]
