@@ -192,15 +192,9 @@ impl Plugins {
         SessionChain { inner: Chain::new(self.clone(), sid, self.pipeline(pipeline)) }
     }
 
-    /// A chain for the queue's stages (route, delivery result).
+    /// The queue's stages (route, delivery result), on a pool of instances.
     pub fn queue(self: &Arc<Self>) -> QueueChain {
-        QueueChain {
-            inner: tokio::sync::Mutex::new(Chain::new(
-                self.clone(),
-                "queue",
-                self.pipeline(mailgate_config::DEFAULT_PIPELINE),
-            )),
-        }
+        QueueChain { plugins: self.clone(), idle: std::sync::Mutex::new(Vec::new()) }
     }
 }
 
@@ -285,11 +279,13 @@ impl Chain {
     }
 
     /// A shadow plugin's answer: logged and counted, never enforced; a failure only logged.
-    fn shadow(&mut self, i: usize, stage: Stage, answer: &Result<String, String>) {
+    /// `Ok(None)`: it said nothing (next, no changes) — decided by the answer's type by the
+    /// caller; `Ok(Some(d))`: what it would have done, for the log.
+    fn shadow(&mut self, i: usize, stage: Stage, answer: &Result<Option<String>, String>) {
         let meta = &self.plugins.loaded[i].meta;
         match answer {
-            Ok(d) if d == "Next" || d == "Continue" => {}
-            Ok(d) => {
+            Ok(None) => {}
+            Ok(Some(d)) => {
                 tracing::info!(plugin = %meta.name, stage = stage.name(), sid = %self.sid, decision = %d, "shadow verdict (not enforced)");
                 ::metrics::counter!("mailgate_plugin_shadow_verdicts_total", "plugin" => meta.name.clone(), "stage" => stage.name()).increment(1);
             }
@@ -337,7 +333,8 @@ impl Chain {
             });
             let name = &self.plugins.loaded[i].meta.name;
             if self.plugins.loaded[i].meta.shadow {
-                self.shadow(i, stage, &answer.map(|d| format!("{d:?}")));
+                let said = answer.map(|d| (d != Decision::Next).then(|| format!("{d:?}")));
+                self.shadow(i, stage, &said);
                 continue;
             }
             match answer {
@@ -461,7 +458,8 @@ impl SessionChain {
             let name = chain.plugins.loaded[i].meta.name.clone();
             if chain.plugins.loaded[i].meta.shadow {
                 // Neither its verdict nor its modifications take effect.
-                chain.shadow(i, Stage::Data, &decided.map(|(d, _, _)| format!("{d:?}")));
+                let said = decided.map(|(d, _, _)| (d != DataDecision::Continue).then(|| format!("{d:?}")));
+                chain.shadow(i, Stage::Data, &said);
                 continue;
             }
             match decided {
@@ -485,17 +483,62 @@ impl SessionChain {
     }
 }
 
-/// The queue's plugin chain (one instance per plugin, shared by all deliveries).
+/// Idle queue chains kept for reuse; more run at once when more deliveries need them, and
+/// those are dropped after use.
+const QUEUE_POOL: usize = 16;
+
+/// The queue's plugin chains: a pool, so routing and results for different messages run in
+/// parallel — no lock is held across a plugin call or its DNS waits. A queue-stage plugin
+/// keeps no state from one call to the next that it can count on.
 pub struct QueueChain {
-    inner: tokio::sync::Mutex<Chain>,
+    plugins: Arc<Plugins>,
+    idle: std::sync::Mutex<Vec<Chain>>,
+}
+
+/// A chain taken from the pool; it goes back when dropped (unless a plugin failed in it,
+/// when its failed instance is already gone and the rest is kept).
+struct Pooled<'a> {
+    pool: &'a QueueChain,
+    chain: Option<Chain>,
+}
+
+impl std::ops::Deref for Pooled<'_> {
+    type Target = Chain;
+    fn deref(&self) -> &Chain {
+        self.chain.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Pooled<'_> {
+    fn deref_mut(&mut self) -> &mut Chain {
+        self.chain.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        let Some(chain) = self.chain.take() else { return };
+        let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < QUEUE_POOL {
+            idle.push(chain);
+        }
+    }
 }
 
 impl QueueChain {
+    /// An idle chain (or a new one) set to `pipeline`, with a clean score.
+    fn take(&self, pipeline: &str) -> Pooled<'_> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let order = self.plugins.pipeline(pipeline);
+        let mut chain = idle.unwrap_or_else(|| Chain::new(self.plugins.clone(), "queue", order.clone()));
+        chain.order = order;
+        chain.score.lock().expect("score lock").clear();
+        Pooled { pool: self, chain: Some(chain) }
+    }
+
     /// Lets on-route plugins pick the route of one recipient.
     pub async fn on_route(&self, pipeline: &str, env: &Envelope, rcpt: &str) -> RouteDecision {
-        let mut chain = self.inner.lock().await;
-        chain.order = chain.plugins.pipeline(pipeline);
-        chain.score.lock().expect("score lock").clear();
+        let mut chain = self.take(pipeline);
         let mut decision = RouteDecision::Default;
         for i in chain.order.clone().iter().copied() {
             if !chain.plugins.runs_at(i, Stage::Route) {
@@ -522,8 +565,8 @@ impl QueueChain {
                 }
             });
             if chain.plugins.loaded[i].meta.shadow {
-                let shown = step.map(|(d, _)| d.map_or("Next".to_string(), |d| format!("{d:?}")));
-                chain.shadow(i, Stage::Route, &shown);
+                let said = step.map(|(d, _)| d.map(|d| format!("{d:?}")));
+                chain.shadow(i, Stage::Route, &said);
                 continue;
             }
             match step {
@@ -547,9 +590,7 @@ impl QueueChain {
 
     /// Tells on-delivery-result plugins about one recipient's attempt.
     pub async fn on_delivery_result(&self, pipeline: &str, res: &types::DeliveryResult) {
-        let mut chain = self.inner.lock().await;
-        chain.order = chain.plugins.pipeline(pipeline);
-        chain.score.lock().expect("score lock").clear();
+        let mut chain = self.take(pipeline);
         for i in chain.order.clone().iter().copied() {
             if !chain.plugins.runs_at(i, Stage::DeliveryResult) {
                 continue;
