@@ -125,7 +125,7 @@ fn default_memory() -> u64 {
 }
 
 impl Plugin {
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err(format!("name {:?}: use letters, digits, - and _", self.name));
         }

@@ -50,7 +50,7 @@ fn default_port() -> u16 {
 }
 
 impl Route {
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         match self {
             Route::Smarthost { host, port, .. } if host.is_empty() || *port == 0 => {
                 Err("smarthost needs a host and a non-zero port".into())

@@ -145,7 +145,7 @@ impl Gateway {
     /// it loads are new sessions (and the queue) switched to it; sessions in flight finish on
     /// the generation they started with. Listeners, the spool and the resolver stay as they
     /// are (changing them needs a restart).
-    pub async fn reload(&self) -> Result<String, String> {
+    pub(crate) async fn reload(&self) -> Result<String, String> {
         self.shared.reload().await
     }
 
@@ -179,7 +179,7 @@ impl Shared {
     }
 
     /// See [`Gateway::reload`].
-    pub async fn reload(&self) -> Result<String, String> {
+    pub(crate) async fn reload(&self) -> Result<String, String> {
         let result = self.reload_inner().await;
         if let Err(e) = &result {
             tracing::error!("reload failed, the running configuration stays: {e}");

@@ -136,7 +136,8 @@ impl Plugins {
     ) -> Result<Arc<Plugins>, PluginError> {
         let max_mem = cfg.plugins.iter().map(|p| p.memory_limit).max().unwrap_or(1 << 20);
         let n = cfg.plugins.len().max(1);
-        let slots = (cfg.limits.max_sessions.saturating_mul(n) + n + 16).min(100_000) as u32;
+        // Every session's instances, the queue's pool, and room for a reload's overlap.
+        let slots = (cfg.limits.max_sessions.saturating_mul(n) + n * QUEUE_POOL + 16).min(100_000) as u32;
         let engine = PluginEngine::new(slots, max_mem)?;
         let mut loaded = vec![];
         for p in &cfg.plugins {
@@ -194,7 +195,11 @@ impl Plugins {
 
     /// The queue's stages (route, delivery result), on a pool of instances.
     pub fn queue(self: &Arc<Self>) -> QueueChain {
-        QueueChain { plugins: self.clone(), idle: std::sync::Mutex::new(Vec::new()) }
+        QueueChain {
+            plugins: self.clone(),
+            idle: std::sync::Mutex::new(Vec::new()),
+            running: tokio::sync::Semaphore::new(QUEUE_POOL),
+        }
     }
 }
 
@@ -483,9 +488,9 @@ impl SessionChain {
     }
 }
 
-/// Idle queue chains kept for reuse; more run at once when more deliveries need them, and
-/// those are dropped after use.
-const QUEUE_POOL: usize = 16;
+/// Queue chains: at most this many run at once (more deliveries wait for one), and each is
+/// kept for reuse, so its instances are made once, not per call.
+pub(crate) const QUEUE_POOL: usize = 4;
 
 /// The queue's plugin chains: a pool, so routing and results for different messages run in
 /// parallel — no lock is held across a plugin call or its DNS waits. A queue-stage plugin
@@ -493,13 +498,16 @@ const QUEUE_POOL: usize = 16;
 pub struct QueueChain {
     plugins: Arc<Plugins>,
     idle: std::sync::Mutex<Vec<Chain>>,
+    /// One permit per chain that may run at once.
+    running: tokio::sync::Semaphore,
 }
 
-/// A chain taken from the pool; it goes back when dropped (unless a plugin failed in it,
-/// when its failed instance is already gone and the rest is kept).
+/// A chain taken from the pool; it goes back when dropped (a plugin that failed in it has
+/// already lost its instance; the others are kept).
 struct Pooled<'a> {
     pool: &'a QueueChain,
     chain: Option<Chain>,
+    _permit: tokio::sync::SemaphorePermit<'a>,
 }
 
 impl std::ops::Deref for Pooled<'_> {
@@ -518,27 +526,26 @@ impl std::ops::DerefMut for Pooled<'_> {
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         let Some(chain) = self.chain.take() else { return };
-        let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < QUEUE_POOL {
-            idle.push(chain);
-        }
+        self.pool.idle.lock().unwrap_or_else(|e| e.into_inner()).push(chain);
     }
 }
 
 impl QueueChain {
-    /// An idle chain (or a new one) set to `pipeline`, with a clean score.
-    fn take(&self, pipeline: &str) -> Pooled<'_> {
+    /// An idle chain (or a new one, while fewer than [`QUEUE_POOL`] exist) set to `pipeline`,
+    /// with a clean score.
+    async fn take(&self, pipeline: &str) -> Pooled<'_> {
+        let permit = self.running.acquire().await.expect("the pool's semaphore is never closed");
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let order = self.plugins.pipeline(pipeline);
         let mut chain = idle.unwrap_or_else(|| Chain::new(self.plugins.clone(), "queue", order.clone()));
         chain.order = order;
         chain.score.lock().expect("score lock").clear();
-        Pooled { pool: self, chain: Some(chain) }
+        Pooled { pool: self, chain: Some(chain), _permit: permit }
     }
 
     /// Lets on-route plugins pick the route of one recipient.
     pub async fn on_route(&self, pipeline: &str, env: &Envelope, rcpt: &str) -> RouteDecision {
-        let mut chain = self.take(pipeline);
+        let mut chain = self.take(pipeline).await;
         let mut decision = RouteDecision::Default;
         for i in chain.order.clone().iter().copied() {
             if !chain.plugins.runs_at(i, Stage::Route) {
@@ -590,7 +597,7 @@ impl QueueChain {
 
     /// Tells on-delivery-result plugins about one recipient's attempt.
     pub async fn on_delivery_result(&self, pipeline: &str, res: &types::DeliveryResult) {
-        let mut chain = self.take(pipeline);
+        let mut chain = self.take(pipeline).await;
         for i in chain.order.clone().iter().copied() {
             if !chain.plugins.runs_at(i, Stage::DeliveryResult) {
                 continue;

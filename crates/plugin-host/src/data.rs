@@ -15,7 +15,7 @@ pub struct DataTable {
 }
 
 impl DataTable {
-    pub fn load(path: &Path) -> Result<DataTable, String> {
+    pub(crate) fn load(path: &Path) -> Result<DataTable, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut map = HashMap::new();
         for (n, line) in text.lines().enumerate() {

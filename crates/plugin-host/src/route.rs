@@ -41,7 +41,7 @@ impl RoutePolicy {
     }
 
     /// `Err` with the reason when the plugin may not choose `r`.
-    pub fn check(&self, r: &Route) -> Result<(), String> {
+    pub(crate) fn check(&self, r: &Route) -> Result<(), String> {
         match r {
             Route::Mx(_) | Route::Discard | Route::Hold | Route::Reject(_) => Ok(()),
             Route::Smarthost((host, port)) => {
