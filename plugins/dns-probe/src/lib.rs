@@ -1,5 +1,6 @@
 //! dns-probe (test plugin): at on-rcpt looks up the TXT records of a configured name, to
-//! test that `dns` is denied by default and works when granted.
+//! test that `dns` is denied by default and works when granted. At on-route it looks up
+//! `<recipient's local part>.<name>`, so a test can see routings wait on DNS side by side.
 //!
 //! Denied: `550 5.7.1 dns-denied ...`. Other DNS error: `451 4.4.3 dns-error: ...`.
 //! Answer: logs the records at info level and says `next`.
@@ -29,6 +30,13 @@ impl Filter for DnsProbe {
             }
             Err(e) => Verdict::tempfail(451, "4.4.3", format!("dns-error: {} {e:?}", self.name)),
         }
+    }
+
+    fn on_route(&mut self, _env: &Envelope, rcpt: &str) -> RouteResult {
+        let local = rcpt.split('@').next().unwrap_or("x");
+        // Whatever the answer, the configured route: this hook only waits on DNS.
+        let _ = dns::txt(&format!("{local}.{}", self.name));
+        RouteResult::next()
     }
 }
 
