@@ -208,13 +208,13 @@ fn a_plugin_cannot_route_outside_the_configured_routes() {
 #[test]
 fn misbehaving_plugins_cost_only_their_own_verdict() {
     let sink = Sink::start();
-    for (mode, on_error, want) in [
-        ("loop", "tempfail", "451 4.3.0"),
-        ("trap", "tempfail", "451 4.3.0"),
-        ("oom", "tempfail", "451 4.3.0"),
-        ("bad-code", "tempfail", "451 4.3.0"),
-        ("loop", "skip", "250 2.1.5"),
-        ("trap", "skip", "250 2.1.5"),
+    for (mode, on_error, want, kind) in [
+        ("loop", "tempfail", "451 4.3.0", "budget"),
+        ("trap", "tempfail", "451 4.3.0", "trap"),
+        ("oom", "tempfail", "451 4.3.0", "trap"),
+        ("bad-code", "tempfail", "451 4.3.0", "invalid_answer"),
+        ("loop", "skip", "250 2.1.5", "budget"),
+        ("trap", "skip", "250 2.1.5", "trap"),
     ] {
         let plugin = Gateway::plugin(
             "misbehave",
@@ -251,6 +251,10 @@ fn misbehaving_plugins_cost_only_their_own_verdict() {
             line.contains("plugin=misbehave") && line.contains("stage=\"rcpt\"") && line.contains("sid="),
             "{line}"
         );
+        assert!(line.contains(&format!("kind=\"{kind}\"")), "{mode}: failure kind {kind}: {line}");
+        // The plugin's own line is tagged with its stage too (host.wit promises it).
+        let own = log.lines().find(|l| l.contains(&format!("misbehave: {mode} at rcpt"))).unwrap();
+        assert!(own.contains("plugin=\"misbehave\"") && own.contains("stage=\"rcpt\""), "{own}");
     }
 }
 

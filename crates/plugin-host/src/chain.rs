@@ -9,26 +9,24 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hickory_resolver::TokioResolver;
-use mailgate_config::{Config, OnError, Stage};
-use mailgate_smtp::{Enhanced, Reply};
-use wasmtime::component::{Resource, ResourceTable};
-use wasmtime::{Store, StoreLimitsBuilder};
+use mailgate_config::{Config, Stage};
+use mailgate_smtp::Reply;
 
 use crate::bindings::types::{self, ConnectionInfo, Envelope, Verdict};
-use crate::bindings::Filter;
-use crate::data::Scoreboard;
 use crate::engine::{LoadedPlugin, PluginEngine};
-use crate::host::{HostState, MessageHandle, ParsedMessage, Services, SharedAuth};
+use crate::failure::{checked_reply, policy_failure, Failure};
+use crate::host::{ParsedMessage, PluginMeta, Services, SharedAuth};
 use crate::kv::KvStore;
+use crate::runner::{Answer, Call, Chain, Said, Step, Tempfail};
 use crate::PluginError;
 
 /// The loaded plugins of a gateway (one config generation).
 pub struct Plugins {
-    engine: PluginEngine,
-    loaded: Vec<LoadedPlugin>,
+    pub(crate) engine: PluginEngine,
+    pub(crate) loaded: Vec<LoadedPlugin>,
     /// Pipelines by name: indexes into `loaded`, in the order they are asked.
     pipelines: std::collections::HashMap<String, Arc<[usize]>>,
-    services: Arc<Services>,
+    pub(crate) services: Services,
 }
 
 /// The chain's answer at a verdict stage.
@@ -66,67 +64,6 @@ pub enum RouteDecision {
     Reply(Reply),
 }
 
-/// An instantiated plugin within a session (or the queue).
-struct Slot {
-    store: Store<HostState>,
-    filter: Filter,
-}
-
-/// What a stage passes to the plugins.
-enum Call<'a> {
-    Connect,
-    Helo(&'a str),
-    Auth(&'a types::AuthRequest),
-    MailFrom(&'a Envelope),
-    Rcpt(&'a Envelope, &'a str),
-}
-
-impl Call<'_> {
-    fn stage(&self) -> Stage {
-        match self {
-            Call::Connect => Stage::Connect,
-            Call::Helo(_) => Stage::Helo,
-            Call::Auth(_) => Stage::Auth,
-            Call::MailFrom(_) => Stage::MailFrom,
-            Call::Rcpt(..) => Stage::Rcpt,
-        }
-    }
-}
-
-fn policy_failure() -> Reply {
-    Reply::new(451, Enhanced(4, 3, 0), "Temporary policy failure, try again later")
-}
-
-/// Checks a plugin's reply: the class must match the verdict, the enhanced code must parse and
-/// agree, and the text must be one sane line.
-fn checked_reply(r: &types::Reply, classes: &[u8]) -> Result<Reply, String> {
-    let class = (r.code / 100) as u8;
-    if !classes.contains(&class) || !(400..600).contains(&r.code) {
-        return Err(format!("reply code {} is not allowed for this verdict", r.code));
-    }
-    let enhanced = if r.enhanced.is_empty() {
-        Enhanced(class, 0, 0)
-    } else {
-        let e = Enhanced::parse(&r.enhanced).ok_or_else(|| format!("bad enhanced code {:?}", r.enhanced))?;
-        if e.0 != class {
-            return Err(format!("enhanced code {} does not match reply code {}", r.enhanced, r.code));
-        }
-        e
-    };
-    let text: String = r.text.chars().filter(|c| !c.is_control()).take(400).collect();
-    Ok(Reply::new(r.code, enhanced, if text.is_empty() { "Refused by policy".to_string() } else { text }))
-}
-
-fn describe(e: wasmtime::Error) -> String {
-    if let Some(t) = e.downcast_ref::<wasmtime::Trap>() {
-        return match t {
-            wasmtime::Trap::Interrupt => "CPU budget exceeded (interrupted)".into(),
-            other => format!("trap: {other}"),
-        };
-    }
-    format!("{e:#}")
-}
-
 impl Plugins {
     /// Compiles every `[[plugin]]` of the config. `slots` bounds live instances.
     pub fn load(
@@ -156,7 +93,7 @@ impl Plugins {
                 (name, Arc::from(order))
             })
             .collect();
-        Ok(Arc::new(Plugins { engine, loaded, pipelines, services: Arc::new(Services { resolver, kv }) }))
+        Ok(Arc::new(Plugins { engine, loaded, pipelines, services: Services { resolver: resolver.map(Arc::new), kv } }))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -175,7 +112,7 @@ impl Plugins {
     }
 
     /// A pipeline's plugin order (`default` for an unknown name; config check prevents that).
-    fn pipeline(&self, name: &str) -> Arc<[usize]> {
+    pub(crate) fn pipeline(&self, name: &str) -> Arc<[usize]> {
         self.pipelines
             .get(name)
             .or_else(|| self.pipelines.get(mailgate_config::DEFAULT_PIPELINE))
@@ -183,14 +120,14 @@ impl Plugins {
             .unwrap_or_else(|| Arc::from(Vec::new()))
     }
 
-    fn runs_at(&self, i: usize, stage: Stage) -> bool {
+    pub(crate) fn runs_at(&self, i: usize, stage: Stage) -> bool {
         self.loaded[i].meta.stages.contains(&stage)
     }
 
     /// A chain for one SMTP session: instances are created on first use and live as long as
     /// the session, so a plugin may keep per-session state.
     pub fn session(self: &Arc<Self>, sid: &str, pipeline: &str) -> SessionChain {
-        SessionChain { inner: Chain::new(self.clone(), sid, self.pipeline(pipeline)) }
+        SessionChain { chain: Chain::new(self.clone(), sid, self.pipeline(pipeline)) }
     }
 
     /// The queue's stages (route, delivery result), on a pool of instances.
@@ -203,289 +140,166 @@ impl Plugins {
     }
 }
 
-/// Instances of every plugin for one user (a session or the queue).
-struct Chain {
-    plugins: Arc<Plugins>,
-    /// One slot per loaded plugin; only those of the pipelines used get instances.
-    slots: Vec<Option<Slot>>,
-    /// The pipeline asked now.
-    order: Arc<[usize]>,
-    sid: Arc<str>,
-    /// The session's spam score, shared with every instance's host state.
-    score: Arc<std::sync::Mutex<Scoreboard>>,
-    /// The session's authentication results, handed to every instance (none in the queue).
-    auth: Option<SharedAuth>,
+/// The name of a verdict for the counters and what it means at a verdict stage.
+fn verdict_step(v: Verdict, stage: Stage) -> Result<Step<Decision>, Failure> {
+    let (d, verdict) = match v {
+        Verdict::Next => return Ok(Step::next()),
+        Verdict::Accept => (Decision::Accept, "accept"),
+        Verdict::Reject(r) => (Decision::Reply(checked_reply(&r, &[5])?), "reject"),
+        Verdict::Tempfail(r) => (Decision::Reply(checked_reply(&r, &[4])?), "tempfail"),
+        Verdict::Disconnect(r) => (Decision::Disconnect(checked_reply(&r, &[4, 5])?), "disconnect"),
+        Verdict::Quarantine(_) => return Err(Failure::Verdict { stage, verdict: "quarantine" }),
+        Verdict::Discard => return Err(Failure::Verdict { stage, verdict: "discard" }),
+    };
+    let said = Said { verdict, detail: format!("{d:?}") };
+    Ok(Step { effect: Some(d), said: Some(said), stop: true })
 }
 
-impl Chain {
-    fn new(plugins: Arc<Plugins>, sid: &str, order: Arc<[usize]>) -> Chain {
-        let n = plugins.loaded.len();
-        Chain {
-            plugins,
-            slots: (0..n).map(|_| None).collect(),
-            order,
-            sid: sid.into(),
-            score: Default::default(),
-            auth: None,
-        }
-    }
-
-    async fn slot(&mut self, i: usize) -> Result<&mut Slot, String> {
-        if self.slots[i].is_none() {
-            let lp = &self.plugins.loaded[i];
-            let state = HostState {
-                meta: lp.meta.clone(),
-                services: self.plugins.services.clone(),
-                table: ResourceTable::new(),
-                limits: StoreLimitsBuilder::new().memory_size(lp.meta.memory_limit).trap_on_grow_failure(false).build(),
-                sid: self.sid.clone(),
-                host_wait: std::time::Duration::ZERO,
-                score: self.score.clone(),
-                auth: self.auth.clone(),
-            };
-            let mut store = Store::new(&self.plugins.engine.engine, state);
-            store.limiter(|s| &mut s.limits);
-            // At the deadline: time spent waiting on the host (DNS) is given back; otherwise the
-            // plugin has used its CPU budget and is interrupted.
-            store.epoch_deadline_callback(|mut ctx| {
-                let waited = std::mem::take(&mut ctx.data_mut().host_wait);
-                let credit = waited.as_nanos().div_ceil(crate::engine::TICK.as_nanos()) as u64;
-                if credit > 0 {
-                    Ok(wasmtime::UpdateDeadline::Continue(credit))
-                } else {
-                    Err(wasmtime::Trap::Interrupt.into())
-                }
-            });
-            store.set_epoch_deadline(lp.meta.budget_ticks);
-            let filter =
-                lp.pre.instantiate_async(&mut store).await.map_err(|e| format!("instantiate: {}", describe(e)))?;
-            store.set_epoch_deadline(lp.meta.budget_ticks);
-            match filter.call_init(&mut store).await {
-                Ok(Ok(())) => {}
-                Ok(Err(msg)) => return Err(format!("init refused: {msg}")),
-                Err(e) => return Err(format!("init: {}", describe(e))),
-            }
-            self.slots[i] = Some(Slot { store, filter });
-        }
-        let slot = self.slots[i].as_mut().expect("just filled");
-        slot.store.data_mut().host_wait = std::time::Duration::ZERO;
-        slot.store.set_epoch_deadline(self.plugins.loaded[i].meta.budget_ticks);
-        Ok(slot)
-    }
-
-    /// Logs a plugin failure and drops its instance; returns its on-error policy.
-    fn failed(&mut self, i: usize, stage: Stage, msg: &str) -> OnError {
-        let meta = &self.plugins.loaded[i].meta;
-        tracing::error!(plugin = %meta.name, stage = stage.name(), sid = %self.sid, on_error = ?meta.on_error, "plugin failed: {msg}");
-        ::metrics::counter!("mailgate_plugin_failures_total", "plugin" => meta.name.clone(), "stage" => stage.name())
-            .increment(1);
-        self.slots[i] = None;
-        meta.on_error
-    }
-
-    /// A shadow plugin's answer: logged and counted, never enforced; a failure only logged.
-    /// `Ok(None)`: it said nothing (next, no changes) — decided by the answer's type by the
-    /// caller; `Ok(Some(d))`: what it would have done, for the log.
-    fn shadow(&mut self, i: usize, stage: Stage, answer: &Result<Option<String>, String>) {
-        let meta = &self.plugins.loaded[i].meta;
-        match answer {
-            Ok(None) => {}
-            Ok(Some(d)) => {
-                tracing::info!(plugin = %meta.name, stage = stage.name(), sid = %self.sid, decision = %d, "shadow verdict (not enforced)");
-                ::metrics::counter!("mailgate_plugin_shadow_verdicts_total", "plugin" => meta.name.clone(), "stage" => stage.name()).increment(1);
-            }
-            Err(msg) => {
-                tracing::warn!(plugin = %meta.name, stage = stage.name(), sid = %self.sid, "shadow plugin failed (not enforced): {msg}");
-                self.slots[i] = None;
-            }
-        }
-    }
-
-    fn observe(&self, i: usize, stage: Stage, started: Instant) {
-        let meta = &self.plugins.loaded[i].meta;
-        ::metrics::histogram!("mailgate_plugin_call_seconds", "plugin" => meta.name.clone(), "stage" => stage.name())
-            .record(started.elapsed().as_secs_f64());
-    }
-
-    async fn call_verdict(&mut self, i: usize, conn: &ConnectionInfo, call: &Call<'_>) -> Result<Verdict, String> {
-        let started = Instant::now();
-        let slot = self.slot(i).await?;
-        let (f, s) = (&slot.filter, &mut slot.store);
-        let r = match call {
-            Call::Connect => f.call_on_connect(s, conn).await,
-            Call::Helo(h) => f.call_on_helo(s, conn, h).await,
-            Call::Auth(a) => f.call_on_auth(s, conn, a).await,
-            Call::MailFrom(e) => f.call_on_mail_from(s, conn, e).await,
-            Call::Rcpt(e, r) => f.call_on_rcpt(s, conn, e, r).await,
-        };
-        self.observe(i, call.stage(), started);
-        r.map_err(describe)
-    }
-
-    async fn verdict_stage(&mut self, conn: &ConnectionInfo, call: Call<'_>) -> Decision {
-        let stage = call.stage();
-        for i in self.order.clone().iter().copied() {
-            if !self.plugins.runs_at(i, stage) {
-                continue;
-            }
-            let answer = self.call_verdict(i, conn, &call).await.and_then(|v| match v {
-                Verdict::Next => Ok(Decision::Next),
-                Verdict::Accept => Ok(Decision::Accept),
-                Verdict::Reject(r) => checked_reply(&r, &[5]).map(Decision::Reply),
-                Verdict::Tempfail(r) => checked_reply(&r, &[4]).map(Decision::Reply),
-                Verdict::Disconnect(r) => checked_reply(&r, &[4, 5]).map(Decision::Disconnect),
-                Verdict::Quarantine(_) | Verdict::Discard => Err("quarantine/discard are only for on-data".into()),
-            });
-            let name = &self.plugins.loaded[i].meta.name;
-            if self.plugins.loaded[i].meta.shadow {
-                let said = answer.map(|d| (d != Decision::Next).then(|| format!("{d:?}")));
-                self.shadow(i, stage, &said);
-                continue;
-            }
-            match answer {
-                Ok(Decision::Next) => continue,
-                Ok(d) => {
-                    tracing::info!(plugin = %name, stage = stage.name(), sid = %self.sid, decision = ?d, "plugin verdict");
-                    ::metrics::counter!("mailgate_plugin_verdicts_total", "plugin" => name.clone(), "stage" => stage.name(), "verdict" => verdict_name(&d)).increment(1);
-                    return d;
-                }
-                Err(msg) => match self.failed(i, stage, &msg) {
-                    OnError::Tempfail => return Decision::Reply(policy_failure()),
-                    OnError::Skip => continue,
-                },
-            }
-        }
-        Decision::Next
-    }
-}
-
-fn verdict_name(d: &Decision) -> &'static str {
-    match d {
-        Decision::Next => "next",
-        Decision::Accept => "accept",
-        Decision::Reply(r) if r.is_transient() => "tempfail",
-        Decision::Reply(_) => "reject",
-        Decision::Disconnect(_) => "disconnect",
-    }
+/// An answer of another hook than the one called: the host's own mistake, refused as the
+/// plugin's failure rather than trusted.
+fn mismatch(stage: Stage) -> Failure {
+    Failure::Verdict { stage, verdict: "of another hook" }
 }
 
 /// The plugin chain of one SMTP session.
 pub struct SessionChain {
-    inner: Chain,
+    chain: Chain,
 }
 
 impl SessionChain {
     /// Switches to another pipeline (the transaction's, chosen by its first recipient).
     pub fn use_pipeline(&mut self, name: &str) {
-        self.inner.order = self.inner.plugins.pipeline(name);
+        self.chain.order = self.chain.plugins().pipeline(name);
     }
 
     /// Gives the plugins the session's authentication results (before the first hook).
     pub fn set_auth(&mut self, auth: SharedAuth) {
-        self.inner.auth = Some(auth);
+        self.chain.auth = Some(auth);
     }
 
-    fn outside_transaction(&self) {
-        self.inner.score.lock().expect("score lock").end_transaction();
+    /// A verdict stage: the last enforced verdict that was not `next` decides.
+    async fn verdict(&mut self, call: Call<'_>) -> Decision {
+        let stage = call.stage();
+        let ran = self
+            .chain
+            .run(&call, |_, a| match a {
+                Answer::Verdict(v) => verdict_step(v, stage),
+                _ => Err(mismatch(stage)),
+            })
+            .await;
+        match ran {
+            Ok(mut d) => d.pop().unwrap_or(Decision::Next),
+            Err(Tempfail) => Decision::Reply(policy_failure()),
+        }
     }
 
     pub async fn on_connect(&mut self, conn: &ConnectionInfo) -> Decision {
-        self.outside_transaction();
-        self.inner.verdict_stage(conn, Call::Connect).await
+        self.chain.score().end_transaction();
+        self.verdict(Call::Connect(conn)).await
     }
     pub async fn on_helo(&mut self, conn: &ConnectionInfo, helo: &str) -> Decision {
-        self.outside_transaction();
-        self.inner.verdict_stage(conn, Call::Helo(helo)).await
+        self.chain.score().end_transaction();
+        self.verdict(Call::Helo(conn, helo)).await
     }
     pub async fn on_auth(&mut self, conn: &ConnectionInfo, req: &types::AuthRequest) -> Decision {
-        self.outside_transaction();
-        self.inner.verdict_stage(conn, Call::Auth(req)).await
+        self.chain.score().end_transaction();
+        self.verdict(Call::Auth(conn, req)).await
     }
     pub async fn on_mail_from(&mut self, conn: &ConnectionInfo, env: &Envelope) -> Decision {
-        self.inner.score.lock().expect("score lock").begin_transaction();
-        self.inner.verdict_stage(conn, Call::MailFrom(env)).await
+        self.chain.score().begin_transaction();
+        self.verdict(Call::MailFrom(conn, env)).await
     }
     pub async fn on_rcpt(&mut self, conn: &ConnectionInfo, env: &Envelope, rcpt: &str) -> Decision {
-        self.inner.verdict_stage(conn, Call::Rcpt(env, rcpt)).await
+        self.verdict(Call::Rcpt(conn, env, rcpt)).await
     }
 
-    /// Asks the data-stage plugins about a complete message. Modifications of every plugin
-    /// that did not fail are collected in chain order; the caller applies them before the
-    /// message is spooled.
+    /// Asks the data-stage plugins about a complete message. Modifications of every enforced
+    /// plugin that did not fail are collected in chain order; the caller applies them before
+    /// the message is spooled.
     pub async fn on_data(
         &mut self,
         conn: &ConnectionInfo,
         env: &Envelope,
         raw: Arc<Vec<u8>>,
     ) -> (DataDecision, Vec<types::Modification>) {
-        let chain = &mut self.inner;
         let msg = ParsedMessage::new(raw);
-        let mut mods = vec![];
-        for i in chain.order.clone().iter().copied() {
-            if !chain.plugins.runs_at(i, Stage::Data) {
-                continue;
-            }
-            let started = Instant::now();
-            let answer = match chain.slot(i).await {
-                Ok(slot) => {
-                    let res = slot.store.data_mut().table.push(MessageHandle(msg.clone()));
-                    match res {
-                        Ok(handle) => {
-                            let borrow = Resource::<MessageHandle>::new_borrow(handle.rep());
-                            let r = slot.filter.call_on_data(&mut slot.store, conn, env, borrow).await;
-                            let _ = slot.store.data_mut().table.delete(handle);
-                            r.map_err(describe)
-                        }
-                        Err(e) => Err(format!("resource table: {e}")),
-                    }
-                }
-                Err(e) => Err(e),
-            };
-            chain.observe(i, Stage::Data, started);
-            let decided = answer.and_then(|dr| {
-                let accepted = matches!(dr.verdict, Verdict::Accept);
-                let d = match dr.verdict {
-                    Verdict::Next | Verdict::Accept => DataDecision::Continue,
-                    Verdict::Reject(r) => DataDecision::Reply(checked_reply(&r, &[5])?),
-                    Verdict::Tempfail(r) => DataDecision::Reply(checked_reply(&r, &[4])?),
-                    Verdict::Disconnect(r) => DataDecision::Disconnect(checked_reply(&r, &[4, 5])?),
-                    Verdict::Quarantine(reason) => DataDecision::Quarantine(reason.chars().take(200).collect()),
-                    Verdict::Discard => DataDecision::Discard,
-                };
-                // A route outside the plugin's grant is its failure, not a route.
-                for m in &dr.modifications {
-                    if let types::Modification::SetRoute(r) = m {
-                        chain.plugins.loaded[i].meta.routes.check(r)?;
-                    }
-                }
-                Ok((d, accepted, dr.modifications))
-            });
-            let name = chain.plugins.loaded[i].meta.name.clone();
-            if chain.plugins.loaded[i].meta.shadow {
-                // Neither its verdict nor its modifications take effect.
-                let said = decided.map(|(d, _, _)| (d != DataDecision::Continue).then(|| format!("{d:?}")));
-                chain.shadow(i, Stage::Data, &said);
-                continue;
-            }
-            match decided {
-                Ok((d, accepted, m)) => {
+        let ran = self
+            .chain
+            .run(&Call::Data(conn, env, &msg), |meta, a| match a {
+                Answer::Data(dr) => data_step(meta, dr),
+                _ => Err(mismatch(Stage::Data)),
+            })
+            .await;
+        match ran {
+            Err(Tempfail) => (DataDecision::Reply(policy_failure()), vec![]),
+            Ok(effects) => {
+                let mut decision = DataDecision::Continue;
+                let mut mods = vec![];
+                for (d, m) in effects {
                     mods.extend(m);
-                    if d != DataDecision::Continue {
-                        tracing::info!(plugin = %name, stage = "data", sid = %chain.sid, decision = ?d, "plugin verdict");
-                        return (d, mods);
-                    }
-                    if accepted {
-                        break;
-                    }
+                    decision = d;
                 }
-                Err(msg) => match chain.failed(i, Stage::Data, &msg) {
-                    OnError::Tempfail => return (DataDecision::Reply(policy_failure()), vec![]),
-                    OnError::Skip => continue,
-                },
+                (decision, mods)
             }
         }
-        (DataDecision::Continue, mods)
     }
+}
+
+/// What one on-data answer means: its verdict, and its modifications (refused whole when it
+/// names a route outside its grant).
+fn data_step(
+    meta: &PluginMeta,
+    dr: types::DataResult,
+) -> Result<Step<(DataDecision, Vec<types::Modification>)>, Failure> {
+    let (d, verdict) = match dr.verdict {
+        Verdict::Next => (DataDecision::Continue, None),
+        Verdict::Accept => (DataDecision::Continue, Some("accept")),
+        Verdict::Reject(r) => (DataDecision::Reply(checked_reply(&r, &[5])?), Some("reject")),
+        Verdict::Tempfail(r) => (DataDecision::Reply(checked_reply(&r, &[4])?), Some("tempfail")),
+        Verdict::Disconnect(r) => (DataDecision::Disconnect(checked_reply(&r, &[4, 5])?), Some("disconnect")),
+        Verdict::Quarantine(reason) => {
+            (DataDecision::Quarantine(reason.chars().take(200).collect()), Some("quarantine"))
+        }
+        Verdict::Discard => (DataDecision::Discard, Some("discard")),
+    };
+    for m in &dr.modifications {
+        if let types::Modification::SetRoute(r) = m {
+            meta.routes.check(r)?;
+        }
+    }
+    // An accept ends the stage like a verdict does; only verdicts that change the outcome are
+    // reported (a shadow plugin that would only have edited the message said nothing).
+    let stop = verdict.is_some();
+    let said =
+        verdict.filter(|_| d != DataDecision::Continue).map(|verdict| Said { verdict, detail: format!("{d:?}") });
+    let effect = (stop || !dr.modifications.is_empty()).then_some((d, dr.modifications));
+    Ok(Step { effect, said, stop })
+}
+
+/// What one on-route answer means: a route and/or a verdict.
+fn route_step(meta: &PluginMeta, rr: types::RouteResult) -> Result<Step<RouteDecision>, Failure> {
+    if let Some(r) = &rr.route {
+        meta.routes.check(r)?;
+    }
+    let route = rr.route.map(RouteDecision::Route);
+    let (effect, stop) = match rr.verdict {
+        Verdict::Next => (route, false),
+        Verdict::Accept => (route, true),
+        Verdict::Reject(r) => (Some(RouteDecision::Reply(checked_reply(&r, &[5])?)), true),
+        Verdict::Tempfail(r) => (Some(RouteDecision::Reply(checked_reply(&r, &[4])?)), true),
+        Verdict::Disconnect(_) => return Err(Failure::Verdict { stage: Stage::Route, verdict: "disconnect" }),
+        Verdict::Quarantine(_) => return Err(Failure::Verdict { stage: Stage::Route, verdict: "quarantine" }),
+        Verdict::Discard => return Err(Failure::Verdict { stage: Stage::Route, verdict: "discard" }),
+    };
+    let said = effect.as_ref().map(|d| Said {
+        verdict: match d {
+            RouteDecision::Reply(r) if r.is_transient() => "tempfail",
+            RouteDecision::Reply(_) => "reject",
+            _ => "route",
+        },
+        detail: format!("{d:?}"),
+    });
+    Ok(Step { effect, said, stop })
 }
 
 /// Queue chains: at most this many run at once (more deliveries wait for one), and each is
@@ -510,16 +324,9 @@ struct Pooled<'a> {
     _permit: tokio::sync::SemaphorePermit<'a>,
 }
 
-impl std::ops::Deref for Pooled<'_> {
-    type Target = Chain;
-    fn deref(&self) -> &Chain {
-        self.chain.as_ref().expect("present until dropped")
-    }
-}
-
-impl std::ops::DerefMut for Pooled<'_> {
-    fn deref_mut(&mut self) -> &mut Chain {
-        self.chain.as_mut().expect("present until dropped")
+impl Pooled<'_> {
+    fn chain(&mut self) -> &mut Chain {
+        self.chain.get_or_insert_with(|| Chain::new(self.pool.plugins.clone(), "queue", Arc::from(Vec::new())))
     }
 }
 
@@ -539,78 +346,36 @@ impl QueueChain {
         let order = self.plugins.pipeline(pipeline);
         let mut chain = idle.unwrap_or_else(|| Chain::new(self.plugins.clone(), "queue", order.clone()));
         chain.order = order;
-        chain.score.lock().expect("score lock").clear();
+        chain.score().clear();
         Pooled { pool: self, chain: Some(chain), _permit: permit }
     }
 
-    /// Lets on-route plugins pick the route of one recipient.
+    /// Lets on-route plugins pick the route of one recipient: the last enforced answer that
+    /// named a route or a verdict decides.
     pub async fn on_route(&self, pipeline: &str, env: &Envelope, rcpt: &str) -> RouteDecision {
-        let mut chain = self.take(pipeline).await;
-        let mut decision = RouteDecision::Default;
-        for i in chain.order.clone().iter().copied() {
-            if !chain.plugins.runs_at(i, Stage::Route) {
-                continue;
-            }
-            let started = Instant::now();
-            let answer = match chain.slot(i).await {
-                Ok(slot) => slot.filter.call_on_route(&mut slot.store, env, rcpt).await.map_err(describe),
-                Err(e) => Err(e),
-            };
-            chain.observe(i, Stage::Route, started);
-            let step = answer.and_then(|rr| {
-                // A route outside the plugin's grant is its failure, not a route.
-                if let Some(r) = &rr.route {
-                    chain.plugins.loaded[i].meta.routes.check(r)?;
-                }
-                let route = rr.route.map(RouteDecision::Route);
-                match rr.verdict {
-                    Verdict::Next => Ok((route, false)),
-                    Verdict::Accept => Ok((route, true)),
-                    Verdict::Reject(r) => Ok((Some(RouteDecision::Reply(checked_reply(&r, &[5])?)), true)),
-                    Verdict::Tempfail(r) => Ok((Some(RouteDecision::Reply(checked_reply(&r, &[4])?)), true)),
-                    _ => Err("only next/accept/reject/tempfail are valid at on-route".to_string()),
-                }
-            });
-            if chain.plugins.loaded[i].meta.shadow {
-                let said = step.map(|(d, _)| d.map(|d| format!("{d:?}")));
-                chain.shadow(i, Stage::Route, &said);
-                continue;
-            }
-            match step {
-                Ok((d, stop)) => {
-                    if let Some(d) = d {
-                        decision = d;
-                    }
-                    if stop {
-                        break;
-                    }
-                }
-                Err(msg) => {
-                    if chain.failed(i, Stage::Route, &msg) == OnError::Tempfail {
-                        return RouteDecision::Reply(policy_failure());
-                    }
-                }
-            }
+        let mut pooled = self.take(pipeline).await;
+        let ran = pooled
+            .chain()
+            .run(&Call::Route(env, rcpt), |meta, a| match a {
+                Answer::Route(rr) => route_step(meta, rr),
+                _ => Err(mismatch(Stage::Route)),
+            })
+            .await;
+        match ran {
+            Ok(mut d) => d.pop().unwrap_or(RouteDecision::Default),
+            Err(Tempfail) => RouteDecision::Reply(policy_failure()),
         }
-        decision
     }
 
     /// Tells on-delivery-result plugins about one recipient's attempt.
     pub async fn on_delivery_result(&self, pipeline: &str, res: &types::DeliveryResult) {
-        let mut chain = self.take(pipeline).await;
-        for i in chain.order.clone().iter().copied() {
-            if !chain.plugins.runs_at(i, Stage::DeliveryResult) {
-                continue;
-            }
-            let started = Instant::now();
-            let r = match chain.slot(i).await {
-                Ok(slot) => slot.filter.call_on_delivery_result(&mut slot.store, res).await.map_err(describe),
-                Err(e) => Err(e),
-            };
-            chain.observe(i, Stage::DeliveryResult, started);
-            if let Err(msg) = r {
-                chain.failed(i, Stage::DeliveryResult, &msg);
-            }
-        }
+        let mut pooled = self.take(pipeline).await;
+        let _told = pooled
+            .chain()
+            .run::<()>(&Call::DeliveryResult(res), |_, a| match a {
+                Answer::Told => Ok(Step::next()),
+                _ => Err(mismatch(Stage::DeliveryResult)),
+            })
+            .await;
     }
 }

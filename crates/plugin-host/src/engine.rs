@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::bindings::{Filter, FilterPre};
+use crate::bindings::FilterPre;
 use crate::host::{HostState, PluginMeta};
 use crate::PluginError;
 
@@ -68,7 +68,7 @@ impl PluginEngine {
             .memory_reservation_for_growth(0);
         let engine = Engine::new(&cfg).map_err(err)?;
         let mut linker = Linker::new(&engine);
-        Filter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(err)?;
+        crate::host::add_to_linker(&mut linker).map_err(err)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (e, s) = (engine.weak(), stop.clone());
         std::thread::Builder::new()
@@ -96,21 +96,23 @@ impl PluginEngine {
         let bytes = std::fs::read(&p.path).map_err(|e| err(format!("{}: {e}", p.path.display())))?;
         let mut meta = PluginMeta::from_config(p, TICK, fingerprint(&bytes));
         meta.routes = crate::route::RoutePolicy::new(cfg, p);
+        let mut tables = std::collections::HashMap::new();
         for (name, path) in &p.data {
             let table = crate::data::DataTable::load(path).map_err(|e| err(format!("data.{name}: {e}")))?;
-            meta.tables.insert(name.clone(), Arc::new(table));
+            tables.insert(name.clone(), Arc::new(table));
         }
+        meta.tables = Arc::new(tables);
         let meta = Arc::new(meta);
-        let pre = self.prepare(&bytes).map_err(|e| err(format!("{}: {e}", p.path.display())))?;
+        let pre = self.prepare(&bytes).map_err(|e| err(format!("{}: {e:#}", p.path.display())))?;
         Ok(LoadedPlugin { meta, pre })
     }
 
     /// Compiles a component and checks it against the `filter` world.
-    pub fn prepare(&self, bytes: &[u8]) -> Result<FilterPre<HostState>, String> {
-        let component = Component::new(&self.engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))?;
-        let pre =
-            self.linker.instantiate_pre(&component).map_err(|e| format!("imports do not match the world: {e:#}"))?;
-        FilterPre::new(pre).map_err(|e| format!("exports do not match the world: {e:#}"))
+    fn prepare(&self, bytes: &[u8]) -> wasmtime::Result<FilterPre<HostState>> {
+        use wasmtime::error::Context as _;
+        let component = Component::new(&self.engine, bytes).context("not a valid component")?;
+        let pre = self.linker.instantiate_pre(&component).context("imports do not match the world")?;
+        FilterPre::new(pre).context("exports do not match the world")
     }
 }
 

@@ -2,9 +2,9 @@
 //!
 //! This crate owns everything between the gateway and its plugins: the one `bindgen!` over
 //! `wit/` ([`bindings`]), a narrow wasmtime engine wrapper (pooling allocator, epoch deadlines,
-//! memory limits — [`engine`]), the host imports plugins may call (log, config, dns, kv,
-//! metrics, the parsed message — [`host`]), and the chain that asks plugins in order at each
-//! stage and turns their answers into replies ([`chain`]).
+//! memory limits — [`engine`]), the host imports plugins may call, one file and one state per
+//! capability ([`host`]), the one stage runner that asks plugins in order ([`runner`]), and
+//! the chain that turns their answers into decisions at each stage ([`chain`]).
 //!
 //! It must not know sockets, the spool or the queue: the session and the queue call it with
 //! plain values and get plain decisions back. A plugin's failure (trap, timeout, out of memory,
@@ -14,10 +14,12 @@ pub mod bindings;
 pub mod chain;
 pub mod data;
 pub mod engine;
+pub mod failure;
 pub mod host;
 pub mod kv;
 pub mod modify;
 pub mod route;
+mod runner;
 
 pub use chain::{DataDecision, Decision, Plugins, QueueChain, RouteDecision, SessionChain};
 pub use engine::PluginEngine;

@@ -11,6 +11,15 @@ use mailgate_config::{AllowedRoute, Config, Grant, Plugin, Route as Configured};
 
 use crate::bindings::types::Route;
 
+/// A route a plugin named but may not choose.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteRefused {
+    #[error("route smarthost:{0}:{1} is not configured for this plugin")]
+    Smarthost(String, u16),
+    #[error("route maildir:{0} is not configured for this plugin")]
+    Maildir(String),
+}
+
 /// The smarthosts and maildirs one plugin may name.
 #[derive(Debug, Default, Clone)]
 pub struct RoutePolicy {
@@ -40,8 +49,8 @@ impl RoutePolicy {
         p
     }
 
-    /// `Err` with the reason when the plugin may not choose `r`.
-    pub(crate) fn check(&self, r: &Route) -> Result<(), String> {
+    /// `Err` when the plugin may not choose `r`.
+    pub(crate) fn check(&self, r: &Route) -> Result<(), RouteRefused> {
         match r {
             Route::Mx(_) | Route::Discard | Route::Hold | Route::Reject(_) => Ok(()),
             Route::Smarthost((host, port)) => {
@@ -49,7 +58,7 @@ impl RoutePolicy {
                 if self.smarthosts.iter().any(|(h, p)| *h == host && p == port) {
                     Ok(())
                 } else {
-                    Err(format!("route smarthost:{host}:{port} is not configured for this plugin"))
+                    Err(RouteRefused::Smarthost(host, *port))
                 }
             }
             Route::Maildir(path) => {
@@ -57,7 +66,7 @@ impl RoutePolicy {
                 if self.maildirs.iter().any(|m| m.as_path() == Path::new(path)) {
                     Ok(())
                 } else {
-                    Err(format!("route maildir:{path} is not configured for this plugin"))
+                    Err(RouteRefused::Maildir(path.clone()))
                 }
             }
         }

@@ -1,16 +1,34 @@
 //! `message`: read access to the message during on-data, through a resource handle.
 
-use wasmtime::component::Resource;
+use std::sync::Arc;
 
-use super::{HostState, MessageHandle};
-use crate::bindings::mailgate::plugin::message;
+use wasmtime::component::{Resource, ResourceTable};
+
+use super::ParsedMessage;
+use crate::bindings::mailgate::plugin::{message, types};
+
+/// The guest's handle type for `message` (see `with:` in the bindgen).
+pub struct MessageHandle(pub Arc<ParsedMessage>);
+
+/// The resources handed to the guest: the message, while on-data runs.
+pub struct MessageState {
+    pub table: ResourceTable,
+}
+
+impl MessageState {
+    pub(super) fn new() -> MessageState {
+        MessageState { table: ResourceTable::new() }
+    }
+}
+
+impl types::Host for MessageState {}
 
 /// Largest read a plugin gets in one call.
 const MAX_READ: u32 = 1 << 20;
 
-impl message::Host for HostState {}
+impl message::Host for MessageState {}
 
-impl message::HostMessage for HostState {
+impl message::HostMessage for MessageState {
     fn header(&mut self, m: Resource<MessageHandle>, name: String) -> wasmtime::Result<Option<String>> {
         Ok(self.table.get(&m)?.0.header(&name))
     }

@@ -1,7 +1,10 @@
 //! `metrics`: counters and histograms under `mailgate_plugin_*`, labelled with the plugin, with
 //! a cap on the series one plugin may create.
 
-use super::HostState;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use super::Context;
 use crate::bindings::mailgate::plugin::metrics;
 
 /// Distinct metric series (name and label values) one plugin may create; the rest are
@@ -20,7 +23,18 @@ fn metric_labels(plugin: &str, labels: Vec<(String, String)>) -> Vec<::metrics::
     v
 }
 
-impl HostState {
+/// Always granted, within the cap.
+pub struct MetricsState {
+    plugin: Arc<str>,
+    /// The series the plugin has created (hashes), shared by all its instances.
+    series: Arc<Mutex<HashSet<u64>>>,
+}
+
+impl MetricsState {
+    pub(super) fn new(cx: &Context<'_>) -> MetricsState {
+        MetricsState { plugin: cx.meta.label.clone(), series: cx.meta.series.clone() }
+    }
+
     /// Whether this series may be recorded: known already, or new and under the cap.
     fn series_allowed(&self, name: &str, labels: &[::metrics::Label]) -> bool {
         use std::hash::{Hash, Hasher};
@@ -31,7 +45,7 @@ impl HostState {
             l.value().hash(&mut h);
         }
         let key = h.finish();
-        let mut series = self.meta.series.lock().unwrap_or_else(|e| e.into_inner());
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
         if series.contains(&key) {
             return true;
         }
@@ -40,7 +54,7 @@ impl HostState {
             return true;
         }
         drop(series);
-        ::metrics::counter!("mailgate_plugin_metrics_dropped_total", "plugin" => self.meta.name.clone()).increment(1);
+        ::metrics::counter!("mailgate_plugin_metrics_dropped_total", "plugin" => self.plugin.to_string()).increment(1);
         false
     }
 }
@@ -51,16 +65,16 @@ fn metric_name(name: &str) -> String {
     format!("mailgate_plugin_{clean}")
 }
 
-impl metrics::Host for HostState {
+impl metrics::Host for MetricsState {
     fn counter(&mut self, name: String, value: u64, labels: Vec<(String, String)>) -> wasmtime::Result<()> {
-        let (name, labels) = (metric_name(&name), metric_labels(&self.meta.name, labels));
+        let (name, labels) = (metric_name(&name), metric_labels(&self.plugin, labels));
         if self.series_allowed(&name, &labels) {
             ::metrics::counter!(name, labels).increment(value);
         }
         Ok(())
     }
     fn histogram(&mut self, name: String, value: f64, labels: Vec<(String, String)>) -> wasmtime::Result<()> {
-        let (name, labels) = (metric_name(&name), metric_labels(&self.meta.name, labels));
+        let (name, labels) = (metric_name(&name), metric_labels(&self.plugin, labels));
         if self.series_allowed(&name, &labels) {
             ::metrics::histogram!(name, labels).record(value);
         }

@@ -1,18 +1,22 @@
 //! The host side of the imports: what a plugin may call, per store. One file per capability
-//! (`message`, `dns`, `kv`, `data`, `score`, `auth`, `log`, `config`, `metrics`), each with its
-//! own limits and its own grant check: `dns`, `kv` and `data` are denied unless the plugin's
-//! config entry grants them; `auth` answers only in a session (the queue has no client).
+//! (`message`, `dns`, `kv`, `data`, `score`, `auth`, `log`, `config`, `metrics`), in the manner
+//! of Spin's host factors: each file owns its capability's per-instance state, builds it from
+//! the plugin's configuration (that is its grant check: `dns`, `kv` and `data` hold nothing a
+//! plugin could use unless its config entry grants them; `auth` holds nothing in the queue,
+//! where there is no client), and implements the imports on that state alone. The store's
+//! [`HostState`] is only the sum of them, and the linker projects each interface onto its part.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
 use mailgate_config::{Grant, OnError, Stage};
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{HasSelf, Linker};
 use wasmtime::StoreLimits;
 
-use crate::bindings::mailgate::plugin::types;
+use crate::bindings::mailgate::plugin as wit;
+use crate::data::Scoreboard;
 use crate::kv::KvStore;
 
 mod auth;
@@ -25,18 +29,28 @@ mod message;
 mod metrics;
 mod score;
 
-pub use data::MAX_DATA_KEY;
-pub use kv::{MAX_KV_KEY, MAX_KV_VALUE};
-pub use log::MAX_LOG_LINE;
-pub use metrics::MAX_SERIES;
+pub use auth::AuthState;
+pub use config::ConfigState;
+pub use data::{DataState, MAX_DATA_KEY};
+pub use dns::DnsState;
+pub use kv::{KvState, MAX_KV_KEY, MAX_KV_VALUE};
+pub use log::{LogState, MAX_LOG_LINE};
+pub use message::{MessageHandle, MessageState};
+pub use metrics::{MetricsState, MAX_SERIES};
+pub use score::ScoreState;
 
-/// A plugin as configured: what the host needs to know at every call.
+pub use mailgate_message::ParsedMessage;
+
+/// A plugin as configured: what the host needs to know at every call, and what each
+/// capability's state is built from.
 pub struct PluginMeta {
     pub name: String,
+    /// The name again, shared cheaply by every instance's log and metric labels.
+    pub label: Arc<str>,
     pub dns: bool,
     pub kv: bool,
     /// The plugin's own config table.
-    pub config: BTreeMap<String, serde_json::Value>,
+    pub config: Arc<BTreeMap<String, serde_json::Value>>,
     pub stages: Vec<Stage>,
     pub on_error: OnError,
     /// Shadow mode: verdicts are logged and counted, not enforced.
@@ -45,13 +59,14 @@ pub struct PluginMeta {
     pub budget_ticks: u64,
     pub memory_limit: usize,
     /// The data tables granted to this plugin, by name.
-    pub tables: std::collections::HashMap<String, Arc<crate::data::DataTable>>,
+    pub tables: Arc<std::collections::HashMap<String, Arc<crate::data::DataTable>>>,
     /// SHA-256-free fingerprint (FNV-1a of the file) for status output and logs.
     pub hash: String,
     /// The smarthosts and maildirs it may choose as a route.
     pub routes: crate::route::RoutePolicy,
-    /// The metric series it has created (hashes), for the [`MAX_SERIES`] cap.
-    pub series: std::sync::Mutex<std::collections::HashSet<u64>>,
+    /// The metric series it has created (hashes), shared by all its instances, for the
+    /// [`MAX_SERIES`] cap.
+    pub series: Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
 }
 
 impl PluginMeta {
@@ -59,9 +74,10 @@ impl PluginMeta {
         let ticks = p.cpu_budget.as_nanos().div_ceil(tick.as_nanos()).max(1) as u64;
         PluginMeta {
             name: p.name.clone(),
+            label: Arc::from(p.name.as_str()),
             dns: p.granted(Grant::Dns),
             kv: p.granted(Grant::Kv),
-            config: p.config.clone(),
+            config: Arc::new(p.config.clone()),
             stages: p.stages.clone(),
             on_error: p.on_error,
             shadow: p.mode == mailgate_config::Mode::Shadow,
@@ -77,45 +93,104 @@ impl PluginMeta {
 
 /// What all plugins share: the resolver and the kv backend.
 pub struct Services {
-    pub resolver: Option<TokioResolver>,
+    pub resolver: Option<Arc<TokioResolver>>,
     pub kv: Arc<dyn KvStore>,
-}
-
-/// The data of one plugin's store.
-pub struct HostState {
-    pub meta: Arc<PluginMeta>,
-    pub services: Arc<Services>,
-    /// Resources handed to the guest (the message during on-data).
-    pub table: ResourceTable,
-    pub limits: StoreLimits,
-    /// Session id (or "queue"), for the plugin's log lines.
-    pub sid: Arc<str>,
-    /// Time spent waiting in async host calls (DNS) since the last deadline check: the CPU
-    /// budget is counted in wall-clock epochs, so waiting must not use it up.
-    pub host_wait: Duration,
-    /// The spam score of the session/transaction, shared by every plugin of the chain.
-    pub score: Arc<std::sync::Mutex<crate::data::Scoreboard>>,
-    /// The session's authentication checks (none in the queue, where there is no client).
-    pub auth: Option<SharedAuth>,
 }
 
 /// One session's lazily computed authentication results, shared by the session and its
 /// plugins.
 pub type SharedAuth = Arc<tokio::sync::Mutex<mailgate_auth::AuthSession>>;
 
-pub use mailgate_message::ParsedMessage;
+/// Who is calling: the plugin and the session (or "queue"), for log lines.
+#[derive(Clone)]
+pub struct Caller {
+    pub plugin: Arc<str>,
+    pub sid: Arc<str>,
+}
 
-/// The guest's handle type for `message` (see `with:` in the bindgen).
-pub struct MessageHandle(pub Arc<ParsedMessage>);
+/// Where an instance runs: what the chain hands to every capability when it makes a store.
+pub struct Context<'a> {
+    pub meta: &'a PluginMeta,
+    pub services: &'a Services,
+    pub sid: &'a Arc<str>,
+    /// The spam score of the session/transaction, shared by every plugin of the chain.
+    pub score: &'a Arc<std::sync::Mutex<Scoreboard>>,
+    /// The session's authentication checks (none in the queue).
+    pub auth: Option<&'a SharedAuth>,
+}
 
-impl types::Host for HostState {}
+impl Context<'_> {
+    fn caller(&self) -> Caller {
+        Caller { plugin: self.meta.label.clone(), sid: self.sid.clone() }
+    }
+}
+
+/// The data of one plugin's store: each capability's own state, and the memory limiter.
+pub struct HostState {
+    pub message: MessageState,
+    pub dns: DnsState,
+    pub kv: KvState,
+    pub data: DataState,
+    pub score: ScoreState,
+    pub auth: AuthState,
+    pub log: LogState,
+    pub config: ConfigState,
+    pub metrics: MetricsState,
+    pub limits: StoreLimits,
+}
 
 impl HostState {
-    /// Runs an async host operation, crediting its wait time back to the plugin's budget.
-    async fn waited<F: std::future::Future>(&mut self, f: F) -> F::Output {
-        let started = std::time::Instant::now();
+    pub fn new(cx: &Context<'_>, limits: StoreLimits) -> HostState {
+        HostState {
+            message: MessageState::new(),
+            dns: DnsState::new(cx),
+            kv: KvState::new(cx),
+            data: DataState::new(cx),
+            score: ScoreState::new(cx),
+            auth: AuthState::new(cx),
+            log: LogState::new(cx),
+            config: ConfigState::new(cx),
+            metrics: MetricsState::new(cx),
+            limits,
+        }
+    }
+
+    /// Time the capabilities spent waiting (DNS, kv, auth look-ups) since the last call,
+    /// given back to the plugin's CPU budget, which is counted in wall-clock epochs.
+    pub fn take_waited(&mut self) -> Duration {
+        self.dns.waited.take() + self.kv.waited.take() + self.auth.waited.take()
+    }
+}
+
+/// Adds every import to the linker, each interface projected onto its capability's state.
+pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    wit::types::add_to_linker::<HostState, HasSelf<MessageState>>(linker, |s| &mut s.message)?;
+    wit::message::add_to_linker::<HostState, HasSelf<MessageState>>(linker, |s| &mut s.message)?;
+    wit::dns::add_to_linker::<HostState, HasSelf<DnsState>>(linker, |s| &mut s.dns)?;
+    wit::kv::add_to_linker::<HostState, HasSelf<KvState>>(linker, |s| &mut s.kv)?;
+    wit::data::add_to_linker::<HostState, HasSelf<DataState>>(linker, |s| &mut s.data)?;
+    wit::score::add_to_linker::<HostState, HasSelf<ScoreState>>(linker, |s| &mut s.score)?;
+    wit::auth::add_to_linker::<HostState, HasSelf<AuthState>>(linker, |s| &mut s.auth)?;
+    wit::log::add_to_linker::<HostState, HasSelf<LogState>>(linker, |s| &mut s.log)?;
+    wit::config::add_to_linker::<HostState, HasSelf<ConfigState>>(linker, |s| &mut s.config)?;
+    wit::metrics::add_to_linker::<HostState, HasSelf<MetricsState>>(linker, |s| &mut s.metrics)?;
+    Ok(())
+}
+
+/// Time a capability spent waiting in async host calls since the last deadline check.
+#[derive(Default)]
+pub struct Waited(Duration);
+
+impl Waited {
+    /// Runs an async host operation, counting its wait.
+    async fn time<F: std::future::Future>(&mut self, f: F) -> F::Output {
+        let started = Instant::now();
         let out = f.await;
-        self.host_wait += started.elapsed();
+        self.0 += started.elapsed();
         out
+    }
+
+    fn take(&mut self) -> Duration {
+        std::mem::take(&mut self.0)
     }
 }

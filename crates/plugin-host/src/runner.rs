@@ -1,0 +1,269 @@
+//! The one stage runner. A [`Chain`] holds one user's instances (a session's, or one of the
+//! queue's pool) and runs a stage: it asks the stage's plugins in pipeline order, lets the
+//! stage read each answer into a [`Step`], keeps the effects of enforced plugins, logs what
+//! shadow plugins would have done, and turns a failure into the plugin's `on_error`. Every
+//! stage — connect to rcpt, data, route, delivery result — runs through [`Chain::run`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use mailgate_config::{OnError, Stage};
+use wasmtime::component::Resource;
+use wasmtime::{Store, StoreLimitsBuilder};
+
+use crate::bindings::types::{self, ConnectionInfo, DataResult, Envelope, RouteResult, Verdict};
+use crate::bindings::Filter;
+use crate::chain::Plugins;
+use crate::data::Scoreboard;
+use crate::engine::LoadedPlugin;
+use crate::failure::Failure;
+use crate::host::{Context, HostState, MessageHandle, ParsedMessage, PluginMeta, SharedAuth};
+
+/// An instantiated plugin.
+struct Slot {
+    store: Store<HostState>,
+    filter: Filter,
+}
+
+/// What a stage passes to its plugins.
+pub(crate) enum Call<'a> {
+    Connect(&'a ConnectionInfo),
+    Helo(&'a ConnectionInfo, &'a str),
+    Auth(&'a ConnectionInfo, &'a types::AuthRequest),
+    MailFrom(&'a ConnectionInfo, &'a Envelope),
+    Rcpt(&'a ConnectionInfo, &'a Envelope, &'a str),
+    Data(&'a ConnectionInfo, &'a Envelope, &'a Arc<ParsedMessage>),
+    Route(&'a Envelope, &'a str),
+    DeliveryResult(&'a types::DeliveryResult),
+}
+
+impl Call<'_> {
+    pub(crate) fn stage(&self) -> Stage {
+        match self {
+            Call::Connect(_) => Stage::Connect,
+            Call::Helo(..) => Stage::Helo,
+            Call::Auth(..) => Stage::Auth,
+            Call::MailFrom(..) => Stage::MailFrom,
+            Call::Rcpt(..) => Stage::Rcpt,
+            Call::Data(..) => Stage::Data,
+            Call::Route(..) => Stage::Route,
+            Call::DeliveryResult(_) => Stage::DeliveryResult,
+        }
+    }
+}
+
+/// A plugin's answer, as its hook returned it.
+pub(crate) enum Answer {
+    Verdict(Verdict),
+    Data(DataResult),
+    Route(RouteResult),
+    /// on-delivery-result returns nothing.
+    Told,
+}
+
+/// One plugin's answer as its stage reads it.
+pub(crate) struct Step<E> {
+    /// What it changes, if anything; kept only when the plugin is enforced.
+    pub effect: Option<E>,
+    /// What it said, when that was more than "next" (for the log and counters).
+    pub said: Option<Said>,
+    /// Whether the stage ends with this plugin.
+    pub stop: bool,
+}
+
+impl<E> Step<E> {
+    /// Nothing to change, nothing said: ask the next plugin.
+    pub fn next() -> Step<E> {
+        Step { effect: None, said: None, stop: false }
+    }
+}
+
+/// A verdict worth logging: its counter label and a description.
+pub(crate) struct Said {
+    pub verdict: &'static str,
+    pub detail: String,
+}
+
+/// A stage ended by a failing plugin whose `on_error` is tempfail.
+pub(crate) struct Tempfail;
+
+/// Instances of every plugin for one user (a session or one of the queue's pool).
+pub(crate) struct Chain {
+    plugins: Arc<Plugins>,
+    /// One slot per loaded plugin; only those of the pipelines used get instances.
+    slots: Vec<Option<Slot>>,
+    /// The pipeline asked now.
+    pub order: Arc<[usize]>,
+    pub sid: Arc<str>,
+    /// The session's spam score, shared with every instance's host state.
+    pub score: Arc<std::sync::Mutex<Scoreboard>>,
+    /// The session's authentication results, handed to every instance (none in the queue).
+    pub auth: Option<SharedAuth>,
+}
+
+impl Chain {
+    pub fn new(plugins: Arc<Plugins>, sid: &str, order: Arc<[usize]>) -> Chain {
+        let n = plugins.loaded.len();
+        Chain {
+            plugins,
+            slots: (0..n).map(|_| None).collect(),
+            order,
+            sid: sid.into(),
+            score: Default::default(),
+            auth: None,
+        }
+    }
+
+    pub fn plugins(&self) -> &Arc<Plugins> {
+        &self.plugins
+    }
+
+    pub fn score(&self) -> std::sync::MutexGuard<'_, Scoreboard> {
+        self.score.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs one stage. `read` turns each answer into a step; the effects of enforced plugins
+    /// come back in chain order, or `Tempfail` when a failing plugin's `on_error` says so.
+    pub async fn run<E>(
+        &mut self,
+        call: &Call<'_>,
+        read: impl Fn(&PluginMeta, Answer) -> Result<Step<E>, Failure>,
+    ) -> Result<Vec<E>, Tempfail> {
+        let stage = call.stage();
+        let mut effects = Vec::new();
+        for i in self.order.clone().iter().copied() {
+            if !self.plugins.runs_at(i, stage) {
+                continue;
+            }
+            let started = Instant::now();
+            let answer = self.call(i, call).await;
+            let meta = self.plugins.loaded[i].meta.clone();
+            ::metrics::histogram!("mailgate_plugin_call_seconds", "plugin" => meta.name.clone(), "stage" => stage.name())
+                .record(started.elapsed().as_secs_f64());
+            let step = answer.and_then(|a| read(&meta, a));
+            if meta.shadow {
+                // Neither its verdict nor its changes take effect.
+                self.shadow(i, &meta, stage, step);
+                continue;
+            }
+            match step {
+                Ok(step) => {
+                    if let Some(said) = &step.said {
+                        tracing::info!(plugin = %meta.name, stage = stage.name(), sid = %self.sid, decision = %said.detail, "plugin verdict");
+                        ::metrics::counter!("mailgate_plugin_verdicts_total", "plugin" => meta.name.clone(), "stage" => stage.name(), "verdict" => said.verdict).increment(1);
+                    }
+                    effects.extend(step.effect);
+                    if step.stop {
+                        break;
+                    }
+                }
+                Err(f) => {
+                    self.failed(i, &meta, stage, &f);
+                    // After delivery there is nothing left to refuse: the others are still told.
+                    if meta.on_error == OnError::Tempfail && stage != Stage::DeliveryResult {
+                        return Err(Tempfail);
+                    }
+                }
+            }
+        }
+        Ok(effects)
+    }
+
+    /// Calls plugin `i`'s hook for this stage.
+    async fn call(&mut self, i: usize, call: &Call<'_>) -> Result<Answer, Failure> {
+        let slot = self.slot(i, call.stage()).await?;
+        let (f, s) = (&slot.filter, &mut slot.store);
+        let answer = match *call {
+            Call::Connect(c) => f.call_on_connect(s, c).await.map(Answer::Verdict),
+            Call::Helo(c, h) => f.call_on_helo(s, c, h).await.map(Answer::Verdict),
+            Call::Auth(c, a) => f.call_on_auth(s, c, a).await.map(Answer::Verdict),
+            Call::MailFrom(c, e) => f.call_on_mail_from(s, c, e).await.map(Answer::Verdict),
+            Call::Rcpt(c, e, r) => f.call_on_rcpt(s, c, e, r).await.map(Answer::Verdict),
+            Call::Data(c, e, msg) => {
+                let handle = s.data_mut().message.table.push(MessageHandle(msg.clone()))?;
+                let borrow = Resource::<MessageHandle>::new_borrow(handle.rep());
+                let r = f.call_on_data(&mut *s, c, e, borrow).await;
+                let _ = s.data_mut().message.table.delete(handle);
+                r.map(Answer::Data)
+            }
+            Call::Route(e, r) => f.call_on_route(s, e, r).await.map(Answer::Route),
+            Call::DeliveryResult(res) => f.call_on_delivery_result(s, res).await.map(|()| Answer::Told),
+        };
+        answer.map_err(Failure::of)
+    }
+
+    /// Plugin `i`'s instance, made on first use, with a fresh CPU budget for this call.
+    async fn slot(&mut self, i: usize, stage: Stage) -> Result<&mut Slot, Failure> {
+        let slot = match self.slots[i].take() {
+            Some(slot) => slot,
+            None => {
+                let lp = &self.plugins.loaded[i];
+                let cx = Context {
+                    meta: &lp.meta,
+                    services: &self.plugins.services,
+                    sid: &self.sid,
+                    score: &self.score,
+                    auth: self.auth.as_ref(),
+                };
+                instantiate(&self.plugins.engine.engine, lp, &cx).await?
+            }
+        };
+        let slot = self.slots[i].insert(slot);
+        let state = slot.store.data_mut();
+        state.take_waited();
+        state.log.stage = stage;
+        slot.store.set_epoch_deadline(self.plugins.loaded[i].meta.budget_ticks);
+        Ok(slot)
+    }
+
+    /// Logs and counts a plugin failure and drops its instance (a fresh one serves the next
+    /// call).
+    fn failed(&mut self, i: usize, meta: &PluginMeta, stage: Stage, f: &Failure) {
+        tracing::error!(plugin = %meta.name, stage = stage.name(), sid = %self.sid, on_error = ?meta.on_error, kind = f.kind(), "plugin failed: {f}");
+        ::metrics::counter!("mailgate_plugin_failures_total", "plugin" => meta.name.clone(), "stage" => stage.name(), "kind" => f.kind())
+            .increment(1);
+        self.slots[i] = None;
+    }
+
+    /// A shadow plugin's answer: logged and counted, never enforced; a failure only logged.
+    fn shadow<E>(&mut self, i: usize, meta: &PluginMeta, stage: Stage, step: Result<Step<E>, Failure>) {
+        match step {
+            Ok(Step { said: None, .. }) => {}
+            Ok(Step { said: Some(said), .. }) => {
+                tracing::info!(plugin = %meta.name, stage = stage.name(), sid = %self.sid, decision = %said.detail, "shadow verdict (not enforced)");
+                ::metrics::counter!("mailgate_plugin_shadow_verdicts_total", "plugin" => meta.name.clone(), "stage" => stage.name()).increment(1);
+            }
+            Err(f) => {
+                tracing::warn!(plugin = %meta.name, stage = stage.name(), sid = %self.sid, kind = f.kind(), "shadow plugin failed (not enforced): {f}");
+                self.slots[i] = None;
+            }
+        }
+    }
+}
+
+/// A new instance of a plugin, its `init` run. (Not a method: a `&Chain` held across the
+/// awaits would make the session's future need `Chain: Sync`, which wasmtime stores are not.)
+async fn instantiate(engine: &wasmtime::Engine, lp: &LoadedPlugin, cx: &Context<'_>) -> Result<Slot, Failure> {
+    let limits = StoreLimitsBuilder::new().memory_size(lp.meta.memory_limit).trap_on_grow_failure(false).build();
+    let mut store = Store::new(engine, HostState::new(cx, limits));
+    store.limiter(|s| &mut s.limits);
+    // At the deadline: time spent waiting on the host (DNS, kv) is given back; otherwise the
+    // plugin has used its CPU budget and is interrupted.
+    store.epoch_deadline_callback(|mut ctx| {
+        let waited = ctx.data_mut().take_waited();
+        let credit = waited.as_nanos().div_ceil(crate::engine::TICK.as_nanos()) as u64;
+        if credit > 0 {
+            Ok(wasmtime::UpdateDeadline::Continue(credit))
+        } else {
+            Err(wasmtime::Trap::Interrupt.into())
+        }
+    });
+    store.set_epoch_deadline(lp.meta.budget_ticks);
+    let filter = lp.pre.instantiate_async(&mut store).await.map_err(|e| Failure::Instantiate(format!("{e:#}")))?;
+    store.set_epoch_deadline(lp.meta.budget_ticks);
+    match filter.call_init(&mut store).await {
+        Ok(Ok(())) => Ok(Slot { store, filter }),
+        Ok(Err(msg)) => Err(Failure::InitRefused(msg.chars().take(400).collect())),
+        Err(e) => Err(Failure::of(e)),
+    }
+}
