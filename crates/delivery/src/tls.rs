@@ -53,7 +53,7 @@ impl Connectors {
         Connectors { opportunistic: TlsConnector::from(Arc::new(cfg)), verifying: Mutex::new(HashMap::new()) }
     }
 
-    pub fn policy(&self, p: TlsPolicy, ca_file: Option<&Path>) -> Result<Policy, String> {
+    pub fn policy(&self, p: TlsPolicy, ca_file: Option<&Path>) -> Result<Policy, CaFileError> {
         Ok(match p {
             TlsPolicy::None => Policy { kind: PolicyKind::None, connector: None },
             TlsPolicy::Opportunistic => {
@@ -67,12 +67,10 @@ impl Connectors {
                     None => {
                         let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
                         if let Some(f) = &key {
-                            let certs =
-                                CertificateDer::pem_file_iter(f).map_err(|e| format!("{}: {e}", f.display()))?;
+                            let bad = |e: String| CaFileError { path: f.clone(), why: e };
+                            let certs = CertificateDer::pem_file_iter(f).map_err(|e| bad(e.to_string()))?;
                             for c in certs {
-                                roots
-                                    .add(c.map_err(|e| format!("{}: {e}", f.display()))?)
-                                    .map_err(|e| e.to_string())?;
+                                roots.add(c.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
                             }
                         }
                         let cfg = builder().with_root_certificates(roots).with_no_client_auth();
@@ -85,6 +83,15 @@ impl Connectors {
             }
         })
     }
+}
+
+/// A route's `ca_file` that cannot be used as trust anchors.
+#[derive(Debug, thiserror::Error)]
+#[error("CA file {}: {why}", path.display())]
+pub struct CaFileError {
+    path: std::path::PathBuf,
+    /// What the PEM reader or rustls said, for the log and the deferral reply.
+    why: String,
 }
 
 pub fn server_name(host: &str) -> Option<ServerName<'static>> {

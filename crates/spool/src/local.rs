@@ -23,7 +23,18 @@ const MAX_BATCH: usize = 8 << 20;
 /// Sealed segments kept before the oldest one's live messages are relocated.
 const COMPACT_AFTER: usize = 4;
 
-type Ack = tokio::sync::oneshot::Sender<Result<(), String>>;
+type Ack = tokio::sync::oneshot::Sender<Result<(), WriteFailed>>;
+
+/// A batch the writer could not write (or sync): every waiter of the batch gets a copy.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{1}")]
+struct WriteFailed(std::io::ErrorKind, Arc<str>);
+
+impl From<WriteFailed> for SpoolError {
+    fn from(e: WriteFailed) -> SpoolError {
+        SpoolError::Io(std::io::Error::new(e.0, e.1.to_string()))
+    }
+}
 
 /// One record for the writer.
 struct Req {
@@ -298,7 +309,7 @@ impl Spool for LocalSpool {
             })?;
             let stored = match wait.await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(SpoolError::Io(std::io::Error::other(e))),
+                Ok(Err(e)) => Err(e.into()),
                 Err(_) => Err(SpoolError::Closed),
             };
             if stored.is_err() {
@@ -463,7 +474,7 @@ impl Writer {
     /// sync) succeeded: a failed batch leaves every old segment pinned. After a failure the
     /// writer is poisoned until a fresh segment is open, so nothing is ever appended behind a
     /// partial record.
-    fn commit(&mut self, batch: Vec<Req>, sync: bool) -> Result<(), String> {
+    fn commit(&mut self, batch: Vec<Req>, sync: bool) -> Result<(), WriteFailed> {
         if self.poisoned {
             self.rotate();
         }
@@ -485,7 +496,7 @@ impl Writer {
             need_sync |= r.ack.is_some();
         }
         let res = if self.poisoned {
-            Err("spool writer cannot open a new segment".to_string())
+            Err(WriteFailed(std::io::ErrorKind::Other, "spool writer cannot open a new segment".into()))
         } else {
             let started = std::time::Instant::now();
             let r = write_all_slices(&mut self.active, &slices).and_then(|_| {
@@ -500,10 +511,10 @@ impl Writer {
                 metrics::counter!("mailgate_spool_commits_total").increment(1);
             }
             metrics::counter!("mailgate_spool_bytes_total").increment(written);
-            r.map_err(|e| e.to_string())
+            r.map_err(|e| WriteFailed(e.kind(), e.to_string().into()))
         };
         drop(slices);
-        if let Err(e) = &res {
+        if let Err(WriteFailed(_, e)) = &res {
             tracing::error!("spool write failed: {e}; the batch is refused and a new segment will be started");
             self.poisoned = true;
         } else {
