@@ -11,6 +11,9 @@ step() { echo "== $* (${SECONDS}s)"; }
 step "Debian packages"
 scripts/deps.sh
 
+step "RFC 7208 test suite (from pyspf's sources)"
+scripts/spf-suite.sh
+
 step "plugins (wasm components)"
 plugins/build.sh
 

@@ -6,6 +6,7 @@ pub mod clients;
 pub mod dns;
 pub mod gateway;
 pub mod sink;
+pub mod zone;
 
 use std::time::{Duration, Instant};
 

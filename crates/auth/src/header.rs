@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn header_lists_what_was_computed() {
-        let spf = Spf { status: Status::Fail, domain: "a.test".into(), helo: false };
+        let spf = Spf { status: Status::Fail, domain: "a.test".into(), helo: false, explanation: None };
         let h = authentication_results("mx.test", "192.0.2.1".parse().unwrap(), &[&spf], None, None);
         assert_eq!(h, "mx.test;\r\n\tspf=fail smtp.mailfrom=a.test");
         assert_eq!(authentication_results("mx.test", "192.0.2.1".parse().unwrap(), &[], None, None), "mx.test; none");

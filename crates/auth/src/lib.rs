@@ -1,5 +1,6 @@
-//! Mail authentication for mailgate: SPF (MAIL FROM and HELO), DKIM verification, DMARC,
-//! ARC chain validation and iprev through `mail-auth` over the gateway's own hickory resolver;
+//! Mail authentication for mailgate: SPF (MAIL FROM and HELO) by our own RFC 7208 evaluator
+//! ([`spf`]); DKIM verification, DMARC, ARC chain validation and iprev through `mail-auth`; all
+//! over the gateway's own hickory resolver;
 //! the `Authentication-Results:` header (RFC 8601); DKIM signing, ARC sealing and key
 //! generation.
 //!
@@ -15,6 +16,7 @@ mod results;
 mod seal;
 mod session;
 mod sign;
+pub mod spf;
 
 pub use header::{ambiguous_from, authentication_results, strip_ours};
 pub use results::{Arc as ArcResult, Dkim, Dmarc, Iprev, MessageResults, Policy, Spf, Status};

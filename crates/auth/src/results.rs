@@ -35,6 +35,8 @@ pub struct Spf {
     pub domain: String,
     /// True when this is the HELO identity (`smtp.helo`), false for MAIL FROM (`smtp.mailfrom`).
     pub helo: bool,
+    /// The domain's explanation of a `fail` (its `exp=`), for the reply that refuses the mail.
+    pub explanation: Option<String>,
 }
 
 /// One DKIM signature's verification.

@@ -8,7 +8,6 @@ use std::time::Duration;
 use hickory_resolver::TokioResolver;
 use mail_auth::common::verify::VerifySignature;
 use mail_auth::dmarc::verify::DmarcParameters;
-use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{AuthenticatedMessage, DkimResult, DmarcResult, IprevResult, MessageAuthenticator, SpfResult};
 
 use crate::results::{self, Dkim, Dmarc, Iprev, MessageResults, Policy, Spf, Status};
@@ -33,27 +32,52 @@ impl Authenticator {
         &self.inner
     }
 
-    /// SPF of `sender` (MAIL FROM), or of the HELO name for the null sender (RFC 7208 §2.4).
+    /// SPF of `sender` (MAIL FROM), or of the HELO name for the null sender (RFC 7208 §2.4),
+    /// with the result in the form DMARC takes it.
     pub async fn spf(&self, ip: IpAddr, helo: &str, sender: &str) -> (Spf, mail_auth::SpfOutput) {
-        let params = SpfParameters::verify_mail_from(ip, helo, &self.hostname, sender);
-        let out = match tokio::time::timeout(self.deadline, self.inner.verify_spf(params)).await {
-            Ok(out) => out,
-            Err(_) => {
-                let domain = sender.rsplit_once('@').map_or(helo, |(_, d)| d);
-                mail_auth::SpfOutput::new(domain.to_string()).with_result(SpfResult::TempError)
-            }
-        };
-        (Spf { status: spf_status(out.result()), domain: out.domain().to_string(), helo: sender.is_empty() }, out)
+        let spf = self.check_spf(ip, helo, sender).await;
+        let dmarc = mail_auth::SpfOutput::new(spf.domain.clone()).with_result(match spf.status {
+            Status::Pass => SpfResult::Pass,
+            Status::Fail => SpfResult::Fail,
+            Status::SoftFail => SpfResult::SoftFail,
+            Status::Neutral => SpfResult::Neutral,
+            Status::None => SpfResult::None,
+            Status::TempError => SpfResult::TempError,
+            Status::PermError => SpfResult::PermError,
+        });
+        (spf, dmarc)
     }
 
     /// SPF of the HELO identity.
     pub async fn spf_helo(&self, ip: IpAddr, helo: &str) -> Spf {
-        let params = SpfParameters::verify_ehlo(ip, helo, &self.hostname);
-        let status = match tokio::time::timeout(self.deadline, self.inner.verify_spf(params)).await {
-            Ok(out) => spf_status(out.result()),
-            Err(_) => Status::TempError,
+        Spf { helo: true, ..self.check_spf(ip, helo, "").await }
+    }
+
+    /// Our RFC 7208 evaluator ([`crate::spf`]), bounded by the deadline.
+    async fn check_spf(&self, ip: IpAddr, helo: &str, sender: &str) -> Spf {
+        let id = crate::spf::Identity { ip, helo, sender, receiver: &self.hostname };
+        let out = match tokio::time::timeout(self.deadline, crate::spf::check_host(&self.inner.0, &id)).await {
+            Ok(out) => out,
+            Err(_) => {
+                let domain = sender.rsplit_once('@').map_or(helo, |(_, d)| d);
+                crate::spf::SpfOutcome {
+                    result: crate::spf::SpfVerdict::TempError,
+                    domain: domain.to_string(),
+                    explanation: None,
+                }
+            }
         };
-        Spf { status, domain: helo.to_string(), helo: true }
+        use crate::spf::SpfVerdict as V;
+        let status = match out.result {
+            V::Pass => Status::Pass,
+            V::Fail => Status::Fail,
+            V::SoftFail => Status::SoftFail,
+            V::Neutral => Status::Neutral,
+            V::None => Status::None,
+            V::TempError => Status::TempError,
+            V::PermError => Status::PermError,
+        };
+        Spf { status, domain: out.domain, helo: sender.is_empty(), explanation: out.explanation }
     }
 
     pub async fn iprev(&self, ip: IpAddr) -> Iprev {
@@ -133,18 +157,6 @@ impl Authenticator {
                 arc: results::Arc { status: Status::TempError, instances: 0, sealer: None },
             },
         }
-    }
-}
-
-fn spf_status(r: SpfResult) -> Status {
-    match r {
-        SpfResult::Pass => Status::Pass,
-        SpfResult::Fail => Status::Fail,
-        SpfResult::SoftFail => Status::SoftFail,
-        SpfResult::Neutral => Status::Neutral,
-        SpfResult::TempError => Status::TempError,
-        SpfResult::PermError => Status::PermError,
-        SpfResult::None => Status::None,
     }
 }
 

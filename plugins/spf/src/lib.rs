@@ -48,7 +48,11 @@ impl Spf {
         let action = self.actions.iter().find(|(k, _)| *k == w).map_or("accept", |(_, a)| a.as_str());
         let d = &r.domain;
         match action {
-            "reject" => Verdict::reject(550, "5.7.23", format!("SPF {w} for {d}: this host may not send its mail")),
+            "reject" => {
+                // The domain's own explanation (exp=) when it gave one (RFC 7208 §8.4).
+                let why = r.explanation.unwrap_or_else(|| "this host may not send its mail".into());
+                Verdict::reject(550, "5.7.23", format!("SPF {w} for {d}: {why}"))
+            }
             "tempfail" => Verdict::tempfail(451, "4.4.3", format!("SPF {w} for {d}: try again later")),
             "mark" => {
                 score::add(self.points, &format!("SPF_{}", w.to_uppercase()));

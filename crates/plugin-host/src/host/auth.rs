@@ -31,7 +31,8 @@ fn status(s: mailgate_auth::Status) -> types::AuthStatus {
 }
 
 fn spf_result(s: &mailgate_auth::Spf) -> types::SpfResult {
-    types::SpfResult { status: status(s.status), domain: s.domain.clone(), helo: s.helo }
+    let explanation = s.explanation.as_ref().map(|e| e.chars().filter(|c| !c.is_control()).take(400).collect());
+    types::SpfResult { status: status(s.status), domain: s.domain.clone(), helo: s.helo, explanation }
 }
 
 impl auth::Host for AuthState {
