@@ -20,11 +20,18 @@ pub struct Authenticator {
     /// Upper bound for one check, whatever the resolver's retries add up to (RFC 7208 §4.6.4:
     /// at least 20 s for SPF; a client waits minutes for the reply to DATA).
     deadline: Duration,
+    /// SPF records already parsed, by their text.
+    spf_records: crate::spf::RecordCache,
 }
 
 impl Authenticator {
     pub fn new(resolver: TokioResolver, hostname: &str, deadline: Duration) -> Authenticator {
-        Authenticator { inner: MessageAuthenticator(resolver), hostname: hostname.to_string(), deadline }
+        Authenticator {
+            inner: MessageAuthenticator(resolver),
+            hostname: hostname.to_string(),
+            deadline,
+            spf_records: Default::default(),
+        }
     }
 
     /// mail-auth's authenticator over our resolver (for sealing).
@@ -56,17 +63,20 @@ impl Authenticator {
     /// Our RFC 7208 evaluator ([`crate::spf`]), bounded by the deadline.
     async fn check_spf(&self, ip: IpAddr, helo: &str, sender: &str) -> Spf {
         let id = crate::spf::Identity { ip, helo, sender, receiver: &self.hostname };
-        let out = match tokio::time::timeout(self.deadline, crate::spf::check_host(&self.inner.0, &id)).await {
-            Ok(out) => out,
-            Err(_) => {
-                let domain = sender.rsplit_once('@').map_or(helo, |(_, d)| d);
-                crate::spf::SpfOutcome {
-                    result: crate::spf::SpfVerdict::TempError,
-                    domain: domain.to_string(),
-                    explanation: None,
+        let out =
+            match tokio::time::timeout(self.deadline, crate::spf::check_host(&self.inner.0, &self.spf_records, &id))
+                .await
+            {
+                Ok(out) => out,
+                Err(_) => {
+                    let domain = sender.rsplit_once('@').map_or(helo, |(_, d)| d);
+                    crate::spf::SpfOutcome {
+                        result: crate::spf::SpfVerdict::TempError,
+                        domain: domain.to_string(),
+                        explanation: None,
+                    }
                 }
-            }
-        };
+            };
         use crate::spf::SpfVerdict as V;
         let status = match out.result {
             V::Pass => Status::Pass,

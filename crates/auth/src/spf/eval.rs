@@ -10,6 +10,7 @@ use hickory_resolver::TokioResolver;
 use super::dns::{self, Failed};
 use super::macros::{Context, Facts, MacroString};
 use super::record::{self, Mechanism, Qualifier, Record};
+use super::RecordCache;
 use super::{Identity, SpfOutcome, SpfVerdict};
 
 /// Terms that cause DNS look-ups (include, a, mx, ptr, exists, redirect), per check (§4.6.4).
@@ -21,7 +22,7 @@ const MAX_NAMES: usize = 10;
 
 /// Evaluates SPF for `id`: of the MAIL FROM domain, or of `postmaster@<helo>` for the null
 /// sender (§2.4). A sender or HELO that is not a domain name gives `none` (§4.3).
-pub async fn check_host(resolver: &TokioResolver, id: &Identity<'_>) -> SpfOutcome {
+pub async fn check_host(resolver: &TokioResolver, cache: &RecordCache, id: &Identity<'_>) -> SpfOutcome {
     let (local, domain) = match id.sender.rsplit_once('@') {
         Some((l, d)) => (if l.is_empty() { "postmaster".to_string() } else { unquote(l) }, d),
         None if id.sender.is_empty() => ("postmaster".to_string(), id.helo),
@@ -30,6 +31,7 @@ pub async fn check_host(resolver: &TokioResolver, id: &Identity<'_>) -> SpfOutco
     let domain = domain.trim_end_matches('.');
     let mut check = Check {
         resolver,
+        cache,
         ip: canonical(id.ip),
         local: &local,
         sender_domain: domain,
@@ -90,6 +92,7 @@ impl Evaluated {
 /// One check's state: its facts and the limits shared by every nested include and redirect.
 struct Check<'a> {
     resolver: &'a TokioResolver,
+    cache: &'a RecordCache,
     ip: IpAddr,
     local: &'a str,
     sender_domain: &'a str,
@@ -122,7 +125,7 @@ impl<'a> Check<'a> {
                 let n = records.iter().filter(|r| record::is_spf(r)).count();
                 return Evaluated::of(if n == 0 { SpfVerdict::None } else { SpfVerdict::PermError });
             };
-            let Some(rec) = record::parse(txt) else { return Evaluated::of(SpfVerdict::PermError) };
+            let Some(rec) = self.cache.parse(txt) else { return Evaluated::of(SpfVerdict::PermError) };
             match self.evaluate(&rec, &domain).await {
                 Err(Abort(r)) => Evaluated::of(r),
                 Ok(Some(Qualifier::Fail)) => {

@@ -9,10 +9,39 @@ mod dns;
 mod eval;
 mod macros;
 mod record;
+#[cfg(test)]
+mod tests;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 pub use eval::check_host;
+
+/// Parsed records by their text: the same text parses the same way, so there is no TTL to
+/// respect (the DNS answers themselves are cached by the resolver, with theirs). Bounded:
+/// emptied when full.
+#[derive(Default)]
+pub struct RecordCache(Mutex<HashMap<Box<[u8]>, Option<Arc<record::Record>>>>);
+
+/// Records kept parsed at most.
+const CACHED_RECORDS: usize = 4096;
+
+impl RecordCache {
+    /// The record `txt` parses to (`None`: a syntax error).
+    fn parse(&self, txt: &[u8]) -> Option<Arc<record::Record>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = map.get(txt) {
+            return r.clone();
+        }
+        let r = record::parse(txt).map(Arc::new);
+        if map.len() >= CACHED_RECORDS {
+            map.clear();
+        }
+        map.insert(txt.into(), r.clone());
+        r
+    }
+}
 
 /// The result of one SPF check.
 #[derive(Debug, Clone, PartialEq, Eq)]
