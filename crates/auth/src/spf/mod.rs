@@ -22,7 +22,10 @@ pub use eval::check_host;
 /// respect (the DNS answers themselves are cached by the resolver, with theirs). Bounded:
 /// emptied when full.
 #[derive(Default)]
-pub struct RecordCache(Mutex<HashMap<Box<[u8]>, Option<Arc<record::Record>>>>);
+pub struct RecordCache(Mutex<HashMap<Box<[u8]>, Parsed>>);
+
+/// A record's text parsed: `None` for a syntax error (`permerror`).
+type Parsed = Option<Arc<record::Record>>;
 
 /// Records kept parsed at most.
 const CACHED_RECORDS: usize = 4096;
