@@ -248,6 +248,23 @@ fn dkim_cross_checked_with_dkimpy_both_ways() {
         assert_eq!(dkimpy_verify(changed.as_bytes(), dns.port), "fail");
     }
 
+    // A chain broken in transit comes back: it is reported as arc=fail with the reason
+    // (never neutral or permerror, RFC 8617 §4.4), and it is not sealed again — no new set,
+    // let alone an i=1 as if there were no chain.
+    assert_eq!(
+        send(gw.port, "bob@out-rsa.test", "arc1@remote.test", &message("bob@out-rsa.test", "to be broken")),
+        "OK"
+    );
+    let sealed = sink.wait_for_rcpt("arc1@remote.test", T).text();
+    assert_eq!(sealed.matches("ARC-Seal:").count(), 1, "{sealed}");
+    let broken = sealed.replace("this is to be broken", "this is broken in transit");
+    assert_eq!(send(gw.port, "bob@out-rsa.test", "arc2@remote.test", broken.as_bytes()), "OK");
+    let again = sink.wait_for_rcpt("arc2@remote.test", T).text();
+    assert_eq!(again.matches("ARC-Seal:").count(), 1, "a failed chain was sealed again: {again}");
+    assert!(again.contains("arc=fail ("), "{again}");
+    assert!(!again.contains("arc=neutral") && !again.contains("arc=permerror"), "{again}");
+    assert!(gw.wait_log("not ARC sealed", T), "{}", gw.log());
+
     // A DSN the queue writes passes the same cleanup stage: it is traced and signed for our
     // domain (MAILER-DAEMON@mx.gateway.test), and the signature verifies in dkimpy.
     sink.set_rcpt_reply("gone@remote.test", "550 5.1.1 no such user");

@@ -50,8 +50,9 @@ pub fn authentication_results(
             };
             parts.push(format!("dmarc={} header.from={} policy.dmarc={p}", d.status.as_str(), token(&d.domain)));
         }
-        if m.arc.status != Status::None || m.arc.instances > 0 {
-            parts.push(format!("arc={} smtp.remote-ip={ip}", m.arc.status.as_str()));
+        if m.arc.status != Status::None {
+            let why = m.arc.reason.as_ref().map(|r| format!(" ({})", clean(r))).unwrap_or_default();
+            parts.push(format!("arc={}{why} smtp.remote-ip={ip}", m.arc.status.as_str()));
         }
     }
     if let Some(i) = iprev {
@@ -235,7 +236,7 @@ mod tests {
                 reason: None,
             }],
             dmarc: None,
-            arc: crate::results::Arc { status: Status::None, instances: 0, sealer: None },
+            arc: crate::results::Arc { status: Status::None, reason: None, instances: 0, sealer: None },
         };
         assert_eq!(authentication_results("mx.test", ip, &[], None, Some(&m)), "mx.test;\r\n\tdkim=temperror");
     }

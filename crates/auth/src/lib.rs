@@ -31,4 +31,7 @@ pub enum AuthError {
     Key(String),
     #[error("DKIM signing failed: {0}")]
     Sign(String),
+    /// The message's ARC chain did not pass: it is not sealed again (RFC 8617 §5.1.2).
+    #[error("ARC chain did not pass ({0}): not sealed again")]
+    ChainFailed(String),
 }

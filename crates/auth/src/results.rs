@@ -71,7 +71,10 @@ pub struct Dmarc {
 /// ARC chain validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Arc {
+    /// `none` (no ARC fields at all), `pass` or `fail` — the only words RFC 8617 §4.4 allows.
     pub status: Status,
+    /// Why a chain failed, for the header's comment.
+    pub reason: Option<String>,
     /// Number of ARC sets.
     pub instances: u32,
     /// The d= of the newest ARC-Seal, when there is a chain: who sealed it last.

@@ -9,7 +9,6 @@ use mail_auth::arc::ArcSealer;
 use mail_auth::common::crypto::{RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::Done;
-use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{AuthenticatedMessage, AuthenticationResults, MessageAuthenticator};
 
 use crate::AuthError;
@@ -35,8 +34,10 @@ impl Sealer {
         Ok(Sealer { sealer, authserv_id: authserv_id.to_string() })
     }
 
-    /// The ARC set to put on top of `raw` (header fields with CRLFs), or why not: a chain that
-    /// already failed must not be sealed again (RFC 8617 §5.1.2).
+    /// The ARC set to put on top of `raw` (header fields with CRLFs), or why not. A message
+    /// that carries ARC fields is sealed only when its chain passes: a chain that failed — by
+    /// its last `cv=fail`, or by our validation — is never sealed again, so no hop after us can
+    /// take a new `i=1` for a chain that never broke.
     pub async fn seal(
         &self,
         auth: &crate::Authenticator,
@@ -47,9 +48,13 @@ impl Sealer {
     ) -> Result<String, AuthError> {
         let inner: &MessageAuthenticator = auth.inner();
         let msg = AuthenticatedMessage::parse(raw).ok_or_else(|| AuthError::Sign("unparsable message".into()))?;
-        let dkim = inner.verify_dkim(&msg).await;
         let arc = inner.verify_arc(&msg).await;
-        let spf = inner.verify_spf(SpfParameters::verify_mail_from(ip, helo, &self.authserv_id, mail_from)).await;
+        if crate::session::has_arc_fields(raw) && *arc.result() != mail_auth::DkimResult::Pass {
+            return Err(AuthError::ChainFailed(format!("{:?}", arc.result())));
+        }
+        let dkim = inner.verify_dkim(&msg).await;
+        // Our own SPF verdict (the one in our Authentication-Results), in mail-auth's form.
+        let (_, spf) = auth.spf(ip, helo, mail_from).await;
         let results = AuthenticationResults::new(&self.authserv_id)
             .with_dkim_results(&dkim, msg.from())
             .with_spf_mailfrom_result(&spf, ip, mail_from, helo)

@@ -110,7 +110,7 @@ impl Authenticator {
     /// DMARC aligns with; `mail_from_domain` its domain.
     pub async fn message(&self, raw: &[u8], mail_from_domain: &str, spf: &mail_auth::SpfOutput) -> MessageResults {
         let Some(msg) = AuthenticatedMessage::parse(raw) else {
-            let arc = results::Arc { status: Status::None, instances: 0, sealer: None };
+            let arc = results::Arc { status: Status::None, reason: None, instances: 0, sealer: None };
             return MessageResults { dkim: vec![], dmarc: None, arc };
         };
         let from_domain = msg.from().rsplit_once('@').map_or("", |(_, d)| d).to_lowercase();
@@ -132,8 +132,10 @@ impl Authenticator {
                     Dkim { status, domain, selector, reason }
                 })
                 .collect();
+            let (status, reason) = arc_status(arc_out.result(), has_arc_fields(raw));
             let arc = results::Arc {
-                status: dkim_status(arc_out.result()).0,
+                status,
+                reason,
                 instances: arc_out.sets().len() as u32,
                 sealer: arc_out.sets().last().map(|s| s.seal.header.d.clone()),
             };
@@ -164,10 +166,37 @@ impl Authenticator {
                     reason: Some("timed out".into()),
                 }],
                 dmarc: None,
-                arc: results::Arc { status: Status::TempError, instances: 0, sealer: None },
+                arc: match has_arc_fields(raw) {
+                    true => results::Arc {
+                        status: Status::Fail,
+                        reason: Some("timed out".into()),
+                        instances: 0,
+                        sealer: None,
+                    },
+                    false => results::Arc { status: Status::None, reason: None, instances: 0, sealer: None },
+                },
             },
         }
     }
+}
+
+/// A chain's result as RFC 8617 §4.4 allows it: `none` only when the message has no ARC
+/// fields, `pass`, or `fail` — whatever else the library says (neutral for a chain it could
+/// not parse, permerror, temperror) is a `fail`, with its reason.
+fn arc_status(r: &DkimResult, has_fields: bool) -> (Status, Option<String>) {
+    match (dkim_status(r), has_fields) {
+        ((Status::Pass, _), _) => (Status::Pass, None),
+        ((Status::None, _), false) => (Status::None, None),
+        ((Status::None, _), true) => (Status::Fail, Some("ARC header fields without a chain".into())),
+        ((_, reason), _) => (Status::Fail, reason),
+    }
+}
+
+/// Whether the header section has any ARC field (ARC-Seal, ARC-Message-Signature or
+/// ARC-Authentication-Results).
+pub(crate) fn has_arc_fields(raw: &[u8]) -> bool {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(raw.len(), |p| p + 2);
+    raw[..end].split(|b| *b == b'\n').any(|line| line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"arc-"))
 }
 
 fn dkim_status(r: &DkimResult) -> (Status, Option<String>) {
