@@ -428,6 +428,7 @@ pub fn envelope(id: String, sender: String, recipients: Vec<String>) -> Envelope
         quarantine: None,
         requiretls: false,
         held: false,
+        api: None,
     }
 }
 

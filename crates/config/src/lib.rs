@@ -59,6 +59,9 @@ pub struct Config {
     pub dkim_sign: Vec<DkimSign>,
     /// `[arc_seal]`: ARC-seal every accepted message (none: no sealing).
     pub arc_seal: Option<ArcSeal>,
+    /// `[[api]]` tables: where the HTTP sending API is served (none: no API).
+    #[serde(rename = "api")]
+    pub apis: Vec<ApiListener>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,6 +96,47 @@ fn default_pipeline() -> String {
 
 /// The pipeline every listener uses unless it names another.
 pub const DEFAULT_PIPELINE: &str = "default";
+
+/// An HTTP listener of the sending API (`POST /api/v1/messages`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiListener {
+    /// A name for logs; plugins see it as the listener.
+    pub name: String,
+    pub address: SocketAddr,
+    /// Serve HTTPS with the `[tls]` certificate (plain HTTP otherwise: loopback or a proxy).
+    #[serde(default)]
+    pub tls: bool,
+    /// The pipeline API messages pass: on-mail-from, on-rcpt per recipient, on-data.
+    #[serde(default = "default_pipeline")]
+    pub pipeline: String,
+    /// Largest request body in octets. Unset: room for a message of `limits.max_message_size`
+    /// sent base64-encoded in JSON (4/3 of it, plus 64 KiB).
+    #[serde(default)]
+    pub body_limit: Option<u64>,
+    /// Time for one request, from its first octet to the answer's head (a slow or stalled
+    /// client loses its request, not the server's capacity).
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's backlog.
+    #[serde(default = "default_api_connections")]
+    pub max_connections: usize,
+}
+
+impl ApiListener {
+    /// The body limit in effect (see [`ApiListener::body_limit`]).
+    pub fn body_limit(&self, limits: &Limits) -> u64 {
+        self.body_limit.unwrap_or(limits.max_message_size / 3 * 4 + (64 << 10))
+    }
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_api_connections() -> usize {
+    512
+}
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -509,6 +553,20 @@ impl Config {
         for l in &self.listeners {
             if !known(&l.pipeline) {
                 errs.push(format!("listener {}: unknown pipeline {:?}", l.name, l.pipeline));
+            }
+        }
+        for a in &self.apis {
+            if !names.insert(&a.name) {
+                errs.push(format!("api.name: duplicate listener name {:?}", a.name));
+            }
+            if !known(&a.pipeline) {
+                errs.push(format!("api {}: unknown pipeline {:?}", a.name, a.pipeline));
+            }
+            if a.tls && (self.tls.cert.is_none() || self.tls.key.is_none()) {
+                errs.push(format!("api {}: tls = true needs [tls] cert and key", a.name));
+            }
+            if a.max_connections == 0 || a.request_timeout.is_zero() || a.body_limit == Some(0) {
+                errs.push(format!("api {}: max_connections, request_timeout and body_limit must be above 0", a.name));
             }
         }
         for (domain, p) in &self.domain_pipelines {

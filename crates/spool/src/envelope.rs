@@ -139,6 +139,25 @@ pub struct Envelope {
     /// Held by an operator: kept, not tried, until released.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub held: bool,
+    /// What the sending API was told about a message it took in (`None`: not from the API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<Box<ApiMeta>>,
+}
+
+/// A message submitted through the HTTP API: who sent it and what the sender asked to have
+/// echoed in every event about it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiMeta {
+    /// The name of the API key that submitted it.
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// The client's idempotency key: kept with the message so that a repeat is recognised
+    /// even when the gateway stopped between the spool write and the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 impl Envelope {

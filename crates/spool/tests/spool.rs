@@ -24,6 +24,7 @@ fn env(spool: &LocalSpool, rcpts: &[&str]) -> Envelope {
         quarantine: None,
         requiretls: false,
         held: false,
+        api: None,
     }
 }
 

@@ -1,0 +1,114 @@
+//! Errors as the client sees them: an HTTP status and a JSON body
+//! `{"error": {"code", "message", "pointer"?, "smtp"?, "recipients"?}}`.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::{RcptReceipt, SmtpReply, SubmitError};
+
+/// An error answer. `code` is a stable machine-readable name; `message` is for people.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// The request field at fault, as a JSON pointer (RFC 6901), e.g. `/to/2/email`.
+    pub pointer: Option<String>,
+    /// The SMTP reply behind a policy refusal.
+    pub smtp: Option<SmtpReply>,
+    /// Each recipient's refusal, when all were refused.
+    pub recipients: Vec<RcptReceipt>,
+    /// Seconds until a retry may succeed (429, 503).
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            pointer: None,
+            smtp: None,
+            recipients: vec![],
+            retry_after: None,
+        }
+    }
+
+    /// 400 for the field at `pointer`.
+    pub fn field(pointer: impl Into<String>, message: impl Into<String>) -> ApiError {
+        let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", message);
+        e.pointer = Some(pointer.into());
+        e
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>, retry_after: u64) -> ApiError {
+        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+        e.retry_after = Some(retry_after);
+        e
+    }
+
+    pub fn too_large(limit: u64) -> ApiError {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the request exceeds {limit} octets"))
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        let mut e = serde_json::json!({ "code": self.code, "message": self.message });
+        if let Some(p) = &self.pointer {
+            e["pointer"] = p.clone().into();
+        }
+        if let Some(s) = &self.smtp {
+            e["smtp"] = serde_json::to_value(s).unwrap_or_default();
+        }
+        if !self.recipients.is_empty() {
+            e["recipients"] = serde_json::to_value(&self.recipients).unwrap_or_default();
+        }
+        serde_json::json!({ "error": e })
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> ApiError {
+        match e {
+            SubmitError::Refused(r) if r.is_transient() => {
+                let mut a = ApiError::unavailable(format!("refused for now: {}", r.text), 60);
+                a.code = "deferred";
+                a.smtp = Some((&r).into());
+                a
+            }
+            SubmitError::Refused(r) => {
+                let mut a = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", r.text.to_string());
+                a.smtp = Some((&r).into());
+                a
+            }
+            SubmitError::NoRecipients(rcpts) => {
+                let mut a = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", "every recipient was refused");
+                a.recipients = rcpts;
+                a
+            }
+            SubmitError::Unavailable(r) => {
+                let mut a = ApiError::unavailable(r.text.to_string(), 30);
+                a.smtp = Some((&r).into());
+                a
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, axum::Json(self.body())).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut().insert("retry-after", HeaderValue::from(s));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}

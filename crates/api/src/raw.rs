@@ -1,0 +1,130 @@
+//! `POST /api/v1/messages` with `Content-Type: message/rfc822`: a message the client wrote.
+//! The envelope comes from the query (`from`, `to` — repeatable or comma-separated) or, when
+//! absent, from the message's own From and To/Cc/Bcc fields, as `sendmail -t` does (the Bcc
+//! field is then removed). Line ends are made CRLF (HTTP clients send files as they are).
+
+use mailgate_smtp::Address;
+
+use crate::error::ApiError;
+
+/// The envelope and the canonical message.
+#[derive(Debug)]
+pub struct Raw {
+    pub from: Address,
+    pub rcpts: Vec<Address>,
+    pub message: Vec<u8>,
+    /// Every address of the From field (the key's sender domains apply to them too).
+    pub header_from: Vec<String>,
+}
+
+fn parse(s: &str, ptr: &str) -> Result<Address, ApiError> {
+    Address::parse_mailbox(s.trim()).map_err(|_| ApiError::field(ptr, format!("{s:?} is not an address")))
+}
+
+/// Where the header section ends (the offset of the empty line's CRLF), or the whole length.
+fn header_end(m: &[u8]) -> usize {
+    if m.starts_with(b"\r\n") {
+        return 0;
+    }
+    m.windows(4).position(|w| w == b"\r\n\r\n").map_or(m.len(), |p| p + 2)
+}
+
+/// The message without its Bcc fields (with their continuation lines).
+fn without_bcc(m: &[u8]) -> Vec<u8> {
+    let end = header_end(m);
+    let mut out = Vec::with_capacity(m.len());
+    let mut dropping = false;
+    for line in m[..end].split_inclusive(|b| *b == b'\n') {
+        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !continuation {
+            dropping = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"bcc:");
+        }
+        if !dropping {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(&m[end..]);
+    out
+}
+
+/// Reads the envelope of a raw message. `query` is the decoded query string.
+pub fn read(query: &[(String, String)], message: &[u8], max_rcpts: usize) -> Result<Raw, ApiError> {
+    if message.is_empty() {
+        return Err(ApiError::bad_request("empty", "the message is empty"));
+    }
+    let message = mailgate_smtp::content::to_crlf(message);
+    let parsed = mail_parser::MessageParser::new().parse_headers(&message[..header_end(&message)]);
+    let addrs = |a: Option<&mail_parser::Address>| -> Vec<String> {
+        a.map(|a| a.iter().filter_map(|x| x.address().map(str::to_string)).collect()).unwrap_or_default()
+    };
+    let header_from = addrs(parsed.as_ref().and_then(|p| p.from()));
+    fn qs<'a>(query: &'a [(String, String)], k: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        query.iter().filter(move |(n, _)| n == k).flat_map(|(_, v)| v.split(','))
+    }
+    let mut unknown = query.iter().map(|(k, _)| k.as_str()).filter(|k| !["from", "to", "tag"].contains(k));
+    if let Some(k) = unknown.next() {
+        return Err(ApiError::field(format!("?{k}"), "unknown query parameter"));
+    }
+    let from = match qs(query, "from").next() {
+        Some(f) => parse(f, "?from")?,
+        None => {
+            let sender = addrs(parsed.as_ref().and_then(|p| p.sender()));
+            let one = if header_from.len() == 1 { header_from.first() } else { sender.first() };
+            parse(one.ok_or_else(|| ApiError::field("?from", "no from given, and the message has no single From"))?, "From:")?
+        }
+    };
+    let mut rcpts: Vec<Address> = vec![];
+    let mut push = |a: Address| {
+        if !rcpts.iter().any(|r| r.as_str().eq_ignore_ascii_case(a.as_str())) {
+            rcpts.push(a);
+        }
+    };
+    let given: Vec<&str> = qs(query, "to").filter(|t| !t.trim().is_empty()).collect();
+    let message = if given.is_empty() {
+        let p = parsed.as_ref();
+        for (a, field) in [(p.and_then(|p| p.to()), "To:"), (p.and_then(|p| p.cc()), "Cc:"), (p.and_then(|p| p.bcc()), "Bcc:")] {
+            for x in addrs(a) {
+                push(parse(&x, field)?);
+            }
+        }
+        without_bcc(&message)
+    } else {
+        for t in given {
+            push(parse(t, "?to")?);
+        }
+        message
+    };
+    if rcpts.is_empty() {
+        return Err(ApiError::field("?to", "no recipients: give ?to= or To/Cc/Bcc fields"));
+    }
+    if rcpts.len() > max_rcpts {
+        return Err(ApiError::field("?to", format!("{} recipients; at most {max_rcpts} per message", rcpts.len())));
+    }
+    Ok(Raw { from, rcpts, message, header_from })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_from_query_or_fields() {
+        let m = b"From: A <a@b.test>\nTo: x@y.test, X2 <x2@y.test>\nBcc: hidden@z.test,\n  h2@z.test\nSubject: s\n\nbody\n";
+        let r = read(&[], m, 10).unwrap();
+        assert_eq!(r.from.as_str(), "a@b.test");
+        let rc: Vec<&str> = r.rcpts.iter().map(|a| a.as_str()).collect();
+        assert_eq!(rc, ["x@y.test", "x2@y.test", "hidden@z.test", "h2@z.test"]);
+        let text = String::from_utf8(r.message).unwrap();
+        assert!(!text.contains("hidden") && !text.contains("h2@"), "Bcc removed: {text}");
+        assert!(text.contains("Subject: s\r\n\r\nbody\r\n"), "{text}");
+        let q = vec![("from".to_string(), "bounce@b.test".to_string()), ("to".to_string(), "p@q.test,r@q.test".to_string())];
+        let r = read(&q, m, 10).unwrap();
+        assert_eq!(r.from.as_str(), "bounce@b.test");
+        assert_eq!(r.rcpts.len(), 2);
+        assert!(String::from_utf8(r.message).unwrap().contains("Bcc:"), "kept when the envelope is given");
+        assert_eq!(r.header_from, ["a@b.test"]);
+        let e = read(&[("to".into(), "nope".into())], m, 10).unwrap_err();
+        assert_eq!(e.pointer.as_deref(), Some("?to"));
+        assert_eq!(read(&[], b"Subject: x\r\n\r\nb\r\n", 10).unwrap_err().pointer.as_deref(), Some("?from"));
+    }
+}

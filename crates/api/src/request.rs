@@ -1,0 +1,453 @@
+//! `POST /api/v1/messages` with a JSON body: validated field by field (every error names its
+//! field as a JSON pointer), then built into a MIME message by mail-builder.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use mail_builder::headers::address::Address as MbAddress;
+use mail_builder::headers::text::Text;
+use mail_builder::MessageBuilder;
+use mailgate_smtp::Address;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// Fields a request may not set through `headers`: the API writes them from its own fields,
+/// or they belong to the gateway (trace and authentication fields).
+const RESERVED: &[&str] = &[
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "reply-to",
+    "sender",
+    "subject",
+    "date",
+    "message-id",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "content-disposition",
+    "received",
+    "return-path",
+    "dkim-signature",
+    "authentication-results",
+    "arc-seal",
+    "arc-message-signature",
+    "arc-authentication-results",
+];
+
+const KNOWN: &[&str] = &[
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "reply_to",
+    "subject",
+    "text",
+    "html",
+    "headers",
+    "attachments",
+    "tags",
+    "metadata",
+    "idempotency_key",
+];
+
+/// Limits on the parts of a request that are not the message itself.
+const MAX_TAGS: usize = 20;
+const MAX_TAG_LEN: usize = 128;
+const MAX_METADATA: usize = 8 << 10;
+const MAX_HEADERS: usize = 100;
+const MAX_ATTACHMENTS: usize = 100;
+
+/// A mailbox with an optional display name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    pub email: Address,
+    pub name: Option<String>,
+}
+
+/// A request read and checked: the envelope, the built message and what is kept with it.
+#[derive(Debug)]
+pub struct Built {
+    pub from: Address,
+    /// To, Cc and Bcc, each address once (compared without case), in that order.
+    pub rcpts: Vec<Address>,
+    pub message: Vec<u8>,
+    pub tags: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// Refuses control characters (every octet that could end or break a header line: CR, LF,
+/// NUL, and the rest of C0 and DEL; tab only where `tab` allows it).
+pub(crate) fn plain_text(s: &str, ptr: &str, what: &str, tab: bool) -> Result<(), ApiError> {
+    match s.chars().find(|c| c.is_control() && !(tab && *c == '\t')) {
+        Some(c) => Err(ApiError::field(ptr, format!("{what} must not contain control characters (found U+{:04X})", c as u32))),
+        None => Ok(()),
+    }
+}
+
+fn string<'a>(v: &'a Value, ptr: &str) -> Result<&'a str, ApiError> {
+    v.as_str().ok_or_else(|| ApiError::field(ptr, "must be a string"))
+}
+
+/// `"a@b"`, `"Name <a@b>"` or `{"email": "a@b", "name": "Name"}`.
+pub(crate) fn mailbox(v: &Value, ptr: &str) -> Result<Mailbox, ApiError> {
+    let (email, name, eptr) = match v {
+        Value::String(s) => match s.trim().strip_suffix('>').and_then(|s| s.rsplit_once('<')) {
+            Some((name, email)) => (email.trim(), Some(name.trim().trim_matches('"').trim()), ptr.to_string()),
+            None => (s.trim(), None, ptr.to_string()),
+        },
+        Value::Object(m) => {
+            if let Some(k) = m.keys().find(|k| *k != "email" && *k != "name") {
+                return Err(ApiError::field(format!("{ptr}/{}", escape(k)), "unknown field"));
+            }
+            let email = m.get("email").ok_or_else(|| ApiError::field(format!("{ptr}/email"), "is required"))?;
+            let name = match m.get("name") {
+                None | Some(Value::Null) => None,
+                Some(n) => Some(string(n, &format!("{ptr}/name"))?),
+            };
+            (string(email, &format!("{ptr}/email"))?, name, format!("{ptr}/email"))
+        }
+        _ => return Err(ApiError::field(ptr, "must be an address string or {\"email\", \"name\"}")),
+    };
+    let email = Address::parse_mailbox(email).map_err(|_| ApiError::field(&eptr, format!("{email:?} is not an address")))?;
+    let name = name.filter(|n| !n.is_empty()).map(str::to_string);
+    if let Some(n) = &name {
+        plain_text(n, ptr, "a display name", false)?;
+        if n.len() > 256 {
+            return Err(ApiError::field(ptr, "the display name is longer than 256 octets"));
+        }
+    }
+    Ok(Mailbox { email, name })
+}
+
+/// One mailbox or an array of them.
+fn mailboxes(v: &Value, ptr: &str) -> Result<Vec<Mailbox>, ApiError> {
+    match v {
+        Value::Array(a) => a.iter().enumerate().map(|(i, x)| mailbox(x, &format!("{ptr}/{i}"))).collect(),
+        Value::Null => Ok(vec![]),
+        one => Ok(vec![mailbox(one, ptr)?]),
+    }
+}
+
+/// A JSON pointer token (RFC 6901 §3).
+pub(crate) fn escape(k: &str) -> String {
+    k.replace('~', "~0").replace('/', "~1")
+}
+
+/// Text with every line end made CRLF (mail-builder then picks the transfer encoding).
+fn crlf_text(s: &str) -> String {
+    let unix = s.replace("\r\n", "\n").replace('\r', "\n");
+    unix.replace('\n', "\r\n")
+}
+
+fn mb_address(m: &Mailbox) -> MbAddress<'static> {
+    MbAddress::new_address(m.name.clone(), m.email.as_str().to_string())
+}
+
+fn mb_list(list: &[Mailbox]) -> MbAddress<'static> {
+    MbAddress::new_list(list.iter().map(mb_address).collect())
+}
+
+/// Reads a JSON request. `hostname` goes into the Message-ID; `max_rcpts` bounds To+Cc+Bcc.
+pub fn build(body: &[u8], hostname: &str, max_rcpts: usize) -> Result<Built, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
+    let Value::Object(m) = v else {
+        return Err(ApiError::field("", "the body must be a JSON object"));
+    };
+    if let Some(k) = m.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(ApiError::field(format!("/{}", escape(k)), "unknown field"));
+    }
+    let get = |k: &str| m.get(k).filter(|v| !v.is_null());
+    let from = mailbox(get("from").ok_or_else(|| ApiError::field("/from", "is required"))?, "/from")?;
+    let (to, cc, bcc) = (
+        get("to").map(|v| mailboxes(v, "/to")).transpose()?.unwrap_or_default(),
+        get("cc").map(|v| mailboxes(v, "/cc")).transpose()?.unwrap_or_default(),
+        get("bcc").map(|v| mailboxes(v, "/bcc")).transpose()?.unwrap_or_default(),
+    );
+    let mut rcpts: Vec<Address> = vec![];
+    for m in to.iter().chain(&cc).chain(&bcc) {
+        if !rcpts.iter().any(|r| r.as_str().eq_ignore_ascii_case(m.email.as_str())) {
+            rcpts.push(m.email.clone());
+        }
+    }
+    if rcpts.is_empty() {
+        return Err(ApiError::field("/to", "at least one recipient (to, cc or bcc) is required"));
+    }
+    if rcpts.len() > max_rcpts {
+        return Err(ApiError::field("/to", format!("{} recipients; at most {max_rcpts} per message", rcpts.len())));
+    }
+    let reply_to = get("reply_to").map(|v| mailboxes(v, "/reply_to")).transpose()?.unwrap_or_default();
+    let subject = get("subject").map(|v| string(v, "/subject")).transpose()?.unwrap_or("");
+    plain_text(subject, "/subject", "the subject", true)?;
+    if subject.len() > 998 {
+        return Err(ApiError::field("/subject", "longer than 998 octets"));
+    }
+    let text = get("text").map(|v| string(v, "/text")).transpose()?;
+    let html = get("html").map(|v| string(v, "/html")).transpose()?;
+    for (t, p) in [(text, "/text"), (html, "/html")] {
+        if let Some(c) = t.and_then(|t| t.chars().find(|c| c.is_control() && !"\t\r\n\x0c".contains(*c))) {
+            return Err(ApiError::field(p, format!("must not contain control characters (found U+{:04X})", c as u32)));
+        }
+    }
+    if text.is_none() && html.is_none() {
+        return Err(ApiError::field("/text", "text or html is required"));
+    }
+    let headers = match get("headers") {
+        None => vec![],
+        Some(h) => custom_headers(h)?,
+    };
+    let attachments = match get("attachments") {
+        None => vec![],
+        Some(a) => attachments(a)?,
+    };
+    let tags = match get("tags") {
+        None => vec![],
+        Some(Value::Array(a)) if a.len() <= MAX_TAGS => a
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let p = format!("/tags/{i}");
+                let t = string(t, &p)?;
+                plain_text(t, &p, "a tag", false)?;
+                if t.is_empty() || t.len() > MAX_TAG_LEN {
+                    return Err(ApiError::field(p, format!("a tag has 1 to {MAX_TAG_LEN} octets")));
+                }
+                Ok(t.to_string())
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(ApiError::field("/tags", format!("must be an array of at most {MAX_TAGS} strings"))),
+    };
+    let metadata = match get("metadata") {
+        None => BTreeMap::new(),
+        Some(Value::Object(o)) => metadata(o)?,
+        Some(_) => return Err(ApiError::field("/metadata", "must be an object of strings")),
+    };
+    let idempotency_key = get("idempotency_key").map(|v| string(v, "/idempotency_key")).transpose()?.map(str::to_string);
+    if let Some(k) = &idempotency_key {
+        check_idempotency_key(k, "/idempotency_key")?;
+    }
+
+    let random: u64 = rand::random();
+    let mut b = MessageBuilder::new()
+        .from(mb_address(&from))
+        .message_id(format!("{random:016x}.{}@{hostname}", mailgate_message::date::now_millis()));
+    if !to.is_empty() {
+        b = b.to(mb_list(&to));
+    }
+    if !cc.is_empty() {
+        b = b.cc(mb_list(&cc));
+    }
+    if !reply_to.is_empty() {
+        b = b.reply_to(mb_list(&reply_to));
+    }
+    if !subject.is_empty() {
+        b = b.subject(Text::new(subject.to_string()));
+    }
+    for (name, value) in headers {
+        b = b.header(name, Text::new(value));
+    }
+    if let Some(t) = text {
+        b = b.text_body(crlf_text(t));
+    }
+    if let Some(h) = html {
+        b = b.html_body(crlf_text(h));
+    }
+    for a in attachments {
+        b = match a.content_id {
+            Some(cid) => b.inline(a.content_type, cid, a.content),
+            None => b.attachment(a.content_type, a.filename, a.content),
+        };
+    }
+    let message = b.write_to_vec().map_err(|e| ApiError::bad_request("unbuildable", e.to_string()))?;
+    Ok(Built { from: from.email, rcpts, message, tags, metadata, idempotency_key })
+}
+
+pub(crate) fn check_idempotency_key(k: &str, ptr: &str) -> Result<(), ApiError> {
+    if k.is_empty() || k.len() > 255 || !k.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return Err(ApiError::field(ptr, "an idempotency key has 1 to 255 printable ASCII characters"));
+    }
+    Ok(())
+}
+
+fn metadata(o: &Map<String, Value>) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut size = 0;
+    let mut out = BTreeMap::new();
+    for (k, v) in o {
+        let p = format!("/metadata/{}", escape(k));
+        let v = string(v, &p)?;
+        plain_text(k, &p, "a metadata key", false)?;
+        plain_text(v, &p, "a metadata value", true)?;
+        size += k.len() + v.len();
+        if size > MAX_METADATA {
+            return Err(ApiError::field("/metadata", format!("more than {MAX_METADATA} octets")));
+        }
+        out.insert(k.clone(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// `{"X-Name": "value"}` or `[{"name": "X-Name", "value": "value"}]`.
+fn custom_headers(h: &Value) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs: Vec<(String, &Value, String)> = match h {
+        Value::Object(o) => o.iter().map(|(k, v)| (k.clone(), v, format!("/headers/{}", escape(k)))).collect(),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let p = format!("/headers/{i}");
+                let name = x.get("name").ok_or_else(|| ApiError::field(format!("{p}/name"), "is required"))?;
+                let value = x.get("value").ok_or_else(|| ApiError::field(format!("{p}/value"), "is required"))?;
+                Ok((string(name, &format!("{p}/name"))?.to_string(), value, format!("{p}/value")))
+            })
+            .collect::<Result<_, ApiError>>()?,
+        _ => return Err(ApiError::field("/headers", "must be an object or an array of {name, value}")),
+    };
+    if pairs.len() > MAX_HEADERS {
+        return Err(ApiError::field("/headers", format!("at most {MAX_HEADERS} fields")));
+    }
+    let mut out = vec![];
+    for (name, value, p) in pairs {
+        // RFC 5322 §2.2: a field name is printable ASCII without ':'.
+        if name.is_empty() || name.len() > 76 || !name.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b':') {
+            return Err(ApiError::field(&p, format!("{name:?} is not a header field name")));
+        }
+        if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(&name))
+            || name.to_ascii_lowercase().starts_with("arc-")
+            || name.to_ascii_lowercase().starts_with("content-")
+        {
+            return Err(ApiError::field(&p, format!("{name} is set by the API, not through headers")));
+        }
+        let value = string(value, &p)?;
+        plain_text(value, &p, "a header value", true)?;
+        if value.len() > 998 {
+            return Err(ApiError::field(&p, "longer than 998 octets"));
+        }
+        out.push((name, value.to_string()));
+    }
+    Ok(out)
+}
+
+struct Attachment {
+    filename: String,
+    content_type: String,
+    content: Vec<u8>,
+    content_id: Option<String>,
+}
+
+fn attachments(a: &Value) -> Result<Vec<Attachment>, ApiError> {
+    let Value::Array(list) = a else {
+        return Err(ApiError::field("/attachments", "must be an array"));
+    };
+    if list.len() > MAX_ATTACHMENTS {
+        return Err(ApiError::field("/attachments", format!("at most {MAX_ATTACHMENTS}")));
+    }
+    let mut out = vec![];
+    for (i, x) in list.iter().enumerate() {
+        let p = format!("/attachments/{i}");
+        let Value::Object(o) = x else { return Err(ApiError::field(p, "must be an object")) };
+        if let Some(k) = o.keys().find(|k| !["filename", "content_type", "content_base64", "content_id"].contains(&k.as_str())) {
+            return Err(ApiError::field(format!("{p}/{}", escape(k)), "unknown field"));
+        }
+        let field = |k: &str| -> Result<Option<&str>, ApiError> {
+            o.get(k).filter(|v| !v.is_null()).map(|v| string(v, &format!("{p}/{k}"))).transpose()
+        };
+        let filename = field("filename")?.ok_or_else(|| ApiError::field(format!("{p}/filename"), "is required"))?;
+        plain_text(filename, &format!("{p}/filename"), "a file name", false)?;
+        if filename.is_empty() || filename.len() > 255 {
+            return Err(ApiError::field(format!("{p}/filename"), "a file name has 1 to 255 octets"));
+        }
+        let ct = field("content_type")?.unwrap_or("application/octet-stream");
+        if !valid_content_type(ct) {
+            return Err(ApiError::field(format!("{p}/content_type"), format!("{ct:?} is not a type/subtype")));
+        }
+        let b64 = field("content_base64")?.ok_or_else(|| ApiError::field(format!("{p}/content_base64"), "is required"))?;
+        let compact: String = b64.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let content = base64::engine::general_purpose::STANDARD
+            .decode(compact.as_bytes())
+            .map_err(|e| ApiError::field(format!("{p}/content_base64"), format!("not base64: {e}")))?;
+        let content_id = field("content_id")?.map(str::to_string);
+        if let Some(c) = &content_id {
+            if c.is_empty() || c.len() > 255 || !c.bytes().all(|b| (0x21..0x7f).contains(&b) && !b"<>\"\\".contains(&b)) {
+                return Err(ApiError::field(format!("{p}/content_id"), "not a content id"));
+            }
+        }
+        out.push(Attachment { filename: filename.to_string(), content_type: ct.to_ascii_lowercase(), content, content_id });
+    }
+    Ok(out)
+}
+
+/// `type/subtype` of RFC 2045 tokens (parameters are not taken: mail-builder writes them).
+fn valid_content_type(ct: &str) -> bool {
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 127
+            && s.bytes().all(|b| (0x21..0x7f).contains(&b) && !b"()<>@,;:\\\"/[]?=".contains(&b))
+    };
+    ct.split_once('/').is_some_and(|(t, s)| token(t) && token(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(body: &str) -> ApiError {
+        build(body.as_bytes(), "gw.test", 100).expect_err(body)
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(err("{").code, "malformed_json");
+        assert_eq!(err("[]").pointer.as_deref(), Some(""));
+        assert_eq!(err(r#"{"to":"a@b.test","text":"x"}"#).pointer.as_deref(), Some("/from"));
+        assert_eq!(err(r#"{"from":"a@b.test","text":"x"}"#).pointer.as_deref(), Some("/to"));
+        assert_eq!(err(r#"{"from":"a@b.test","to":["x@y.test","bad"],"text":"x"}"#).pointer.as_deref(), Some("/to/1"));
+        assert_eq!(
+            err(r#"{"from":"a@b.test","to":[{"email":"x@"}],"text":"x"}"#).pointer.as_deref(),
+            Some("/to/0/email")
+        );
+        assert_eq!(err(r#"{"from":"a@b.test","to":"x@y.test","text":"x","sbject":"s"}"#).pointer.as_deref(), Some("/sbject"));
+        for injected in ["a\r\nBcc: v@x.test", "a\nb", "a\rb", "a\u{0}b", "a\u{85}b"] {
+            let body = serde_json::json!({"from":"a@b.test","to":"x@y.test","text":"x","subject": injected}).to_string();
+            assert_eq!(err(&body).pointer.as_deref(), Some("/subject"), "{injected:?}");
+            let body = serde_json::json!({"from":"a@b.test","to":"x@y.test","text":"x","headers":{"X-A": injected}}).to_string();
+            assert_eq!(err(&body).pointer.as_deref(), Some("/headers/X-A"), "{injected:?}");
+        }
+        let body = serde_json::json!({"from":"a@b.test","to":"x@y.test","text":"x","headers":{"Bcc":"v@x.test"}});
+        assert_eq!(err(&body.to_string()).pointer.as_deref(), Some("/headers/Bcc"));
+        let body = serde_json::json!({"from":"a@b.test","to":"x@y.test","text":"x","headers":{"X:Y":"v"}});
+        assert_eq!(err(&body.to_string()).pointer.as_deref(), Some("/headers/X:Y"));
+        let body = serde_json::json!({"from":"a@b.test","to":"x@y.test","text":"x",
+            "attachments":[{"filename":"a.txt","content_base64":"!!!"}]});
+        assert_eq!(err(&body.to_string()).pointer.as_deref(), Some("/attachments/0/content_base64"));
+        let many: Vec<String> = (0..101).map(|i| format!("r{i}@y.test")).collect();
+        let body = serde_json::json!({"from":"a@b.test","to":many,"text":"x"});
+        assert_eq!(err(&body.to_string()).pointer.as_deref(), Some("/to"));
+    }
+
+    #[test]
+    fn builds_a_message() {
+        let body = serde_json::json!({
+            "from": {"email": "shop@b.test", "name": "Ünïcode Shop"},
+            "to": ["Ann <ann@y.test>", "ANN@y.test"],
+            "bcc": "hidden@z.test",
+            "subject": "Your receipt — ünïcode",
+            "text": "line 1\nline 2\n",
+            "headers": {"X-Campaign": "welcome"},
+            "attachments": [{"filename": "r.pdf", "content_type": "application/pdf", "content_base64": "JVBERi0xLjQK"}],
+            "tags": ["receipt"], "metadata": {"order": "42"}
+        });
+        let b = build(body.to_string().as_bytes(), "gw.test", 100).unwrap();
+        let rcpts: Vec<&str> = b.rcpts.iter().map(|a| a.as_str()).collect();
+        assert_eq!(rcpts, ["ann@y.test", "hidden@z.test"]);
+        let text = String::from_utf8(b.message).unwrap();
+        assert!(text.is_ascii(), "encoded words and transfer encodings: {text}");
+        assert!(!text.to_ascii_lowercase().contains("hidden@z.test"), "no Bcc field");
+        assert!(text.contains("X-Campaign: welcome\r\n") && text.contains("@gw.test>"), "{text}");
+        assert!(!text.replace("\r\n", "").contains('\n'), "CRLF only");
+        assert_eq!(b.metadata["order"], "42");
+    }
+}

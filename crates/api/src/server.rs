@@ -1,0 +1,371 @@
+//! The API listener: accept loop (connection limit, optional TLS with a handshake deadline),
+//! HTTP/1.1 with a deadline for request heads, and the routes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Router};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use mailgate_config::ApiListener;
+use mailgate_message::Reservation;
+use mailgate_smtp::content::{ContentError, Mode};
+use mailgate_smtp::ContentReceiver;
+use mailgate_spool::ApiMeta;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::error::ApiError;
+use crate::idempotency::{Answer, Begin, Idempotency};
+use crate::keys::{ApiKey, Keys};
+use crate::{raw, request, Gate, Submission};
+
+/// What a handler knows about the connection its request came on.
+#[derive(Clone)]
+struct Conn {
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: Option<(String, String)>,
+}
+
+/// What every request of one listener shares.
+struct Api {
+    gate: Arc<dyn Gate>,
+    keys: Arc<Keys>,
+    idem: Arc<Idempotency>,
+    conf: ApiListener,
+    name: Arc<str>,
+    /// Requests between "body read" and "answered": shutdown waits for them.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// A running API listener.
+pub struct Listening {
+    pub addr: SocketAddr,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Listening {
+    /// Submissions being processed now (shutdown lets them finish before the spool closes).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+}
+
+/// Time for a TLS handshake and for a request's head (headers) to arrive.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+const HEAD: Duration = Duration::from_secs(10);
+
+/// Serves the API on `listener` until `stop` turns true.
+pub fn serve(
+    listener: TcpListener,
+    conf: ApiListener,
+    tls: Option<TlsAcceptor>,
+    gate: Arc<dyn Gate>,
+    keys: Arc<Keys>,
+    idem: Arc<Idempotency>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<(Listening, tokio::task::JoinHandle<()>)> {
+    let addr = listener.local_addr()?;
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let name: Arc<str> = conf.name.as_str().into();
+    let permits = Arc::new(tokio::sync::Semaphore::new(conf.max_connections));
+    let api = Arc::new(Api { gate, keys, idem, conf, name: name.clone(), in_flight: in_flight.clone() });
+    let router = Router::new()
+        .route("/api/v1/messages", post(submit))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
+        })
+        .with_state(api);
+    let task = tokio::spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p.expect("never closed"),
+                _ = stop.changed() => break,
+            };
+            let (stream, peer) = tokio::select! {
+                a = listener.accept() => match a {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(listener = %name, "accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = stop.changed() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let (router, tls) = (router.clone(), tls.clone());
+            let name = name.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+                let local = stream.local_addr().map(|a| SocketAddr::new(a.ip().to_canonical(), a.port())).unwrap_or(peer);
+                match tls {
+                    None => connection(stream, Conn { peer, local, tls: None }, router).await,
+                    Some(acceptor) => match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            let (_, c) = s.get_ref();
+                            let version =
+                                c.protocol_version().map(|v| format!("{v:?}").replace("TLSv1_", "TLSv1.")).unwrap_or_default();
+                            let cipher = c.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite())).unwrap_or_default();
+                            connection(s, Conn { peer, local, tls: Some((version, cipher)) }, router).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(listener = %name, client = %peer, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(listener = %name, client = %peer, "TLS handshake timed out"),
+                    },
+                }
+            });
+        }
+    });
+    Ok((Listening { addr, in_flight }, task))
+}
+
+/// Serves one connection (keep-alive: many requests).
+async fn connection<S>(stream: S, conn: Conn, router: Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(conn.clone());
+        router.clone().oneshot(req.map(Body::new))
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(HEAD).max_buf_size(64 << 10);
+    if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
+        tracing::debug!("API connection ended: {e}");
+    }
+}
+
+/// The API key a request's `Authorization: Bearer` names, and one message of its rate.
+fn authorize(api: &Api, headers: &HeaderMap) -> Result<Arc<ApiKey>, ApiError> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| unauthorized("an API key is required (Authorization: Bearer <key>)"))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .ok_or_else(|| unauthorized("the Authorization header must be Bearer <key>"))?;
+    let key = api.keys.verify(token.trim()).ok_or_else(|| unauthorized("unknown or revoked API key"))?;
+    if let Err(wait) = api.keys.take(&key) {
+        metrics::counter!("mailgate_api_requests_total", "listener" => api.name.to_string(), "status" => "429").increment(1);
+        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("key {} is over its rate", key.name));
+        e.retry_after = Some(wait);
+        return Err(e);
+    }
+    Ok(key)
+}
+
+/// Reads the body within the listener's limit and deadline, counted against the content memory
+/// budget as it grows.
+async fn read_body(api: &Api, headers: &HeaderMap, body: Body) -> Result<(Vec<u8>, Reservation), ApiError> {
+    let limit = api.conf.body_limit(&api.gate.config().limits);
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::too_large(limit));
+    }
+    let budget = api.gate.budget();
+    let first = declared.unwrap_or(64 << 10).min(limit) as usize;
+    let busy = || ApiError::unavailable("the gateway is busy receiving other messages; try again shortly", 5);
+    let mut hold = budget.reserve(first).ok_or_else(busy)?;
+    let mut buf = Vec::with_capacity(first);
+    hold.force_to(buf.capacity());
+    let mut body = body;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ApiError::bad_request("bad_body", format!("reading the body failed: {e}")))?;
+            let Ok(data) = frame.into_data() else { continue };
+            if (buf.len() + data.len()) as u64 > limit {
+                return Err(ApiError::too_large(limit));
+            }
+            if buf.capacity() - buf.len() < data.len() {
+                let want = (buf.len() + data.len()).max(buf.capacity() + buf.capacity() / 4);
+                if !hold.grow_to(want) {
+                    return Err(busy());
+                }
+                buf.reserve_exact(want - buf.len());
+                hold.force_to(buf.capacity());
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(api.conf.request_timeout, read).await {
+        Ok(Ok(())) => Ok((buf, hold)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "timeout", "the body did not arrive in time")),
+    }
+}
+
+/// The SMTP content rules (line length, NUL octets, size), as DATA applies them.
+fn content_rules(api: &Api, message: Vec<u8>) -> Result<Vec<u8>, ApiError> {
+    let cfg = api.gate.config();
+    let strip = cfg.limits.nul_bytes == mailgate_config::NulBytes::Strip;
+    let mut r = ContentReceiver::new(Mode::Bdat, cfg.limits.max_message_size, cfg.limits.text_line - 2).strip_nul(strip);
+    let mut out = Vec::with_capacity(message.len() + 2);
+    r.feed(&message, &mut out);
+    match r.finish_bdat(&mut out) {
+        Ok(()) => Ok(out),
+        Err(ContentError::TooBig) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the message exceeds {} octets", cfg.limits.max_message_size),
+        )),
+        Err(e) => {
+            let reply = e.reply();
+            let mut a = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_message", reply.text.to_string());
+            a.smtp = Some((&reply).into());
+            Err(a)
+        }
+    }
+}
+
+fn json_answer(status: StatusCode, body: String, replayed: bool) -> Response {
+    let mut r = (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
+    if replayed {
+        r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    r
+}
+
+/// `POST /api/v1/messages`.
+async fn submit(State(api): State<Arc<Api>>, Extension(conn): Extension<Conn>, req: Request) -> Response {
+    let listener = api.name.to_string();
+    let resp = match submit_inner(&api, conn, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status.is_server_error() {
+                tracing::warn!(listener = %api.name, status = e.status.as_u16(), "API request failed: {}", e.message);
+            }
+            e.into_response()
+        }
+    };
+    metrics::counter!("mailgate_api_requests_total", "listener" => listener, "status" => resp.status().as_str().to_string())
+        .increment(1);
+    resp
+}
+
+async fn submit_inner(api: &Arc<Api>, conn: Conn, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let key = authorize(api, &parts.headers)?;
+    let ctype = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let ctype = ctype.split(';').next().unwrap_or("").trim().to_string();
+    let is_raw = match ctype.as_str() {
+        "application/json" => false,
+        "message/rfc822" => true,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send application/json or message/rfc822",
+            ))
+        }
+    };
+    let header_key = match parts.headers.get("idempotency-key") {
+        Some(v) => {
+            let k = v.to_str().map_err(|_| ApiError::field("Idempotency-Key", "not printable ASCII"))?;
+            request::check_idempotency_key(k, "Idempotency-Key")?;
+            Some(k.to_string())
+        }
+        None => None,
+    };
+    let (body, mut hold) = read_body(api, &parts.headers, body).await?;
+    let cfg = api.gate.config();
+    let max_rcpts = cfg.limits.max_recipients;
+    let (from, rcpts, message, header_from, tags, metadata, json_key) = if is_raw {
+        let query: Vec<(String, String)> = parts
+            .uri
+            .query()
+            .map(|q| axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri).map(|x| x.0).map_err(|_| q))
+            .transpose()
+            .map_err(|q| ApiError::field("?", format!("malformed query {q:?}")))?
+            .unwrap_or_default();
+        let tags = query.iter().filter(|(k, _)| k == "tag").map(|(_, v)| v.clone()).collect();
+        let r = raw::read(&query, &body, max_rcpts)?;
+        (r.from, r.rcpts, r.message, r.header_from, tags, Default::default(), None)
+    } else {
+        let b = request::build(&body, &cfg.server.hostname, max_rcpts)?;
+        let hf = vec![b.from.as_str().to_string()];
+        (b.from, b.rcpts, b.message, hf, b.tags, b.metadata, b.idempotency_key)
+    };
+    drop(body);
+    // The key's sender domains bind the envelope sender and every From address.
+    let domain_of = |a: &str| a.rsplit_once('@').map_or(String::new(), |(_, d)| d.to_ascii_lowercase());
+    for a in std::iter::once(from.as_str()).chain(header_from.iter().map(String::as_str)) {
+        if !key.allows(&domain_of(a)) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_sender",
+                format!("key {} may not send as {a}", key.name),
+            ));
+        }
+    }
+    let message = content_rules(api, message)?;
+    hold.force_to(message.capacity());
+    let idem_key = header_key.or(json_key);
+    let guard = match &idem_key {
+        None => None,
+        Some(k) => match api.idem.begin(&key.name, k) {
+            Begin::Replay(a) => {
+                let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::ACCEPTED);
+                return Ok(json_answer(status, a.body, true));
+            }
+            Begin::InProgress => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "in_progress",
+                    "a request with this idempotency key is being processed",
+                ))
+            }
+            Begin::New(g) => Some(g),
+        },
+    };
+    let smtputf8 = !from.as_str().is_ascii() || rcpts.iter().any(|r| r.is_utf8());
+    let id = api.gate.new_id();
+    let submission = Submission {
+        id: id.clone(),
+        key: key.name.clone(),
+        peer: conn.peer,
+        local: conn.local,
+        listener: api.name.clone(),
+        pipeline: api.conf.pipeline.clone(),
+        tls: conn.tls,
+        from: from.as_str().to_string(),
+        rcpts: rcpts.iter().map(|r| r.as_str().to_string()).collect(),
+        smtputf8,
+        data: message,
+        hold,
+        meta: ApiMeta { key: key.name.clone(), tags, metadata, idempotency_key: idem_key.clone() },
+    };
+    api.in_flight.fetch_add(1, Ordering::AcqRel);
+    let result = api.gate.submit(submission).await;
+    api.in_flight.fetch_sub(1, Ordering::AcqRel);
+    let (status, body) = match result {
+        Ok(receipt) => (StatusCode::ACCEPTED, serde_json::to_string(&receipt).expect("serialises")),
+        Err(e) => {
+            let e = ApiError::from(e);
+            if e.status != StatusCode::UNPROCESSABLE_ENTITY {
+                return Err(e);
+            }
+            (e.status, e.body().to_string())
+        }
+    };
+    if let Some(g) = guard {
+        if let Err(e) = g.finish(Answer { status: status.as_u16(), body: body.clone() }).await {
+            // The message is stored: the client gets its answer; only a repeat could now
+            // send it again.
+            tracing::error!(queue_id = %id, "idempotency log write failed: {e}");
+        }
+    }
+    Ok(json_answer(status, body, false))
+}
