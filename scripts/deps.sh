@@ -7,8 +7,9 @@
 #   rustc-web cargo-web rust-web-src lld-16   the wasm32 guest toolchain (shared/PLUGIN-TOOLCHAIN.md)
 #   postfix                 smtp-sink/smtp-source and the peer for benchmarks
 #   iproute2                network namespaces with the RFC 7208 suite's client addresses
+#   curl                    a real HTTP client for the sending API tests
 set -euo pipefail
-pkgs=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl dnsmasq-base rustc-web cargo-web rust-web-src lld-16 postfix python3 python3-dkim python3-nacl python3-dnspython python3-authres iproute2)
+pkgs=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl dnsmasq-base rustc-web cargo-web rust-web-src lld-16 postfix python3 python3-dkim python3-nacl python3-dnspython python3-authres iproute2 curl)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,9 +6,26 @@ use axum::response::{IntoResponse, Response};
 
 use crate::{RcptReceipt, SmtpReply, SubmitError};
 
-/// An error answer. `code` is a stable machine-readable name; `message` is for people.
+/// An error answer (boxed: errors are rare, and `Result`s stay small on the good path).
 #[derive(Debug, Clone)]
-pub struct ApiError {
+pub struct ApiError(Box<Detail>);
+
+impl std::ops::Deref for ApiError {
+    type Target = Detail;
+    fn deref(&self) -> &Detail {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ApiError {
+    fn deref_mut(&mut self) -> &mut Detail {
+        &mut self.0
+    }
+}
+
+/// What an error answer says. `code` is a stable machine-readable name; `message` is for people.
+#[derive(Debug, Clone)]
+pub struct Detail {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
@@ -24,7 +41,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
+        ApiError(Box::new(Detail {
             status,
             code,
             message: message.into(),
@@ -32,7 +49,7 @@ impl ApiError {
             smtp: None,
             recipients: vec![],
             retry_after: None,
-        }
+        }))
     }
 
     /// 400 for the field at `pointer`.

@@ -43,7 +43,9 @@ struct Line {
 enum Entry {
     /// A request with this key is being served now.
     InFlight,
-    Done { answer: Answer },
+    Done {
+        answer: Answer,
+    },
 }
 
 struct Inner {

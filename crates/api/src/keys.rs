@@ -180,10 +180,13 @@ struct Bucket {
     at: Instant,
 }
 
+/// The active keys by hash, and the version of the file they were read from.
+type Active = (Option<Stamp>, HashMap<String, Arc<ApiKey>>);
+
 /// The keys as the server uses them: active keys by hash, rate buckets by name.
 pub struct Keys {
     path: PathBuf,
-    active: RwLock<(Option<Stamp>, HashMap<String, Arc<ApiKey>>)>,
+    active: RwLock<Active>,
     checked: Mutex<Instant>,
     buckets: Mutex<HashMap<String, Bucket>>,
 }
@@ -213,11 +216,12 @@ impl Keys {
         Ok(n)
     }
 
-    /// Reads the file again if it changed since it was last read (at most once a second).
-    fn refresh(&self) {
+    /// Reads the file again if it changed since it was last read: looked at once a second, or
+    /// now when `now` (a key that is not known may have just been made).
+    fn refresh(&self, now: bool) {
         {
             let mut at = self.checked.lock().unwrap();
-            if at.elapsed() < RECHECK {
+            if !now && at.elapsed() < RECHECK {
                 return;
             }
             *at = Instant::now();
@@ -232,11 +236,17 @@ impl Keys {
 
     /// The active key a bearer token names, if any.
     pub fn verify(&self, token: &str) -> Option<Arc<ApiKey>> {
-        self.refresh();
         if !token.starts_with("mg_") || token.len() > 128 {
             return None;
         }
-        self.active.read().unwrap().1.get(&sha256_hex(token)).cloned()
+        self.refresh(false);
+        let hash = sha256_hex(token);
+        let found = self.active.read().unwrap().1.get(&hash).cloned();
+        found.or_else(|| {
+            // One stat(2): cheap next to the request that brought the token.
+            self.refresh(true);
+            self.active.read().unwrap().1.get(&hash).cloned()
+        })
     }
 
     /// Takes one message from the key's rate; `Err(seconds)` until one is available.

@@ -70,7 +70,10 @@ pub fn read(query: &[(String, String)], message: &[u8], max_rcpts: usize) -> Res
         None => {
             let sender = addrs(parsed.as_ref().and_then(|p| p.sender()));
             let one = if header_from.len() == 1 { header_from.first() } else { sender.first() };
-            parse(one.ok_or_else(|| ApiError::field("?from", "no from given, and the message has no single From"))?, "From:")?
+            parse(
+                one.ok_or_else(|| ApiError::field("?from", "no from given, and the message has no single From"))?,
+                "From:",
+            )?
         }
     };
     let mut rcpts: Vec<Address> = vec![];
@@ -82,7 +85,9 @@ pub fn read(query: &[(String, String)], message: &[u8], max_rcpts: usize) -> Res
     let given: Vec<&str> = qs(query, "to").filter(|t| !t.trim().is_empty()).collect();
     let message = if given.is_empty() {
         let p = parsed.as_ref();
-        for (a, field) in [(p.and_then(|p| p.to()), "To:"), (p.and_then(|p| p.cc()), "Cc:"), (p.and_then(|p| p.bcc()), "Bcc:")] {
+        for (a, field) in
+            [(p.and_then(|p| p.to()), "To:"), (p.and_then(|p| p.cc()), "Cc:"), (p.and_then(|p| p.bcc()), "Bcc:")]
+        {
             for x in addrs(a) {
                 push(parse(&x, field)?);
             }
@@ -109,7 +114,8 @@ mod tests {
 
     #[test]
     fn envelope_from_query_or_fields() {
-        let m = b"From: A <a@b.test>\nTo: x@y.test, X2 <x2@y.test>\nBcc: hidden@z.test,\n  h2@z.test\nSubject: s\n\nbody\n";
+        let m =
+            b"From: A <a@b.test>\nTo: x@y.test, X2 <x2@y.test>\nBcc: hidden@z.test,\n  h2@z.test\nSubject: s\n\nbody\n";
         let r = read(&[], m, 10).unwrap();
         assert_eq!(r.from.as_str(), "a@b.test");
         let rc: Vec<&str> = r.rcpts.iter().map(|a| a.as_str()).collect();
@@ -117,7 +123,10 @@ mod tests {
         let text = String::from_utf8(r.message).unwrap();
         assert!(!text.contains("hidden") && !text.contains("h2@"), "Bcc removed: {text}");
         assert!(text.contains("Subject: s\r\n\r\nbody\r\n"), "{text}");
-        let q = vec![("from".to_string(), "bounce@b.test".to_string()), ("to".to_string(), "p@q.test,r@q.test".to_string())];
+        let q = vec![
+            ("from".to_string(), "bounce@b.test".to_string()),
+            ("to".to_string(), "p@q.test,r@q.test".to_string()),
+        ];
         let r = read(&q, m, 10).unwrap();
         assert_eq!(r.from.as_str(), "bounce@b.test");
         assert_eq!(r.rcpts.len(), 2);

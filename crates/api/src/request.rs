@@ -83,7 +83,9 @@ pub struct Built {
 /// NUL, and the rest of C0 and DEL; tab only where `tab` allows it).
 pub(crate) fn plain_text(s: &str, ptr: &str, what: &str, tab: bool) -> Result<(), ApiError> {
     match s.chars().find(|c| c.is_control() && !(tab && *c == '\t')) {
-        Some(c) => Err(ApiError::field(ptr, format!("{what} must not contain control characters (found U+{:04X})", c as u32))),
+        Some(c) => {
+            Err(ApiError::field(ptr, format!("{what} must not contain control characters (found U+{:04X})", c as u32)))
+        }
         None => Ok(()),
     }
 }
@@ -112,7 +114,8 @@ pub(crate) fn mailbox(v: &Value, ptr: &str) -> Result<Mailbox, ApiError> {
         }
         _ => return Err(ApiError::field(ptr, "must be an address string or {\"email\", \"name\"}")),
     };
-    let email = Address::parse_mailbox(email).map_err(|_| ApiError::field(&eptr, format!("{email:?} is not an address")))?;
+    let email =
+        Address::parse_mailbox(email).map_err(|_| ApiError::field(&eptr, format!("{email:?} is not an address")))?;
     let name = name.filter(|n| !n.is_empty()).map(str::to_string);
     if let Some(n) = &name {
         plain_text(n, ptr, "a display name", false)?;
@@ -226,7 +229,8 @@ pub fn build(body: &[u8], hostname: &str, max_rcpts: usize) -> Result<Built, Api
         Some(Value::Object(o)) => metadata(o)?,
         Some(_) => return Err(ApiError::field("/metadata", "must be an object of strings")),
     };
-    let idempotency_key = get("idempotency_key").map(|v| string(v, "/idempotency_key")).transpose()?.map(str::to_string);
+    let idempotency_key =
+        get("idempotency_key").map(|v| string(v, "/idempotency_key")).transpose()?.map(str::to_string);
     if let Some(k) = &idempotency_key {
         check_idempotency_key(k, "/idempotency_key")?;
     }
@@ -349,7 +353,9 @@ fn attachments(a: &Value) -> Result<Vec<Attachment>, ApiError> {
     for (i, x) in list.iter().enumerate() {
         let p = format!("/attachments/{i}");
         let Value::Object(o) = x else { return Err(ApiError::field(p, "must be an object")) };
-        if let Some(k) = o.keys().find(|k| !["filename", "content_type", "content_base64", "content_id"].contains(&k.as_str())) {
+        if let Some(k) =
+            o.keys().find(|k| !["filename", "content_type", "content_base64", "content_id"].contains(&k.as_str()))
+        {
             return Err(ApiError::field(format!("{p}/{}", escape(k)), "unknown field"));
         }
         let field = |k: &str| -> Result<Option<&str>, ApiError> {
@@ -364,18 +370,25 @@ fn attachments(a: &Value) -> Result<Vec<Attachment>, ApiError> {
         if !valid_content_type(ct) {
             return Err(ApiError::field(format!("{p}/content_type"), format!("{ct:?} is not a type/subtype")));
         }
-        let b64 = field("content_base64")?.ok_or_else(|| ApiError::field(format!("{p}/content_base64"), "is required"))?;
+        let b64 =
+            field("content_base64")?.ok_or_else(|| ApiError::field(format!("{p}/content_base64"), "is required"))?;
         let compact: String = b64.chars().filter(|c| !c.is_ascii_whitespace()).collect();
         let content = base64::engine::general_purpose::STANDARD
             .decode(compact.as_bytes())
             .map_err(|e| ApiError::field(format!("{p}/content_base64"), format!("not base64: {e}")))?;
         let content_id = field("content_id")?.map(str::to_string);
         if let Some(c) = &content_id {
-            if c.is_empty() || c.len() > 255 || !c.bytes().all(|b| (0x21..0x7f).contains(&b) && !b"<>\"\\".contains(&b)) {
+            if c.is_empty() || c.len() > 255 || !c.bytes().all(|b| (0x21..0x7f).contains(&b) && !b"<>\"\\".contains(&b))
+            {
                 return Err(ApiError::field(format!("{p}/content_id"), "not a content id"));
             }
         }
-        out.push(Attachment { filename: filename.to_string(), content_type: ct.to_ascii_lowercase(), content, content_id });
+        out.push(Attachment {
+            filename: filename.to_string(),
+            content_type: ct.to_ascii_lowercase(),
+            content,
+            content_id,
+        });
     }
     Ok(out)
 }
@@ -409,11 +422,16 @@ mod tests {
             err(r#"{"from":"a@b.test","to":[{"email":"x@"}],"text":"x"}"#).pointer.as_deref(),
             Some("/to/0/email")
         );
-        assert_eq!(err(r#"{"from":"a@b.test","to":"x@y.test","text":"x","sbject":"s"}"#).pointer.as_deref(), Some("/sbject"));
+        assert_eq!(
+            err(r#"{"from":"a@b.test","to":"x@y.test","text":"x","sbject":"s"}"#).pointer.as_deref(),
+            Some("/sbject")
+        );
         for injected in ["a\r\nBcc: v@x.test", "a\nb", "a\rb", "a\u{0}b", "a\u{85}b"] {
-            let body = serde_json::json!({"from":"a@b.test","to":"x@y.test","text":"x","subject": injected}).to_string();
+            let body =
+                serde_json::json!({"from":"a@b.test","to":"x@y.test","text":"x","subject": injected}).to_string();
             assert_eq!(err(&body).pointer.as_deref(), Some("/subject"), "{injected:?}");
-            let body = serde_json::json!({"from":"a@b.test","to":"x@y.test","text":"x","headers":{"X-A": injected}}).to_string();
+            let body = serde_json::json!({"from":"a@b.test","to":"x@y.test","text":"x","headers":{"X-A": injected}})
+                .to_string();
             assert_eq!(err(&body).pointer.as_deref(), Some("/headers/X-A"), "{injected:?}");
         }
         let body = serde_json::json!({"from":"a@b.test","to":"x@y.test","text":"x","headers":{"Bcc":"v@x.test"}});

@@ -110,15 +110,19 @@ pub fn serve(
             tokio::spawn(async move {
                 let _permit = permit;
                 let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-                let local = stream.local_addr().map(|a| SocketAddr::new(a.ip().to_canonical(), a.port())).unwrap_or(peer);
+                let local =
+                    stream.local_addr().map(|a| SocketAddr::new(a.ip().to_canonical(), a.port())).unwrap_or(peer);
                 match tls {
                     None => connection(stream, Conn { peer, local, tls: None }, router).await,
                     Some(acceptor) => match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => {
                             let (_, c) = s.get_ref();
-                            let version =
-                                c.protocol_version().map(|v| format!("{v:?}").replace("TLSv1_", "TLSv1.")).unwrap_or_default();
-                            let cipher = c.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite())).unwrap_or_default();
+                            let version = c
+                                .protocol_version()
+                                .map(|v| format!("{v:?}").replace("TLSv1_", "TLSv1."))
+                                .unwrap_or_default();
+                            let cipher =
+                                c.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite())).unwrap_or_default();
                             connection(s, Conn { peer, local, tls: Some((version, cipher)) }, router).await
                         }
                         Ok(Err(e)) => tracing::debug!(listener = %name, client = %peer, "TLS handshake failed: {e}"),
@@ -150,7 +154,9 @@ where
 /// The API key a request's `Authorization: Bearer` names, and one message of its rate.
 fn authorize(api: &Api, headers: &HeaderMap) -> Result<Arc<ApiKey>, ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| unauthorized("an API key is required (Authorization: Bearer <key>)"))?;
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("an API key is required (Authorization: Bearer <key>)"))?;
     let token = value
         .to_str()
         .ok()
@@ -158,8 +164,10 @@ fn authorize(api: &Api, headers: &HeaderMap) -> Result<Arc<ApiKey>, ApiError> {
         .ok_or_else(|| unauthorized("the Authorization header must be Bearer <key>"))?;
     let key = api.keys.verify(token.trim()).ok_or_else(|| unauthorized("unknown or revoked API key"))?;
     if let Err(wait) = api.keys.take(&key) {
-        metrics::counter!("mailgate_api_requests_total", "listener" => api.name.to_string(), "status" => "429").increment(1);
-        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("key {} is over its rate", key.name));
+        metrics::counter!("mailgate_api_requests_total", "listener" => api.name.to_string(), "status" => "429")
+            .increment(1);
+        let mut e =
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("key {} is over its rate", key.name));
         e.retry_after = Some(wait);
         return Err(e);
     }
@@ -183,7 +191,8 @@ async fn read_body(api: &Api, headers: &HeaderMap, body: Body) -> Result<(Vec<u8
     let mut body = body;
     let read = async {
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ApiError::bad_request("bad_body", format!("reading the body failed: {e}")))?;
+            let frame =
+                frame.map_err(|e| ApiError::bad_request("bad_body", format!("reading the body failed: {e}")))?;
             let Ok(data) = frame.into_data() else { continue };
             if (buf.len() + data.len()) as u64 > limit {
                 return Err(ApiError::too_large(limit));
@@ -211,7 +220,8 @@ async fn read_body(api: &Api, headers: &HeaderMap, body: Body) -> Result<(Vec<u8
 fn content_rules(api: &Api, message: Vec<u8>) -> Result<Vec<u8>, ApiError> {
     let cfg = api.gate.config();
     let strip = cfg.limits.nul_bytes == mailgate_config::NulBytes::Strip;
-    let mut r = ContentReceiver::new(Mode::Bdat, cfg.limits.max_message_size, cfg.limits.text_line - 2).strip_nul(strip);
+    let mut r =
+        ContentReceiver::new(Mode::Bdat, cfg.limits.max_message_size, cfg.limits.text_line - 2).strip_nul(strip);
     let mut out = Vec::with_capacity(message.len() + 2);
     r.feed(&message, &mut out);
     match r.finish_bdat(&mut out) {
@@ -258,7 +268,8 @@ async fn submit(State(api): State<Arc<Api>>, Extension(conn): Extension<Conn>, r
 async fn submit_inner(api: &Arc<Api>, conn: Conn, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let key = authorize(api, &parts.headers)?;
-    let ctype = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let ctype =
+        parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let ctype = ctype.split(';').next().unwrap_or("").trim().to_string();
     let is_raw = match ctype.as_str() {
         "application/json" => false,
@@ -286,7 +297,9 @@ async fn submit_inner(api: &Arc<Api>, conn: Conn, req: Request) -> Result<Respon
         let query: Vec<(String, String)> = parts
             .uri
             .query()
-            .map(|q| axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri).map(|x| x.0).map_err(|_| q))
+            .map(|q| {
+                axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri).map(|x| x.0).map_err(|_| q)
+            })
             .transpose()
             .map_err(|q| ApiError::field("?", format!("malformed query {q:?}")))?
             .unwrap_or_default();

@@ -1,14 +1,19 @@
-//! The operator's HTTP endpoint on loopback: `GET /metrics` (Prometheus text format),
-//! `GET /healthz` and `POST /reload` (bearer token when `admin.token` is set). A deliberately
-//! tiny HTTP/1.1 responder, one request per connection: the gateway needs no HTTP framework.
+//! The operator's HTTP endpoint on loopback, served by axum: `GET /metrics` (Prometheus text
+//! format), `GET /healthz`, and behind the bearer token when `admin.token` is set: `POST
+//! /reload`, `GET /status`, the queue (`/queue…`) and the quarantine (`/quarantine…`).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use crate::server::Shared;
 
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// The metrics facade has one recorder per process; every gateway in it shares the handle.
@@ -31,67 +36,110 @@ pub fn recorder() -> Option<PrometheusHandle> {
         .clone()
 }
 
-pub async fn serve(listener: TcpListener, handle: PrometheusHandle, shared: Arc<Shared>, token: Option<String>) {
-    let token: Arc<Option<String>> = Arc::new(token);
-    loop {
-        let Ok((mut s, _)) = listener.accept().await else { continue };
-        let (handle, shared, token) = (handle.clone(), shared.clone(), token.clone());
-        tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(1024);
-            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-                    if s.read_buf(&mut buf).await? == 0 {
-                        break;
-                    }
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-            if !matches!(read, Ok(Ok(()))) {
-                return;
-            }
-            let line = buf.split(|b| *b == b'\r').next().unwrap_or_default();
-            let authorized = match token.as_deref() {
-                None => true,
-                Some(t) => String::from_utf8_lossy(&buf).lines().any(|l| {
-                    l.split_once(':').is_some_and(|(k, v)| {
-                        k.eq_ignore_ascii_case("authorization")
-                            && constant_time_eq(v.trim().as_bytes(), format!("Bearer {t}").as_bytes())
-                    })
-                }),
-            };
-            let request = String::from_utf8_lossy(line).into_owned();
-            let mut parts = request.split(' ');
-            let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let public = matches!(target, "/metrics" | "/healthz");
-            let (status, ctype, body) = match line {
-                _ if !public && !authorized => {
-                    ("401 Unauthorized", "text/plain", "bearer token required\n".to_string())
-                }
-                b"POST /reload HTTP/1.1" | b"POST /reload HTTP/1.0" => match shared.reload().await {
-                    Ok(msg) => ("200 OK", "text/plain", format!("{msg}\n")),
-                    Err(e) => ("500 Internal Server Error", "text/plain", format!("reload failed: {e}\n")),
-                },
-                _ if target.starts_with("/queue") || target.starts_with("/quarantine") || target == "/status" => {
-                    match api(&shared, method, target).await {
-                        Ok(json) => ("200 OK", "application/json", json),
-                        Err((code, msg)) => (code, "text/plain", format!("{msg}\n")),
-                    }
-                }
-                b"GET /metrics HTTP/1.1" | b"GET /metrics HTTP/1.0" => {
-                    ("200 OK", "text/plain; version=0.0.4", handle.render())
-                }
-                b"GET /healthz HTTP/1.1" | b"GET /healthz HTTP/1.0" => ("200 OK", "text/plain", "ok\n".to_string()),
-                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = s.write_all(head.as_bytes()).await;
-            let _ = s.write_all(body.as_bytes()).await;
-        });
+/// What the admin handlers share.
+struct Admin {
+    handle: PrometheusHandle,
+    shared: Arc<Shared>,
+    /// `admin.token`: every route but `/metrics` and `/healthz` needs it when set.
+    token: Option<String>,
+}
+
+/// An admin answer: JSON, or an error with its status and a line of text.
+type Answer = Result<([(header::HeaderName, &'static str); 1], String), (StatusCode, String)>;
+
+fn json(body: String) -> Answer {
+    Ok(([(header::CONTENT_TYPE, "application/json")], body))
+}
+
+/// The routes. `/metrics` and `/healthz` are open (scrapers and probes on loopback); the rest
+/// needs the bearer token when one is configured.
+fn router(admin: Arc<Admin>) -> Router {
+    let protected = Router::new()
+        .route("/reload", post(reload))
+        .route(
+            "/status",
+            get(|State(a): State<Arc<Admin>>| async move { wrap(api(&a.shared, "GET", "/status").await) }),
+        )
+        .route("/queue", get(queue_list))
+        .route(
+            "/queue/retry-all",
+            post(|State(a): State<Arc<Admin>>| async move { wrap(api(&a.shared, "POST", "/queue/retry-all").await) }),
+        )
+        .route(
+            "/queue/{id}",
+            get(|State(a): State<Arc<Admin>>, Path(id): Path<String>| async move {
+                wrap(api(&a.shared, "GET", &format!("/queue/{id}")).await)
+            }),
+        )
+        .route(
+            "/queue/{id}/{action}",
+            post(|State(a): State<Arc<Admin>>, Path((id, action)): Path<(String, String)>| async move {
+                wrap(api(&a.shared, "POST", &format!("/queue/{id}/{action}")).await)
+            }),
+        )
+        .route(
+            "/quarantine",
+            get(|State(a): State<Arc<Admin>>| async move { wrap(api(&a.shared, "GET", "/quarantine").await) }),
+        )
+        .route(
+            "/quarantine/{id}",
+            get(|State(a): State<Arc<Admin>>, Path(id): Path<String>| async move {
+                wrap(api(&a.shared, "GET", &format!("/quarantine/{id}")).await)
+            }),
+        )
+        .route(
+            "/quarantine/{id}/{action}",
+            post(|State(a): State<Arc<Admin>>, Path((id, action)): Path<(String, String)>| async move {
+                wrap(api(&a.shared, "POST", &format!("/quarantine/{id}/{action}")).await)
+            }),
+        )
+        .route_layer(middleware::from_fn_with_state(admin.clone(), require_token));
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(a): State<Arc<Admin>>| async move {
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], a.handle.render())
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(protected)
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(admin)
+}
+
+fn wrap(r: Result<String, (&'static str, String)>) -> Answer {
+    match r {
+        Ok(body) => json(body),
+        Err((status, msg)) => {
+            let code = status.split(' ').next().and_then(|c| c.parse().ok()).unwrap_or(500);
+            Err((StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), format!("{msg}\n")))
+        }
     }
+}
+
+async fn require_token(State(a): State<Arc<Admin>>, req: Request, next: Next) -> Response {
+    let Some(token) = a.token.as_deref() else { return next.run(req).await };
+    let given = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()).unwrap_or_default();
+    if constant_time_eq(given, format!("Bearer {token}").as_bytes()) {
+        next.run(req).await
+    } else {
+        (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "bearer token required\n").into_response()
+    }
+}
+
+async fn reload(State(a): State<Arc<Admin>>) -> (StatusCode, String) {
+    match a.shared.reload().await {
+        Ok(msg) => (StatusCode::OK, format!("{msg}\n")),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("reload failed: {e}\n")),
+    }
+}
+
+async fn queue_list(State(a): State<Arc<Admin>>, RawQuery(q): RawQuery) -> Answer {
+    let target = match q {
+        Some(q) => format!("/queue?{q}"),
+        None => "/queue".into(),
+    };
+    wrap(api(&a.shared, "GET", &target).await)
 }
 
 /// Binds and serves in the background; returns the bound address.
@@ -99,8 +147,13 @@ pub async fn start(addr: SocketAddr, shared: Arc<Shared>, token: Option<String>)
     let Some(handle) = recorder() else { return Ok(None) };
     let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("admin.listen {addr}: {e}"))?;
     let bound = listener.local_addr()?;
-    tracing::info!(%bound, "admin endpoint: /metrics, /healthz, /reload");
-    tokio::spawn(serve(listener, handle, shared, token));
+    tracing::info!(%bound, "admin endpoint: /metrics, /healthz, /reload, /status, /queue, /quarantine");
+    let app = router(Arc::new(Admin { handle, shared, token }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("admin endpoint stopped: {e}");
+        }
+    });
     Ok(Some(bound))
 }
 

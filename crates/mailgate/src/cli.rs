@@ -75,6 +75,35 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SpamCmd,
     },
+    /// Keys of the HTTP sending API (kept as hashes in the spool directory).
+    ApiKey {
+        #[command(subcommand)]
+        cmd: ApiKeyCmd,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCmd {
+    /// Make a key and print it (only this once).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// A sender domain the key may use (repeatable; none: any domain).
+        #[arg(long = "allow-from")]
+        allow_from: Vec<String>,
+        /// Messages per minute: N, N/min, N/s or N/h (none: no limit).
+        #[arg(long, value_parser = crate::api_cli::parse_rate)]
+        rate: Option<u32>,
+    },
+    /// The keys (names, prefixes, senders, rates, state).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: it stops working within a second.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand)]
@@ -272,7 +301,6 @@ fn print_result(r: Result<String, String>, json: bool, list: bool) -> ExitCode {
 /// A request to the admin endpoint named by the config file (read leniently: for a reload
 /// the new file may be the broken one, and the gateway is the one to say so).
 fn admin_request(file: Option<&std::path::Path>, method: &str, path: &str) -> Result<String, String> {
-    use std::io::{Read, Write};
     let text = match file {
         Some(f) => std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?,
         None => mailgate_config::DEFAULT_TOML.to_string(),
@@ -281,17 +309,24 @@ fn admin_request(file: Option<&std::path::Path>, method: &str, path: &str) -> Re
     let admin = table.get("admin").and_then(|a| a.as_table());
     let get = |k: &str| admin.and_then(|a| a.get(k)).and_then(|v| v.as_str()).map(str::to_string);
     let listen: Option<std::net::SocketAddr> = get("listen").and_then(|l| l.parse().ok());
-    let token = get("token");
     let addr = listen.ok_or("the config has no [admin] listen address to reach the gateway")?;
-    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(120))).ok();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\r\n")
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(120))
+        .no_proxy()
+        .build()
         .map_err(|e| e.to_string())?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    if head.starts_with("HTTP/1.1 200") {
+    let url = format!("http://{addr}{path}");
+    let mut req = match method {
+        "POST" => client.post(&url),
+        _ => client.get(&url),
+    };
+    if let Some(t) = get("token") {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().map_err(|e| format!("{addr}: {e}"))?;
+    let ok = resp.status().is_success();
+    let body = resp.text().map_err(|e| format!("{addr}: {e}"))?;
+    if ok {
         Ok(body.trim().to_string())
     } else {
         Err(body.trim().to_string())
@@ -471,6 +506,11 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::ApiKey { cmd: ApiKeyCmd::Create { name, allow_from, rate }, config } => {
+            crate::api_cli::create(config.as_deref(), &name, allow_from, rate)
+        }
+        Cmd::ApiKey { cmd: ApiKeyCmd::List { json }, config } => crate::api_cli::list(config.as_deref(), json),
+        Cmd::ApiKey { cmd: ApiKeyCmd::Revoke { name }, config } => crate::api_cli::revoke(config.as_deref(), &name),
         Cmd::Serve { config } => {
             let cfg = match Config::load(config.as_deref()) {
                 Ok(c) => c,

@@ -9,6 +9,8 @@
 
 mod admin;
 pub mod alloc;
+mod api;
+mod api_cli;
 pub mod cli;
 mod plugin_cli;
 mod plugins;

@@ -71,6 +71,8 @@ pub struct Shared {
     pub acceptor: Option<TlsAcceptor>,
     /// Failed AUTH attempts per client IP, with the start of the counting window.
     pub auth_failures: Mutex<HashMap<IpAddr, (usize, std::time::Instant)>>,
+    /// The sending API's keys (`None`: no `[[api]]` listener); a reload reads them again.
+    pub api_keys: Option<Arc<mailgate_api::Keys>>,
     /// Source of session ids (unique within this process run, prefixed by the start time).
     next_session: AtomicU64,
     start_tag: u64,
@@ -81,6 +83,8 @@ pub struct Gateway {
     pub shared: Arc<Shared>,
     /// The bound address of each listener, in config order (useful with port 0).
     pub local_addrs: Vec<SocketAddr>,
+    /// The `[[api]]` listeners, in config order.
+    pub apis: Vec<mailgate_api::Listening>,
     stop: watch::Sender<bool>,
     spool: Arc<LocalSpool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -103,6 +107,10 @@ impl Gateway {
         let plugins = load_plugins(&config, &resolver, &kv).await?;
         let certs = CertStore::load(&config.tls).map_err(|e| anyhow::anyhow!("tls: {e}"))?;
         let acceptor = certs.as_ref().map(|c| c.acceptor());
+        let api_keys = match config.apis.is_empty() {
+            true => None,
+            false => Some(Arc::new(mailgate_api::Keys::open(&config.spool.path)?)),
+        };
         let hooks = plugins.as_ref().map(|p| {
             Arc::new(PluginHooks { chain: p.queue(), config: config.clone() }) as Arc<dyn mailgate_queue::Hooks>
         });
@@ -120,6 +128,7 @@ impl Gateway {
             queue,
             slots: Arc::new(crate::slots::Slots::default()),
             budget: mailgate_message::Budget::new(config.limits.content_memory),
+            api_keys,
             next_session: AtomicU64::new(0),
             start_tag: mailgate_message::date::now_unix() % 100_000,
         });
@@ -138,7 +147,8 @@ impl Gateway {
             local_addrs.push(addr);
             tasks.push(tokio::spawn(accept_loop(listener, l.clone(), shared.clone(), stop_rx.clone())));
         }
-        Ok(Gateway { shared, local_addrs, stop, spool, tasks })
+        let apis = crate::api::start(&shared, stop_rx).await?;
+        Ok(Gateway { shared, local_addrs, apis, stop, spool, tasks })
     }
 
     /// Loads the configuration file again with its plugins and certificate. Only when all of
@@ -156,7 +166,8 @@ impl Gateway {
             t.abort();
         }
         let deadline = tokio::time::Instant::now() + grace;
-        while self.shared.slots.open() > 0 && tokio::time::Instant::now() < deadline {
+        let busy = |g: &Gateway| g.shared.slots.open() > 0 || g.apis.iter().any(|a| a.in_flight() > 0);
+        while busy(&self) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         // Deliveries in flight finish and write their results before the spool closes.
@@ -194,6 +205,9 @@ impl Shared {
         if let Some(certs) = &shared.certs {
             certs.reload(&config.tls)?;
         }
+        if let Some(keys) = &shared.api_keys {
+            keys.load().map_err(|e| e.to_string())?;
+        }
         let hooks = plugins.as_ref().map(|p| {
             Arc::new(PluginHooks { chain: p.queue(), config: config.clone() }) as Arc<dyn mailgate_queue::Hooks>
         });
@@ -204,6 +218,21 @@ impl Shared {
         let summary = names.iter().map(|(n, h)| format!("{n}@{h}")).collect::<Vec<_>>().join(", ");
         tracing::info!(plugins = %summary, "configuration reloaded");
         Ok(format!("reloaded; plugins: {}", if summary.is_empty() { "none" } else { &summary }))
+    }
+}
+
+/// Counts an accepted message and hands it to the queue. The queue keeps the content for its
+/// first attempt while the memory budget has room to spare; when it is tight (slow next hops),
+/// the queue reads it back from the spool instead, so waiting deliveries never keep new mail out.
+pub(crate) fn queue_accepted(shared: &Shared, a: mailgate_cleanup::Accepted) {
+    let env = a.envelope;
+    let result = if env.quarantine.is_some() { "quarantined" } else { "accepted" };
+    metrics::counter!("mailgate_messages_total", "result" => result).increment(1);
+    metrics::counter!("mailgate_recipients_total", "class" => "2xx").increment(env.recipients.len() as u64);
+    metrics::counter!("mailgate_message_bytes_total").increment(a.data.len() as u64);
+    match a.hold {
+        Some(hold) if shared.budget.used() <= shared.budget.limit() / 2 => shared.queue.enqueue_held(env, a.data, hold),
+        _ => shared.queue.enqueue(env, None),
     }
 }
 

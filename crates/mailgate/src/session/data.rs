@@ -242,7 +242,7 @@ impl<S: SessionIo> Session<S> {
         let shared = self.shared.clone();
         match cleanup.submit(&*shared.spool, incoming, &origin, policy).await {
             Ok(Outcome::Kept(a)) => {
-                let env = a.envelope;
+                let env = &a.envelope;
                 tracing::info!(
                     queue_id = %env.id,
                     requiretls = env.requiretls,
@@ -252,20 +252,8 @@ impl<S: SessionIo> Session<S> {
                     size = a.data.len(),
                     "message accepted"
                 );
-                let result = if env.quarantine.is_some() { "quarantined" } else { "accepted" };
-                metrics::counter!("mailgate_messages_total", "result" => result).increment(1);
-                metrics::counter!("mailgate_recipients_total", "class" => "2xx").increment(env.recipients.len() as u64);
-                metrics::counter!("mailgate_message_bytes_total").increment(a.data.len() as u64);
                 self.reply(Reply::new(250, Enhanced(2, 0, 0), format!("Ok: queued as {}", env.id)));
-                // The queue keeps the content for its first attempt while the budget has room
-                // to spare; when it is tight (slow next hops), the queue reads it back from the
-                // spool instead, so waiting deliveries never keep new mail out.
-                match a.hold {
-                    Some(hold) if shared.budget.used() <= shared.budget.limit() / 2 => {
-                        shared.queue.enqueue_held(env, a.data, hold)
-                    }
-                    _ => shared.queue.enqueue(env, None),
-                }
+                crate::server::queue_accepted(&shared, a);
                 Next::Continue
             }
             Ok(Outcome::Dropped { id, why }) => {

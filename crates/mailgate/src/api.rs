@@ -1,0 +1,194 @@
+//! The sending API's way into the message path: a submission passes the API listener's
+//! pipeline (on-mail-from, on-rcpt per recipient, on-data) and the cleanup stage into the
+//! spool, exactly as an SMTP transaction does, and is queued the same way.
+
+use std::sync::Arc;
+
+use mailgate_api::{Gate, RcptReceipt, RcptState, Receipt, Submission, SubmitError};
+use mailgate_cleanup::{DataPolicy, Dropped, Incoming, Outcome, Refusal};
+use mailgate_plugin_host::bindings::types::{ConnectionInfo, TlsInfo};
+use mailgate_plugin_host::Decision;
+use mailgate_spool::BoxFuture;
+use tracing::Instrument;
+
+use crate::plugins::{wit_envelope, ChainPolicy};
+use crate::server::Shared;
+
+/// The gateway as the API sees it.
+pub struct ApiGate {
+    pub shared: Arc<Shared>,
+}
+
+impl Gate for ApiGate {
+    fn submit(&self, s: Submission) -> BoxFuture<'_, Result<Receipt, SubmitError>> {
+        let span = tracing::info_span!("api", request = %s.id, listener = %s.listener, key = %s.key, client = %s.peer);
+        Box::pin(submit(self.shared.clone(), s).instrument(span))
+    }
+
+    fn config(&self) -> Arc<mailgate_config::Config> {
+        self.shared.current().config.clone()
+    }
+
+    fn budget(&self) -> Arc<mailgate_message::Budget> {
+        self.shared.budget.clone()
+    }
+
+    fn new_id(&self) -> String {
+        self.shared.spool.new_id()
+    }
+}
+
+async fn submit(shared: Arc<Shared>, s: Submission) -> Result<Receipt, SubmitError> {
+    let generation = shared.current();
+    let info = ConnectionInfo {
+        session_id: s.id.clone(),
+        client_ip: s.peer.ip().to_string(),
+        client_port: s.peer.port(),
+        local_ip: s.local.ip().to_string(),
+        local_port: s.local.port(),
+        listener: s.listener.to_string(),
+        tls: s.tls.as_ref().map(|(version, cipher)| TlsInfo { version: version.clone(), cipher: cipher.clone() }),
+        helo: None,
+        authenticated_as: Some(s.key.clone()),
+        trusted: false,
+    };
+    let body_8bit = s.data.iter().any(|b| *b >= 0x80);
+    let size = Some(s.data.len() as u64);
+    let mut chain = generation.plugins.as_ref().map(|p| p.session(&s.id, &s.pipeline));
+    let refused = |d: Decision| match d {
+        Decision::Next | Decision::Accept => None,
+        Decision::Reply(r) | Decision::Disconnect(r) => Some(r),
+    };
+    if let Some(c) = chain.as_mut() {
+        let env = wit_envelope(&s.from, vec![], body_8bit, s.smtputf8, size);
+        if let Some(r) = refused(c.on_mail_from(&info, &env).await) {
+            tracing::info!(reply = %r, "API message refused at on-mail-from");
+            return Err(SubmitError::Refused(r));
+        }
+    }
+    let mut accepted: Vec<String> = vec![];
+    let mut receipts: Vec<RcptReceipt> = vec![];
+    for rcpt in &s.rcpts {
+        let verdict = match chain.as_mut() {
+            None => None,
+            Some(c) => {
+                let env = wit_envelope(&s.from, accepted.clone(), body_8bit, s.smtputf8, size);
+                refused(c.on_rcpt(&info, &env, rcpt).await)
+            }
+        };
+        match verdict {
+            None => {
+                accepted.push(rcpt.clone());
+                receipts.push(RcptReceipt { email: rcpt.clone(), status: RcptState::Queued, smtp: None });
+            }
+            Some(r) => {
+                tracing::info!(rcpt = %rcpt, reply = %r, "API recipient refused at on-rcpt");
+                receipts.push(RcptReceipt { email: rcpt.clone(), status: RcptState::Refused, smtp: Some((&r).into()) });
+            }
+        }
+    }
+    if accepted.is_empty() {
+        return Err(SubmitError::NoRecipients(receipts));
+    }
+    let mut env = mailgate_cleanup::envelope(s.id.clone(), s.from.clone(), accepted);
+    env.body_8bit = body_8bit;
+    env.smtputf8 = s.smtputf8;
+    env.client = format!("{} key {} ({})", s.listener, s.key, s.peer.ip());
+    env.api = Some(Box::new(s.meta));
+    let origin = mailgate_cleanup::Origin {
+        // No HELO over HTTP: the listener's name stands in for it in `Received: from`.
+        client: Some((s.listener.to_string(), s.peer.ip())),
+        with: Some("HTTP".into()),
+        tls: s.tls.clone(),
+        user: Some(s.key.clone()),
+        listener: s.listener.to_string(),
+        trusted: false,
+        auth: None,
+    };
+    let incoming = Incoming { envelope: env, data: s.data, hold: Some(s.hold), traced: false };
+    let mut policy = chain.as_mut().map(|chain| {
+        chain.use_pipeline(&s.pipeline);
+        ChainPolicy { chain, conn: info.clone() }
+    });
+    let policy = policy.as_mut().map(|p| p as &mut dyn DataPolicy);
+    let cleanup = generation.cleanup.clone();
+    match cleanup.submit(&*shared.spool, incoming, &origin, policy).await {
+        Ok(Outcome::Kept(a)) => {
+            tracing::info!(
+                queue_id = %a.envelope.id,
+                from = %a.envelope.sender,
+                rcpts = a.envelope.recipients.len(),
+                size = a.data.len(),
+                "message accepted"
+            );
+            crate::server::queue_accepted(&shared, a);
+        }
+        Ok(Outcome::Dropped { id, why }) => {
+            match why {
+                Dropped::Discarded => tracing::info!(queue_id = %id, "message discarded by policy"),
+                Dropped::NoRecipients => {
+                    tracing::info!(queue_id = %id, "plugins removed every recipient: message dropped")
+                }
+            }
+            metrics::counter!("mailgate_messages_total", "result" => "discarded").increment(1);
+        }
+        Err(refusal) => {
+            let reply = refusal.reply();
+            let result = if reply.is_transient() { "tempfail" } else { "refused" };
+            metrics::counter!("mailgate_messages_total", "result" => result).increment(1);
+            return Err(match refusal {
+                Refusal::Spool(e) => {
+                    tracing::error!(queue_id = %s.id, "spool store failed: {e}");
+                    SubmitError::Unavailable(reply)
+                }
+                Refusal::Interrupted => SubmitError::Unavailable(reply),
+                r => {
+                    tracing::info!(queue_id = %s.id, reply = %reply, "message refused: {r}");
+                    SubmitError::Refused(reply)
+                }
+            });
+        }
+    }
+    Ok(Receipt { id: s.id, recipients: receipts })
+}
+
+/// Binds and serves the configured `[[api]]` listeners. Their idempotency table is opened once
+/// and told about the API messages the spool holds (see `mailgate_api::idempotency`).
+pub(crate) async fn start(
+    shared: &Arc<Shared>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<mailgate_api::Listening>> {
+    let config = shared.current().config.clone();
+    let Some(keys) = shared.api_keys.clone() else { return Ok(vec![]) };
+    let idem = Arc::new(mailgate_api::Idempotency::open(&config.spool.path)?);
+    for (env, _) in shared.queue.list() {
+        if let Some(meta) = env.api.as_ref() {
+            if let Some(k) = &meta.idempotency_key {
+                let receipt = Receipt {
+                    id: env.id.clone(),
+                    recipients: env
+                        .recipients
+                        .iter()
+                        .map(|r| RcptReceipt { email: r.address.clone(), status: RcptState::Queued, smtp: None })
+                        .collect(),
+                };
+                let body = serde_json::to_string(&receipt)?;
+                let answer = mailgate_api::idempotency::Answer { status: 202, body };
+                idem.recover(&meta.key, k, env.received_at / 1000, answer);
+            }
+        }
+    }
+    let gate: Arc<dyn Gate> = Arc::new(ApiGate { shared: shared.clone() });
+    let mut out = vec![];
+    for a in &config.apis {
+        let listener = tokio::net::TcpListener::bind(a.address)
+            .await
+            .map_err(|e| anyhow::anyhow!("api {} on {}: {e}", a.name, a.address))?;
+        let tls = if a.tls { shared.acceptor.clone() } else { None };
+        let (listening, _task) =
+            mailgate_api::serve(listener, a.clone(), tls, gate.clone(), keys.clone(), idem.clone(), stop.clone())?;
+        tracing::info!(listener = %a.name, addr = %listening.addr, tls = a.tls, "sending API listening");
+        out.push(listening);
+    }
+    Ok(out)
+}

@@ -1,0 +1,495 @@
+//! The HTTP sending API end to end, with clients nobody here wrote: curl and Python's urllib
+//! submit JSON and raw messages; the messages reach the sink with correct MIME (checked by
+//! Python's `email` package) and DKIM-signed (verified by dkimpy against dnsmasq); every kind of
+//! bad request gets its status and a JSON error while the server goes on serving; idempotent
+//! repeats send once, also across a restart; the pipeline's refusals come back as 422 with the
+//! SMTP reply.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mailgate_tests::dns::Dns;
+use mailgate_tests::gateway::{binary, Gateway};
+use mailgate_tests::sink::Sink;
+use mailgate_tests::{free_port, wait_for};
+
+const T: Duration = Duration::from_secs(20);
+/// Debian's interpreter (dkimpy is installed for it).
+const PY: &str = "/usr/bin/python3";
+
+/// An HTTP answer.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Resp {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+    /// The JSON error's pointer.
+    fn pointer(&self) -> String {
+        self.json()["error"]["pointer"].as_str().unwrap_or("<none>").to_string()
+    }
+}
+
+/// Runs curl with `args`; the answer's status, head and body.
+fn curl(args: &[&str]) -> Resp {
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "60", "-H", "Expect:"])
+        .args(args)
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no answer: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    Resp { status, head: head.to_string(), body: body.to_string() }
+}
+
+/// A gateway relaying to `sink` with an `[[api]]` listener; returns it and the API's base URL.
+fn gateway(sink: &Sink, extra: &str) -> (Gateway, String) {
+    let port = free_port();
+    let gw = Gateway::with_sink(
+        sink.port(),
+        &format!(
+            "[queue]\nretry_schedule = [\"1s\"]\n\n[[api]]\nname = \"api\"\naddress = \"127.0.0.1:{port}\"\n{extra}"
+        ),
+    );
+    let up = wait_for(T, || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    assert!(up.is_some(), "API listener did not come up:\n{}", gw.log());
+    (gw, format!("http://127.0.0.1:{port}/api/v1/messages"))
+}
+
+/// `mailgate api-key create` against the gateway's config; the key it prints.
+fn create_key(gw: &Gateway, name: &str, extra: &[&str]) -> String {
+    let out = Command::new(binary())
+        .args(["api-key", "create", "--name", name, "--config"])
+        .arg(gw.path("mailgate.toml"))
+        .args(extra)
+        .env_remove("MAILGATE_BIN")
+        .output()
+        .unwrap();
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(out.status.success() && key.starts_with("mg_"), "{key} {}", String::from_utf8_lossy(&out.stderr));
+    key
+}
+
+/// POSTs JSON with curl (the body from a file: 10,000 recipients do not fit in argv).
+fn post_json(url: &str, key: &str, body: &serde_json::Value) -> Resp {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), body.to_string()).unwrap();
+    let auth = format!("Authorization: Bearer {key}");
+    let data = format!("@{}", file.path().display());
+    curl(&["-X", "POST", url, "-H", &auth, "-H", "Content-Type: application/json", "--data-binary", &data])
+}
+
+fn py(script: &str, env: &[(&str, &str)], stdin: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new(PY)
+        .arg("-c")
+        .arg(script)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `mailgate dkim keygen`: the key file and its TXT record value.
+fn keygen(dir: &Path, domain: &str, selector: &str) -> (std::path::PathBuf, String) {
+    let key = dir.join(format!("{selector}.pem"));
+    let out = Command::new(binary())
+        .args(["dkim", "keygen", "--domain", domain, "--selector", selector, "--algorithm", "ed25519", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    (key, text.split('"').skip(1).step_by(2).collect())
+}
+
+/// Reads a message with Python's `email` package (the modern policy, which reports defects)
+/// and prints what the test compares.
+const PY_EMAIL: &str = r#"
+import sys, json, email, email.policy
+m = email.message_from_bytes(sys.stdin.buffer.read(), policy=email.policy.default)
+body = m.get_body(preferencelist=('plain',))
+html = m.get_body(preferencelist=('html',))
+atts = [(a.get_filename(), a.get_content_type(), a.get_content()) for a in m.iter_attachments()]
+print(json.dumps({
+  "defects": [str(d) for p in m.walk() for d in p.defects],
+  "subject": m["subject"], "from": str(m["from"]), "to": str(m["to"]), "cc": str(m["cc"]),
+  "bcc": m["bcc"], "x": m["x-campaign"], "type": m.get_content_type(),
+  "text": body.get_content().replace('\r\n', '\n') if body else None,
+  "html": html.get_content().replace('\r\n', '\n') if html else None,
+  "attachments": [[n, t, c.decode('latin-1') if isinstance(c, bytes) else c] for n, t, c in atts],
+  "mid": m["message-id"], "date": m["date"],
+}))
+"#;
+
+#[test]
+fn json_and_raw_messages_arrive_well_formed_and_signed() {
+    let sink = Sink::start();
+    let keydir = tempfile::tempdir().unwrap();
+    let (dkim_key, record) = keygen(keydir.path(), "shop.test", "api1");
+    let dns = Dns::start(&[&format!("--txt-record=api1._domainkey.shop.test,{record}")]);
+    let (gw, url) = gateway(
+        &sink,
+        &format!(
+            "{}\n[[dkim_sign]]\ndomain = \"shop.test\"\nselector = \"api1\"\nkey = \"{}\"\nsign_for = \"authenticated\"\n",
+            dns.config(),
+            dkim_key.display()
+        ),
+    );
+    let key = create_key(&gw, "shop", &["--allow-from", "shop.test"]);
+    let body = serde_json::json!({
+        "from": {"email": "noreply@shop.test", "name": "Shöp Ünïcode"},
+        "to": ["Ann <ann@remote.test>", {"email": "bob@remote.test"}],
+        "cc": "carol@remote.test",
+        "bcc": ["dave@remote.test"],
+        "subject": "Your receipt — №42, ünïcode and a long subject that mail-builder has to fold over more than one line",
+        "text": "Thank you.\nLine two with ünïcode.\n",
+        "html": "<p>Thank you.</p>",
+        "headers": {"X-Campaign": "receipts"},
+        "attachments": [{"filename": "receipt.txt", "content_type": "text/plain", "content_base64": "cmVjZWlwdCA0Mgo="}],
+        "tags": ["receipt"],
+        "metadata": {"order": "42"}
+    });
+    let r = post_json(&url, &key, &body);
+    assert_eq!(r.status, 202, "{r:?}\n{}", gw.log());
+    let v = r.json();
+    let id = v["id"].as_str().unwrap().to_string();
+    let rcpts: Vec<(&str, &str)> = v["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["email"].as_str().unwrap(), x["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        rcpts,
+        [
+            ("ann@remote.test", "queued"),
+            ("bob@remote.test", "queued"),
+            ("carol@remote.test", "queued"),
+            ("dave@remote.test", "queued")
+        ]
+    );
+    let m = sink.wait_for_rcpt("dave@remote.test", T);
+    assert_eq!(m.from, "noreply@shop.test");
+    assert_eq!(m.rcpts.len(), 4, "one message, four recipients: {:?}", m.rcpts);
+    let text = m.text();
+    assert!(text.contains(&format!("with HTTP id {id}")) || text.contains(&id), "Received names the queue id: {text}");
+    let parsed: serde_json::Value = serde_json::from_str(&py(PY_EMAIL, &[], &m.data)).unwrap();
+    assert_eq!(parsed["defects"], serde_json::json!([]), "{text}");
+    assert_eq!(parsed["subject"], body["subject"]);
+    assert!(
+        parsed["from"].as_str().unwrap().contains("Shöp Ünïcode")
+            && parsed["from"].as_str().unwrap().contains("noreply@shop.test")
+    );
+    assert!(parsed["to"].as_str().unwrap().contains("Ann <ann@remote.test>"), "{parsed}");
+    assert_eq!(parsed["cc"], "carol@remote.test");
+    assert_eq!(parsed["bcc"], serde_json::Value::Null, "no Bcc field");
+    assert!(!text.contains("dave@"), "the Bcc recipient is not in the content");
+    assert_eq!(parsed["x"], "receipts");
+    assert_eq!(parsed["text"], "Thank you.\nLine two with ünïcode.\n");
+    assert_eq!(parsed["html"].as_str().unwrap().trim_end(), "<p>Thank you.</p>");
+    assert_eq!(parsed["attachments"], serde_json::json!([["receipt.txt", "text/plain", "receipt 42\n"]]));
+    assert!(parsed["mid"].as_str().unwrap().ends_with("@mx.gateway.test>") && parsed["date"].is_string());
+    let dkim = py(
+        "import os, sys, dkim, dns.resolver\nr = dns.resolver.Resolver(configure=False)\n\
+         r.nameservers = ['127.0.0.1']; r.port = int(os.environ['DNSPORT'])\n\
+         def txt(name, timeout=5):\n    a = r.resolve(name.decode().rstrip('.'), 'TXT')\n    return b''.join(b''.join(x.strings) for x in a)\n\
+         print('pass' if dkim.verify(sys.stdin.buffer.read(), dnsfunc=txt) else 'fail')\n",
+        &[("DNSPORT", &dns.port.to_string())],
+        &m.data,
+    );
+    assert_eq!(dkim, "pass", "dkimpy verifies the gateway's signature:\n{text}");
+
+    // A raw message by Python's urllib, LF line ends, envelope from the query.
+    let raw = "From: Shop <noreply@shop.test>\nTo: someone@remote.test\nSubject: raw\n\nraw body\n.\nend\n";
+    let out = py(
+        "import os, sys, urllib.request\n\
+         req = urllib.request.Request(os.environ['URL'] + '?from=bounces@shop.test&to=raw1@remote.test,raw2@remote.test',\n\
+             data=sys.stdin.buffer.read(), method='POST',\n\
+             headers={'Authorization': 'Bearer ' + os.environ['KEY'], 'Content-Type': 'message/rfc822'})\n\
+         r = urllib.request.urlopen(req, timeout=30)\nprint(r.status, r.read().decode())\n",
+        &[("URL", &url), ("KEY", &key)],
+        raw.as_bytes(),
+    );
+    assert!(out.starts_with("202 "), "{out}");
+    let m = sink.wait_for_rcpt("raw2@remote.test", T);
+    assert_eq!(m.from, "bounces@shop.test");
+    assert!(
+        m.text().ends_with("Subject: raw\r\n\r\nraw body\r\n.\r\nend\r\n"),
+        "CRLF, the lone dot kept: {:?}",
+        m.text()
+    );
+    drop(gw);
+}
+
+#[test]
+fn https_listener_serves_with_the_gateway_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, keyf) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&keyf, ck.key_pair.serialize_pem()).unwrap();
+    let sink = Sink::start();
+    let (gw, url) =
+        gateway(&sink, &format!("tls = true\n\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), keyf.display()));
+    let key = create_key(&gw, "app", &[]);
+    let port = url.split(':').nth(2).unwrap().split('/').next().unwrap().to_string();
+    let https = format!("https://localhost:{port}/api/v1/messages");
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let body =
+        serde_json::json!({"from": "app@any.test", "to": "tls@remote.test", "subject": "over TLS", "text": "hi"})
+            .to_string();
+    let r = curl(&[
+        "--cacert",
+        cert.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+        "-X",
+        "POST",
+        &https,
+        "-H",
+        &format!("Authorization: Bearer {key}"),
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &body,
+    ]);
+    assert_eq!(r.status, 202, "{r:?}");
+    let m = sink.wait_for_rcpt("tls@remote.test", T);
+    assert!(m.text().contains("with HTTP") && m.text().contains("TLSv1.3"), "{}", m.text());
+    // Plain HTTP on the TLS port is not served.
+    let plain = Command::new("curl").args(["-sS", "--max-time", "10", &url]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&plain.stdout).contains("202"));
+}
+
+#[test]
+fn bad_requests_get_their_status_and_the_server_keeps_serving() {
+    let sink = Sink::start();
+    let (gw, url) = gateway(&sink, "");
+    let key = create_key(&gw, "shop", &["--allow-from", "shop.test"]);
+    let limited = create_key(&gw, "slow", &["--rate", "2/min"]);
+    let good = serde_json::json!({"from": "a@shop.test", "to": "x@remote.test", "subject": "s", "text": "t"});
+    let with = |k: &str, v: serde_json::Value| {
+        let mut b = good.clone();
+        b[k] = v;
+        b
+    };
+    // Authentication and authorisation.
+    let r = curl(&["-X", "POST", &url, "-H", "Content-Type: application/json", "--data-binary", &good.to_string()]);
+    assert_eq!((r.status, r.header("www-authenticate").as_deref()), (401, Some("Bearer")), "{r:?}");
+    assert_eq!(post_json(&url, "mg_not-a-key", &good).status, 401);
+    assert_eq!(post_json(&url, "Basic abc", &good).status, 401);
+    let r = post_json(&url, &key, &with("from", "a@other.test".into()));
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (403, Some("forbidden_sender")), "{r:?}");
+    // Malformed input, each naming its field.
+    let auth = format!("Authorization: Bearer {key}");
+    let r = curl(&[
+        "-X",
+        "POST",
+        &url,
+        "-H",
+        &auth,
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        "{\"from\": ",
+    ]);
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (400, Some("malformed_json")), "{r:?}");
+    let r = curl(&["-X", "POST", &url, "-H", &auth, "-H", "Content-Type: text/plain", "--data-binary", "hello"]);
+    assert_eq!(r.status, 415, "{r:?}");
+    let mut missing = good.clone();
+    missing.as_object_mut().unwrap().remove("from");
+    assert_eq!(post_json(&url, &key, &missing).pointer(), "/from");
+    assert_eq!(post_json(&url, &key, &with("to", serde_json::json!([]))).pointer(), "/to");
+    assert_eq!(
+        post_json(&url, &key, &with("to", serde_json::json!(["x@remote.test", "not an address"]))).pointer(),
+        "/to/1"
+    );
+    for bad in ["s\r\nBcc: victim@remote.test", "s\nX-Injected: 1", "s\rX: 1", "s\u{0}"] {
+        let r = post_json(&url, &key, &with("subject", bad.into()));
+        assert_eq!((r.status, r.pointer()), (400, "/subject".to_string()), "{bad:?}: {r:?}");
+        let r = post_json(&url, &key, &with("headers", serde_json::json!({"X-Note": bad})));
+        assert_eq!((r.status, r.pointer()), (400, "/headers/X-Note".to_string()), "{bad:?}: {r:?}");
+    }
+    let r = post_json(&url, &key, &with("headers", serde_json::json!({"Bad\r\nName": "v"})));
+    assert_eq!(r.status, 400, "{r:?}");
+    let r = post_json(
+        &url,
+        &key,
+        &with("attachments", serde_json::json!([{"filename": "a.bin", "content_base64": "not*base64"}])),
+    );
+    assert_eq!(r.pointer(), "/attachments/0/content_base64", "{r:?}");
+    let many: Vec<String> = (0..10_000).map(|i| format!("r{i}@remote.test")).collect();
+    let r = post_json(&url, &key, &with("to", many.into()));
+    assert_eq!((r.status, r.pointer()), (400, "/to".to_string()), "{r:?}");
+    // 100 MB: refused from its Content-Length, and also when it comes chunked, without one.
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.json");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&big).unwrap();
+        f.write_all(b"{\"from\":\"a@shop.test\",\"to\":\"x@remote.test\",\"text\":\"").unwrap();
+        let chunk = vec![b'a'; 1 << 20];
+        for _ in 0..100 {
+            f.write_all(&chunk).unwrap();
+        }
+        f.write_all(b"\"}").unwrap();
+    }
+    let file = format!("@{}", big.display());
+    let r = curl(&["-X", "POST", &url, "-H", &auth, "-H", "Content-Type: application/json", "--data-binary", &file]);
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (413, Some("too_large")), "{r:?}");
+    let r = curl(&[
+        "-X",
+        "POST",
+        &url,
+        "-H",
+        &auth,
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &file,
+    ]);
+    assert_eq!(r.status, 413, "{r:?}");
+    // Wrong method, wrong path.
+    assert_eq!(curl(&[&url]).status, 405);
+    assert_eq!(curl(&[&url.replace("messages", "nothing")]).status, 404);
+    // The rate: two a minute, then 429 with the time to wait.
+    for _ in 0..2 {
+        assert_eq!(post_json(&url, &limited, &good).status, 202);
+    }
+    let r = post_json(&url, &limited, &good);
+    let wait: u64 = r.header("retry-after").and_then(|s| s.parse().ok()).unwrap_or(0);
+    assert!(r.status == 429 && (1..=30).contains(&wait), "{r:?}");
+    // After all that the server still serves, and only the accepted messages were sent.
+    let r = post_json(&url, &key, &good);
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(sink.wait_for(3, T).len(), 3);
+    // A revoked key stops working without a reload.
+    let out = Command::new(binary())
+        .args(["api-key", "revoke", "shop", "--config"])
+        .arg(gw.path("mailgate.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(wait_for(T, || (post_json(&url, &key, &good).status == 401).then_some(())).is_some());
+    let list =
+        Command::new(binary()).args(["api-key", "list", "--config"]).arg(gw.path("mailgate.toml")).output().unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(list.contains("revoked") && list.contains("slow") && !list.contains(&key), "{list}");
+    assert!(
+        !std::fs::read_to_string(gw.path("spool/api-keys.json")).unwrap().contains(&key[3..]),
+        "only hashes stored"
+    );
+}
+
+#[test]
+fn idempotent_repeats_send_once_even_across_a_restart() {
+    let sink = Sink::start();
+    let (mut gw, url) = gateway(&sink, "");
+    let key = create_key(&gw, "shop", &[]);
+    let body = serde_json::json!({"from": "a@shop.test", "to": "once@remote.test", "text": "t", "idempotency_key": "order-42"});
+    let first = post_json(&url, &key, &body);
+    assert_eq!(first.status, 202, "{first:?}");
+    let again = post_json(&url, &key, &body);
+    assert_eq!((again.status, &again.body), (202, &first.body));
+    assert_eq!(again.header("idempotent-replayed").as_deref(), Some("true"));
+    // The same key from the header, on a raw message: also the first answer.
+    let r = curl(&[
+        "-X",
+        "POST",
+        &format!("{url}?from=a@shop.test&to=once@remote.test"),
+        "-H",
+        &format!("Authorization: Bearer {key}"),
+        "-H",
+        "Content-Type: message/rfc822",
+        "-H",
+        "Idempotency-Key: order-42",
+        "--data-binary",
+        "Subject: x\r\n\r\ny\r\n",
+    ]);
+    assert_eq!(r.body, first.body);
+    gw.restart();
+    let port: u16 = url.split(':').nth(2).unwrap().split('/').next().unwrap().parse().unwrap();
+    assert!(wait_for(T, || std::net::TcpStream::connect(("127.0.0.1", port)).ok()).is_some());
+    let after = post_json(&url, &key, &body);
+    assert_eq!((after.status, &after.body), (202, &first.body), "remembered across a restart");
+    let other = post_json(
+        &url,
+        &key,
+        &serde_json::json!({"from": "a@shop.test", "to": "once@remote.test", "text": "t", "idempotency_key": "order-43"}),
+    );
+    assert_ne!(other.json()["id"], first.json()["id"]);
+    assert_eq!(sink.wait_for(2, T).len(), 2);
+    assert!(
+        wait_for(Duration::from_secs(2), || (sink.received().len() > 2).then_some(())).is_none(),
+        "two sends, not more"
+    );
+}
+
+#[test]
+fn pipeline_refusals_come_back_with_the_smtp_reply() {
+    let sink = Sink::start();
+    let plugin = Gateway::plugin(
+        "rcpt-allow",
+        "rcpt-allow",
+        "stages = [\"rcpt\"]",
+        "domains = [\"remote.test\"]\ncheck_trusted = true",
+    );
+    let (gw, url) = gateway(&sink, &plugin);
+    let key = create_key(&gw, "shop", &[]);
+    let r = post_json(
+        &url,
+        &key,
+        &serde_json::json!({"from": "a@shop.test", "to": ["ok@remote.test", "x@elsewhere.test"], "text": "t"}),
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["recipients"][0]["status"], "queued");
+    assert_eq!(v["recipients"][1]["status"], "refused");
+    assert_eq!(v["recipients"][1]["smtp"]["code"], 550);
+    let m = sink.wait_for_rcpt("ok@remote.test", T);
+    assert_eq!(m.rcpts, ["ok@remote.test"]);
+    let r = post_json(&url, &key, &serde_json::json!({"from": "a@shop.test", "to": "x@elsewhere.test", "text": "t"}));
+    assert_eq!(r.status, 422, "{r:?}");
+    assert_eq!(r.json()["error"]["recipients"][0]["smtp"]["enhanced"], "5.1.1");
+    drop(gw);
+
+    let verdict = Gateway::plugin(
+        "verdict",
+        "verdict",
+        "stages = [\"data\"]",
+        "stage = \"data\"\nverdict = \"reject\"\ncode = 554\nenhanced = \"5.7.1\"\ntext = \"content refused\"",
+    );
+    let (gw, url) = gateway(&sink, &verdict);
+    let key = create_key(&gw, "shop", &[]);
+    let r = post_json(&url, &key, &serde_json::json!({"from": "a@shop.test", "to": "y@remote.test", "text": "t"}));
+    assert_eq!(r.status, 422, "{r:?}");
+    assert_eq!(
+        r.json()["error"]["smtp"],
+        serde_json::json!({"code": 554, "enhanced": "5.7.1", "text": "content refused"})
+    );
+    assert!(gw.log().contains("message refused"), "{}", gw.log());
+}
