@@ -378,7 +378,8 @@ fn bad_requests_get_their_status_and_the_server_keeps_serving() {
     assert_eq!(curl(&[&url.replace("messages", "nothing")]).status, 404);
     // The rate: two a minute, then 429 with the time to wait.
     for _ in 0..2 {
-        assert_eq!(post_json(&url, &limited, &good).status, 202);
+        let r = post_json(&url, &limited, &good);
+        assert_eq!(r.status, 202, "{r:?}");
     }
     let r = post_json(&url, &limited, &good);
     let wait: u64 = r.header("retry-after").and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -492,4 +493,122 @@ fn pipeline_refusals_come_back_with_the_smtp_reply() {
         serde_json::json!({"code": 554, "enhanced": "5.7.1", "text": "content refused"})
     );
     assert!(gw.log().contains("message refused"), "{}", gw.log());
+}
+
+fn get(url: &str, key: &str) -> Resp {
+    curl(&[url, "-H", &format!("Authorization: Bearer {key}")])
+}
+
+#[test]
+fn every_recipient_gets_a_receipt_in_the_events() {
+    let sink = Sink::start();
+    sink.set_rcpt_reply("bad@remote.test", "550 5.1.1 No such user here");
+    sink.set_rcpt_reply("later@remote.test", "451 4.2.0 Try again later");
+    let admin = free_port();
+    let (mut gw, url) = gateway(&sink, &format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"));
+    let key = create_key(&gw, "shop", &[]);
+    let other = create_key(&gw, "other", &[]);
+    let r = post_json(
+        &url,
+        &key,
+        &serde_json::json!({"from": "a@shop.test", "to": ["ok@remote.test", "bad@remote.test", "later@remote.test"],
+            "text": "t", "tags": ["welcome"], "metadata": {"user": "17"}}),
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let events_url = url.replace("messages", "events");
+    // The first attempt: delivered, bounced, deferred.
+    let first = wait_for(T, || {
+        let v = get(&format!("{events_url}?since=0"), &key).json();
+        (v["events"].as_array()?.iter().filter(|e| e["kind"] == "deferred").count() == 1).then_some(v)
+    })
+    .unwrap_or_else(|| panic!("no deferral seen:\n{}", gw.log()));
+    sink.clear_rcpt_reply("later@remote.test");
+    let kinds = |v: &serde_json::Value| -> Vec<(String, String)> {
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["kind"].as_str().unwrap().to_string(), e["recipient"].as_str().unwrap_or("").to_string()))
+            .collect()
+    };
+    let k = kinds(&first);
+    assert_eq!(k[0], ("received".to_string(), String::new()), "{k:?}");
+    for want in [("delivered", "ok@remote.test"), ("bounced", "bad@remote.test"), ("deferred", "later@remote.test")] {
+        assert!(k.contains(&(want.0.to_string(), want.1.to_string())), "{want:?} in {k:?}");
+    }
+    let evs = first["events"].as_array().unwrap();
+    for e in evs {
+        assert_eq!((e["queue_id"].as_str(), e["api_key"].as_str()), (Some(id.as_str()), Some("shop")));
+        assert_eq!(
+            (&e["tags"], &e["metadata"]),
+            (&serde_json::json!(["welcome"]), &serde_json::json!({"user": "17"})),
+            "echoed in every event"
+        );
+    }
+    let bounced = evs.iter().find(|e| e["kind"] == "bounced").unwrap();
+    assert_eq!(bounced["class"], "invalid_recipient");
+    assert!(bounced["reply"].as_str().unwrap().starts_with("550 5.1.1"), "{bounced}");
+    let delivered = evs.iter().find(|e| e["kind"] == "delivered").unwrap();
+    assert!(
+        delivered["reply"].as_str().unwrap().starts_with("250") && delivered["remote_host"].is_string(),
+        "{delivered}"
+    );
+    let deferred = evs.iter().find(|e| e["kind"] == "deferred").unwrap();
+    assert!(deferred["next_attempt"].as_u64().unwrap() > deferred["at"].as_u64().unwrap());
+    // The retry delivers the deferred recipient; the message's receipt says so.
+    let next = first["next"].as_u64().unwrap();
+    let later = wait_for(T, || {
+        let v = get(&format!("{events_url}?since={next}"), &key).json();
+        v["events"].as_array()?.iter().any(|e| e["kind"] == "delivered").then_some(v)
+    })
+    .unwrap_or_else(|| panic!("no retry delivery:\n{}", gw.log()));
+    // (A retry that came before the sink was told to accept is one more deferral.)
+    let k = kinds(&later);
+    assert!(k.iter().all(|(_, r)| r == "later@remote.test") && k.last().unwrap().0 == "delivered", "{k:?}");
+    let msg_url = format!("{url}/{id}");
+    let m = wait_for(T, || {
+        let v = get(&msg_url, &key).json();
+        (v["state"] == "finished").then_some(v)
+    })
+    .expect("the message is finished");
+    let states: Vec<(&str, &str)> = m["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["email"].as_str().unwrap(), r["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [("ok@remote.test", "delivered"), ("bad@remote.test", "bounced"), ("later@remote.test", "delivered")]
+    );
+    // Another key sees neither the message nor its events.
+    assert_eq!(get(&msg_url, &other).status, 404);
+    assert_eq!(get(&format!("{events_url}?since=0"), &other).json()["events"], serde_json::json!([]));
+    // kill -9: every event is still there afterwards, and new ones follow them.
+    let before = get(&format!("{events_url}?since=0&limit=1000"), &key).json()["events"].as_array().unwrap().len();
+    gw.kill9();
+    gw.start_again();
+    let port: u16 = url.split(':').nth(2).unwrap().split('/').next().unwrap().parse().unwrap();
+    assert!(wait_for(T, || std::net::TcpStream::connect(("127.0.0.1", port)).ok()).is_some());
+    let after = get(&format!("{events_url}?since=0&limit=1000"), &key).json();
+    assert_eq!(after["events"].as_array().unwrap().len(), before, "{after}");
+    let r = post_json(&url, &key, &serde_json::json!({"from": "a@shop.test", "to": "ok@remote.test", "text": "t"}));
+    assert_eq!(r.status, 202);
+    let seqs = wait_for(T, || {
+        let v = get(&format!("{events_url}?since=0&limit=1000"), &key).json();
+        let s: Vec<u64> = v["events"].as_array()?.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        (s.len() >= before + 2).then_some(s)
+    })
+    .unwrap();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    // The operator's view: `mailgate events tail --json` through the admin endpoint.
+    let out = Command::new(binary())
+        .args(["events", "tail", "--json", "--config"])
+        .arg(gw.path("mailgate.toml"))
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && lines.lines().count() >= before + 2, "{lines}");
+    assert!(lines.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
 }

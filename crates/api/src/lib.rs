@@ -26,7 +26,7 @@ use mailgate_spool::{ApiMeta, BoxFuture};
 pub use error::ApiError;
 pub use idempotency::Idempotency;
 pub use keys::{ApiKey, KeyError, KeyStore, Keys};
-pub use server::{serve, Listening};
+pub use server::{serve, Listening, Services};
 
 /// A message the API validated and built, ready for the gateway's message path.
 pub struct Submission {
@@ -122,4 +122,7 @@ pub trait Gate: Send + Sync + 'static {
     fn budget(&self) -> Arc<Budget>;
     /// A new queue id (also the request id).
     fn new_id(&self) -> String;
+    /// A message still in the queue, with its state (`active`, `deferred`, `held`,
+    /// `quarantined`); `None` once it is finished (or never was).
+    fn queued(&self, id: &str) -> Option<(mailgate_spool::Envelope, &'static str)>;
 }

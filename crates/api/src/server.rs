@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Extension, Router};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -28,6 +28,7 @@ use crate::error::ApiError;
 use crate::idempotency::{Answer, Begin, Idempotency};
 use crate::keys::{ApiKey, Keys};
 use crate::{raw, request, Gate, Submission};
+use mailgate_events::{Event, EventLog};
 
 /// What a handler knows about the connection its request came on.
 #[derive(Clone)]
@@ -42,6 +43,8 @@ struct Api {
     gate: Arc<dyn Gate>,
     keys: Arc<Keys>,
     idem: Arc<Idempotency>,
+    /// The event log (`None`: events are off, and the read endpoints answer 404).
+    events: Option<Arc<EventLog>>,
     conf: ApiListener,
     name: Arc<str>,
     /// Requests between "body read" and "answered": shutdown waits for them.
@@ -65,23 +68,34 @@ impl Listening {
 const HANDSHAKE: Duration = Duration::from_secs(10);
 const HEAD: Duration = Duration::from_secs(10);
 
+/// What every `[[api]]` listener of a gateway shares.
+#[derive(Clone)]
+pub struct Services {
+    pub gate: Arc<dyn Gate>,
+    pub keys: Arc<Keys>,
+    pub idem: Arc<Idempotency>,
+    /// The event log (`None`: events are off).
+    pub events: Option<Arc<EventLog>>,
+}
+
 /// Serves the API on `listener` until `stop` turns true.
 pub fn serve(
     listener: TcpListener,
     conf: ApiListener,
     tls: Option<TlsAcceptor>,
-    gate: Arc<dyn Gate>,
-    keys: Arc<Keys>,
-    idem: Arc<Idempotency>,
+    services: Services,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<(Listening, tokio::task::JoinHandle<()>)> {
+    let Services { gate, keys, idem, events } = services;
     let addr = listener.local_addr()?;
     let in_flight = Arc::new(AtomicUsize::new(0));
     let name: Arc<str> = conf.name.as_str().into();
     let permits = Arc::new(tokio::sync::Semaphore::new(conf.max_connections));
-    let api = Arc::new(Api { gate, keys, idem, conf, name: name.clone(), in_flight: in_flight.clone() });
+    let api = Arc::new(Api { gate, keys, idem, events, conf, name: name.clone(), in_flight: in_flight.clone() });
     let router = Router::new()
         .route("/api/v1/messages", post(submit))
+        .route("/api/v1/messages/{id}", get(message))
+        .route("/api/v1/events", get(events_page))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
@@ -135,6 +149,116 @@ pub fn serve(
     Ok((Listening { addr, in_flight }, task))
 }
 
+/// Events a page may hold, and events one request may read past to fill it.
+const PAGE_MAX: usize = 1000;
+const SCAN_MAX: usize = 20_000;
+
+fn no_events() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "events_off", "events are not recorded by this gateway")
+}
+
+/// `GET /api/v1/messages/{id}`: a message of this key, its recipients' current state and its
+/// history (the events the log still has).
+async fn message(
+    State(api): State<Arc<Api>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = authenticate(&api, &headers)?;
+    let log = api.events.as_ref().ok_or_else(no_events)?;
+    if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::field("/id", "not a message id"));
+    }
+    let not_found =
+        || ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no message {id} of key {}", key.name));
+    let log2 = log.clone();
+    let id2 = id.clone();
+    let history = tokio::task::spawn_blocking(move || log2.for_message(&id2, 10_000))
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string(), 5))?
+        .map_err(|e| ApiError::unavailable(format!("the event log cannot be read: {e}"), 5))?;
+    let queued = api.gate.queued(&id);
+    let owner = match &queued {
+        Some((env, _)) => env.api.as_ref().map(|a| a.key.clone()),
+        None => history.first().and_then(|e| e.api_key.clone()),
+    };
+    if owner.as_deref() != Some(key.name.as_str()) {
+        return Err(not_found());
+    }
+    // Each recipient's state: its last per-recipient event, or the queue's view.
+    let mut rcpts: Vec<(String, serde_json::Value)> = vec![];
+    for e in history.iter().filter(|e| e.recipient.is_some()) {
+        let r = e.recipient.clone().unwrap_or_default();
+        let v = serde_json::json!({ "email": r, "status": e.kind.name(), "reply": e.reply, "at": e.at });
+        match rcpts.iter_mut().find(|(a, _)| *a == r) {
+            Some(slot) => slot.1 = v,
+            None => rcpts.push((r, v)),
+        }
+    }
+    if let Some((env, _)) = &queued {
+        for r in &env.recipients {
+            if !rcpts.iter().any(|(a, _)| *a == r.address) {
+                rcpts.push((r.address.clone(), serde_json::json!({ "email": r.address, "status": "queued" })));
+            }
+        }
+    }
+    let state = queued.as_ref().map_or("finished", |(_, s)| *s);
+    let body = serde_json::json!({
+        "id": id,
+        "state": state,
+        "recipients": rcpts.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        "events": history,
+    });
+    Ok(json_answer(StatusCode::OK, body.to_string(), false))
+}
+
+#[derive(serde::Deserialize)]
+struct Page {
+    #[serde(default)]
+    since: u64,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/events?since=CURSOR&limit=N`: this key's events after the cursor, and the cursor
+/// to ask from next (`next`; the same when nothing new happened).
+async fn events_page(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let key = authenticate(&api, &headers)?;
+    let log = api.events.clone().ok_or_else(no_events)?;
+    let axum::extract::Query(page) = query.map_err(|e| ApiError::field("?since", e.body_text()))?;
+    let limit = page.limit.unwrap_or(100).clamp(1, PAGE_MAX);
+    let name = key.name.clone();
+    let (events, next) = tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<Event>, u64)> {
+        let (mut out, mut cursor, mut scanned) = (vec![], page.since, 0);
+        while out.len() < limit && scanned < SCAN_MAX {
+            let chunk = log.since(cursor, PAGE_MAX)?;
+            let Some(last) = chunk.last().map(|e| e.seq) else { break };
+            scanned += chunk.len();
+            for e in chunk {
+                if out.len() == limit {
+                    break;
+                }
+                cursor = e.seq;
+                if e.api_key.as_deref() == Some(name.as_str()) {
+                    out.push(e);
+                }
+            }
+            if cursor < last {
+                break;
+            }
+        }
+        Ok((out, cursor))
+    })
+    .await
+    .map_err(|e| ApiError::unavailable(e.to_string(), 5))?
+    .map_err(|e| ApiError::unavailable(format!("the event log cannot be read: {e}"), 5))?;
+    let body = serde_json::json!({ "events": events, "next": next });
+    Ok(json_answer(StatusCode::OK, body.to_string(), false))
+}
+
 /// Serves one connection (keep-alive: many requests).
 async fn connection<S>(stream: S, conn: Conn, router: Router)
 where
@@ -153,16 +277,7 @@ where
 
 /// The API key a request's `Authorization: Bearer` names, and one message of its rate.
 fn authorize(api: &Api, headers: &HeaderMap) -> Result<Arc<ApiKey>, ApiError> {
-    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| unauthorized("an API key is required (Authorization: Bearer <key>)"))?;
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .ok_or_else(|| unauthorized("the Authorization header must be Bearer <key>"))?;
-    let key = api.keys.verify(token.trim()).ok_or_else(|| unauthorized("unknown or revoked API key"))?;
+    let key = authenticate(api, headers)?;
     if let Err(wait) = api.keys.take(&key) {
         metrics::counter!("mailgate_api_requests_total", "listener" => api.name.to_string(), "status" => "429")
             .increment(1);
@@ -172,6 +287,20 @@ fn authorize(api: &Api, headers: &HeaderMap) -> Result<Arc<ApiKey>, ApiError> {
         return Err(e);
     }
     Ok(key)
+}
+
+/// The API key a request's `Authorization: Bearer` names.
+fn authenticate(api: &Api, headers: &HeaderMap) -> Result<Arc<ApiKey>, ApiError> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("an API key is required (Authorization: Bearer <key>)"))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .ok_or_else(|| unauthorized("the Authorization header must be Bearer <key>"))?;
+    api.keys.verify(token.trim()).ok_or_else(|| unauthorized("unknown or revoked API key"))
 }
 
 /// Reads the body within the listener's limit and deadline, counted against the content memory

@@ -62,6 +62,22 @@ pub struct Config {
     /// `[[api]]` tables: where the HTTP sending API is served (none: no API).
     #[serde(rename = "api")]
     pub apis: Vec<ApiListener>,
+    pub events: Events,
+}
+
+/// The event log (`<spool>/events/`): every message's and recipient's changes of state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Events {
+    /// Record events even without an `[[api]]` listener (with one, they are always recorded).
+    pub enabled: bool,
+}
+
+impl Config {
+    /// Whether events are recorded.
+    pub fn events_on(&self) -> bool {
+        self.events.enabled || !self.apis.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

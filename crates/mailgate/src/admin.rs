@@ -62,6 +62,12 @@ fn router(admin: Arc<Admin>) -> Router {
         )
         .route("/queue", get(queue_list))
         .route(
+            "/events",
+            get(|State(a): State<Arc<Admin>>, RawQuery(q): RawQuery| async move {
+                wrap(api(&a.shared, "GET", &format!("/events?{}", q.unwrap_or_default())).await)
+            }),
+        )
+        .route(
             "/queue/retry-all",
             post(|State(a): State<Arc<Admin>>| async move { wrap(api(&a.shared, "POST", "/queue/retry-all").await) }),
         )
@@ -182,6 +188,20 @@ async fn api(shared: &Arc<Shared>, method: &str, target: &str) -> Result<String,
         Err(e) => Err(("409 Conflict", e.to_string())),
     };
     match (method, segs.as_slice()) {
+        ("GET", ["events"]) => {
+            let log = shared
+                .events
+                .clone()
+                .ok_or(("404 Not Found", "events are off ([events] enabled = true)".to_string()))?;
+            let since: u64 = param("since").and_then(|s| s.parse().ok()).unwrap_or(0);
+            let limit: usize = param("limit").and_then(|s| s.parse().ok()).unwrap_or(100).clamp(1, 1000);
+            let events = tokio::task::spawn_blocking(move || log.since(since, limit))
+                .await
+                .map_err(|e| ("500 Internal Server Error", e.to_string()))?
+                .map_err(|e| ("500 Internal Server Error", format!("event log: {e}")))?;
+            let next = events.last().map_or(since, |e| e.seq);
+            Ok(serde_json::json!({ "events": events, "next": next }).to_string())
+        }
         ("GET", ["status"]) => {
             let generation = shared.current();
             let mut counts = std::collections::BTreeMap::new();

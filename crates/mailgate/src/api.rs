@@ -36,6 +36,10 @@ impl Gate for ApiGate {
     fn new_id(&self) -> String {
         self.shared.spool.new_id()
     }
+
+    fn queued(&self, id: &str) -> Option<(mailgate_spool::Envelope, &'static str)> {
+        self.shared.queue.find(id).map(|(e, s)| (e, s.name()))
+    }
 }
 
 async fn submit(shared: Arc<Shared>, s: Submission) -> Result<Receipt, SubmitError> {
@@ -105,6 +109,7 @@ async fn submit(shared: Arc<Shared>, s: Submission) -> Result<Receipt, SubmitErr
         trusted: false,
         auth: None,
     };
+    let meta = env.api.clone();
     let incoming = Incoming { envelope: env, data: s.data, hold: Some(s.hold), traced: false };
     let mut policy = chain.as_mut().map(|chain| {
         chain.use_pipeline(&s.pipeline);
@@ -121,6 +126,7 @@ async fn submit(shared: Arc<Shared>, s: Submission) -> Result<Receipt, SubmitErr
                 size = a.data.len(),
                 "message accepted"
             );
+            crate::server::record(&shared, crate::server::reception(&a.envelope, "api")).await;
             crate::server::queue_accepted(&shared, a);
         }
         Ok(Outcome::Dropped { id, why }) => {
@@ -136,6 +142,13 @@ async fn submit(shared: Arc<Shared>, s: Submission) -> Result<Receipt, SubmitErr
             let reply = refusal.reply();
             let result = if reply.is_transient() { "tempfail" } else { "refused" };
             metrics::counter!("mailgate_messages_total", "result" => result).increment(1);
+            if reply.is_permanent() {
+                let mut ev =
+                    mailgate_events::Event::new(mailgate_events::Kind::Rejected, &s.id, &s.from, meta.as_deref());
+                ev.reply = Some(reply.to_string());
+                ev.source = Some("api".into());
+                crate::server::record(&shared, vec![ev]).await;
+            }
             return Err(match refusal {
                 Refusal::Spool(e) => {
                     tracing::error!(queue_id = %s.id, "spool store failed: {e}");
@@ -179,14 +192,14 @@ pub(crate) async fn start(
         }
     }
     let gate: Arc<dyn Gate> = Arc::new(ApiGate { shared: shared.clone() });
+    let services = mailgate_api::Services { gate, keys, idem, events: shared.events.clone() };
     let mut out = vec![];
     for a in &config.apis {
         let listener = tokio::net::TcpListener::bind(a.address)
             .await
             .map_err(|e| anyhow::anyhow!("api {} on {}: {e}", a.name, a.address))?;
         let tls = if a.tls { shared.acceptor.clone() } else { None };
-        let (listening, _task) =
-            mailgate_api::serve(listener, a.clone(), tls, gate.clone(), keys.clone(), idem.clone(), stop.clone())?;
+        let (listening, _task) = mailgate_api::serve(listener, a.clone(), tls, services.clone(), stop.clone())?;
         tracing::info!(listener = %a.name, addr = %listening.addr, tls = a.tls, "sending API listening");
         out.push(listening);
     }

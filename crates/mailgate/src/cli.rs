@@ -75,12 +75,34 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SpamCmd,
     },
+    /// The event log of the running gateway (through its admin endpoint).
+    Events {
+        #[command(subcommand)]
+        cmd: EventsCmd,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Keys of the HTTP sending API (kept as hashes in the spool directory).
     ApiKey {
         #[command(subcommand)]
         cmd: ApiKeyCmd,
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCmd {
+    /// Print events after a cursor; with --follow, keep printing new ones.
+    Tail {
+        /// The cursor (an event's seq) to start after; 0: the oldest kept.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        #[arg(long, short)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -298,6 +320,44 @@ fn print_result(r: Result<String, String>, json: bool, list: bool) -> ExitCode {
     }
 }
 
+/// `mailgate events tail`: pages through the admin endpoint's `/events`; following, asks again
+/// every second when nothing new came.
+fn events_tail(config: Option<&std::path::Path>, mut since: u64, follow: bool, json: bool) -> ExitCode {
+    loop {
+        let page = match admin_request(config, "GET", &format!("/events?since={since}&limit=1000")) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("mailgate events: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let v: serde_json::Value = serde_json::from_str(&page).unwrap_or_default();
+        let events = v["events"].as_array().cloned().unwrap_or_default();
+        for e in &events {
+            if json {
+                println!("{e}");
+            } else {
+                println!(
+                    "{:>8}  {}  {:<11} {}  {}  {}",
+                    e["seq"],
+                    e["at"],
+                    e["kind"].as_str().unwrap_or(""),
+                    e["queue_id"].as_str().unwrap_or(""),
+                    e["recipient"].as_str().unwrap_or(e["sender"].as_str().unwrap_or("")),
+                    e["reply"].as_str().or(e["detail"].as_str()).unwrap_or("")
+                );
+            }
+        }
+        since = v["next"].as_u64().unwrap_or(since);
+        if events.is_empty() {
+            if !follow {
+                return ExitCode::SUCCESS;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+}
+
 /// A request to the admin endpoint named by the config file (read leniently: for a reload
 /// the new file may be the broken one, and the gateway is the one to say so).
 fn admin_request(file: Option<&std::path::Path>, method: &str, path: &str) -> Result<String, String> {
@@ -505,6 +565,9 @@ pub fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Cmd::Events { cmd: EventsCmd::Tail { since, follow, json }, config } => {
+            events_tail(config.as_deref(), since, follow, json)
         }
         Cmd::ApiKey { cmd: ApiKeyCmd::Create { name, allow_from, rate }, config } => {
             crate::api_cli::create(config.as_deref(), &name, allow_from, rate)

@@ -71,6 +71,8 @@ pub struct Shared {
     pub acceptor: Option<TlsAcceptor>,
     /// Failed AUTH attempts per client IP, with the start of the counting window.
     pub auth_failures: Mutex<HashMap<IpAddr, (usize, std::time::Instant)>>,
+    /// The event log (`None`: events are off).
+    pub events: Option<Arc<mailgate_events::EventLog>>,
     /// The sending API's keys (`None`: no `[[api]]` listener); a reload reads them again.
     pub api_keys: Option<Arc<mailgate_api::Keys>>,
     /// Source of session ids (unique within this process run, prefixed by the start time).
@@ -115,7 +117,24 @@ impl Gateway {
             Arc::new(PluginHooks { chain: p.queue(), config: config.clone() }) as Arc<dyn mailgate_queue::Hooks>
         });
         let generation = Generation::new(config.clone(), plugins, &resolver)?;
-        let queue = Queue::start(spool.clone(), delivery, config.clone(), recovered, hooks, generation.cleanup.clone());
+        let events = match config.events_on() {
+            false => None,
+            true => {
+                let dir = config.spool.path.join("events");
+                let log = mailgate_events::EventLog::open(&dir)
+                    .map_err(|e| anyhow::anyhow!("events {}: {e}", dir.display()))?;
+                Some(Arc::new(log))
+            }
+        };
+        let queue = Queue::start(
+            spool.clone(),
+            delivery,
+            config.clone(),
+            recovered,
+            hooks,
+            generation.cleanup.clone(),
+            events.clone(),
+        );
         let shared = Arc::new(Shared {
             current: RwLock::new(Arc::new(generation)),
             config_file,
@@ -129,6 +148,7 @@ impl Gateway {
             slots: Arc::new(crate::slots::Slots::default()),
             budget: mailgate_message::Budget::new(config.limits.content_memory),
             api_keys,
+            events,
             next_session: AtomicU64::new(0),
             start_tag: mailgate_message::date::now_unix() % 100_000,
         });
@@ -234,6 +254,30 @@ pub(crate) fn queue_accepted(shared: &Shared, a: mailgate_cleanup::Accepted) {
         Some(hold) if shared.budget.used() <= shared.budget.limit() / 2 => shared.queue.enqueue_held(env, a.data, hold),
         _ => shared.queue.enqueue(env, None),
     }
+}
+
+/// Records events (when they are on), on disk before this returns; a failure is logged, and
+/// the mail goes on.
+pub(crate) async fn record(shared: &Shared, events: Vec<mailgate_events::Event>) {
+    if let Some(log) = &shared.events {
+        if let Err(e) = log.append(events).await {
+            tracing::error!("events not recorded: {e}");
+        }
+    }
+}
+
+/// The events of a message that reached the spool: received, and quarantined if it was.
+pub(crate) fn reception(env: &mailgate_spool::Envelope, source: &str) -> Vec<mailgate_events::Event> {
+    use mailgate_events::{Event, Kind};
+    let mut received = Event::about(Kind::Received, env);
+    received.source = Some(source.into());
+    let mut out = vec![received];
+    if let Some(why) = &env.quarantine {
+        let mut q = Event::about(Kind::Quarantined, env);
+        q.detail = Some(why.clone());
+        out.push(q);
+    }
+    out
 }
 
 /// Compiles the plugins of a configuration (off the async threads: compiling is CPU work).

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use mailgate_smtp::{Enhanced, Reply};
 use mailgate_spool::{QueueId, RcptStatus};
 
+use mailgate_events::{Event, Kind};
+
 use crate::{AdminError, AdminOp, Entry, Queue, State};
 
 impl Queue {
@@ -47,19 +49,23 @@ impl Queue {
                 let mut e = held.remove(&id).expect("checked by the guard");
                 let reason = e.env.quarantine.take().unwrap_or_default();
                 tracing::info!(queue_id = %id, %reason, "released from quarantine by the administrator");
+                self.admin_event(Kind::Released, &e.env, "released from quarantine by the administrator");
                 e.env.next_attempt = 0;
                 self.inner.spool.update(&e.env);
                 self.dispatch(e);
                 Ok(format!("{id}: released from quarantine"))
             }
             AdminOp::DeleteQuarantined(id) => {
-                held.remove(&id);
+                if let Some(e) = held.remove(&id) {
+                    self.admin_event(Kind::Removed, &e.env, "deleted from quarantine by the administrator");
+                }
                 self.forget(&id);
                 tracing::info!(queue_id = %id, "deleted from quarantine by the administrator");
                 Ok(format!("{id}: deleted"))
             }
             AdminOp::Remove(id) => {
-                waiting.remove(&id).or_else(|| held.remove(&id)).ok_or_else(|| busy(&id))?;
+                let e = waiting.remove(&id).or_else(|| held.remove(&id)).ok_or_else(|| busy(&id))?;
+                self.admin_event(Kind::Removed, &e.env, "removed by the administrator (no DSN)");
                 self.forget(&id);
                 tracing::info!(queue_id = %id, "removed by the administrator (no DSN)");
                 Ok(format!("{id}: removed"))
@@ -83,6 +89,7 @@ impl Queue {
                     return Err(AdminError::Quarantined(id));
                 }
                 let mut e = held.remove(&id).ok_or_else(|| AdminError::NotHeld(id.clone()))?;
+                self.admin_event(Kind::Released, &e.env, "released from hold by the administrator");
                 e.env.held = false;
                 e.env.next_attempt = 0;
                 self.inner.spool.update(&e.env);
@@ -119,6 +126,21 @@ impl Queue {
         }
         if self.bounce(&env, &failed, &data).await {
             tracing::info!(queue_id = %env.id, "bounced by the administrator");
+            if let Some(log) = &self.inner.events {
+                let events = failed
+                    .iter()
+                    .map(|(i, reply)| {
+                        let mut ev = Event::about(Kind::Bounced, &env).rcpt(&env.recipients[*i].address);
+                        ev.reply = Some(reply.to_string());
+                        ev.class = Some(mailgate_events::BounceClass::Other);
+                        ev.detail = Some("returned to the sender by the administrator".into());
+                        ev
+                    })
+                    .collect();
+                if let Err(e) = log.append(events).await {
+                    tracing::error!(queue_id = %env.id, "events not recorded: {e}");
+                }
+            }
             self.forget(&env.id);
         } else {
             for (i, _) in &failed {

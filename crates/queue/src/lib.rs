@@ -20,6 +20,7 @@ use std::time::Duration;
 use mailgate_cleanup::{Cleanup, Incoming, Origin, Outcome};
 use mailgate_config::{Config, Route};
 use mailgate_delivery::{Delivery, Outbound, RcptOutcome, Status};
+use mailgate_events::{Event, EventLog, Kind};
 use mailgate_message::date::now_unix;
 use mailgate_smtp::{Enhanced, Reply};
 use mailgate_spool::{Envelope, QueueId, RcptStatus, Spool};
@@ -138,6 +139,8 @@ struct Inner {
     cleanup: RwLock<Arc<Cleanup>>,
     /// Every queued message's latest envelope and state, for the admin API.
     view: Mutex<BTreeMap<QueueId, (Envelope, State)>>,
+    /// Where delivery outcomes are recorded as events (`None`: events are off).
+    events: Option<Arc<EventLog>>,
 }
 
 impl Inner {
@@ -161,6 +164,7 @@ impl Queue {
         recovered: Vec<Envelope>,
         hooks: Option<Arc<dyn Hooks>>,
         cleanup: Arc<Cleanup>,
+        events: Option<Arc<EventLog>>,
     ) -> Queue {
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
@@ -174,6 +178,7 @@ impl Queue {
             hooks: RwLock::new(hooks),
             cleanup: RwLock::new(cleanup),
             view: Mutex::new(BTreeMap::new()),
+            events,
         });
         let q = Queue { tx, inner };
         if !recovered.is_empty() {
@@ -237,6 +242,11 @@ impl Queue {
     /// Every queued message with its state, in queue-id order.
     pub fn list(&self) -> Vec<(Envelope, State)> {
         self.inner.view.lock().unwrap().values().cloned().collect()
+    }
+
+    /// One queued message with its state.
+    pub fn find(&self, id: &str) -> Option<(Envelope, State)> {
+        self.inner.view.lock().unwrap().get(id).cloned()
     }
 
     fn quarantine_expired(&self, env: &Envelope) -> bool {
@@ -444,18 +454,25 @@ impl Queue {
         self.inner.delivery.deliver(&route, &domain, &msg).await
     }
 
-    /// Applies the outcomes: logs them, bounces permanent failures, retries or finishes.
+    /// Applies the outcomes: logs them, records them as events, bounces permanent failures,
+    /// retries or finishes. The events are on disk before the spool hears of the outcome, so a
+    /// crash can repeat an event (the delivery is repeated too) but never lose one.
     async fn settle(&self, mut env: Envelope, outcomes: Vec<Option<RcptOutcome>>, data: &[u8]) {
         let inner = &self.inner;
         let (config, hooks) = (inner.config(), inner.hooks());
         env.attempts += 1;
+        let sched = &config.queue.retry_schedule;
+        let delay = sched[(env.attempts as usize - 1).min(sched.len() - 1)].into_inner();
+        let next_at = now_ms() + delay.as_millis() as u64;
         let mut failed: Vec<(usize, Reply)> = vec![];
+        let mut events = vec![];
+        let mut deferred = vec![];
         for (i, o) in outcomes.into_iter().enumerate() {
             let Some(o) = o else { continue };
             if let Some(h) = &hooks {
                 h.delivery_result(&env, &env.recipients[i].address, &o).await;
             }
-            let r = &mut env.recipients[i];
+            let r = &env.recipients[i];
             tracing::info!(queue_id = %env.id, rcpt = %r.address, status = ?o.status, host = o.remote_host.as_deref().unwrap_or("-"), attempt = env.attempts, "{}", o.reply);
             let domain = r.address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
             let result = match o.status {
@@ -464,6 +481,28 @@ impl Queue {
                 Status::Failed => "failed",
             };
             metrics::counter!("mailgate_delivery_attempts_total", "result" => result, "domain" => domain).increment(1);
+            if inner.events.is_some() {
+                let kind = match o.status {
+                    Status::Delivered => Kind::Delivered,
+                    Status::Deferred => Kind::Deferred,
+                    Status::Failed => Kind::Bounced,
+                };
+                let mut ev = Event::about(kind, &env).rcpt(&r.address);
+                ev.reply = Some(o.reply.to_string());
+                ev.remote_host = o.remote_host.clone();
+                ev.attempt = Some(env.attempts);
+                match o.status {
+                    Status::Failed => ev.class = Some(mailgate_events::classify(&o.reply.to_string())),
+                    Status::Deferred => ev.next_attempt = Some(next_at),
+                    Status::Delivered => {}
+                }
+                // A deferral is reported once it is known not to have expired.
+                match o.status {
+                    Status::Deferred => deferred.push((i, ev)),
+                    _ => events.push(ev),
+                }
+            }
+            let r = &mut env.recipients[i];
             r.last_reply = Some(o.reply.to_string());
             r.remote_host = o.remote_host;
             match o.status {
@@ -477,6 +516,7 @@ impl Queue {
         }
         let age = now_ms().saturating_sub(env.received_at);
         if !env.is_finished() && age >= config.queue.max_age.as_millis() as u64 {
+            let expired_from = failed.len();
             for (i, r) in env.recipients.iter_mut().enumerate() {
                 if r.status == RcptStatus::Pending {
                     r.status = RcptStatus::Failed;
@@ -486,6 +526,23 @@ impl Queue {
                     r.last_reply = Some(reply.to_string());
                     failed.push((i, reply));
                 }
+            }
+            if inner.events.is_some() {
+                for (i, reply) in &failed[expired_from..] {
+                    let mut ev = Event::about(Kind::Expired, &env).rcpt(&env.recipients[*i].address);
+                    ev.reply = Some(reply.to_string());
+                    ev.attempt = Some(env.attempts);
+                    ev.class = Some(mailgate_events::BounceClass::Expired);
+                    events.push(ev);
+                }
+            }
+        }
+        events.extend(
+            deferred.into_iter().filter(|(i, _)| env.recipients[*i].status == RcptStatus::Pending).map(|(_, e)| e),
+        );
+        if let Some(log) = &inner.events {
+            if let Err(e) = log.append(events).await {
+                tracing::error!(queue_id = %env.id, "delivery events not recorded: {e}");
             }
         }
         if !failed.is_empty() && !self.bounce(&env, &failed, data).await {
@@ -500,12 +557,23 @@ impl Queue {
             tracing::info!(queue_id = %env.id, attempts = env.attempts, "message finished");
             return;
         }
-        let sched = &config.queue.retry_schedule;
-        let delay = sched[(env.attempts as usize - 1).min(sched.len() - 1)].into_inner();
-        env.next_attempt = now_ms() + delay.as_millis() as u64;
+        env.next_attempt = next_at;
         inner.spool.update(&env);
         tracing::info!(queue_id = %env.id, retry_in = %humantime::format_duration(delay), "message deferred");
         self.requeue(env);
+    }
+
+    /// Records an operator's action as an event (not waited for: the action is done).
+    pub(crate) fn admin_event(&self, kind: Kind, env: &Envelope, detail: &str) {
+        if let Some(log) = self.inner.events.clone() {
+            let mut ev = Event::about(kind, env);
+            ev.detail = Some(detail.to_string());
+            tokio::spawn(async move {
+                if let Err(e) = log.append(vec![ev]).await {
+                    tracing::error!("event not recorded: {e}");
+                }
+            });
+        }
     }
 
     fn requeue(&self, env: Envelope) {

@@ -252,6 +252,9 @@ impl<S: SessionIo> Session<S> {
                     size = a.data.len(),
                     "message accepted"
                 );
+                if shared.events.is_some() {
+                    crate::server::record(&shared, crate::server::reception(env, "smtp")).await;
+                }
                 self.reply(Reply::new(250, Enhanced(2, 0, 0), format!("Ok: queued as {}", env.id)));
                 crate::server::queue_accepted(&shared, a);
                 Next::Continue
@@ -277,6 +280,13 @@ impl<S: SessionIo> Session<S> {
                     Refusal::Interrupted => tracing::error!(queue_id = %id, "structure check failed to run"),
                     Refusal::Loop(hops) => tracing::warn!(queue_id = %id, hops, "mail loop: too many Received headers"),
                     r => tracing::info!(queue_id = %id, reply = %reply, "message refused: {r}"),
+                }
+                if shared.events.is_some() && reply.is_permanent() {
+                    let sender = tx.from.as_ref().map_or("", |a| a.as_str());
+                    let mut ev = mailgate_events::Event::new(mailgate_events::Kind::Rejected, &id, sender, None);
+                    ev.reply = Some(reply.to_string());
+                    ev.source = Some("smtp".into());
+                    crate::server::record(&shared, vec![ev]).await;
                 }
                 self.reply(reply);
                 if refusal.closes_session() {

@@ -1,0 +1,324 @@
+//! The event log: JSON lines in segments named by their first sequence number, one writer
+//! thread that appends what arrives together and syncs once (group commit), and readers that
+//! page by cursor. A torn last line (a crash mid-write) is cut off when the log is opened: its
+//! events were never reported as appended.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, RwLock};
+
+use crate::Event;
+
+/// A segment is closed and a new one begun past this size.
+const SEGMENT_BYTES: u64 = 64 << 20;
+/// The oldest segments are deleted while the log is larger than this.
+const MAX_BYTES: u64 = 1 << 30;
+/// At most this many appends share one sync.
+const GROUP: usize = 512;
+
+#[derive(Debug, Clone)]
+struct Segment {
+    first_seq: u64,
+    /// Time of its first event (Unix ms): where a message's events can begin.
+    first_at: u64,
+    path: PathBuf,
+}
+
+struct Append {
+    events: Vec<Event>,
+    done: tokio::sync::oneshot::Sender<std::io::Result<()>>,
+}
+
+/// The durable event log of a gateway.
+pub struct EventLog {
+    tx: mpsc::Sender<Append>,
+    /// The last sequence number on disk (synced): readers never see past it.
+    durable: Arc<AtomicU64>,
+    segments: Arc<RwLock<Vec<Segment>>>,
+    /// Tells followers that `durable` moved.
+    moved: tokio::sync::watch::Receiver<u64>,
+}
+
+fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{first_seq:020}.jsonl"))
+}
+
+fn first_at(path: &Path) -> u64 {
+    let Ok(f) = File::open(path) else { return 0 };
+    let mut line = String::new();
+    let _ = BufReader::new(f).read_line(&mut line);
+    serde_json::from_str::<Event>(&line).map_or(0, |e| e.at)
+}
+
+impl EventLog {
+    /// Opens (or creates) the log in `dir` and starts its writer.
+    pub fn open(dir: &Path) -> std::io::Result<EventLog> {
+        std::fs::create_dir_all(dir)?;
+        let mut segments: Vec<Segment> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let first_seq = name.strip_suffix(".jsonl")?.parse().ok()?;
+                Some(Segment { first_seq, first_at: first_at(&e.path()), path: e.path() })
+            })
+            .collect();
+        segments.sort_by_key(|s| s.first_seq);
+        let mut last = 0;
+        if let Some(s) = segments.last() {
+            // Cut a torn last line, then find the last sequence number.
+            let bytes = std::fs::read(&s.path)?;
+            let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+            if keep < bytes.len() {
+                tracing::warn!(segment = %s.path.display(), "event log: a torn last line was cut off");
+                File::options().write(true).open(&s.path)?.set_len(keep as u64)?;
+            }
+            let text = &bytes[..keep];
+            last = text
+                .split(|b| *b == b'\n')
+                .rev()
+                .find_map(|l| serde_json::from_slice::<Event>(l).ok())
+                .map_or(s.first_seq.saturating_sub(1), |e| e.seq);
+        }
+        if segments.is_empty() {
+            let path = segment_path(dir, 1);
+            File::create(&path)?;
+            segments.push(Segment { first_seq: 1, first_at: 0, path });
+        }
+        let current = segments.last().expect("one at least").path.clone();
+        let file = File::options().append(true).open(&current)?;
+        let size = file.metadata()?.len();
+        let durable = Arc::new(AtomicU64::new(last));
+        let segments = Arc::new(RwLock::new(segments));
+        let (tx, rx) = mpsc::channel();
+        let (moved_tx, moved) = tokio::sync::watch::channel(last);
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            file,
+            size,
+            next: last + 1,
+            durable: durable.clone(),
+            segments: segments.clone(),
+            moved: moved_tx,
+        };
+        std::thread::Builder::new().name("event-log".into()).spawn(move || writer.run(rx))?;
+        Ok(EventLog { tx, durable, segments, moved })
+    }
+
+    /// Appends events; returns once they are on disk (synced), with their sequence numbers
+    /// assigned in the order given.
+    pub async fn append(&self, events: Vec<Event>) -> std::io::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.tx.send(Append { events, done }).map_err(|_| std::io::Error::other("event log writer stopped"))?;
+        rx.await.map_err(|_| std::io::Error::other("event log writer stopped"))?
+    }
+
+    /// The last sequence number on disk.
+    pub fn last(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// A receiver told whenever events were appended (for followers).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.moved.clone()
+    }
+
+    /// Up to `limit` events after `cursor` (0: from the oldest kept), in order.
+    pub fn since(&self, cursor: u64, limit: usize) -> std::io::Result<Vec<Event>> {
+        let durable = self.last();
+        let segments = self.segments.read().unwrap().clone();
+        let start = segments.partition_point(|s| s.first_seq <= cursor.saturating_add(1)).saturating_sub(1);
+        let mut out = vec![];
+        for s in &segments[start..] {
+            if out.len() >= limit {
+                break;
+            }
+            scan(&s.path, |e| {
+                if e.seq > cursor && e.seq <= durable {
+                    out.push(e);
+                }
+                out.len() < limit
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// Every event about message `queue_id` that the log still has. Its queue id says when it
+    /// was received, so segments that ended before are not read.
+    pub fn for_message(&self, queue_id: &str, limit: usize) -> std::io::Result<Vec<Event>> {
+        let received_ms = u64::from_str_radix(queue_id, 16).map_or(0, |us| us / 1000);
+        let durable = self.last();
+        let segments = self.segments.read().unwrap().clone();
+        let start = segments.partition_point(|s| s.first_at <= received_ms).saturating_sub(1);
+        let mut out = vec![];
+        for s in &segments[start..] {
+            scan(&s.path, |e| {
+                if e.queue_id == queue_id && e.seq <= durable {
+                    out.push(e);
+                }
+                out.len() < limit
+            })?;
+        }
+        Ok(out)
+    }
+}
+
+/// Reads a segment's events in order until `f` says stop; a line that does not parse (being
+/// written right now) ends the segment.
+fn scan(path: &Path, mut f: impl FnMut(Event) -> bool) -> std::io::Result<()> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        // Deleted by retention while we looked: nothing there any more.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for line in BufReader::new(file).split(b'\n') {
+        let Ok(e) = serde_json::from_slice::<Event>(&line?) else { break };
+        if !f(e) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+struct Writer {
+    dir: PathBuf,
+    file: File,
+    size: u64,
+    next: u64,
+    durable: Arc<AtomicU64>,
+    segments: Arc<RwLock<Vec<Segment>>>,
+    moved: tokio::sync::watch::Sender<u64>,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Append>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            while group.len() < GROUP {
+                match rx.try_recv() {
+                    Ok(a) => group.push(a),
+                    Err(_) => break,
+                }
+            }
+            let result = self.write(&mut group);
+            if let Err(e) = &result {
+                tracing::error!("event log write failed: {e}");
+            }
+            for a in group {
+                let r = match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                };
+                let _ = a.done.send(r);
+            }
+        }
+    }
+
+    fn write(&mut self, group: &mut [Append]) -> std::io::Result<()> {
+        if self.size >= SEGMENT_BYTES {
+            self.rotate()?;
+        }
+        let mut buf = Vec::with_capacity(group.len() * 256);
+        let first = self.next;
+        for a in group.iter_mut() {
+            for e in a.events.iter_mut() {
+                e.seq = self.next;
+                e.id = format!("ev{:012}", self.next);
+                self.next += 1;
+                serde_json::to_writer(&mut buf, e).map_err(std::io::Error::other)?;
+                buf.push(b'\n');
+            }
+        }
+        if self.size == 0 {
+            if let Some(s) = self.segments.write().unwrap().last_mut() {
+                s.first_at = group.first().and_then(|a| a.events.first()).map_or(0, |e| e.at);
+            }
+        }
+        let written = self.file.write_all(&buf).and_then(|_| self.file.sync_data());
+        if let Err(e) = written {
+            // Nothing of this group counts: the numbers are given out again.
+            self.next = first;
+            let _ = self.file.set_len(self.size);
+            return Err(e);
+        }
+        self.size += buf.len() as u64;
+        let last = self.next - 1;
+        self.durable.store(last, Ordering::Release);
+        let _ = self.moved.send(last);
+        metrics::counter!("mailgate_events_total").increment(last + 1 - first);
+        Ok(())
+    }
+
+    /// Starts a new segment, and deletes the oldest while the log is over its size.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let path = segment_path(&self.dir, self.next);
+        self.file = File::options().create(true).append(true).open(&path)?;
+        self.size = 0;
+        let mut segs = self.segments.write().unwrap();
+        segs.push(Segment { first_seq: self.next, first_at: 0, path });
+        let total: u64 = segs.iter().filter_map(|s| std::fs::metadata(&s.path).ok()).map(|m| m.len()).sum();
+        let mut over = total.saturating_sub(MAX_BYTES);
+        while over > 0 && segs.len() > 1 {
+            let old = segs.remove(0);
+            let len = std::fs::metadata(&old.path).map_or(0, |m| m.len());
+            let _ = std::fs::remove_file(&old.path);
+            tracing::info!(segment = %old.path.display(), "event log: oldest segment deleted (size limit)");
+            over = over.saturating_sub(len.max(1));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Event, Kind};
+
+    fn ev(q: &str) -> Event {
+        let env = mailgate_spool::Envelope {
+            id: q.into(),
+            sender: "a@b.test".into(),
+            recipients: vec![],
+            received_at: 0,
+            attempts: 0,
+            next_attempt: 0,
+            body_8bit: false,
+            smtputf8: false,
+            client: String::new(),
+            route: None,
+            quarantine: None,
+            requiretls: false,
+            held: false,
+            api: None,
+        };
+        Event::about(Kind::Received, &env)
+    }
+
+    #[tokio::test]
+    async fn appends_pages_and_survives_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
+        log.append(vec![ev("0000000000000001"), ev("0000000000000002")]).await.unwrap();
+        log.append(vec![ev("0000000000000001")]).await.unwrap();
+        assert_eq!(log.last(), 3);
+        let page = log.since(0, 2).unwrap();
+        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(log.since(2, 10).unwrap().len(), 1);
+        assert_eq!(log.for_message("0000000000000001", 10).unwrap().len(), 2);
+        assert_ne!(page[0].id, page[1].id);
+        drop(log);
+        let seg = segment_path(dir.path(), 1);
+        let mut f = File::options().append(true).open(&seg).unwrap();
+        f.write_all(b"{\"seq\":4,\"torn").unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
+        assert_eq!(log.last(), 3);
+        log.append(vec![ev("0000000000000003")]).await.unwrap();
+        let all = log.since(0, 100).unwrap();
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4], "the torn line is gone");
+    }
+}
