@@ -5,6 +5,7 @@
 pub mod clients;
 pub mod dns;
 pub mod gateway;
+pub mod http;
 pub mod sink;
 pub mod zone;
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use mailgate_tests::dns::Dns;
 use mailgate_tests::gateway::{binary, Gateway};
+use mailgate_tests::http::{create_key, curl, get, post_json, with_api};
 use mailgate_tests::sink::Sink;
 use mailgate_tests::{free_port, wait_for};
 
@@ -18,80 +19,9 @@ const T: Duration = Duration::from_secs(20);
 /// Debian's interpreter (dkimpy is installed for it).
 const PY: &str = "/usr/bin/python3";
 
-/// An HTTP answer.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Resp {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-    }
-    /// The JSON error's pointer.
-    fn pointer(&self) -> String {
-        self.json()["error"]["pointer"].as_str().unwrap_or("<none>").to_string()
-    }
-}
-
-/// Runs curl with `args`; the answer's status, head and body.
-fn curl(args: &[&str]) -> Resp {
-    let out = Command::new("curl")
-        .args(["-sS", "-i", "--max-time", "60", "-H", "Expect:"])
-        .args(args)
-        .output()
-        .expect("curl is installed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no answer: {text} {}", String::from_utf8_lossy(&out.stderr)));
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
-    Resp { status, head: head.to_string(), body: body.to_string() }
-}
-
-/// A gateway relaying to `sink` with an `[[api]]` listener; returns it and the API's base URL.
+/// A gateway relaying to `sink` with an `[[api]]` listener; it and the API's URL.
 fn gateway(sink: &Sink, extra: &str) -> (Gateway, String) {
-    let port = free_port();
-    let gw = Gateway::with_sink(
-        sink.port(),
-        &format!(
-            "[queue]\nretry_schedule = [\"1s\"]\n\n[[api]]\nname = \"api\"\naddress = \"127.0.0.1:{port}\"\n{extra}"
-        ),
-    );
-    let up = wait_for(T, || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
-    assert!(up.is_some(), "API listener did not come up:\n{}", gw.log());
-    (gw, format!("http://127.0.0.1:{port}/api/v1/messages"))
-}
-
-/// `mailgate api-key create` against the gateway's config; the key it prints.
-fn create_key(gw: &Gateway, name: &str, extra: &[&str]) -> String {
-    let out = Command::new(binary())
-        .args(["api-key", "create", "--name", name, "--config"])
-        .arg(gw.path("mailgate.toml"))
-        .args(extra)
-        .env_remove("MAILGATE_BIN")
-        .output()
-        .unwrap();
-    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(out.status.success() && key.starts_with("mg_"), "{key} {}", String::from_utf8_lossy(&out.stderr));
-    key
-}
-
-/// POSTs JSON with curl (the body from a file: 10,000 recipients do not fit in argv).
-fn post_json(url: &str, key: &str, body: &serde_json::Value) -> Resp {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), body.to_string()).unwrap();
-    let auth = format!("Authorization: Bearer {key}");
-    let data = format!("@{}", file.path().display());
-    curl(&["-X", "POST", url, "-H", &auth, "-H", "Content-Type: application/json", "--data-binary", &data])
+    with_api(sink, extra)
 }
 
 fn py(script: &str, env: &[(&str, &str)], stdin: &[u8]) -> String {
@@ -493,10 +423,6 @@ fn pipeline_refusals_come_back_with_the_smtp_reply() {
         serde_json::json!({"code": 554, "enhanced": "5.7.1", "text": "content refused"})
     );
     assert!(gw.log().contains("message refused"), "{}", gw.log());
-}
-
-fn get(url: &str, key: &str) -> Resp {
-    curl(&[url, "-H", &format!("Authorization: Bearer {key}")])
 }
 
 #[test]

@@ -63,7 +63,42 @@ pub struct Config {
     #[serde(rename = "api")]
     pub apis: Vec<ApiListener>,
     pub events: Events,
+    /// `[[webhook]]` tables: receivers of the events (they turn events on).
+    #[serde(rename = "webhook")]
+    pub webhooks: Vec<Webhook>,
 }
+
+/// A receiver of events: POSTed in batches, signed as Standard Webhooks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// A name for logs, metrics and its cursor file (letters, digits, '-', '_').
+    pub name: String,
+    pub url: String,
+    /// The event kinds it wants (`delivered`, `bounced`, …); empty: all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// The signing secret: `whsec_` and base64 (as Standard Webhooks tools make them), or text.
+    pub secret: String,
+    /// Events per POST at most.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Time for the receiver to answer one POST.
+    #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_batch() -> usize {
+    100
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// The event kinds a webhook may ask for.
+pub const EVENT_KINDS: &[&str] =
+    &["received", "rejected", "delivered", "deferred", "bounced", "expired", "quarantined", "released", "removed"];
 
 /// The event log (`<spool>/events/`): every message's and recipient's changes of state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -76,7 +111,7 @@ pub struct Events {
 impl Config {
     /// Whether events are recorded.
     pub fn events_on(&self) -> bool {
-        self.events.enabled || !self.apis.is_empty()
+        self.events.enabled || !self.apis.is_empty() || !self.webhooks.is_empty()
     }
 }
 
@@ -569,6 +604,25 @@ impl Config {
         for l in &self.listeners {
             if !known(&l.pipeline) {
                 errs.push(format!("listener {}: unknown pipeline {:?}", l.name, l.pipeline));
+            }
+        }
+        let mut hooks = std::collections::HashSet::new();
+        for w in &self.webhooks {
+            let ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+            if w.name.is_empty() || !w.name.chars().all(ok) || !hooks.insert(&w.name) {
+                errs.push(format!("webhook.name: {:?} is empty, has other characters than letters, digits, '-', '_', or is used twice", w.name));
+            }
+            if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
+                errs.push(format!("webhook {}: url must be http:// or https://", w.name));
+            }
+            if let Some(k) = w.events.iter().find(|k| !EVENT_KINDS.contains(&k.as_str())) {
+                errs.push(format!("webhook {}: unknown event kind {k:?} (one of {})", w.name, EVENT_KINDS.join(", ")));
+            }
+            if w.secret.len() < 16 || w.batch_size == 0 || w.timeout.is_zero() {
+                errs.push(format!(
+                    "webhook {}: secret needs 16 characters at least; batch_size and timeout above 0",
+                    w.name
+                ));
             }
         }
         for a in &self.apis {

@@ -222,7 +222,16 @@ async fn api(shared: &Arc<Shared>, method: &str, target: &str) -> Result<String,
                 .iter()
                 .map(|l| serde_json::json!({ "name": l.name, "address": l.address.to_string(), "role": format!("{:?}", l.role).to_lowercase(), "pipeline": l.pipeline }))
                 .collect();
-            Ok(serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "listeners": listeners, "plugins": plugins, "queue": counts }).to_string())
+            let webhooks: Vec<_> = match (&shared.events, shared.webhooks.get()) {
+                (Some(log), Some(hooks)) => {
+                    hooks.iter().map(|w| serde_json::json!({ "name": w.name, "backlog": w.backlog(log) })).collect()
+                }
+                _ => vec![],
+            };
+            let events = shared.events.as_ref().map(|l| l.last());
+            Ok(serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "listeners": listeners, "plugins": plugins,
+                "queue": counts, "events": events, "webhooks": webhooks })
+            .to_string())
         }
         ("GET", ["queue"]) => {
             let (domain, state) = (param("domain").map(|d| d.to_ascii_lowercase()), param("state"));

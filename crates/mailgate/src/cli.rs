@@ -370,6 +370,9 @@ fn admin_request(file: Option<&std::path::Path>, method: &str, path: &str) -> Re
     let get = |k: &str| admin.and_then(|a| a.get(k)).and_then(|v| v.as_str()).map(str::to_string);
     let listen: Option<std::net::SocketAddr> = get("listen").and_then(|l| l.parse().ok());
     let addr = listen.ok_or("the config has no [admin] listen address to reach the gateway")?;
+    // reqwest's TLS is built without a crypto provider (the workspace's is ring); plain HTTP
+    // needs none, but the client is only built with one installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::blocking::Client::builder()
         .timeout(std::time::Duration::from_secs(120))
         .no_proxy()

@@ -73,6 +73,8 @@ pub struct Shared {
     pub auth_failures: Mutex<HashMap<IpAddr, (usize, std::time::Instant)>>,
     /// The event log (`None`: events are off).
     pub events: Option<Arc<mailgate_events::EventLog>>,
+    /// The `[[webhook]]` receivers with their cursors (set once at start).
+    pub webhooks: std::sync::OnceLock<Vec<mailgate_webhooks::Running>>,
     /// The sending API's keys (`None`: no `[[api]]` listener); a reload reads them again.
     pub api_keys: Option<Arc<mailgate_api::Keys>>,
     /// Source of session ids (unique within this process run, prefixed by the start time).
@@ -149,6 +151,7 @@ impl Gateway {
             budget: mailgate_message::Budget::new(config.limits.content_memory),
             api_keys,
             events,
+            webhooks: std::sync::OnceLock::new(),
             next_session: AtomicU64::new(0),
             start_tag: mailgate_message::date::now_unix() % 100_000,
         });
@@ -166,6 +169,11 @@ impl Gateway {
             tracing::info!(listener = %l.name, %addr, "listening");
             local_addrs.push(addr);
             tasks.push(tokio::spawn(accept_loop(listener, l.clone(), shared.clone(), stop_rx.clone())));
+        }
+        if let Some(log) = &shared.events {
+            let dir = config.spool.path.join("webhooks");
+            let running = mailgate_webhooks::start(&config.webhooks, log.clone(), &dir, stop_rx.clone())?;
+            let _ = shared.webhooks.set(running);
         }
         let apis = crate::api::start(&shared, stop_rx).await?;
         Ok(Gateway { shared, local_addrs, apis, stop, spool, tasks })

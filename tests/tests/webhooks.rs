@@ -1,0 +1,122 @@
+//! Webhooks end to end: a receiver written with Python's `http.server` checks each POST's
+//! Standard Webhooks signature with `hmac` and collects the events. While it is down the
+//! events wait; the gateway is killed with SIGKILL between the delivery and the webhook send;
+//! after the restart every event still arrives, signed, each id once at least.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use mailgate_tests::http::{create_key, post_json, with_api};
+use mailgate_tests::sink::Sink;
+use mailgate_tests::{free_port, wait_for};
+
+const T: Duration = Duration::from_secs(30);
+
+const RECEIVER: &str = r#"
+import os, sys, json, hmac, hashlib, base64, time, http.server
+key = base64.b64decode(os.environ['SECRET'][len('whsec_'):])
+out = open(os.environ['OUT'], 'a')
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers['content-length']))
+        if os.path.exists(os.environ['FAIL']):
+            out.write(json.dumps({"refused": True}) + "\n"); out.flush()
+            self.send_response(503); self.end_headers(); return
+        mid, ts = self.headers['webhook-id'], self.headers['webhook-timestamp']
+        want = base64.b64encode(hmac.new(key, (mid + '.' + ts + '.').encode() + body, hashlib.sha256).digest()).decode()
+        sigs = [s.split(',', 1)[1] for s in self.headers['webhook-signature'].split(' ')]
+        ok = want in sigs and abs(time.time() - int(ts)) < 300
+        out.write(json.dumps({"ok": ok, "id": mid, "body": json.loads(body)}) + "\n"); out.flush()
+        self.send_response(204 if ok else 401); self.end_headers()
+    def log_message(self, *a): pass
+http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()
+"#;
+
+struct Receiver(Child);
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The receiver's log: one JSON object per POST.
+fn posts(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+#[test]
+fn events_reach_a_receiver_signed_even_after_it_was_down_and_the_gateway_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, fail) = (dir.path().join("posts.jsonl"), dir.path().join("fail"));
+    std::fs::write(&fail, "").unwrap();
+    let port = free_port();
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let _receiver = Receiver(
+        Command::new("python3")
+            .arg("-c")
+            .arg(RECEIVER)
+            .env("SECRET", secret)
+            .env("OUT", &out)
+            .env("FAIL", &fail)
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    assert!(wait_for(T, || std::net::TcpStream::connect(("127.0.0.1", port)).ok()).is_some());
+    let sink = Sink::start();
+    sink.set_rcpt_reply("gone@remote.test", "550 5.1.1 No such user");
+    let (mut gw, url) = with_api(
+        &sink,
+        &format!(
+            "\n[[webhook]]\nname = \"app\"\nurl = \"http://127.0.0.1:{port}/hooks\"\nsecret = \"{secret}\"\n\
+             events = [\"received\", \"delivered\", \"bounced\"]\n"
+        ),
+    );
+    let key = create_key(&gw, "shop", &[]);
+    let r = post_json(
+        &url,
+        &key,
+        &serde_json::json!({"from": "a@shop.test", "to": ["ok@remote.test", "gone@remote.test"], "text": "t",
+            "metadata": {"order": "7"}}),
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    sink.wait_for_rcpt("ok@remote.test", T);
+    // The receiver is down: the gateway tries, is refused, and waits.
+    assert!(wait_for(T, || posts(&out).iter().any(|p| p["refused"] == true).then_some(())).is_some(), "{}", gw.log());
+    // Killed before any event got through; the receiver comes back; the gateway restarts.
+    gw.kill9();
+    std::fs::remove_file(&fail).unwrap();
+    gw.start_again();
+    let got = wait_for(T, || {
+        let events: Vec<serde_json::Value> = posts(&out)
+            .into_iter()
+            .filter(|p| p["ok"] == true)
+            .flat_map(|p| p["body"]["data"]["events"].as_array().cloned().unwrap_or_default())
+            // (The DSN to the sender is a message of its own, with events of its own.)
+            .filter(|e| e["queue_id"] == id.as_str())
+            .collect();
+        let kinds: HashSet<String> = events.iter().map(|e| e["kind"].as_str().unwrap_or("").to_string()).collect();
+        (["received", "delivered", "bounced"].iter().all(|k| kinds.contains(*k))).then_some(events)
+    })
+    .unwrap_or_else(|| panic!("events did not arrive: {:?}\n{}", posts(&out), gw.log()));
+    assert!(posts(&out).iter().all(|p| p["refused"] == true || p["ok"] == true), "every signature verifies");
+    for e in &got {
+        assert_eq!(e["metadata"]["order"], "7", "metadata echoed");
+        assert!(
+            ["received", "delivered", "bounced"].contains(&e["kind"].as_str().unwrap()),
+            "only the kinds asked for"
+        );
+    }
+    let bounced = got.iter().find(|e| e["kind"] == "bounced").unwrap();
+    assert_eq!(
+        (bounced["recipient"].as_str(), bounced["class"].as_str()),
+        (Some("gone@remote.test"), Some("invalid_recipient"))
+    );
+    let ids: HashSet<&str> = got.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 3, "three events, each id distinct: {got:?}");
+}
