@@ -206,3 +206,76 @@ pub async fn idle(target: SocketAddr, n: usize, hold: Duration) -> usize {
     drop(conns);
     opened
 }
+
+/// The sending API as the way in: `sessions` keep-alive HTTP/1.1 connections POSTing JSON
+/// messages of about `size` octets to `url` with `key`, bounded in count and time.
+pub async fn run_api(load: Load, url: String, key: String) -> Outcome {
+    let text: String = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmn\n"
+        .repeat(load.size / 77 + 1)
+        .chars()
+        .take(load.size.saturating_sub(200).max(1))
+        .collect();
+    let next = Arc::new(AtomicU64::new(0));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
+    let last = Arc::new(Mutex::new(Instant::now()));
+    let client = reqwest::Client::builder().pool_max_idle_per_host(load.sessions).no_proxy().build().expect("client");
+    let t0 = Instant::now();
+    let deadline = t0 + load.duration;
+    let mut tasks = vec![];
+    for s in 0..load.sessions {
+        let (load, next, accepted, failed, hist, last) =
+            (load.clone(), next.clone(), accepted.clone(), failed.clone(), hist.clone(), last.clone());
+        let (client, url, auth) = (client.clone(), url.clone(), format!("Bearer {key}"));
+        let rcpts: Vec<String> = (0..load.rcpts).map(|r| format!("s{s}r{r}@{}", load.domain)).collect();
+        let body = serde_json::json!({
+            "from": "bench@bench.test", "to": rcpts, "subject": "mailgate-bench", "text": text,
+        })
+        .to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= load.count || Instant::now() >= deadline {
+                    break;
+                }
+                if let Some(rate) = load.rate {
+                    tokio::time::sleep_until((t0 + Duration::from_secs_f64(i as f64 / rate)).into()).await;
+                }
+                let started = Instant::now();
+                let sent = client
+                    .post(&url)
+                    .header("authorization", &auth)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().as_u16() == 202 => {
+                        let _ = r.bytes().await;
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                        let _ = local.record(started.elapsed().as_micros() as u64);
+                        *last.lock().unwrap() = Instant::now();
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            hist.lock().unwrap().add(&local).unwrap();
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let latency = hist.lock().unwrap().clone();
+    let last_reply = *last.lock().unwrap();
+    Outcome {
+        accepted: accepted.load(Ordering::Relaxed),
+        failed: failed.load(Ordering::Relaxed),
+        first_send: t0,
+        last_reply,
+        latency,
+    }
+}

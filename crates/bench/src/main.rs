@@ -4,7 +4,9 @@
 //! `mailgate-bench run --target GW --sink 127.0.0.1:PORT …` starts the sink in-process, sends
 //! through the gateway (which relays to the sink), and reports delivered msg/s, CPU µs per
 //! message of the gateway's processes, and MAIL→250 latency percentiles. Without `--target`
-//! it sends straight into its own sink: the ceiling. Every run is bounded in count and time.
+//! it sends straight into its own sink: the ceiling. With `--api URL --key K` the messages go in
+//! through the HTTP sending API instead (keep-alive connections, JSON bodies). Every run is
+//! bounded in count and time.
 
 mod load;
 mod procstat;
@@ -86,10 +88,18 @@ struct RunArgs {
     /// A label for the report line.
     #[arg(long, default_value = "run")]
     label: String,
+    /// Send through the HTTP sending API at this URL (…/api/v1/messages) instead of SMTP.
+    #[arg(long)]
+    api: Option<String>,
+    /// The API key for `--api`.
+    #[arg(long, default_value = "")]
+    key: String,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // reqwest's rustls (enabled in the workspace by the webhooks) comes without a provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         match cli.cmd {
@@ -147,7 +157,10 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         })
     });
     let rss_before = a.pid.first().and_then(|p| procstat::rss_kib(*p)).unwrap_or(0);
-    let out = load::run(load).await;
+    let out = match a.api.clone() {
+        Some(url) => load::run_api(load, url, a.key.clone()).await,
+        None => load::run(load).await,
+    };
     // Wait until the sink has every accepted message (a relay delivers after its 250).
     let want = out.accepted;
     let drain_end = Instant::now() + Duration::from_secs(a.drain);

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The sending API against SMTP on the same gateway, relaying to the same sink, in one run:
+# delivered msg/s and the gateway's CPU µs per message, 1 KiB messages over keep-alive
+# connections (JSON over HTTP/1.1; pipelined SMTP sessions), RUNS runs of each, alternating;
+# prints a markdown table of medians. Both ways in pass the same pipeline, cleanup and spool,
+# and write the same events (the API turns the event log on for the whole gateway).
+#
+#   bench/api.sh                      # 3 runs of 20,000 messages each way, 50 connections
+#   RUNS=1 COUNT=5000 bench/api.sh
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+RUNS=${RUNS:-3}
+COUNT=${COUNT:-20000}
+SESSIONS=${SESSIONS:-50}
+SINK=25260 SMTP=25261 API=25262
+work=$(mktemp -d /tmp/mailgate-api-bench.XXXXXX)
+mg_pid=""
+cleanup() {
+    [ -n "$mg_pid" ] && kill "$mg_pid" 2>/dev/null && wait "$mg_pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+wait_port() {
+    for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done
+    cat "$work/mailgate.log" >&2; echo "nothing listens on port $1" >&2; exit 1
+}
+
+echo "building (release)…" >&2
+cargo build --release --locked -p mailgate -p mailgate-bench >&2
+BENCH=$root/target/release/mailgate-bench
+MG=$root/target/release/mailgate
+cat > "$work/mailgate.toml" <<TOML
+[server]
+hostname = "mailgate.bench"
+[[listener]]
+name = "mx"
+address = "127.0.0.1:$SMTP"
+[[api]]
+name = "api"
+address = "127.0.0.1:$API"
+[limits]
+max_sessions = 2000
+max_sessions_per_ip = 2000
+max_sessions_per_net = 2000
+[spool]
+path = "$work/spool"
+[relay]
+accept_domains = ["bench.test"]
+[routes]
+"*" = { type = "smarthost", host = "127.0.0.1", port = $SINK, tls = "none" }
+[log]
+level = "warn"
+TOML
+"$MG" serve --config "$work/mailgate.toml" 2>"$work/mailgate.log" &
+mg_pid=$!
+wait_port "$SMTP"
+wait_port "$API"
+KEY=$("$MG" api-key create --name bench --config "$work/mailgate.toml" 2>/dev/null)
+
+for run in $(seq "$RUNS"); do
+    "$BENCH" run --target "127.0.0.1:$SMTP" --sink "127.0.0.1:$SINK" --sessions "$SESSIONS" --count "$COUNT" \
+        --pid "$mg_pid" --label smtp >> "$work/results.jsonl"
+    "$BENCH" run --api "http://127.0.0.1:$API/api/v1/messages" --key "$KEY" --sink "127.0.0.1:$SINK" \
+        --sessions "$SESSIONS" --count "$COUNT" --pid "$mg_pid" --label api >> "$work/results.jsonl"
+    echo "run $run done" >&2
+done
+
+python3 - "$work/results.jsonl" <<'PY'
+import json, sys, statistics
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+med = lambda label, k: statistics.median(r[k] for r in rows if r["label"] == label)
+print("| 1 KiB, keep-alive | msg/s | CPU µs/msg | p50 µs | p99 µs |")
+print("|---|---|---|---|---|")
+for label in ("smtp", "api"):
+    print(f"| {label} | {med(label, 'msg_per_s'):,.0f} | {med(label, 'cpu_us_per_msg'):.0f} | {med(label, 'p50_us'):,.0f} | {med(label, 'p99_us'):,.0f} |")
+print(f"\napi/smtp CPU per message: {med('api', 'cpu_us_per_msg') / med('smtp', 'cpu_us_per_msg'):.2f}")
+PY
