@@ -58,4 +58,16 @@ fn crate_boundaries_hold() {
             assert!(!d.iter().any(|x| x == "mailgate"), "{name} depends on the mailgate binary crate");
         }
     }
+    // The sending API is an HTTP way in: it hands submissions to the gateway through its
+    // `Gate` trait and knows neither plugins, the cleanup stage, the queue nor delivery.
+    for c in ["mailgate-plugin-host", "mailgate-cleanup", "mailgate-queue", "mailgate-delivery"] {
+        assert!(!of("mailgate-api").iter().any(|d| d == c), "mailgate-api depends on {c}");
+    }
+    // Events know where events come from only as an envelope, and nothing of where they go.
+    let events: Vec<&String> = of("mailgate-events").iter().collect();
+    assert_eq!(events, ["mailgate-spool"], "mailgate-events depends on {events:?}");
+    // Webhooks read the event log and their config, nothing else.
+    let mut hooks = of("mailgate-webhooks").clone();
+    hooks.sort();
+    assert_eq!(hooks, ["mailgate-config", "mailgate-events"], "mailgate-webhooks depends on {hooks:?}");
 }
