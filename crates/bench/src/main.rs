@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Send a bounded load and report throughput, CPU and latency.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run only the sink (counts what arrives) until killed.
     Sink {
         #[arg(long)]
@@ -103,7 +103,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         match cli.cmd {
-            Cmd::Run(a) => run(a).await,
+            Cmd::Run(a) => run(*a).await,
             Cmd::Sink { listen } => {
                 let (addr, c) = sink::start(listen).await?;
                 eprintln!("sink on {addr}");
