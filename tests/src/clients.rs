@@ -24,6 +24,26 @@ pub fn python(port: u16, script: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Runs a script with Debian's Python (`/usr/bin/python3`, which has dkimpy and the other
+/// python3-* packages whatever `python3` is first on PATH) with env vars and stdin; returns its
+/// stdout, and panics with its stderr when it fails.
+pub fn debian_python(script: &str, env: &[(&str, &str)], stdin: &[u8]) -> Vec<u8> {
+    use std::process::Stdio;
+    let mut child = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 (Debian's python3, with python3-dkim)");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
 /// A raw client: sends bytes exactly as given and reads replies.
 pub struct Raw {
     s: TcpStream,

@@ -6,7 +6,7 @@
 //! SMTP reply.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use mailgate_tests::dns::Dns;
@@ -16,29 +16,15 @@ use mailgate_tests::sink::Sink;
 use mailgate_tests::{free_port, wait_for};
 
 const T: Duration = Duration::from_secs(20);
-/// Debian's interpreter (dkimpy is installed for it).
-const PY: &str = "/usr/bin/python3";
 
 /// A gateway relaying to `sink` with an `[[api]]` listener; it and the API's URL.
 fn gateway(sink: &Sink, extra: &str) -> (Gateway, String) {
     with_api(sink, extra)
 }
 
+/// Debian's Python on a script; its stdout, trimmed.
 fn py(script: &str, env: &[(&str, &str)], stdin: &[u8]) -> String {
-    use std::io::Write;
-    let mut child = Command::new(PY)
-        .arg("-c")
-        .arg(script)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    String::from_utf8_lossy(&mailgate_tests::clients::debian_python(script, env, stdin)).trim().to_string()
 }
 
 /// `mailgate dkim keygen`: the key file and its TXT record value.

@@ -6,7 +6,7 @@
 //! for a trusted forwarder. Every record is served by dnsmasq on loopback.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use mailgate_tests::dns::Dns;
@@ -15,25 +15,10 @@ use mailgate_tests::sink::Sink;
 use mailgate_tests::wait_for;
 
 const T: Duration = Duration::from_secs(15);
-/// dkimpy is Debian's: call that interpreter, whatever `python3` is first on PATH.
-const PY: &str = "/usr/bin/python3";
 
 /// Runs a Python script with env vars and stdin; returns stdout (panics with stderr on failure).
 fn py(script: &str, env: &[(&str, &str)], stdin: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut child = Command::new(PY)
-        .arg("-c")
-        .arg(script)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 (with python3-dkim)");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
+    mailgate_tests::clients::debian_python(script, env, stdin)
 }
 
 /// `mailgate dkim keygen`: the key file and the TXT record value it says to publish.

@@ -101,19 +101,58 @@ fn find_reply_end(b: &[u8]) -> Option<usize> {
     None
 }
 
+/// The counters every sending task shares, and the outcome they add up to.
+#[derive(Clone)]
+struct Tally {
+    /// The next message's number (count and rate are by it).
+    next: Arc<AtomicU64>,
+    accepted: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    hist: Arc<Mutex<Histogram<u64>>>,
+    last: Arc<Mutex<Instant>>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            next: Arc::new(AtomicU64::new(0)),
+            accepted: Arc::new(AtomicU64::new(0)),
+            failed: Arc::new(AtomicU64::new(0)),
+            hist: Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap())),
+            last: Arc::new(Mutex::new(Instant::now())),
+        }
+    }
+
+    /// A message accepted after `started`, its latency into the task's own histogram.
+    fn ok(&self, started: Instant, local: &mut Histogram<u64>) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        let _ = local.record(started.elapsed().as_micros() as u64);
+        *self.last.lock().unwrap() = Instant::now();
+    }
+
+    fn fail(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn outcome(&self, first_send: Instant) -> Outcome {
+        Outcome {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            first_send,
+            last_reply: *self.last.lock().unwrap(),
+            latency: self.hist.lock().unwrap().clone(),
+        }
+    }
+}
+
 pub async fn run(load: Load) -> Outcome {
     let body = Arc::new(message(load.size));
-    let next = Arc::new(AtomicU64::new(0));
-    let accepted = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
-    let last = Arc::new(Mutex::new(Instant::now()));
+    let tally = Tally::new();
     let t0 = Instant::now();
     let deadline = t0 + load.duration;
     let mut tasks = vec![];
     for s in 0..load.sessions {
-        let (load, body, next, accepted, failed, hist, last) =
-            (load.clone(), body.clone(), next.clone(), accepted.clone(), failed.clone(), hist.clone(), last.clone());
+        let (load, body, tally) = (load.clone(), body.clone(), tally.clone());
         tasks.push(tokio::spawn(async move {
             let mut cmds = b"MAIL FROM:<bench@bench.test>\r\n".to_vec();
             for r in 0..load.rcpts {
@@ -123,7 +162,7 @@ pub async fn run(load: Load) -> Outcome {
             let mut conn: Option<Conn> = None;
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
+                let i = tally.next.fetch_add(1, Ordering::Relaxed);
                 if i >= load.count || Instant::now() >= deadline {
                     break;
                 }
@@ -135,7 +174,7 @@ pub async fn run(load: Load) -> Outcome {
                     conn = Conn::open(load.target).await.ok();
                 }
                 let Some(c) = conn.as_mut() else {
-                    failed.fetch_add(1, Ordering::Relaxed);
+                    tally.fail();
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
@@ -154,16 +193,10 @@ pub async fn run(load: Load) -> Outcome {
                 }
                 .await;
                 match res {
-                    Ok(true) => {
-                        accepted.fetch_add(1, Ordering::Relaxed);
-                        let _ = local.record(started.elapsed().as_micros() as u64);
-                        *last.lock().unwrap() = Instant::now();
-                    }
-                    Ok(false) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
+                    Ok(true) => tally.ok(started, &mut local),
+                    Ok(false) => tally.fail(),
                     Err(_) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
+                        tally.fail();
                         conn = None;
                     }
                 }
@@ -176,21 +209,13 @@ pub async fn run(load: Load) -> Outcome {
             if let Some(mut c) = conn {
                 let _ = c.s.write_all(b"QUIT\r\n").await;
             }
-            hist.lock().unwrap().add(&local).unwrap();
+            tally.hist.lock().unwrap().add(&local).unwrap();
         }));
     }
     for t in tasks {
         let _ = t.await;
     }
-    let latency = hist.lock().unwrap().clone();
-    let last_reply = *last.lock().unwrap();
-    Outcome {
-        accepted: accepted.load(Ordering::Relaxed),
-        failed: failed.load(Ordering::Relaxed),
-        first_send: t0,
-        last_reply,
-        latency,
-    }
+    tally.outcome(t0)
 }
 
 /// Opens `n` sessions that say EHLO and then stay idle until `hold` passes.
@@ -215,18 +240,13 @@ pub async fn run_api(load: Load, url: String, key: String) -> Outcome {
         .chars()
         .take(load.size.saturating_sub(200).max(1))
         .collect();
-    let next = Arc::new(AtomicU64::new(0));
-    let accepted = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
-    let last = Arc::new(Mutex::new(Instant::now()));
+    let tally = Tally::new();
     let client = reqwest::Client::builder().pool_max_idle_per_host(load.sessions).no_proxy().build().expect("client");
     let t0 = Instant::now();
     let deadline = t0 + load.duration;
     let mut tasks = vec![];
     for s in 0..load.sessions {
-        let (load, next, accepted, failed, hist, last) =
-            (load.clone(), next.clone(), accepted.clone(), failed.clone(), hist.clone(), last.clone());
+        let (load, tally) = (load.clone(), tally.clone());
         let (client, url, auth) = (client.clone(), url.clone(), format!("Bearer {key}"));
         let rcpts: Vec<String> = (0..load.rcpts).map(|r| format!("s{s}r{r}@{}", load.domain)).collect();
         let body = serde_json::json!({
@@ -236,7 +256,7 @@ pub async fn run_api(load: Load, url: String, key: String) -> Outcome {
         tasks.push(tokio::spawn(async move {
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
+                let i = tally.next.fetch_add(1, Ordering::Relaxed);
                 if i >= load.count || Instant::now() >= deadline {
                     break;
                 }
@@ -254,28 +274,16 @@ pub async fn run_api(load: Load, url: String, key: String) -> Outcome {
                 match sent {
                     Ok(r) if r.status().as_u16() == 202 => {
                         let _ = r.bytes().await;
-                        accepted.fetch_add(1, Ordering::Relaxed);
-                        let _ = local.record(started.elapsed().as_micros() as u64);
-                        *last.lock().unwrap() = Instant::now();
+                        tally.ok(started, &mut local);
                     }
-                    _ => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
+                    _ => tally.fail(),
                 }
             }
-            hist.lock().unwrap().add(&local).unwrap();
+            tally.hist.lock().unwrap().add(&local).unwrap();
         }));
     }
     for t in tasks {
         let _ = t.await;
     }
-    let latency = hist.lock().unwrap().clone();
-    let last_reply = *last.lock().unwrap();
-    Outcome {
-        accepted: accepted.load(Ordering::Relaxed),
-        failed: failed.load(Ordering::Relaxed),
-        first_send: t0,
-        last_reply,
-        latency,
-    }
+    tally.outcome(t0)
 }

@@ -414,22 +414,7 @@ impl Cleanup {
 
 /// A new envelope for content the gateway writes or receives: pending recipients, no attempt.
 pub fn envelope(id: String, sender: String, recipients: Vec<String>) -> Envelope {
-    Envelope {
-        id,
-        sender,
-        recipients: recipients.into_iter().map(Recipient::pending).collect(),
-        received_at: mailgate_message::date::now_millis(),
-        attempts: 0,
-        next_attempt: 0,
-        body_8bit: false,
-        smtputf8: false,
-        client: String::new(),
-        route: None,
-        quarantine: None,
-        requiretls: false,
-        held: false,
-        api: None,
-    }
+    Envelope::new(id, sender, recipients)
 }
 
 /// Puts `field` in front of the message in place: the buffer grows (for a large one the

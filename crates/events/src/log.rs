@@ -280,22 +280,7 @@ mod tests {
     use crate::{Event, Kind};
 
     fn ev(q: &str) -> Event {
-        let env = mailgate_spool::Envelope {
-            id: q.into(),
-            sender: "a@b.test".into(),
-            recipients: vec![],
-            received_at: 0,
-            attempts: 0,
-            next_attempt: 0,
-            body_8bit: false,
-            smtputf8: false,
-            client: String::new(),
-            route: None,
-            quarantine: None,
-            requiretls: false,
-            held: false,
-            api: None,
-        };
+        let env = mailgate_spool::Envelope::new(q.into(), "a@b.test".into(), vec![]);
         Event::about(Kind::Received, &env)
     }
 

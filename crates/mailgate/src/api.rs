@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use mailgate_api::{Gate, RcptReceipt, RcptState, Receipt, Submission, SubmitError};
-use mailgate_cleanup::{DataPolicy, Dropped, Incoming, Outcome, Refusal};
+use mailgate_cleanup::{DataPolicy, Incoming, Outcome, Refusal};
 use mailgate_plugin_host::bindings::types::{ConnectionInfo, TlsInfo};
 use mailgate_plugin_host::Decision;
 use mailgate_spool::BoxFuture;
@@ -129,26 +129,10 @@ async fn submit(shared: Arc<Shared>, s: Submission) -> Result<Receipt, SubmitErr
             crate::server::record(&shared, crate::server::reception(&a.envelope, "api")).await;
             crate::server::queue_accepted(&shared, a);
         }
-        Ok(Outcome::Dropped { id, why }) => {
-            match why {
-                Dropped::Discarded => tracing::info!(queue_id = %id, "message discarded by policy"),
-                Dropped::NoRecipients => {
-                    tracing::info!(queue_id = %id, "plugins removed every recipient: message dropped")
-                }
-            }
-            metrics::counter!("mailgate_messages_total", "result" => "discarded").increment(1);
-        }
+        Ok(Outcome::Dropped { id, why }) => crate::server::dropped(&id, why),
         Err(refusal) => {
             let reply = refusal.reply();
-            let result = if reply.is_transient() { "tempfail" } else { "refused" };
-            metrics::counter!("mailgate_messages_total", "result" => result).increment(1);
-            if reply.is_permanent() {
-                let mut ev =
-                    mailgate_events::Event::new(mailgate_events::Kind::Rejected, &s.id, &s.from, meta.as_deref());
-                ev.reply = Some(reply.to_string());
-                ev.source = Some("api".into());
-                crate::server::record(&shared, vec![ev]).await;
-            }
+            crate::server::refused(&shared, &s.id, &s.from, meta.as_deref(), &reply, "api").await;
             return Err(match refusal {
                 Refusal::Spool(e) => {
                     tracing::error!(queue_id = %s.id, "spool store failed: {e}");

@@ -274,6 +274,37 @@ pub(crate) async fn record(shared: &Shared, events: Vec<mailgate_events::Event>)
     }
 }
 
+/// Logs and counts a message accepted and then dropped by policy (the sender heard 250/202).
+pub(crate) fn dropped(id: &str, why: mailgate_cleanup::Dropped) {
+    match why {
+        mailgate_cleanup::Dropped::Discarded => tracing::info!(queue_id = %id, "message discarded by policy"),
+        mailgate_cleanup::Dropped::NoRecipients => {
+            tracing::info!(queue_id = %id, "plugins removed every recipient: message dropped")
+        }
+    }
+    metrics::counter!("mailgate_messages_total", "result" => "discarded").increment(1);
+}
+
+/// Counts a message refused after its content arrived and, when the refusal is permanent,
+/// records its `rejected` event.
+pub(crate) async fn refused(
+    shared: &Shared,
+    id: &str,
+    sender: &str,
+    api: Option<&mailgate_spool::ApiMeta>,
+    reply: &mailgate_smtp::Reply,
+    source: &str,
+) {
+    let result = if reply.is_transient() { "tempfail" } else { "refused" };
+    metrics::counter!("mailgate_messages_total", "result" => result).increment(1);
+    if shared.events.is_some() && reply.is_permanent() {
+        let mut ev = mailgate_events::Event::new(mailgate_events::Kind::Rejected, id, sender, api);
+        ev.reply = Some(reply.to_string());
+        ev.source = Some(source.into());
+        record(shared, vec![ev]).await;
+    }
+}
+
 /// The events of a message that reached the spool: received, and quarantined if it was.
 pub(crate) fn reception(env: &mailgate_spool::Envelope, source: &str) -> Vec<mailgate_events::Event> {
     use mailgate_events::{Event, Kind};

@@ -161,6 +161,27 @@ pub struct ApiMeta {
 }
 
 impl Envelope {
+    /// A new envelope received now: pending recipients, no attempt yet, no flags.
+    pub fn new(id: QueueId, sender: String, recipients: Vec<String>) -> Envelope {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        Envelope {
+            id,
+            sender,
+            recipients: recipients.into_iter().map(Recipient::pending).collect(),
+            received_at: now as u64,
+            attempts: 0,
+            next_attempt: 0,
+            body_8bit: false,
+            smtputf8: false,
+            client: String::new(),
+            route: None,
+            quarantine: None,
+            requiretls: false,
+            held: false,
+            api: None,
+        }
+    }
+
     pub fn pending(&self) -> impl Iterator<Item = (usize, &Recipient)> {
         self.recipients.iter().enumerate().filter(|(_, r)| r.status == RcptStatus::Pending)
     }

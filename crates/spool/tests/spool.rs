@@ -1,31 +1,10 @@
-use mailgate_spool::{Envelope, LocalSpool, RcptStatus, Recipient, Spool};
+use mailgate_spool::{Envelope, LocalSpool, RcptStatus, Spool};
 use std::sync::Arc;
 
 fn env(spool: &LocalSpool, rcpts: &[&str]) -> Envelope {
-    Envelope {
-        id: spool.new_id(),
-        sender: "a@b.example".into(),
-        recipients: rcpts
-            .iter()
-            .map(|r| Recipient {
-                address: r.to_string(),
-                status: RcptStatus::Pending,
-                last_reply: None,
-                remote_host: None,
-            })
-            .collect(),
-        received_at: 1,
-        attempts: 0,
-        next_attempt: 0,
-        body_8bit: false,
-        smtputf8: false,
-        client: String::new(),
-        route: None,
-        quarantine: None,
-        requiretls: false,
-        held: false,
-        api: None,
-    }
+    let mut e = Envelope::new(spool.new_id(), "a@b.example".into(), rcpts.iter().map(|r| r.to_string()).collect());
+    e.received_at = 1;
+    e
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use mailgate_cleanup::{DataPolicy, Dropped, Incoming, Outcome, Refusal};
+use mailgate_cleanup::{DataPolicy, Incoming, Outcome, Refusal};
 use mailgate_smtp::content::Mode;
 use mailgate_smtp::reply::codes;
 use mailgate_smtp::{ContentError, ContentReceiver, Enhanced, Progress, Reply};
@@ -261,33 +261,20 @@ impl<S: SessionIo> Session<S> {
             }
             Ok(Outcome::Dropped { id, why }) => {
                 // The client cannot tell a discarded message from a delivered one.
-                match why {
-                    Dropped::Discarded => tracing::info!(queue_id = %id, "message discarded by policy"),
-                    Dropped::NoRecipients => {
-                        tracing::info!(queue_id = %id, "plugins removed every recipient: message dropped")
-                    }
-                }
-                metrics::counter!("mailgate_messages_total", "result" => "discarded").increment(1);
+                crate::server::dropped(&id, why);
                 self.reply(Reply::new(250, Enhanced(2, 0, 0), format!("Ok: queued as {id}")));
                 Next::Continue
             }
             Err(refusal) => {
                 let reply = refusal.reply();
-                let result = if reply.is_transient() { "tempfail" } else { "refused" };
-                metrics::counter!("mailgate_messages_total", "result" => result).increment(1);
                 match &refusal {
                     Refusal::Spool(e) => tracing::error!(queue_id = %id, "spool store failed: {e}"),
                     Refusal::Interrupted => tracing::error!(queue_id = %id, "structure check failed to run"),
                     Refusal::Loop(hops) => tracing::warn!(queue_id = %id, hops, "mail loop: too many Received headers"),
                     r => tracing::info!(queue_id = %id, reply = %reply, "message refused: {r}"),
                 }
-                if shared.events.is_some() && reply.is_permanent() {
-                    let sender = tx.from.as_ref().map_or("", |a| a.as_str());
-                    let mut ev = mailgate_events::Event::new(mailgate_events::Kind::Rejected, &id, sender, None);
-                    ev.reply = Some(reply.to_string());
-                    ev.source = Some("smtp".into());
-                    crate::server::record(&shared, vec![ev]).await;
-                }
+                let sender = tx.from.as_ref().map_or("", |a| a.as_str());
+                crate::server::refused(&shared, &id, sender, None, &reply, "smtp").await;
                 self.reply(reply);
                 if refusal.closes_session() {
                     Next::Close
