@@ -40,7 +40,7 @@ struct Entry {
 }
 
 enum Cmd {
-    Enqueue(Entry),
+    Enqueue(Box<Entry>),
     /// An operator's request, answered with a message or an error.
     Admin(AdminOp, tokio::sync::oneshot::Sender<Result<String, AdminError>>),
 }
@@ -196,7 +196,7 @@ impl Queue {
         if let Some(reason) = &env.quarantine {
             tracing::info!(queue_id = %env.id, %reason, "message is quarantined: not delivered");
         }
-        let _ = self.tx.send(Cmd::Enqueue(Entry { env, data, hold: None }));
+        let _ = self.tx.send(Cmd::Enqueue(Box::new(Entry { env, data, hold: None })));
     }
 
     /// Like [`Queue::enqueue`] with the content in memory, counted against the memory budget
@@ -206,7 +206,7 @@ impl Queue {
         if let Some(reason) = &env.quarantine {
             tracing::info!(queue_id = %env.id, %reason, "message is quarantined: not delivered");
         }
-        let _ = self.tx.send(Cmd::Enqueue(Entry { env, data: Some(data), hold: Some(hold) }));
+        let _ = self.tx.send(Cmd::Enqueue(Box::new(Entry { env, data: Some(data), hold: Some(hold) })));
     }
 
     /// Stops starting deliveries and waits (up to `grace`) for those in flight, so that their
@@ -291,7 +291,7 @@ impl Queue {
                     let _ = reply.send(self.admin_op(op, &mut waiting, &mut held));
                     continue;
                 }
-                Some(Cmd::Enqueue(e)) => e,
+                Some(Cmd::Enqueue(e)) => *e,
             };
             if e.env.quarantine.is_some() || e.env.held {
                 // Kept until an operator acts: the content stays in the spool, not in memory.
@@ -577,7 +577,7 @@ impl Queue {
     }
 
     fn requeue(&self, env: Envelope) {
-        let _ = self.tx.send(Cmd::Enqueue(Entry { env, data: None, hold: None }));
+        let _ = self.tx.send(Cmd::Enqueue(Box::new(Entry { env, data: None, hold: None })));
     }
 
     /// Writes a DSN to the sender for the failed recipients (never for `<>`), passes it through
@@ -588,24 +588,27 @@ impl Queue {
             tracing::warn!(queue_id = %env.id, "permanent failure of a null-sender message: no DSN (RFC 3464)");
             return true;
         }
+        // RFC 3461: only the recipients whose NOTIFY includes FAILURE (or who gave none).
+        let failed: Vec<&(usize, Reply)> = failed.iter().filter(|(i, _)| env.recipients[*i].notify_failure()).collect();
+        if failed.is_empty() {
+            tracing::info!(queue_id = %env.id, "permanent failure: no DSN (NOTIFY did not ask for one)");
+            return true;
+        }
         let inner = &self.inner;
         let cleanup = inner.cleanup();
         let failures: Vec<dsn::Failure> = failed
             .iter()
             .map(|(i, reply)| {
                 let r = &env.recipients[*i];
-                dsn::Failure { recipient: &r.address, reply, remote_host: r.remote_host.as_deref() }
+                dsn::Failure {
+                    recipient: &r.address,
+                    reply,
+                    remote_host: r.remote_host.as_deref(),
+                    original: r.orcpt.as_ref(),
+                }
             })
             .collect();
-        let body = dsn::build(
-            &cleanup.config().server.hostname,
-            &env.id,
-            &env.sender,
-            env.received_at / 1000,
-            now_unix(),
-            &failures,
-            data,
-        );
+        let body = dsn::build(&cleanup.config().server.hostname, env, now_unix(), &failures, data);
         let mut dsn_env = mailgate_cleanup::envelope(inner.spool.new_id(), String::new(), vec![env.sender.clone()]);
         dsn_env.smtputf8 = !env.sender.is_ascii();
         dsn_env.client = "local DSN".into();

@@ -23,11 +23,70 @@ pub struct MailParams {
     pub smtputf8: bool,
     /// REQUIRETLS (RFC 8689), recognised for a later TLS issue; refused unless advertised.
     pub requiretls: bool,
+    /// RET= (RFC 3461 §4.3): what a failure DSN returns of the message.
+    pub ret: Option<Ret>,
+    /// ENVID= (RFC 3461 §4.4), decoded from xtext: the sender's id for this transaction.
+    pub envid: Option<String>,
 }
 
-/// Parameters of RCPT TO (none are supported yet; any is refused with 555).
+/// RET= of MAIL FROM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ret {
+    /// The whole message.
+    Full,
+    /// Its header section only.
+    Hdrs,
+}
+
+/// NOTIFY= of RCPT TO (RFC 3461 §4.1): when the sender wants a DSN; all false is `NEVER`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Notify {
+    pub success: bool,
+    pub failure: bool,
+    pub delay: bool,
+}
+
+/// Parameters of RCPT TO: the DSN extension's (RFC 3461); any other is refused with 555.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct RcptParams {}
+pub struct RcptParams {
+    pub notify: Option<Notify>,
+    /// ORCPT= (RFC 3461 §4.2): the address type and the original address, decoded from xtext.
+    pub orcpt: Option<(String, String)>,
+}
+
+/// Decodes xtext (RFC 3461 §4): `+XX` is the octet XX; other octets are `!`..`~` but `+`, `=`.
+pub fn xtext_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let (mut out, mut i) = (Vec::with_capacity(b.len()), 0);
+    while i < b.len() {
+        match b[i] {
+            b'+' => {
+                let hex = s.get(i + 1..i + 3)?;
+                if !hex.bytes().all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c)) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            c if (b'!'..=b'~').contains(&c) && c != b'=' => {
+                out.push(c);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Encodes text as xtext (for passing DSN parameters on).
+pub fn xtext_encode(s: &str) -> String {
+    s.bytes()
+        .map(|c| match c {
+            b'!'..=b'~' if c != b'+' && c != b'=' => (c as char).to_string(),
+            _ => format!("+{c:02X}"),
+        })
+        .collect()
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -192,6 +251,18 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
             }
             ("SMTPUTF8", None) => p.smtputf8 = true,
             ("REQUIRETLS", None) => p.requiretls = true,
+            ("RET", Some(v)) => {
+                p.ret = Some(match v.to_ascii_uppercase().as_str() {
+                    "FULL" => Ret::Full,
+                    "HDRS" => Ret::Hdrs,
+                    _ => return Err(err(501, Enhanced(5, 5, 4), "Bad RET value")),
+                })
+            }
+            ("ENVID", Some(v)) => {
+                // RFC 3461 §4.4: at most 100 characters, printable ASCII once decoded.
+                let id = xtext_decode(v).filter(|id| v.len() <= 100 && id.bytes().all(|c| (0x20..0x7f).contains(&c)));
+                p.envid = Some(id.ok_or_else(|| err(501, Enhanced(5, 5, 4), "Bad ENVID value"))?);
+            }
             _ => return Err(err(555, Enhanced(5, 5, 4), "Unsupported MAIL parameter")),
         }
     }
@@ -211,10 +282,45 @@ fn parse_rcpt(rest: &str) -> Result<Command, Reply> {
     } else {
         Some(Address::parse_path(path).map_err(address_reply)?)
     };
-    if !params.is_empty() {
-        return Err(err(555, Enhanced(5, 5, 4), "Unsupported RCPT parameter"));
+    let mut p = RcptParams::default();
+    let mut seen: Vec<String> = vec![];
+    for param in params.split(' ').filter(|s| !s.is_empty()) {
+        let (key, value) = param.split_once('=').map_or((param, None), |(k, v)| (k, Some(v)));
+        let key = key.to_ascii_uppercase();
+        if seen.contains(&key) {
+            return Err(err(501, Enhanced(5, 5, 4), "Duplicate RCPT parameter"));
+        }
+        seen.push(key.clone());
+        match (key.as_str(), value) {
+            ("NOTIFY", Some(v)) => {
+                let v = v.to_ascii_uppercase();
+                let mut n = Notify::default();
+                let bad = || err(501, Enhanced(5, 5, 4), "Bad NOTIFY value");
+                if v != "NEVER" {
+                    for word in v.split(',') {
+                        match word {
+                            "SUCCESS" if !n.success => n.success = true,
+                            "FAILURE" if !n.failure => n.failure = true,
+                            "DELAY" if !n.delay => n.delay = true,
+                            _ => return Err(bad()),
+                        }
+                    }
+                }
+                p.notify = Some(n);
+            }
+            ("ORCPT", Some(v)) => {
+                let bad = || err(501, Enhanced(5, 5, 4), "Bad ORCPT value");
+                let (kind, addr) = v.split_once(';').ok_or_else(bad)?;
+                let addr = xtext_decode(addr).filter(|a| !a.is_empty() && v.len() <= 500).ok_or_else(bad)?;
+                if kind.is_empty() || !kind.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') {
+                    return Err(bad());
+                }
+                p.orcpt = Some((kind.to_ascii_lowercase(), addr));
+            }
+            _ => return Err(err(555, Enhanced(5, 5, 4), "Unsupported RCPT parameter")),
+        }
     }
-    Ok(Command::Rcpt { to, params: RcptParams {} })
+    Ok(Command::Rcpt { to, params: p })
 }
 
 fn parse_bdat(rest: &str) -> Result<Command, Reply> {
@@ -254,8 +360,34 @@ mod tests {
         assert_eq!(from.unwrap().as_str(), "a@b.example");
         assert_eq!(
             params,
-            MailParams { size: Some(1000), body: Body::EightBitMime, smtputf8: true, requiretls: false }
+            MailParams { size: Some(1000), body: Body::EightBitMime, smtputf8: true, ..MailParams::default() }
         );
+        let Command::Mail { params, .. } = p("MAIL FROM:<a@b.example> RET=hdrs ENVID=QQ+2B1").unwrap() else {
+            panic!()
+        };
+        assert_eq!((params.ret, params.envid.as_deref()), (Some(Ret::Hdrs), Some("QQ+1")));
+        let Command::Rcpt { params, .. } =
+            p("RCPT TO:<x@b.example> NOTIFY=SUCCESS,failure ORCPT=rfc822;x+2Bt@b.example").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(params.notify, Some(Notify { success: true, failure: true, delay: false }));
+        assert_eq!(params.orcpt, Some(("rfc822".into(), "x+t@b.example".into())));
+        let Command::Rcpt { params, .. } = p("RCPT TO:<x@b.example> NOTIFY=NEVER").unwrap() else { panic!() };
+        assert_eq!(params.notify, Some(Notify::default()));
+        for bad in [
+            "RCPT TO:<x@b.example> NOTIFY=NEVER,SUCCESS",
+            "RCPT TO:<x@b.example> NOTIFY=SOMETIMES",
+            "RCPT TO:<x@b.example> NOTIFY=FAILURE,FAILURE",
+            "RCPT TO:<x@b.example> ORCPT=x@b.example",
+            "RCPT TO:<x@b.example> ORCPT=rfc822;a+ZZ",
+            "MAIL FROM:<a@b.example> RET=ALL",
+            "MAIL FROM:<a@b.example> ENVID=a=b",
+        ] {
+            assert_eq!(p(bad).unwrap_err().code, 501, "{bad}");
+        }
+        assert_eq!(xtext_encode("a+b=c d"), "a+2Bb+3Dc+20d");
+        assert_eq!(xtext_decode(&xtext_encode("ünï+=")).as_deref(), Some("ünï+="));
         let Command::Rcpt { to, .. } = p("RCPT TO:<\"x>y\"@b.example>").unwrap() else { panic!() };
         assert_eq!(to.unwrap().domain(), "b.example");
         assert!(matches!(p("RCPT TO:<Postmaster>").unwrap(), Command::Rcpt { to: None, .. }));
@@ -273,8 +405,8 @@ mod tests {
         assert_eq!(code("MAIL FROM:a@b"), 501);
         assert_eq!(code("MAIL FROM:<a@b.example> FOO=1"), 555);
         assert_eq!(code("MAIL FROM:<ü@b.example>"), 553);
-        assert_eq!(code("RCPT TO:<a@b.example> NOTIFY=NEVER"), 555);
-        assert_eq!(code("RCPT TO:<Postmaster> NOTIFY=NEVER"), 555);
+        assert_eq!(code("RCPT TO:<a@b.example> FOO=BAR"), 555);
+        assert_eq!(code("RCPT TO:<Postmaster> FOO=BAR"), 555);
         // A parameter given twice, in any case, with the same or another value.
         for dup in ["SIZE=1 SIZE=2", "BODY=7BIT BODY=8BITMIME", "SMTPUTF8 smtputf8", "size=1 SIZE=1"] {
             let r = p(&format!("MAIL FROM:<a@b.example> {dup}")).unwrap_err();

@@ -17,7 +17,7 @@ pub mod line;
 pub mod reply;
 
 pub use address::{Address, AddressError};
-pub use command::{Body, Command, MailParams, RcptParams};
+pub use command::{xtext_decode, xtext_encode, Body, Command, MailParams, Notify, RcptParams, Ret};
 pub use content::{ContentError, ContentReceiver, Progress};
 pub use ehlo::Extensions;
 pub use line::{LineError, LineEvent, LineReader};

@@ -26,13 +26,47 @@ pub struct Recipient {
     /// The host that gave `last_reply`, for the DSN's Remote-MTA field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_host: Option<String>,
+    /// NOTIFY= of RCPT (RFC 3461): `None` when not given (failures are reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
+    /// ORCPT= of RCPT: the address type and the original address (for Original-Recipient).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orcpt: Option<(String, String)>,
 }
 
 impl Recipient {
     /// A recipient not yet tried.
     pub fn pending(address: String) -> Recipient {
-        Recipient { address, status: RcptStatus::Pending, last_reply: None, remote_host: None }
+        Recipient {
+            address,
+            status: RcptStatus::Pending,
+            last_reply: None,
+            remote_host: None,
+            notify: None,
+            orcpt: None,
+        }
     }
+
+    /// Whether its sender wants to hear of its failure (RFC 3461: by default, yes).
+    pub fn notify_failure(&self) -> bool {
+        self.notify.is_none_or(|n| n.failure)
+    }
+}
+
+/// When a recipient's sender wants a DSN (RFC 3461 NOTIFY); all false is `NEVER`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Notify {
+    pub success: bool,
+    pub failure: bool,
+    pub delay: bool,
+}
+
+/// What a failure DSN returns of the message (RFC 3461 RET).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DsnRet {
+    Full,
+    Hdrs,
 }
 
 /// A route chosen for a message (or one recipient) outside the configuration, by a plugin.
@@ -139,6 +173,13 @@ pub struct Envelope {
     /// Held by an operator: kept, not tried, until released.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub held: bool,
+    /// RET= of MAIL (RFC 3461): the whole message or its headers in a failure DSN (`None`:
+    /// not given, headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<DsnRet>,
+    /// ENVID= of MAIL, decoded: the sender's transaction id, in every DSN about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envid: Option<String>,
     /// What the sending API was told about a message it took in (`None`: not from the API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<Box<ApiMeta>>,
@@ -178,6 +219,8 @@ impl Envelope {
             quarantine: None,
             requiretls: false,
             held: false,
+            ret: None,
+            envid: None,
             api: None,
         }
     }

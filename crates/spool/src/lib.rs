@@ -17,7 +17,7 @@ mod envelope;
 mod local;
 mod record;
 
-pub use envelope::{ApiMeta, Envelope, QueueId, RcptStatus, Recipient, RouteChoice};
+pub use envelope::{ApiMeta, DsnRet, Envelope, Notify, QueueId, RcptStatus, Recipient, RouteChoice};
 pub use local::LocalSpool;
 
 /// Where a message's content is stored; opaque outside the backend.

@@ -113,6 +113,17 @@ impl<S: SessionIo> Session<S> {
         env.body_8bit = tx.params.body != mailgate_smtp::Body::SevenBit;
         env.smtputf8 = tx.params.smtputf8;
         env.requiretls = tx.params.requiretls;
+        // The DSN extension's parameters (RFC 3461), kept for the DSNs about this message.
+        env.ret = tx.params.ret.map(|r| match r {
+            mailgate_smtp::Ret::Full => mailgate_spool::DsnRet::Full,
+            mailgate_smtp::Ret::Hdrs => mailgate_spool::DsnRet::Hdrs,
+        });
+        env.envid = tx.params.envid.clone();
+        for (r, p) in env.recipients.iter_mut().zip(&tx.rcpt_params) {
+            r.notify =
+                p.notify.map(|n| mailgate_spool::Notify { success: n.success, failure: n.failure, delay: n.delay });
+            r.orcpt = p.orcpt.clone();
+        }
         env.client = format!("{} ({})", self.conn.helo.as_deref().unwrap_or("unknown"), self.conn.peer.ip());
         let header = self.generation.cleanup.received(&self.origin(tx.params.smtputf8), &env);
         let want = header.len() + (tx.params.size.unwrap_or(8192).min(1 << 20) as usize).max(8192);

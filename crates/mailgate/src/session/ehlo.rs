@@ -27,7 +27,7 @@ impl<S: SessionIo> Session<S> {
         let text = if esmtp {
             let size = self.config.limits.max_message_size;
             let mut t = format!(
-                "{me} greets {host}\nPIPELINING\nSIZE {size}\n8BITMIME\nSMTPUTF8\nCHUNKING\nENHANCEDSTATUSCODES\nHELP"
+                "{me} greets {host}\nPIPELINING\nSIZE {size}\n8BITMIME\nSMTPUTF8\nCHUNKING\nDSN\nENHANCEDSTATUSCODES\nHELP"
             );
             if self.shared.acceptor.is_some() && self.conn.tls.is_none() {
                 t.push_str("\nSTARTTLS");

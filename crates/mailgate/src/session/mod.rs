@@ -66,6 +66,8 @@ pub(crate) struct Transaction {
     pub from: Option<Address>,
     pub params: MailParams,
     pub rcpts: Vec<Address>,
+    /// Each recipient's parameters (NOTIFY, ORCPT), in the order of `rcpts`.
+    pub rcpt_params: Vec<mailgate_smtp::RcptParams>,
     /// BDAT in progress: the chunks so far.
     pub bdat: Option<data::Chunks>,
     /// The pipeline the first accepted recipient chose; every recipient must share it.
@@ -372,7 +374,7 @@ impl<S: SessionIo> Session<S> {
             Command::Ehlo(host) => self.ehlo(host, true).await,
             Command::Helo(host) => self.ehlo(host, false).await,
             Command::Mail { from, params } => self.mail(from, params).await,
-            Command::Rcpt { to, .. } => self.rcpt(to).await,
+            Command::Rcpt { to, params } => self.rcpt(to, params).await,
             Command::Data => self.data(),
             Command::Bdat { size, last } => self.bdat(size, last),
             Command::Rset => self.rset(),

@@ -1,15 +1,18 @@
 //! RCPT TO (RFC 5321 §4.1.1.3): the relay decision and the recipient limit.
 
 use mailgate_smtp::reply::codes;
-use mailgate_smtp::{Address, Enhanced, Reply};
+use mailgate_smtp::{Address, Enhanced, RcptParams, Reply};
 
 use super::{Next, Session, SessionIo};
 
 impl<S: SessionIo> Session<S> {
     /// `to: None` is `<Postmaster>` without a domain: the configured postmaster address,
     /// accepted from anyone.
-    pub(crate) async fn rcpt(&mut self, to: Option<Address>) -> Next {
+    pub(crate) async fn rcpt(&mut self, to: Option<Address>, params: RcptParams) -> Next {
         let max = self.config.limits.max_recipients;
+        if !self.conn.esmtp && params != RcptParams::default() {
+            return self.bad_command(Reply::new(555, Enhanced(5, 5, 4), "RCPT parameters need EHLO"));
+        }
         let (to, postmaster) = match to {
             Some(a) => (a, false),
             None => match Address::parse_mailbox(&self.config.postmaster()) {
@@ -70,6 +73,7 @@ impl<S: SessionIo> Session<S> {
         }
         if let Some(tx) = self.tx.as_mut() {
             tx.rcpts.push(to);
+            tx.rcpt_params.push(params);
             tx.pipeline = Some(want);
         }
         self.reply(Reply::new(250, Enhanced(2, 1, 5), "Recipient OK"));
