@@ -6,6 +6,7 @@ pub mod clients;
 pub mod dns;
 pub mod gateway;
 pub mod http;
+pub mod postfix_sink;
 pub mod sink;
 pub mod zone;
 

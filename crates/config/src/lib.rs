@@ -97,8 +97,18 @@ fn default_webhook_timeout() -> Duration {
 }
 
 /// The event kinds a webhook may ask for.
-pub const EVENT_KINDS: &[&str] =
-    &["received", "rejected", "delivered", "deferred", "bounced", "expired", "quarantined", "released", "removed"];
+pub const EVENT_KINDS: &[&str] = &[
+    "received",
+    "rejected",
+    "delivered",
+    "deferred",
+    "bounced",
+    "expired",
+    "delay_notice",
+    "quarantined",
+    "released",
+    "removed",
+];
 
 /// The event log (`<spool>/events/`): every message's and recipient's changes of state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -311,6 +321,10 @@ pub struct Queue {
     /// Age after which a message that still cannot be delivered is bounced.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
+    /// After this long still undelivered, the sender gets one delay notice for the recipients
+    /// whose NOTIFY allows it (RFC 3461 DELAY); `0s` sends none.
+    #[serde(with = "humantime_serde")]
+    pub delay_warning: Duration,
     /// Deliveries in flight at once, all destinations together.
     pub max_concurrent: usize,
     /// Deliveries in flight at once to one destination (next-hop domain or host).
@@ -439,6 +453,7 @@ impl Default for Queue {
         Queue {
             retry_schedule: schedule.to_vec(),
             max_age: Duration::from_secs(5 * 86400),
+            delay_warning: Duration::from_secs(4 * 3600),
             max_concurrent: 200,
             max_per_destination: 20,
             quarantine_max_age: Duration::from_secs(30 * 86400),

@@ -3,13 +3,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mailgate_smtp::{Enhanced, Extensions, Reply, ReplyParser};
+use mailgate_smtp::{xtext_encode, Enhanced, Extensions, RcptParams, Reply, ReplyParser, Ret};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::tls::{self, Policy, PolicyKind};
-use crate::{Outbound, RcptOutcome, Settings, Status};
+use crate::{Handoff, Outbound, RcptOutcome, Settings, Status};
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
@@ -241,9 +241,21 @@ impl Conn {
         if msg.smtputf8 {
             mail.push_str(" SMTPUTF8");
         }
+        // RFC 3461 §5.2: the DSN parameters go on to a hop that does DSN; one that does not
+        // gets none, and a success is reported by us as "relayed".
+        if self.ext.dsn {
+            dsn_mail_params(&mut mail, msg);
+        }
         mail.push_str("\r\n");
         let mut cmds = vec![mail];
-        cmds.extend(msg.recipients.iter().map(|r| format!("RCPT TO:<{r}>\r\n")));
+        cmds.extend(msg.recipients.iter().enumerate().map(|(i, r)| {
+            let mut rcpt = format!("RCPT TO:<{r}>");
+            if let Some(p) = msg.rcpt_params.get(i).filter(|_| self.ext.dsn) {
+                dsn_rcpt_params(&mut rcpt, p);
+            }
+            rcpt.push_str("\r\n");
+            rcpt
+        }));
         cmds.push("DATA\r\n".into());
 
         // Send and collect the replies, pipelined or in lock-step.
@@ -321,8 +333,9 @@ impl Conn {
         }
         self.write_stuffed(msg.data).await.map_err(|e| TxError::Host(deferred(e, &host)))?;
         let fin = self.read_reply(s.data_timeout).await.map_err(|e| TxError::Host(deferred(e, &host)))?;
+        let handoff = if self.ext.dsn { Handoff::RelayedWithDsn } else { Handoff::Relayed };
         for &i in &accepted {
-            out[i] = outcome(&fin);
+            out[i] = outcome(&fin).handed(handoff);
         }
         Ok(out)
     }
@@ -360,6 +373,34 @@ impl Conn {
     /// Whether the connection may serve another transaction.
     pub fn reusable(&self) -> bool {
         !self.broken && self.rbuf.is_empty()
+    }
+}
+
+/// ` RET=… ENVID=…` for MAIL FROM (RFC 3461 §4.3, §4.4).
+fn dsn_mail_params(mail: &mut String, msg: &Outbound<'_>) {
+    match msg.dsn_ret {
+        Some(Ret::Full) => mail.push_str(" RET=FULL"),
+        Some(Ret::Hdrs) => mail.push_str(" RET=HDRS"),
+        None => {}
+    }
+    if let Some(id) = msg.envid {
+        mail.push_str(" ENVID=");
+        mail.push_str(&xtext_encode(id));
+    }
+}
+
+/// ` NOTIFY=… ORCPT=…` for RCPT TO (RFC 3461 §4.1, §4.2).
+fn dsn_rcpt_params(rcpt: &mut String, p: &RcptParams) {
+    if let Some(n) = p.notify {
+        let words: Vec<&str> = [(n.success, "SUCCESS"), (n.failure, "FAILURE"), (n.delay, "DELAY")]
+            .into_iter()
+            .filter_map(|(on, w)| on.then_some(w))
+            .collect();
+        rcpt.push_str(" NOTIFY=");
+        rcpt.push_str(&if words.is_empty() { "NEVER".to_string() } else { words.join(",") });
+    }
+    if let Some((kind, addr)) = &p.orcpt {
+        rcpt.push_str(&format!(" ORCPT={kind};{}", xtext_encode(addr)));
     }
 }
 
@@ -466,6 +507,36 @@ mod tests {
         assert!(blocks > 50);
         assert_eq!(all, super::dot_stuff(&msg));
         assert!(all.ends_with(b"\r\n..\r\n.\r\n"));
+    }
+
+    #[test]
+    fn dsn_parameters_in_wire_form() {
+        use mailgate_smtp::{Notify, RcptParams, Ret};
+        let params = [RcptParams {
+            notify: Some(Notify { success: true, failure: false, delay: true }),
+            orcpt: Some(("rfc822".into(), "a+b=c@x.test".into())),
+        }];
+        let rcpts = ["r@x.test".to_string()];
+        let msg = crate::Outbound {
+            id: "Q",
+            sender: "s@x.test",
+            recipients: &rcpts,
+            data: b"",
+            body_8bit: false,
+            smtputf8: false,
+            dsn_ret: Some(Ret::Hdrs),
+            envid: Some("id with space+"),
+            rcpt_params: &params,
+        };
+        let mut mail = String::new();
+        super::dsn_mail_params(&mut mail, &msg);
+        assert_eq!(mail, " RET=HDRS ENVID=id+20with+20space+2B");
+        let mut rcpt = String::new();
+        super::dsn_rcpt_params(&mut rcpt, &params[0]);
+        assert_eq!(rcpt, " NOTIFY=SUCCESS,DELAY ORCPT=rfc822;a+2Bb+3Dc@x.test");
+        let mut never = String::new();
+        super::dsn_rcpt_params(&mut never, &RcptParams { notify: Some(Notify::default()), orcpt: None });
+        assert_eq!(never, " NOTIFY=NEVER");
     }
 
     #[test]

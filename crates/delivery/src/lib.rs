@@ -41,11 +41,25 @@ pub struct RcptOutcome {
     pub reply: Reply,
     /// The host that answered, when one did (for the DSN's Remote-MTA).
     pub remote_host: Option<String>,
+    /// Who reports a success from here on (RFC 3461 §5.2): decides a success DSN's action.
+    pub handoff: Handoff,
+}
+
+/// Where a delivered message went, for the DSN that reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Handoff {
+    /// Into its final place (a maildir, a discard route): `Action: delivered`.
+    Final,
+    /// To a next hop that does not do DSN: we say `Action: relayed`, nobody reports more.
+    #[default]
+    Relayed,
+    /// To a next hop that advertised DSN and got the parameters: it reports, we don't.
+    RelayedWithDsn,
 }
 
 impl RcptOutcome {
     pub fn new(status: Status, reply: Reply, host: Option<&str>) -> Self {
-        RcptOutcome { status, reply, remote_host: host.map(str::to_string) }
+        RcptOutcome { status, reply, remote_host: host.map(str::to_string), handoff: Handoff::default() }
     }
 
     /// The outcome a remote reply means: 2xx/3xx delivered, 4xx deferred, 5xx failed.
@@ -58,6 +72,12 @@ impl RcptOutcome {
             Status::Deferred
         };
         RcptOutcome::new(status, reply, host)
+    }
+
+    /// The same outcome, handed off as `h`.
+    pub fn handed(mut self, h: Handoff) -> Self {
+        self.handoff = h;
+        self
     }
 }
 
@@ -72,6 +92,12 @@ pub struct Outbound<'a> {
     pub data: &'a [u8],
     pub body_8bit: bool,
     pub smtputf8: bool,
+    /// RET= and ENVID= of the DSN extension (RFC 3461), passed on to a next hop that
+    /// advertises DSN.
+    pub dsn_ret: Option<mailgate_smtp::Ret>,
+    pub envid: Option<&'a str>,
+    /// NOTIFY= and ORCPT= per recipient, in `recipients` order (empty: none for any).
+    pub rcpt_params: &'a [mailgate_smtp::RcptParams],
 }
 
 /// Client-side settings taken from the config.
@@ -132,7 +158,8 @@ impl Delivery {
         let all = |o: RcptOutcome| vec![o; msg.recipients.len()];
         match route {
             Route::Discard => {
-                all(RcptOutcome::new(Status::Delivered, Reply::new(250, Enhanced(2, 0, 0), "discarded by route"), None))
+                all(RcptOutcome::new(Status::Delivered, Reply::new(250, Enhanced(2, 0, 0), "discarded by route"), None)
+                    .handed(Handoff::Final))
             }
             Route::Maildir { path } => maildir::deliver(path, msg).await,
             Route::Smarthost { host, port, tls, ca_file } => {

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Outbound, RcptOutcome, Status};
+use crate::{Handoff, Outbound, RcptOutcome, Status};
 use mailgate_smtp::{Enhanced, Reply};
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -72,7 +72,8 @@ pub async fn deliver(root: &Path, msg: &Outbound<'_>) -> Vec<RcptOutcome> {
                     Status::Delivered,
                     Reply::new(250, Enhanced(2, 0, 0), format!("delivered to maildir as {}", p.display())),
                     None,
-                ),
+                )
+                .handed(Handoff::Final),
                 Err(e) => RcptOutcome::new(
                     Status::Deferred,
                     Reply::new(451, Enhanced(4, 3, 0), format!("maildir write failed: {e}")),

@@ -1,5 +1,5 @@
 //! Events: every change of state of a message and of each recipient — received, refused at
-//! the door, delivered, deferred, bounced (with a classification), expired, quarantined,
+//! the door, delivered, deferred, bounced (with a classification), expired, delay notices sent, quarantined,
 //! released, and what an operator did — as one typed [`Event`], appended to a durable log.
 //!
 //! This crate owns the event's shape, the bounce classification and the log: JSON lines in
@@ -36,6 +36,8 @@ pub enum Kind {
     Bounced,
     /// Still undelivered at `queue.max_age` (per recipient).
     Expired,
+    /// The sender was sent a delay notice (RFC 3461 DELAY) about this recipient.
+    DelayNotice,
     /// Kept by a plugin's quarantine verdict.
     Quarantined,
     /// Released from hold or quarantine by an operator.
@@ -53,6 +55,7 @@ impl Kind {
             Kind::Deferred => "deferred",
             Kind::Bounced => "bounced",
             Kind::Expired => "expired",
+            Kind::DelayNotice => "delay_notice",
             Kind::Quarantined => "quarantined",
             Kind::Released => "released",
             Kind::Removed => "removed",

@@ -1,13 +1,48 @@
-//! RFC 3464 delivery status notifications for recipients that failed permanently.
+//! RFC 3464 delivery status notifications: failures, delays and successes, as the sender
+//! asked for them with the DSN extension (RFC 3461).
 
 use mailgate_message::date::rfc5322_date;
 use mailgate_smtp::{Enhanced, Reply};
 use mailgate_spool::{DsnRet, Envelope};
 
-/// One failed recipient as reported in a DSN.
-pub struct Failure<'a> {
+/// Which report a DSN is (one kind per DSN, as Postfix sends them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// Recipients that failed for good.
+    Failure,
+    /// Recipients still being retried; `until_unix` is when the queue gives up on them.
+    Delay { until_unix: u64 },
+    /// Recipients delivered or relayed, for senders that asked with NOTIFY=SUCCESS.
+    Success,
+}
+
+/// A recipient's `Action:` (RFC 3464 §2.3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Failed,
+    Delayed,
+    /// In its mailbox (or dropped by a discard route).
+    Delivered,
+    /// Passed to a next hop that does not do DSN: no more reports will come.
+    Relayed,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Failed => "failed",
+            Action::Delayed => "delayed",
+            Action::Delivered => "delivered",
+            Action::Relayed => "relayed",
+        }
+    }
+}
+
+/// One recipient as reported in a DSN.
+pub struct Line<'a> {
     pub recipient: &'a str,
-    /// The reply that failed it, e.g. `550 5.1.1 no such user` (or a local reason).
+    pub action: Action,
+    /// The reply that decided it, e.g. `550 5.1.1 no such user` (or a local one).
     pub reply: &'a Reply,
     pub remote_host: Option<&'a str>,
     /// ORCPT of the recipient (address type, address), for Original-Recipient.
@@ -18,6 +53,7 @@ pub struct Failure<'a> {
 fn status_of(reply: &Reply) -> Enhanced {
     match reply.enhanced {
         Some(e) => e,
+        None if reply.is_positive() => Enhanced(2, 0, 0),
         None if reply.is_transient() => Enhanced(4, 0, 0),
         None => Enhanced(5, 0, 0),
     }
@@ -32,17 +68,38 @@ pub fn headers_of(data: &[u8]) -> &[u8] {
 }
 
 /// Builds the DSN message (CRLF line ends) sent from `<>` to the sender of `env`, with what
-/// the sender asked for (RFC 3461): ENVID as Original-Envelope-Id, RET=FULL for the whole
-/// message instead of its header section.
-pub fn build(hostname: &str, env: &Envelope, now_unix: u64, failures: &[Failure<'_>], original: &[u8]) -> Vec<u8> {
+/// the sender asked for (RFC 3461): ENVID as Original-Envelope-Id, ORCPT as
+/// Original-Recipient, and RET=FULL for the whole message instead of its header section (in
+/// failure reports only: delays and successes return the headers, as Postfix does).
+pub fn build(
+    hostname: &str,
+    env: &Envelope,
+    now_unix: u64,
+    report: Report,
+    lines: &[Line<'_>],
+    original: &[u8],
+) -> Vec<u8> {
     let (queue_id, sender, arrival_unix) = (env.id.as_str(), env.sender.as_str(), env.received_at / 1000);
-    let full = env.ret == Some(DsnRet::Full);
+    let full = env.ret == Some(DsnRet::Full) && report == Report::Failure;
     let boundary = format!("{queue_id}.{now_unix}/{hostname}");
     let date = rfc5322_date(now_unix);
+    let (subject, intro) = match report {
+        Report::Failure => {
+            ("Undelivered Mail Returned to Sender", "Your message could not be delivered to one or more recipients.")
+        }
+        Report::Delay { .. } => (
+            "Delayed Mail (still being retried)",
+            "Your message could not be delivered yet to one or more recipients.\r\nIt will be retried; you do not need to send it again.",
+        ),
+        Report::Success => (
+            "Successful Mail Delivery Report",
+            "Your message was delivered to the destinations listed below. A message relayed\r\nto another system may still meet a problem there, which that system reports.",
+        ),
+    };
     let mut m = String::new();
     m += &format!("From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n");
     m += &format!("To: <{sender}>\r\n");
-    m += "Subject: Undelivered Mail Returned to Sender\r\n";
+    m += &format!("Subject: {subject}\r\n");
     m += &format!("Date: {date}\r\n");
     m += &format!("Message-ID: <{queue_id}.{now_unix}.dsn@{hostname}>\r\n");
     m += "Auto-Submitted: auto-replied\r\n";
@@ -51,14 +108,18 @@ pub fn build(hostname: &str, env: &Envelope, now_unix: u64, failures: &[Failure<
     m += "This is a MIME-encapsulated message.\r\n\r\n";
     m += &format!("--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n");
     m += &format!("This is the mail system at host {hostname}.\r\n\r\n");
-    m += "Your message could not be delivered to one or more recipients.\r\n";
+    m += intro;
+    m += "\r\n";
+    if let Report::Delay { until_unix } = report {
+        m += &format!("The last attempt will be made by {}.\r\n", rfc5322_date(until_unix));
+    }
     m += if full {
         "Your message is attached below.\r\n\r\n"
     } else {
         "The headers of your message are attached below.\r\n\r\n"
     };
-    for f in failures {
-        m += &format!("<{}>: {}\r\n", f.recipient, f.reply);
+    for l in lines {
+        m += &format!("<{}>: {}\r\n", l.recipient, l.reply);
     }
     m += &format!("\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n");
     m += &format!("Reporting-MTA: dns; {hostname}\r\n");
@@ -67,20 +128,27 @@ pub fn build(hostname: &str, env: &Envelope, now_unix: u64, failures: &[Failure<
     }
     m += &format!("X-Mailgate-Queue-ID: {queue_id}\r\n");
     m += &format!("Arrival-Date: {}\r\n", rfc5322_date(arrival_unix));
-    for f in failures {
+    for l in lines {
         m += "\r\n";
-        if let Some((kind, addr)) = f.original {
+        if let Some((kind, addr)) = l.original {
             m += &format!("Original-Recipient: {kind}; {addr}\r\n");
         }
         m += &format!(
-            "Final-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\n",
-            f.recipient,
-            status_of(f.reply)
+            "Final-Recipient: rfc822; {}\r\nAction: {}\r\nStatus: {}\r\n",
+            l.recipient,
+            l.action.name(),
+            status_of(l.reply)
         );
-        if let Some(h) = f.remote_host {
+        if let Some(h) = l.remote_host {
             m += &format!("Remote-MTA: dns; {h}\r\n");
         }
-        m += &format!("Diagnostic-Code: smtp; {}\r\n", f.reply.to_string().replace(['\r', '\n'], " "));
+        m += &format!("Diagnostic-Code: smtp; {}\r\n", l.reply.to_string().replace(['\r', '\n'], " "));
+        if matches!(l.action, Action::Failed | Action::Delayed) {
+            m += &format!("Last-Attempt-Date: {date}\r\n");
+        }
+        if let Report::Delay { until_unix } = report {
+            m += &format!("Will-Retry-Until: {}\r\n", rfc5322_date(until_unix));
+        }
     }
     let (ctype, returned) =
         if full { ("message/rfc822", original) } else { ("text/rfc822-headers", headers_of(original)) };
@@ -99,10 +167,15 @@ mod tests {
     fn builds_a_report_with_the_original_headers() {
         let orig = b"Subject: hello\r\nFrom: a@b.example\r\n\r\nbody text\r\n";
         let reply = Reply::new(550, Enhanced(5, 1, 1), "no such user");
-        let f =
-            [Failure { recipient: "x@y.example", reply: &reply, remote_host: Some("mx.y.example"), original: None }];
+        let f = [Line {
+            recipient: "x@y.example",
+            action: Action::Failed,
+            reply: &reply,
+            remote_host: Some("mx.y.example"),
+            original: None,
+        }];
         let env = Envelope::new("Q1".into(), "a@b.example".into(), vec!["x@y.example".into()]);
-        let d = String::from_utf8(build("mx.test", &env, 60, &f, orig)).unwrap();
+        let d = String::from_utf8(build("mx.test", &env, 60, Report::Failure, &f, orig)).unwrap();
         assert!(d.contains("report-type=delivery-status"));
         assert!(d.contains(
             "Final-Recipient: rfc822; x@y.example\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.y.example"
@@ -112,12 +185,52 @@ mod tests {
         assert_eq!(status_of(&Reply::plain(451, "timeout")), Enhanced(4, 0, 0));
         // RET=FULL, ENVID and ORCPT (RFC 3461 §6).
         let orcpt = ("rfc822".to_string(), "first@y.example".to_string());
-        let f = [Failure { recipient: "x@y.example", reply: &reply, remote_host: None, original: Some(&orcpt) }];
+        let f = [Line {
+            recipient: "x@y.example",
+            action: Action::Failed,
+            reply: &reply,
+            remote_host: None,
+            original: Some(&orcpt),
+        }];
         let mut env = env;
         (env.envid, env.ret) = (Some("T-42".into()), Some(DsnRet::Full));
-        let d = String::from_utf8(build("mx.test", &env, 60, &f, orig)).unwrap();
+        let d = String::from_utf8(build("mx.test", &env, 60, Report::Failure, &f, orig)).unwrap();
         assert!(d.contains("Reporting-MTA: dns; mx.test\r\nOriginal-Envelope-Id: T-42\r\n"), "{d}");
         assert!(d.contains("Original-Recipient: rfc822; first@y.example\r\nFinal-Recipient: rfc822; x@y.example"));
         assert!(d.contains("Content-Type: message/rfc822\r\n\r\nSubject: hello") && d.contains("body text"));
+        assert!(!d.contains("Will-Retry-Until"));
+
+        // A delay: Will-Retry-Until, the headers only even with RET=FULL.
+        let later = Reply::new(451, Enhanced(4, 2, 1), "try later");
+        let f = [Line {
+            recipient: "x@y.example",
+            action: Action::Delayed,
+            reply: &later,
+            remote_host: None,
+            original: None,
+        }];
+        let d = String::from_utf8(build("mx.test", &env, 60, Report::Delay { until_unix: 86_400 }, &f, orig)).unwrap();
+        assert!(d.contains("Subject: Delayed Mail (still being retried)\r\n"), "{d}");
+        assert!(d.contains("Action: delayed\r\nStatus: 4.2.1\r\n"), "{d}");
+        assert!(d.contains("Will-Retry-Until: Fri, 02 Jan 1970 00:00:00 +0000\r\n"), "{d}");
+        assert!(d.contains("text/rfc822-headers") && !d.contains("body text"));
+
+        // Successes: delivered (a mailbox) and relayed (a hop without DSN), no retry field.
+        let ok = Reply::new(250, Enhanced(2, 0, 0), "queued as 1");
+        let f = [
+            Line { recipient: "x@y.example", action: Action::Delivered, reply: &ok, remote_host: None, original: None },
+            Line {
+                recipient: "z@y.example",
+                action: Action::Relayed,
+                reply: &ok,
+                remote_host: Some("mx"),
+                original: None,
+            },
+        ];
+        let d = String::from_utf8(build("mx.test", &env, 60, Report::Success, &f, orig)).unwrap();
+        assert!(d.contains("Subject: Successful Mail Delivery Report\r\n"), "{d}");
+        assert!(d.contains("Final-Recipient: rfc822; x@y.example\r\nAction: delivered\r\nStatus: 2.0.0\r\n"));
+        assert!(d.contains("Final-Recipient: rfc822; z@y.example\r\nAction: relayed\r\nStatus: 2.0.0\r\n"));
+        assert!(!d.contains("Will-Retry-Until") && !d.contains("Last-Attempt-Date") && !d.contains("body text"));
     }
 }

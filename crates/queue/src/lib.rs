@@ -3,7 +3,7 @@
 //! It owns scheduling (a timer heap over `next_attempt`), the concurrency limits (in total and
 //! per destination), grouping a message's recipients by route so one connection carries all
 //! recipients for a host, per-recipient results, retries on the configured backoff, expiry, and
-//! DSNs to the sender for permanent failures. It must not know SMTP sessions or the wire
+//! DSNs to the sender (failures, delays, successes as asked). It must not know SMTP sessions or the wire
 //! format: it gets stored envelopes in and hands attempts to `mailgate-delivery`.
 
 mod admin;
@@ -19,11 +19,11 @@ use std::time::Duration;
 
 use mailgate_cleanup::{Cleanup, Incoming, Origin, Outcome};
 use mailgate_config::{Config, Route};
-use mailgate_delivery::{Delivery, Outbound, RcptOutcome, Status};
+use mailgate_delivery::{Delivery, Handoff, Outbound, RcptOutcome, Status};
 use mailgate_events::{Event, EventLog, Kind};
 use mailgate_message::date::now_unix;
-use mailgate_smtp::{Enhanced, Reply};
-use mailgate_spool::{Envelope, QueueId, RcptStatus, Spool};
+use mailgate_smtp::{Enhanced, RcptParams, Reply, Ret};
+use mailgate_spool::{DsnRet, Envelope, QueueId, RcptStatus, Spool};
 use tokio::sync::{mpsc, Semaphore};
 
 fn now_ms() -> u64 {
@@ -443,6 +443,25 @@ impl Queue {
             other => other,
         };
         let rcpts: Vec<String> = idx.iter().map(|i| env.recipients[*i].address.clone()).collect();
+        // The DSN parameters, for a next hop that does DSN (none at all when nobody gave any).
+        let rcpt_params: Vec<RcptParams> =
+            if idx.iter().any(|i| env.recipients[*i].notify.is_some() || env.recipients[*i].orcpt.is_some()) {
+                idx.iter()
+                    .map(|i| {
+                        let r = &env.recipients[*i];
+                        RcptParams {
+                            notify: r.notify.map(|n| mailgate_smtp::Notify {
+                                success: n.success,
+                                failure: n.failure,
+                                delay: n.delay,
+                            }),
+                            orcpt: r.orcpt.clone(),
+                        }
+                    })
+                    .collect()
+            } else {
+                vec![]
+            };
         let msg = Outbound {
             id: &env.id,
             sender: &env.sender,
@@ -450,6 +469,12 @@ impl Queue {
             data,
             body_8bit: env.body_8bit,
             smtputf8: env.smtputf8,
+            dsn_ret: env.ret.map(|r| match r {
+                DsnRet::Full => Ret::Full,
+                DsnRet::Hdrs => Ret::Hdrs,
+            }),
+            envid: env.envid.as_deref(),
+            rcpt_params: &rcpt_params,
         };
         self.inner.delivery.deliver(&route, &domain, &msg).await
     }
@@ -465,6 +490,10 @@ impl Queue {
         let delay = sched[(env.attempts as usize - 1).min(sched.len() - 1)].into_inner();
         let next_at = now_ms() + delay.as_millis() as u64;
         let mut failed: Vec<(usize, Reply)> = vec![];
+        // Delivered recipients whose sender asked to hear of it, and the action to report.
+        let mut succeeded: Vec<(usize, Reply, dsn::Action)> = vec![];
+        // This attempt's reply per recipient (for a delay notice).
+        let mut replies: Vec<Option<Reply>> = vec![None; env.recipients.len()];
         let mut events = vec![];
         let mut deferred = vec![];
         for (i, o) in outcomes.into_iter().enumerate() {
@@ -505,8 +534,20 @@ impl Queue {
             let r = &mut env.recipients[i];
             r.last_reply = Some(o.reply.to_string());
             r.remote_host = o.remote_host;
+            replies[i] = Some(o.reply.clone());
             match o.status {
-                Status::Delivered => r.status = RcptStatus::Delivered,
+                Status::Delivered => {
+                    r.status = RcptStatus::Delivered;
+                    // RFC 3461 §5.2: a hop that took the DSN parameters reports from here on.
+                    let action = match o.handoff {
+                        Handoff::Final => Some(dsn::Action::Delivered),
+                        Handoff::Relayed => Some(dsn::Action::Relayed),
+                        Handoff::RelayedWithDsn => None,
+                    };
+                    if let Some(action) = action.filter(|_| r.notify_success()) {
+                        succeeded.push((i, o.reply, action));
+                    }
+                }
                 Status::Failed => {
                     r.status = RcptStatus::Failed;
                     failed.push((i, o.reply));
@@ -552,6 +593,16 @@ impl Queue {
                 env.recipients[*i].status = RcptStatus::Pending;
             }
         }
+        if !succeeded.is_empty() {
+            let lines = succeeded.iter().map(|(i, reply, action)| line(&env, *i, *action, reply)).collect();
+            // A success report that cannot be stored is logged, not retried: the recipients
+            // are delivered, and delivering them again to report it would be worse.
+            let _ = self.report(&env, dsn::Report::Success, lines, data).await;
+        }
+        let warn = config.queue.delay_warning;
+        if !env.is_finished() && !env.delay_notified && !warn.is_zero() && age >= warn.as_millis() as u64 {
+            self.delay_notice(&mut env, &replies, config.queue.max_age, data).await;
+        }
         if env.is_finished() {
             self.forget(&env.id);
             tracing::info!(queue_id = %env.id, attempts = env.attempts, "message finished");
@@ -594,28 +645,76 @@ impl Queue {
             tracing::info!(queue_id = %env.id, "permanent failure: no DSN (NOTIFY did not ask for one)");
             return true;
         }
-        let inner = &self.inner;
-        let cleanup = inner.cleanup();
-        let failures: Vec<dsn::Failure> = failed
-            .iter()
-            .map(|(i, reply)| {
-                let r = &env.recipients[*i];
-                dsn::Failure {
-                    recipient: &r.address,
-                    reply,
-                    remote_host: r.remote_host.as_deref(),
-                    original: r.orcpt.as_ref(),
-                }
+        let lines = failed.iter().map(|(i, reply)| line(env, *i, dsn::Action::Failed, reply)).collect();
+        self.report(env, dsn::Report::Failure, lines, data).await
+    }
+
+    /// Sends one delay notice for the message (RFC 3461 DELAY) about its pending recipients
+    /// that allow it, and records it in the envelope (stored by the caller) so that there is
+    /// no second one. A notice that could not be stored is tried again after the next attempt.
+    async fn delay_notice(&self, env: &mut Envelope, replies: &[Option<Reply>], max_age: Duration, data: &[u8]) {
+        let pending: Vec<(usize, Reply)> = env
+            .pending()
+            .filter(|(_, r)| r.notify_delay())
+            .map(|(i, r)| {
+                let reply = replies[i].clone().unwrap_or_else(|| {
+                    Reply::new(
+                        451,
+                        Enhanced(4, 0, 0),
+                        r.last_reply.clone().unwrap_or_else(|| "not yet delivered".into()),
+                    )
+                });
+                (i, reply)
             })
             .collect();
-        let body = dsn::build(&cleanup.config().server.hostname, env, now_unix(), &failures, data);
+        if pending.is_empty() || env.sender.is_empty() {
+            env.delay_notified = true;
+            return;
+        }
+        let until_unix = env.received_at / 1000 + max_age.as_secs();
+        let lines = pending.iter().map(|(i, reply)| line(env, *i, dsn::Action::Delayed, reply)).collect();
+        if !self.report(env, dsn::Report::Delay { until_unix }, lines, data).await {
+            return;
+        }
+        env.delay_notified = true;
+        if let Some(log) = &self.inner.events {
+            let events = pending
+                .iter()
+                .map(|(i, reply)| {
+                    let mut ev = Event::about(Kind::DelayNotice, env).rcpt(&env.recipients[*i].address);
+                    ev.reply = Some(reply.to_string());
+                    ev.attempt = Some(env.attempts);
+                    ev
+                })
+                .collect();
+            if let Err(e) = log.append(events).await {
+                tracing::error!(queue_id = %env.id, "delay notice events not recorded: {e}");
+            }
+        }
+    }
+
+    /// Writes a DSN of kind `report` to the sender about `lines` (never for `<>`), passes it
+    /// through the cleanup stage (Received:, DKIM signing for our domain) into the spool, and
+    /// queues it. Returns false only when it was due and could not be stored.
+    async fn report(&self, env: &Envelope, report: dsn::Report, lines: Vec<dsn::Line<'_>>, data: &[u8]) -> bool {
+        if env.sender.is_empty() || lines.is_empty() {
+            return true;
+        }
+        let inner = &self.inner;
+        let cleanup = inner.cleanup();
+        let body = dsn::build(&cleanup.config().server.hostname, env, now_unix(), report, &lines, data);
         let mut dsn_env = mailgate_cleanup::envelope(inner.spool.new_id(), String::new(), vec![env.sender.clone()]);
         dsn_env.smtputf8 = !env.sender.is_ascii();
         dsn_env.client = "local DSN".into();
         let incoming = Incoming { envelope: dsn_env, data: body, hold: None, traced: false };
         match cleanup.submit(&*inner.spool, incoming, &Origin::local(), None).await {
             Ok(Outcome::Kept(a)) => {
-                tracing::info!(queue_id = %env.id, dsn_id = %a.envelope.id, to = %env.sender, "DSN queued");
+                let kind = match report {
+                    dsn::Report::Failure => "failure",
+                    dsn::Report::Delay { .. } => "delay",
+                    dsn::Report::Success => "success",
+                };
+                tracing::info!(queue_id = %env.id, dsn_id = %a.envelope.id, to = %env.sender, kind, "DSN queued");
                 self.enqueue(a.envelope, Some(a.data));
                 true
             }
@@ -631,6 +730,18 @@ impl Queue {
                 true
             }
         }
+    }
+}
+
+/// Recipient `i` of `env` as a DSN line.
+fn line<'a>(env: &'a Envelope, i: usize, action: dsn::Action, reply: &'a Reply) -> dsn::Line<'a> {
+    let r = &env.recipients[i];
+    dsn::Line {
+        recipient: &r.address,
+        action,
+        reply,
+        remote_host: r.remote_host.as_deref(),
+        original: r.orcpt.as_ref(),
     }
 }
 

@@ -11,6 +11,8 @@ pub struct Extensions {
     pub smtputf8: bool,
     pub chunking: bool,
     pub enhanced_status_codes: bool,
+    /// DSN (RFC 3461): the server takes RET/ENVID/NOTIFY/ORCPT and reports from then on.
+    pub dsn: bool,
     /// SIZE limit, if advertised with a value (0 means "no fixed limit").
     pub size: Option<u64>,
 }
@@ -29,6 +31,7 @@ impl Extensions {
                 "SMTPUTF8" => x.smtputf8 = true,
                 "CHUNKING" => x.chunking = true,
                 "ENHANCEDSTATUSCODES" => x.enhanced_status_codes = true,
+                "DSN" => x.dsn = true,
                 "SIZE" => x.size = Some(words.next().and_then(|v| v.parse().ok()).unwrap_or(0)),
                 _ => {}
             }

@@ -51,6 +51,16 @@ impl Recipient {
     pub fn notify_failure(&self) -> bool {
         self.notify.is_none_or(|n| n.failure)
     }
+
+    /// Whether its sender wants to hear that it is delayed (by default, yes).
+    pub fn notify_delay(&self) -> bool {
+        self.notify.is_none_or(|n| n.delay)
+    }
+
+    /// Whether its sender asked to hear of its delivery (only with NOTIFY=SUCCESS).
+    pub fn notify_success(&self) -> bool {
+        self.notify.is_some_and(|n| n.success)
+    }
 }
 
 /// When a recipient's sender wants a DSN (RFC 3461 NOTIFY); all false is `NEVER`.
@@ -180,6 +190,9 @@ pub struct Envelope {
     /// ENVID= of MAIL, decoded: the sender's transaction id, in every DSN about it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envid: Option<String>,
+    /// A delay notice went to the sender (RFC 3461 DELAY): there is one per message at most.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delay_notified: bool,
     /// What the sending API was told about a message it took in (`None`: not from the API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<Box<ApiMeta>>,
@@ -221,6 +234,7 @@ impl Envelope {
             held: false,
             ret: None,
             envid: None,
+            delay_notified: false,
             api: None,
         }
     }
