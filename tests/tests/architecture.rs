@@ -70,4 +70,7 @@ fn crate_boundaries_hold() {
     let mut hooks = of("mailgate-webhooks").clone();
     hooks.sort();
     assert_eq!(hooks, ["mailgate-config", "mailgate-events"], "mailgate-webhooks depends on {hooks:?}");
+    // Bounce handling (VERP, reports, suppression) stands alone: the gateway wires it to
+    // sessions, the API and the event log.
+    assert!(of("mailgate-bounces").is_empty(), "mailgate-bounces depends on {:?}", of("mailgate-bounces"));
 }

@@ -104,7 +104,11 @@ impl From<SubmitError> for ApiError {
                 a
             }
             SubmitError::NoRecipients(rcpts) => {
-                let mut a = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", "every recipient was refused");
+                let mut a = ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "refused",
+                    "no recipient can be sent to (refused or suppressed)",
+                );
                 a.recipients = rcpts;
                 a
             }

@@ -71,6 +71,8 @@ pub enum RcptState {
     Queued,
     /// Refused by the pipeline's on-rcpt stage; the others went on.
     Refused,
+    /// On the key's suppression list (it bounced for good before): not sent to.
+    Suppressed,
 }
 
 /// An SMTP reply as JSON.

@@ -187,7 +187,8 @@ async fn message(
     }
     // Each recipient's state: its last per-recipient event, or the queue's view.
     let mut rcpts: Vec<(String, serde_json::Value)> = vec![];
-    for e in history.iter().filter(|e| e.recipient.is_some()) {
+    // A delay notice is about a recipient, not a change of its state.
+    for e in history.iter().filter(|e| e.recipient.is_some() && e.kind != mailgate_events::Kind::DelayNotice) {
         let r = e.recipient.clone().unwrap_or_default();
         let v = serde_json::json!({ "email": r, "status": e.kind.name(), "reply": e.reply, "at": e.at });
         match rcpts.iter_mut().find(|(a, _)| *a == r) {
@@ -487,7 +488,7 @@ async fn submit_inner(api: &Arc<Api>, conn: Conn, req: Request) -> Result<Respon
         smtputf8,
         data: message,
         hold,
-        meta: ApiMeta { key: key.name.clone(), tags, metadata, idempotency_key: idem_key.clone() },
+        meta: ApiMeta { key: key.name.clone(), tags, metadata, idempotency_key: idem_key.clone(), verp: false },
     };
     api.in_flight.fetch_add(1, Ordering::AcqRel);
     let result = api.gate.submit(submission).await;

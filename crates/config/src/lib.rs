@@ -66,6 +66,27 @@ pub struct Config {
     /// `[[webhook]]` tables: receivers of the events (they turn events on).
     #[serde(rename = "webhook")]
     pub webhooks: Vec<Webhook>,
+    pub bounces: Bounces,
+}
+
+/// Bounces that come back later for API messages, and the suppression list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bounces {
+    /// The domain of API messages' VERP return path (`<prefix>+<queue id>-<tag>@<domain>`),
+    /// whose MX must be this gateway: bounces to it become events, not messages. None: API
+    /// messages leave with the sender's address as return path.
+    pub verp_domain: Option<String>,
+    /// The return path's local-part prefix.
+    pub verp_prefix: String,
+    /// Suppress, per API key, recipients that bounced as unknown mailboxes or domains.
+    pub suppress: bool,
+}
+
+impl Default for Bounces {
+    fn default() -> Self {
+        Bounces { verp_domain: None, verp_prefix: "bounces".into(), suppress: true }
+    }
 }
 
 /// A receiver of events: POSTed in batches, signed as Standard Webhooks.
@@ -619,6 +640,18 @@ impl Config {
         for l in &self.listeners {
             if !known(&l.pipeline) {
                 errs.push(format!("listener {}: unknown pipeline {:?}", l.name, l.pipeline));
+            }
+        }
+        let prefix_ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.';
+        if self.bounces.verp_prefix.is_empty() || !self.bounces.verp_prefix.chars().all(prefix_ok) {
+            errs.push("bounces.verp_prefix: letters, digits, '-', '_', '.' only, not empty".into());
+        }
+        if let Some(d) = &self.bounces.verp_domain {
+            if d.is_empty() || d.contains(['@', ' ']) {
+                errs.push(format!("bounces.verp_domain: {d:?} is not a domain"));
+            }
+            if !self.events_on() {
+                errs.push("bounces.verp_domain: needs events (an [[api]] listener or [events] enabled)".into());
             }
         }
         let mut hooks = std::collections::HashSet::new();

@@ -1,13 +1,15 @@
 //! The operator's HTTP endpoint on loopback, served by axum: `GET /metrics` (Prometheus text
 //! format), `GET /healthz`, and behind the bearer token when `admin.token` is set: `POST
-//! /reload`, `GET /status`, the queue (`/queue…`) and the quarantine (`/quarantine…`).
+//! /reload`, `GET /status`, the queue (`/queue…`), the quarantine (`/quarantine…`), the event
+//! log (`/events`) and the API's suppression list (`/suppressions…`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use crate::server::Shared;
 
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{Path, Query, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -99,6 +101,8 @@ fn router(admin: Arc<Admin>) -> Router {
                 wrap(api(&a.shared, "POST", &format!("/quarantine/{id}/{action}")).await)
             }),
         )
+        .route("/suppressions", get(suppression_list))
+        .route("/suppressions/remove", post(suppression_remove))
         .route_layer(middleware::from_fn_with_state(admin.clone(), require_token));
     Router::new()
         .route(
@@ -130,6 +134,41 @@ async fn require_token(State(a): State<Arc<Admin>>, req: Request, next: Next) ->
         next.run(req).await
     } else {
         (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "bearer token required\n").into_response()
+    }
+}
+
+/// The API's suppression list, or why there is none.
+fn suppressions(a: &Admin) -> Result<&Arc<mailgate_bounces::Suppressions>, (StatusCode, String)> {
+    a.shared.suppressions.as_ref().ok_or((
+        StatusCode::NOT_FOUND,
+        "no suppression list (no [[api]] listener, or bounces.suppress = false)\n".to_string(),
+    ))
+}
+
+/// `GET /suppressions[?key=NAME]`: the suppressed recipients, by key and address.
+async fn suppression_list(State(a): State<Arc<Admin>>, Query(q): Query<HashMap<String, String>>) -> Answer {
+    let list = suppressions(&a)?.list(q.get("key").map(String::as_str));
+    json(serde_json::to_string(&list).unwrap_or_default())
+}
+
+/// `POST /suppressions/remove?key=NAME&address=A`: the key may send to the address again.
+async fn suppression_remove(State(a): State<Arc<Admin>>, Query(q): Query<HashMap<String, String>>) -> Answer {
+    let list = suppressions(&a)?.clone();
+    let (Some(key), Some(address)) = (q.get("key").cloned(), q.get("address").cloned()) else {
+        return Err((StatusCode::BAD_REQUEST, "key and address are both needed\n".into()));
+    };
+    let (k, ad) = (key.clone(), address.clone());
+    match tokio::task::spawn_blocking(move || list.remove(&k, &ad)).await {
+        Ok(Ok(true)) => {
+            tracing::info!(%key, %address, "suppression removed by the administrator");
+            json(
+                serde_json::json!({ "ok": true, "message": format!("{address} is no longer suppressed for {key}") })
+                    .to_string(),
+            )
+        }
+        Ok(Ok(false)) => Err((StatusCode::NOT_FOUND, format!("{address} is not suppressed for {key}\n"))),
+        Ok(Err(e)) => Err((StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))),
+        Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))),
     }
 }
 

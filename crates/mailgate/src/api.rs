@@ -73,6 +73,11 @@ async fn submit(shared: Arc<Shared>, s: Submission) -> Result<Receipt, SubmitErr
     let mut accepted: Vec<String> = vec![];
     let mut receipts: Vec<RcptReceipt> = vec![];
     for rcpt in &s.rcpts {
+        if shared.suppressions.as_ref().is_some_and(|l| l.contains(&s.key, rcpt)) {
+            tracing::info!(rcpt = %rcpt, "API recipient suppressed (bounced for good before)");
+            receipts.push(RcptReceipt { email: rcpt.clone(), status: RcptState::Suppressed, smtp: None });
+            continue;
+        }
         let verdict = match chain.as_mut() {
             None => None,
             Some(c) => {
@@ -94,11 +99,19 @@ async fn submit(shared: Arc<Shared>, s: Submission) -> Result<Receipt, SubmitErr
     if accepted.is_empty() {
         return Err(SubmitError::NoRecipients(receipts));
     }
-    let mut env = mailgate_cleanup::envelope(s.id.clone(), s.from.clone(), accepted);
+    // With VERP, the return path names this message, so a bounce that comes back later is
+    // matched to it (and the sender's own address gets no bounces from us).
+    let return_path = match &shared.verp {
+        Some(v) if !s.from.is_empty() => v.address(&s.id),
+        _ => s.from.clone(),
+    };
+    let mut meta = s.meta;
+    meta.verp = return_path != s.from;
+    let mut env = mailgate_cleanup::envelope(s.id.clone(), return_path, accepted);
     env.body_8bit = body_8bit;
     env.smtputf8 = s.smtputf8;
     env.client = format!("{} key {} ({})", s.listener, s.key, s.peer.ip());
-    env.api = Some(Box::new(s.meta));
+    env.api = Some(Box::new(meta));
     let origin = mailgate_cleanup::Origin {
         // No HELO over HTTP: the listener's name stands in for it in `Received: from`.
         client: Some((s.listener.to_string(), s.peer.ip())),

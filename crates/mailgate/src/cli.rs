@@ -82,6 +82,16 @@ enum Cmd {
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
     },
+    /// Recipients the sending API does not send to any more for a key, because they bounced
+    /// for good (through the admin endpoint).
+    Suppression {
+        #[command(subcommand)]
+        cmd: SuppressionCmd,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Keys of the HTTP sending API (kept as hashes in the spool directory).
     ApiKey {
         #[command(subcommand)]
@@ -103,6 +113,21 @@ enum EventsCmd {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SuppressionCmd {
+    /// The suppressed recipients (of one key, with --key).
+    List {
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Let the key send to the address again.
+    Remove {
+        #[arg(long)]
+        key: String,
+        address: String,
     },
 }
 
@@ -396,6 +421,16 @@ fn admin_request(file: Option<&std::path::Path>, method: &str, path: &str) -> Re
     }
 }
 
+/// Percent-encodes a query value (every octet but the unreserved ones, RFC 3986 §2.3).
+fn query_escape(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn parse_grant(s: &str) -> Result<mailgate_config::Grant, String> {
     match s {
         "dns" => Ok(mailgate_config::Grant::Dns),
@@ -568,6 +603,35 @@ pub fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Cmd::Suppression { cmd: SuppressionCmd::List { key }, config, json } => {
+            let path = match &key {
+                Some(k) => format!("/suppressions?key={}", query_escape(k)),
+                None => "/suppressions".to_string(),
+            };
+            match admin_request(config.as_deref(), "GET", &path) {
+                Ok(body) if json => {
+                    println!("{body}");
+                    ExitCode::SUCCESS
+                }
+                Ok(body) => {
+                    let items: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+                    for e in &items {
+                        let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+                        println!("{}  {}  {}  {}  {}", s("key"), s("address"), s("class"), s("queue_id"), s("reason"));
+                    }
+                    println!("{} suppressed", items.len());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mailgate suppression: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Suppression { cmd: SuppressionCmd::Remove { key, address }, config, json } => {
+            let path = format!("/suppressions/remove?key={}&address={}", query_escape(&key), query_escape(&address));
+            print_result(admin_request(config.as_deref(), "POST", &path), json, false)
         }
         Cmd::Events { cmd: EventsCmd::Tail { since, follow, json }, config } => {
             events_tail(config.as_deref(), since, follow, json)

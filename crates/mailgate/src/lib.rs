@@ -11,6 +11,7 @@ mod admin;
 pub mod alloc;
 mod api;
 mod api_cli;
+mod bounces;
 pub mod cli;
 mod plugin_cli;
 mod plugins;

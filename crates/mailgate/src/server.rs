@@ -77,6 +77,10 @@ pub struct Shared {
     pub webhooks: std::sync::OnceLock<Vec<mailgate_webhooks::Running>>,
     /// The sending API's keys (`None`: no `[[api]]` listener); a reload reads them again.
     pub api_keys: Option<Arc<mailgate_api::Keys>>,
+    /// API messages' VERP return paths (`None`: no `bounces.verp_domain`; set at start).
+    pub verp: Option<Arc<mailgate_bounces::Verp>>,
+    /// Per-key suppressed recipients (`None`: no API, or `bounces.suppress` off).
+    pub suppressions: Option<Arc<mailgate_bounces::Suppressions>>,
     /// Source of session ids (unique within this process run, prefixed by the start time).
     next_session: AtomicU64,
     start_tag: u64,
@@ -115,6 +119,17 @@ impl Gateway {
             true => None,
             false => Some(Arc::new(mailgate_api::Keys::open(&config.spool.path)?)),
         };
+        let verp = match &config.bounces.verp_domain {
+            Some(d) => Some(Arc::new(
+                mailgate_bounces::Verp::open(&config.spool.path, d, &config.bounces.verp_prefix)
+                    .map_err(|e| anyhow::anyhow!("VERP key in {}: {e}", config.spool.path.display()))?,
+            )),
+            None => None,
+        };
+        let suppressions = match api_keys.is_some() && config.bounces.suppress {
+            true => Some(Arc::new(mailgate_bounces::Suppressions::open(&config.spool.path)?)),
+            false => None,
+        };
         let hooks = plugins.as_ref().map(|p| {
             Arc::new(PluginHooks { chain: p.queue(), config: config.clone() }) as Arc<dyn mailgate_queue::Hooks>
         });
@@ -150,6 +165,8 @@ impl Gateway {
             slots: Arc::new(crate::slots::Slots::default()),
             budget: mailgate_message::Budget::new(config.limits.content_memory),
             api_keys,
+            verp,
+            suppressions,
             events,
             webhooks: std::sync::OnceLock::new(),
             next_session: AtomicU64::new(0),
@@ -174,6 +191,9 @@ impl Gateway {
             let dir = config.spool.path.join("webhooks");
             let running = mailgate_webhooks::start(&config.webhooks, log.clone(), &dir, stop_rx.clone())?;
             let _ = shared.webhooks.set(running);
+            if let Some(list) = &shared.suppressions {
+                tasks.push(tokio::spawn(crate::bounces::feed(log.clone(), list.clone(), stop_rx.clone())));
+            }
         }
         let apis = crate::api::start(&shared, stop_rx).await?;
         Ok(Gateway { shared, local_addrs, apis, stop, spool, tasks })

@@ -700,6 +700,10 @@ impl Queue {
         if env.sender.is_empty() || lines.is_empty() {
             return true;
         }
+        if env.api.as_ref().is_some_and(|a| a.verp) {
+            tracing::info!(queue_id = %env.id, "API message with a VERP return path: reported as events, no DSN");
+            return true;
+        }
         let inner = &self.inner;
         let cleanup = inner.cleanup();
         let body = dsn::build(&cleanup.config().server.hostname, env, now_unix(), report, &lines, data);

@@ -212,6 +212,10 @@ pub struct ApiMeta {
     /// even when the gateway stopped between the spool write and the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The return path is the gateway's VERP address for it: failures reach the API client as
+    /// events, so no DSN is written (it would only come back to us).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verp: bool,
 }
 
 impl Envelope {

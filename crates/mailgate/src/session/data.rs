@@ -240,6 +240,13 @@ impl<S: SessionIo> Session<S> {
             self.reply(e.reply());
             return Next::Continue;
         }
+        if tx.returns {
+            let rcpts: Vec<String> = tx.rcpts.iter().map(|r| r.as_str().to_string()).collect();
+            let sender = tx.from.as_ref().map_or("", |a| a.as_str());
+            let reply = crate::bounces::intake(&self.shared, &self.conn.sid, sender, &rcpts, &c.buf).await;
+            self.reply(reply);
+            return Next::Continue;
+        }
         let id = c.env.id.clone();
         let origin = self.origin(tx.params.smtputf8);
         let cleanup = self.generation.cleanup.clone();

@@ -38,8 +38,15 @@ impl<S: SessionIo> Session<S> {
         }
         tracing::debug!(from = from.as_ref().map_or("<>", |a| a.as_str()), "MAIL");
         self.policy.auth.lock().await.begin_transaction(from.as_ref().map_or("", |a| a.as_str()));
-        self.tx =
-            Some(Transaction { from, params, rcpts: Vec::new(), rcpt_params: Vec::new(), bdat: None, pipeline: None });
+        self.tx = Some(Transaction {
+            from,
+            params,
+            rcpts: Vec::new(),
+            rcpt_params: Vec::new(),
+            bdat: None,
+            pipeline: None,
+            returns: false,
+        });
         let envelope = self.wit_envelope();
         if let Some(chain) = self.policy.chain.as_mut() {
             chain.use_pipeline(&self.conn.pipeline);

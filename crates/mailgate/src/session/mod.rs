@@ -72,6 +72,8 @@ pub(crate) struct Transaction {
     pub bdat: Option<data::Chunks>,
     /// The pipeline the first accepted recipient chose; every recipient must share it.
     pub pipeline: Option<String>,
+    /// The recipients are VERP return paths: the content is a bounce to read, not to queue.
+    pub returns: bool,
 }
 
 /// The facts of a connection: fixed at accept, then TLS, HELO and AUTH as they happen.

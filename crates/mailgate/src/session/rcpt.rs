@@ -34,6 +34,35 @@ impl<S: SessionIo> Session<S> {
             self.reply(Reply::new(553, Enhanced(5, 6, 7), "Non-ASCII recipient requires SMTPUTF8"));
             return Next::Continue;
         }
+        // A bounce to a VERP return path of ours: taken from anyone, read at the end of data,
+        // never queued. Such a transaction carries return paths only.
+        if let Some(verp) = self.shared.verp.as_ref().filter(|v| v.is_ours(to.as_str())) {
+            if verp.queue_id(to.as_str()).is_none() {
+                tracing::info!(rcpt = %to, "no such return path");
+                metrics::counter!("mailgate_recipients_total", "class" => "5xx").increment(1);
+                self.reply(Reply::new(550, Enhanced(5, 1, 1), "No such return path"));
+                return Next::Continue;
+            }
+            if !tx.rcpts.is_empty() && !tx.returns {
+                self.reply(Reply::new(452, Enhanced(4, 5, 3), "Send bounces in a separate transaction"));
+                return Next::Continue;
+            }
+            if !tx.rcpts.iter().any(|r| r.as_str().eq_ignore_ascii_case(to.as_str())) {
+                if tx.rcpts.len() >= max {
+                    self.reply(Reply::new(452, Enhanced(4, 5, 3), "Too many recipients"));
+                    return Next::Continue;
+                }
+                tx.rcpts.push(to);
+                tx.rcpt_params.push(params);
+                tx.returns = true;
+            }
+            self.reply(Reply::new(250, Enhanced(2, 1, 5), "Recipient OK"));
+            return Next::Continue;
+        }
+        if tx.returns {
+            self.reply(Reply::new(452, Enhanced(4, 5, 3), "Send this recipient in a separate transaction"));
+            return Next::Continue;
+        }
         // No open relay: our domains from anyone, other domains only from trusted or
         // authenticated clients.
         let may_relay = self.conn.trusted || self.conn.user.is_some();
