@@ -79,11 +79,11 @@ pub fn get(url: &str, key: &str) -> Resp {
 /// A gateway relaying to `sink` with an `[[api]]` listener; returns it and the API's base URL.
 pub fn with_api(sink: &Sink, extra: &str) -> (Gateway, String) {
     let port = free_port();
+    // `extra` may bring its own `[queue]` table (after the `[[api]]` one).
+    let queue = if extra.contains("[queue]") { "" } else { "[queue]\nretry_schedule = [\"1s\"]\n" };
     let gw = Gateway::with_sink(
         sink.port(),
-        &format!(
-            "[queue]\nretry_schedule = [\"1s\"]\n\n[[api]]\nname = \"api\"\naddress = \"127.0.0.1:{port}\"\n{extra}"
-        ),
+        &format!("{queue}\n[[api]]\nname = \"api\"\naddress = \"127.0.0.1:{port}\"\n{extra}"),
     );
     let up = wait_for(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
     assert!(up.is_some(), "API listener did not come up:\n{}", gw.log());

@@ -47,26 +47,83 @@ fn posts(path: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
-#[test]
-fn events_reach_a_receiver_signed_even_after_it_was_down_and_the_gateway_killed() {
-    let dir = tempfile::tempdir().unwrap();
-    let (out, fail) = (dir.path().join("posts.jsonl"), dir.path().join("fail"));
-    std::fs::write(&fail, "").unwrap();
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Starts the receiver on a fresh port: it, its port, and the path of its log. While the file
+/// `fail` exists it answers 503.
+fn receiver(dir: &std::path::Path, fail: &std::path::Path) -> (Receiver, u16, std::path::PathBuf) {
+    let out = dir.join("posts.jsonl");
     let port = free_port();
-    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let _receiver = Receiver(
+    let r = Receiver(
         Command::new("python3")
             .arg("-c")
             .arg(RECEIVER)
-            .env("SECRET", secret)
+            .env("SECRET", SECRET)
             .env("OUT", &out)
-            .env("FAIL", &fail)
+            .env("FAIL", fail)
             .env("PORT", port.to_string())
             .stdout(Stdio::null())
             .spawn()
             .expect("python3"),
     );
     assert!(wait_for(T, || std::net::TcpStream::connect(("127.0.0.1", port)).ok()).is_some());
+    (r, port, out)
+}
+
+/// The signed events the receiver accepted about message `id`.
+fn events_of(out: &std::path::Path, id: &str) -> Vec<serde_json::Value> {
+    posts(out)
+        .into_iter()
+        .filter(|p| p["ok"] == true)
+        .flat_map(|p| p["body"]["data"]["events"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["queue_id"] == id)
+        .collect()
+}
+
+/// A recipient deferred, then delivered, with a delay notice to the sender in between: the
+/// receiver gets `deferred`, `delay_notice` and `delivered` for it, in that order.
+#[test]
+fn deferred_a_delay_notice_then_delivered_reach_the_receiver() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_receiver, port, out) = receiver(dir.path(), &dir.path().join("never"));
+    let sink = Sink::start();
+    sink.set_rcpt_reply("later@remote.test", "451 4.2.1 mailbox busy");
+    let (gw, url) = with_api(
+        &sink,
+        &format!(
+            "\n[[webhook]]\nname = \"app\"\nurl = \"http://127.0.0.1:{port}/hooks\"\nsecret = \"{SECRET}\"\n\
+             events = [\"deferred\", \"delay_notice\", \"delivered\"]\n\n[queue]\nretry_schedule = [\"1s\"]\ndelay_warning = \"1s\"\n"
+        ),
+    );
+    let key = create_key(&gw, "shop", &[]);
+    let r =
+        post_json(&url, &key, &serde_json::json!({"from": "a@shop.test", "to": ["later@remote.test"], "text": "t"}));
+    assert_eq!(r.status, 202, "{r:?}");
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let noticed = wait_for(T, || events_of(&out, &id).iter().any(|e| e["kind"] == "delay_notice").then_some(()));
+    assert!(noticed.is_some(), "{:?}\n{}", posts(&out), gw.log());
+    sink.clear_rcpt_reply("later@remote.test");
+    let got = wait_for(T, || {
+        let ev = events_of(&out, &id);
+        ev.iter().any(|e| e["kind"] == "delivered").then_some(ev)
+    })
+    .unwrap_or_else(|| panic!("not delivered: {:?}\n{}", posts(&out), gw.log()));
+    let kinds: Vec<&str> = got.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let first = |k: &str| kinds.iter().position(|x| *x == k).unwrap();
+    assert!(first("deferred") < first("delay_notice") && first("delay_notice") < first("delivered"), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "delay_notice").count(), 1, "{kinds:?}");
+    let d = got.iter().find(|e| e["kind"] == "deferred").unwrap();
+    assert_eq!(d["reply"], "451 4.2.1 mailbox busy");
+    assert!(d["next_attempt"].as_u64().is_some(), "{d}");
+}
+
+#[test]
+fn events_reach_a_receiver_signed_even_after_it_was_down_and_the_gateway_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fail = dir.path().join("fail");
+    std::fs::write(&fail, "").unwrap();
+    let (_receiver, port, out) = receiver(dir.path(), &fail);
+    let secret = SECRET;
     let sink = Sink::start();
     sink.set_rcpt_reply("gone@remote.test", "550 5.1.1 No such user");
     let (mut gw, url) = with_api(
@@ -93,13 +150,8 @@ fn events_reach_a_receiver_signed_even_after_it_was_down_and_the_gateway_killed(
     std::fs::remove_file(&fail).unwrap();
     gw.start_again();
     let got = wait_for(T, || {
-        let events: Vec<serde_json::Value> = posts(&out)
-            .into_iter()
-            .filter(|p| p["ok"] == true)
-            .flat_map(|p| p["body"]["data"]["events"].as_array().cloned().unwrap_or_default())
-            // (The DSN to the sender is a message of its own, with events of its own.)
-            .filter(|e| e["queue_id"] == id.as_str())
-            .collect();
+        // (The DSN to the sender is a message of its own, with events of its own.)
+        let events = events_of(&out, &id);
         let kinds: HashSet<String> = events.iter().map(|e| e["kind"].as_str().unwrap_or("").to_string()).collect();
         (["received", "delivered", "bounced"].iter().all(|k| kinds.contains(*k))).then_some(events)
     })
