@@ -18,12 +18,40 @@ const MAX_BYTES: u64 = 1 << 30;
 /// At most this many appends share one sync.
 const GROUP: usize = 512;
 
+/// Every this many events a segment notes where its line begins (readers seek there).
+const MARK_EVERY: u64 = 1024;
+
 #[derive(Debug, Clone)]
 struct Segment {
     first_seq: u64,
     /// Time of its first event (Unix ms): where a message's events can begin.
     first_at: u64,
     path: PathBuf,
+    /// (seq, byte offset of its line) for every `MARK_EVERY`th event, in order: a reader of
+    /// events after a cursor seeks instead of parsing the segment from its start. Known for
+    /// the segments written since the log was opened and the one it was opened at.
+    marks: Vec<(u64, u64)>,
+}
+
+/// The sequence number of a line as the writer puts it (`{"seq":N,…`), without parsing the
+/// rest.
+fn seq_of(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(b"{\"seq\":")?;
+    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// The marks of a segment's text.
+fn marks_of(text: &[u8]) -> Vec<(u64, u64)> {
+    let mut marks = vec![];
+    let mut offset = 0u64;
+    for line in text.split(|b| *b == b'\n') {
+        if let Some(seq) = seq_of(line).filter(|s| s % MARK_EVERY == 0) {
+            marks.push((seq, offset));
+        }
+        offset += line.len() as u64 + 1;
+    }
+    marks
 }
 
 struct Append {
@@ -61,7 +89,7 @@ impl EventLog {
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
                 let first_seq = name.strip_suffix(".jsonl")?.parse().ok()?;
-                Some(Segment { first_seq, first_at: first_at(&e.path()), path: e.path() })
+                Some(Segment { first_seq, first_at: first_at(&e.path()), path: e.path(), marks: vec![] })
             })
             .collect();
         segments.sort_by_key(|s| s.first_seq);
@@ -75,16 +103,20 @@ impl EventLog {
                 File::options().write(true).open(&s.path)?.set_len(keep as u64)?;
             }
             let text = &bytes[..keep];
+            let marks = marks_of(text);
             last = text
                 .split(|b| *b == b'\n')
                 .rev()
                 .find_map(|l| serde_json::from_slice::<Event>(l).ok())
                 .map_or(s.first_seq.saturating_sub(1), |e| e.seq);
+            if let Some(s) = segments.last_mut() {
+                s.marks = marks;
+            }
         }
         if segments.is_empty() {
             let path = segment_path(dir, 1);
             File::create(&path)?;
-            segments.push(Segment { first_seq: 1, first_at: 0, path });
+            segments.push(Segment { first_seq: 1, first_at: 0, path, marks: vec![] });
         }
         let current = segments.last().expect("one at least").path.clone();
         let file = File::options().append(true).open(&current)?;
@@ -137,8 +169,10 @@ impl EventLog {
             if out.len() >= limit {
                 break;
             }
-            scan(&s.path, |e| {
-                if e.seq > cursor && e.seq <= durable {
+            // Seek to the last mark at or before the first event wanted.
+            let from = s.marks.iter().take_while(|(seq, _)| *seq <= cursor.saturating_add(1)).last().map_or(0, |m| m.1);
+            scan_from(&s.path, from, cursor, |e| {
+                if e.seq <= durable {
                     out.push(e);
                 }
                 out.len() < limit
@@ -169,15 +203,30 @@ impl EventLog {
 
 /// Reads a segment's events in order until `f` says stop; a line that does not parse (being
 /// written right now) ends the segment.
-fn scan(path: &Path, mut f: impl FnMut(Event) -> bool) -> std::io::Result<()> {
-    let file = match File::open(path) {
+fn scan(path: &Path, f: impl FnMut(Event) -> bool) -> std::io::Result<()> {
+    scan_from(path, 0, 0, f)
+}
+
+/// [`scan`] from byte `offset` (a line's start), passing over events up to `after` without
+/// parsing them.
+fn scan_from(path: &Path, offset: u64, after: u64, mut f: impl FnMut(Event) -> bool) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = match File::open(path) {
         Ok(f) => f,
         // Deleted by retention while we looked: nothing there any more.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
+    file.seek(SeekFrom::Start(offset))?;
     for line in BufReader::new(file).split(b'\n') {
-        let Ok(e) = serde_json::from_slice::<Event>(&line?) else { break };
+        let line = line?;
+        if seq_of(&line).is_some_and(|s| s <= after) {
+            continue;
+        }
+        let Ok(e) = serde_json::from_slice::<Event>(&line) else { break };
+        if e.seq <= after {
+            continue;
+        }
         if !f(e) {
             break;
         }
@@ -225,10 +274,14 @@ impl Writer {
         }
         let mut buf = Vec::with_capacity(group.len() * 256);
         let first = self.next;
+        let mut marks = vec![];
         for a in group.iter_mut() {
             for e in a.events.iter_mut() {
                 e.seq = self.next;
                 e.id = format!("ev{:012}", self.next);
+                if e.seq % MARK_EVERY == 0 {
+                    marks.push((e.seq, self.size + buf.len() as u64));
+                }
                 self.next += 1;
                 serde_json::to_writer(&mut buf, e).map_err(std::io::Error::other)?;
                 buf.push(b'\n');
@@ -247,6 +300,11 @@ impl Writer {
             return Err(e);
         }
         self.size += buf.len() as u64;
+        if !marks.is_empty() {
+            if let Some(s) = self.segments.write().unwrap().last_mut() {
+                s.marks.extend(marks);
+            }
+        }
         let last = self.next - 1;
         self.durable.store(last, Ordering::Release);
         let _ = self.moved.send(last);
@@ -260,7 +318,7 @@ impl Writer {
         self.file = File::options().create(true).append(true).open(&path)?;
         self.size = 0;
         let mut segs = self.segments.write().unwrap();
-        segs.push(Segment { first_seq: self.next, first_at: 0, path });
+        segs.push(Segment { first_seq: self.next, first_at: 0, path, marks: vec![] });
         let total: u64 = segs.iter().filter_map(|s| std::fs::metadata(&s.path).ok()).map(|m| m.len()).sum();
         let mut over = total.saturating_sub(MAX_BYTES);
         while over > 0 && segs.len() > 1 {
@@ -305,5 +363,30 @@ mod tests {
         log.append(vec![ev("0000000000000003")]).await.unwrap();
         let all = log.since(0, 100).unwrap();
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4], "the torn line is gone");
+    }
+
+    /// Readers after a cursor seek to the segment's marks: the same pages as a scan from the
+    /// start, for every cursor, before and after the log is opened again.
+    #[tokio::test]
+    async fn pages_after_any_cursor_with_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
+        let n = 3 * MARK_EVERY + 17;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+            log.append(chunk.iter().map(|i| ev(&format!("{i:016X}"))).collect()).await.unwrap();
+        }
+        assert_eq!(log.segments.read().unwrap()[0].marks.len(), 3);
+        let check = |log: &EventLog| {
+            for cursor in [0, 1, MARK_EVERY - 2, MARK_EVERY - 1, MARK_EVERY, MARK_EVERY + 1, 2 * MARK_EVERY, n - 1, n] {
+                let page = log.since(cursor, 5).unwrap();
+                let want: Vec<u64> = (cursor + 1..=n).take(5).collect();
+                assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), want, "after {cursor}");
+            }
+        };
+        check(&log);
+        drop(log);
+        let log = EventLog::open(dir.path()).unwrap();
+        assert_eq!(log.segments.read().unwrap()[0].marks.len(), 3, "rebuilt when opened");
+        check(&log);
     }
 }

@@ -166,5 +166,11 @@ pub(crate) async fn feed(log: Arc<EventLog>, list: Arc<Suppressions>, mut stop: 
             r = moved.changed() => if r.is_err() { return },
             _ = stop.changed() => return,
         }
+        // Read at most once a second: under load the log moves for every message, and a
+        // suppression a second late costs nothing.
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
     }
 }
