@@ -63,11 +63,19 @@ impl Sink {
     }
 
     pub fn start_on(port: u16, tls: bool) -> Sink {
+        Self::start_inner(port, tls.then(tls_acceptor))
+    }
+
+    /// STARTTLS with the test's own server configuration (certificate, session tickets).
+    pub fn start_tls(cfg: rustls::ServerConfig) -> Sink {
+        Self::start_inner(0, Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))))
+    }
+
+    fn start_inner(port: u16, acceptor: Option<tokio_rustls::TlsAcceptor>) -> Sink {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let listener = rt.block_on(TcpListener::bind(("127.0.0.1", port))).unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
-        let acceptor = tls.then(tls_acceptor);
         let st = state.clone();
         rt.spawn(async move {
             loop {

@@ -167,7 +167,7 @@ impl Delivery {
                     Ok(a) => a,
                     Err(o) => return all(o),
                 };
-                let policy = match self.tls.policy(*tls, ca_file.as_deref()) {
+                let policy = match self.tls.policy(*tls, ca_file.as_deref(), *port) {
                     Ok(p) => p,
                     Err(e) => {
                         return all(RcptOutcome::new(
@@ -201,7 +201,7 @@ impl Delivery {
                         )
                     }));
                 }
-                let policy = match self.tls.policy(*tls, None) {
+                let policy = match self.tls.policy(*tls, None, self.settings.mx_port) {
                     Ok(p) => p,
                     Err(e) => {
                         return all(RcptOutcome::new(

@@ -30,8 +30,11 @@ pub struct Policy {
 
 pub struct Connectors {
     opportunistic: TlsConnector,
-    /// Verifying connectors by extra CA file (`None`: webpki roots only).
-    verifying: Mutex<HashMap<Option<PathBuf>, TlsConnector>>,
+    /// Verifying connectors by extra CA file (`None`: webpki roots only) and server port. Each
+    /// has its own session cache, which rustls keys by server name: a session verified on one
+    /// port is never resumed on another (a different service that may share the ticket keys
+    /// but not the certificate), nor under another trust set.
+    verifying: Mutex<HashMap<(Option<PathBuf>, u16), TlsConnector>>,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -53,20 +56,21 @@ impl Connectors {
         Connectors { opportunistic: TlsConnector::from(Arc::new(cfg)), verifying: Mutex::new(HashMap::new()) }
     }
 
-    pub fn policy(&self, p: TlsPolicy, ca_file: Option<&Path>) -> Result<Policy, CaFileError> {
+    /// The policy for a connection to `port` (see `verifying` for why the port matters).
+    pub fn policy(&self, p: TlsPolicy, ca_file: Option<&Path>, port: u16) -> Result<Policy, CaFileError> {
         Ok(match p {
             TlsPolicy::None => Policy { kind: PolicyKind::None, connector: None },
             TlsPolicy::Opportunistic => {
                 Policy { kind: PolicyKind::Opportunistic, connector: Some(self.opportunistic.clone()) }
             }
             TlsPolicy::Required => {
-                let key = ca_file.map(Path::to_path_buf);
+                let key = (ca_file.map(Path::to_path_buf), port);
                 let mut v = self.verifying.lock().unwrap();
                 let conn = match v.get(&key) {
                     Some(c) => c.clone(),
                     None => {
                         let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-                        if let Some(f) = &key {
+                        if let Some(f) = &key.0 {
                             let bad = |e: String| CaFileError { path: f.clone(), why: e };
                             let certs = CertificateDer::pem_file_iter(f).map_err(|e| bad(e.to_string()))?;
                             for c in certs {
