@@ -93,7 +93,7 @@ fn spf_iprev_received_and_logs_see_the_ipv4_address() {
             Gateway::maildir_files(&gw.path("mail"), "u")
                 .iter()
                 .map(|f| std::fs::read_to_string(f).unwrap_or_default())
-                .find(|t| t.contains(&format!("Subject: {domain}\r\n")))
+                .find(|t| t.contains(&format!("Subject: {domain}\n")))
         })
         .unwrap_or_else(|| panic!("{domain} was not delivered; log:\n{}", gw.log()));
         assert!(text.contains(&format!("spf=pass smtp.mailfrom={domain}")), "{domain}: {text}");

@@ -29,7 +29,9 @@ fn swaks_to_a_local_domain_lands_in_the_maildir_with_received() {
     })
     .expect("delivered to the maildir");
     let msg = std::fs::read_to_string(&files[0]).unwrap();
-    assert!(msg.starts_with("Return-Path: <a@sender.test>\r\nDelivered-To: Someone@example.test\r\nReceived: from client.test ([127.0.0.1])\r\n\tby mx.gateway.test with ESMTP id "), "{msg}");
+    // LF line ends, as maildir readers expect (CRLF stays on the wire).
+    assert!(msg.starts_with("Return-Path: <a@sender.test>\nDelivered-To: Someone@example.test\nReceived: from client.test ([127.0.0.1])\n\tby mx.gateway.test with ESMTP id "), "{msg}");
+    assert!(!msg.contains('\r'), "{msg:?}");
     assert!(msg.contains("for <Someone@example.test>;"), "{msg}");
     assert!(msg.contains("Subject: hi there"));
 }

@@ -243,7 +243,7 @@ fn run_case(gw: &Gateway, port: u16, c: &Case, n: usize) -> Result<(String, Opti
         return Err(format!("DATA refused: {}", r.trim_end()));
     }
     smtp.cmd("QUIT");
-    let subject = format!("Subject: spf-case-{n}\r\n");
+    let subject = format!("Subject: spf-case-{n}\n");
     let msg = mailgate_tests::wait_for(Duration::from_secs(20), || {
         Gateway::maildir_files(&gw.path("mail"), "postmaster")
             .into_iter()

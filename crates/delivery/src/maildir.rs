@@ -1,5 +1,6 @@
 //! The `maildir` route: each recipient's copy becomes one file in `<path>/<local-part>/new/`,
-//! written to `tmp/`, fsynced, then renamed (the maildir protocol, atomic for readers).
+//! written to `tmp/`, fsynced, then renamed (the maildir protocol, atomic for readers), with LF
+//! line ends as maildir readers expect (the wire's CRLF is not kept).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -50,14 +51,27 @@ fn write_one(root: &Path, id: &str, sender: &str, rcpt: &str, data: &[u8]) -> st
         std::process::id()
     );
     let tmp = mbox.join("tmp").join(&name);
-    let mut f = std::fs::File::create(&tmp)?;
-    write!(f, "Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n")?;
-    f.write_all(data)?;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    write!(f, "Return-Path: <{sender}>\nDelivered-To: {rcpt}\n")?;
+    write_lf(&mut f, data)?;
+    let f = f.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
     let dest = mbox.join("new").join(&name);
     std::fs::rename(&tmp, &dest)?;
     std::fs::File::open(mbox.join("new"))?.sync_all()?;
     Ok(dest)
+}
+
+/// Writes CRLF content with LF line ends, as maildir readers expect (mutt, s-nail, Dovecot
+/// all read LF); a CR that does not end a line is kept.
+fn write_lf(out: &mut impl Write, data: &[u8]) -> std::io::Result<()> {
+    let mut rest = data;
+    while let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
+        out.write_all(&rest[..i])?;
+        out.write_all(b"\n")?;
+        rest = &rest[i + 2..];
+    }
+    out.write_all(rest)
 }
 
 pub async fn deliver(root: &Path, msg: &Outbound<'_>) -> Vec<RcptOutcome> {
@@ -97,6 +111,16 @@ pub async fn deliver(root: &Path, msg: &Outbound<'_>) -> Vec<RcptOutcome> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lf_line_ends() {
+        let mut out = vec![];
+        super::write_lf(&mut out, b"A: b\r\n\r\nline\rwith CR\r\nlast\r\n").unwrap();
+        assert_eq!(out, b"A: b\n\nline\rwith CR\nlast\n");
+        let mut out = vec![];
+        super::write_lf(&mut out, b"no end\r").unwrap();
+        assert_eq!(out, b"no end\r");
+    }
+
     #[test]
     fn mailbox_names_are_path_safe() {
         use super::mailbox_dir as m;
