@@ -26,10 +26,11 @@ wait_port() {
     cat "$work/mailgate.log" >&2; echo "nothing listens on port $1" >&2; exit 1
 }
 
+# MG=/path/to/mailgate compares another build (the bench tool is built here either way).
 echo "building (release)…" >&2
 cargo build --release --locked -p mailgate -p mailgate-bench >&2
 BENCH=$root/target/release/mailgate-bench
-MG=$root/target/release/mailgate
+MG=${MG:-$root/target/release/mailgate}
 cat > "$work/mailgate.toml" <<TOML
 [server]
 hostname = "mailgate.bench"

@@ -69,8 +69,14 @@ pub struct KeyStore {
 }
 
 fn sha256_hex(key: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(64);
+    for b in d.as_ref() {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+    out
 }
 
 fn unix_now() -> u64 {

@@ -125,21 +125,21 @@ pub(crate) async fn feed(log: Arc<EventLog>, list: Arc<Suppressions>, mut stop: 
         let from = list.seq();
         let batch = {
             let log = log.clone();
-            tokio::task::spawn_blocking(move || log.since(from, BATCH)).await
+            tokio::task::spawn_blocking(move || log.since_kinds(from, BATCH, &[Kind::Bounced])).await
         };
-        let batch = match batch {
+        let (batch, last) = match batch {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
                 tracing::error!("suppression list: event log not readable: {e}");
-                Vec::new()
+                (Vec::new(), from)
             }
             Err(_) => return,
         };
-        if let Some(last) = batch.last().map(|e| e.seq) {
+        if last > from {
             let now = mailgate_message::date::now_unix();
             let new: Vec<Suppressed> = batch
                 .into_iter()
-                .filter(|e| e.kind == Kind::Bounced && e.class.is_some_and(suppresses))
+                .filter(|e| e.class.is_some_and(suppresses))
                 .filter_map(|e| {
                     Some(Suppressed {
                         key: e.api_key?,
@@ -158,9 +158,7 @@ pub(crate) async fn feed(log: Arc<EventLog>, list: Arc<Suppressions>, mut stop: 
                 Ok(Err(e)) => tracing::error!("suppression list not written: {e}"),
                 Err(_) => return,
             }
-            if last > from {
-                continue;
-            }
+            continue;
         }
         tokio::select! {
             r = moved.changed() => if r.is_err() { return },
