@@ -45,15 +45,24 @@ struct Rig {
 /// A gateway with an mx listener (no trusted networks: relaying needs AUTH), a submission and a
 /// submissions listener, TLS, and auth-static knowing alice.
 fn rig(extra: &str) -> Rig {
-    let sink = Sink::start();
-    let (certs, cert, key) = certificate();
-    let (submission, submissions) = (free_port(), free_port());
     let auth = Gateway::plugin(
         "auth-static",
         "auth-static",
         "stages = [\"auth\"]\ncpu_budget = \"5s\"\nmemory_limit = 67108864",
         &format!("users = [\"alice:{}\"]", hash(PASSWORD)),
     );
+    rig_auth(extra, &auth)
+}
+
+/// [`rig`] with this auth plugin block.
+fn rig_with(auth: &str) -> Rig {
+    rig_auth("", auth)
+}
+
+fn rig_auth(extra: &str, auth: &str) -> Rig {
+    let sink = Sink::start();
+    let (certs, cert, key) = certificate();
+    let (submission, submissions) = (free_port(), free_port());
     let gw = Gateway::with_sink(
         sink.port(),
         &format!(
@@ -179,6 +188,42 @@ print("limited")
     );
     let (ok, out) = python(r.submission, &script);
     assert!(ok, "{out}\n{}", r.gw.log());
+}
+
+/// PLAIN with an authorization identity (RFC 4616): alice's password does not make her bob
+/// unless auth-static's `act_for` says so; then the session is bob's.
+#[test]
+fn plain_authzid_needs_permission_to_act_for_someone_else() {
+    let script = format!(
+        r#"{PY_PRELUDE}
+import base64, sys
+c = smtplib.SMTP("127.0.0.1", port); c.starttls(context=ctx); c.ehlo("py.test")
+code, text = c.docmd("AUTH", "PLAIN " + base64.b64encode(b"bob\0alice\0{PASSWORD}").decode())
+print(code, text.decode())
+if code == 235:
+    c.sendmail("bob@example.test", ["as-bob@remote.test"], msg)
+# authzid equal to the user is no request to act for anyone.
+c2 = smtplib.SMTP("127.0.0.1", port); c2.starttls(context=ctx); c2.ehlo("py.test")
+code2, _ = c2.docmd("AUTH", "PLAIN " + base64.b64encode(b"alice\0alice\0{PASSWORD}").decode())
+assert code2 == 235, code2
+"#
+    );
+    let r = rig("");
+    let (ok, out) = python(r.submission, &script);
+    assert!(ok && out.starts_with("535 5.7.8"), "{out}\n{}", r.gw.log());
+    // Allowed by the plugin's config: authenticated as bob.
+    let act = Gateway::plugin(
+        "auth-static",
+        "auth-static",
+        "stages = [\"auth\"]\ncpu_budget = \"5s\"\nmemory_limit = 67108864",
+        &format!("users = [\"alice:{}\"]\nact_for = [\"alice:bob\"]", hash(PASSWORD)),
+    );
+    let r = rig_with(&act);
+    let (ok, out) = python(r.submission, &script);
+    assert!(ok && out.starts_with("235"), "{out}\n{}", r.gw.log());
+    let t = r.sink.wait_for_rcpt("as-bob@remote.test", T).text();
+    assert!(t.contains("; authenticated as bob)"), "{t}");
+    assert!(r.gw.log().contains("authenticated user=bob authenticated_by=alice"), "{}", r.gw.log());
 }
 
 #[test]

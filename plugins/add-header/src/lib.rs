@@ -25,12 +25,7 @@ impl Filter for AddHeader {
         Ok(())
     }
 
-    fn on_data(
-        &mut self,
-        _conn: &ConnectionInfo,
-        _env: &Envelope,
-        _msg: &Message,
-    ) -> DataResult {
+    fn on_data(&mut self, _conn: &ConnectionInfo, _env: &Envelope, _msg: &Message) -> DataResult {
         DataResult::next().with(Modification::add_header(&self.name, &self.value))
     }
 }

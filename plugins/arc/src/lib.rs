@@ -17,7 +17,8 @@ struct Arc {
 
 impl Filter for Arc {
     fn init(&mut self) -> Result<(), String> {
-        self.trusted = config::get_list("trusted").into_iter().map(|d| d.to_ascii_lowercase()).collect();
+        self.trusted =
+            config::get_list("trusted").into_iter().map(|d| d.to_ascii_lowercase()).collect();
         self.trusted_points = config::parse("trusted_points")?.unwrap_or(-1.0);
         self.fail_points = config::parse("fail_points")?.unwrap_or(1.0);
         Ok(())

@@ -1,5 +1,6 @@
 //! auth-static: checks SMTP AUTH credentials (on-auth) against a static list of users with
-//! argon2 hashes (`$argon2id$…`, from `mailgate hash-password`).
+//! argon2 hashes (`$argon2id$…`, from `mailgate hash-password`). A PLAIN request to act for
+//! another identity (authzid) passes only when `act_for` lists `user:identity`.
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use mailgate_plugin_sdk::prelude::*;
@@ -8,6 +9,9 @@ use mailgate_plugin_sdk::prelude::*;
 struct AuthStatic {
     /// (user, PHC or bcrypt hash) from `users = ["user:hash", …]`.
     users: Vec<(String, String)>,
+    /// (user, identity it may act as) from `act_for = ["user:identity", …]`: PLAIN requests
+    /// with another authorization identity are refused unless listed here.
+    act_for: Vec<(String, String)>,
 }
 
 /// A well-formed hash to check against when the user is unknown, so that unknown users and
@@ -31,6 +35,12 @@ impl Filter for AuthStatic {
             }
             self.users.push((user.to_string(), hash.to_string()));
         }
+        for entry in config::get_list("act_for") {
+            let (user, identity) = entry
+                .split_once(':')
+                .ok_or_else(|| format!("act_for: {entry:?} is not user:identity"))?;
+            self.act_for.push((user.to_string(), identity.to_string()));
+        }
         if self.users.is_empty() {
             log::warn!("auth-static: no users configured, every AUTH fails");
         }
@@ -40,7 +50,15 @@ impl Filter for AuthStatic {
     fn on_auth(&mut self, _conn: &ConnectionInfo, req: &AuthRequest) -> Verdict {
         let hash = self.users.iter().find(|(u, _)| *u == req.username).map(|(_, h)| h.as_str());
         let ok = verify(hash.unwrap_or(DUMMY), &req.password) && hash.is_some();
-        if ok {
+        // Acting for someone else (RFC 4616 authzid) only where the config allows it.
+        let may_act = req
+            .authzid
+            .as_ref()
+            .is_none_or(|z| self.act_for.iter().any(|(u, i)| *u == req.username && i == z));
+        if ok && !may_act {
+            log::info!("auth-static: {:?} may not act for {:?}", req.username, req.authzid);
+            Verdict::reject(535, "5.7.8", "Authentication credentials invalid")
+        } else if ok {
             Verdict::Accept
         } else {
             log::info!("auth-static: credentials refused for {:?}", req.username);

@@ -15,12 +15,14 @@ struct Dkim {
 }
 
 fn within(domain: &str, parent: &str) -> bool {
-    domain.eq_ignore_ascii_case(parent) || domain.to_ascii_lowercase().ends_with(&format!(".{}", parent.to_ascii_lowercase()))
+    domain.eq_ignore_ascii_case(parent)
+        || domain.to_ascii_lowercase().ends_with(&format!(".{}", parent.to_ascii_lowercase()))
 }
 
 impl Filter for Dkim {
     fn init(&mut self) -> Result<(), String> {
-        self.require = config::get_list("require").into_iter().map(|d| d.to_ascii_lowercase()).collect();
+        self.require =
+            config::get_list("require").into_iter().map(|d| d.to_ascii_lowercase()).collect();
         self.action = config::get_or("action", "reject");
         if !matches!(self.action.as_str(), "reject" | "quarantine") {
             return Err("action: reject or quarantine".into());
@@ -40,7 +42,8 @@ impl Filter for Dkim {
             return DataResult::next();
         };
         // Relaxed alignment: the signing domain is the From domain or one of its parents.
-        let signed = results.iter().any(|r| r.status == AuthStatus::Pass && within(&from_domain, &r.domain));
+        let signed =
+            results.iter().any(|r| r.status == AuthStatus::Pass && within(&from_domain, &r.domain));
         if signed {
             return DataResult::next();
         }

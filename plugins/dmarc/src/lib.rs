@@ -16,7 +16,8 @@ struct Dmarc {
 
 impl Filter for Dmarc {
     fn init(&mut self) -> Result<(), String> {
-        self.overrides = config::get_list("override").into_iter().map(|d| d.to_ascii_lowercase()).collect();
+        self.overrides =
+            config::get_list("override").into_iter().map(|d| d.to_ascii_lowercase()).collect();
         self.fail_points = config::parse("fail_points")?.unwrap_or(3.0);
         Ok(())
     }
@@ -43,7 +44,9 @@ impl Filter for Dmarc {
             DmarcPolicy::Reject => {
                 Verdict::reject(550, "5.7.1", format!("Rejected by the DMARC policy of {domain}"))
             }
-            DmarcPolicy::Quarantine => Verdict::quarantine(format!("DMARC policy of {domain}: quarantine")),
+            DmarcPolicy::Quarantine => {
+                Verdict::quarantine(format!("DMARC policy of {domain}: quarantine"))
+            }
             DmarcPolicy::None => Verdict::Next,
         })
     }

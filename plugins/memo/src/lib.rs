@@ -25,7 +25,8 @@ impl Filter for Memo {
 
     fn on_mail_from(&mut self, conn: &ConnectionInfo, _: &Envelope) -> Verdict {
         let tls = if conn.tls.is_some() { "tls" } else { "plain" };
-        let text = format!("memo: {tls}, helos [{}], score {}", self.helos.join(" "), score::total());
+        let text =
+            format!("memo: {tls}, helos [{}], score {}", self.helos.join(" "), score::total());
         // A 4xx the test reads; it changes nothing else.
         Verdict::tempfail(451, "4.7.1", text)
     }

@@ -64,12 +64,7 @@ impl Filter for Misbehave {
     fn on_rcpt(&mut self, _: &ConnectionInfo, _: &Envelope, _: &str) -> Verdict {
         self.act("rcpt")
     }
-    fn on_data(
-        &mut self,
-        _: &ConnectionInfo,
-        _: &Envelope,
-        _: &Message,
-    ) -> DataResult {
+    fn on_data(&mut self, _: &ConnectionInfo, _: &Envelope, _: &Message) -> DataResult {
         DataResult::verdict(self.act("data"))
     }
     fn on_route(&mut self, _: &Envelope, _: &str) -> RouteResult {

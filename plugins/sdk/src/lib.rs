@@ -58,17 +58,17 @@ pub mod bindings {
 
 pub use bindings::mailgate::plugin::message::Message;
 pub use bindings::mailgate::plugin::types::{
-    ArcResult, AuthRequest, AuthStatus, ConnectionInfo, DataResult, DeliveryResult,
-    DeliveryStatus, DkimResult, DmarcPolicy, DmarcResult, Envelope, IprevResult, Modification,
-    Reply, Route, RouteResult, SpfResult, TlsInfo, Verdict,
+    ArcResult, AuthRequest, AuthStatus, ConnectionInfo, DataResult, DeliveryResult, DeliveryStatus,
+    DkimResult, DmarcPolicy, DmarcResult, Envelope, IprevResult, Modification, Reply, Route,
+    RouteResult, SpfResult, TlsInfo, Verdict,
 };
 
 /// Everything a typical plugin needs: `use mailgate_plugin_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        AuthRequest, AuthStatus, ConnectionInfo, DataResult, DeliveryResult,
-        DeliveryStatus, Envelope, Filter, Message, Modification, Reply, Route, RouteResult,
-        Verdict, auth, config, data, dns, domain_of, export, kv, log, metrics, score,
+        AuthRequest, AuthStatus, ConnectionInfo, DataResult, DeliveryResult, DeliveryStatus,
+        Envelope, Filter, Message, Modification, Reply, Route, RouteResult, Verdict, auth, config,
+        data, dns, domain_of, export, kv, log, metrics, score,
     };
 }
 

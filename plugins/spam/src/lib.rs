@@ -59,12 +59,7 @@ impl Filter for Spam {
         Ok(())
     }
 
-    fn on_data(
-        &mut self,
-        _c: &ConnectionInfo,
-        _e: &Envelope,
-        msg: &Message,
-    ) -> DataResult {
+    fn on_data(&mut self, _c: &ConnectionInfo, _e: &Envelope, msg: &Message) -> DataResult {
         match self.bayes(msg) {
             Ok((p, tokens)) => {
                 let (_, rule, points) =

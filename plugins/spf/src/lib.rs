@@ -45,7 +45,8 @@ impl Spf {
         }
         let Some(r) = auth::spf() else { return Verdict::Next };
         let w = word(r.status);
-        let action = self.actions.iter().find(|(k, _)| *k == w).map_or("accept", |(_, a)| a.as_str());
+        let action =
+            self.actions.iter().find(|(k, _)| *k == w).map_or("accept", |(_, a)| a.as_str());
         let d = &r.domain;
         match action {
             "reject" => {
@@ -53,7 +54,9 @@ impl Spf {
                 let why = r.explanation.unwrap_or_else(|| "this host may not send its mail".into());
                 Verdict::reject(550, "5.7.23", format!("SPF {w} for {d}: {why}"))
             }
-            "tempfail" => Verdict::tempfail(451, "4.4.3", format!("SPF {w} for {d}: try again later")),
+            "tempfail" => {
+                Verdict::tempfail(451, "4.4.3", format!("SPF {w} for {d}: try again later"))
+            }
             "mark" => {
                 score::add(self.points, &format!("SPF_{}", w.to_uppercase()));
                 Verdict::Next

@@ -67,12 +67,7 @@ impl Filter for FixedVerdict {
     fn on_rcpt(&mut self, _: &ConnectionInfo, _: &Envelope, rcpt: &str) -> Verdict {
         self.at("rcpt", Some(rcpt))
     }
-    fn on_data(
-        &mut self,
-        _: &ConnectionInfo,
-        _: &Envelope,
-        _: &Message,
-    ) -> DataResult {
+    fn on_data(&mut self, _: &ConnectionInfo, _: &Envelope, _: &Message) -> DataResult {
         DataResult::verdict(self.at("data", None))
     }
     fn on_route(&mut self, _: &Envelope, rcpt: &str) -> RouteResult {

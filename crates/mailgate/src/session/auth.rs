@@ -44,12 +44,27 @@ impl Sasl {
     }
 }
 
-/// `authzid NUL authcid NUL passwd` (RFC 4616).
-fn plain_credentials(r: &[u8]) -> Result<(String, String), Reply> {
+/// What a client authenticates with.
+struct Credentials {
+    user: String,
+    password: String,
+    /// The identity asked to act as, when it is not `user` (PLAIN's authzid).
+    authzid: Option<String>,
+}
+
+/// `authzid NUL authcid NUL passwd` (RFC 4616). An authzid equal to the user is no request to
+/// act for someone else.
+fn plain_credentials(r: &[u8]) -> Result<Credentials, Reply> {
     let parts: Vec<&[u8]> = r.split(|b| *b == 0).collect();
     match parts.as_slice() {
-        [_authz, user, pass] if !user.is_empty() => {
-            Ok((String::from_utf8_lossy(user).into_owned(), String::from_utf8_lossy(pass).into_owned()))
+        [authz, user, pass] if !user.is_empty() => {
+            let user = String::from_utf8_lossy(user).into_owned();
+            let authz = String::from_utf8_lossy(authz).into_owned();
+            Ok(Credentials {
+                authzid: (!authz.is_empty() && authz != user).then_some(authz),
+                user,
+                password: String::from_utf8_lossy(pass).into_owned(),
+            })
         }
         _ => Err(Reply::new(501, Enhanced(5, 5, 2), "Malformed PLAIN response")),
     }
@@ -129,7 +144,7 @@ impl<S: SessionIo> Session<S> {
         match (mechanism.as_str(), initial) {
             ("PLAIN", None) => self.challenge("", Sasl::Plain),
             ("PLAIN", Some(i)) => match b64(&i).ok_or_else(invalid_base64).and_then(|r| plain_credentials(&r)) {
-                Ok((user, pass)) => self.authenticate("PLAIN", user, pass).await,
+                Ok(c) => self.authenticate("PLAIN", c).await,
                 Err(r) => self.bad_command(r),
             },
             ("LOGIN", None) => self.challenge("VXNlcm5hbWU6", Sasl::LoginUser),
@@ -167,29 +182,38 @@ impl<S: SessionIo> Session<S> {
         Some(match (sasl, decoded) {
             (_, Err(r)) => self.bad_command(r),
             (Sasl::Plain, Ok(r)) => match plain_credentials(&r) {
-                Ok((user, pass)) => self.authenticate(mechanism, user, pass).await,
+                Ok(c) => self.authenticate(mechanism, c).await,
                 Err(r) => self.bad_command(r),
             },
             (Sasl::LoginUser, Ok(u)) => {
                 self.challenge("UGFzc3dvcmQ6", Sasl::LoginPassword(String::from_utf8_lossy(&u).into_owned()))
             }
             (Sasl::LoginPassword(user), Ok(p)) => {
-                self.authenticate(mechanism, user, String::from_utf8_lossy(&p).into_owned()).await
+                let password = String::from_utf8_lossy(&p).into_owned();
+                self.authenticate(mechanism, Credentials { user, password, authzid: None }).await
             }
         })
     }
 
-    /// The credentials are complete: the on-auth stage decides.
-    async fn authenticate(&mut self, mechanism: &str, username: String, password: String) -> Next {
-        let req = AuthRequest { mechanism: mechanism.to_string(), username: username.clone(), password };
+    /// The credentials are complete: the on-auth stage decides, also whether the user may act
+    /// for the authorization identity it asked for (the session is then that identity).
+    async fn authenticate(&mut self, mechanism: &str, c: Credentials) -> Next {
+        let username = c.user.clone();
+        let req = AuthRequest {
+            mechanism: mechanism.to_string(),
+            username: c.user,
+            password: c.password,
+            authzid: c.authzid.clone(),
+        };
         let decision = match self.policy.chain.as_mut() {
             Some(chain) => chain.on_auth(&self.conn.info(), &req).await,
             None => Decision::Next,
         };
         match decision {
             Decision::Accept => {
-                tracing::info!(user = %username, %mechanism, "authenticated");
-                self.conn.user = Some(username);
+                let identity = c.authzid.unwrap_or_else(|| username.clone());
+                tracing::info!(user = %identity, authenticated_by = %username, %mechanism, "authenticated");
+                self.conn.user = Some(identity);
                 self.reply(Reply::new(235, Enhanced(2, 7, 0), "Authentication successful"));
                 Next::Continue
             }
