@@ -151,11 +151,14 @@ fn json_and_raw_messages_arrive_well_formed_and_signed() {
     assert!(out.starts_with("202 "), "{out}");
     let m = sink.wait_for_rcpt("raw2@remote.test", T);
     assert_eq!(m.from, "bounces@shop.test");
-    assert!(
-        m.text().ends_with("Subject: raw\r\n\r\nraw body\r\n.\r\nend\r\n"),
-        "CRLF, the lone dot kept: {:?}",
-        m.text()
-    );
+    // CRLF, the lone dot kept, and the Date and Message-ID it lacked added (RFC 6409 §8.3).
+    let id = serde_json::from_str::<serde_json::Value>(out.split_once(' ').unwrap().1).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t = m.text();
+    assert!(t.contains("Subject: raw\r\nDate: "), "{t:?}");
+    assert!(t.ends_with(&format!("\r\nMessage-ID: <{id}@mx.gateway.test>\r\n\r\nraw body\r\n.\r\nend\r\n")), "{t:?}");
     drop(gw);
 }
 

@@ -104,6 +104,8 @@ c.sendmail("alice@example.test", ["strict@remote.test"], msg, mail_options=["REQ
     let t = m.text();
     assert!(t.contains("with ESMTPSA (TLSv1.3 TLS13_"), "{t}");
     assert!(t.contains("; authenticated as alice)"), "{t}");
+    // The message had neither Date nor Message-ID: as a submission agent, the gateway adds them.
+    assert!(t.contains("\r\nSubject: over tls\r\nDate: ") && t.contains("\r\nMessage-ID: <"), "{t}");
     assert!(!r.gw.log().contains(PASSWORD), "the password never reaches the log");
     assert!(r.gw.log().contains("authenticated user=alice"));
     // REQUIRETLS is taken over TLS, kept with the message, and honoured: the next hop here

@@ -266,6 +266,26 @@ impl Cleanup {
             }
         }
         let mut data = data;
+        // RFC 6409 §8.3: an authenticated client's message gets what it lacks, before plugins
+        // see it and before it is signed.
+        if origin.user.is_some() {
+            let sub = &self.config.submission;
+            let mut fields = String::new();
+            if sub.add_date && !has_field(&data, "date") {
+                fields +=
+                    &format!("Date: {}\r\n", mailgate_message::date::rfc5322_date(mailgate_message::date::now_unix()));
+            }
+            if sub.add_message_id && !has_field(&data, "message-id") {
+                fields += &format!("Message-ID: <{id}@{}>\r\n", self.config.server.hostname);
+            }
+            if !fields.is_empty() {
+                tracing::debug!(queue_id = %id, added = %fields.trim_end(), "submission: header fields added");
+                append_header(&mut data, fields.as_bytes());
+                if let Some(h) = hold.as_mut() {
+                    h.force_to(data.capacity());
+                }
+            }
+        }
         envelope.body_8bit |= !data.is_ascii();
         // RFC 8601 §5: a field claiming our authserv-id did not come from us.
         let authserv_id = self.authserv_id();
@@ -424,6 +444,40 @@ pub fn prepend(data: &mut Vec<u8>, field: &[u8]) {
 }
 
 /// Counts `Received:` fields in the header section.
+/// Whether the header section has a field `name` (lower case), by its name at a line start.
+fn has_field(msg: &[u8], name: &str) -> bool {
+    header_lines(msg).any(|l| {
+        l.iter().position(|b| *b == b':').is_some_and(|c| l[..c].trim_ascii_end().eq_ignore_ascii_case(name.as_bytes()))
+    })
+}
+
+/// The header section's lines (continuations included; they never match a field name).
+fn header_lines(msg: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let end = header_end(msg);
+    msg[..end].split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+}
+
+/// Where the header section ends (the empty line's start, or the end of a message that has
+/// no body).
+fn header_end(msg: &[u8]) -> usize {
+    if msg.starts_with(b"\r\n") {
+        return 0;
+    }
+    msg.windows(4).position(|w| w == b"\r\n\r\n").map_or(msg.len(), |p| p + 2)
+}
+
+/// Adds fields (CRLF-terminated) at the end of the header section.
+fn append_header(data: &mut Vec<u8>, fields: &[u8]) {
+    let at = header_end(data);
+    let at = if at == data.len() && !data.is_empty() && !data.ends_with(b"\r\n") {
+        data.extend_from_slice(b"\r\n");
+        data.len()
+    } else {
+        at
+    };
+    data.splice(at..at, fields.iter().copied());
+}
+
 fn count_received(msg: &[u8]) -> usize {
     let end = msg.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(msg.len());
     msg[..end].split(|b| *b == b'\n').filter(|l| l.len() >= 9 && l[..9].eq_ignore_ascii_case(b"received:")).count()

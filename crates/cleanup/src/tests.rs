@@ -264,3 +264,34 @@ async fn submit_stores_exactly_the_prepared_message() {
     assert_eq!(spool.read(&a.envelope.id).await.unwrap(), *a.data);
     spool.close();
 }
+
+/// RFC 6409 §8.3: an authenticated client's message without Date or Message-ID gets them at
+/// the end of its header section; one that has them, or an unauthenticated one, does not; the
+/// config turns each off.
+#[tokio::test]
+async fn submissions_get_date_and_message_id_when_missing() {
+    let mut user = client();
+    user.user = Some("alice".into());
+    let run = |c: Cleanup, origin: Origin, data: &'static str| async move {
+        match c.process(incoming(data, &["u@example.test"]), &origin, None).await {
+            Ok(Outcome::Kept(p)) => text(&p),
+            _ => panic!("not kept"),
+        }
+    };
+    let t = run(cleanup(""), user.clone(), MSG).await;
+    let (head, body) = t.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("\r\nSubject: hi\r\nDate: ") && head.ends_with("\r\nMessage-ID: <Q1@mx.test>"), "{t}");
+    assert_eq!(body, "body\r\n");
+    // Present already (any case), or not authenticated: untouched.
+    let has = "From: <a@sender.test>\r\nDATE: Sun, 29 Nov 2026 05:00:00 +0000\r\nmessage-id: <x@y>\r\n\r\nbody\r\n";
+    assert!(run(cleanup(""), user.clone(), has).await.ends_with(has));
+    assert!(run(cleanup(""), client(), MSG).await.ends_with(MSG));
+    // Folded lines are not field names; a message without a body gets its fields too.
+    let folded = "Subject: x\r\n Date: not a field\r\n\r\nb\r\n";
+    assert!(run(cleanup(""), user.clone(), folded).await.contains(" Date: not a field\r\nDate: "));
+    let headers_only = "Subject: x";
+    let t = run(cleanup(""), user.clone(), headers_only).await;
+    assert!(t.contains("Subject: x\r\nDate: ") && t.ends_with(">\r\n"), "{t:?}");
+    let off = run(cleanup("[submission]\nadd_date = false\nadd_message_id = false\n"), user, MSG).await;
+    assert!(off.ends_with(MSG), "{off}");
+}

@@ -67,6 +67,24 @@ pub struct Config {
     #[serde(rename = "webhook")]
     pub webhooks: Vec<Webhook>,
     pub bounces: Bounces,
+    pub submission: Submission,
+}
+
+/// What the gateway completes in messages from authenticated clients (SMTP AUTH or an API
+/// key), as a message submission agent may (RFC 6409 §8).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Submission {
+    /// Add `Date:` when the message has none (§8.3).
+    pub add_date: bool,
+    /// Add `Message-ID:` (`<queue id>@<hostname>`) when the message has none (§8.3).
+    pub add_message_id: bool,
+}
+
+impl Default for Submission {
+    fn default() -> Self {
+        Submission { add_date: true, add_message_id: true }
+    }
 }
 
 /// Bounces that come back later for API messages, and the suppression list.
