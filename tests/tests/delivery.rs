@@ -74,16 +74,34 @@ fn permanent_failure_bounces_a_dsn_with_the_original_headers() {
     assert!(!t.contains("hello from smtplib"), "not the body");
 }
 
+/// A null-sender message (a bounce) that fails cannot be returned: the postmaster gets the
+/// report (a double bounce); a double bounce that fails too is dropped, never reported again.
 #[test]
-fn no_dsn_for_a_null_sender_message() {
+fn a_failed_null_sender_message_goes_to_the_postmaster_once() {
     let sink = Sink::start();
     sink.set_rcpt_reply("nobody@remote.test", "550 5.1.1 no such user");
-    let gw = Gateway::with_sink(sink.port(), "");
+    // The postmaster is `postmaster@` the first accepted domain, relayed to the sink here.
+    let gw = Gateway::with_sink(sink.port(), "[relay]\naccept_domains = [\"remote.test\", \"example.test\"]\n");
     let out = swaks(gw.port, &["--from", "<>", "--to", "nobody@remote.test"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    assert!(gw.wait_log("no DSN", T), "{}", gw.log());
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(sink.received().is_empty());
+    let report = sink.wait_for_rcpt("postmaster@remote.test", T);
+    assert_eq!(report.from, "", "a double bounce is sent from <>");
+    let t = report.text();
+    assert!(
+        t.contains("To: <postmaster@remote.test>") && t.contains("Final-Recipient: rfc822; nobody@remote.test"),
+        "{t}"
+    );
+    // The postmaster's mailbox fails as well: that double bounce is dropped, nothing loops.
+    sink.set_rcpt_reply("postmaster@remote.test", "550 5.1.1 no postmaster here");
+    let out = swaks(gw.port, &["--from", "<>", "--to", "nobody@remote.test"]);
+    assert!(out.status.success());
+    assert!(gw.wait_log("a double bounce to the postmaster failed: dropped", T), "{}", gw.log());
+    assert_eq!(sink.received().len(), 1, "{}", gw.log());
+    assert_eq!(
+        sink.rcpt_attempts("postmaster@remote.test"),
+        2,
+        "the failed double bounce was tried once, not reported"
+    );
 }
 
 #[test]

@@ -67,19 +67,21 @@ pub fn headers_of(data: &[u8]) -> &[u8] {
     }
 }
 
-/// Builds the DSN message (CRLF line ends) sent from `<>` to the sender of `env`, with what
+/// Builds the DSN message (CRLF line ends) sent from `<>` to `to` (the sender of `env`, or the
+/// postmaster for a null-sender message), with what
 /// the sender asked for (RFC 3461): ENVID as Original-Envelope-Id, ORCPT as
 /// Original-Recipient, and RET=FULL for the whole message instead of its header section (in
 /// failure reports only: delays and successes return the headers, as Postfix does).
 pub fn build(
     hostname: &str,
     env: &Envelope,
+    to: &str,
     now_unix: u64,
     report: Report,
     lines: &[Line<'_>],
     original: &[u8],
 ) -> Vec<u8> {
-    let (queue_id, sender, arrival_unix) = (env.id.as_str(), env.sender.as_str(), env.received_at / 1000);
+    let (queue_id, arrival_unix) = (env.id.as_str(), env.received_at / 1000);
     let full = env.ret == Some(DsnRet::Full) && report == Report::Failure;
     let boundary = format!("{queue_id}.{now_unix}/{hostname}");
     let date = rfc5322_date(now_unix);
@@ -98,7 +100,7 @@ pub fn build(
     };
     let mut m = String::new();
     m += &format!("From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n");
-    m += &format!("To: <{sender}>\r\n");
+    m += &format!("To: <{to}>\r\n");
     m += &format!("Subject: {subject}\r\n");
     m += &format!("Date: {date}\r\n");
     m += &format!("Message-ID: <{queue_id}.{now_unix}.dsn@{hostname}>\r\n");
@@ -175,7 +177,7 @@ mod tests {
             original: None,
         }];
         let env = Envelope::new("Q1".into(), "a@b.example".into(), vec!["x@y.example".into()]);
-        let d = String::from_utf8(build("mx.test", &env, 60, Report::Failure, &f, orig)).unwrap();
+        let d = String::from_utf8(build("mx.test", &env, "a@b.example", 60, Report::Failure, &f, orig)).unwrap();
         assert!(d.contains("report-type=delivery-status"));
         assert!(d.contains(
             "Final-Recipient: rfc822; x@y.example\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.y.example"
@@ -194,7 +196,7 @@ mod tests {
         }];
         let mut env = env;
         (env.envid, env.ret) = (Some("T-42".into()), Some(DsnRet::Full));
-        let d = String::from_utf8(build("mx.test", &env, 60, Report::Failure, &f, orig)).unwrap();
+        let d = String::from_utf8(build("mx.test", &env, "a@b.example", 60, Report::Failure, &f, orig)).unwrap();
         assert!(d.contains("Reporting-MTA: dns; mx.test\r\nOriginal-Envelope-Id: T-42\r\n"), "{d}");
         assert!(d.contains("Original-Recipient: rfc822; first@y.example\r\nFinal-Recipient: rfc822; x@y.example"));
         assert!(d.contains("Content-Type: message/rfc822\r\n\r\nSubject: hello") && d.contains("body text"));
@@ -209,7 +211,16 @@ mod tests {
             remote_host: None,
             original: None,
         }];
-        let d = String::from_utf8(build("mx.test", &env, 60, Report::Delay { until_unix: 86_400 }, &f, orig)).unwrap();
+        let d = String::from_utf8(build(
+            "mx.test",
+            &env,
+            "a@b.example",
+            60,
+            Report::Delay { until_unix: 86_400 },
+            &f,
+            orig,
+        ))
+        .unwrap();
         assert!(d.contains("Subject: Delayed Mail (still being retried)\r\n"), "{d}");
         assert!(d.contains("Action: delayed\r\nStatus: 4.2.1\r\n"), "{d}");
         assert!(d.contains("Will-Retry-Until: Fri, 02 Jan 1970 00:00:00 +0000\r\n"), "{d}");
@@ -227,7 +238,7 @@ mod tests {
                 original: None,
             },
         ];
-        let d = String::from_utf8(build("mx.test", &env, 60, Report::Success, &f, orig)).unwrap();
+        let d = String::from_utf8(build("mx.test", &env, "a@b.example", 60, Report::Success, &f, orig)).unwrap();
         assert!(d.contains("Subject: Successful Mail Delivery Report\r\n"), "{d}");
         assert!(d.contains("Final-Recipient: rfc822; x@y.example\r\nAction: delivered\r\nStatus: 2.0.0\r\n"));
         assert!(d.contains("Final-Recipient: rfc822; z@y.example\r\nAction: relayed\r\nStatus: 2.0.0\r\n"));

@@ -631,12 +631,14 @@ impl Queue {
         let _ = self.tx.send(Cmd::Enqueue(Box::new(Entry { env, data: None, hold: None })));
     }
 
-    /// Writes a DSN to the sender for the failed recipients (never for `<>`), passes it through
-    /// the cleanup stage (Received:, DKIM signing for our domain) into the spool, and queues
-    /// it. Returns false only when a DSN was due and could not be stored.
+    /// Writes a DSN to the sender for the failed recipients, passes it through the cleanup
+    /// stage (Received:, DKIM signing for our domain) into the spool, and queues it. A
+    /// null-sender message (a bounce itself) cannot be returned: its failure goes to the
+    /// postmaster instead (a double bounce, as Postfix does), and a double bounce that fails is
+    /// dropped. Returns false only when a DSN was due and could not be stored.
     async fn bounce(&self, env: &Envelope, failed: &[(usize, Reply)], data: &[u8]) -> bool {
-        if env.sender.is_empty() {
-            tracing::warn!(queue_id = %env.id, "permanent failure of a null-sender message: no DSN (RFC 3464)");
+        if env.double_bounce {
+            tracing::warn!(queue_id = %env.id, "a double bounce to the postmaster failed: dropped, not reported again");
             return true;
         }
         // RFC 3461: only the recipients whose NOTIFY includes FAILURE (or who gave none).
@@ -697,7 +699,9 @@ impl Queue {
     /// through the cleanup stage (Received:, DKIM signing for our domain) into the spool, and
     /// queues it. Returns false only when it was due and could not be stored.
     async fn report(&self, env: &Envelope, report: dsn::Report, lines: Vec<dsn::Line<'_>>, data: &[u8]) -> bool {
-        if env.sender.is_empty() || lines.is_empty() {
+        // Only a failure of a null-sender message is reported (to the postmaster).
+        let double = env.sender.is_empty();
+        if lines.is_empty() || (double && report != dsn::Report::Failure) {
             return true;
         }
         if env.api.as_ref().is_some_and(|a| a.verp) {
@@ -706,10 +710,15 @@ impl Queue {
         }
         let inner = &self.inner;
         let cleanup = inner.cleanup();
-        let body = dsn::build(&cleanup.config().server.hostname, env, now_unix(), report, &lines, data);
-        let mut dsn_env = mailgate_cleanup::envelope(inner.spool.new_id(), String::new(), vec![env.sender.clone()]);
-        dsn_env.smtputf8 = !env.sender.is_ascii();
+        let to = if double { cleanup.config().postmaster() } else { env.sender.clone() };
+        if double {
+            tracing::warn!(queue_id = %env.id, postmaster = %to, "permanent failure of a null-sender message: reported to the postmaster");
+        }
+        let body = dsn::build(&cleanup.config().server.hostname, env, &to, now_unix(), report, &lines, data);
+        let mut dsn_env = mailgate_cleanup::envelope(inner.spool.new_id(), String::new(), vec![to.clone()]);
+        dsn_env.smtputf8 = !to.is_ascii();
         dsn_env.client = "local DSN".into();
+        dsn_env.double_bounce = double;
         let incoming = Incoming { envelope: dsn_env, data: body, hold: None, traced: false };
         match cleanup.submit(&*inner.spool, incoming, &Origin::local(), None).await {
             Ok(Outcome::Kept(a)) => {
@@ -718,7 +727,7 @@ impl Queue {
                     dsn::Report::Delay { .. } => "delay",
                     dsn::Report::Success => "success",
                 };
-                tracing::info!(queue_id = %env.id, dsn_id = %a.envelope.id, to = %env.sender, kind, "DSN queued");
+                tracing::info!(queue_id = %env.id, dsn_id = %a.envelope.id, %to, kind, "DSN queued");
                 self.enqueue(a.envelope, Some(a.data));
                 true
             }

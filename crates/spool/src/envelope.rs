@@ -193,6 +193,10 @@ pub struct Envelope {
     /// A delay notice went to the sender (RFC 3461 DELAY): there is one per message at most.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delay_notified: bool,
+    /// A DSN about a null-sender message, sent to the postmaster: if it fails too, it is
+    /// dropped (there is no one left to tell, and telling the postmaster again would loop).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub double_bounce: bool,
     /// What the sending API was told about a message it took in (`None`: not from the API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<Box<ApiMeta>>,
@@ -239,6 +243,7 @@ impl Envelope {
             ret: None,
             envid: None,
             delay_notified: false,
+            double_bounce: false,
             api: None,
         }
     }
