@@ -44,6 +44,8 @@ struct State {
     data_delay: Duration,
     /// Final dots seen (whether answered yet or not).
     data_ends: usize,
+    /// QUIT commands seen.
+    quits: usize,
 }
 
 pub struct Sink {
@@ -128,6 +130,11 @@ impl Sink {
 
     pub fn rcpt_attempts(&self, rcpt: &str) -> usize {
         self.state.lock().unwrap().rcpt_seen.get(&rcpt.to_lowercase()).copied().unwrap_or(0)
+    }
+
+    /// QUIT commands received so far.
+    pub fn quits(&self) -> usize {
+        self.state.lock().unwrap().quits
     }
 
     pub fn connections(&self) -> usize {
@@ -250,6 +257,7 @@ async fn serve(
             rcpts.clear();
             "250 2.0.0 ok\r\n".into()
         } else if upper == "QUIT" {
+            st.lock().unwrap().quits += 1;
             io.get_mut().write_all(b"221 2.0.0 bye\r\n").await?;
             return Ok(());
         } else if upper == "NOOP" {

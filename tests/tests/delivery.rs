@@ -235,6 +235,18 @@ fn a_verified_session_is_not_resumed_on_another_port_with_a_bad_certificate() {
     assert!(bad_sink.received().is_empty(), "delivered to a server with an untrusted certificate");
 }
 
+/// An idle pooled connection is closed at `delivery.idle_timeout`, with QUIT.
+#[test]
+fn idle_connections_are_closed_with_quit() {
+    let sink = Sink::start();
+    let gw = Gateway::with_sink(sink.port(), "[delivery]\nidle_timeout = \"1s\"\n");
+    send(gw.port, "a@sender.test", &["r@remote.test"], "then idle");
+    sink.wait_for_rcpt("r@remote.test", T);
+    assert_eq!(sink.quits(), 0, "kept for reuse first");
+    let quit = mailgate_tests::wait_for(T, || (sink.quits() == 1).then_some(()));
+    assert!(quit.is_some(), "no QUIT after the idle timeout; log:\n{}", gw.log());
+}
+
 #[test]
 fn connections_are_reused_for_queued_messages() {
     let sink = Sink::start();

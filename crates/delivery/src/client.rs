@@ -386,6 +386,28 @@ impl Conn {
     pub fn reusable(&self) -> bool {
         !self.broken && self.rbuf.is_empty()
     }
+
+    /// For an idle connection: whether it is still open with nothing waiting to be read. A
+    /// peer that closed it (EOF), broke it (an error) or sent something unasked for makes it
+    /// useless. Does not wait: the read is polled once.
+    pub fn idle_and_open(&mut self) -> bool {
+        use std::task::{Context, Waker};
+        let mut buf = [0u8; 64];
+        let mut rb = tokio::io::ReadBuf::new(&mut buf);
+        let mut cx = Context::from_waker(Waker::noop());
+        std::pin::Pin::new(&mut self.io).poll_read(&mut cx, &mut rb).is_pending()
+    }
+
+    /// Ends the session politely: QUIT, its reply (or `limit` passing), then the close.
+    pub async fn quit(mut self, limit: Duration) {
+        let _ = timeout(limit, async {
+            if self.write(b"QUIT\r\n").await.is_ok() {
+                let _ = self.read_reply(limit).await;
+            }
+            let _ = self.io.shutdown().await;
+        })
+        .await;
+    }
 }
 
 /// ` RET=… ENVID=…` for MAIL FROM (RFC 3461 §4.3, §4.4).

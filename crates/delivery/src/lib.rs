@@ -139,13 +139,32 @@ struct Target {
 }
 
 impl Delivery {
+    /// The delivery agent; inside a tokio runtime it also starts the sweeper that closes idle
+    /// pooled connections at `delivery.idle_timeout` (it ends when the agent is dropped).
     pub fn new(cfg: &Config) -> std::io::Result<Arc<Delivery>> {
-        Ok(Arc::new(Delivery {
+        let d = Arc::new(Delivery {
             settings: Settings::from_config(cfg),
             resolver: Resolver::new(&cfg.dns)?,
             tls: tls::Connectors::new(),
             pool: pool::Pool::default(),
-        }))
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&d);
+            let every = (d.settings.idle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(10));
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(d) = weak.upgrade() else { return };
+                    let n = d.pool.sweep(d.settings.idle_timeout);
+                    if n > 0 {
+                        tracing::debug!(closed = n, "idle outbound connections closed");
+                    }
+                }
+            });
+        }
+        Ok(d)
     }
 
     pub fn resolver(&self) -> &Resolver {
