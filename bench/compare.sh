@@ -41,7 +41,7 @@ echo "building (release)…" >&2
 cargo build --release --locked -p mailgate -p mailgate-bench >&2
 plugins/build.sh >&2
 BENCH=$root/target/release/mailgate-bench
-MG=$root/target/release/mailgate
+MG=${MG:-$root/target/release/mailgate}  # MG=/path/to/mailgate compares another build
 
 mailgate_config() { # $1 = number of plugins (0 or 5)
     cat <<TOML

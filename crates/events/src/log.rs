@@ -159,18 +159,29 @@ impl EventLog {
         self.moved.clone()
     }
 
+    /// The segments that may hold events after `cursor`, each with the byte offset to start
+    /// reading at (the first one's last mark at or before the cursor; 0 for the others).
+    fn after(&self, cursor: u64) -> Vec<(Segment, u64)> {
+        let segments = self.segments.read().unwrap();
+        let start = segments.partition_point(|s| s.first_seq <= cursor.saturating_add(1)).saturating_sub(1);
+        segments[start..]
+            .iter()
+            .map(|s| {
+                let from =
+                    s.marks.iter().take_while(|(seq, _)| *seq <= cursor.saturating_add(1)).last().map_or(0, |m| m.1);
+                (s.clone(), from)
+            })
+            .collect()
+    }
+
     /// Up to `limit` events after `cursor` (0: from the oldest kept), in order.
     pub fn since(&self, cursor: u64, limit: usize) -> std::io::Result<Vec<Event>> {
         let durable = self.last();
-        let segments = self.segments.read().unwrap().clone();
-        let start = segments.partition_point(|s| s.first_seq <= cursor.saturating_add(1)).saturating_sub(1);
         let mut out = vec![];
-        for s in &segments[start..] {
+        for (s, from) in self.after(cursor) {
             if out.len() >= limit {
                 break;
             }
-            // Seek to the last mark at or before the first event wanted.
-            let from = s.marks.iter().take_while(|(seq, _)| *seq <= cursor.saturating_add(1)).last().map_or(0, |m| m.1);
             scan_from(&s.path, from, cursor, |e| {
                 if e.seq <= durable {
                     out.push(e);
@@ -187,14 +198,11 @@ impl EventLog {
     pub fn since_kinds(&self, cursor: u64, limit: usize, kinds: &[crate::Kind]) -> std::io::Result<(Vec<Event>, u64)> {
         let durable = self.last();
         let needles: Vec<String> = kinds.iter().map(|k| format!("\"kind\":\"{}\"", k.name())).collect();
-        let segments = self.segments.read().unwrap().clone();
-        let start = segments.partition_point(|s| s.first_seq <= cursor.saturating_add(1)).saturating_sub(1);
         let (mut out, mut last, mut looked) = (vec![], cursor, 0usize);
-        for s in &segments[start..] {
+        for (s, from) in self.after(cursor) {
             if looked >= limit {
                 break;
             }
-            let from = s.marks.iter().take_while(|(seq, _)| *seq <= cursor.saturating_add(1)).last().map_or(0, |m| m.1);
             let file = match File::open(&s.path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
