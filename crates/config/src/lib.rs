@@ -559,9 +559,26 @@ impl Config {
     }
 
     fn extract(fig: Figment) -> Result<Config, ConfigError> {
-        let cfg: Config = fig.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        let mut cfg: Config = fig.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        cfg.canonical_domains();
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Writes every domain the lookups compare with in one form (see [`canonical_domain`]),
+    /// so that `müller.example` in the config matches `xn--mller-kva.example` in a command.
+    fn canonical_domains(&mut self) {
+        fn keys<T>(t: &mut BTreeMap<String, T>) {
+            *t = std::mem::take(t).into_iter().map(|(k, v)| (canonical_domain(&k), v)).collect();
+        }
+        keys(&mut self.routes);
+        keys(&mut self.domain_pipelines);
+        for d in &mut self.relay.accept_domains {
+            *d = match d.strip_prefix('.') {
+                Some(rest) => format!(".{}", canonical_domain(rest)),
+                None => canonical_domain(d),
+            };
+        }
     }
 
     /// Checks what serde cannot: cross-field rules and value ranges.
@@ -737,7 +754,8 @@ impl Config {
 
     /// Whether mail for `domain` is taken from any client.
     pub fn accepts_domain(&self, domain: &str) -> bool {
-        self.relay.accept_domains.iter().any(|d| d.eq_ignore_ascii_case(domain.trim_end_matches('.')))
+        let domain = canonical_domain(domain);
+        self.relay.accept_domains.contains(&domain)
     }
 
     /// Whether `ip` may relay to any domain.
@@ -766,8 +784,19 @@ impl Config {
 }
 
 /// Looks a domain up in a per-domain table: exact match, then each parent domain.
+/// A domain in the one form every lookup uses: no trailing dot, lower case, and an
+/// internationalised domain as its A-labels (`müller.example` → `xn--mller-kva.example`,
+/// UTS #46). A name that does not convert is only lower-cased (it then matches nothing else).
+pub fn canonical_domain(domain: &str) -> String {
+    let d = domain.trim_end_matches('.');
+    if d.is_ascii() && !d.split('.').any(|l| l.len() > 4 && l[..4].eq_ignore_ascii_case("xn--")) {
+        return d.to_ascii_lowercase();
+    }
+    idna::domain_to_ascii(d).unwrap_or_else(|_| d.to_lowercase())
+}
+
 fn by_domain<'a, T>(table: &'a BTreeMap<String, T>, domain: &str) -> Option<&'a T> {
-    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let domain = canonical_domain(domain);
     let mut d = domain.as_str();
     loop {
         if let Some(v) = table.get(d) {

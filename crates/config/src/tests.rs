@@ -116,3 +116,24 @@ fn pipelines_are_checked() {
     assert_eq!(c.pipeline_for_domain("example.net"), None);
     assert!(c.pipeline("empty").is_empty());
 }
+
+/// An internationalised domain picks the same route, pipeline and acceptance in either form,
+/// whichever form the config uses.
+#[test]
+fn domains_compare_in_one_form() {
+    let c = Config::from_toml(
+        "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:0\"\n\n[relay]\naccept_domains = [\"Müller.example\"]\n\n\
+         [routes]\n\"xn--mller-kva.example\" = { type = \"discard\" }\n\"*\" = { type = \"mx\" }\n\n\
+         [domain_pipelines]\n\"MÜLLER.example\" = \"default\"\n",
+    )
+    .unwrap();
+    for d in ["müller.example", "MÜLLER.EXAMPLE.", "xn--mller-kva.example", "XN--MLLER-KVA.example"] {
+        assert!(c.accepts_domain(d), "{d}");
+        assert!(matches!(c.route_for(d), Some(Route::Discard)), "{d}");
+        assert_eq!(c.route_for(&format!("sub.{d}")).map(|r| matches!(r, Route::Discard)), Some(true), "{d}");
+        assert_eq!(c.pipeline_for_domain(d), Some("default"), "{d}");
+    }
+    assert!(!c.accepts_domain("muller.example"));
+    assert!(matches!(c.route_for("muller.example"), Some(Route::Mx { .. })));
+    assert_eq!(canonical_domain("Example.ORG."), "example.org");
+}

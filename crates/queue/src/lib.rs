@@ -352,7 +352,7 @@ impl Queue {
         let mut outcomes: Vec<Option<RcptOutcome>> = vec![None; e.env.recipients.len()];
         let pending: Vec<(usize, String)> = e.env.pending().map(|(i, r)| (i, r.address.clone())).collect();
         for (i, rcpt) in pending {
-            let domain = rcpt.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+            let domain = rcpt.rsplit_once('@').map(|(_, d)| mailgate_config::canonical_domain(d)).unwrap_or_default();
             let chosen = match (&e.env.route, &hooks) {
                 (Some(choice), _) => Some(choice.clone()),
                 (None, Some(h)) => h.route(&e.env, &rcpt).await,
