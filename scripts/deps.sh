@@ -8,8 +8,9 @@
 #   postfix                 smtp-sink/smtp-source and the peer for benchmarks
 #   iproute2                network namespaces with the RFC 7208 suite's client addresses
 #   curl                    a real HTTP client for the sending API tests
+#   dovecot-core dovecot-lmtpd   Dovecot's LMTP server: the local delivery agent of the LMTP route tests
 set -euo pipefail
-pkgs=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl dnsmasq-base rustc-web cargo-web rust-web-src lld-16 postfix python3 python3-dkim python3-nacl python3-dnspython python3-authres iproute2 curl)
+pkgs=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl dnsmasq-base rustc-web cargo-web rust-web-src lld-16 postfix python3 python3-dkim python3-nacl python3-dnspython python3-authres iproute2 curl dovecot-core dovecot-lmtpd)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,8 +4,10 @@
 
 pub mod clients;
 pub mod dns;
+pub mod dovecot;
 pub mod gateway;
 pub mod http;
+pub mod pki;
 pub mod postfix_sink;
 pub mod sink;
 pub mod zone;

@@ -46,6 +46,12 @@ struct State {
     data_ends: usize,
     /// QUIT commands seen.
     quits: usize,
+    /// `Some((user, password))`: AUTH PLAIN/LOGIN is offered inside TLS only, and MAIL needs it.
+    require_auth: Option<(String, String)>,
+    /// Successful logins: (mechanism, user, inside TLS).
+    logins: Vec<(String, String, bool)>,
+    /// Failed AUTH attempts.
+    auth_failures: usize,
 }
 
 pub struct Sink {
@@ -124,6 +130,20 @@ impl Sink {
         self.state.lock().unwrap().data = reply.map(str::to_string);
     }
 
+    /// Requires AUTH (offered only after STARTTLS) with these credentials before MAIL.
+    pub fn require_auth(&self, user: &str, password: &str) {
+        self.state.lock().unwrap().require_auth = Some((user.into(), password.into()));
+    }
+
+    /// Successful logins so far: (mechanism, user, inside TLS).
+    pub fn logins(&self) -> Vec<(String, String, bool)> {
+        self.state.lock().unwrap().logins.clone()
+    }
+
+    pub fn auth_failures(&self) -> usize {
+        self.state.lock().unwrap().auth_failures
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().unwrap().received.clone()
     }
@@ -182,6 +202,7 @@ async fn serve(
     let mut in_tls = false;
     io.get_mut().write_all(b"220 sink.test ESMTP test sink\r\n").await?;
     let (mut from, mut rcpts) = (String::new(), Vec::<String>::new());
+    let mut authed = false;
     let mut line = String::new();
     loop {
         line.clear();
@@ -193,7 +214,9 @@ async fn serve(
         let reply: String = if upper.starts_with("EHLO") {
             let tls_kw = if tls.is_some() && !in_tls { "250-STARTTLS\r\n" } else { "" };
             let eight = if st.lock().unwrap().no_8bitmime { "" } else { "250-8BITMIME\r\n" };
-            format!("250-sink.test\r\n250-PIPELINING\r\n{eight}250-SMTPUTF8\r\n{tls_kw}250 SIZE 52428800\r\n")
+            let auth =
+                if in_tls && st.lock().unwrap().require_auth.is_some() { "250-AUTH PLAIN LOGIN\r\n" } else { "" };
+            format!("250-sink.test\r\n250-PIPELINING\r\n{eight}250-SMTPUTF8\r\n{tls_kw}{auth}250 SIZE 52428800\r\n")
         } else if upper.starts_with("HELO") {
             "250 sink.test\r\n".into()
         } else if let Some(acceptor) = tls.as_ref().filter(|_| upper == "STARTTLS" && !in_tls) {
@@ -203,6 +226,51 @@ async fn serve(
             io = BufReader::new(Box::new(stream));
             in_tls = true;
             continue;
+        } else if upper.starts_with("AUTH ") {
+            let want = st.lock().unwrap().require_auth.clone();
+            let words: Vec<&str> = cmd.split_ascii_whitespace().collect();
+            let mech = words.get(1).map(|m| m.to_ascii_uppercase()).unwrap_or_default();
+            let b64 = |s: &str| {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(s.trim())
+                    .ok()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default()
+            };
+            let mut ask = async |prompt: &[u8]| -> std::io::Result<String> {
+                io.get_mut().write_all(prompt).await?;
+                let mut l = String::new();
+                io.read_line(&mut l).await?;
+                Ok(b64(&l))
+            };
+            let given = match mech.as_str() {
+                "PLAIN" => {
+                    let ir = match words.get(2) {
+                        Some(ir) => b64(ir),
+                        None => ask(b"334 \r\n").await?,
+                    };
+                    let mut parts = ir.split('\0').skip(1);
+                    Some((parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string()))
+                }
+                "LOGIN" => {
+                    let user = ask(b"334 VXNlcm5hbWU6\r\n").await?;
+                    let pass = ask(b"334 UGFzc3dvcmQ6\r\n").await?;
+                    Some((user, pass))
+                }
+                _ => None,
+            };
+            let mut g = st.lock().unwrap();
+            if let Some((user, _)) = given.filter(|g| in_tls && want.as_ref() == Some(g)) {
+                authed = true;
+                g.logins.push((mech, user, in_tls));
+                "235 2.7.0 authenticated\r\n".into()
+            } else {
+                g.auth_failures += 1;
+                "535 5.7.8 authentication credentials invalid\r\n".into()
+            }
+        } else if upper.starts_with("MAIL FROM:") && !authed && st.lock().unwrap().require_auth.is_some() {
+            "530 5.7.0 authentication required\r\n".into()
         } else if upper.starts_with("MAIL FROM:") {
             from = cmd[10..].trim().trim_start_matches('<').split('>').next().unwrap_or("").to_string();
             rcpts.clear();

@@ -184,39 +184,9 @@ fn required_tls_defers_when_the_certificate_is_not_trusted() {
 /// name alone resumes there without any certificate).
 #[test]
 fn a_verified_session_is_not_resumed_on_another_port_with_a_bad_certificate() {
-    use rcgen::{CertificateParams, IsCa, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(vec![]).unwrap();
-    ca_params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let loopback = SanType::IpAddress("127.0.0.1".parse().unwrap());
-    let good_key = KeyPair::generate().unwrap();
-    let mut good_params = CertificateParams::new(vec![]).unwrap();
-    good_params.subject_alt_names = vec![loopback.clone()];
-    let good = good_params.signed_by(&good_key, &ca, &ca_key).unwrap();
-    let bad_key = KeyPair::generate().unwrap();
-    let mut bad_params = CertificateParams::new(vec![]).unwrap();
-    bad_params.subject_alt_names = vec![loopback];
-    let bad = bad_params.self_signed(&bad_key).unwrap();
-    let ticketer = rustls::crypto::ring::Ticketer::new().unwrap();
-    let server = |cert: &rcgen::Certificate, key: &KeyPair| {
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-            )
-            .unwrap();
-        cfg.ticketer = ticketer.clone();
-        cfg
-    };
-    let (good_sink, bad_sink) = (Sink::start_tls(server(&good, &good_key)), Sink::start_tls(server(&bad, &bad_key)));
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let pki = mailgate_tests::pki::Pki::new();
+    let (good_sink, bad_sink) = (Sink::start_tls(pki.server(true)), Sink::start_tls(pki.server(false)));
+    let ca_file = pki.ca_file();
     let route = |port: u16| {
         format!(
             "{{ type = \"smarthost\", host = \"127.0.0.1\", port = {port}, tls = \"required\", ca_file = \"{}\" }}",

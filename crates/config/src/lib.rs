@@ -20,7 +20,7 @@ mod plugin;
 mod route;
 pub use auth::{ArcSeal, Auth, AuthCheck, DkimSign, SignFor};
 pub use plugin::{parse_allowed_route, AllowedRoute, Grant, Mode, OnError, Plugin, Stage};
-pub use route::{Route, TlsPolicy};
+pub use route::{AuthMechanism, ClientAuth, Route, SecretError, TlsPolicy};
 
 /// The embedded default configuration (`config/mailgate.toml`).
 pub const DEFAULT_TOML: &str = include_str!("../../../config/mailgate.toml");

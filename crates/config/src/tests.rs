@@ -137,3 +137,29 @@ fn domains_compare_in_one_form() {
     assert!(matches!(c.route_for("muller.example"), Some(Route::Mx { .. })));
     assert_eq!(canonical_domain("Example.ORG."), "example.org");
 }
+
+#[test]
+fn smarthost_credentials_are_checked_and_never_printed() {
+    let base = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\n[routes]\n";
+    let ok = Config::from_toml(&format!(
+        "{base}\"a.test\" = {{ type = \"smarthost\", host = \"r.test\", tls = \"required\", auth = {{ username = \"u\", password = \"hunter2\" }} }}\n\"b.test\" = {{ type = \"lmtp\", socket = \"/run/dovecot/lmtp\" }}\n"
+    ))
+    .unwrap();
+    let Some(Route::Smarthost { auth: Some(a), .. }) = ok.route_for("a.test") else { panic!("no auth route") };
+    assert_eq!(a.password().unwrap(), "hunter2");
+    assert!(!format!("{ok:?}").contains("hunter2"));
+    assert!(matches!(ok.route_for("b.test"), Some(Route::Lmtp { port: 24, .. })));
+    for bad in [
+        // credentials need verified TLS
+        "\"a.test\" = { type = \"smarthost\", host = \"r.test\", tls = \"opportunistic\", auth = { username = \"u\", password = \"p\" } }",
+        // exactly one password source
+        "\"a.test\" = { type = \"smarthost\", host = \"r.test\", tls = \"required\", auth = { username = \"u\", password = \"p\", password_env = \"X\" } }",
+        "\"a.test\" = { type = \"smarthost\", host = \"r.test\", tls = \"required\", auth = { username = \"u\", password_file = \"/nonexistent/pw\" } }",
+        // an LMTP route goes somewhere, one way, and not TLS on a unix socket
+        "\"a.test\" = { type = \"lmtp\" }",
+        "\"a.test\" = { type = \"lmtp\", host = \"h\", socket = \"/s\" }",
+        "\"a.test\" = { type = \"lmtp\", socket = \"/s\", tls = \"required\" }",
+    ] {
+        assert!(Config::from_toml(&format!("{base}{bad}\n")).is_err(), "{bad}");
+    }
+}

@@ -1,15 +1,44 @@
 //! The outbound SMTP client: one connection, its extensions, and transactions on it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use base64::Engine;
+use mailgate_config::{AuthMechanism, ClientAuth};
 use mailgate_smtp::{xtext_encode, Enhanced, Extensions, RcptParams, Reply, ReplyParser, Ret};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::time::timeout;
 
 use crate::tls::{self, Policy, PolicyKind};
 use crate::{Handoff, Outbound, RcptOutcome, Settings, Status};
+
+/// Where a connection goes: a TCP address or a unix socket (LMTP to a local agent).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(a) => a.fmt(f),
+            Peer::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// How to talk to a next hop: its TLS policy, credentials, and SMTP or LMTP.
+#[derive(Clone, Copy)]
+pub struct Hop<'a> {
+    pub policy: &'a Policy,
+    /// Log in after STARTTLS (an authenticated smarthost).
+    pub auth: Option<&'a ClientAuth>,
+    /// LHLO and one reply per recipient after the data (RFC 2033).
+    pub lmtp: bool,
+}
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
@@ -29,7 +58,9 @@ pub struct Conn {
     rbuf: Vec<u8>,
     pub ext: Extensions,
     pub host: String,
-    pub addr: SocketAddr,
+    pub addr: Peer,
+    /// LMTP: LHLO, and a reply per accepted recipient after the data.
+    lmtp: bool,
     /// `Some("TLSv1_3 ...")` once STARTTLS succeeded.
     pub tls: Option<String>,
     /// A reply went missing (RSET or an end-of-data timed out): replies may now be out of step,
@@ -47,34 +78,46 @@ fn deferred(reply: Reply, host: &str) -> RcptOutcome {
 impl Conn {
     /// Connects, reads the greeting, EHLO (HELO fallback) and STARTTLS per policy. An
     /// opportunistic handshake that fails is retried once in plaintext (RFC 7435).
-    pub async fn open(host: &str, addr: SocketAddr, policy: &Policy, s: &Settings) -> Result<Conn, RcptOutcome> {
-        match Self::open_once(host, addr, policy, s, true).await {
-            Err(OpenError::Handshake(e)) if policy.kind == PolicyKind::Opportunistic => {
+    pub async fn open(host: &str, addr: &Peer, hop: Hop<'_>, s: &Settings) -> Result<Conn, RcptOutcome> {
+        match Self::open_once(host, addr, hop, s, true).await {
+            Err(OpenError::Handshake(e)) if hop.policy.kind == PolicyKind::Opportunistic => {
                 tracing::info!(%host, %addr, "STARTTLS handshake failed ({e}); retrying without TLS");
-                Self::open_once(host, addr, policy, s, false).await.map_err(|e| e.outcome(host))
+                Self::open_once(host, addr, hop, s, false).await.map_err(|e| e.outcome(host))
             }
             r => r.map_err(|e| e.outcome(host)),
         }
     }
 
-    async fn open_once(
-        host: &str,
-        addr: SocketAddr,
-        policy: &Policy,
-        s: &Settings,
-        try_tls: bool,
-    ) -> Result<Conn, OpenError> {
-        let tcp = timeout(s.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| OpenError::Fail(Reply::new(451, Enhanced(4, 4, 1), format!("connect to {addr} timed out"))))?
-            .map_err(|e| OpenError::Fail(Reply::new(451, Enhanced(4, 4, 1), format!("connect to {addr}: {e}"))))?;
-        let _ = tcp.set_nodelay(true);
+    async fn connect(addr: &Peer, s: &Settings) -> Result<Box<dyn Io>, OpenError> {
+        let fail = |why: String| OpenError::Fail(Reply::new(451, Enhanced(4, 4, 1), format!("connect to {addr}{why}")));
+        let io: Box<dyn Io> = match addr {
+            Peer::Tcp(a) => {
+                let tcp = timeout(s.connect_timeout, TcpStream::connect(a))
+                    .await
+                    .map_err(|_| fail(" timed out".into()))?
+                    .map_err(|e| fail(format!(": {e}")))?;
+                let _ = tcp.set_nodelay(true);
+                Box::new(tcp)
+            }
+            Peer::Unix(p) => Box::new(
+                timeout(s.connect_timeout, UnixStream::connect(p))
+                    .await
+                    .map_err(|_| fail(" timed out".into()))?
+                    .map_err(|e| fail(format!(": {e}")))?,
+            ),
+        };
+        Ok(io)
+    }
+
+    async fn open_once(host: &str, addr: &Peer, hop: Hop<'_>, s: &Settings, try_tls: bool) -> Result<Conn, OpenError> {
+        let policy = hop.policy;
         let mut c = Conn {
-            io: Box::new(tcp),
+            io: Self::connect(addr, s).await?,
             rbuf: Vec::with_capacity(4096),
             ext: Extensions::default(),
             host: host.into(),
-            addr,
+            addr: addr.clone(),
+            lmtp: hop.lmtp,
             tls: None,
             broken: false,
             wbuf: Vec::new(),
@@ -98,8 +141,12 @@ impl Conn {
                 }
                 return Err(OpenError::Handshake(format!("STARTTLS refused: {r}")));
             }
+            let ip = match addr {
+                Peer::Tcp(a) => Some(a.ip().to_string()),
+                Peer::Unix(_) => None,
+            };
             let name =
-                tls::server_name(host).or_else(|| tls::server_name(&addr.ip().to_string())).ok_or_else(|| {
+                tls::server_name(host).or_else(|| ip.as_deref().and_then(tls::server_name)).ok_or_else(|| {
                     OpenError::Fail(Reply::new(451, Enhanced(4, 7, 5), format!("bad TLS server name {host}")))
                 })?;
             let connector = policy.connector.clone().expect("a TLS policy has a connector");
@@ -134,10 +181,68 @@ impl Conn {
                 "TLS required but the server does not offer STARTTLS",
             )));
         }
+        if let Some(auth) = hop.auth {
+            c.login(auth, s).await.map_err(OpenError::Fail)?;
+        }
         Ok(c)
     }
 
+    /// SMTP AUTH (RFC 4954) with PLAIN (RFC 4616) or LOGIN, only inside TLS. Every failure,
+    /// the server's 535 included, defers: a wrong password is the operator's to fix, and the
+    /// mail must wait for it, not bounce.
+    async fn login(&mut self, auth: &ClientAuth, s: &Settings) -> Result<(), Reply> {
+        let defer = |text: String| Reply::new(451, Enhanced(4, 7, 0), text);
+        if self.tls.is_none() {
+            return Err(defer(format!("not sending credentials to {} without TLS", self.addr)));
+        }
+        let offered = |m: &str| self.ext.auth.iter().any(|x| x == m);
+        let mech = match auth.mechanism {
+            Some(m) => m,
+            None if offered("PLAIN") => AuthMechanism::Plain,
+            None => AuthMechanism::Login,
+        };
+        let name = if mech == AuthMechanism::Plain { "PLAIN" } else { "LOGIN" };
+        if !offered(name) {
+            return Err(defer(format!("{} does not offer AUTH {name}", self.host)));
+        }
+        let password = auth.password().map_err(|e| defer(format!("smarthost credentials: {e}")))?;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let steps: Vec<String> = match mech {
+            AuthMechanism::Plain => {
+                vec![format!("AUTH PLAIN {}", b64(format!("\0{}\0{password}", auth.username).as_bytes()))]
+            }
+            AuthMechanism::Login => {
+                vec!["AUTH LOGIN".into(), b64(auth.username.as_bytes()), b64(password.as_bytes())]
+            }
+        };
+        for (i, step) in steps.iter().enumerate() {
+            self.write(format!("{step}\r\n").as_bytes()).await?;
+            let r = self.read_reply(s.command_timeout).await?;
+            let last = i + 1 == steps.len();
+            let expected = if last { 235 } else { 334 };
+            if r.code != expected {
+                if r.code == 334 {
+                    // A challenge we have no answer for: cancel the exchange (RFC 4954 §4).
+                    let _ = self.write(b"*\r\n").await;
+                    self.broken = true;
+                }
+                return Err(defer(format!("{} refused AUTH {name} as {}: {r}", self.host, auth.username)));
+            }
+        }
+        Ok(())
+    }
+
     async fn ehlo(&mut self, s: &Settings) -> Result<(), Reply> {
+        if self.lmtp {
+            // RFC 2033 §4.1: LHLO, and no HELO to fall back to.
+            self.write(format!("LHLO {}\r\n", s.helo_name).as_bytes()).await?;
+            let r = self.read_reply(s.command_timeout).await?;
+            if r.code != 250 {
+                return Err(r);
+            }
+            self.ext = Extensions::from_reply(&r);
+            return Ok(());
+        }
         self.write(format!("EHLO {}\r\n", s.helo_name).as_bytes()).await?;
         let r = self.read_reply(s.command_timeout).await?;
         if r.code == 250 {
@@ -164,7 +269,7 @@ impl Conn {
     /// Reads one whole reply. Errors are reply texts (4xx: the attempt is deferred).
     async fn read_reply(&mut self, limit: Duration) -> Result<Reply, Reply> {
         let mut parser = ReplyParser::default();
-        let addr = self.addr;
+        let addr = self.addr.clone();
         let fut = async {
             loop {
                 while let Some(nl) = self.rbuf.iter().position(|b| *b == b'\n') {
@@ -336,12 +441,63 @@ impl Conn {
             None => unreachable!("DATA was sent because a recipient was accepted"),
         }
         self.write_stuffed(msg.data).await.map_err(|e| TxError::Host(deferred(e, &host)))?;
+        if self.lmtp {
+            // RFC 2033 §4.2: one reply per accepted recipient, in order; the agent delivers
+            // into the mailbox, so a success is final. A reply that never comes leaves the
+            // rest deferred (and the connection unusable).
+            for (k, &i) in accepted.iter().enumerate() {
+                match self.read_reply(s.data_timeout).await {
+                    Ok(r) => out[i] = outcome(&r).handed(Handoff::Final),
+                    Err(e) => {
+                        self.broken = true;
+                        if k == 0 {
+                            return Err(TxError::Host(deferred(e, &host)));
+                        }
+                        for &j in &accepted[k..] {
+                            out[j] = deferred(e.clone(), &host);
+                        }
+                        break;
+                    }
+                }
+            }
+            return Ok(out);
+        }
         let fin = self.read_reply(s.data_timeout).await.map_err(|e| TxError::Host(deferred(e, &host)))?;
         let handoff = if self.ext.dsn { Handoff::RelayedWithDsn } else { Handoff::Relayed };
         for &i in &accepted {
             out[i] = outcome(&fin).handed(handoff);
         }
         Ok(out)
+    }
+
+    /// Asks whether the next hop takes `rcpt` without sending anything (a recipient callout):
+    /// `MAIL FROM:<>`, `RCPT TO:<rcpt>`, `RSET`. `Err` means the connection failed us.
+    pub async fn probe(&mut self, rcpt: &str, s: &Settings) -> Result<Reply, TxError> {
+        let host = self.host.clone();
+        let cmds = format!("MAIL FROM:<>\r\nRCPT TO:<{rcpt}>\r\n");
+        let stale = |e: Reply, first: bool| if first { TxError::Stale } else { TxError::Host(deferred(e, &host)) };
+        let reply = if self.ext.pipelining {
+            self.write(cmds.as_bytes()).await.map_err(|e| stale(e, true))?;
+            let mail = self.read_reply(s.command_timeout).await.map_err(|e| stale(e, true))?;
+            let rcpt = self.read_reply(s.command_timeout).await.map_err(|e| stale(e, false))?;
+            if mail.is_positive() {
+                rcpt
+            } else {
+                mail
+            }
+        } else {
+            let (mail_cmd, rcpt_cmd) = cmds.split_at(cmds.find('\n').map_or(0, |i| i + 1));
+            self.write(mail_cmd.as_bytes()).await.map_err(|e| stale(e, true))?;
+            let mail = self.read_reply(s.command_timeout).await.map_err(|e| stale(e, true))?;
+            if mail.is_positive() {
+                self.write(rcpt_cmd.as_bytes()).await.map_err(|e| stale(e, false))?;
+                self.read_reply(s.command_timeout).await.map_err(|e| stale(e, false))?
+            } else {
+                mail
+            }
+        };
+        self.rset(s).await;
+        Ok(reply)
     }
 
     /// Sends the content dot-stuffed, with the end marker, a block at a time: no stuffed copy

@@ -2,7 +2,8 @@
 //! the next hop and say what happened to each recipient.
 //!
 //! This crate owns the SMTP client (EHLO, PIPELINING, STARTTLS with rustls, per-recipient
-//! replies), MX resolution with hickory-resolver (A/AAAA fallback, null MX), reuse of idle
+//! replies), LMTP (RFC 2033) by TCP or unix socket, SMTP AUTH to a smarthost, recipient
+//! callouts, MX resolution with hickory-resolver (A/AAAA fallback, null MX), reuse of idle
 //! connections per host, and the `maildir` and `discard` routes. It must not know the queue,
 //! retries, DSNs or the spool: one call is one attempt.
 
@@ -16,10 +17,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mailgate_config::{Config, Route};
+use mailgate_config::{ClientAuth, Config, Route, TlsPolicy};
 use mailgate_smtp::{Enhanced, Reply};
 
-pub use client::Conn;
+use client::Hop;
+pub use client::{Conn, Peer};
 pub use mx::Resolver;
 
 /// What happened to one recipient in one attempt.
@@ -132,10 +134,10 @@ pub struct Delivery {
     pool: pool::Pool,
 }
 
-/// Where an SMTP attempt goes: candidate hosts in order, each with its addresses.
+/// A candidate host of an SMTP or LMTP attempt, with its addresses.
 struct Target {
     host: String,
-    addrs: Vec<SocketAddr>,
+    addrs: Vec<Peer>,
 }
 
 impl Delivery {
@@ -181,38 +183,81 @@ impl Delivery {
                     .handed(Handoff::Final))
             }
             Route::Maildir { path } => maildir::deliver(path, msg).await,
-            Route::Smarthost { host, port, tls, ca_file } => {
-                let addrs = match self.resolver.addresses(host, *port).await {
-                    Ok(a) => a,
-                    Err(o) => return all(o),
-                };
-                let policy = match self.tls.policy(*tls, ca_file.as_deref(), *port) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        return all(RcptOutcome::new(
-                            Status::Deferred,
-                            Reply::new(451, Enhanced(4, 7, 5), format!("TLS setup: {e}")),
-                            None,
-                        ))
-                    }
-                };
-                self.smtp(vec![Target { host: host.clone(), addrs }], &policy, msg).await
+            _ => match self.plan(route, domain).await {
+                Ok(plan) => match self.over(&plan, Work::Deliver(msg)).await {
+                    Ok(Done::Delivered(out)) => out,
+                    Ok(Done::Probed(_)) => unreachable!("a delivery answers with outcomes"),
+                    Err(o) => all(o),
+                },
+                Err(o) => all(o),
+            },
+        }
+    }
+
+    /// A recipient callout: asks the route's next hop whether it would take `rcpt`
+    /// (`MAIL FROM:<>`, `RCPT TO`, `RSET` on a pooled connection), without sending anything.
+    pub async fn probe(&self, route: &Route, domain: &str, rcpt: &str) -> Probe {
+        if matches!(route, Route::Maildir { .. } | Route::Discard) {
+            return Probe::Unavailable(Reply::new(451, Enhanced(4, 3, 5), "the route has no next hop to ask"));
+        }
+        let result = match self.plan(route, domain).await {
+            Ok(plan) => self.over(&plan, Work::Probe(rcpt)).await,
+            Err(o) => Err(o),
+        };
+        match result {
+            Ok(Done::Probed(r)) if r.is_positive() => Probe::Exists,
+            Ok(Done::Probed(r)) if r.is_permanent() => Probe::Unknown(r),
+            Ok(Done::Probed(r)) => Probe::Unavailable(r),
+            Ok(Done::Delivered(_)) => unreachable!("a probe answers with a reply"),
+            Err(o) => Probe::Unavailable(o.reply),
+        }
+    }
+
+    /// Where an SMTP or LMTP route goes, and how to talk there.
+    async fn plan<'r>(&self, route: &'r Route, domain: &str) -> Result<Plan<'r>, RcptOutcome> {
+        let policy = |tls, ca: Option<&std::path::Path>, port| {
+            self.tls.policy(tls, ca, port).map_err(|e| {
+                RcptOutcome::new(Status::Deferred, Reply::new(451, Enhanced(4, 7, 5), format!("TLS setup: {e}")), None)
+            })
+        };
+        let tcp = |host: &str, addrs: Vec<SocketAddr>| Target {
+            host: host.to_string(),
+            addrs: addrs.into_iter().map(Peer::Tcp).collect(),
+        };
+        Ok(match route {
+            Route::Smarthost { host, port, tls, ca_file, auth } => Plan {
+                targets: vec![tcp(host, self.resolver.addresses(host, *port).await?)],
+                policy: policy(*tls, ca_file.as_deref(), *port)?,
+                auth: auth.as_ref(),
+                lmtp: false,
+            },
+            Route::Lmtp { socket: Some(path), .. } => Plan {
+                targets: vec![Target { host: path.display().to_string(), addrs: vec![Peer::Unix(path.clone())] }],
+                policy: policy(TlsPolicy::None, None, 0)?,
+                auth: None,
+                lmtp: true,
+            },
+            Route::Lmtp { host, port, tls, ca_file, .. } => {
+                let host = host.as_deref().unwrap_or("localhost");
+                Plan {
+                    targets: vec![tcp(host, self.resolver.addresses(host, *port).await?)],
+                    policy: policy(*tls, ca_file.as_deref(), *port)?,
+                    auth: None,
+                    lmtp: true,
+                }
             }
             Route::Mx { tls } => {
-                let hosts = match self.resolver.mx_hosts(domain).await {
-                    Ok(h) => h,
-                    Err(o) => return all(o),
-                };
+                let hosts = self.resolver.mx_hosts(domain).await?;
                 let mut targets = vec![];
                 let mut last_err = None;
                 for host in hosts {
                     match self.resolver.addresses(&host, self.settings.mx_port).await {
-                        Ok(addrs) => targets.push(Target { host, addrs }),
+                        Ok(addrs) => targets.push(tcp(&host, addrs)),
                         Err(o) => last_err = Some(o),
                     }
                 }
                 if targets.is_empty() {
-                    return all(last_err.unwrap_or_else(|| {
+                    return Err(last_err.unwrap_or_else(|| {
                         RcptOutcome::new(
                             Status::Deferred,
                             Reply::new(451, Enhanced(4, 4, 4), "no usable MX host"),
@@ -220,51 +265,44 @@ impl Delivery {
                         )
                     }));
                 }
-                let policy = match self.tls.policy(*tls, None, self.settings.mx_port) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        return all(RcptOutcome::new(
-                            Status::Deferred,
-                            Reply::new(451, Enhanced(4, 7, 5), format!("TLS setup: {e}")),
-                            None,
-                        ))
-                    }
-                };
-                self.smtp(targets, &policy, msg).await
+                Plan { targets, policy: policy(*tls, None, self.settings.mx_port)?, auth: None, lmtp: false }
             }
-        }
+            Route::Maildir { .. } | Route::Discard => unreachable!("callers handle the routes without a next hop"),
+        })
     }
 
-    /// Tries the targets in order until one takes the transaction (any reply to it counts).
-    async fn smtp(&self, targets: Vec<Target>, policy: &tls::Policy, msg: &Outbound<'_>) -> Vec<RcptOutcome> {
+    /// Tries the targets in order until one takes the work (any reply to it counts); `Err` is
+    /// the last host's failure when none did.
+    async fn over(&self, plan: &Plan<'_>, work: Work<'_>) -> Result<Done, RcptOutcome> {
         let mut last =
             RcptOutcome::new(Status::Deferred, Reply::new(451, Enhanced(4, 4, 1), "no host reachable"), None);
-        for t in &targets {
+        let hop = Hop { policy: &plan.policy, auth: plan.auth, lmtp: plan.lmtp };
+        for t in &plan.targets {
             for addr in &t.addrs {
-                match self.attempt(&t.host, *addr, policy, msg).await {
-                    Ok(outcomes) => return outcomes,
+                match self.attempt(&t.host, addr, hop, &work).await {
+                    Ok(done) => return Ok(done),
                     Err(o) => {
-                        tracing::info!(queue_id = msg.id, host = %t.host, %addr, "delivery attempt failed: {}", o.reply);
+                        tracing::info!(queue_id = work.id(), host = %t.host, %addr, "attempt failed: {}", o.reply);
                         last = o;
                     }
                 }
             }
         }
-        vec![last; msg.recipients.len()]
+        Err(last)
     }
 
     /// One host: a pooled connection when there is one (falling back to a fresh one if it has
-    /// gone stale), then the transaction. `Err` means "try the next host".
-    async fn attempt(
-        &self,
-        host: &str,
-        addr: SocketAddr,
-        policy: &tls::Policy,
-        msg: &Outbound<'_>,
-    ) -> Result<Vec<RcptOutcome>, RcptOutcome> {
-        let key = pool::Key { addr, host: host.to_string(), policy: policy.kind };
+    /// gone stale), then the work. `Err` means "try the next host".
+    async fn attempt(&self, host: &str, addr: &Peer, hop: Hop<'_>, work: &Work<'_>) -> Result<Done, RcptOutcome> {
+        let key = pool::Key {
+            addr: addr.clone(),
+            host: host.to_string(),
+            policy: hop.policy.kind,
+            lmtp: hop.lmtp,
+            user: hop.auth.map(|a| a.username.clone()),
+        };
         if let Some(mut conn) = self.pool.take(&key, self.settings.idle_timeout) {
-            match conn.transaction(msg, &self.settings).await {
+            match work.run(&mut conn, &self.settings).await {
                 Ok(out) => {
                     if conn.reusable() {
                         self.pool.put(key, conn);
@@ -275,8 +313,8 @@ impl Delivery {
                 Err(client::TxError::Host(o)) => return Err(o),
             }
         }
-        let mut conn = Conn::open(host, addr, policy, &self.settings).await?;
-        match conn.transaction(msg, &self.settings).await {
+        let mut conn = Conn::open(host, addr, hop, &self.settings).await?;
+        match work.run(&mut conn, &self.settings).await {
             Ok(out) => {
                 if conn.reusable() {
                     self.pool.put(key, conn);
@@ -289,6 +327,52 @@ impl Delivery {
                 Some(host),
             )),
             Err(client::TxError::Host(o)) => Err(o),
+        }
+    }
+}
+
+/// What a recipient callout found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// The next hop takes the recipient.
+    Exists,
+    /// It refused it permanently (its reply).
+    Unknown(Reply),
+    /// No answer to rely on: down, unreachable, or a temporary refusal.
+    Unavailable(Reply),
+}
+
+/// Where an SMTP or LMTP route goes: candidate hosts in order, the TLS policy, credentials.
+struct Plan<'r> {
+    targets: Vec<Target>,
+    policy: tls::Policy,
+    auth: Option<&'r ClientAuth>,
+    lmtp: bool,
+}
+
+/// What a connection is used for.
+enum Work<'m> {
+    Deliver(&'m Outbound<'m>),
+    Probe(&'m str),
+}
+
+enum Done {
+    Delivered(Vec<RcptOutcome>),
+    Probed(Reply),
+}
+
+impl Work<'_> {
+    fn id(&self) -> &str {
+        match self {
+            Work::Deliver(m) => m.id,
+            Work::Probe(_) => "callout",
+        }
+    }
+
+    async fn run(&self, conn: &mut Conn, s: &Settings) -> Result<Done, client::TxError> {
+        match self {
+            Work::Deliver(msg) => conn.transaction(msg, s).await.map(Done::Delivered),
+            Work::Probe(rcpt) => conn.probe(rcpt, s).await.map(Done::Probed),
         }
     }
 }

@@ -3,20 +3,24 @@
 //! one the peer closed is dropped, so nothing lingers in CLOSE-WAIT.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::client::Conn;
+use crate::client::{Conn, Peer};
 use crate::tls::PolicyKind;
 
 /// What makes two connections interchangeable.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
-    pub addr: SocketAddr,
+    pub addr: Peer,
     /// The name we verified (or would verify) the certificate against.
     pub host: String,
     pub policy: PolicyKind,
+    /// LMTP rather than SMTP.
+    pub lmtp: bool,
+    /// Who the connection is logged in as: a session of one smarthost account is never
+    /// lent to a route with another.
+    pub user: Option<String>,
 }
 
 /// Most idle connections kept per key; more are closed.

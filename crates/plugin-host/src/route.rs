@@ -35,7 +35,7 @@ impl RoutePolicy {
             match r {
                 Configured::Smarthost { host, port, .. } => p.smarthosts.push((host.to_ascii_lowercase(), *port)),
                 Configured::Maildir { path } => p.maildirs.push(path.clone()),
-                Configured::Mx { .. } | Configured::Discard => {}
+                Configured::Mx { .. } | Configured::Lmtp { .. } | Configured::Discard => {}
             }
         }
         if plugin.granted(Grant::Route) {
@@ -83,7 +83,13 @@ mod tests {
         cfg.routes.insert("a.test".into(), Configured::Maildir { path: "/var/mail/a".into() });
         cfg.routes.insert(
             "*".into(),
-            Configured::Smarthost { host: "Relay.Test".into(), port: 2525, tls: Default::default(), ca_file: None },
+            Configured::Smarthost {
+                host: "Relay.Test".into(),
+                port: 2525,
+                tls: Default::default(),
+                ca_file: None,
+                auth: None,
+            },
         );
         let mut plugin: Plugin = serde_json::from_value(serde_json::json!({"name": "p", "path": "/x.wasm"})).unwrap();
         let p = RoutePolicy::new(&cfg, &plugin);

@@ -42,6 +42,7 @@ pub fn resolve(choice: &RouteChoice, config: &Config) -> Chosen {
                 port: *port,
                 tls: TlsPolicy::Opportunistic,
                 ca_file: None,
+                auth: None,
             });
             Chosen::Route(route, None)
         }
@@ -70,6 +71,7 @@ mod tests {
             port: 2526,
             tls: TlsPolicy::Required,
             ca_file: Some("/etc/ca.pem".into()),
+            auth: None,
         };
         config.routes.insert("*".into(), configured.clone());
         let smarthost = |host: &str, port| resolve(&RouteChoice::Smarthost { host: host.into(), port }, &config);
@@ -77,7 +79,13 @@ mod tests {
         assert_eq!(
             smarthost("127.0.0.1", 25),
             Chosen::Route(
-                Route::Smarthost { host: "127.0.0.1".into(), port: 25, tls: TlsPolicy::Opportunistic, ca_file: None },
+                Route::Smarthost {
+                    host: "127.0.0.1".into(),
+                    port: 25,
+                    tls: TlsPolicy::Opportunistic,
+                    ca_file: None,
+                    auth: None
+                },
                 None
             )
         );

@@ -437,8 +437,11 @@ impl Queue {
         // RFC 8689: a REQUIRETLS message leaves only over verified TLS.
         let route = match route {
             Route::Mx { .. } if env.requiretls => Route::Mx { tls: mailgate_config::TlsPolicy::Required },
-            Route::Smarthost { host, port, ca_file, .. } if env.requiretls => {
-                Route::Smarthost { host, port, ca_file, tls: mailgate_config::TlsPolicy::Required }
+            Route::Smarthost { host, port, ca_file, auth, .. } if env.requiretls => {
+                Route::Smarthost { host, port, ca_file, auth, tls: mailgate_config::TlsPolicy::Required }
+            }
+            Route::Lmtp { host: Some(host), port, ca_file, socket: None, .. } if env.requiretls => {
+                Route::Lmtp { host: Some(host), port, ca_file, socket: None, tls: mailgate_config::TlsPolicy::Required }
             }
             other => other,
         };
@@ -763,6 +766,8 @@ fn destination(route: &Route, domain: &str) -> String {
     match route {
         Route::Mx { .. } => format!("mx:{domain}"),
         Route::Smarthost { host, port, .. } => format!("smarthost:{host}:{port}"),
+        Route::Lmtp { socket: Some(path), .. } => format!("lmtp:{}", path.display()),
+        Route::Lmtp { host, port, .. } => format!("lmtp:{}:{port}", host.as_deref().unwrap_or("")),
         Route::Maildir { path } => format!("maildir:{}", path.display()),
         Route::Discard => "discard".into(),
     }

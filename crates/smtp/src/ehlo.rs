@@ -15,6 +15,8 @@ pub struct Extensions {
     pub dsn: bool,
     /// SIZE limit, if advertised with a value (0 means "no fixed limit").
     pub size: Option<u64>,
+    /// AUTH mechanisms offered (RFC 4954), upper case.
+    pub auth: Vec<String>,
 }
 
 impl Extensions {
@@ -32,6 +34,7 @@ impl Extensions {
                 "CHUNKING" => x.chunking = true,
                 "ENHANCEDSTATUSCODES" => x.enhanced_status_codes = true,
                 "DSN" => x.dsn = true,
+                "AUTH" => x.auth = words.map(|m| m.to_ascii_uppercase()).collect(),
                 "SIZE" => x.size = Some(words.next().and_then(|v| v.parse().ok()).unwrap_or(0)),
                 _ => {}
             }
@@ -46,9 +49,10 @@ mod tests {
 
     #[test]
     fn reads_keywords() {
-        let r = Reply::plain(250, "mx Hello\nPIPELINING\nsize 1000\nSTARTTLS\n8BITMIME");
+        let r = Reply::plain(250, "mx Hello\nPIPELINING\nsize 1000\nSTARTTLS\n8BITMIME\nAUTH login Plain");
         let x = Extensions::from_reply(&r);
         assert!(x.pipelining && x.starttls && x.eightbitmime && !x.smtputf8);
+        assert_eq!(x.auth, ["LOGIN", "PLAIN"]);
         assert_eq!(x.size, Some(1000));
     }
 }

@@ -1,0 +1,63 @@
+//! A test certificate authority (rcgen): a CA whose PEM a route trusts by `ca_file`, and server
+//! configurations with certificates it signed (or self-signed ones it did not).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rcgen::{CertificateParams, IsCa, KeyPair, SanType};
+
+pub struct Pki {
+    ca: rcgen::Certificate,
+    ca_key: KeyPair,
+    /// Session-ticket keys shared by every server config made here.
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(vec![]).unwrap();
+        ca_params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        Pki { ca, ca_key, ticketer: rustls::crypto::ring::Ticketer::new().unwrap(), dir }
+    }
+
+    /// The CA certificate as a PEM file.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A server config for 127.0.0.1 with a certificate this CA signed (`signed`) or a
+    /// self-signed one.
+    pub fn server(&self, signed: bool) -> rustls::ServerConfig {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![]).unwrap();
+        params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+        let cert = if signed {
+            params.signed_by(&key, &self.ca, &self.ca_key).unwrap()
+        } else {
+            params.self_signed(&key).unwrap()
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        cfg.ticketer = self.ticketer.clone();
+        cfg
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Pki::new()
+    }
+}
