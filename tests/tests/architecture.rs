@@ -73,4 +73,9 @@ fn crate_boundaries_hold() {
     // Bounce handling (VERP, reports, suppression) stands alone: the gateway wires it to
     // sessions, the API and the event log.
     assert!(of("mailgate-bounces").is_empty(), "mailgate-bounces depends on {:?}", of("mailgate-bounces"));
+    // Recipient verification answers from its config and the delivery crate's probe; it knows
+    // nothing of sessions, plugins or the queue.
+    let mut verify = of("mailgate-verify").clone();
+    verify.sort();
+    assert_eq!(verify, ["mailgate-config", "mailgate-delivery"], "mailgate-verify depends on {verify:?}");
 }

@@ -18,9 +18,11 @@ use serde::{Deserialize, Serialize};
 mod auth;
 mod plugin;
 mod route;
+mod verify;
 pub use auth::{ArcSeal, Auth, AuthCheck, DkimSign, SignFor};
 pub use plugin::{parse_allowed_route, AllowedRoute, Grant, Mode, OnError, Plugin, Stage};
 pub use route::{AuthMechanism, ClientAuth, Route, SecretError, TlsPolicy};
+pub use verify::{Verify, VerifyDomain};
 
 /// The embedded default configuration (`config/mailgate.toml`).
 pub const DEFAULT_TOML: &str = include_str!("../../../config/mailgate.toml");
@@ -68,6 +70,8 @@ pub struct Config {
     pub webhooks: Vec<Webhook>,
     pub bounces: Bounces,
     pub submission: Submission,
+    /// Recipient verification at RCPT (tables and callouts).
+    pub verify: Verify,
 }
 
 /// What the gateway completes in messages from authenticated clients (SMTP AUTH or an API
@@ -341,6 +345,9 @@ pub struct Relay {
     pub accept_domains: Vec<String>,
     /// Clients that may relay to any domain.
     pub trusted_networks: Vec<IpNet>,
+    /// The separator of address extensions: with `"+"`, `user+tag@d` is also looked up as
+    /// `user@d` (recipient verification). Empty: off.
+    pub recipient_delimiter: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -477,6 +484,7 @@ impl Default for Relay {
         Relay {
             accept_domains: vec![],
             trusted_networks: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+            recipient_delimiter: String::new(),
         }
     }
 }
@@ -573,6 +581,7 @@ impl Config {
         }
         keys(&mut self.routes);
         keys(&mut self.domain_pipelines);
+        keys(&mut self.verify.domains);
         for d in &mut self.relay.accept_domains {
             *d = match d.strip_prefix('.') {
                 Some(rest) => format!(".{}", canonical_domain(rest)),
@@ -721,6 +730,28 @@ impl Config {
             if a.max_connections == 0 || a.request_timeout.is_zero() || a.body_limit == Some(0) {
                 errs.push(format!("api {}: max_connections, request_timeout and body_limit must be above 0", a.name));
             }
+        }
+        for (domain, v) in &self.verify.domains {
+            if v.table.is_some() == v.callout {
+                errs.push(format!("verify.domains.{domain}: give either table or callout = true"));
+            }
+            if v.callout
+                && !matches!(
+                    self.route_for(domain),
+                    Some(Route::Smarthost { .. } | Route::Lmtp { .. } | Route::Mx { .. })
+                )
+            {
+                errs.push(format!("verify.domains.{domain}: callout needs a smarthost, lmtp or mx route to ask"));
+            }
+            if let Some(t) = v.table.as_ref().filter(|t| !t.is_file()) {
+                errs.push(format!("verify.domains.{domain}: table {}: no such file", t.display()));
+            }
+        }
+        if self.verify.max_concurrent == 0 || self.verify.timeout.is_zero() {
+            errs.push("verify: max_concurrent and timeout must be above 0".into());
+        }
+        if self.relay.recipient_delimiter.contains(['@', ' ']) {
+            errs.push("relay.recipient_delimiter: must not contain '@' or spaces".into());
         }
         for (domain, p) in &self.domain_pipelines {
             if !known(p) {

@@ -33,6 +33,8 @@ pub struct Generation {
     pub auth: Arc<mailgate_auth::Authenticator>,
     /// The cleanup stage every message of this generation passes (with its signing keys).
     pub cleanup: Arc<Cleanup>,
+    /// Recipient verification at RCPT (its tables are read with the generation).
+    pub verify: Arc<mailgate_verify::Verifier>,
 }
 
 impl Generation {
@@ -47,7 +49,8 @@ impl Generation {
             Arc::new(mailgate_auth::Authenticator::new(resolver.clone(), &config.server.hostname, config.auth.timeout));
         let signing = mailgate_cleanup::Signing::load(&config, auth.clone())?;
         let cleanup = Arc::new(Cleanup::new(config.clone(), signing));
-        Ok(Generation { config, plugins, auth, cleanup })
+        let verify = Arc::new(mailgate_verify::Verifier::new(&config).map_err(|e| anyhow::anyhow!("verify: {e}"))?);
+        Ok(Generation { config, plugins, auth, cleanup, verify })
     }
 }
 
@@ -64,6 +67,8 @@ pub struct Shared {
     /// Message content in memory (`limits.content_memory`; set at start, a reload keeps it).
     pub budget: Arc<mailgate_message::Budget>,
     pub queue: Queue,
+    /// The delivery agent the queue uses; recipient callouts share its connections.
+    pub delivery: Arc<Delivery>,
     /// Sessions open now: the 421 limits and load shedding.
     slots: Arc<crate::slots::Slots>,
     /// The server certificate (None: no TLS configured) and the acceptor built on it.
@@ -145,7 +150,7 @@ impl Gateway {
         };
         let queue = Queue::start(
             spool.clone(),
-            delivery,
+            delivery.clone(),
             config.clone(),
             recovered,
             hooks,
@@ -162,6 +167,7 @@ impl Gateway {
             auth_failures: Mutex::new(HashMap::new()),
             spool: spool.clone(),
             queue,
+            delivery,
             slots: Arc::new(crate::slots::Slots::default()),
             budget: mailgate_message::Budget::new(config.limits.content_memory),
             api_keys,

@@ -1,7 +1,10 @@
-//! RCPT TO (RFC 5321 §4.1.1.3): the relay decision and the recipient limit.
+//! RCPT TO (RFC 5321 §4.1.1.3): the relay decision, the recipient limit, and recipient
+//! verification.
 
 use mailgate_smtp::reply::codes;
 use mailgate_smtp::{Address, Enhanced, RcptParams, Reply};
+
+use mailgate_verify::Verdict;
 
 use super::{Next, Session, SessionIo};
 
@@ -82,6 +85,13 @@ impl<S: SessionIo> Session<S> {
             self.reply(Reply::new(452, Enhanced(4, 5, 3), "Too many recipients"));
             return Next::Continue;
         }
+        // Unknown recipients are refused here, not bounced later; the plugins' on-rcpt sees
+        // only recipients that passed. The postmaster is always taken (RFC 5321 §4.5.1).
+        if !postmaster && !to.local_part().eq_ignore_ascii_case("postmaster") {
+            if let Some(next) = self.verify_recipient(&to).await {
+                return next;
+            }
+        }
         // One message, one pipeline: the first accepted recipient's domain picks it.
         let want = self.config.pipeline_for_domain(to.domain()).unwrap_or(&self.conn.pipeline).to_string();
         if self.tx.as_ref().and_then(|t| t.pipeline.as_ref()).is_some_and(|p| *p != want) {
@@ -107,5 +117,38 @@ impl<S: SessionIo> Session<S> {
         }
         self.reply(Reply::new(250, Enhanced(2, 1, 5), "Recipient OK"));
         Next::Continue
+    }
+}
+
+impl<S: SessionIo> Session<S> {
+    /// `Some` when verification refused the recipient: unknown is a 550 that counts as an
+    /// error (a dictionary attack ends at `limits.max_errors`), no answer a 451.
+    async fn verify_recipient(&mut self, to: &Address) -> Option<Next> {
+        let verifier = self.generation.verify.clone();
+        if verifier.is_empty() {
+            return None;
+        }
+        match verifier.check(&self.config, &self.shared.delivery, to.as_str()).await {
+            Verdict::Unchecked | Verdict::Known => None,
+            Verdict::Unknown => {
+                tracing::info!(rcpt = %to, "recipient unknown");
+                metrics::counter!("mailgate_recipients_total", "class" => "5xx").increment(1);
+                Some(self.bad_command(Reply::new(
+                    550,
+                    Enhanced(5, 1, 1),
+                    format!("<{to}>: Recipient address rejected: User unknown"),
+                )))
+            }
+            Verdict::Unavailable(why) => {
+                tracing::info!(rcpt = %to, %why, "recipient verification unavailable");
+                metrics::counter!("mailgate_recipients_total", "class" => "4xx").increment(1);
+                self.reply(Reply::new(
+                    451,
+                    Enhanced(4, 4, 3),
+                    format!("<{to}>: Recipient address verification unavailable, try again later"),
+                ));
+                Some(Next::Continue)
+            }
+        }
     }
 }
