@@ -83,11 +83,17 @@ pub struct Submission {
     pub add_date: bool,
     /// Add `Message-ID:` (`<queue id>@<hostname>`) when the message has none (§8.3).
     pub add_message_id: bool,
+    /// A unix socket where local programs submit by SMTP (`mailgate sendmail`); the peer's
+    /// uid is its authenticated identity. `None`: no local submission.
+    pub socket: Option<PathBuf>,
+    /// Permissions of the socket: who on this host may submit (0666: everyone, as with
+    /// sendmail; narrow it with a group).
+    pub socket_mode: u32,
 }
 
 impl Default for Submission {
     fn default() -> Self {
-        Submission { add_date: true, add_message_id: true }
+        Submission { add_date: true, add_message_id: true, socket: None, socket_mode: 0o666 }
     }
 }
 

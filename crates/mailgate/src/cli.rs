@@ -92,6 +92,12 @@ enum Cmd {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Submit a message read on stdin, as sendmail does (`mailgate sendmail -f S -t -i R…`;
+    /// also when the binary is called `sendmail`), over the gateway's local socket.
+    Sendmail {
+        #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
+        args: Vec<String>,
+    },
     /// Keys of the HTTP sending API (kept as hashes in the spool directory).
     ApiKey {
         #[command(subcommand)]
@@ -463,8 +469,18 @@ fn init_logs(cfg: &Config) {
 
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> ExitCode {
+    // sendmail's command line is its own (`-oi`, `-fsender`): read before clap sees it.
+    let argv: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    let called = argv.first().map(|a| a.rsplit('/').next().unwrap_or(a).to_string()).unwrap_or_default();
+    if called == "sendmail" {
+        return crate::sendmail::main(&argv[1..]);
+    }
+    if argv.get(1).map(String::as_str) == Some("sendmail") {
+        return crate::sendmail::main(&argv[2..]);
+    }
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Sendmail { args } => crate::sendmail::main(&args),
         Cmd::Config { cmd: ConfigCmd::Default } => {
             print!("{}", mailgate_config::DEFAULT_TOML);
             ExitCode::SUCCESS

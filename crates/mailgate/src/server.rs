@@ -15,7 +15,7 @@ use mailgate_delivery::Delivery;
 use mailgate_queue::Queue;
 use mailgate_smtp::{Enhanced, Reply};
 use mailgate_spool::{LocalSpool, Spool};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -184,6 +184,10 @@ impl Gateway {
         let (stop, stop_rx) = watch::channel(false);
         let mut local_addrs = vec![];
         let mut tasks = vec![];
+        // Before the TCP listeners: once those answer, local submission is up too.
+        if let Some(path) = &config.submission.socket {
+            tasks.push(crate::local::start(path, config.submission.socket_mode, shared.clone(), stop_rx.clone())?);
+        }
         for l in &config.listeners {
             let listener = TcpListener::bind(l.address)
                 .await
@@ -233,6 +237,12 @@ impl Gateway {
 }
 
 impl Shared {
+    /// A new session id: unique within this process run, prefixed by the start time.
+    pub(crate) fn next_sid(&self) -> String {
+        let n = self.next_session.fetch_add(1, Ordering::Relaxed);
+        format!("{:05}{:06}", self.start_tag, n)
+    }
+
     /// The table of open sessions (admission and load shedding).
     pub(crate) fn slots(&self) -> &Arc<crate::slots::Slots> {
         &self.slots
@@ -380,13 +390,12 @@ async fn accept_loop(listener: TcpListener, conf: Listener, shared: Arc<Shared>,
         let stop = stop.clone();
         let (role, pipeline) = (conf.role, conf.pipeline.clone());
         tokio::spawn(async move {
-            let Some(admitted) = admit(&shared, &stream, peer.ip(), &name) else { return };
-            let n = shared.next_session.fetch_add(1, Ordering::Relaxed);
-            let sid = format!("{:05}{:06}", shared.start_tag, n);
+            let Some(admitted) = admit(&shared, |b| drop(stream.try_write(b)), peer.ip(), &name) else { return };
+            let sid = shared.next_sid();
             let span = tracing::info_span!("session", sid = %sid, client = %peer);
             let local = stream.local_addr().map(canonical).unwrap_or(peer);
             let slot = admitted.slot.clone();
-            let conn = crate::session::Accepted { sid, peer, local, listener: name, role, pipeline, slot };
+            let conn = crate::session::Accepted { sid, peer, local, listener: name, role, pipeline, slot, user: None };
             Session::new(conn, stream, shared.clone(), stop).run().instrument(span).await;
         });
     }
@@ -399,7 +408,12 @@ pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Applies the session limits; a refused client gets `421 4.7.0` and the connection closes.
-fn admit(shared: &Arc<Shared>, stream: &TcpStream, ip: IpAddr, listener: &Arc<str>) -> Option<crate::slots::Admitted> {
+pub(crate) fn admit(
+    shared: &Arc<Shared>,
+    refuse: impl FnOnce(&[u8]),
+    ip: IpAddr,
+    listener: &Arc<str>,
+) -> Option<crate::slots::Admitted> {
     let generation = shared.current();
     let config = &generation.config;
     match shared.slots().admit(ip, &config.limits, config.timeouts.shed_idle, listener) {
@@ -409,7 +423,7 @@ fn admit(shared: &Arc<Shared>, stream: &TcpStream, ip: IpAddr, listener: &Arc<st
         }
         Err(refusal) => {
             // One small write into an empty socket buffer: it does not block.
-            let _ = stream.try_write(&Reply::new(421, Enhanced(4, 7, 0), refusal.text()).to_bytes());
+            refuse(&Reply::new(421, Enhanced(4, 7, 0), refusal.text()).to_bytes());
             None
         }
     }

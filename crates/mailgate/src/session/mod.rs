@@ -155,6 +155,9 @@ pub struct Accepted {
     pub pipeline: String,
     /// Its place in the slot table: progress marks, and the signal to make room.
     pub slot: Arc<crate::slots::Slot>,
+    /// Who the client already is: the local user of a unix-socket submission (`None` for TCP
+    /// clients, who may AUTH).
+    pub user: Option<String>,
 }
 
 pub(crate) struct Session<S> {
@@ -174,7 +177,7 @@ pub(crate) struct Session<S> {
 
 impl<S: SessionIo> Session<S> {
     pub fn new(accepted: Accepted, stream: S, shared: Arc<Shared>, stop: watch::Receiver<bool>) -> Session<S> {
-        let Accepted { sid, peer, local, listener, role, pipeline, slot } = accepted;
+        let Accepted { sid, peer, local, listener, role, pipeline, slot, user } = accepted;
         let generation = shared.current();
         let config = generation.config.clone();
         let conn = Conn {
@@ -185,7 +188,7 @@ impl<S: SessionIo> Session<S> {
             role,
             pipeline,
             tls: None,
-            user: None,
+            user,
             helo: None,
             esmtp: false,
             trusted: config.is_trusted(peer.ip()),

@@ -81,6 +81,7 @@ impl Rig {
             role: mailgate_config::Role::Mx,
             pipeline: mailgate_config::DEFAULT_PIPELINE.into(),
             slot: admitted.slot.clone(),
+            user: None,
         };
         let session = Session::new(accepted, server, shared.clone(), self.stop.subscribe());
         tokio::spawn(async move {
