@@ -78,4 +78,7 @@ fn crate_boundaries_hold() {
     let mut verify = of("mailgate-verify").clone();
     verify.sort();
     assert_eq!(verify, ["mailgate-config", "mailgate-delivery"], "mailgate-verify depends on {verify:?}");
+    // Address maps are pure lookups over the config.
+    let rewrite: Vec<&String> = of("mailgate-rewrite").iter().collect();
+    assert_eq!(rewrite, ["mailgate-config"], "mailgate-rewrite depends on {rewrite:?}");
 }

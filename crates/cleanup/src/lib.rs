@@ -5,8 +5,10 @@
 //!
 //! In order: our `Received:` field, loop detection, the structure check (before anything
 //! parses the message), the From check, removal of `Authentication-Results:` fields forged in
-//! our name, the on-data policy with its verdict and changes, our `Authentication-Results:`,
-//! DKIM signing, ARC sealing, and the spool write. The answer is [`Outcome`] or a typed
+//! our name, the on-data policy with its verdict and changes, the address maps (canonical
+//! rewriting, then aliases: the policy saw the addresses as given, the queue sees the
+//! rewritten ones), our `Authentication-Results:`, DKIM signing, ARC sealing, and the spool
+//! write. The answer is [`Outcome`] or a typed
 //! [`Refusal`] that knows its SMTP reply.
 //!
 //! This crate owns those steps and their order. It must not know sessions, sockets, the queue
@@ -24,6 +26,8 @@ use std::sync::Arc;
 use mailgate_auth::AuthSession;
 use mailgate_config::Config;
 use mailgate_message::{Edit, MessageError, Reservation};
+use mailgate_rewrite::MAX_EXPANSION;
+pub use mailgate_rewrite::{MapError, Maps};
 use mailgate_smtp::{Enhanced, Reply};
 use mailgate_spool::{BoxFuture, Envelope, Recipient, RouteChoice, Spool, SpoolError};
 
@@ -140,6 +144,8 @@ pub enum Refusal {
     Interrupted,
     #[error("{0}")]
     Spool(#[from] SpoolError),
+    #[error("address maps: {0}")]
+    Rewrite(#[from] MapError),
 }
 
 impl Refusal {
@@ -156,6 +162,11 @@ impl Refusal {
             Refusal::Spool(_) => {
                 Reply::new(451, Enhanced(4, 3, 0), "Temporary local problem storing the message, try again later")
             }
+            Refusal::Rewrite(MapError::Loop(_)) => Reply::new(554, Enhanced(5, 4, 6), "Alias loop"),
+            Refusal::Rewrite(MapError::TooWide(_)) => {
+                Reply::new(552, Enhanced(5, 5, 3), "Too many recipients after alias expansion")
+            }
+            Refusal::Rewrite(_) => Reply::new(451, Enhanced(4, 3, 0), "Local error in processing, try again later"),
         }
     }
 
@@ -199,15 +210,21 @@ pub struct Accepted {
 pub struct Cleanup {
     config: Arc<Config>,
     signing: Signing,
+    maps: Maps,
 }
 
 impl Cleanup {
-    pub fn new(config: Arc<Config>, signing: Signing) -> Cleanup {
-        Cleanup { config, signing }
+    pub fn new(config: Arc<Config>, signing: Signing, maps: Maps) -> Cleanup {
+        Cleanup { config, signing, maps }
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The address maps this stage applies (sessions ask them whether an address is an alias).
+    pub fn maps(&self) -> &Maps {
+        &self.maps
     }
 
     /// Our `Received:` field for a message of `env` from `origin`.
@@ -319,6 +336,16 @@ impl Cleanup {
                 };
             }
         };
+        let data = match self.rewrite(&mut envelope, data, &mut hold) {
+            Ok(d) => d,
+            Err(e) => {
+                if let Some(auth) = &origin.auth {
+                    auth.lock().await.end_message();
+                }
+                tracing::warn!(queue_id = %id, "refused: {e}");
+                return Err(e);
+            }
+        };
         let data = self.mark(origin, &authserv_id, data).await;
         let data = self.signing.sign(&envelope, origin, data).await;
         let mut data = self.signing.seal(&envelope, origin, data).await;
@@ -402,6 +429,63 @@ impl Cleanup {
             return Ok(None);
         }
         Ok(Some(data))
+    }
+
+    /// The address maps: canonical rewriting of the sender and each recipient, then alias
+    /// expansion. An expanded recipient keeps its NOTIFY, and its original address as ORCPT
+    /// when it had none (so a DSN names the address the sender used).
+    fn rewrite(
+        &self,
+        env: &mut Envelope,
+        data: Arc<Vec<u8>>,
+        hold: &mut Option<Reservation>,
+    ) -> Result<Arc<Vec<u8>>, Refusal> {
+        let maps = &self.maps;
+        if maps.is_empty() {
+            return Ok(data);
+        }
+        if let Some(s) = (!env.sender.is_empty()).then(|| maps.canonical_sender(&env.sender)).flatten() {
+            tracing::info!(queue_id = %env.id, from = %env.sender, to = %s, "sender rewritten");
+            env.sender = s;
+        }
+        let mut out: Vec<Recipient> = Vec::with_capacity(env.recipients.len());
+        let mut seen = std::collections::HashSet::new();
+        for r in std::mem::take(&mut env.recipients) {
+            let canonical = maps.canonical_recipient(&r.address);
+            let targets = maps.expand(canonical.as_deref().unwrap_or(&r.address))?;
+            if targets.len() == 1 && targets[0] == r.address {
+                if seen.insert(r.address.to_lowercase()) {
+                    out.push(r);
+                }
+                continue;
+            }
+            tracing::info!(queue_id = %env.id, rcpt = %r.address, to = %targets.join(","), "recipient rewritten");
+            for t in targets {
+                if seen.insert(t.to_lowercase()) {
+                    let mut n = Recipient::pending(t);
+                    n.notify = r.notify;
+                    let kind = if r.address.is_ascii() { "rfc822" } else { "utf-8" };
+                    n.orcpt = r.orcpt.clone().or_else(|| Some((kind.to_string(), r.address.clone())));
+                    out.push(n);
+                }
+            }
+        }
+        if out.len() > MAX_EXPANSION.max(self.config.limits.max_recipients) {
+            return Err(Refusal::Rewrite(MapError::TooWide(format!("{} recipients", out.len()))));
+        }
+        env.recipients = out;
+        if !maps.rewrites_headers() {
+            return Ok(data);
+        }
+        match maps.rewrite_headers(&data) {
+            Some(d) => {
+                if let Some(h) = hold.as_mut() {
+                    h.force_to(h.size() + d.capacity());
+                }
+                Ok(Arc::new(d))
+            }
+            None => Ok(data),
+        }
     }
 
     /// Puts our `Authentication-Results:` on top, from the session's results (and the checks

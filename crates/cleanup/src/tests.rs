@@ -34,7 +34,8 @@ fn authenticator() -> Arc<mailgate_auth::Authenticator> {
 fn cleanup(extra: &str) -> Cleanup {
     let config = config(extra);
     let signing = Signing::load(&config, authenticator()).unwrap();
-    Cleanup::new(config, signing)
+    let maps = Maps::load(&config).unwrap();
+    Cleanup::new(config, signing, maps)
 }
 
 fn client() -> Origin {

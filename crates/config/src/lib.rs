@@ -16,10 +16,12 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 mod auth;
+mod maps;
 mod plugin;
 mod route;
 mod verify;
 pub use auth::{ArcSeal, Auth, AuthCheck, DkimSign, SignFor};
+pub use maps::{Aliases, Canonical};
 pub use plugin::{parse_allowed_route, AllowedRoute, Grant, Mode, OnError, Plugin, Stage};
 pub use route::{AuthMechanism, ClientAuth, Route, SecretError, TlsPolicy};
 pub use verify::{Verify, VerifyDomain};
@@ -72,6 +74,10 @@ pub struct Config {
     pub submission: Submission,
     /// Recipient verification at RCPT (tables and callouts).
     pub verify: Verify,
+    /// Virtual aliases, applied in cleanup after the canonical maps.
+    pub aliases: Aliases,
+    /// Canonical rewriting of sender and recipients, applied in cleanup.
+    pub canonical: Canonical,
 }
 
 /// What the gateway completes in messages from authenticated clients (SMTP AUTH or an API
@@ -751,6 +757,15 @@ impl Config {
             }
             if let Some(t) = v.table.as_ref().filter(|t| !t.is_file()) {
                 errs.push(format!("verify.domains.{domain}: table {}: no such file", t.display()));
+            }
+        }
+        for (key, t) in [
+            ("aliases.table", &self.aliases.table),
+            ("canonical.sender_table", &self.canonical.sender_table),
+            ("canonical.recipient_table", &self.canonical.recipient_table),
+        ] {
+            if let Some(t) = t.as_ref().filter(|t| !t.is_file()) {
+                errs.push(format!("{key}: {}: no such file", t.display()));
             }
         }
         if self.verify.max_concurrent == 0 || self.verify.timeout.is_zero() {

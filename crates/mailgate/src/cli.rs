@@ -286,6 +286,23 @@ enum PluginCmd {
     },
 }
 
+/// Reads what the config names besides itself — address maps and recipient tables — as a
+/// start would, so a loop or a bad table line fails the check.
+fn tables(cfg: Config) -> Result<Config, mailgate_config::ConfigError> {
+    let mut errs = vec![];
+    if let Err(e) = mailgate_cleanup::Maps::load(&cfg) {
+        errs.push(format!("address maps: {e}"));
+    }
+    if let Err(e) = mailgate_verify::Verifier::new(&cfg) {
+        errs.push(format!("verify: {e}"));
+    }
+    if errs.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(mailgate_config::ConfigError::Invalid(errs))
+    }
+}
+
 /// argon2id with the crate's (OWASP-recommended) parameters and a random 16-octet salt.
 pub(crate) fn hash_password(password: &str) -> Result<String, String> {
     use argon2::password_hash::{PasswordHasher, SaltString};
@@ -485,7 +502,7 @@ pub fn main() -> ExitCode {
             print!("{}", mailgate_config::DEFAULT_TOML);
             ExitCode::SUCCESS
         }
-        Cmd::Config { cmd: ConfigCmd::Check { config } } => match Config::load(config.as_deref()) {
+        Cmd::Config { cmd: ConfigCmd::Check { config } } => match Config::load(config.as_deref()).and_then(tables) {
             Ok(_) => {
                 println!("configuration OK");
                 ExitCode::SUCCESS

@@ -127,7 +127,7 @@ pub async fn test(run: TestRun) -> Result<(), String> {
     // The message takes the gateway's own path: the cleanup stage with this plugin as its
     // on-data policy, stopping short of the spool.
     let config = Arc::new(Config::default());
-    let cleanup = Cleanup::new(config, Signing::none());
+    let cleanup = Cleanup::new(config, Signing::none(), mailgate_cleanup::Maps::default());
     let ip = run.client_ip.parse().map_err(|_| format!("--client-ip {}: not an IP address", run.client_ip))?;
     let origin = Origin {
         client: Some((run.helo.clone(), ip)),

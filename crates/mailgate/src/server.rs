@@ -48,7 +48,8 @@ impl Generation {
         let auth =
             Arc::new(mailgate_auth::Authenticator::new(resolver.clone(), &config.server.hostname, config.auth.timeout));
         let signing = mailgate_cleanup::Signing::load(&config, auth.clone())?;
-        let cleanup = Arc::new(Cleanup::new(config.clone(), signing));
+        let maps = mailgate_cleanup::Maps::load(&config).map_err(|e| anyhow::anyhow!("address maps: {e}"))?;
+        let cleanup = Arc::new(Cleanup::new(config.clone(), signing, maps));
         let verify = Arc::new(mailgate_verify::Verifier::new(&config).map_err(|e| anyhow::anyhow!("verify: {e}"))?);
         Ok(Generation { config, plugins, auth, cleanup, verify })
     }

@@ -128,7 +128,14 @@ impl<S: SessionIo> Session<S> {
         if verifier.is_empty() {
             return None;
         }
-        match verifier.check(&self.config, &self.shared.delivery, to.as_str()).await {
+        // An alias exists whatever the mailboxes say; a canonical rewrite is checked in the form
+        // it will be delivered to.
+        let maps = self.generation.cleanup.maps();
+        let address = maps.canonical_recipient(to.as_str()).unwrap_or_else(|| to.as_str().to_string());
+        if maps.is_alias(&address) {
+            return None;
+        }
+        match verifier.check(&self.config, &self.shared.delivery, &address).await {
             Verdict::Unchecked | Verdict::Known => None,
             Verdict::Unknown => {
                 tracing::info!(rcpt = %to, "recipient unknown");
