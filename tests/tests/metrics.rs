@@ -48,7 +48,15 @@ fn metrics_are_scraped_and_move_with_traffic() {
         "stages = [\"rcpt\"]",
         "stage = \"rcpt\"\nverdict = \"reject\"\nrcpt = \"blocked@remote.test\"",
     );
-    let gw = Gateway::with_sink(sink.port(), &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n{plugin}"));
+    // Verdicts are counted at every stage, on-data and on-route included.
+    let at_data =
+        Gateway::plugin("verdict", "data-accept", "stages = [\"data\"]", "stage = \"data\"\nverdict = \"accept\"");
+    let at_route =
+        Gateway::plugin("verdict", "route-accept", "stages = [\"route\"]", "stage = \"route\"\nverdict = \"accept\"");
+    let gw = Gateway::with_sink(
+        sink.port(),
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n{plugin}{at_data}{at_route}"),
+    );
     let before = scrape(admin);
     for i in 0..3 {
         let out = swaks(gw.port, &["--to", &format!("m{i}@remote.test"), "--from", "a@sender.test"]);
@@ -68,6 +76,8 @@ fn metrics_are_scraped_and_move_with_traffic() {
     assert!(moved("mailgate_spool_commits_total", "") >= 1.0);
     assert!(moved("mailgate_spool_fsync_seconds_count", "") >= 1.0);
     assert_eq!(moved("mailgate_plugin_verdicts_total", "verdict=\"reject\""), 1.0);
+    assert_eq!(moved("mailgate_plugin_verdicts_total", "stage=\"data\""), 3.0);
+    assert_eq!(moved("mailgate_plugin_verdicts_total", "stage=\"route\""), 3.0);
     assert!(sum(&after, "mailgate_plugin_call_seconds_bucket", "stage=\"rcpt\"") > 0.0);
     assert!(after.contains_key("mailgate_sessions_open"));
 }

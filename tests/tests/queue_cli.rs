@@ -134,3 +134,26 @@ fn quarantine_survives_a_restart_then_expires() {
     assert!(listed(&cfg).is_empty());
     assert!(sink.received().is_empty(), "an expired quarantine was delivered or bounced");
 }
+
+/// A message delivered to one recipient and deferred for another is listed with the reason it
+/// waits, not the delivered recipient's 250.
+#[test]
+fn queue_list_shows_why_a_partly_delivered_message_waits() {
+    let sink = Sink::start();
+    sink.set_rcpt_reply("later@remote.test", "451 4.3.0 try later");
+    let admin = free_port();
+    let gw = Gateway::with_sink(
+        sink.port(),
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[queue]\nretry_schedule = [\"1h\"]\n"),
+    );
+    let cfg = gw.path("mailgate.toml");
+    assert!(swaks(gw.port, &["--to", "now@remote.test,later@remote.test", "--from", "o@sender.test"]).status.success());
+    sink.wait_for_rcpt("now@remote.test", T);
+    let listed = wait_for(T, || {
+        let (ok, out) = cli(&cfg, &["queue", "list"]);
+        (ok && out.contains("later@remote.test (pending)")).then_some(out)
+    })
+    .expect("the message is listed as deferred");
+    assert!(listed.contains("451 4.3.0 try later"), "{listed}");
+    assert!(!listed.contains("250 2.0.0"), "{listed}");
+}

@@ -135,8 +135,10 @@ pub fn serve(
                                 .protocol_version()
                                 .map(|v| format!("{v:?}").replace("TLSv1_", "TLSv1."))
                                 .unwrap_or_default();
-                            let cipher =
-                                c.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite())).unwrap_or_default();
+                            let cipher = c
+                                .negotiated_cipher_suite()
+                                .map(|c| mailgate_smtp::iana_cipher_name(&format!("{:?}", c.suite())))
+                                .unwrap_or_default();
                             connection(s, Conn { peer, local, tls: Some((version, cipher)) }, router).await
                         }
                         Ok(Err(e)) => tracing::debug!(listener = %name, client = %peer, "TLS handshake failed: {e}"),

@@ -42,7 +42,7 @@ fn client() -> Origin {
     Origin {
         client: Some(("client.test".into(), "192.0.2.7".parse().unwrap())),
         with: Some("ESMTPS".into()),
-        tls: Some(("TLSv1.3".into(), "TLS13_AES_128_GCM_SHA256".into())),
+        tls: Some(("TLSv1.3".into(), "TLS_AES_128_GCM_SHA256".into())),
         listener: "mx".into(),
         ..Origin::default()
     }
@@ -91,7 +91,7 @@ async fn received_goes_first_and_names_the_client_tls_and_recipient() {
     let p = kept(&cleanup(""), incoming(MSG, &["u@example.test"]), None).await;
     let t = text(&p);
     assert!(
-        t.starts_with("Received: from client.test ([192.0.2.7])\r\n\tby mx.test with ESMTPS (TLSv1.3 TLS13_AES_128_GCM_SHA256) id Q1\r\n\tfor <u@example.test>;\r\n\t"),
+        t.starts_with("Received: from client.test ([192.0.2.7])\r\n\tby mx.test with ESMTPS (TLSv1.3 TLS_AES_128_GCM_SHA256) id Q1\r\n\tfor <u@example.test>;\r\n\t"),
         "{t}"
     );
     assert!(t.ends_with(MSG), "{t}");

@@ -169,7 +169,10 @@ impl Conn {
             c.tls = Some(format!(
                 "{:?} {:?}",
                 session.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default(),
-                session.negotiated_cipher_suite().map(|cs| format!("{:?}", cs.suite())).unwrap_or_default()
+                session
+                    .negotiated_cipher_suite()
+                    .map(|cs| mailgate_smtp::iana_cipher_name(&format!("{:?}", cs.suite())))
+                    .unwrap_or_default()
             ));
             c.io = Box::new(stream);
             c.rbuf.clear();

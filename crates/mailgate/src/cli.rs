@@ -342,10 +342,15 @@ fn print_result(r: Result<String, String>, json: bool, list: bool) -> ExitCode {
                             .collect()
                     })
                     .unwrap_or_default();
-                let last = m["recipients"]
-                    .as_array()
-                    .and_then(|a| a.iter().find_map(|r| r["last_reply"].as_str()))
-                    .unwrap_or("");
+                // Why it is still queued: a pending recipient's reply, not a delivered one's.
+                let replies = m["recipients"].as_array().cloned().unwrap_or_default();
+                let reply_of = |want: Option<&str>| {
+                    replies.iter().find_map(|r| {
+                        let status_ok = want.is_none_or(|w| r["status"].as_str() == Some(w));
+                        r["last_reply"].as_str().filter(|_| status_ok)
+                    })
+                };
+                let last = reply_of(Some("pending")).or_else(|| reply_of(None)).unwrap_or("");
                 // A quarantined message shows why instead of a delivery reply.
                 let last = m["quarantine"].as_str().map_or(last.to_string(), |q| format!("quarantine: {q}"));
                 println!(
@@ -474,8 +479,15 @@ enum ConfigCmd {
 }
 
 fn init_logs(cfg: &Config) {
+    // rustls warns about every client that sends an IP address as SNI (many do): not an
+    // operator's concern at the default level, so its handshake module says only errors
+    // unless the level names rustls itself.
+    let level = match cfg.log.level.contains("rustls") {
+        true => cfg.log.level.clone(),
+        false => format!("{},rustls::msgs::handshake=error", cfg.log.level),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     let _ = match cfg.log.format {

@@ -48,7 +48,11 @@ struct Field {
 }
 
 fn split(data: &[u8]) -> (Vec<Field>, &[u8]) {
-    let end = data.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 2).unwrap_or(data.len());
+    // A message that starts with the empty line has no header fields at all.
+    let end = match data.starts_with(b"\r\n") {
+        true => 0,
+        false => data.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 2).unwrap_or(data.len()),
+    };
     let (head, body) = data.split_at(end);
     let mut fields: Vec<Field> = vec![];
     for line in head.split_inclusive(|b| *b == b'\n') {
@@ -113,6 +117,9 @@ pub fn apply(data: &[u8], edits: &[Edit], max_body: usize) -> Applied {
     let (mut fields, body) = split(data);
     let mut body = body.to_vec();
     let mut changed = false;
+    // Added fields go on top, where trace fields belong, in the order they were added — below
+    // a first `Received:` field (the one this hop wrote: the trace block stays whole).
+    let mut top = usize::from(fields.first().is_some_and(|f| f.name.eq_ignore_ascii_case("received")));
     for (i, e) in edits.iter().enumerate() {
         let check = |n: &str, v: &str| {
             if !valid_name(n) {
@@ -126,13 +133,16 @@ pub fn apply(data: &[u8], edits: &[Edit], max_body: usize) -> Applied {
         match e {
             Edit::AddHeader { name, value } => match check(name, value) {
                 Ok(()) => {
-                    fields.push(field(name, value));
+                    fields.insert(top, field(name, value));
+                    top += 1;
                     changed = true;
                 }
                 Err(r) => out.refused.push((i, r)),
             },
             Edit::RemoveHeader { name } => {
                 let before = fields.len();
+                // The added block at the top shrinks by the added fields removed.
+                top -= fields[..top].iter().filter(|f| f.name.eq_ignore_ascii_case(name)).count();
                 fields.retain(|f| !f.name.eq_ignore_ascii_case(name));
                 changed |= fields.len() != before;
             }
@@ -150,9 +160,15 @@ pub fn apply(data: &[u8], edits: &[Edit], max_body: usize) -> Applied {
                 match (pos, value.is_empty()) {
                     (Some(i), true) => {
                         fields.remove(i);
+                        if i < top {
+                            top -= 1;
+                        }
                     }
                     (Some(i), false) => fields[i] = field(&fields[i].name.clone(), value),
-                    (None, false) => fields.push(field(name, value)),
+                    (None, false) => {
+                        fields.insert(top, field(name, value));
+                        top += 1;
+                    }
                     (None, true) => {}
                 }
                 changed = true;
@@ -212,7 +228,7 @@ mod tests {
         );
         assert_eq!(
             String::from_utf8(e.data.unwrap()).unwrap(),
-            "Received: x\r\nX-A: 1\r\nX-A: two\r\nX-New: yes\r\n\r\nbody\r\n"
+            "Received: x\r\nX-New: yes\r\nX-A: 1\r\nX-A: two\r\n\r\nbody\r\n"
         );
     }
 
@@ -232,6 +248,29 @@ mod tests {
         );
         assert!(e.data.is_none());
         assert_eq!(e.refused.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn added_fields_go_on_top_in_order() {
+        let add = |n: &str| Edit::AddHeader { name: n.into(), value: "1".into() };
+        let e = apply(MSG, &[add("X-A"), add("X-B"), Edit::RemoveHeader { name: "x-a".into() }, add("X-C")], 1000);
+        let t = String::from_utf8(e.data.unwrap()).unwrap();
+        assert!(t.starts_with("Received: x\r\nX-B: 1\r\nX-C: 1\r\nSubject: one\r\n"), "{t}");
+        let e = apply(b"Received: by us\r\nReceived: by them\r\n\r\nb\r\n", &[add("X-A")], 1000);
+        assert!(e.data.unwrap().starts_with(b"Received: by us\r\nX-A: 1\r\nReceived: by them\r\n"));
+        // A message without header fields, an added field removed again: nothing to index past.
+        let e = apply(
+            b"\r\nbody\r\n",
+            &[
+                add("X-A"),
+                Edit::RemoveHeader { name: "X-A".into() },
+                add("X-B"),
+                Edit::ChangeHeader { name: "X-B".into(), index: 0, value: String::new() },
+                add("X-C"),
+            ],
+            1000,
+        );
+        assert_eq!(e.data.unwrap(), b"X-C: 1\r\n\r\nbody\r\n");
     }
 
     #[test]

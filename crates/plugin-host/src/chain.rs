@@ -267,11 +267,10 @@ fn data_step(
             meta.routes.check(r)?;
         }
     }
-    // An accept ends the stage like a verdict does; only verdicts that change the outcome are
-    // reported (a shadow plugin that would only have edited the message said nothing).
+    // An accept ends the stage like a verdict does, and is reported (logged and counted) like
+    // one; a plugin that only edited the message said nothing.
     let stop = verdict.is_some();
-    let said =
-        verdict.filter(|_| d != DataDecision::Continue).map(|verdict| Said { verdict, detail: format!("{d:?}") });
+    let said = verdict.map(|verdict| Said { verdict, detail: format!("{d:?}") });
     let effect = (stop || !dr.modifications.is_empty()).then_some((d, dr.modifications));
     Ok(Step { effect, said, stop })
 }
@@ -282,6 +281,7 @@ fn route_step(meta: &PluginMeta, rr: types::RouteResult) -> Result<Step<RouteDec
         meta.routes.check(r)?;
     }
     let route = rr.route.map(RouteDecision::Route);
+    let accepted = matches!(rr.verdict, Verdict::Accept);
     let (effect, stop) = match rr.verdict {
         Verdict::Next => (route, false),
         Verdict::Accept => (route, true),
@@ -291,14 +291,18 @@ fn route_step(meta: &PluginMeta, rr: types::RouteResult) -> Result<Step<RouteDec
         Verdict::Quarantine(_) => return Err(Failure::Verdict { stage: Stage::Route, verdict: "quarantine" }),
         Verdict::Discard => return Err(Failure::Verdict { stage: Stage::Route, verdict: "discard" }),
     };
-    let said = effect.as_ref().map(|d| Said {
-        verdict: match d {
-            RouteDecision::Reply(r) if r.is_transient() => "tempfail",
-            RouteDecision::Reply(_) => "reject",
-            _ => "route",
-        },
-        detail: format!("{d:?}"),
-    });
+    let said = match &effect {
+        Some(d) => Some(Said {
+            verdict: match d {
+                RouteDecision::Reply(r) if r.is_transient() => "tempfail",
+                RouteDecision::Reply(_) => "reject",
+                _ => "route",
+            },
+            detail: format!("{d:?}"),
+        }),
+        None if accepted => Some(Said { verdict: "accept", detail: "accept (the configured route)".into() }),
+        None => None,
+    };
     Ok(Step { effect, said, stop })
 }
 

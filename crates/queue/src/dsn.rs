@@ -141,7 +141,8 @@ pub fn build(
             l.action.name(),
             status_of(l.reply)
         );
-        if let Some(h) = l.remote_host {
+        // A host name or address; a local socket (an LMTP path) is no MTA name.
+        if let Some(h) = l.remote_host.filter(|h| !h.contains('/')) {
             m += &format!("Remote-MTA: dns; {h}\r\n");
         }
         m += &format!("Diagnostic-Code: smtp; {}\r\n", l.reply.to_string().replace(['\r', '\n'], " "));

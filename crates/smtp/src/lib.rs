@@ -21,4 +21,4 @@ pub use command::{xtext_decode, xtext_encode, Body, Command, MailParams, Notify,
 pub use content::{ContentError, ContentReceiver, Progress};
 pub use ehlo::Extensions;
 pub use line::{LineError, LineEvent, LineReader};
-pub use reply::{Enhanced, Reply, ReplyParser};
+pub use reply::{iana_cipher_name, Enhanced, Reply, ReplyParser};

@@ -223,3 +223,25 @@ mod tests {
         assert_eq!(Enhanced::parse("5.7.1234"), None);
     }
 }
+
+/// A TLS cipher suite's IANA name (as `Received:` fields of other MTAs write it) from rustls's
+/// spelling, which prefixes TLS 1.3 suites with `TLS13_` (`TLS13_AES_256_GCM_SHA384` is
+/// `TLS_AES_256_GCM_SHA384`); TLS 1.2 names are the same in both.
+pub fn iana_cipher_name(rustls_name: &str) -> String {
+    match rustls_name.strip_prefix("TLS13_") {
+        Some(rest) => format!("TLS_{rest}"),
+        None => rustls_name.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod cipher_tests {
+    #[test]
+    fn iana_names() {
+        assert_eq!(super::iana_cipher_name("TLS13_AES_256_GCM_SHA384"), "TLS_AES_256_GCM_SHA384");
+        assert_eq!(
+            super::iana_cipher_name("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+        );
+    }
+}

@@ -96,7 +96,8 @@ impl Default for RouteResult {
 }
 
 impl Modification {
-    /// Add header field `name: value` at the top of the header.
+    /// Add header field `name: value` at the top of the header, just below the gateway's own
+    /// `Received:` field.
     pub fn add_header(name: impl Into<String>, value: impl Into<String>) -> Self {
         Modification::AddHeader((name.into(), value.into()))
     }

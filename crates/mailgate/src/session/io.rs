@@ -236,7 +236,10 @@ impl<S: SessionIo> Io<S> {
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
         let (_, conn) = tls.get_ref();
         let version = conn.protocol_version().map(|v| format!("{v:?}").replace("TLSv1_", "TLSv1.")).unwrap_or_default();
-        let cipher = conn.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite())).unwrap_or_default();
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .map(|c| mailgate_smtp::iana_cipher_name(&format!("{:?}", c.suite())))
+            .unwrap_or_default();
         self.stream = Stream::Tls(Box::new(tls));
         Ok((version, cipher))
     }
