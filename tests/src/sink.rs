@@ -52,6 +52,8 @@ struct State {
     logins: Vec<(String, String, bool)>,
     /// Failed AUTH attempts.
     auth_failures: usize,
+    /// The name of each EHLO, in order.
+    helos: Vec<String>,
 }
 
 pub struct Sink {
@@ -140,6 +142,11 @@ impl Sink {
         self.state.lock().unwrap().logins.clone()
     }
 
+    /// The names the client gave in EHLO, in order.
+    pub fn helos(&self) -> Vec<String> {
+        self.state.lock().unwrap().helos.clone()
+    }
+
     pub fn auth_failures(&self) -> usize {
         self.state.lock().unwrap().auth_failures
     }
@@ -212,6 +219,7 @@ async fn serve(
         let cmd = line.trim_end().to_string();
         let upper = cmd.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {
+            st.lock().unwrap().helos.push(cmd[4..].trim().to_string());
             let tls_kw = if tls.is_some() && !in_tls { "250-STARTTLS\r\n" } else { "" };
             let eight = if st.lock().unwrap().no_8bitmime { "" } else { "250-8BITMIME\r\n" };
             let auth =

@@ -69,3 +69,42 @@ body
     assert!(stored.starts_with("Received: from "), "{text}");
     assert!(stored.contains("\r\nX-Mailgate-Plugin: add-header"), "{text}");
 }
+
+/// A plugin that refuses its own config fails `config check` (its init is run there, with the
+/// error named), and `plugin test` exits non-zero both for a refused init and for a plugin
+/// that traps during the transaction.
+#[test]
+fn plugin_failures_fail_config_check_and_plugin_test() {
+    let dist = repo_root().join("plugins/dist");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2525\"\n\n[[plugin]]\nname = \"fixed\"\npath = \"{}\"\n[plugin.config]\nverdict = \"bogus\"\n",
+            dist.join("verdict.wasm").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(binary()).args(["config", "check", "--config"]).arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("plugin fixed: init failed") && err.contains("unknown verdict \"bogus\""), "{err}");
+    let test = |wasm: &str, config: &str| {
+        Command::new(binary())
+            .args(["plugin", "test"])
+            .arg(dist.join(wasm))
+            .args(["--rcpt", "x@example.test", "--config", config])
+            .output()
+            .unwrap()
+    };
+    let out = test("verdict.wasm", "verdict = \"bogus\"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not start with this config"));
+    let out = test("misbehave.wasm", "mode = \"trap\"\nstage = \"rcpt\"");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the plugin failed 1 time"));
+    // The same plugin at a stage it is fine at passes.
+    let out = test("verdict.wasm", "verdict = \"accept\"");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

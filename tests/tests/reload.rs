@@ -109,3 +109,27 @@ fn reload_under_load_with_a_changed_plugin_and_a_broken_config() {
     })
     .expect("SIGHUP applied");
 }
+
+/// A reload applies `[delivery]` (a new EHLO name, on a fresh connection) and names the
+/// changed settings it cannot apply without a restart.
+#[test]
+fn reload_applies_delivery_settings_and_names_what_needs_a_restart() {
+    let sink = Sink::start();
+    let admin = free_port();
+    let mut gw = Gateway::with_sink(
+        sink.port(),
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[delivery]\nhelo_name = \"first.gateway.test\"\nidle_timeout = \"1h\"\n\n[dns]\ntimeout = \"5s\"\n"),
+    );
+    send(gw.port, "one@remote.test").unwrap();
+    sink.wait_for_rcpt("one@remote.test", T);
+    let cfg = gw.edit_config(|c| {
+        c.replace("first.gateway.test", "second.gateway.test").replace("timeout = \"5s\"", "timeout = \"3s\"")
+    });
+    let out = Command::new(binary()).args(["reload", "--config"]).arg(&cfg).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("needing a restart to take effect: dns"), "{said}");
+    send(gw.port, "two@remote.test").unwrap();
+    sink.wait_for_rcpt("two@remote.test", T);
+    assert_eq!(sink.helos(), ["first.gateway.test", "second.gateway.test"]);
+}

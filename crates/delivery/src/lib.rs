@@ -103,7 +103,7 @@ pub struct Outbound<'a> {
 }
 
 /// Client-side settings taken from the config.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub helo_name: String,
     pub mx_port: u16,
@@ -128,7 +128,8 @@ impl Settings {
 
 /// The delivery agent; share it behind an `Arc`.
 pub struct Delivery {
-    settings: Settings,
+    /// Replaced by a reload; each attempt reads them once at its start.
+    settings: std::sync::RwLock<Arc<Settings>>,
     resolver: Resolver,
     tls: tls::Connectors,
     pool: pool::Pool,
@@ -145,21 +146,21 @@ impl Delivery {
     /// pooled connections at `delivery.idle_timeout` (it ends when the agent is dropped).
     pub fn new(cfg: &Config) -> std::io::Result<Arc<Delivery>> {
         let d = Arc::new(Delivery {
-            settings: Settings::from_config(cfg),
+            settings: std::sync::RwLock::new(Arc::new(Settings::from_config(cfg))),
             resolver: Resolver::new(&cfg.dns)?,
             tls: tls::Connectors::new(),
             pool: pool::Pool::default(),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let weak = Arc::downgrade(&d);
-            let every = (d.settings.idle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(10));
+            let every = (d.settings().idle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(10));
             rt.spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
                     let Some(d) = weak.upgrade() else { return };
-                    let n = d.pool.sweep(d.settings.idle_timeout);
+                    let n = d.pool.sweep(d.settings().idle_timeout);
                     if n > 0 {
                         tracing::debug!(closed = n, "idle outbound connections closed");
                     }
@@ -171,6 +172,27 @@ impl Delivery {
 
     pub fn resolver(&self) -> &Resolver {
         &self.resolver
+    }
+
+    fn settings(&self) -> Arc<Settings> {
+        self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A reload's `[delivery]`: attempts that start from now on use it. When the EHLO name
+    /// changes, idle connections (which greeted with the old one) are closed. The resolver's
+    /// `[dns]` is kept: it needs a restart.
+    pub fn reconfigure(&self, cfg: &Config) {
+        let new = Settings::from_config(cfg);
+        let old = self.settings();
+        if *old == new {
+            return;
+        }
+        let helo_changed = old.helo_name != new.helo_name;
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        if helo_changed {
+            let closed = self.pool.sweep(Duration::ZERO);
+            tracing::info!(closed, "delivery: new EHLO name; idle connections closed");
+        }
     }
 
     /// Makes one delivery attempt of `msg` to all its recipients over `route`; `domain` is the
@@ -251,7 +273,7 @@ impl Delivery {
                 let mut targets = vec![];
                 let mut last_err = None;
                 for host in hosts {
-                    match self.resolver.addresses(&host, self.settings.mx_port).await {
+                    match self.resolver.addresses(&host, self.settings().mx_port).await {
                         Ok(addrs) => targets.push(tcp(&host, addrs)),
                         Err(o) => last_err = Some(o),
                     }
@@ -265,7 +287,8 @@ impl Delivery {
                         )
                     }));
                 }
-                Plan { targets, policy: policy(*tls, None, self.settings.mx_port)?, auth: None, lmtp: false }
+                let port = self.settings().mx_port;
+                Plan { targets, policy: policy(*tls, None, port)?, auth: None, lmtp: false }
             }
             Route::Maildir { .. } | Route::Discard => unreachable!("callers handle the routes without a next hop"),
         })
@@ -301,8 +324,9 @@ impl Delivery {
             lmtp: hop.lmtp,
             user: hop.auth.map(|a| a.username.clone()),
         };
-        if let Some(mut conn) = self.pool.take(&key, self.settings.idle_timeout) {
-            match work.run(&mut conn, &self.settings).await {
+        let settings = self.settings();
+        if let Some(mut conn) = self.pool.take(&key, settings.idle_timeout) {
+            match work.run(&mut conn, &settings).await {
                 Ok(out) => {
                     if conn.reusable() {
                         self.pool.put(key, conn);
@@ -313,8 +337,8 @@ impl Delivery {
                 Err(client::TxError::Host(o)) => return Err(o),
             }
         }
-        let mut conn = Conn::open(host, addr, hop, &self.settings).await?;
-        match work.run(&mut conn, &self.settings).await {
+        let mut conn = Conn::open(host, addr, hop, &settings).await?;
+        match work.run(&mut conn, &settings).await {
             Ok(out) => {
                 if conn.reusable() {
                     self.pool.put(key, conn);

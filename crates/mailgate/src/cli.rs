@@ -296,6 +296,19 @@ fn tables(cfg: Config) -> Result<Config, mailgate_config::ConfigError> {
     if let Err(e) = mailgate_verify::Verifier::new(&cfg) {
         errs.push(format!("verify: {e}"));
     }
+    // Each plugin is compiled and its init run with its config, as the gateway will.
+    if !cfg.plugins.is_empty() {
+        let kv = std::sync::Arc::new(mailgate_plugin_host::MemoryKv::new(10_000));
+        match mailgate_plugin_host::Plugins::load(&cfg, None, kv) {
+            Err(e) => errs.push(format!("plugins: {e}")),
+            Ok(plugins) => {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                for (name, why) in rt.block_on(plugins.check_init()) {
+                    errs.push(format!("plugin {name}: init failed: {why}"));
+                }
+            }
+        }
+    }
     if errs.is_empty() {
         Ok(cfg)
     } else {

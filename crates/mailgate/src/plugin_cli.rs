@@ -107,6 +107,9 @@ pub fn test_conn(client_ip: &str, helo: &str) -> types::ConnectionInfo {
 /// Runs one simulated transaction and prints each stage's answer.
 pub async fn test(run: TestRun) -> Result<(), String> {
     let plugins = load(plugin_entry(&run.wasm, run.config.as_deref(), run.grants.clone())?)?;
+    if let Some((_, why)) = plugins.check_init().await.into_iter().next() {
+        return Err(format!("the plugin does not start with this config: {why}"));
+    }
     let mut chain = plugins.session("plugin-test", mailgate_config::DEFAULT_PIPELINE);
     let mut conn = test_conn(&run.client_ip, "");
     conn.helo = None;
@@ -190,7 +193,10 @@ pub async fn test(run: TestRun) -> Result<(), String> {
         };
         println!("route <{r}>: {route}");
     }
-    Ok(())
+    match chain.failures() {
+        0 => Ok(()),
+        n => Err(format!("the plugin failed {n} time(s) (logged above); the gateway would answer per on_error")),
+    }
 }
 
 fn show(d: Decision) -> String {

@@ -278,12 +278,47 @@ impl Shared {
         });
         let names = plugins.as_ref().map(|p| p.describe()).unwrap_or_default();
         let generation = Generation::new(config.clone(), plugins, &shared.resolver).map_err(|e| format!("{e:#}"))?;
+        let restart = restart_keys(&shared.current().config, &config);
         shared.queue.reconfigure(config, hooks, generation.cleanup.clone());
         *shared.current.write().unwrap() = Arc::new(generation);
         let summary = names.iter().map(|(n, h)| format!("{n}@{h}")).collect::<Vec<_>>().join(", ");
         tracing::info!(plugins = %summary, "configuration reloaded");
-        Ok(format!("reloaded; plugins: {}", if summary.is_empty() { "none" } else { &summary }))
+        let mut answer = format!("reloaded; plugins: {}", if summary.is_empty() { "none" } else { &summary });
+        if !restart.is_empty() {
+            let keys = restart.join(", ");
+            tracing::warn!(%keys, "reloaded, but these changed settings take effect only after a restart");
+            answer += &format!("; changed but needing a restart to take effect: {keys}");
+        }
+        Ok(answer)
     }
+}
+
+/// The settings a reload cannot apply because they were used once, at start (sockets bound,
+/// the resolver, the spool, tasks started), that differ between `old` and `new`. Everything
+/// else — plugins, routes, maps, tables, limits, [delivery], the queue's schedule and
+/// per-destination limit, TLS certificates, API keys — takes effect on reload.
+fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
+    fn json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+        serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+    }
+    let pairs = [
+        ("listener", json(&old.listeners), json(&new.listeners)),
+        ("api", json(&old.apis), json(&new.apis)),
+        ("admin", json(&old.admin), json(&new.admin)),
+        ("spool", json(&old.spool), json(&new.spool)),
+        ("dns", json(&old.dns), json(&new.dns)),
+        ("events", json(&old.events), json(&new.events)),
+        ("webhook", json(&old.webhooks), json(&new.webhooks)),
+        ("bounces", json(&old.bounces), json(&new.bounces)),
+        (
+            "submission.socket",
+            json(&(&old.submission.socket, old.submission.socket_mode)),
+            json(&(&new.submission.socket, new.submission.socket_mode)),
+        ),
+        ("limits.content_memory", json(&old.limits.content_memory), json(&new.limits.content_memory)),
+        ("queue.max_concurrent", json(&old.queue.max_concurrent), json(&new.queue.max_concurrent)),
+    ];
+    pairs.into_iter().filter(|(_, a, b)| a != b).map(|(k, _, _)| k).collect()
 }
 
 /// Counts an accepted message and hands it to the queue. The queue keeps the content for its

@@ -130,6 +130,14 @@ impl Plugins {
         SessionChain { chain: Chain::new(self.clone(), sid, self.pipeline(pipeline)) }
     }
 
+    /// Runs every plugin's `init` with its config (an instance each, as a first session
+    /// would): (plugin, why) for each that fails or refuses. `config check` and `plugin test`
+    /// use it, so a plugin that rejects its own config is found before it answers 451 to mail.
+    pub async fn check_init(self: &Arc<Self>) -> Vec<(String, String)> {
+        let all: Arc<[usize]> = (0..self.loaded.len()).collect();
+        Chain::new(self.clone(), "init-check", all).check_init().await
+    }
+
     /// The queue's stages (route, delivery result), on a pool of instances.
     pub fn queue(self: &Arc<Self>) -> QueueChain {
         QueueChain {
@@ -167,6 +175,11 @@ pub struct SessionChain {
 }
 
 impl SessionChain {
+    /// Plugin failures in this session so far.
+    pub fn failures(&self) -> usize {
+        self.chain.failures
+    }
+
     /// Switches to another pipeline (the transaction's, chosen by its first recipient).
     pub fn use_pipeline(&mut self, name: &str) {
         self.chain.order = self.chain.plugins().pipeline(name);

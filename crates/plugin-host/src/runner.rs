@@ -99,6 +99,9 @@ pub(crate) struct Chain {
     pub score: Arc<std::sync::Mutex<Scoreboard>>,
     /// The session's authentication results, handed to every instance (none in the queue).
     pub auth: Option<SharedAuth>,
+    /// Plugin failures so far (traps, budgets, refused inits, bad answers): `plugin test`
+    /// exits non-zero when there were any.
+    pub failures: usize,
 }
 
 impl Chain {
@@ -111,6 +114,7 @@ impl Chain {
             sid: sid.into(),
             score: Default::default(),
             auth: None,
+            failures: 0,
         }
     }
 
@@ -216,9 +220,23 @@ impl Chain {
         Ok(slot)
     }
 
+    /// Makes an instance of every plugin, running its `init` with its config as a session's
+    /// first call would: (plugin, why) for each that failed or refused.
+    pub async fn check_init(&mut self) -> Vec<(String, String)> {
+        let mut failed = vec![];
+        for i in 0..self.plugins.loaded.len() {
+            let stage = self.plugins.loaded[i].meta.stages.first().copied().unwrap_or(Stage::Connect);
+            if let Err(f) = self.slot(i, stage).await {
+                failed.push((self.plugins.loaded[i].meta.name.clone(), f.to_string()));
+            }
+        }
+        failed
+    }
+
     /// Logs and counts a plugin failure and drops its instance (a fresh one serves the next
     /// call).
     fn failed(&mut self, i: usize, meta: &PluginMeta, stage: Stage, f: &Failure) {
+        self.failures += 1;
         tracing::error!(plugin = %meta.name, stage = stage.name(), sid = %self.sid, on_error = ?meta.on_error, kind = f.kind(), "plugin failed: {f}");
         ::metrics::counter!("mailgate_plugin_failures_total", "plugin" => meta.name.clone(), "stage" => stage.name(), "kind" => f.kind())
             .increment(1);

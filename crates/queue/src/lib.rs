@@ -227,6 +227,12 @@ impl Queue {
     /// Switches to a reloaded configuration (routes, retries), plugin hooks and cleanup stage;
     /// deliveries in flight finish on the old ones.
     pub fn reconfigure(&self, config: Arc<Config>, hooks: Option<Arc<dyn Hooks>>, cleanup: Arc<Cleanup>) {
+        // A changed per-destination limit applies to attempts that start from now: the
+        // destinations' semaphores are made anew (attempts in flight finish on the old ones).
+        if self.inner.config().queue.max_per_destination != config.queue.max_per_destination {
+            self.inner.per_dest.lock().unwrap().clear();
+        }
+        self.inner.delivery.reconfigure(&config);
         *self.inner.config.write().unwrap() = config;
         *self.inner.hooks.write().unwrap() = hooks;
         *self.inner.cleanup.write().unwrap() = cleanup;
