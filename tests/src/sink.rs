@@ -40,6 +40,8 @@ struct State {
     connections: usize,
     /// EHLO leaves out 8BITMIME (a 7-bit next hop).
     no_8bitmime: bool,
+    /// EHLO leaves out SMTPUTF8.
+    no_smtputf8: bool,
     /// How long the reply to the final dot waits (a slow next hop).
     data_delay: Duration,
     /// Final dots seen (whether answered yet or not).
@@ -126,6 +128,11 @@ impl Sink {
     /// Whether EHLO announces 8BITMIME (it does unless told otherwise).
     pub fn set_8bitmime(&self, on: bool) {
         self.state.lock().unwrap().no_8bitmime = !on;
+    }
+
+    /// Whether EHLO announces SMTPUTF8 (it does unless told otherwise).
+    pub fn set_smtputf8(&self, on: bool) {
+        self.state.lock().unwrap().no_smtputf8 = !on;
     }
 
     pub fn set_data_reply(&self, reply: Option<&str>) {
@@ -224,7 +231,8 @@ async fn serve(
             let eight = if st.lock().unwrap().no_8bitmime { "" } else { "250-8BITMIME\r\n" };
             let auth =
                 if in_tls && st.lock().unwrap().require_auth.is_some() { "250-AUTH PLAIN LOGIN\r\n" } else { "" };
-            format!("250-sink.test\r\n250-PIPELINING\r\n{eight}250-SMTPUTF8\r\n{tls_kw}{auth}250 SIZE 52428800\r\n")
+            let utf8 = if st.lock().unwrap().no_smtputf8 { "" } else { "250-SMTPUTF8\r\n" };
+            format!("250-sink.test\r\n250-PIPELINING\r\n{eight}{utf8}{tls_kw}{auth}250 SIZE 52428800\r\n")
         } else if upper.starts_with("HELO") {
             "250 sink.test\r\n".into()
         } else if let Some(acceptor) = tls.as_ref().filter(|_| upper == "STARTTLS" && !in_tls) {

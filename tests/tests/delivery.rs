@@ -227,3 +227,45 @@ fn connections_are_reused_for_queued_messages() {
     }
     assert_eq!(sink.connections(), 1, "one connection carried all three messages");
 }
+
+/// RFC 6531 §3.4 and RFC 6533: a message sent with SMTPUTF8 whose addresses and header fields
+/// are all ASCII is relayed to a next hop without SMTPUTF8; one to a UTF-8 address cannot be,
+/// and its DSN is a global one naming the recipient with the `utf-8` address type.
+#[test]
+fn smtputf8_only_when_needed_and_global_dsns() {
+    use mailgate_tests::clients::Raw;
+    let sink = Sink::start();
+    sink.set_smtputf8(false);
+    let gw = Gateway::with_sink(sink.port(), "");
+    let mut c = Raw::connect(gw.port);
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    for (rcpt, subject) in [("plain@remote.test", "ascii"), ("ünï@remote.test", "utf8")] {
+        assert!(c.cmd("MAIL FROM:<a@sender.test> SMTPUTF8 BODY=8BITMIME").starts_with("250"));
+        assert!(c.cmd(&format!("RCPT TO:<{rcpt}>")).starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.send(format!("Subject: {subject}\r\n\r\nbody: grüße\r\n.\r\n").as_bytes());
+        assert!(c.reply().starts_with("250"));
+    }
+    let m = sink.wait_for_rcpt("plain@remote.test", T);
+    assert!(m.text().contains("Subject: ascii"));
+    let dsn = sink.wait_for_rcpt("a@sender.test", T).text();
+    assert!(dsn.contains("report-type=global-delivery-status"), "{dsn}");
+    assert!(dsn.contains("Content-Type: message/global-delivery-status"), "{dsn}");
+    assert!(dsn.contains("Final-Recipient: utf-8; ünï@remote.test"), "{dsn}");
+    assert!(dsn.contains("Status: 5.6.7"), "{dsn}");
+}
+
+/// A message that stays deferred past `queue.max_age` fails with our 4.4.7 (delivery time
+/// expired, RFC 3463), and the DSN's Diagnostic-Code is the next hop's last reply in its own
+/// words, not our decision dressed as the remote's.
+#[test]
+fn expiry_is_reported_as_4_4_7_with_the_remote_reply_as_diagnostic() {
+    let sink = Sink::start();
+    sink.set_rcpt_reply("slow@remote.test", "451 4.3.0 not today");
+    let gw = Gateway::with_sink(sink.port(), "[queue]\nretry_schedule = [\"1s\"]\nmax_age = \"2s\"\n");
+    send(gw.port, "a@sender.test", &["slow@remote.test"], "will expire");
+    let dsn = sink.wait_for_rcpt("a@sender.test", T).text();
+    assert!(dsn.contains("Final-Recipient: rfc822; slow@remote.test\r\nAction: failed\r\nStatus: 4.4.7\r\n"), "{dsn}");
+    assert!(dsn.contains("Diagnostic-Code: smtp; 451 4.3.0 not today\r\n"), "{dsn}");
+    assert!(dsn.contains("delivery time expired"), "{dsn}");
+}

@@ -313,7 +313,13 @@ impl Conn {
         let host = self.host.clone();
         let n = msg.recipients.len();
         let all = |o: RcptOutcome| Ok(vec![o; n]);
-        if msg.smtputf8 && !self.ext.smtputf8 {
+        // RFC 6531 §3.4: a message sent with SMTPUTF8 needs it on the next hop only when an
+        // address or a header field is not ASCII; otherwise it goes as any other message.
+        let needs_utf8 = msg.smtputf8
+            && (!msg.sender.is_ascii()
+                || msg.recipients.iter().any(|r| !r.is_ascii())
+                || !header_section(msg.data).is_ascii());
+        if needs_utf8 && !self.ext.smtputf8 {
             return all(RcptOutcome::new(
                 Status::Failed,
                 Reply::new(553, Enhanced(5, 6, 7), "next hop does not support SMTPUTF8"),
@@ -350,7 +356,7 @@ impl Conn {
         if msg.body_8bit && self.ext.eightbitmime {
             mail.push_str(" BODY=8BITMIME");
         }
-        if msg.smtputf8 {
+        if msg.smtputf8 && self.ext.smtputf8 {
             mail.push_str(" SMTPUTF8");
         }
         // RFC 3461 §5.2: the DSN parameters go on to a hop that does DSN; one that does not
@@ -673,6 +679,14 @@ fn dot_stuff(data: &[u8]) -> Vec<u8> {
     let mut s = Stuffer::new(data);
     while s.next_block(&mut out, usize::MAX) {}
     out
+}
+
+/// The header section of a message (up to its empty line; all of it when there is none).
+fn header_section(data: &[u8]) -> &[u8] {
+    if data.starts_with(b"\r\n") {
+        return &[];
+    }
+    data.windows(4).position(|w| w == b"\r\n\r\n").map_or(data, |i| &data[..i + 2])
 }
 
 fn memchr_nl(b: &[u8]) -> Option<usize> {

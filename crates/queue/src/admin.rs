@@ -121,7 +121,7 @@ impl Queue {
             if r.status == RcptStatus::Pending {
                 r.status = RcptStatus::Failed;
                 r.last_reply = Some(reply.to_string());
-                failed.push((i, reply.clone()));
+                failed.push(crate::Failed { i, reply: reply.clone(), diagnostic: Some((reply.to_string(), false)) });
             }
         }
         if self.bounce(&env, &failed, &data).await {
@@ -129,7 +129,7 @@ impl Queue {
             if let Some(log) = &self.inner.events {
                 let events = failed
                     .iter()
-                    .map(|(i, reply)| {
+                    .map(|crate::Failed { i, reply, .. }| {
                         let mut ev = Event::about(Kind::Bounced, &env).rcpt(&env.recipients[*i].address);
                         ev.reply = Some(reply.to_string());
                         ev.class = Some(mailgate_events::BounceClass::Other);
@@ -143,8 +143,8 @@ impl Queue {
             }
             self.forget(&env.id);
         } else {
-            for (i, _) in &failed {
-                env.recipients[*i].status = RcptStatus::Pending;
+            for f in &failed {
+                env.recipients[f.i].status = RcptStatus::Pending;
             }
             self.requeue(env);
         }

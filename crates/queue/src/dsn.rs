@@ -39,14 +39,28 @@ impl Action {
 }
 
 /// One recipient as reported in a DSN.
+#[derive(Clone, Copy)]
 pub struct Line<'a> {
     pub recipient: &'a str,
     pub action: Action,
-    /// The reply that decided it, e.g. `550 5.1.1 no such user` (or a local one).
+    /// The reply that decided it, e.g. `550 5.1.1 no such user` (or a local one): its
+    /// enhanced code is the `Status:`.
     pub reply: &'a Reply,
     pub remote_host: Option<&'a str>,
     /// ORCPT of the recipient (address type, address), for Original-Recipient.
     pub original: Option<&'a (String, String)>,
+    /// What the `Diagnostic-Code:` says (RFC 3464 §2.3.6): a remote server's reply, or our
+    /// own words; `None` for `reply` itself, as the remote's when `remote_host` is known.
+    pub diagnostic: Option<Diagnostic<'a>>,
+}
+
+/// Whose words a `Diagnostic-Code:` carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Diagnostic<'a> {
+    /// A remote SMTP server's reply: `smtp; 550 5.1.1 …`.
+    Smtp(&'a str),
+    /// Our own decision or local error: `X-Mailgate; …` (as Postfix writes `X-Postfix;`).
+    Local(&'a str),
 }
 
 /// The reply's enhanced status, or a default by its class.
@@ -85,6 +99,12 @@ pub fn build(
     let full = env.ret == Some(DsnRet::Full) && report == Report::Failure;
     let boundary = format!("{queue_id}.{now_unix}/{hostname}");
     let date = rfc5322_date(now_unix);
+    // RFC 6533: a report naming a UTF-8 address, or quoting UTF-8 header fields, is a global
+    // one (`message/global-delivery-status`, `utf-8` address types, `message/global-headers`).
+    let quoted = if full { original } else { headers_of(original) };
+    let global = !quoted.is_ascii()
+        || lines.iter().any(|l| !l.recipient.is_ascii() || l.original.is_some_and(|(_, a)| !a.is_ascii()));
+    let status_type = if global { "global-delivery-status" } else { "delivery-status" };
     let (subject, intro) = match report {
         Report::Failure => {
             ("Undelivered Mail Returned to Sender", "Your message could not be delivered to one or more recipients.")
@@ -106,7 +126,7 @@ pub fn build(
     m += &format!("Message-ID: <{queue_id}.{now_unix}.dsn@{hostname}>\r\n");
     m += "Auto-Submitted: auto-replied\r\n";
     m += "MIME-Version: 1.0\r\n";
-    m += &format!("Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\n");
+    m += &format!("Content-Type: multipart/report; report-type={status_type};\r\n\tboundary=\"{boundary}\"\r\n\r\n");
     m += "This is a MIME-encapsulated message.\r\n\r\n";
     m += &format!("--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n");
     m += &format!("This is the mail system at host {hostname}.\r\n\r\n");
@@ -123,7 +143,7 @@ pub fn build(
     for l in lines {
         m += &format!("<{}>: {}\r\n", l.recipient, l.reply);
     }
-    m += &format!("\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n");
+    m += &format!("\r\n--{boundary}\r\nContent-Type: message/{status_type}\r\n\r\n");
     m += &format!("Reporting-MTA: dns; {hostname}\r\n");
     if let Some(id) = env.envid.as_deref() {
         m += &format!("Original-Envelope-Id: {id}\r\n");
@@ -136,7 +156,8 @@ pub fn build(
             m += &format!("Original-Recipient: {kind}; {addr}\r\n");
         }
         m += &format!(
-            "Final-Recipient: rfc822; {}\r\nAction: {}\r\nStatus: {}\r\n",
+            "Final-Recipient: {}; {}\r\nAction: {}\r\nStatus: {}\r\n",
+            if l.recipient.is_ascii() { "rfc822" } else { "utf-8" },
             l.recipient,
             l.action.name(),
             status_of(l.reply)
@@ -145,7 +166,16 @@ pub fn build(
         if let Some(h) = l.remote_host.filter(|h| !h.contains('/')) {
             m += &format!("Remote-MTA: dns; {h}\r\n");
         }
-        m += &format!("Diagnostic-Code: smtp; {}\r\n", l.reply.to_string().replace(['\r', '\n'], " "));
+        let own = l.reply.to_string();
+        let diagnostic = l.diagnostic.unwrap_or(match l.remote_host {
+            Some(_) => Diagnostic::Smtp(&own),
+            None => Diagnostic::Local(&own),
+        });
+        let (kind, text) = match diagnostic {
+            Diagnostic::Smtp(t) => ("smtp", t),
+            Diagnostic::Local(t) => ("X-Mailgate", t),
+        };
+        m += &format!("Diagnostic-Code: {kind}; {}\r\n", text.replace(['\r', '\n'], " "));
         if matches!(l.action, Action::Failed | Action::Delayed) {
             m += &format!("Last-Attempt-Date: {date}\r\n");
         }
@@ -153,8 +183,13 @@ pub fn build(
             m += &format!("Will-Retry-Until: {}\r\n", rfc5322_date(until_unix));
         }
     }
-    let (ctype, returned) =
-        if full { ("message/rfc822", original) } else { ("text/rfc822-headers", headers_of(original)) };
+    let ctype = match (full, quoted.is_ascii()) {
+        (true, true) => "message/rfc822",
+        (true, false) => "message/global",
+        (false, true) => "text/rfc822-headers",
+        (false, false) => "message/global-headers",
+    };
+    let returned = quoted;
     m += &format!("\r\n--{boundary}\r\nContent-Type: {ctype}\r\n\r\n");
     let mut out = m.into_bytes();
     out.extend_from_slice(returned);
@@ -176,6 +211,7 @@ mod tests {
             reply: &reply,
             remote_host: Some("mx.y.example"),
             original: None,
+            diagnostic: None,
         }];
         let env = Envelope::new("Q1".into(), "a@b.example".into(), vec!["x@y.example".into()]);
         let d = String::from_utf8(build("mx.test", &env, "a@b.example", 60, Report::Failure, &f, orig)).unwrap();
@@ -194,6 +230,7 @@ mod tests {
             reply: &reply,
             remote_host: None,
             original: Some(&orcpt),
+            diagnostic: None,
         }];
         let mut env = env;
         (env.envid, env.ret) = (Some("T-42".into()), Some(DsnRet::Full));
@@ -211,6 +248,7 @@ mod tests {
             reply: &later,
             remote_host: None,
             original: None,
+            diagnostic: None,
         }];
         let d = String::from_utf8(build(
             "mx.test",
@@ -230,13 +268,21 @@ mod tests {
         // Successes: delivered (a mailbox) and relayed (a hop without DSN), no retry field.
         let ok = Reply::new(250, Enhanced(2, 0, 0), "queued as 1");
         let f = [
-            Line { recipient: "x@y.example", action: Action::Delivered, reply: &ok, remote_host: None, original: None },
+            Line {
+                recipient: "x@y.example",
+                action: Action::Delivered,
+                reply: &ok,
+                remote_host: None,
+                original: None,
+                diagnostic: None,
+            },
             Line {
                 recipient: "z@y.example",
                 action: Action::Relayed,
                 reply: &ok,
                 remote_host: Some("mx"),
                 original: None,
+                diagnostic: None,
             },
         ];
         let d = String::from_utf8(build("mx.test", &env, "a@b.example", 60, Report::Success, &f, orig)).unwrap();
@@ -244,5 +290,46 @@ mod tests {
         assert!(d.contains("Final-Recipient: rfc822; x@y.example\r\nAction: delivered\r\nStatus: 2.0.0\r\n"));
         assert!(d.contains("Final-Recipient: rfc822; z@y.example\r\nAction: relayed\r\nStatus: 2.0.0\r\n"));
         assert!(!d.contains("Will-Retry-Until") && !d.contains("Last-Attempt-Date") && !d.contains("body text"));
+    }
+
+    /// An expiry: our 4.4.7 with the remote's last words as the diagnostic; a local failure
+    /// says it is ours; a UTF-8 recipient makes the report a global one.
+    #[test]
+    fn expiry_diagnostics_and_global_reports() {
+        let orig = b"Subject: hello\r\n\r\nbody\r\n";
+        let expired = Reply::new(451, Enhanced(4, 4, 7), "delivery time expired: not delivered in 5days");
+        let env = Envelope::new("Q1".into(), "a@b.example".into(), vec!["x@y.example".into()]);
+        let mut l = Line {
+            recipient: "x@y.example",
+            action: Action::Failed,
+            reply: &expired,
+            remote_host: Some("mx.y.example"),
+            original: None,
+            diagnostic: Some(Diagnostic::Smtp("451 4.3.0 busy")),
+        };
+        let d = String::from_utf8(build("mx.test", &env, "a@b.example", 60, Report::Failure, &[l], orig)).unwrap();
+        assert!(d.contains("Action: failed\r\nStatus: 4.4.7\r\n"), "{d}");
+        assert!(d.contains("Diagnostic-Code: smtp; 451 4.3.0 busy\r\n"), "{d}");
+        l.remote_host = None;
+        l.diagnostic = None;
+        let d = String::from_utf8(build("mx.test", &env, "a@b.example", 60, Report::Failure, &[l], orig)).unwrap();
+        assert!(d.contains("Diagnostic-Code: X-Mailgate; 451 4.4.7 delivery time expired"), "{d}");
+        assert!(d.contains("report-type=delivery-status") && d.contains("text/rfc822-headers"), "{d}");
+        l.recipient = "jürgen@y.example";
+        let d = String::from_utf8(build("mx.test", &env, "a@b.example", 60, Report::Failure, &[l], orig)).unwrap();
+        assert!(d.contains("report-type=global-delivery-status"), "{d}");
+        assert!(d.contains("Content-Type: message/global-delivery-status\r\n"), "{d}");
+        assert!(d.contains("Final-Recipient: utf-8; jürgen@y.example\r\n"), "{d}");
+        let d = String::from_utf8(build(
+            "mx.test",
+            &env,
+            "a@b.example",
+            60,
+            Report::Failure,
+            &[l],
+            "Subject: grüße\r\n\r\n".as_bytes(),
+        ))
+        .unwrap();
+        assert!(d.contains("Content-Type: message/global-headers\r\n"), "{d}");
     }
 }

@@ -498,7 +498,7 @@ impl Queue {
         let sched = &config.queue.retry_schedule;
         let delay = sched[(env.attempts as usize - 1).min(sched.len() - 1)].into_inner();
         let next_at = now_ms() + delay.as_millis() as u64;
-        let mut failed: Vec<(usize, Reply)> = vec![];
+        let mut failed: Vec<Failed> = vec![];
         // Delivered recipients whose sender asked to hear of it, and the action to report.
         let mut succeeded: Vec<(usize, Reply, dsn::Action)> = vec![];
         // This attempt's reply per recipient (for a delay notice).
@@ -559,7 +559,7 @@ impl Queue {
                 }
                 Status::Failed => {
                     r.status = RcptStatus::Failed;
-                    failed.push((i, o.reply));
+                    failed.push(Failed { i, reply: o.reply, diagnostic: None });
                 }
                 Status::Deferred => {}
             }
@@ -567,18 +567,25 @@ impl Queue {
         let age = now_ms().saturating_sub(env.received_at);
         if !env.is_finished() && age >= config.queue.max_age.as_millis() as u64 {
             let expired_from = failed.len();
+            // RFC 3463 X.4.7 "delivery time expired" is a persistent transient status: the
+            // recipient failed (Action: failed) with 4.4.7, our decision; the Diagnostic-Code
+            // is the last reply it had, the remote server's words only when one gave it.
+            let days = humantime::format_duration(config.queue.max_age);
             for (i, r) in env.recipients.iter_mut().enumerate() {
                 if r.status == RcptStatus::Pending {
                     r.status = RcptStatus::Failed;
-                    let last = r.last_reply.take().unwrap_or_default();
                     let reply =
-                        Reply::new(550, Enhanced(5, 4, 7), format!("message expired in the queue; last reply: {last}"));
+                        Reply::new(451, Enhanced(4, 4, 7), format!("delivery time expired: not delivered in {days}"));
+                    let diagnostic = match r.last_reply.clone() {
+                        Some(last) => Some((last, r.remote_host.is_some())),
+                        None => Some((reply.to_string(), false)),
+                    };
                     r.last_reply = Some(reply.to_string());
-                    failed.push((i, reply));
+                    failed.push(Failed { i, reply, diagnostic });
                 }
             }
             if inner.events.is_some() {
-                for (i, reply) in &failed[expired_from..] {
+                for Failed { i, reply, .. } in &failed[expired_from..] {
                     let mut ev = Event::about(Kind::Expired, &env).rcpt(&env.recipients[*i].address);
                     ev.reply = Some(reply.to_string());
                     ev.attempt = Some(env.attempts);
@@ -598,8 +605,8 @@ impl Queue {
         if !failed.is_empty() && !self.bounce(&env, &failed, data).await {
             // The DSN could not be stored: keep the recipients and bounce on the next attempt
             // rather than finish the message without telling the sender.
-            for (i, _) in &failed {
-                env.recipients[*i].status = RcptStatus::Pending;
+            for f in &failed {
+                env.recipients[f.i].status = RcptStatus::Pending;
             }
         }
         if !succeeded.is_empty() {
@@ -645,18 +652,28 @@ impl Queue {
     /// null-sender message (a bounce itself) cannot be returned: its failure goes to the
     /// postmaster instead (a double bounce, as Postfix does), and a double bounce that fails is
     /// dropped. Returns false only when a DSN was due and could not be stored.
-    async fn bounce(&self, env: &Envelope, failed: &[(usize, Reply)], data: &[u8]) -> bool {
+    async fn bounce(&self, env: &Envelope, failed: &[Failed], data: &[u8]) -> bool {
         if env.double_bounce {
             tracing::warn!(queue_id = %env.id, "a double bounce to the postmaster failed: dropped, not reported again");
             return true;
         }
         // RFC 3461: only the recipients whose NOTIFY includes FAILURE (or who gave none).
-        let failed: Vec<&(usize, Reply)> = failed.iter().filter(|(i, _)| env.recipients[*i].notify_failure()).collect();
+        let failed: Vec<&Failed> = failed.iter().filter(|f| env.recipients[f.i].notify_failure()).collect();
         if failed.is_empty() {
             tracing::info!(queue_id = %env.id, "permanent failure: no DSN (NOTIFY did not ask for one)");
             return true;
         }
-        let lines = failed.iter().map(|(i, reply)| line(env, *i, dsn::Action::Failed, reply)).collect();
+        let lines = failed
+            .iter()
+            .map(|f| {
+                let mut l = line(env, f.i, dsn::Action::Failed, &f.reply);
+                l.diagnostic = f.diagnostic.as_ref().map(|(text, remote)| match remote {
+                    true => dsn::Diagnostic::Smtp(text),
+                    false => dsn::Diagnostic::Local(text),
+                });
+                l
+            })
+            .collect();
         self.report(env, dsn::Report::Failure, lines, data).await
     }
 
@@ -764,7 +781,19 @@ fn line<'a>(env: &'a Envelope, i: usize, action: dsn::Action, reply: &'a Reply) 
         reply,
         remote_host: r.remote_host.as_deref(),
         original: r.orcpt.as_ref(),
+        diagnostic: None,
     }
+}
+
+/// A recipient that failed for good in this pass.
+pub(crate) struct Failed {
+    pub i: usize,
+    /// Our reply for it: its enhanced code is the DSN's Status.
+    pub reply: Reply,
+    /// The Diagnostic-Code's words and whether a remote server said them, when they are not
+    /// `reply` (an expiry reports the last reply the recipient had; an operator's bounce is
+    /// our own decision, whoever answered last).
+    pub diagnostic: Option<(String, bool)>,
 }
 
 /// Recipients with the same destination share one attempt (and connection).
