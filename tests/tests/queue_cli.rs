@@ -156,4 +156,14 @@ fn queue_list_shows_why_a_partly_delivered_message_waits() {
     .expect("the message is listed as deferred");
     assert!(listed.contains("451 4.3.0 try later"), "{listed}");
     assert!(!listed.contains("250 2.0.0"), "{listed}");
+    // Human output by default, JSON with --json: status and queue show.
+    let id = listed.split_whitespace().next().unwrap().to_string();
+    let (ok, shown) = cli(&cfg, &["queue", "show", &id]);
+    assert!(ok && !shown.contains('{'), "{shown}");
+    assert!(shown.contains("  later@remote.test  pending  451 4.3.0 try later  [127.0.0.1]"), "{shown}");
+    let (ok, status) = cli(&cfg, &["status"]);
+    assert!(ok && !status.contains('{') && status.contains("queue: 1 deferred"), "{status}");
+    let (ok, status) = cli(&cfg, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap_or_else(|_| panic!("{status}"));
+    assert!(ok && v["queue"]["deferred"] == 1, "{status}");
 }

@@ -19,6 +19,8 @@ struct Cli {
 enum Cmd {
     /// Run the gateway (the embedded default config when --config is not given).
     Serve {
+        /// The config file (default: the embedded one); commands find the gateway by its
+        /// admin.listen.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -31,6 +33,8 @@ enum Cmd {
     Queue {
         #[command(subcommand)]
         cmd: QueueCmd,
+        /// The config file (default: the embedded one); commands find the gateway by its
+        /// admin.listen.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         /// JSON output.
@@ -39,6 +43,8 @@ enum Cmd {
     },
     /// Listeners, plugins (with fingerprints) and a queue summary of the running gateway.
     Status {
+        /// The config file (default: the embedded one); commands find the gateway by its
+        /// admin.listen.
         #[arg(long, short)]
         config: Option<PathBuf>,
         #[arg(long)]
@@ -46,6 +52,8 @@ enum Cmd {
     },
     /// Ask the running gateway (its admin endpoint, from the same config) to reload.
     Reload {
+        /// The config file (default: the embedded one); commands find the gateway by its
+        /// admin.listen.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -65,6 +73,8 @@ enum Cmd {
     Quarantine {
         #[command(subcommand)]
         cmd: QuarantineCmd,
+        /// The config file (default: the embedded one); commands find the gateway by its
+        /// admin.listen.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         #[arg(long, global = true)]
@@ -79,6 +89,8 @@ enum Cmd {
     Events {
         #[command(subcommand)]
         cmd: EventsCmd,
+        /// The config file (default: the embedded one); commands find the gateway by its
+        /// admin.listen.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
     },
@@ -87,6 +99,8 @@ enum Cmd {
     Suppression {
         #[command(subcommand)]
         cmd: SuppressionCmd,
+        /// The config file (default: the embedded one); commands find the gateway by its
+        /// admin.listen.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         #[arg(long, global = true)]
@@ -102,6 +116,8 @@ enum Cmd {
     ApiKey {
         #[command(subcommand)]
         cmd: ApiKeyCmd,
+        /// The config file (default: the embedded one); commands find the gateway by its
+        /// admin.listen.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
     },
@@ -114,6 +130,7 @@ enum EventsCmd {
         /// The cursor (an event's seq) to start after; 0: the oldest kept.
         #[arg(long, default_value_t = 0)]
         since: u64,
+        /// Keep printing new events as they come.
         #[arg(long, short)]
         follow: bool,
         /// One JSON object per line.
@@ -226,37 +243,31 @@ enum SpamCmd {
 
 #[derive(Subcommand)]
 enum QueueCmd {
-    /// Queued messages.
+    /// Queued messages, one line each, with why they wait.
     List {
+        /// Only messages with a recipient at this domain.
         #[arg(long)]
         domain: Option<String>,
         /// active, deferred or held.
         #[arg(long)]
         state: Option<String>,
     },
-    Show {
-        id: String,
-    },
-    /// Try now.
+    /// One message: envelope, state, each recipient's last reply.
+    Show { id: String },
+    /// Try now (one message, or --all).
     Retry {
         id: Option<String>,
         #[arg(long, conflicts_with = "id")]
         all: bool,
     },
     /// Drop without a DSN.
-    Remove {
-        id: String,
-    },
+    Remove { id: String },
     /// Fail the pending recipients now, with a DSN to the sender.
-    Bounce {
-        id: String,
-    },
-    Hold {
-        id: String,
-    },
-    Release {
-        id: String,
-    },
+    Bounce { id: String },
+    /// Keep it queued without trying until released (survives restarts).
+    Hold { id: String },
+    /// Let a held message be tried again.
+    Release { id: String },
 }
 
 #[derive(Subcommand)]
@@ -327,56 +338,15 @@ pub(crate) fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Prints an admin API answer: JSON as is with `--json`, otherwise a short human form.
-fn print_result(r: Result<String, String>, json: bool, list: bool) -> ExitCode {
+/// Prints an admin API answer: the JSON with `--json`, otherwise its human form.
+fn print_result(r: Result<String, String>, json: bool) -> ExitCode {
     match r {
-        Ok(body) if json || !list => {
+        Ok(body) => {
             match serde_json::from_str::<serde_json::Value>(&body) {
-                Ok(v) if !json && v.get("message").is_some() => println!("{}", v["message"].as_str().unwrap_or("")),
-                Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or(body)),
+                Ok(v) if json => println!("{}", serde_json::to_string_pretty(&v).unwrap_or(body)),
+                Ok(v) => print!("{}", crate::cli_output::human(&v)),
                 Err(_) => println!("{body}"),
             }
-            ExitCode::SUCCESS
-        }
-        Ok(body) => {
-            let items: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
-            for m in &items {
-                let rcpts: Vec<String> = m["recipients"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|r| {
-                                format!(
-                                    "{} ({})",
-                                    r["address"].as_str().unwrap_or(""),
-                                    r["status"].as_str().unwrap_or("")
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                // Why it is still queued: a pending recipient's reply, not a delivered one's.
-                let replies = m["recipients"].as_array().cloned().unwrap_or_default();
-                let reply_of = |want: Option<&str>| {
-                    replies.iter().find_map(|r| {
-                        let status_ok = want.is_none_or(|w| r["status"].as_str() == Some(w));
-                        r["last_reply"].as_str().filter(|_| status_ok)
-                    })
-                };
-                let last = reply_of(Some("pending")).or_else(|| reply_of(None)).unwrap_or("");
-                // A quarantined message shows why instead of a delivery reply.
-                let last = m["quarantine"].as_str().map_or(last.to_string(), |q| format!("quarantine: {q}"));
-                println!(
-                    "{}  {:<8}  attempts {:<3}  <{}> -> {}  {}",
-                    m["id"].as_str().unwrap_or(""),
-                    m["state"].as_str().unwrap_or(""),
-                    m["attempts"],
-                    m["sender"].as_str().unwrap_or(""),
-                    rcpts.join(", "),
-                    last
-                );
-            }
-            println!("{} message(s)", items.len());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -484,6 +454,8 @@ fn parse_grant(s: &str) -> Result<mailgate_config::Grant, String> {
 enum ConfigCmd {
     /// Load and validate a config; exit 1 with the errors.
     Check {
+        /// The config file (default: the embedded one); commands find the gateway by its
+        /// admin.listen.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -561,9 +533,9 @@ pub fn main() -> ExitCode {
                 QueueCmd::Hold { id } => ("POST", format!("/queue/{id}/hold")),
                 QueueCmd::Release { id } => ("POST", format!("/queue/{id}/release")),
             };
-            print_result(admin_request(config.as_deref(), method, &path), json, matches!(cmd, QueueCmd::List { .. }))
+            print_result(admin_request(config.as_deref(), method, &path), json)
         }
-        Cmd::Status { config, json } => print_result(admin_request(config.as_deref(), "GET", "/status"), json, false),
+        Cmd::Status { config, json } => print_result(admin_request(config.as_deref(), "GET", "/status"), json),
         Cmd::Reload { config } => match admin_request(config.as_deref(), "POST", "/reload") {
             Ok(msg) => {
                 println!("{msg}");
@@ -603,7 +575,11 @@ pub fn main() -> ExitCode {
             }
         },
         Cmd::Plugin { cmd: PluginCmd::Test { wasm, eml, from, rcpt, helo, client_ip, config, grant } } => {
-            let _ = tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).try_init();
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("warn")
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr)
+                .try_init();
             let run =
                 crate::plugin_cli::TestRun { wasm, eml, from, rcpts: rcpt, helo, client_ip, config, grants: grant };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
@@ -634,7 +610,7 @@ pub fn main() -> ExitCode {
                 QuarantineCmd::Release { id } => ("POST", format!("/quarantine/{id}/release")),
                 QuarantineCmd::Delete { id } => ("POST", format!("/quarantine/{id}/delete")),
             };
-            print_result(admin_request(config.as_deref(), method, &path), json, matches!(cmd, QuarantineCmd::List))
+            print_result(admin_request(config.as_deref(), method, &path), json)
         }
         Cmd::Spam { cmd: SpamCmd::Train { spam, ham, out, min_count } } => {
             match crate::spam_cli::train(&spam, &ham, &out, min_count) {
@@ -649,7 +625,11 @@ pub fn main() -> ExitCode {
             }
         }
         Cmd::Spam { cmd: SpamCmd::Eval { wasm, model, config, spam, ham } } => {
-            let _ = tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).try_init();
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("warn")
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr)
+                .try_init();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
             match rt.block_on(crate::spam_cli::eval(crate::spam_cli::EvalRun { wasm, model, config, spam, ham })) {
                 Ok(report) => {
@@ -689,7 +669,7 @@ pub fn main() -> ExitCode {
         }
         Cmd::Suppression { cmd: SuppressionCmd::Remove { key, address }, config, json } => {
             let path = format!("/suppressions/remove?key={}&address={}", query_escape(&key), query_escape(&address));
-            print_result(admin_request(config.as_deref(), "POST", &path), json, false)
+            print_result(admin_request(config.as_deref(), "POST", &path), json)
         }
         Cmd::Events { cmd: EventsCmd::Tail { since, follow, json }, config } => {
             events_tail(config.as_deref(), since, follow, json)

@@ -13,6 +13,7 @@ mod api;
 mod api_cli;
 mod bounces;
 pub mod cli;
+mod cli_output;
 mod local;
 mod plugin_cli;
 mod plugins;
