@@ -58,6 +58,15 @@ else
     build_std=(-Zbuild-std=std,panic_abort)
 fi
 
+# A plugin crate added since the lock file was written is not in it yet: bring the lock up
+# to date first (offline when the crates are cached), so a new plugin builds the first time;
+# the build itself stays --locked. Commit the updated Cargo.lock with the new plugin.
+if ! (cd "$here" && cargo metadata --locked --offline --format-version 1 >/dev/null 2>&1); then
+    step "Cargo.lock lacks new plugin crates: updating it (commit it with them)"
+    (cd "$here" && { cargo metadata --offline --format-version 1 >/dev/null 2>&1 ||
+        cargo metadata --format-version 1 >/dev/null; }) || die "cannot update $here/Cargo.lock"
+fi
+
 (cd "$here" && nice -n 10 "${guest_cargo[@]}" --release --locked --target "$target" \
     "${build_std[@]}" "${jobs[@]}" "${packages[@]}")
 
