@@ -97,7 +97,8 @@ impl Gateway {
         let child = Command::new(binary())
             .args(["serve", "--config"])
             .arg(&cfg)
-            .env("RUST_LOG", "info")
+            // The config's log.level (info) decides, as for an operator without RUST_LOG.
+            .env_remove("RUST_LOG")
             // Every MAILGATE_* variable is a config key to the gateway: not this one.
             .env_remove("MAILGATE_BIN")
             .stdout(Stdio::null())
