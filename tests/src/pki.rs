@@ -30,6 +30,19 @@ impl Pki {
         self.dir.path().join("ca.pem")
     }
 
+    /// A certificate for 127.0.0.1 and `mx.gateway.test` this CA signed, with its key, as PEM
+    /// files (for the gateway's own `[tls]`).
+    pub fn server_files(&self) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["mx.gateway.test".to_string()]).unwrap();
+        params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let (c, k) = (self.dir.path().join("gateway.pem"), self.dir.path().join("gateway.key"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
     /// A server config for 127.0.0.1 with a certificate this CA signed (`signed`) or a
     /// self-signed one.
     pub fn server(&self, signed: bool) -> rustls::ServerConfig {

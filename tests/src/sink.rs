@@ -56,6 +56,12 @@ struct State {
     auth_failures: usize,
     /// The name of each EHLO, in order.
     helos: Vec<String>,
+    /// EHLO inside TLS offers REQUIRETLS (RFC 8689).
+    requiretls: bool,
+    /// The arguments of each MAIL FROM, in order.
+    mail_args: Vec<String>,
+    /// The client address of each connection, in order.
+    peers: Vec<std::net::IpAddr>,
 }
 
 pub struct Sink {
@@ -91,8 +97,12 @@ impl Sink {
         let st = state.clone();
         rt.spawn(async move {
             loop {
-                let Ok((s, _)) = listener.accept().await else { continue };
-                st.lock().unwrap().connections += 1;
+                let Ok((s, peer)) = listener.accept().await else { continue };
+                {
+                    let mut g = st.lock().unwrap();
+                    g.connections += 1;
+                    g.peers.push(peer.ip());
+                }
                 let (st, acc) = (st.clone(), acceptor.clone());
                 tokio::spawn(async move {
                     let _ = serve(s, st, acc).await;
@@ -147,6 +157,21 @@ impl Sink {
     /// Successful logins so far: (mechanism, user, inside TLS).
     pub fn logins(&self) -> Vec<(String, String, bool)> {
         self.state.lock().unwrap().logins.clone()
+    }
+
+    /// The client address of every connection so far.
+    pub fn peers(&self) -> Vec<std::net::IpAddr> {
+        self.state.lock().unwrap().peers.clone()
+    }
+
+    /// Offer REQUIRETLS in EHLO inside TLS.
+    pub fn set_requiretls(&self, on: bool) {
+        self.state.lock().unwrap().requiretls = on;
+    }
+
+    /// The arguments of every MAIL FROM so far (`<a@b> SIZE=… REQUIRETLS`).
+    pub fn mail_args(&self) -> Vec<String> {
+        self.state.lock().unwrap().mail_args.clone()
     }
 
     /// The names the client gave in EHLO, in order.
@@ -232,7 +257,8 @@ async fn serve(
             let auth =
                 if in_tls && st.lock().unwrap().require_auth.is_some() { "250-AUTH PLAIN LOGIN\r\n" } else { "" };
             let utf8 = if st.lock().unwrap().no_smtputf8 { "" } else { "250-SMTPUTF8\r\n" };
-            format!("250-sink.test\r\n250-PIPELINING\r\n{eight}{utf8}{tls_kw}{auth}250 SIZE 52428800\r\n")
+            let rtls = if in_tls && st.lock().unwrap().requiretls { "250-REQUIRETLS\r\n" } else { "" };
+            format!("250-sink.test\r\n250-PIPELINING\r\n{eight}{utf8}{rtls}{tls_kw}{auth}250 SIZE 52428800\r\n")
         } else if upper.starts_with("HELO") {
             "250 sink.test\r\n".into()
         } else if let Some(acceptor) = tls.as_ref().filter(|_| upper == "STARTTLS" && !in_tls) {
@@ -288,6 +314,7 @@ async fn serve(
         } else if upper.starts_with("MAIL FROM:") && !authed && st.lock().unwrap().require_auth.is_some() {
             "530 5.7.0 authentication required\r\n".into()
         } else if upper.starts_with("MAIL FROM:") {
+            st.lock().unwrap().mail_args.push(cmd[10..].trim().to_string());
             from = cmd[10..].trim().trim_start_matches('<').split('>').next().unwrap_or("").to_string();
             rcpts.clear();
             "250 2.1.0 ok\r\n".into()

@@ -186,3 +186,82 @@ fn auth_without_required_tls_is_a_config_error() {
     assert!(err.contains("routes.b.test: lmtp needs either host"), "{err}");
     assert!(!err.contains("\"p\""), "{err}");
 }
+
+/// REQUIRETLS (RFC 8689) leaves only over verified TLS to a hop that takes it, and is passed
+/// on in MAIL FROM; a verified hop without REQUIRETLS fails the recipient at once with 5.7.30
+/// and a DSN.
+#[test]
+fn requiretls_is_passed_on_or_fails_promptly() {
+    let pki = Pki::new();
+    let (with, without) = (Sink::start_tls(pki.server(true)), Sink::start_tls(pki.server(true)));
+    with.set_requiretls(true);
+    let dsns = Sink::start();
+    let (cert, key) = pki.server_files();
+    let route = |port: u16| {
+        format!(
+            "{{ type = \"smarthost\", host = \"127.0.0.1\", port = {port}, tls = \"required\", ca_file = \"{}\" }}",
+            pki.ca_file().display()
+        )
+    };
+    let gw = Gateway::start(&format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n[queue]\nretry_schedule = [\"1h\"]\n\n[routes]\n\"with.test\" = {}\n\"without.test\" = {}\n\"*\" = {{ type = \"smarthost\", host = \"127.0.0.1\", port = {}, tls = \"none\" }}\n",
+        cert.display(),
+        key.display(),
+        route(with.port()),
+        route(without.port()),
+        dsns.port()
+    ));
+    let script = r#"
+import os, smtplib, ssl
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+c = smtplib.SMTP("127.0.0.1", int(os.environ["PORT"])); c.ehlo("py.test"); c.starttls(context=ctx); c.ehlo("py.test")
+for rcpt in ["a@with.test", "b@without.test"]:
+    c.sendmail("sender@out.test", [rcpt], b"Subject: secret\r\n\r\nhello\r\n", mail_options=["REQUIRETLS"])
+c.quit(); print("sent")
+"#;
+    let (ok, out) = mailgate_tests::clients::python(gw.port, script);
+    assert!(ok, "{out}");
+    let m = with.wait_for_rcpt("a@with.test", T);
+    assert!(m.tls);
+    assert!(with.mail_args().iter().any(|a| a.contains(" REQUIRETLS")), "{:?}", with.mail_args());
+    let dsn = dsns.wait_for_rcpt("sender@out.test", T).text();
+    assert!(dsn.contains("Final-Recipient: rfc822; b@without.test\r\nAction: failed\r\nStatus: 5.7.30"), "{dsn}");
+    assert!(without.received().is_empty());
+}
+
+/// A `[[pool]]` of source addresses on loopback aliases: new connections leave from each in
+/// turn with its own EHLO name, and an address that cannot be bound is skipped and logged.
+#[test]
+fn source_pools_pick_the_address_and_ehlo_name() {
+    let sink = Sink::start();
+    let gw = Gateway::start(&format!(
+        r#"[delivery]
+idle_timeout = "0s"
+
+[[pool]]
+name = "outbound"
+sources = [
+  {{ address = "127.0.0.2", helo = "two.pool.test" }},
+  {{ address = "192.0.2.55", helo = "not-ours.pool.test" }},
+  {{ address = "127.0.0.3", helo = "three.pool.test" }},
+]
+
+[routes]
+"*" = {{ type = "smarthost", host = "127.0.0.1", port = {}, tls = "none", pool = "outbound" }}
+"#,
+        sink.port()
+    ));
+    for i in 0..3 {
+        send(gw.port, "a@out.test", &[&format!("r{i}@remote.test")], "pooled");
+        sink.wait_for(i + 1, T);
+    }
+    let peers: Vec<String> = sink.peers().iter().map(|p| p.to_string()).collect();
+    assert!(peers.contains(&"127.0.0.2".to_string()) && peers.contains(&"127.0.0.3".to_string()), "{peers:?}");
+    assert!(peers.iter().all(|p| p == "127.0.0.2" || p == "127.0.0.3"), "{peers:?}");
+    let helos = sink.helos();
+    for (p, h) in peers.iter().zip(&helos) {
+        let want = if p == "127.0.0.2" { "two.pool.test" } else { "three.pool.test" };
+        assert_eq!(h, want, "{peers:?} {helos:?}");
+    }
+    assert!(gw.log().contains("source address could not be bound, skipped"), "{}", gw.log());
+}

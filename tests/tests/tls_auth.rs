@@ -109,8 +109,9 @@ c.sendmail("alice@example.test", ["strict@remote.test"], msg, mail_options=["REQ
     assert!(!r.gw.log().contains(PASSWORD), "the password never reaches the log");
     assert!(r.gw.log().contains("authenticated user=alice"));
     // REQUIRETLS is taken over TLS, kept with the message, and honoured: the next hop here
-    // offers no TLS, so the message waits instead of leaving in plaintext.
-    assert!(r.gw.wait_log("TLS required but the server does not offer STARTTLS", T), "{}", r.gw.log());
+    // offers no TLS, so the message never leaves in plaintext — it fails at once with 5.7.30
+    // (RFC 8689), no days of retries.
+    assert!(r.gw.wait_log("550 5.7.30 REQUIRETLS: the next hop does not offer STARTTLS", T), "{}", r.gw.log());
     assert!(r.sink.received().iter().all(|m| !m.rcpts.contains(&"strict@remote.test".to_string())));
     assert!(
         r.gw.log().lines().any(|l| l.contains("message accepted") && l.contains("requiretls=true")),

@@ -23,7 +23,7 @@ mod verify;
 pub use auth::{ArcSeal, Auth, AuthCheck, DkimSign, SignFor};
 pub use maps::{Aliases, Canonical};
 pub use plugin::{parse_allowed_route, AllowedRoute, Grant, Mode, OnError, Plugin, Stage};
-pub use route::{AuthMechanism, ClientAuth, Route, SecretError, TlsPolicy};
+pub use route::{AuthMechanism, ClientAuth, Route, SecretError, Source, SourcePool, TlsPolicy};
 pub use verify::{Verify, VerifyDomain};
 
 /// The embedded default configuration (`config/mailgate.toml`).
@@ -78,6 +78,9 @@ pub struct Config {
     pub aliases: Aliases,
     /// Canonical rewriting of sender and recipients, applied in cleanup.
     pub canonical: Canonical,
+    /// `[[pool]]` tables: source addresses for outbound connections, picked by routes.
+    #[serde(rename = "pool")]
+    pub pools: Vec<SourcePool>,
 }
 
 /// What the gateway completes in messages from authenticated clients (SMTP AUTH or an API
@@ -664,7 +667,19 @@ impl Config {
         if self.queue.retry_schedule.is_empty() {
             errs.push("queue.retry_schedule: needs at least one delay".into());
         }
+        let mut pool_names = std::collections::HashSet::new();
+        for p in &self.pools {
+            if p.name.is_empty() || !pool_names.insert(&p.name) {
+                errs.push(format!("pool.name: {:?} is empty or used twice", p.name));
+            }
+            if p.sources.is_empty() || p.sources.iter().any(|s| s.weight == 0) {
+                errs.push(format!("pool {}: needs sources, each with a weight above 0", p.name));
+            }
+        }
         for (domain, route) in &self.routes {
+            if let Some(p) = route.pool().filter(|p| !self.pools.iter().any(|x| x.name == *p)) {
+                errs.push(format!("routes.{domain}: no [[pool]] named {p:?}"));
+            }
             if domain != "*" && !domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
                 errs.push(format!("routes.{domain}: not a domain name or \"*\""));
             }

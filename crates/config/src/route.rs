@@ -28,6 +28,9 @@ pub enum Route {
     Mx {
         #[serde(default)]
         tls: TlsPolicy,
+        /// The `[[pool]]` of source addresses connections leave from (none: the system's).
+        #[serde(default)]
+        pool: Option<String>,
     },
     /// Relay everything to one host.
     Smarthost {
@@ -42,6 +45,9 @@ pub enum Route {
         /// Log in to the smarthost (SMTP AUTH, RFC 4954); only over verified TLS.
         #[serde(default)]
         auth: Option<ClientAuth>,
+        /// The `[[pool]]` of source addresses connections leave from (none: the system's).
+        #[serde(default)]
+        pool: Option<String>,
     },
     /// Hand to a local delivery agent over LMTP (RFC 2033), by TCP (`host`, `port`) or a unix
     /// socket (`socket`): one reply per recipient after the data.
@@ -149,7 +155,41 @@ fn no_tls() -> TlsPolicy {
     TlsPolicy::None
 }
 
+/// `[[pool]]`: local source addresses for outbound connections, each with the EHLO name that
+/// belongs to it (transactional senders keep reputations apart this way).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SourcePool {
+    pub name: String,
+    pub sources: Vec<Source>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub address: std::net::IpAddr,
+    /// The EHLO name for connections from this address (its PTR name, ideally); default
+    /// `delivery.helo_name`.
+    #[serde(default)]
+    pub helo: Option<String>,
+    /// Its share of new connections in the rotation.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
 impl Route {
+    /// The source pool the route names.
+    pub fn pool(&self) -> Option<&str> {
+        match self {
+            Route::Mx { pool, .. } | Route::Smarthost { pool, .. } => pool.as_deref(),
+            _ => None,
+        }
+    }
+
     pub(crate) fn validate(&self) -> Result<(), String> {
         match self {
             Route::Smarthost { host, port, .. } if host.is_empty() || *port == 0 => {

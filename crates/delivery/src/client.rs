@@ -38,6 +38,11 @@ pub struct Hop<'a> {
     pub auth: Option<&'a ClientAuth>,
     /// LHLO and one reply per recipient after the data (RFC 2033).
     pub lmtp: bool,
+    /// The message is REQUIRETLS: a server without STARTTLS fails it (5.7.30) rather than
+    /// deferring it.
+    pub requiretls: bool,
+    /// The source addresses to connect from (none: the system picks).
+    pub sources: Option<&'a crate::source::Rotation>,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
@@ -88,8 +93,40 @@ impl Conn {
         }
     }
 
-    async fn connect(addr: &Peer, s: &Settings) -> Result<Box<dyn Io>, OpenError> {
+    /// The connection, and the EHLO name of the source address it left from (if a pool's).
+    async fn connect(
+        addr: &Peer,
+        s: &Settings,
+        sources: Option<&crate::source::Rotation>,
+    ) -> Result<(Box<dyn Io>, Option<String>), OpenError> {
         let fail = |why: String| OpenError::Fail(Reply::new(451, Enhanced(4, 4, 1), format!("connect to {addr}{why}")));
+        if let (Peer::Tcp(a), Some(rot)) = (addr, sources) {
+            for (src, helo) in rot.candidates(a.ip()) {
+                let sock = match src {
+                    std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                    std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+                };
+                let bound = sock.and_then(|sock| sock.bind(SocketAddr::new(src, 0)).map(|()| sock));
+                let sock = match bound {
+                    Ok(sock) => sock,
+                    Err(e) => {
+                        tracing::warn!(pool = %rot.name, source = %src, "source address could not be bound, skipped: {e}");
+                        continue;
+                    }
+                };
+                let tcp = timeout(s.connect_timeout, sock.connect(*a))
+                    .await
+                    .map_err(|_| fail(format!(" from {src} timed out")))?
+                    .map_err(|e| fail(format!(" from {src}: {e}")))?;
+                let _ = tcp.set_nodelay(true);
+                return Ok((Box::new(tcp), helo));
+            }
+            return Err(OpenError::Fail(Reply::new(
+                451,
+                Enhanced(4, 4, 0),
+                format!("no source address of pool {} could be used for {a}", rot.name),
+            )));
+        }
         let io: Box<dyn Io> = match addr {
             Peer::Tcp(a) => {
                 let tcp = timeout(s.connect_timeout, TcpStream::connect(a))
@@ -106,13 +143,23 @@ impl Conn {
                     .map_err(|e| fail(format!(": {e}")))?,
             ),
         };
-        Ok(io)
+        Ok((io, None))
     }
 
     async fn open_once(host: &str, addr: &Peer, hop: Hop<'_>, s: &Settings, try_tls: bool) -> Result<Conn, OpenError> {
         let policy = hop.policy;
+        let (io, helo) = Self::connect(addr, s, hop.sources).await?;
+        // A pool's source address greets with its own name.
+        let with_helo;
+        let s = match helo {
+            Some(h) => {
+                with_helo = Settings { helo_name: h, ..s.clone() };
+                &with_helo
+            }
+            None => s,
+        };
         let mut c = Conn {
-            io: Self::connect(addr, s).await?,
+            io,
             rbuf: Vec::with_capacity(4096),
             ext: Extensions::default(),
             host: host.into(),
@@ -177,6 +224,13 @@ impl Conn {
             c.io = Box::new(stream);
             c.rbuf.clear();
             c.ehlo(s).await.map_err(OpenError::Fail)?;
+        } else if policy.kind == PolicyKind::Required && hop.requiretls && !hop.lmtp {
+            // RFC 8689 §4.2.1: this hop cannot carry it; the next MX may, otherwise it bounces.
+            return Err(OpenError::Fail(Reply::new(
+                550,
+                Enhanced(5, 7, 30),
+                "REQUIRETLS: the next hop does not offer STARTTLS",
+            )));
         } else if policy.kind == PolicyKind::Required {
             return Err(OpenError::Fail(Reply::new(
                 451,
@@ -340,6 +394,17 @@ impl Conn {
                 Some(&host),
             ));
         }
+        // RFC 8689 §4.2.1: a REQUIRETLS message is relayed only to a hop that takes REQUIRETLS
+        // over the verified TLS this connection has (its policy was `required`). Another MX
+        // may; when none does, the recipients fail with 5.7.30 instead of waiting for days.
+        // An LMTP agent delivers into the mailbox: there is no further hop to protect.
+        if msg.requiretls && !self.lmtp && (!self.ext.requiretls || self.tls.is_none()) {
+            return Err(TxError::Host(RcptOutcome::new(
+                Status::Failed,
+                Reply::new(550, Enhanced(5, 7, 30), "REQUIRETLS not supported by the next hop"),
+                Some(&host),
+            )));
+        }
         if let Some(limit) = self.ext.size.filter(|l| *l > 0) {
             if msg.data.len() as u64 > limit {
                 return all(RcptOutcome::new(
@@ -358,6 +423,9 @@ impl Conn {
         }
         if msg.smtputf8 && self.ext.smtputf8 {
             mail.push_str(" SMTPUTF8");
+        }
+        if msg.requiretls && self.ext.requiretls {
+            mail.push_str(" REQUIRETLS");
         }
         // RFC 3461 §5.2: the DSN parameters go on to a hop that does DSN; one that does not
         // gets none, and a success is reported by us as "relayed".
@@ -734,6 +802,7 @@ mod tests {
             dsn_ret: Some(Ret::Hdrs),
             envid: Some("id with space+"),
             rcpt_params: &params,
+            requiretls: false,
         };
         let mut mail = String::new();
         super::dsn_mail_params(&mut mail, &msg);

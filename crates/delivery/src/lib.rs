@@ -11,6 +11,7 @@ mod client;
 mod maildir;
 mod mx;
 mod pool;
+mod source;
 mod tls;
 
 use std::net::SocketAddr;
@@ -100,6 +101,9 @@ pub struct Outbound<'a> {
     pub envid: Option<&'a str>,
     /// NOTIFY= and ORCPT= per recipient, in `recipients` order (empty: none for any).
     pub rcpt_params: &'a [mailgate_smtp::RcptParams],
+    /// REQUIRETLS (RFC 8689): relayed only over verified TLS to a hop that takes REQUIRETLS
+    /// (passed on in MAIL FROM); a hop that cannot honour it fails the recipients (5.7.30).
+    pub requiretls: bool,
 }
 
 /// Client-side settings taken from the config.
@@ -133,6 +137,12 @@ pub struct Delivery {
     resolver: Resolver,
     tls: tls::Connectors,
     pool: pool::Pool,
+    /// The `[[pool]]`s of source addresses, by name (replaced by a reload).
+    sources: std::sync::RwLock<std::collections::HashMap<String, Arc<source::Rotation>>>,
+}
+
+fn rotations(cfg: &Config) -> std::collections::HashMap<String, Arc<source::Rotation>> {
+    cfg.pools.iter().map(|p| (p.name.clone(), Arc::new(source::Rotation::new(p)))).collect()
 }
 
 /// A candidate host of an SMTP or LMTP attempt, with its addresses.
@@ -150,6 +160,7 @@ impl Delivery {
             resolver: Resolver::new(&cfg.dns)?,
             tls: tls::Connectors::new(),
             pool: pool::Pool::default(),
+            sources: std::sync::RwLock::new(rotations(cfg)),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let weak = Arc::downgrade(&d);
@@ -182,6 +193,7 @@ impl Delivery {
     /// changes, idle connections (which greeted with the old one) are closed. The resolver's
     /// `[dns]` is kept: it needs a restart.
     pub fn reconfigure(&self, cfg: &Config) {
+        *self.sources.write().unwrap_or_else(|e| e.into_inner()) = rotations(cfg);
         let new = Settings::from_config(cfg);
         let old = self.settings();
         if *old == new {
@@ -246,18 +258,20 @@ impl Delivery {
             host: host.to_string(),
             addrs: addrs.into_iter().map(Peer::Tcp).collect(),
         };
-        Ok(match route {
-            Route::Smarthost { host, port, tls, ca_file, auth } => Plan {
+        let mut plan = match route {
+            Route::Smarthost { host, port, tls, ca_file, auth, .. } => Plan {
                 targets: vec![tcp(host, self.resolver.addresses(host, *port).await?)],
                 policy: policy(*tls, ca_file.as_deref(), *port)?,
                 auth: auth.as_ref(),
                 lmtp: false,
+                sources: None,
             },
             Route::Lmtp { socket: Some(path), .. } => Plan {
                 targets: vec![Target { host: path.display().to_string(), addrs: vec![Peer::Unix(path.clone())] }],
                 policy: policy(TlsPolicy::None, None, 0)?,
                 auth: None,
                 lmtp: true,
+                sources: None,
             },
             Route::Lmtp { host, port, tls, ca_file, .. } => {
                 let host = host.as_deref().unwrap_or("localhost");
@@ -266,9 +280,10 @@ impl Delivery {
                     policy: policy(*tls, ca_file.as_deref(), *port)?,
                     auth: None,
                     lmtp: true,
+                    sources: None,
                 }
             }
-            Route::Mx { tls } => {
+            Route::Mx { tls, .. } => {
                 let hosts = self.resolver.mx_hosts(domain).await?;
                 let mut targets = vec![];
                 let mut last_err = None;
@@ -288,10 +303,24 @@ impl Delivery {
                     }));
                 }
                 let port = self.settings().mx_port;
-                Plan { targets, policy: policy(*tls, None, port)?, auth: None, lmtp: false }
+                Plan { targets, policy: policy(*tls, None, port)?, auth: None, lmtp: false, sources: None }
             }
             Route::Maildir { .. } | Route::Discard => unreachable!("callers handle the routes without a next hop"),
-        })
+        };
+        if let Some(name) = route.pool() {
+            let found = self.sources.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
+            match found {
+                Some(r) => plan.sources = Some(r),
+                None => {
+                    return Err(RcptOutcome::new(
+                        Status::Deferred,
+                        Reply::new(451, Enhanced(4, 3, 5), format!("no source pool {name:?}")),
+                        None,
+                    ))
+                }
+            }
+        }
+        Ok(plan)
     }
 
     /// Tries the targets in order until one takes the work (any reply to it counts); `Err` is
@@ -299,7 +328,14 @@ impl Delivery {
     async fn over(&self, plan: &Plan<'_>, work: Work<'_>) -> Result<Done, RcptOutcome> {
         let mut last =
             RcptOutcome::new(Status::Deferred, Reply::new(451, Enhanced(4, 4, 1), "no host reachable"), None);
-        let hop = Hop { policy: &plan.policy, auth: plan.auth, lmtp: plan.lmtp };
+        let requiretls = matches!(work, Work::Deliver(m) if m.requiretls);
+        let hop = Hop {
+            policy: &plan.policy,
+            auth: plan.auth,
+            lmtp: plan.lmtp,
+            requiretls,
+            sources: plan.sources.as_deref(),
+        };
         for t in &plan.targets {
             for addr in &t.addrs {
                 match self.attempt(&t.host, addr, hop, &work).await {
@@ -323,6 +359,7 @@ impl Delivery {
             policy: hop.policy.kind,
             lmtp: hop.lmtp,
             user: hop.auth.map(|a| a.username.clone()),
+            sources: hop.sources.map(|s| s.name.clone()),
         };
         let settings = self.settings();
         if let Some(mut conn) = self.pool.take(&key, settings.idle_timeout) {
@@ -372,6 +409,8 @@ struct Plan<'r> {
     policy: tls::Policy,
     auth: Option<&'r ClientAuth>,
     lmtp: bool,
+    /// The route's source pool.
+    sources: Option<Arc<source::Rotation>>,
 }
 
 /// What a connection is used for.

@@ -21,6 +21,8 @@ pub struct Key {
     /// Who the connection is logged in as: a session of one smarthost account is never
     /// lent to a route with another.
     pub user: Option<String>,
+    /// The source pool it was made from (any of its addresses will do for reuse).
+    pub sources: Option<String>,
 }
 
 /// Most idle connections kept per key; more are closed.

@@ -89,6 +89,7 @@ mod tests {
                 tls: Default::default(),
                 ca_file: None,
                 auth: None,
+                pool: None,
             },
         );
         let mut plugin: Plugin = serde_json::from_value(serde_json::json!({"name": "p", "path": "/x.wasm"})).unwrap();

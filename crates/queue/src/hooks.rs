@@ -31,7 +31,7 @@ pub enum Chosen {
 pub fn resolve(choice: &RouteChoice, config: &Config) -> Chosen {
     match choice {
         RouteChoice::Mx { domain } => {
-            Chosen::Route(Route::Mx { tls: TlsPolicy::Opportunistic }, Some(domain.to_ascii_lowercase()))
+            Chosen::Route(Route::Mx { tls: TlsPolicy::Opportunistic, pool: None }, Some(domain.to_ascii_lowercase()))
         }
         RouteChoice::Smarthost { host, port } => {
             let configured = config.routes.values().find(
@@ -43,6 +43,7 @@ pub fn resolve(choice: &RouteChoice, config: &Config) -> Chosen {
                 tls: TlsPolicy::Opportunistic,
                 ca_file: None,
                 auth: None,
+                pool: None,
             });
             Chosen::Route(route, None)
         }
@@ -72,6 +73,7 @@ mod tests {
             tls: TlsPolicy::Required,
             ca_file: Some("/etc/ca.pem".into()),
             auth: None,
+            pool: None,
         };
         config.routes.insert("*".into(), configured.clone());
         let smarthost = |host: &str, port| resolve(&RouteChoice::Smarthost { host: host.into(), port }, &config);
@@ -84,14 +86,15 @@ mod tests {
                     port: 25,
                     tls: TlsPolicy::Opportunistic,
                     ca_file: None,
-                    auth: None
+                    auth: None,
+                    pool: None
                 },
                 None
             )
         );
         assert_eq!(
             resolve(&RouteChoice::Mx { domain: "Example.ORG".into() }, &config),
-            Chosen::Route(Route::Mx { tls: TlsPolicy::Opportunistic }, Some("example.org".into()))
+            Chosen::Route(Route::Mx { tls: TlsPolicy::Opportunistic, pool: None }, Some("example.org".into()))
         );
         assert_eq!(resolve(&RouteChoice::Hold, &config), Chosen::Hold);
         let reject = |code, enh: &str| {

@@ -440,17 +440,14 @@ impl Queue {
             per_dest.entry(dest).or_insert_with(|| Arc::new(Semaphore::new(n))).clone()
         };
         let _permit = sem.acquire_owned().await;
-        // RFC 8689: a REQUIRETLS message leaves only over verified TLS.
-        let route = match route {
-            Route::Mx { .. } if env.requiretls => Route::Mx { tls: mailgate_config::TlsPolicy::Required },
-            Route::Smarthost { host, port, ca_file, auth, .. } if env.requiretls => {
-                Route::Smarthost { host, port, ca_file, auth, tls: mailgate_config::TlsPolicy::Required }
+        // RFC 8689: a REQUIRETLS message leaves only over verified TLS (an LMTP agent, which
+        // delivers into the mailbox, is its last hop and keeps its own TLS setting).
+        let mut route = route;
+        if let Route::Mx { tls, .. } | Route::Smarthost { tls, .. } = &mut route {
+            if env.requiretls {
+                *tls = mailgate_config::TlsPolicy::Required;
             }
-            Route::Lmtp { host: Some(host), port, ca_file, socket: None, .. } if env.requiretls => {
-                Route::Lmtp { host: Some(host), port, ca_file, socket: None, tls: mailgate_config::TlsPolicy::Required }
-            }
-            other => other,
-        };
+        }
         let rcpts: Vec<String> = idx.iter().map(|i| env.recipients[*i].address.clone()).collect();
         // The DSN parameters, for a next hop that does DSN (none at all when nobody gave any).
         let rcpt_params: Vec<RcptParams> =
@@ -484,6 +481,7 @@ impl Queue {
             }),
             envid: env.envid.as_deref(),
             rcpt_params: &rcpt_params,
+            requiretls: env.requiretls,
         };
         self.inner.delivery.deliver(&route, &domain, &msg).await
     }

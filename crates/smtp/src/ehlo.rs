@@ -17,6 +17,8 @@ pub struct Extensions {
     pub size: Option<u64>,
     /// AUTH mechanisms offered (RFC 4954), upper case.
     pub auth: Vec<String>,
+    /// REQUIRETLS (RFC 8689): the server takes messages that must travel over verified TLS.
+    pub requiretls: bool,
 }
 
 impl Extensions {
@@ -34,6 +36,7 @@ impl Extensions {
                 "CHUNKING" => x.chunking = true,
                 "ENHANCEDSTATUSCODES" => x.enhanced_status_codes = true,
                 "DSN" => x.dsn = true,
+                "REQUIRETLS" => x.requiretls = true,
                 "AUTH" => x.auth = words.map(|m| m.to_ascii_uppercase()).collect(),
                 "SIZE" => x.size = Some(words.next().and_then(|v| v.parse().ok()).unwrap_or(0)),
                 _ => {}
