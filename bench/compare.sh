@@ -47,6 +47,7 @@ mailgate_config() { # $1 = number of plugins (0 or 5)
     cat <<TOML
 [server]
 hostname = "mailgate.bench"
+allow_root = true
 [[listener]]
 name = "mx"
 address = "127.0.0.1:$MG_PORT"

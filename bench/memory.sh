@@ -28,6 +28,7 @@ MG=${MG:-$root/target/release/mailgate}
 cat > "$work/mailgate.toml" <<TOML
 [server]
 hostname = "mailgate.bench"
+allow_root = true
 [[listener]]
 name = "mx"
 address = "127.0.0.1:$MG_PORT"

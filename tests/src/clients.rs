@@ -98,6 +98,24 @@ impl Raw {
         self.reply()
     }
 
+    /// One message to several recipients on a new connection, every step required to
+    /// succeed (the test fails naming the step otherwise). `content` is CRLF lines without the
+    /// final dot.
+    pub fn deliver(port: u16, from: &str, rcpts: &[&str], content: &str) {
+        let mut c = Raw::connect(port);
+        assert!(c.cmd("EHLO client.test").starts_with("250"));
+        assert!(c.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250"));
+        for r in rcpts {
+            let reply = c.cmd(&format!("RCPT TO:<{r}>"));
+            assert!(reply.starts_with("250"), "{r}: {reply}");
+        }
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.send(content.as_bytes());
+        let r = c.cmd(".");
+        assert!(r.starts_with("250"), "{r}");
+        c.cmd("QUIT");
+    }
+
     /// One whole transaction on a new connection: EHLO, MAIL, RCPT, DATA with `content`
     /// (CRLF lines, without the final dot). The reply to the end of data, or the refusal that
     /// ended the transaction earlier.

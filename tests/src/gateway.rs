@@ -41,7 +41,7 @@ impl Gateway {
         let port = free_port();
         let d = dir.path().display().to_string();
         let config = format!(
-            "[server]\nhostname = \"mx.gateway.test\"\n\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:{port}\"\n\n[spool]\npath = \"{d}/spool\"\n\n{}\n",
+            "[server]\nhostname = \"mx.gateway.test\"\nallow_root = true\n\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:{port}\"\n\n[spool]\npath = \"{d}/spool\"\n\n{}\n",
             extra.replace("{dir}", &d)
         );
         let mut g = Gateway { dir, port, child: None, config };

@@ -13,17 +13,7 @@ use mailgate_tests::sink::Sink;
 const T: Duration = Duration::from_secs(20);
 
 fn send(port: u16, from: &str, rcpts: &[&str], header: &str) {
-    let mut c = Raw::connect(port);
-    assert!(c.cmd("EHLO client.test").starts_with("250"));
-    assert!(c.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250"));
-    for r in rcpts {
-        let reply = c.cmd(&format!("RCPT TO:<{r}>"));
-        assert!(reply.starts_with("250"), "{r}: {reply}");
-    }
-    assert!(c.cmd("DATA").starts_with("354"));
-    c.send(format!("{header}Subject: maps\r\n\r\nhello\r\n.\r\n").as_bytes());
-    let r = c.reply();
-    assert!(r.starts_with("250"), "{r}");
+    Raw::deliver(port, from, rcpts, &format!("{header}Subject: maps\r\n\r\nhello\r\n"));
 }
 
 fn config(sink: &Sink, table: &std::path::Path, users: &std::path::Path) -> String {

@@ -192,6 +192,14 @@ pub struct Server {
     /// by the routes like any other. Unset: `postmaster@` the first `relay.accept_domains`
     /// entry (or the hostname).
     pub postmaster: Option<String>,
+    /// The user the gateway runs as once its listeners are bound and its spool is open
+    /// (started as root, it drops to this user for good; the spool is given to it).
+    pub user: Option<String>,
+    /// That user's group (default: the user's primary group).
+    pub group: Option<String>,
+    /// Stay root after start-up. Without `user` and without this, a gateway started as root
+    /// refuses to run: an edge gateway parsing untrusted mail should not hold root.
+    pub allow_root: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -458,7 +466,7 @@ impl Default for Tls {
 }
 impl Default for Server {
     fn default() -> Self {
-        Server { hostname: "localhost".into(), postmaster: None }
+        Server { hostname: "localhost".into(), postmaster: None, user: None, group: None, allow_root: false }
     }
 }
 impl Default for Limits {

@@ -17,6 +17,7 @@ mod cli_output;
 mod local;
 mod plugin_cli;
 mod plugins;
+mod privileges;
 mod sendmail;
 mod server;
 mod session;
