@@ -709,12 +709,13 @@ pub fn main() -> ExitCode {
 
 async fn serve(cfg: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     let privileges = cfg.clone();
-    let gw = Gateway::start_from(cfg, file).await?;
-    if let Err(e) = crate::privileges::drop_after_start(&privileges) {
-        tracing::error!("{e}");
-        gw.shutdown(std::time::Duration::from_secs(1)).await;
-        return Err(e.into());
-    }
+    let drop = Box::new(move || {
+        crate::privileges::drop_after_start(&privileges).map_err(|e| {
+            tracing::error!("{e}");
+            anyhow::Error::from(e)
+        })
+    });
+    let gw = Gateway::start_with(cfg, file, Some(drop)).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {

@@ -15,13 +15,8 @@ use tracing::Instrument;
 use crate::server::Shared;
 use crate::session::Session;
 
-/// Binds the socket (replacing a stale one nobody listens on) and serves it until `stop`.
-pub(crate) fn start(
-    path: &Path,
-    mode: u32,
-    shared: Arc<Shared>,
-    stop: watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+/// Binds the socket (replacing a stale one nobody listens on).
+pub(crate) fn bind(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!("submission.socket {}: another process is listening on it", path.display());
@@ -36,7 +31,16 @@ pub(crate) fn start(
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     tracing::info!(socket = %path.display(), "local submission listening");
-    Ok(tokio::spawn(accept_loop(listener, shared, stop)))
+    Ok(listener)
+}
+
+/// Serves a bound socket until `stop`.
+pub(crate) fn serve(
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(accept_loop(listener, shared, stop))
 }
 
 /// Local sessions count against the loopback address in the session limits.

@@ -25,9 +25,9 @@ pub enum PrivilegeError {
     Drop(String, std::io::Error),
 }
 
-/// Applies `server.user`/`group`/`allow_root` once everything that needs root is open. The
-/// spool tree (and the local submission socket) is given to the user first, so the gateway
-/// can go on writing there.
+/// Applies `server.user`/`group`/`allow_root` once everything that needs root is open and
+/// before anything is served (see `Gateway::start_with`). The spool tree (and the local
+/// submission socket) is given to the user first, so the gateway can go on writing there.
 pub fn drop_after_start(cfg: &Config) -> Result<(), PrivilegeError> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };

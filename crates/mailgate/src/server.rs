@@ -112,7 +112,31 @@ impl Gateway {
 
     /// Like [`Gateway::start`], remembering the file a reload reads again.
     pub async fn start_from(config: Config, config_file: Option<PathBuf>) -> anyhow::Result<Gateway> {
+        Self::start_with(config, config_file, None).await
+    }
+
+    /// Like [`Gateway::start_from`], with `drop_privileges` run once everything that may need
+    /// root is done — SMTP listeners and the local socket bound, spool, keys, certificates and
+    /// plugins loaded — and before any message is received or delivered. (The API and admin
+    /// listeners are bound after it.)
+    pub async fn start_with(
+        config: Config,
+        config_file: Option<PathBuf>,
+        drop_privileges: Option<Box<dyn FnOnce() -> anyhow::Result<()> + Send>>,
+    ) -> anyhow::Result<Gateway> {
         let config = Arc::new(config);
+        // Bound first: port 25 may need root, which is given up before anything is served.
+        let mut bound = vec![];
+        for l in &config.listeners {
+            let listener = TcpListener::bind(l.address)
+                .await
+                .map_err(|e| anyhow::anyhow!("listener {} on {}: {e}", l.name, l.address))?;
+            bound.push((listener, l.clone()));
+        }
+        let local = match &config.submission.socket {
+            Some(path) => Some(crate::local::bind(path, config.submission.socket_mode)?),
+            None => None,
+        };
         let (spool, recovered) = LocalSpool::open(&config.spool.path, config.spool.segment_size)
             .map_err(|e| anyhow::anyhow!("spool {}: {e}", config.spool.path.display()))?;
         let delivery = Delivery::new(&config)?;
@@ -149,6 +173,9 @@ impl Gateway {
                 Some(Arc::new(log))
             }
         };
+        if let Some(drop_privileges) = drop_privileges {
+            drop_privileges()?;
+        }
         let queue = Queue::start(
             spool.clone(),
             delivery.clone(),
@@ -185,18 +212,14 @@ impl Gateway {
         let (stop, stop_rx) = watch::channel(false);
         let mut local_addrs = vec![];
         let mut tasks = vec![];
-        // Before the TCP listeners: once those answer, local submission is up too.
-        if let Some(path) = &config.submission.socket {
-            tasks.push(crate::local::start(path, config.submission.socket_mode, shared.clone(), stop_rx.clone())?);
+        if let Some(listener) = local {
+            tasks.push(crate::local::serve(listener, shared.clone(), stop_rx.clone()));
         }
-        for l in &config.listeners {
-            let listener = TcpListener::bind(l.address)
-                .await
-                .map_err(|e| anyhow::anyhow!("listener {} on {}: {e}", l.name, l.address))?;
+        for (listener, l) in bound {
             let addr = listener.local_addr()?;
             tracing::info!(listener = %l.name, %addr, "listening");
             local_addrs.push(addr);
-            tasks.push(tokio::spawn(accept_loop(listener, l.clone(), shared.clone(), stop_rx.clone())));
+            tasks.push(tokio::spawn(accept_loop(listener, l, shared.clone(), stop_rx.clone())));
         }
         if let Some(log) = &shared.events {
             let dir = config.spool.path.join("webhooks");
