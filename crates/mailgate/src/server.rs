@@ -137,6 +137,10 @@ impl Gateway {
             Some(path) => Some(crate::local::bind(path, config.submission.socket_mode)?),
             None => None,
         };
+        let admin = match config.admin.listen {
+            Some(addr) => Some(crate::admin::bind(addr).await?),
+            None => None,
+        };
         let (spool, recovered) = LocalSpool::open(&config.spool.path, config.spool.segment_size)
             .map_err(|e| anyhow::anyhow!("spool {}: {e}", config.spool.path.display()))?;
         let delivery = Delivery::new(&config)?;
@@ -206,8 +210,8 @@ impl Gateway {
             next_session: AtomicU64::new(0),
             start_tag: mailgate_message::date::now_unix() % 100_000,
         });
-        if let Some(addr) = config.admin.listen {
-            crate::admin::start(addr, shared.clone(), config.admin.token.clone()).await?;
+        if let Some(listener) = admin {
+            crate::admin::start(listener, shared.clone(), config.admin.token.clone())?;
         }
         let (stop, stop_rx) = watch::channel(false);
         let mut local_addrs = vec![];
