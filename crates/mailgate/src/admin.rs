@@ -187,15 +187,10 @@ async fn queue_list(State(a): State<Arc<Admin>>, RawQuery(q): RawQuery) -> Answe
     wrap(api(&a.shared, "GET", &target).await)
 }
 
-/// Binds the endpoint's address (with the SMTP listeners, so that once those answer this one
-/// does too).
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("admin.listen {addr}: {e}"))
-}
-
-/// Serves a bound endpoint in the background; returns its address.
-pub fn start(listener: TcpListener, shared: Arc<Shared>, token: Option<String>) -> anyhow::Result<Option<SocketAddr>> {
+/// Binds and serves in the background; returns the bound address.
+pub async fn start(addr: SocketAddr, shared: Arc<Shared>, token: Option<String>) -> anyhow::Result<Option<SocketAddr>> {
     let Some(handle) = recorder() else { return Ok(None) };
+    let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("admin.listen {addr}: {e}"))?;
     let bound = listener.local_addr()?;
     tracing::info!(%bound, "admin endpoint: /metrics, /healthz, /reload, /status, /queue, /quarantine");
     let app = router(Arc::new(Admin { handle, shared, token }));

@@ -92,6 +92,12 @@ pub struct Shared {
     start_tag: u64,
 }
 
+/// Pending connections each SMTP listener queues before they are accepted: the value std and
+/// mio use. A larger one lets a burst of a thousand slow clients land at once, and then their
+/// reconnections shed one another faster than `shed_idle` ages them, so a good client finds no
+/// stalled session to replace (a weakness of the shedding policy, not yet addressed).
+const LISTEN_BACKLOG: u32 = 128;
+
 /// A running gateway.
 pub struct Gateway {
     pub shared: Arc<Shared>,
@@ -125,22 +131,26 @@ impl Gateway {
         drop_privileges: Option<Box<dyn FnOnce() -> anyhow::Result<()> + Send>>,
     ) -> anyhow::Result<Gateway> {
         let config = Arc::new(config);
-        // Bound first: port 25 may need root, which is given up before anything is served.
+        // Bound first — port 25 may need root, which is given up before anything is served —
+        // but listening only once everything is ready: until then a client is refused, not
+        // left waiting in a backlog nobody accepts from.
         let mut bound = vec![];
         for l in &config.listeners {
-            let listener = TcpListener::bind(l.address)
-                .await
-                .map_err(|e| anyhow::anyhow!("listener {} on {}: {e}", l.name, l.address))?;
-            bound.push((listener, l.clone()));
+            let fail = |e: std::io::Error| anyhow::anyhow!("listener {} on {}: {e}", l.name, l.address);
+            let sock = match l.address {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+            }
+            .map_err(fail)?;
+            sock.set_reuseaddr(true).map_err(fail)?;
+            sock.bind(l.address).map_err(fail)?;
+            bound.push((sock, l.clone()));
         }
         let local = match &config.submission.socket {
             Some(path) => Some(crate::local::bind(path, config.submission.socket_mode)?),
             None => None,
         };
-        let admin = match config.admin.listen {
-            Some(addr) => Some(crate::admin::bind(addr).await?),
-            None => None,
-        };
+
         let (spool, recovered) = LocalSpool::open(&config.spool.path, config.spool.segment_size)
             .map_err(|e| anyhow::anyhow!("spool {}: {e}", config.spool.path.display()))?;
         let delivery = Delivery::new(&config)?;
@@ -210,8 +220,8 @@ impl Gateway {
             next_session: AtomicU64::new(0),
             start_tag: mailgate_message::date::now_unix() % 100_000,
         });
-        if let Some(listener) = admin {
-            crate::admin::start(listener, shared.clone(), config.admin.token.clone())?;
+        if let Some(addr) = config.admin.listen {
+            crate::admin::start(addr, shared.clone(), config.admin.token.clone()).await?;
         }
         let (stop, stop_rx) = watch::channel(false);
         let mut local_addrs = vec![];
@@ -219,7 +229,10 @@ impl Gateway {
         if let Some(listener) = local {
             tasks.push(crate::local::serve(listener, shared.clone(), stop_rx.clone()));
         }
-        for (listener, l) in bound {
+        for (sock, l) in bound {
+            let listener = sock
+                .listen(LISTEN_BACKLOG)
+                .map_err(|e| anyhow::anyhow!("listener {} on {}: {e}", l.name, l.address))?;
             let addr = listener.local_addr()?;
             tracing::info!(listener = %l.name, %addr, "listening");
             local_addrs.push(addr);
