@@ -92,11 +92,10 @@ pub struct Shared {
     start_tag: u64,
 }
 
-/// Pending connections each SMTP listener queues before they are accepted: the value std and
-/// mio use. A larger one lets a burst of a thousand slow clients land at once, and then their
-/// reconnections shed one another faster than `shed_idle` ages them, so a good client finds no
-/// stalled session to replace (a weakness of the shedding policy, not yet addressed).
-const LISTEN_BACKLOG: u32 = 128;
+/// Pending connections each SMTP listener queues before they are accepted (the kernel caps it
+/// at `net.core.somaxconn`). Large enough for a burst of a thousand clients to land at once —
+/// `slow_clients.rs` checks that even then a good client is not locked out (see `slots.rs`).
+const LISTEN_BACKLOG: u32 = 1024;
 
 /// A running gateway.
 pub struct Gateway {

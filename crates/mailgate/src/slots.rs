@@ -7,9 +7,15 @@
 //! least `timeouts.shed_idle`, is told to close with `421 4.7.0`. So a thousand trickling or
 //! idle connections cannot lock good clients out; they only take turns being closed. At the
 //! total limit itself a newcomer still gets in when a stalled session is closed for it.
+//!
+//! A client whose own session was shed (its address; for IPv6 its /64) does not get to shed
+//! another for `10 × shed_idle`: it gets in only while a slot is free. Otherwise a crowd of
+//! slow clients that reconnect at once would, one shed triggering the next, keep every slot
+//! younger than `shed_idle`, and a good client would find nobody to replace. (The memory of
+//! shed clients is bounded; the oldest is forgotten first.)
 //! Refusals are counted in metrics and logged at most once a second.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,6 +46,8 @@ pub struct Slot {
     /// Notified when this session is chosen to close for load.
     pub shed: tokio::sync::Notify,
     epoch: Instant,
+    /// Whom to remember as shed when this session is chosen (see [`offender`]).
+    client: IpAddr,
 }
 
 impl Slot {
@@ -79,6 +87,18 @@ impl Refusal {
     }
 }
 
+/// How many shed clients are remembered at most (a few MB at worst).
+const SHED_MEMORY: usize = 65_536;
+
+/// The key a shed client is remembered by: its address, or its /64 for IPv6 (where one host
+/// has a whole network to connect from).
+fn offender(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(_) => network(ip),
+    }
+}
+
 #[derive(Default)]
 struct Table {
     total: usize,
@@ -86,6 +106,32 @@ struct Table {
     per_net: HashMap<IpAddr, usize>,
     live: HashMap<u64, Arc<Slot>>,
     next: u64,
+    /// Clients recently shed, with when (ms since the epoch); `shed_order` is the same in
+    /// the order they were shed, for forgetting the oldest first.
+    shed: HashMap<IpAddr, u64>,
+    shed_order: VecDeque<(IpAddr, u64)>,
+}
+
+impl Table {
+    /// Whether `ip` had a session shed within the last `window_ms`; forgets what is older.
+    fn recently_shed(&mut self, ip: IpAddr, now_ms: u64, window_ms: u64) -> bool {
+        while let Some(&(old, at)) = self.shed_order.front() {
+            if now_ms.saturating_sub(at) < window_ms && self.shed_order.len() <= SHED_MEMORY {
+                break;
+            }
+            self.shed_order.pop_front();
+            if self.shed.get(&old) == Some(&at) {
+                self.shed.remove(&old);
+            }
+        }
+        self.shed.get(&offender(ip)).is_some_and(|&at| now_ms.saturating_sub(at) < window_ms)
+    }
+
+    fn remember_shed(&mut self, ip: IpAddr, now_ms: u64) {
+        let key = offender(ip);
+        self.shed.insert(key, now_ms);
+        self.shed_order.push_back((key, now_ms));
+    }
 }
 
 /// The slot table of a gateway.
@@ -158,10 +204,11 @@ impl Slots {
             None
         };
         // Make room for the next one once the slots are nearly full (the refused one too:
-        // the next try of a good client then finds a free slot).
+        // the next try of a good client then finds a free slot) — unless this client was
+        // itself just shed.
         let mark = limits.max_sessions.saturating_mul(limits.shed_at_percent) / 100;
-        if t.total + 1 > mark {
-            let idle_ms = shed_idle.as_millis() as u64;
+        let idle_ms = shed_idle.as_millis() as u64;
+        if t.total + 1 > mark && !t.recently_shed(ip, now_ms, idle_ms.saturating_mul(10)) {
             let victim = t
                 .live
                 .values()
@@ -172,6 +219,7 @@ impl Slots {
                 // Marked as progressing so that it is not chosen twice while it closes.
                 v.progress.store(now_ms, Ordering::Relaxed);
                 v.shed.notify_one();
+                t.remember_shed(v.client, now_ms);
                 metrics::counter!("mailgate_sessions_shed_total", "listener" => listener.to_string()).increment(1);
                 // The room made is this client's: it gets in now (one over the limit until the
                 // stalled session has closed), not on its next try.
@@ -192,8 +240,12 @@ impl Slots {
         *t.per_net.entry(net).or_default() += 1;
         let id = t.next;
         t.next += 1;
-        let slot =
-            Arc::new(Slot { progress: AtomicU64::new(now_ms), shed: tokio::sync::Notify::new(), epoch: self.epoch });
+        let slot = Arc::new(Slot {
+            progress: AtomicU64::new(now_ms),
+            shed: tokio::sync::Notify::new(),
+            epoch: self.epoch,
+            client: ip,
+        });
         t.live.insert(id, slot.clone());
         drop(t);
         metrics::gauge!("mailgate_sessions_open").increment(1.0);
@@ -268,5 +320,47 @@ mod tests {
         rt.block_on(async {
             assert!(tokio::time::timeout(Duration::from_millis(20), a.slot.shed.notified()).await.is_err());
         });
+    }
+
+    #[test]
+    fn a_client_just_shed_does_not_shed_another() {
+        let s = Arc::new(Slots::default());
+        let l = Limits { shed_at_percent: 100, ..limits(2, 10, 10) };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let ip = |x: &str| x.parse::<IpAddr>().unwrap();
+        let a = s.admit(ip("10.0.0.1"), &l, Duration::from_millis(1), "t").unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+        let b = s.admit(ip("10.0.0.2"), &l, Duration::from_millis(1), "t").unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+        // A newcomer at the limit replaces `a`, stalled longest.
+        let _c = s.admit(ip("10.0.0.3"), &l, Duration::from_millis(1), "t").unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(1), a.slot.shed.notified()).await.expect("a was shed");
+        });
+        drop(a);
+        std::thread::sleep(Duration::from_millis(5));
+        // `a` comes back at once: the slots are full, `b` is stalled, but `a` may not take its place.
+        assert_eq!(s.admit(ip("10.0.0.1"), &l, Duration::from_millis(1), "t").err(), Some(Refusal::Total));
+        rt.block_on(async {
+            assert!(tokio::time::timeout(Duration::from_millis(20), b.slot.shed.notified()).await.is_err());
+        });
+        // Another newcomer still may; and for IPv6 the whole /64 of a shed client waits.
+        let _d = s.admit(ip("10.0.0.4"), &l, Duration::from_millis(1), "t").unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(1), b.slot.shed.notified()).await.expect("b was shed");
+        });
+        drop(b);
+        let s = Arc::new(Slots::default());
+        let e = s.admit(ip("2001:db8::1"), &l, Duration::from_millis(1), "t").unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+        let _f = s.admit(ip("10.0.0.5"), &l, Duration::from_millis(1), "t").unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let _g = s.admit(ip("10.0.0.6"), &l, Duration::from_millis(1), "t").unwrap();
+        drop(e);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(s.admit(ip("2001:db8::2"), &l, Duration::from_millis(1), "t").err(), Some(Refusal::Total));
+        // Once the memory has lapsed (10 × shed_idle), it is a newcomer again.
+        std::thread::sleep(Duration::from_millis(15));
+        assert!(s.admit(ip("2001:db8::2"), &l, Duration::from_millis(1), "t").is_ok());
     }
 }
