@@ -9,8 +9,10 @@
 #   iproute2                network namespaces with the RFC 7208 suite's client addresses
 #   curl                    a real HTTP client for the sending API tests
 #   dovecot-core dovecot-lmtpd   Dovecot's LMTP server: the local delivery agent of the LMTP route tests
+#   systemd                 systemd-analyze: verifies the unit file and rates its hardening
+#   adduser                 the Debian package's postinst creates the mailgate user with it
 set -euo pipefail
-pkgs=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl dnsmasq-base rustc-web cargo-web rust-web-src lld-16 postfix python3 python3-dkim python3-nacl python3-dnspython python3-authres iproute2 curl dovecot-core dovecot-lmtpd)
+pkgs=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl dnsmasq-base rustc-web cargo-web rust-web-src lld-16 postfix python3 python3-dkim python3-nacl python3-dnspython python3-authres iproute2 curl dovecot-core dovecot-lmtpd systemd adduser)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

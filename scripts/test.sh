@@ -17,6 +17,12 @@ scripts/spf-suite.sh
 step "plugins (wasm components)"
 plugins/build.sh
 
+step "workspace build"
+cargo test --workspace --locked --no-run
+
+step "Debian package of the binary under test (tests/tests/package.rs installs it)"
+scripts/package.sh --tested
+
 step "workspace tests"
 cargo test --workspace --locked
 

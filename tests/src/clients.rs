@@ -60,7 +60,12 @@ impl Raw {
 
     /// Connects and returns whatever greeting (or refusal) the server sent.
     pub fn connect_any(port: u16) -> (Raw, String) {
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        Raw::connect_to(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// Connects to `addr` and returns whatever greeting (or refusal) the server sent.
+    pub fn connect_to(addr: std::net::SocketAddr) -> (Raw, String) {
+        let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut r = Raw { s, buf: vec![] };
         let greet = r.reply();

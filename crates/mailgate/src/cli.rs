@@ -477,6 +477,11 @@ fn init_logs(cfg: &Config) {
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     let _ = match cfg.log.format {
         LogFormat::Json => b.json().try_init(),
+        // Under systemd: journald's priority prefix, its timestamps rather than ours.
+        LogFormat::Text if crate::service::stderr_is_journal() => b
+            .with_ansi(false)
+            .event_format(crate::service::Journald(tracing_subscriber::fmt::format().without_time().with_ansi(false)))
+            .try_init(),
         LogFormat::Text => b.try_init(),
     };
 }
@@ -715,19 +720,23 @@ async fn serve(cfg: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
             anyhow::Error::from(e)
         })
     });
-    let gw = Gateway::start_with(cfg, file, Some(drop)).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let gw = Gateway::start_with(cfg, file, Some(drop)).await?;
+    crate::service::ready(&gw);
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
             _ = tokio::signal::ctrl_c() => { tracing::info!("interrupt: shutting down"); break }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
+                crate::service::reloading();
                 let _ = gw.reload().await;
+                crate::service::ready(&gw);
             }
         }
     }
+    crate::service::stopping();
     gw.shutdown(std::time::Duration::from_secs(10)).await;
     Ok(())
 }

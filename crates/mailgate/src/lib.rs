@@ -20,6 +20,7 @@ mod plugins;
 mod privileges;
 mod sendmail;
 mod server;
+mod service;
 mod session;
 mod slots;
 mod spam_cli;
