@@ -33,11 +33,16 @@ impl Pki {
     /// A certificate for 127.0.0.1 and `mx.gateway.test` this CA signed, with its key, as PEM
     /// files (for the gateway's own `[tls]`).
     pub fn server_files(&self) -> (PathBuf, PathBuf) {
+        self.files_for("mx.gateway.test")
+    }
+
+    /// A certificate for `name` and 127.0.0.1 this CA signed, with its key, as PEM files.
+    pub fn files_for(&self, name: &str) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["mx.gateway.test".to_string()]).unwrap();
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
         params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
         let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        let (c, k) = (self.dir.path().join("gateway.pem"), self.dir.path().join("gateway.key"));
+        let (c, k) = (self.dir.path().join(format!("{name}.pem")), self.dir.path().join(format!("{name}.key")));
         std::fs::write(&c, cert.pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
         (c, k)

@@ -78,6 +78,8 @@ fn crate_boundaries_hold() {
     let mut verify = of("mailgate-verify").clone();
     verify.sort();
     assert_eq!(verify, ["mailgate-config", "mailgate-delivery"], "mailgate-verify depends on {verify:?}");
+    // MTA-STS is data and one HTTPS fetch: no DNS of its own, no config, nothing of delivery.
+    assert!(of("mailgate-mtasts").is_empty(), "mailgate-mtasts depends on {:?}", of("mailgate-mtasts"));
     // Address maps are pure lookups over the config.
     let rewrite: Vec<&String> = of("mailgate-rewrite").iter().collect();
     assert_eq!(rewrite, ["mailgate-config"], "mailgate-rewrite depends on {rewrite:?}");

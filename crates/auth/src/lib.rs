@@ -22,7 +22,7 @@ pub use header::{ambiguous_from, authentication_results, strip_ours};
 pub use results::{Arc as ArcResult, Dkim, Dmarc, Iprev, MessageResults, Policy, Spf, Status};
 pub use seal::Sealer;
 pub use session::{AuthSession, Authenticator};
-pub use sign::{keygen, txt_strings, KeyKind, Signer};
+pub use sign::{keygen, public_record, record_matches, txt_strings, KeyKind, Signer};
 
 /// An error of this crate (loading keys, signing), with what failed.
 #[derive(Debug, thiserror::Error)]

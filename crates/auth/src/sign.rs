@@ -89,8 +89,50 @@ pub fn keygen(kind: KeyKind) -> Result<(String, String), AuthError> {
     Ok((pem(label, pair.private_key()), format!("v=DKIM1; k={k}; p={p}")))
 }
 
+/// The DNS TXT value to publish (`v=DKIM1; k=…; p=…`) for the private key in `path`: the
+/// Ed25519 public key, or the RSA one as a SubjectPublicKeyInfo.
+pub fn public_record(path: &Path) -> Result<String, AuthError> {
+    use base64::Engine;
+    let key = read_key(path)?;
+    let bad =
+        |e: ring::error::KeyRejected| AuthError::Key(format!("{}: not an RSA or Ed25519 key ({e})", path.display()));
+    let (k, public) = match &key {
+        PrivateKeyDer::Pkcs8(p8) => {
+            match ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(p8.secret_pkcs8_der()) {
+                Ok(pair) => ("ed25519", ring::signature::KeyPair::public_key(&pair).as_ref().to_vec()),
+                Err(_) => {
+                    let pair = ring::rsa::KeyPair::from_pkcs8(p8.secret_pkcs8_der()).map_err(bad)?;
+                    ("rsa", spki_rsa(pair.public().as_ref()))
+                }
+            }
+        }
+        PrivateKeyDer::Pkcs1(p1) => {
+            let pair = ring::rsa::KeyPair::from_der(p1.secret_pkcs1_der()).map_err(bad)?;
+            ("rsa", spki_rsa(pair.public().as_ref()))
+        }
+        _ => return Err(AuthError::Key(format!("{}: not an RSA or Ed25519 key", path.display()))),
+    };
+    Ok(format!("v=DKIM1; k={k}; p={}", base64::engine::general_purpose::STANDARD.encode(public)))
+}
+
+/// Whether a published DKIM record carries the same public key as `ours` (from
+/// [`public_record`]). Whitespace inside `p=` is ignored (long records are split); an RSA key
+/// published as a bare PKCS#1 RSAPublicKey, which verifiers also accept, counts as the same.
+pub fn record_matches(published: &str, ours: &str) -> bool {
+    use base64::Engine;
+    let p = |record: &str| -> Option<Vec<u8>> {
+        let value = record.split(';').find_map(|tag| tag.trim().strip_prefix("p="))?;
+        let compact: String = value.chars().filter(|c| !c.is_whitespace()).collect();
+        base64::engine::general_purpose::STANDARD.decode(compact).ok()
+    };
+    match (p(published), p(ours)) {
+        (Some(theirs), Some(ours)) => !ours.is_empty() && (theirs == ours || spki_rsa(&theirs) == ours),
+        _ => false,
+    }
+}
+
 /// Wraps a PKCS#1 RSAPublicKey in a SubjectPublicKeyInfo (rsaEncryption, NULL parameters).
-fn spki_rsa(pkcs1: &[u8]) -> Vec<u8> {
+pub(crate) fn spki_rsa(pkcs1: &[u8]) -> Vec<u8> {
     fn der_len(n: usize) -> Vec<u8> {
         if n < 0x80 {
             vec![n as u8]
@@ -110,4 +152,38 @@ fn spki_rsa(pkcs1: &[u8]) -> Vec<u8> {
     out.extend_from_slice(ALG);
     out.extend(bitstring);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_published_record_is_derived_from_the_private_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut records = vec![];
+        for kind in [KeyKind::Ed25519, KeyKind::Rsa2048] {
+            let (pem, txt) = keygen(kind).unwrap();
+            let path = dir.path().join(format!("{kind:?}.pem"));
+            std::fs::write(&path, pem).unwrap();
+            let derived = public_record(&path).unwrap();
+            assert_eq!(derived, txt, "{kind:?}");
+            assert!(record_matches(&txt, &derived));
+            records.push(derived);
+        }
+        // Another key does not match; split and spaced p= does; so does RSA as bare PKCS#1.
+        assert!(!record_matches(&records[0], &records[1]));
+        let (_, other) = keygen(KeyKind::Ed25519).unwrap();
+        assert!(!record_matches(&other, &records[0]));
+        let spaced = records[1].replacen("p=", "p= ", 1).replace("AQAB", "AQ AB");
+        assert!(record_matches(&spaced, &records[1]));
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let spki = b64.decode(records[1].split("p=").nth(1).unwrap()).unwrap();
+        // The SubjectPublicKeyInfo's BIT STRING holds the PKCS#1 key after its 0 pad octet.
+        let pkcs1 = &spki[24..];
+        assert_eq!(spki_rsa(pkcs1), spki);
+        assert!(record_matches(&format!("v=DKIM1; k=rsa; p={}", b64.encode(pkcs1)), &records[1]));
+        assert!(!record_matches("v=DKIM1; p=", &records[0]), "a revoked key");
+    }
 }

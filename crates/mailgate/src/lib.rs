@@ -14,6 +14,7 @@ mod api_cli;
 mod bounces;
 pub mod cli;
 mod cli_output;
+mod dns_cli;
 mod local;
 mod plugin_cli;
 mod plugins;
