@@ -8,6 +8,7 @@ pub mod dovecot;
 pub mod gateway;
 pub mod http;
 pub mod pki;
+pub mod policy_server;
 pub mod postfix_sink;
 pub mod sink;
 pub mod zone;

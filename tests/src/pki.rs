@@ -38,8 +38,14 @@ impl Pki {
 
     /// A certificate for `name` and 127.0.0.1 this CA signed, with its key, as PEM files.
     pub fn files_for(&self, name: &str) -> (PathBuf, PathBuf) {
+        self.files_for_all(&[name])
+    }
+
+    /// A certificate for all of `names` (the first names the files) and 127.0.0.1.
+    pub fn files_for_all(&self, names: &[&str]) -> (PathBuf, PathBuf) {
+        let name = names[0];
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
         params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
         let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
         let (c, k) = (self.dir.path().join(format!("{name}.pem")), self.dir.path().join(format!("{name}.key")));
@@ -51,9 +57,14 @@ impl Pki {
     /// A server config for 127.0.0.1 with a certificate this CA signed (`signed`) or a
     /// self-signed one.
     pub fn server(&self, signed: bool) -> rustls::ServerConfig {
+        self.server_named(&[], signed)
+    }
+
+    /// The same, the certificate also valid for the host `names`.
+    pub fn server_named(&self, names: &[&str], signed: bool) -> rustls::ServerConfig {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![]).unwrap();
-        params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
         let cert = if signed {
             params.signed_by(&key, &self.ca, &self.ca_key).unwrap()
         } else {

@@ -13,69 +13,18 @@
 //! (RFC 6761), so loopback ones could not be checked. Only DNS and the policy fetch run, on
 //! loopback.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use mailgate_tests::dns::Dns;
 use mailgate_tests::gateway::binary;
 use mailgate_tests::pki::Pki;
+use mailgate_tests::policy_server::PolicyServer;
 
 fn mailgate(args: &[&str]) -> (bool, String) {
     let out = Command::new(binary()).args(args).env_remove("MAILGATE_BIN").output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), said)
-}
-
-/// Python's HTTPS server on `ip`:443 serving `policy` at /.well-known/mta-sts.txt.
-struct PolicyServer(Child);
-
-impl PolicyServer {
-    fn start(ip: &str, cert: &Path, key: &Path, policy: &str) -> PolicyServer {
-        const SERVER: &str = r#"
-import http.server, ssl, sys
-ip, cert, key, policy = sys.argv[1:5]
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        if self.path == "/.well-known/mta-sts.txt":
-            body = policy.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-        else:
-            body = b"not here"
-            self.send_response(404)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(cert, key)
-srv = http.server.HTTPServer((ip, 443), H)
-srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-print("ready", flush=True)
-srv.serve_forever()
-"#;
-        let mut child = Command::new("python3")
-            .args(["-c", SERVER, ip])
-            .arg(cert)
-            .arg(key)
-            .arg(policy)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready", "the policy server did not start (port 443 needs root)");
-        PolicyServer(child)
-    }
-}
-
-impl Drop for PolicyServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The printed zone as dnsmasq options (and the policy file from its comment lines).
@@ -185,7 +134,7 @@ fn the_printed_records_pass_the_check_and_each_wrong_one_is_named() {
     opts.push("--host-record=mta-sts.d.test,127.0.0.5".into());
     let dns = Dns::start(&opts.iter().map(String::as_str).collect::<Vec<_>>());
     let cfg = config(dir.path(), &dns, &cert, &key);
-    let _sts = PolicyServer::start("127.0.0.5", &sts_cert, &sts_key, &policy);
+    let _sts = PolicyServer::start("127.0.0.5", &sts_cert, &sts_key, &[("mta-sts.d.test", &policy)]);
     let (ok, said) =
         mailgate(&["dns", "check", "--domain", "d.test", "--ip", "192.0.2.4", "--config", &cfg, "--ca-file", &ca]);
     assert!(ok, "{said}");
@@ -240,8 +189,8 @@ fn the_printed_records_pass_the_check_and_each_wrong_one_is_named() {
         .collect();
     let dns = Dns::start(&wrong.iter().map(String::as_str).collect::<Vec<_>>());
     let cfg = config(dir.path(), &dns, &cert, &key);
-    let _sts =
-        PolicyServer::start("127.0.0.6", &sts_cert, &sts_key, &policy.replace("mx: mx.d.test", "mx: mail.d.test"));
+    let wrong_policy = policy.replace("mx: mx.d.test", "mx: mail.d.test");
+    let _sts = PolicyServer::start("127.0.0.6", &sts_cert, &sts_key, &[("mta-sts.d.test", &wrong_policy)]);
     let (ok, said) =
         mailgate(&["dns", "check", "--domain", "d.test", "--ip", "192.0.2.4", "--config", &cfg, "--ca-file", &ca]);
     assert!(!ok, "{said}");

@@ -422,6 +422,12 @@ pub struct Delivery {
     /// How long an idle outbound connection is kept for reuse.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// MTA-STS (RFC 8461) for MX routes: a recipient domain's `enforce` policy limits delivery
+    /// to the MX hosts it names, over TLS verified for their names, never in plaintext.
+    pub mta_sts: bool,
+    /// More trust anchors (PEM) for verified TLS to MX hosts and for MTA-STS policy fetches,
+    /// besides the public roots (a private PKI).
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -539,6 +545,8 @@ impl Default for Delivery {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(10),
+            mta_sts: true,
+            ca_file: None,
         }
     }
 }
@@ -628,7 +636,9 @@ impl Config {
                 errs.push(format!("listener {}: role {:?} needs [tls] cert and key", l.name, l.role).to_lowercase());
             }
         }
-        for (key, f) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+        for (key, f) in
+            [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key), ("delivery.ca_file", &self.delivery.ca_file)]
+        {
             if let Some(f) = f {
                 if !f.is_file() {
                     errs.push(format!("{key}: {}: no such file", f.display()));

@@ -3,8 +3,9 @@
 //!
 //! This crate owns the SMTP client (EHLO, PIPELINING, STARTTLS with rustls, per-recipient
 //! replies), LMTP (RFC 2033) by TCP or unix socket, SMTP AUTH to a smarthost, recipient
-//! callouts, MX resolution with hickory-resolver (A/AAAA fallback, null MX), reuse of idle
-//! connections per host, and the `maildir` and `discard` routes. It must not know the queue,
+//! callouts, MX resolution with hickory-resolver (A/AAAA fallback, null MX), MTA-STS policies
+//! of recipient domains (which MX hosts, verified TLS), reuse of idle connections per host,
+//! and the `maildir` and `discard` routes. It must not know the queue,
 //! retries, DSNs or the spool: one call is one attempt.
 
 mod client;
@@ -12,6 +13,7 @@ mod maildir;
 mod mx;
 mod pool;
 mod source;
+mod sts;
 mod tls;
 
 use std::net::SocketAddr;
@@ -115,6 +117,8 @@ pub struct Settings {
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     pub idle_timeout: Duration,
+    pub mta_sts: bool,
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -126,6 +130,8 @@ impl Settings {
             command_timeout: c.delivery.command_timeout,
             data_timeout: c.delivery.data_timeout,
             idle_timeout: c.delivery.idle_timeout,
+            mta_sts: c.delivery.mta_sts,
+            ca_file: c.delivery.ca_file.clone(),
         }
     }
 }
@@ -139,6 +145,8 @@ pub struct Delivery {
     pool: pool::Pool,
     /// The `[[pool]]`s of source addresses, by name (replaced by a reload).
     sources: std::sync::RwLock<std::collections::HashMap<String, Arc<source::Rotation>>>,
+    /// MTA-STS policies of recipient domains, kept under the spool directory.
+    sts: sts::Sts,
 }
 
 fn rotations(cfg: &Config) -> std::collections::HashMap<String, Arc<source::Rotation>> {
@@ -161,6 +169,7 @@ impl Delivery {
             tls: tls::Connectors::new(),
             pool: pool::Pool::default(),
             sources: std::sync::RwLock::new(rotations(cfg)),
+            sts: sts::Sts::new(Some(cfg.spool.path.join("mta-sts"))),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let weak = Arc::downgrade(&d);
@@ -284,11 +293,13 @@ impl Delivery {
                 }
             }
             Route::Mx { tls, .. } => {
-                let hosts = self.resolver.mx_hosts(domain).await?;
+                let mut hosts = self.resolver.mx_hosts(domain).await?;
+                let settings = self.settings();
+                let (tls, ca) = self.mta_sts(&settings, *tls, domain, &mut hosts).await?;
                 let mut targets = vec![];
                 let mut last_err = None;
                 for host in hosts {
-                    match self.resolver.addresses(&host, self.settings().mx_port).await {
+                    match self.resolver.addresses(&host, settings.mx_port).await {
                         Ok(addrs) => targets.push(tcp(&host, addrs)),
                         Err(o) => last_err = Some(o),
                     }
@@ -302,8 +313,8 @@ impl Delivery {
                         )
                     }));
                 }
-                let port = self.settings().mx_port;
-                Plan { targets, policy: policy(*tls, None, port)?, auth: None, lmtp: false, sources: None }
+                let port = settings.mx_port;
+                Plan { targets, policy: policy(tls, ca.as_deref(), port)?, auth: None, lmtp: false, sources: None }
             }
             Route::Maildir { .. } | Route::Discard => unreachable!("callers handle the routes without a next hop"),
         };
@@ -321,6 +332,63 @@ impl Delivery {
             }
         }
         Ok(plan)
+    }
+
+    /// Applies the recipient domain's MTA-STS policy to an MX route (RFC 8461 §5): `enforce`
+    /// keeps the MX hosts it names and requires TLS verified for them (with `delivery.ca_file`
+    /// besides the public roots), and defers when no host is left; `testing` only logs what
+    /// enforcement would skip. A route with `tls = "none"` is the operator's explicit choice
+    /// and is left alone. Returns the TLS policy and extra CA file to use.
+    async fn mta_sts(
+        &self,
+        settings: &Settings,
+        tls: TlsPolicy,
+        domain: &str,
+        hosts: &mut Vec<String>,
+    ) -> Result<(TlsPolicy, Option<std::path::PathBuf>), RcptOutcome> {
+        if !settings.mta_sts || tls == TlsPolicy::None || domain.starts_with('[') {
+            return Ok((tls, None));
+        }
+        let decision =
+            |d: &'static str| metrics::counter!("mailgate_mta_sts_decisions_total", "decision" => d).increment(1);
+        let Some(p) = self.sts.policy(&self.resolver, domain, settings.ca_file.as_deref()).await else {
+            decision("none");
+            return Ok((tls, None));
+        };
+        match p.mode {
+            mailgate_mtasts::Mode::Enforce => {
+                let skipped: Vec<String> = hosts.iter().filter(|h| !p.matches(h)).cloned().collect();
+                hosts.retain(|h| p.matches(h));
+                if !skipped.is_empty() {
+                    tracing::info!(%domain, skipped = %skipped.join(" "), "MTA-STS: MX hosts not in the policy skipped");
+                }
+                if hosts.is_empty() {
+                    decision("no_matching_mx");
+                    return Err(RcptOutcome::new(
+                        Status::Deferred,
+                        Reply::new(
+                            451,
+                            Enhanced(4, 7, 5),
+                            format!("MTA-STS: no MX host of {domain} matches its policy (mx: {})", p.mx.join(", ")),
+                        ),
+                        None,
+                    ));
+                }
+                decision("enforce");
+                Ok((TlsPolicy::Required, settings.ca_file.clone()))
+            }
+            mailgate_mtasts::Mode::Testing => {
+                decision("testing");
+                for h in hosts.iter().filter(|h| !p.matches(h)) {
+                    tracing::info!(%domain, host = %h, "MTA-STS testing: the MX host is not in the policy (delivered anyway)");
+                }
+                Ok((tls, None))
+            }
+            mailgate_mtasts::Mode::None => {
+                decision("none");
+                Ok((tls, None))
+            }
+        }
     }
 
     /// Tries the targets in order until one takes the work (any reply to it counts); `Err` is
