@@ -1,6 +1,6 @@
 //! The Debian package, installed and run as the operator would: `dpkg -i` creates the
 //! `mailgate` system user and its spool and state directories, installs the binary, the
-//! plugins, the configuration and the systemd unit (which `systemd-analyze verify` accepts as
+//! plugins, the configuration (an operator's edit of it survives an upgrade) and the systemd unit (which `systemd-analyze verify` accepts as
 //! installed); the installed binary, started as the `mailgate` user with nothing but
 //! `CAP_NET_BIND_SERVICE` (as the unit starts it; systemd is not PID 1 here), listens on port
 //! 25 of a loopback address, receives a message and delivers it; `dpkg -r` removes the program
@@ -72,6 +72,16 @@ fn install_run_as_the_mailgate_user_on_port_25_and_remove() {
     assert!(verify.trim().is_empty(), "systemd-analyze verify {unit}: {verify}");
     let plugins = std::fs::read_dir("/usr/lib/mailgate/plugins").unwrap().count();
     assert_eq!(plugins, 14, "the stock plugins");
+
+    // An operator's edit of the configuration survives an upgrade (the same package again:
+    // dpkg's upgrade path, postinst run again).
+    let edited = std::fs::read_to_string("/etc/mailgate/mailgate.toml").unwrap() + "# edited by the operator\n";
+    std::fs::write("/etc/mailgate/mailgate.toml", &edited).unwrap();
+    run("dpkg", &["-i", deb.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string("/etc/mailgate/mailgate.toml").unwrap(), edited);
+    let conf = std::fs::metadata("/etc/mailgate/mailgate.toml").unwrap();
+    assert_eq!((conf.uid(), conf.gid(), conf.mode() & 0o777), (0, gid, 0o640));
+    assert_eq!(account(), (uid, gid), "the same user");
 
     // As the unit runs it: the mailgate user, no privilege but binding low ports.
     let as_mailgate = |args: &[&str]| {
