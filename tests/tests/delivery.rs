@@ -69,6 +69,12 @@ fn permanent_failure_bounces_a_dsn_with_the_original_headers() {
     assert!(t.contains("Final-Recipient: rfc822; nobody@remote.test"), "{t}");
     assert!(t.contains("Action: failed\r\nStatus: 5.1.1"), "{t}");
     assert!(t.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user here"), "{t}");
+    // Why, classified: in words for the sender, as a class for programs.
+    assert!(
+        t.contains("<nobody@remote.test>: the recipient address does not exist (550 5.1.1 no such user here)"),
+        "{t}"
+    );
+    assert!(t.contains("X-Mailgate-Class: invalid_recipient\r\n"), "{t}");
     assert!(t.contains("Content-Type: text/rfc822-headers"), "{t}");
     assert!(t.contains("Subject: doomed message"), "original headers are attached: {t}");
     assert!(!t.contains("hello from smtplib"), "not the body");
@@ -268,4 +274,5 @@ fn expiry_is_reported_as_4_4_7_with_the_remote_reply_as_diagnostic() {
     assert!(dsn.contains("Final-Recipient: rfc822; slow@remote.test\r\nAction: failed\r\nStatus: 4.4.7\r\n"), "{dsn}");
     assert!(dsn.contains("Diagnostic-Code: smtp; 451 4.3.0 not today\r\n"), "{dsn}");
     assert!(dsn.contains("delivery time expired"), "{dsn}");
+    assert!(dsn.contains("X-Mailgate-Class: expired\r\n"), "{dsn}");
 }

@@ -82,6 +82,32 @@ fn metrics_are_scraped_and_move_with_traffic() {
     assert!(after.contains_key("mailgate_sessions_open"));
 }
 
+/// Failed and deferred recipients are counted by why (the class of the reply).
+#[test]
+fn delivery_problems_are_counted_by_class() {
+    let sink = Sink::start();
+    sink.set_rcpt_reply("gone@remote.test", "550 5.1.1 no such user");
+    sink.set_rcpt_reply("full@remote.test", "452 4.2.2 over quota");
+    let admin = free_port();
+    let gw = Gateway::with_sink(
+        sink.port(),
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n[queue]\nretry_schedule = [\"1h\"]\n"),
+    );
+    for to in ["gone@remote.test", "full@remote.test"] {
+        assert!(swaks(gw.port, &["--to", to, "--from", "a@sender.test"]).status.success());
+    }
+    let m = wait_for(Duration::from_secs(20), || {
+        let m = scrape(admin);
+        (sum(&m, "mailgate_delivery_problems_total", "") >= 2.0).then_some(m)
+    })
+    .unwrap_or_else(|| panic!("{}", gw.log()));
+    let problems = |needle: &str| sum(&m, "mailgate_delivery_problems_total", needle);
+    assert_eq!(problems("class=\"invalid_recipient\""), 1.0);
+    assert_eq!(problems("class=\"mailbox_full\""), 1.0);
+    assert_eq!(problems("result=\"failed\""), 1.0);
+    assert_eq!(problems("result=\"deferred\""), 1.0);
+}
+
 #[test]
 fn json_logs_have_one_line_per_transaction_with_its_outcome() {
     let sink = Sink::start();

@@ -54,6 +54,7 @@ fn queue_round_trip_through_the_cli() {
     let (ok, out) = cli(&cfg, &["queue", "show", &id, "--json"]);
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
     assert!(ok && shown["id"] == id.as_str() && shown["attempts"] == 1, "{out}");
+    assert_eq!(shown["recipients"][0]["class"], "other", "4.3.0 says nothing more specific: {out}");
     // Fixed next hop, retried now instead of in an hour.
     sink.clear_rcpt_reply("stuck@remote.test");
     let (ok, out) = cli(&cfg, &["queue", "retry", &id]);

@@ -114,6 +114,7 @@ fn deferred_a_delay_notice_then_delivered_reach_the_receiver() {
     assert_eq!(kinds.iter().filter(|k| **k == "delay_notice").count(), 1, "{kinds:?}");
     let d = got.iter().find(|e| e["kind"] == "deferred").unwrap();
     assert_eq!(d["reply"], "451 4.2.1 mailbox busy");
+    assert_eq!(d["class"], "mailbox_full", "x.2.1: mailbox disabled, not accepting messages");
     assert!(d["next_attempt"].as_u64().is_some(), "{d}");
 }
 

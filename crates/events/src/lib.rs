@@ -105,7 +105,7 @@ pub struct Event {
     /// When the next attempt is due (deferred), Unix milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt: Option<u64>,
-    /// Why a recipient bounced.
+    /// Why a recipient bounced or was deferred (see [`classify`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<BounceClass>,
     /// Anything else worth saying (quarantine reason, operator action).

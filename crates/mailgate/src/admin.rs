@@ -210,6 +210,16 @@ async fn api(shared: &Arc<Shared>, method: &str, target: &str) -> Result<String,
     let item = |env: &mailgate_spool::Envelope, state: mailgate_queue::State| {
         let mut v = serde_json::to_value(env).unwrap_or_default();
         v["state"] = state.name().into();
+        // Why each recipient that is not delivered is where it is, from its last reply.
+        if let Some(rs) = v["recipients"].as_array_mut() {
+            for r in rs {
+                if r["status"] != "delivered" {
+                    if let Some(reply) = r["last_reply"].as_str() {
+                        r["class"] = mailgate_events::classify(reply).name().into();
+                    }
+                }
+            }
+        }
         v
     };
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();

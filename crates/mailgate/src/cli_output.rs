@@ -84,7 +84,8 @@ fn message(m: &Value) -> String {
     out += "recipients:\n";
     for r in m["recipients"].as_array().into_iter().flatten() {
         let host = r["remote_host"].as_str().map(|h| format!("  [{h}]")).unwrap_or_default();
-        out += &format!("  {}  {}  {}{host}\n", s(&r["address"]), s(&r["status"]), s(&r["last_reply"]));
+        let class = r["class"].as_str().filter(|c| *c != "other").map(|c| format!("  ({c})")).unwrap_or_default();
+        out += &format!("  {}  {}  {}{host}{class}\n", s(&r["address"]), s(&r["status"]), s(&r["last_reply"]));
     }
     if let Some(h) = m["header"].as_str() {
         out += "header:\n";

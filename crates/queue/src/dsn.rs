@@ -141,7 +141,14 @@ pub fn build(
         "The headers of your message are attached below.\r\n\r\n"
     };
     for l in lines {
-        m += &format!("<{}>: {}\r\n", l.recipient, l.reply);
+        let why = match l.action {
+            Action::Failed | Action::Delayed => mailgate_events::classify(&l.reply.to_string()).describe(),
+            _ => None,
+        };
+        match why {
+            Some(w) => m += &format!("<{}>: {w} ({})\r\n", l.recipient, l.reply),
+            None => m += &format!("<{}>: {}\r\n", l.recipient, l.reply),
+        }
     }
     m += &format!("\r\n--{boundary}\r\nContent-Type: message/{status_type}\r\n\r\n");
     m += &format!("Reporting-MTA: dns; {hostname}\r\n");
@@ -178,6 +185,8 @@ pub fn build(
         m += &format!("Diagnostic-Code: {kind}; {}\r\n", text.replace(['\r', '\n'], " "));
         if matches!(l.action, Action::Failed | Action::Delayed) {
             m += &format!("Last-Attempt-Date: {date}\r\n");
+            // An extension field (RFC 3464 §3.1): why, as a class a program can act on.
+            m += &format!("X-Mailgate-Class: {}\r\n", mailgate_events::classify(&l.reply.to_string()).name());
         }
         if let Report::Delay { until_unix } = report {
             m += &format!("Will-Retry-Until: {}\r\n", rfc5322_date(until_unix));
@@ -221,6 +230,10 @@ mod tests {
         ));
         assert!(d.contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: hello\r\nFrom: a@b.example\r\n\r\n--"));
         assert!(!d.contains("body text"));
+        // Why, in words for the sender and as a class for programs.
+        assert!(d.contains("<x@y.example>: the recipient address does not exist (550 5.1.1 no such user)\r\n"), "{d}");
+        assert!(d.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user\r\nLast-Attempt-Date: "), "{d}");
+        assert!(d.contains("X-Mailgate-Class: invalid_recipient\r\n"), "{d}");
         assert_eq!(status_of(&Reply::plain(451, "timeout")), Enhanced(4, 0, 0));
         // RET=FULL, ENVID and ORCPT (RFC 3461 §6).
         let orcpt = ("rfc822".to_string(), "first@y.example".to_string());

@@ -517,6 +517,11 @@ impl Queue {
                 Status::Failed => "failed",
             };
             metrics::counter!("mailgate_delivery_attempts_total", "result" => result, "domain" => domain).increment(1);
+            let class = (o.status != Status::Delivered).then(|| mailgate_events::classify(&o.reply.to_string()));
+            if let Some(c) = class {
+                metrics::counter!("mailgate_delivery_problems_total", "result" => result, "class" => c.name())
+                    .increment(1);
+            }
             if inner.events.is_some() {
                 let kind = match o.status {
                     Status::Delivered => Kind::Delivered,
@@ -527,10 +532,9 @@ impl Queue {
                 ev.reply = Some(o.reply.to_string());
                 ev.remote_host = o.remote_host.clone();
                 ev.attempt = Some(env.attempts);
-                match o.status {
-                    Status::Failed => ev.class = Some(mailgate_events::classify(&o.reply.to_string())),
-                    Status::Deferred => ev.next_attempt = Some(next_at),
-                    Status::Delivered => {}
+                ev.class = class;
+                if o.status == Status::Deferred {
+                    ev.next_attempt = Some(next_at);
                 }
                 // A deferral is reported once it is known not to have expired.
                 match o.status {
