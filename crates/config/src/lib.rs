@@ -428,6 +428,21 @@ pub struct Delivery {
     /// More trust anchors (PEM) for verified TLS to MX hosts and for MTA-STS policy fetches,
     /// besides the public roots (a private PKI).
     pub ca_file: Option<PathBuf>,
+    /// 8-bit content for a next hop without 8BITMIME: re-encoded (quoted-printable, base64)
+    /// unless signed, always, or never (then bounced with 5.6.3).
+    pub downgrade_8bit: Downgrade8bit,
+}
+
+/// When 8-bit bodies are re-encoded for a 7-bit next hop (RFC 6152).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Downgrade8bit {
+    /// Unless the message carries a DKIM or ARC signature (re-encoding would break it: such a
+    /// message is bounced rather than delivered with a broken signature).
+    #[default]
+    Unsigned,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -547,6 +562,7 @@ impl Default for Delivery {
             idle_timeout: Duration::from_secs(10),
             mta_sts: true,
             ca_file: None,
+            downgrade_8bit: Downgrade8bit::Unsigned,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine;
-use mailgate_config::{AuthMechanism, ClientAuth};
+use mailgate_config::{AuthMechanism, ClientAuth, Downgrade8bit};
 use mailgate_smtp::{xtext_encode, Enhanced, Extensions, RcptParams, Reply, ReplyParser, Ret};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
@@ -28,6 +28,19 @@ impl std::fmt::Display for Peer {
             Peer::Unix(p) => write!(f, "unix:{}", p.display()),
         }
     }
+}
+
+/// `message` made 7-bit for a hop without 8BITMIME, as `mode` allows; why not otherwise (the
+/// end of a sentence that begins "the message").
+fn seven_bit(message: &[u8], mode: Downgrade8bit) -> Result<Vec<u8>, String> {
+    match mode {
+        Downgrade8bit::Never => return Err("has 8-bit content (delivery.downgrade_8bit = \"never\")".into()),
+        Downgrade8bit::Unsigned if mailgate_message::downgrade::is_signed(message) => {
+            return Err("is signed (DKIM or ARC): re-encoding it would break the signature".into())
+        }
+        _ => {}
+    }
+    mailgate_message::to_seven_bit(message).map_err(|e| format!("has 8-bit content that cannot be made 7-bit: {e}"))
 }
 
 /// How to talk to a next hop: its TLS policy, credentials, and SMTP or LMTP.
@@ -382,18 +395,31 @@ impl Conn {
         }
         // RFC 6152: 8-bit content only to a server that announced 8BITMIME. A peer that does
         // not may strip the eighth bit, and 0x8D 0x8A 0xAE 0x8D 0x8A then reads as the end of
-        // data: never sent, the sender gets a DSN instead.
-        if !self.ext.eightbitmime && !msg.data.is_ascii() {
-            return all(RcptOutcome::new(
-                Status::Failed,
-                Reply::new(
-                    554,
-                    Enhanced(5, 6, 3),
-                    "next hop does not support 8BITMIME and the message has 8-bit content",
-                ),
-                Some(&host),
-            ));
-        }
+        // data: the bodies are re-encoded (quoted-printable, base64) when that is allowed and
+        // possible, else nothing is sent and the sender gets a DSN.
+        let converted;
+        let data: &[u8] = if !self.ext.eightbitmime && !msg.data.is_ascii() {
+            match seven_bit(msg.data, s.downgrade_8bit) {
+                Ok(d) => {
+                    tracing::info!(queue_id = msg.id, %host, "8-bit content re-encoded for a next hop without 8BITMIME");
+                    converted = d;
+                    &converted
+                }
+                Err(why) => {
+                    return all(RcptOutcome::new(
+                        Status::Failed,
+                        Reply::new(
+                            554,
+                            Enhanced(5, 6, 3),
+                            format!("next hop does not support 8BITMIME and the message {why}"),
+                        ),
+                        Some(&host),
+                    ))
+                }
+            }
+        } else {
+            msg.data
+        };
         // RFC 8689 §4.2.1: a REQUIRETLS message is relayed only to a hop that takes REQUIRETLS
         // over the verified TLS this connection has (its policy was `required`). Another MX
         // may; when none does, the recipients fail with 5.7.30 instead of waiting for days.
@@ -406,7 +432,7 @@ impl Conn {
             )));
         }
         if let Some(limit) = self.ext.size.filter(|l| *l > 0) {
-            if msg.data.len() as u64 > limit {
+            if data.len() as u64 > limit {
                 return all(RcptOutcome::new(
                     Status::Failed,
                     Reply::new(552, Enhanced(5, 3, 4), format!("message larger than the next hop's limit ({limit})")),
@@ -416,7 +442,7 @@ impl Conn {
         }
         let mut mail = format!("MAIL FROM:<{}>", msg.sender);
         if self.ext.size.is_some() {
-            mail.push_str(&format!(" SIZE={}", msg.data.len()));
+            mail.push_str(&format!(" SIZE={}", data.len()));
         }
         if msg.body_8bit && self.ext.eightbitmime {
             mail.push_str(" BODY=8BITMIME");
@@ -517,7 +543,7 @@ impl Conn {
             }
             None => unreachable!("DATA was sent because a recipient was accepted"),
         }
-        self.write_stuffed(msg.data).await.map_err(|e| TxError::Host(deferred(e, &host)))?;
+        self.write_stuffed(data).await.map_err(|e| TxError::Host(deferred(e, &host)))?;
         if self.lmtp {
             // RFC 2033 §4.2: one reply per accepted recipient, in order; the agent delivers
             // into the mailbox, so a success is final. A reply that never comes leaves the

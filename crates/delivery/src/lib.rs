@@ -119,6 +119,7 @@ pub struct Settings {
     pub idle_timeout: Duration,
     pub mta_sts: bool,
     pub ca_file: Option<std::path::PathBuf>,
+    pub downgrade_8bit: mailgate_config::Downgrade8bit,
 }
 
 impl Settings {
@@ -132,6 +133,7 @@ impl Settings {
             idle_timeout: c.delivery.idle_timeout,
             mta_sts: c.delivery.mta_sts,
             ca_file: c.delivery.ca_file.clone(),
+            downgrade_8bit: c.delivery.downgrade_8bit,
         }
     }
 }

@@ -4,7 +4,8 @@
 //! that runs before anything parses it ([`inspect`]: MIME depth, part count, header size —
 //! without recursion, so no input can overflow a stack), the parsed view plugins read through
 //! the `message` resource ([`ParsedMessage`]), and the header/body edits plugins ask for
-//! ([`edit::apply`]), and the memory budget content in flight is counted against
+//! ([`edit::apply`]), 8-bit bodies re-encoded for a 7-bit next hop ([`to_seven_bit`]), and the
+//! memory budget content in flight is counted against
 //! ([`Budget`]). Everything here takes bytes and returns values, so the whole path can be
 //! fuzzed (`fuzz/`).
 //!
@@ -12,11 +13,13 @@
 
 pub mod budget;
 pub mod date;
+pub mod downgrade;
 pub mod edit;
 pub mod parsed;
 pub mod structure;
 
 pub use budget::{Budget, Reservation};
+pub use downgrade::{to_seven_bit, DowngradeError};
 pub use edit::{apply, Applied, Edit, EditError};
 pub use parsed::ParsedMessage;
 pub use structure::{dismantle, inspect, MessageError, MessageLimits, Structure};

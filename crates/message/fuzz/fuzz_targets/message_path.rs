@@ -1,14 +1,15 @@
 //! The whole message path a plugin can drive, on arbitrary bytes: the content as the DATA
 //! receiver stores it, the structural check, every accessor of the WIT `message` resource,
-//! header/body edits built from the input, and the serialised result checked again. Nothing
-//! may panic, abort or overflow a stack; edits never make canonical content non-canonical.
+//! header/body edits built from the input, the serialised result checked again, and the 7-bit
+//! downgrade for a next hop without 8BITMIME. Nothing may panic, abort or overflow a stack;
+//! edits never make canonical content non-canonical; a downgrade is 7-bit and canonical.
 
 #![no_main]
 
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use mailgate_message::{apply, inspect, Edit, MessageLimits, ParsedMessage};
+use mailgate_message::{apply, inspect, to_seven_bit, Edit, MessageLimits, ParsedMessage};
 use mailgate_smtp::content::{ContentReceiver, Mode};
 
 /// Small limits, so that the refusals are reached as well as the parse.
@@ -74,6 +75,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     assert!(canonical(&stored));
+    if let Ok(seven) = to_seven_bit(&stored) {
+        assert!(seven.is_ascii(), "the downgrade left 8-bit octets");
+        assert!(canonical(&seven), "the downgrade made the content non-canonical");
+    }
     let applied = apply(&stored, &edits(data), 1 << 20);
     if let Some(out) = applied.data {
         assert!(canonical(&out), "an edit made the content non-canonical");
