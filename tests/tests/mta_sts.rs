@@ -8,6 +8,7 @@
 //! - `enforce`, the MX not in the policy: deferred (4.7.5), nothing sent anywhere.
 //! - `enforce`, the MX's certificate not valid for its name: deferred, never sent in plaintext.
 //! - `testing`, the MX not in the policy: delivered anyway.
+//! - `TLS-Required: No` in the message (RFC 8689 §5): delivered where `enforce` would stop it.
 //! - After a restart with the policy host gone, the policies kept on disk still apply.
 
 use std::time::Duration;
@@ -87,11 +88,16 @@ fn policies_are_fetched_enforced_and_kept_across_restarts() {
     sink.wait_for_rcpt("dee@testing.test", T);
     assert!(gw.log().contains("MTA-STS testing: the MX host is not in the policy"), "{}", gw.log());
 
+    // The sender waives the policy (RFC 8689 §5): delivered where the policy would stop it.
+    Raw::deliver(gw.port, "a@sender.test", &["waiver@bad.test"], "TLS-Required: No\r\nSubject: waived\r\n\r\nx\r\n");
+    sink.wait_for_rcpt("waiver@bad.test", T);
+    assert!(gw.log().contains("MTA-STS not applied: the message says TLS-Required: No"), "{}", gw.log());
+
     // Retried (every second) and still refused: nothing for bad.test or wrongcert.test ever
     // reached the sink, in plaintext or otherwise.
     assert!(mailgate_tests::wait_for(T, || (count(&gw, "no MX host of bad.test") >= 2).then_some(())).is_some());
     let rcpts: Vec<String> = sink.received().iter().flat_map(|m| m.rcpts.clone()).collect();
-    assert!(!rcpts.iter().any(|r| r.contains("bad.test")), "{rcpts:?}");
+    assert!(!rcpts.iter().any(|r| r == "bob@bad.test"), "{rcpts:?}");
 
     // Restart without the policy host: the kept policies still hold (no fetch is needed while
     // the record's id is unchanged).
@@ -109,5 +115,8 @@ fn policies_are_fetched_enforced_and_kept_across_restarts() {
     assert!(refused_again.is_some(), "{}", gw.log());
     assert!(!gw.log().contains("MTA-STS policy fetch failed"), "{}", gw.log());
     let rcpts: Vec<String> = sink.received().iter().flat_map(|m| m.rcpts.clone()).collect();
-    assert!(!rcpts.iter().any(|r| r.contains("bad.test") || r.contains("wrongcert.test")), "{rcpts:?}");
+    assert!(
+        !rcpts.iter().any(|r| ["bob@bad.test", "eve@bad.test", "cy@wrongcert.test"].contains(&r.as_str())),
+        "{rcpts:?}"
+    );
 }

@@ -27,6 +27,12 @@ use client::Hop;
 pub use client::{Conn, Peer};
 pub use mx::Resolver;
 
+/// Whether the message waives the recipient domain's TLS policies (`TLS-Required: No`, RFC
+/// 8689 §5): never for a message that came with REQUIRETLS, which wins.
+fn tls_policies_waived(msg: &Outbound<'_>) -> bool {
+    !msg.requiretls && mailgate_message::fields::tls_required_no(msg.data)
+}
+
 /// What happened to one recipient in one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -228,7 +234,7 @@ impl Delivery {
                     .handed(Handoff::Final))
             }
             Route::Maildir { path } => maildir::deliver(path, msg).await,
-            _ => match self.plan(route, domain).await {
+            _ => match self.plan(route, domain, tls_policies_waived(msg)).await {
                 Ok(plan) => match self.over(&plan, Work::Deliver(msg)).await {
                     Ok(Done::Delivered(out)) => out,
                     Ok(Done::Probed(_)) => unreachable!("a delivery answers with outcomes"),
@@ -245,7 +251,7 @@ impl Delivery {
         if matches!(route, Route::Maildir { .. } | Route::Discard) {
             return Probe::Unavailable(Reply::new(451, Enhanced(4, 3, 5), "the route has no next hop to ask"));
         }
-        let result = match self.plan(route, domain).await {
+        let result = match self.plan(route, domain, false).await {
             Ok(plan) => self.over(&plan, Work::Probe(rcpt)).await,
             Err(o) => Err(o),
         };
@@ -259,7 +265,9 @@ impl Delivery {
     }
 
     /// Where an SMTP or LMTP route goes, and how to talk there.
-    async fn plan<'r>(&self, route: &'r Route, domain: &str) -> Result<Plan<'r>, RcptOutcome> {
+    /// `waived`: the message says `TLS-Required: No` (the domain's MTA-STS policy is not
+    /// applied).
+    async fn plan<'r>(&self, route: &'r Route, domain: &str, waived: bool) -> Result<Plan<'r>, RcptOutcome> {
         let policy = |tls, ca: Option<&std::path::Path>, port| {
             self.tls.policy(tls, ca, port).map_err(|e| {
                 RcptOutcome::new(Status::Deferred, Reply::new(451, Enhanced(4, 7, 5), format!("TLS setup: {e}")), None)
@@ -297,7 +305,7 @@ impl Delivery {
             Route::Mx { tls, .. } => {
                 let mut hosts = self.resolver.mx_hosts(domain).await?;
                 let settings = self.settings();
-                let (tls, ca) = self.mta_sts(&settings, *tls, domain, &mut hosts).await?;
+                let (tls, ca) = self.mta_sts(&settings, *tls, domain, &mut hosts, waived).await?;
                 let mut targets = vec![];
                 let mut last_err = None;
                 for host in hosts {
@@ -340,19 +348,27 @@ impl Delivery {
     /// keeps the MX hosts it names and requires TLS verified for them (with `delivery.ca_file`
     /// besides the public roots), and defers when no host is left; `testing` only logs what
     /// enforcement would skip. A route with `tls = "none"` is the operator's explicit choice
-    /// and is left alone. Returns the TLS policy and extra CA file to use.
+    /// and is left alone; a message with `TLS-Required: No` (`waived`) is delivered as if the
+    /// domain had no policy (RFC 8689 §5). Returns the TLS policy and extra CA file to use.
     async fn mta_sts(
         &self,
         settings: &Settings,
         tls: TlsPolicy,
         domain: &str,
         hosts: &mut Vec<String>,
+        waived: bool,
     ) -> Result<(TlsPolicy, Option<std::path::PathBuf>), RcptOutcome> {
         if !settings.mta_sts || tls == TlsPolicy::None || domain.starts_with('[') {
             return Ok((tls, None));
         }
         let decision =
             |d: &'static str| metrics::counter!("mailgate_mta_sts_decisions_total", "decision" => d).increment(1);
+        if waived {
+            // RFC 8689 §5: delivered even where the policy would stop it; TLS still tried.
+            decision("waived");
+            tracing::info!(%domain, "MTA-STS not applied: the message says TLS-Required: No");
+            return Ok((tls, None));
+        }
         let Some(p) = self.sts.policy(&self.resolver, domain, settings.ca_file.as_deref()).await else {
             decision("none");
             return Ok((tls, None));

@@ -56,7 +56,7 @@ enum Default {
 
 /// Splits an entity at the end of its header section: (headers including their last CRLF,
 /// body). No empty line: all header; an entity starting with CRLF has no headers.
-fn split(entity: &[u8]) -> (&[u8], &[u8]) {
+pub(crate) fn split(entity: &[u8]) -> (&[u8], &[u8]) {
     if entity.starts_with(b"\r\n") {
         return (&entity[..0], &entity[2..]);
     }
@@ -67,7 +67,7 @@ fn split(entity: &[u8]) -> (&[u8], &[u8]) {
 }
 
 /// The unfolded value of the first `name` field, if any.
-fn field(headers: &[u8], name: &str) -> Option<String> {
+pub(crate) fn field(headers: &[u8], name: &str) -> Option<String> {
     let text = String::from_utf8_lossy(headers);
     let mut value: Option<String> = None;
     for line in text.split("\r\n") {

@@ -15,6 +15,7 @@ pub mod budget;
 pub mod date;
 pub mod downgrade;
 pub mod edit;
+pub mod fields;
 pub mod parsed;
 pub mod structure;
 
