@@ -236,7 +236,8 @@ fn connections_are_reused_for_queued_messages() {
 
 /// RFC 6531 §3.4 and RFC 6533: a message sent with SMTPUTF8 whose addresses and header fields
 /// are all ASCII is relayed to a next hop without SMTPUTF8; one to a UTF-8 address cannot be,
-/// and its DSN is a global one naming the recipient with the `utf-8` address type.
+/// and its DSN is a global one naming the recipient with the `utf-8` address type; in a message
+/// to both, only the UTF-8 address fails.
 #[test]
 fn smtputf8_only_when_needed_and_global_dsns() {
     use mailgate_tests::clients::Raw;
@@ -259,6 +260,19 @@ fn smtputf8_only_when_needed_and_global_dsns() {
     assert!(dsn.contains("Content-Type: message/global-delivery-status"), "{dsn}");
     assert!(dsn.contains("Final-Recipient: utf-8; ünï@remote.test"), "{dsn}");
     assert!(dsn.contains("Status: 5.6.7"), "{dsn}");
+
+    // One message to both: the ASCII recipient is not held hostage by the UTF-8 one.
+    assert!(c.cmd("MAIL FROM:<b@sender.test> SMTPUTF8 BODY=8BITMIME").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<plain2@remote.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<ünï2@remote.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send("Subject: both\r\n\r\nbody: grüße\r\n.\r\n".as_bytes());
+    assert!(c.reply().starts_with("250"));
+    let m = sink.wait_for_rcpt("plain2@remote.test", T);
+    assert_eq!(m.rcpts, ["plain2@remote.test"]);
+    let dsn = sink.wait_for_rcpt("b@sender.test", T).text();
+    assert!(dsn.contains("Final-Recipient: utf-8; ünï2@remote.test") && dsn.contains("Status: 5.6.7"), "{dsn}");
+    assert!(!dsn.contains("Final-Recipient: rfc822; plain2@remote.test"), "{dsn}");
 }
 
 /// A message that stays deferred past `queue.max_age` fails with our 4.4.7 (delivery time

@@ -386,6 +386,33 @@ impl Conn {
             && (!msg.sender.is_ascii()
                 || msg.recipients.iter().any(|r| !r.is_ascii())
                 || !header_section(msg.data).is_ascii());
+        // Only some recipients need it: the others go in a transaction of their own, and only
+        // the UTF-8 addresses fail (RFC 6531 §3.2).
+        if needs_utf8
+            && !self.ext.smtputf8
+            && msg.sender.is_ascii()
+            && header_section(msg.data).is_ascii()
+            && msg.recipients.iter().any(|r| r.is_ascii())
+        {
+            let keep: Vec<usize> = (0..n).filter(|i| msg.recipients[*i].is_ascii()).collect();
+            let recipients: Vec<String> = keep.iter().map(|i| msg.recipients[*i].clone()).collect();
+            let rcpt_params: Vec<RcptParams> = match msg.rcpt_params.is_empty() {
+                true => vec![],
+                false => keep.iter().map(|i| msg.rcpt_params[*i].clone()).collect(),
+            };
+            let ascii = Outbound { recipients: &recipients, rcpt_params: &rcpt_params, ..*msg };
+            let sent = Box::pin(self.transaction(&ascii, s)).await?;
+            let refused = RcptOutcome::new(
+                Status::Failed,
+                Reply::new(553, Enhanced(5, 6, 7), "next hop does not support SMTPUTF8"),
+                Some(&host),
+            );
+            let mut out = vec![refused; n];
+            for (k, i) in keep.into_iter().enumerate() {
+                out[i] = sent[k].clone();
+            }
+            return Ok(out);
+        }
         if needs_utf8 && !self.ext.smtputf8 {
             return all(RcptOutcome::new(
                 Status::Failed,
