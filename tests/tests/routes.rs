@@ -178,13 +178,15 @@ fn auth_without_required_tls_is_a_config_error() {
 
 /// REQUIRETLS (RFC 8689) leaves only over verified TLS to a hop that takes it, and is passed
 /// on in MAIL FROM; a verified hop without REQUIRETLS fails the recipient at once with 5.7.30
-/// and a DSN.
+/// and a DSN — itself sent with REQUIRETLS over verified TLS, quoting only the header section
+/// even though the sender asked for RET=FULL (RFC 8689 §4.4).
 #[test]
 fn requiretls_is_passed_on_or_fails_promptly() {
     let pki = Pki::new();
     let (with, without) = (Sink::start_tls(pki.server(true)), Sink::start_tls(pki.server(true)));
     with.set_requiretls(true);
-    let dsns = Sink::start();
+    let dsns = Sink::start_tls(pki.server(true));
+    dsns.set_requiretls(true);
     let (cert, key) = pki.server_files();
     let route = |port: u16| {
         format!(
@@ -193,19 +195,19 @@ fn requiretls_is_passed_on_or_fails_promptly() {
         )
     };
     let gw = Gateway::start(&format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n[queue]\nretry_schedule = [\"1h\"]\n\n[routes]\n\"with.test\" = {}\n\"without.test\" = {}\n\"*\" = {{ type = \"smarthost\", host = \"127.0.0.1\", port = {}, tls = \"none\" }}\n",
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n[queue]\nretry_schedule = [\"1h\"]\n\n[routes]\n\"with.test\" = {}\n\"without.test\" = {}\n\"out.test\" = {}\n",
         cert.display(),
         key.display(),
         route(with.port()),
         route(without.port()),
-        dsns.port()
+        route(dsns.port())
     ));
     let script = r#"
 import os, smtplib, ssl
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
 c = smtplib.SMTP("127.0.0.1", int(os.environ["PORT"])); c.ehlo("py.test"); c.starttls(context=ctx); c.ehlo("py.test")
 for rcpt in ["a@with.test", "b@without.test"]:
-    c.sendmail("sender@out.test", [rcpt], b"Subject: secret\r\n\r\nhello\r\n", mail_options=["REQUIRETLS"])
+    c.sendmail("sender@out.test", [rcpt], b"Subject: secret\r\n\r\nhello\r\n", mail_options=["REQUIRETLS", "RET=FULL"])
 c.quit(); print("sent")
 "#;
     let (ok, out) = mailgate_tests::clients::python(gw.port, script);
@@ -213,8 +215,15 @@ c.quit(); print("sent")
     let m = with.wait_for_rcpt("a@with.test", T);
     assert!(m.tls);
     assert!(with.mail_args().iter().any(|a| a.contains(" REQUIRETLS")), "{:?}", with.mail_args());
-    let dsn = dsns.wait_for_rcpt("sender@out.test", T).text();
+    let report = dsns.wait_for_rcpt("sender@out.test", T);
+    let dsn = report.text();
     assert!(dsn.contains("Final-Recipient: rfc822; b@without.test\r\nAction: failed\r\nStatus: 5.7.30"), "{dsn}");
+    assert!(
+        report.tls && dsns.mail_args().iter().any(|a| a.starts_with("<>") && a.contains(" REQUIRETLS")),
+        "{:?}",
+        dsns.mail_args()
+    );
+    assert!(dsn.contains("Content-Type: text/rfc822-headers") && !dsn.contains("hello"), "{dsn}");
     assert!(without.received().is_empty());
 }
 

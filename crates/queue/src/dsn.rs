@@ -96,7 +96,8 @@ pub fn build(
     original: &[u8],
 ) -> Vec<u8> {
     let (queue_id, arrival_unix) = (env.id.as_str(), env.received_at / 1000);
-    let full = env.ret == Some(DsnRet::Full) && report == Report::Failure;
+    // RFC 8689 §4.4: RET=FULL is disregarded for a REQUIRETLS message.
+    let full = env.ret == Some(DsnRet::Full) && report == Report::Failure && !env.requiretls;
     let boundary = format!("{queue_id}.{now_unix}/{hostname}");
     let date = rfc5322_date(now_unix);
     // RFC 6533: a report naming a UTF-8 address, or quoting UTF-8 header fields, is a global
@@ -252,6 +253,11 @@ mod tests {
         assert!(d.contains("Original-Recipient: rfc822; first@y.example\r\nFinal-Recipient: rfc822; x@y.example"));
         assert!(d.contains("Content-Type: message/rfc822\r\n\r\nSubject: hello") && d.contains("body text"));
         assert!(!d.contains("Will-Retry-Until"));
+        // RFC 8689 §4.4: a REQUIRETLS message's report quotes only its header section.
+        env.requiretls = true;
+        let d = String::from_utf8(build("mx.test", &env, "a@b.example", 60, Report::Failure, &f, orig)).unwrap();
+        assert!(d.contains("Content-Type: text/rfc822-headers") && !d.contains("body text"), "{d}");
+        env.requiretls = false;
 
         // A delay: Will-Retry-Until, the headers only even with RET=FULL.
         let later = Reply::new(451, Enhanced(4, 2, 1), "try later");

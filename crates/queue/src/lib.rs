@@ -745,6 +745,9 @@ impl Queue {
         let body = dsn::build(&cleanup.config().server.hostname, env, &to, now_unix(), report, &lines, data);
         let mut dsn_env = mailgate_cleanup::envelope(inner.spool.new_id(), String::new(), vec![to.clone()]);
         dsn_env.smtputf8 = !to.is_ascii();
+        // RFC 8689 §4.4: a report about a REQUIRETLS message is protected as the message was
+        // (and quotes only its header section: see dsn::build).
+        dsn_env.requiretls = env.requiretls;
         dsn_env.client = "local DSN".into();
         dsn_env.double_bounce = double;
         let incoming = Incoming { envelope: dsn_env, data: body, hold: None, traced: false };
