@@ -326,33 +326,22 @@ impl Queue {
         self.set_view(&e.env, State::Active);
         let q = self.clone();
         tokio::spawn(async move {
-            let Ok(_permit) = q.inner.global.clone().acquire_owned().await else { return };
+            let Ok(permit) = q.inner.global.clone().acquire_owned().await else { return };
             if q.inner.stopping.load(std::sync::atomic::Ordering::Acquire) {
                 // Not started: it stays in the spool and is queued again at the next start.
                 return;
             }
             metrics::gauge!("mailgate_queue_depth", "state" => "active").increment(1.0);
-            q.attempt(e).await;
+            q.attempt(e, permit).await;
             metrics::gauge!("mailgate_queue_depth", "state" => "active").decrement(1.0);
         });
     }
 
-    /// One attempt for every pending recipient of a message, then its next state.
-    async fn attempt(&self, mut e: Entry) {
+    /// One attempt for every pending recipient of a message, then its next state. `slot` is
+    /// its place among the deliveries in flight (`queue.max_concurrent`).
+    async fn attempt(&self, mut e: Entry, slot: tokio::sync::OwnedSemaphorePermit) {
         let inner = &self.inner;
         let (config, hooks) = (inner.config(), inner.hooks());
-        let data = match e.data.take() {
-            Some(d) => d,
-            None => match inner.spool.read(&e.env.id).await {
-                Ok(d) => Arc::new(d),
-                Err(err) => {
-                    tracing::error!(queue_id = %e.env.id, "cannot read message from the spool: {err}; retrying later");
-                    e.env.next_attempt = now_ms() + 60_000;
-                    self.requeue(e.env);
-                    return;
-                }
-            },
-        };
         // Group pending recipients by destination: one transaction per group.
         let mut groups: BTreeMap<String, (Route, String, Vec<usize>)> = BTreeMap::new();
         let mut outcomes: Vec<Option<RcptOutcome>> = vec![None; e.env.recipients.len()];
@@ -393,20 +382,63 @@ impl Queue {
             let dest = destination(&route, &domain);
             groups.entry(dest).or_insert_with(|| (route, domain, vec![])).2.push(i);
         }
+        // Room at every destination first (`queue.max_per_destination`), taken in one order
+        // (the map's) so that two messages can never wait on each other. A busy destination
+        // is waited for without a delivery slot and without the content in memory: a burst to
+        // one slow destination must not hold the slots other destinations' mail needs.
+        let mut slot = Some(slot);
+        let mut room = Vec::with_capacity(groups.len());
+        for dest in groups.keys() {
+            let sem = self.destination_room(dest);
+            match sem.clone().try_acquire_owned() {
+                Ok(p) => room.push(p),
+                Err(_) => {
+                    slot = None;
+                    (e.data, e.hold) = (None, None);
+                    match sem.acquire_owned().await {
+                        Ok(p) => room.push(p),
+                        Err(_) => return,
+                    }
+                }
+            }
+        }
+        let _slot = match slot {
+            Some(s) => s,
+            None => {
+                let Ok(s) = inner.global.clone().acquire_owned().await else { return };
+                if inner.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                    // Not started: it stays in the spool and is queued again at the next start.
+                    return;
+                }
+                s
+            }
+        };
+        let data = match e.data.take() {
+            Some(d) => d,
+            None => match inner.spool.read(&e.env.id).await {
+                Ok(d) => Arc::new(d),
+                Err(err) => {
+                    tracing::error!(queue_id = %e.env.id, "cannot read message from the spool: {err}; retrying later");
+                    e.env.next_attempt = now_ms() + 60_000;
+                    self.requeue(e.env);
+                    return;
+                }
+            },
+        };
         // One destination (the common case): deliver in this task. Several: in parallel.
         let mut groups: Vec<_> = groups.into_iter().collect();
         if groups.len() == 1 {
-            let (dest, (route, domain, idx)) = groups.pop().expect("one group");
-            let out = self.deliver_group(&e.env, &data, dest, route, domain, &idx).await;
+            let (_, (route, domain, idx)) = groups.pop().expect("one group");
+            let out = self.deliver_group(&e.env, &data, route, domain, &idx).await;
             for (i, o) in idx.into_iter().zip(out) {
                 outcomes[i] = Some(o);
             }
         } else {
             let mut tasks = vec![];
-            for (dest, (route, domain, idx)) in groups {
+            for (_, (route, domain, idx)) in groups {
                 let (q, env, data) = (self.clone(), e.env.clone(), data.clone());
                 tasks.push(tokio::spawn(async move {
-                    let out = q.deliver_group(&env, &data, dest, route, domain, &idx).await;
+                    let out = q.deliver_group(&env, &data, route, domain, &idx).await;
                     (idx, out)
                 }));
             }
@@ -424,22 +456,23 @@ impl Queue {
         self.settle(e.env, outcomes, &data).await;
     }
 
-    /// One attempt for the recipients `idx` of a message that share a destination.
+    /// The semaphore counting deliveries in flight to `dest`.
+    fn destination_room(&self, dest: &str) -> Arc<Semaphore> {
+        let mut per_dest = self.inner.per_dest.lock().unwrap();
+        let n = self.inner.config().queue.max_per_destination;
+        per_dest.entry(dest.to_string()).or_insert_with(|| Arc::new(Semaphore::new(n))).clone()
+    }
+
+    /// One attempt for the recipients `idx` of a message that share a destination (whose room
+    /// the caller holds).
     async fn deliver_group(
         &self,
         env: &Envelope,
         data: &[u8],
-        dest: String,
         route: Route,
         domain: String,
         idx: &[usize],
     ) -> Vec<RcptOutcome> {
-        let sem = {
-            let mut per_dest = self.inner.per_dest.lock().unwrap();
-            let n = self.inner.config().queue.max_per_destination;
-            per_dest.entry(dest).or_insert_with(|| Arc::new(Semaphore::new(n))).clone()
-        };
-        let _permit = sem.acquire_owned().await;
         // RFC 8689: a REQUIRETLS message leaves only over verified TLS (an LMTP agent, which
         // delivers into the mailbox, is its last hop and keeps its own TLS setting).
         let mut route = route;
