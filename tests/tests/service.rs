@@ -60,6 +60,27 @@ fn config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
     cfg
 }
 
+/// `mailgate serve` on `cfg`, telling `notify` (as systemd's NOTIFY_SOCKET) and writing its
+/// log to `stderr`, with `journal` as JOURNAL_STREAM when given.
+fn serve(
+    cfg: &std::path::Path,
+    notify: &std::path::Path,
+    journal: Option<String>,
+    stderr: Stdio,
+) -> std::process::Child {
+    let mut c = Command::new(binary());
+    c.args(["serve", "--config"]).arg(cfg).env("NOTIFY_SOCKET", notify);
+    if let Some(j) = journal {
+        c.env("JOURNAL_STREAM", j);
+    }
+    c.env_remove("MAILGATE_BIN").env_remove("RUST_LOG").stdout(Stdio::null()).stderr(stderr).spawn().unwrap()
+}
+
+/// The timestamp our own log lines begin with: `2026-11-29T10:20:45.123456Z`.
+fn stamped(line: &[u8]) -> bool {
+    line.len() > 11 && line[4] == b'-' && line[7] == b'-' && line[10] == b'T'
+}
+
 #[test]
 fn ready_means_listening_and_reload_and_stop_are_announced() {
     let dir = tempfile::tempdir().unwrap();
@@ -68,15 +89,7 @@ fn ready_means_listening_and_reload_and_stop_are_announced() {
     let notify = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&notify).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut child = Command::new(binary())
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("NOTIFY_SOCKET", &notify)
-        .env_remove("MAILGATE_BIN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = serve(&cfg, &notify, None, Stdio::null());
     let ready = next(&sock);
     assert_eq!(ready, format!("READY=1\nSTATUS=accepting mail on 127.0.0.1:{port}\n"));
     // The moment it says so, it answers: no retry, no wait.
@@ -111,18 +124,8 @@ fn on_the_journal_lines_carry_the_priority_and_no_timestamp_of_ours() {
     let notify = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&notify).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut child = Command::new(binary())
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        // As systemd sets it for a service whose stderr is the journal's stream.
-        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
-        .env("NOTIFY_SOCKET", &notify)
-        .env_remove("MAILGATE_BIN")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    // As systemd sets it for a service whose stderr is the journal's stream.
+    let mut child = serve(&cfg, &notify, Some(format!("{}:{}", meta.dev(), meta.ino())), log.into());
     assert!(next(&sock).starts_with("READY=1"));
     // A reload with a broken file logs an error; the running configuration stays.
     std::fs::write(&cfg, "[server\n").unwrap();
@@ -140,10 +143,7 @@ fn on_the_journal_lines_carry_the_priority_and_no_timestamp_of_ours() {
     for l in &lines {
         let p = l.get(..3).unwrap_or_default();
         assert!(["<3>", "<4>", "<6>", "<7>"].contains(&p), "no priority: {l}");
-        // Ours look like `2026-11-29T10:20:45.123456Z`.
-        let rest = l[3..].trim_start().as_bytes();
-        let stamped = rest.len() > 11 && rest[4] == b'-' && rest[7] == b'-' && rest[10] == b'T';
-        assert!(!stamped, "a timestamp: {l}");
+        assert!(!stamped(l[3..].trim_start().as_bytes()), "a timestamp: {l}");
         assert!(!l.contains('\u{1b}'), "colour on the journal: {l}");
     }
 
@@ -151,21 +151,10 @@ fn on_the_journal_lines_carry_the_priority_and_no_timestamp_of_ours() {
     let log_path = dir.path().join("plain");
     let log = std::fs::File::create(&log_path).unwrap();
     let cfg = config(dir.path(), port);
-    let mut child = Command::new(binary())
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("JOURNAL_STREAM", "1:2")
-        .env("NOTIFY_SOCKET", &notify)
-        .env_remove("MAILGATE_BIN")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = serve(&cfg, &notify, Some("1:2".into()), log.into());
     assert!(next(&sock).starts_with("READY=1"));
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
     let text = std::fs::read_to_string(&log_path).unwrap();
-    let first = text.lines().next().unwrap_or_default().as_bytes();
-    assert!(first.len() > 11 && first[4] == b'-' && first[10] == b'T', "{text}");
+    assert!(stamped(text.lines().next().unwrap_or_default().as_bytes()), "{text}");
 }

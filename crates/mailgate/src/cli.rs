@@ -199,31 +199,33 @@ enum DkimCmd {
     },
 }
 
+/// What both `dns` commands work from.
+#[derive(clap::Args)]
+struct DnsTarget {
+    #[arg(long)]
+    domain: String,
+    /// The gateway's public addresses (A/AAAA of its name; mail leaves from them too,
+    /// besides the [[pool]] sources). Repeatable.
+    #[arg(long = "ip")]
+    ips: Vec<std::net::IpAddr>,
+    /// The config file (default: the embedded one).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum DnsCmd {
     /// Print every record the domain needs, as zone-file lines saying what each is for: MX,
     /// SPF, DKIM, DMARC, MTA-STS (and the policy to serve), TLS-RPT, PTR, TLSA.
     Records {
-        #[arg(long)]
-        domain: String,
-        /// The gateway's public addresses (A/AAAA of its name; mail leaves from them too,
-        /// besides the [[pool]] sources). Repeatable.
-        #[arg(long = "ip")]
-        ips: Vec<std::net::IpAddr>,
-        /// The config file (default: the embedded one).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        target: DnsTarget,
     },
     /// Look the records up through the configured resolver and report what is missing or
     /// wrong, with the fix; exit 1 when something is.
     Check {
-        #[arg(long)]
-        domain: String,
-        /// The gateway's public addresses (checked as A/AAAA of its name and as senders).
-        #[arg(long = "ip")]
-        ips: Vec<std::net::IpAddr>,
-        #[arg(long, short)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        target: DnsTarget,
         /// More trust anchors (PEM) for fetching the MTA-STS policy, e.g. a private CA.
         #[arg(long)]
         ca_file: Option<PathBuf>,
@@ -633,11 +635,11 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Dns { cmd: DnsCmd::Records { domain, ips, config } } => {
-            crate::dns_cli::records_command(config.as_deref(), &domain, &ips)
+        Cmd::Dns { cmd: DnsCmd::Records { target: t } } => {
+            crate::dns_cli::records_command(t.config.as_deref(), &t.domain, &t.ips)
         }
-        Cmd::Dns { cmd: DnsCmd::Check { domain, ips, config, ca_file } } => {
-            crate::dns_cli::check_command(config.as_deref(), &domain, &ips, ca_file.as_deref())
+        Cmd::Dns { cmd: DnsCmd::Check { target: t, ca_file } } => {
+            crate::dns_cli::check_command(t.config.as_deref(), &t.domain, &t.ips, ca_file.as_deref())
         }
         Cmd::Dkim { cmd: DkimCmd::Keygen { domain, selector, algorithm, out } } => {
             match dkim_keygen(&domain, &selector, &algorithm, &out) {
