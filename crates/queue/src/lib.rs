@@ -384,8 +384,11 @@ impl Queue {
         }
         // Room at every destination first (`queue.max_per_destination`), taken in one order
         // (the map's) so that two messages can never wait on each other. A busy destination
-        // is waited for without a delivery slot and without the content in memory: a burst to
-        // one slow destination must not hold the slots other destinations' mail needs.
+        // is waited for without a delivery slot: a burst to one slow destination must not hold
+        // the slots other destinations' mail needs. A message read back from the spool is not
+        // read until it has room; a first-delivery copy stays in memory meanwhile (it counts
+        // against `limits.content_memory`, which bounds such copies; dropping it would cost a
+        // spool read for every message to a busy destination).
         let mut slot = Some(slot);
         let mut room = Vec::with_capacity(groups.len());
         for dest in groups.keys() {
@@ -394,7 +397,6 @@ impl Queue {
                 Ok(p) => room.push(p),
                 Err(_) => {
                     slot = None;
-                    (e.data, e.hold) = (None, None);
                     match sem.acquire_owned().await {
                         Ok(p) => room.push(p),
                         Err(_) => return,
