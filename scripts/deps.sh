@@ -11,8 +11,9 @@
 #   dovecot-core dovecot-lmtpd   Dovecot's LMTP server: the local delivery agent of the LMTP route tests
 #   systemd                 systemd-analyze: verifies the unit file and rates its hardening
 #   adduser                 the Debian package's postinst creates the mailgate user with it
+#   knot knot-dnsutils      Knot DNS signs and serves the DNSSEC zone of the DANE tests (kdig: AXFR)
 set -euo pipefail
-pkgs=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl dnsmasq-base rustc-web cargo-web rust-web-src lld-16 postfix python3 python3-dkim python3-nacl python3-dnspython python3-authres iproute2 curl dovecot-core dovecot-lmtpd systemd adduser)
+pkgs=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl dnsmasq-base rustc-web cargo-web rust-web-src lld-16 postfix python3 python3-dkim python3-nacl python3-dnspython python3-authres iproute2 curl dovecot-core dovecot-lmtpd systemd adduser knot knot-dnsutils)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,6 +10,7 @@ pub mod http;
 pub mod pki;
 pub mod policy_server;
 pub mod postfix_sink;
+pub mod signed_zone;
 pub mod sink;
 pub mod zone;
 

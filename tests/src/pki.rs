@@ -85,6 +85,47 @@ impl Pki {
     }
 }
 
+/// A server's TLS set-up with what a TLSA record of it is made from.
+pub struct DaneServer {
+    pub config: rustls::ServerConfig,
+    /// The leaf certificate (DER).
+    pub cert: Vec<u8>,
+    /// Its SubjectPublicKeyInfo (DER).
+    pub spki: Vec<u8>,
+}
+
+impl Pki {
+    /// The CA certificate (DER): a DANE-TA record's subject.
+    pub fn ca_der(&self) -> Vec<u8> {
+        self.ca.der().to_vec()
+    }
+
+    /// A server for the host `names` whose certificate is self-signed (`chain` false: what
+    /// DANE-EE publishes) or signed by this CA and sent with the CA certificate after it (the
+    /// chain DANE-TA needs).
+    pub fn dane_server(&self, names: &[&str], chain: bool) -> DaneServer {
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let cert = if chain {
+            params.signed_by(&key, &self.ca, &self.ca_key).unwrap()
+        } else {
+            params.self_signed(&key).unwrap()
+        };
+        let mut certs = vec![cert.der().clone()];
+        if chain {
+            certs.push(self.ca.der().clone());
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap())
+            .unwrap();
+        DaneServer { config, cert: cert.der().to_vec(), spki: key.public_key_der() }
+    }
+}
+
 impl Default for Pki {
     fn default() -> Self {
         Pki::new()

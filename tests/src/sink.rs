@@ -89,9 +89,19 @@ impl Sink {
         Self::start_inner(0, Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))))
     }
 
+    /// On `ip:port` (another loopback address, the port of another sink: MX hosts that share
+    /// the gateway's `mx_port`), STARTTLS with `cfg` when given.
+    pub fn start_at(ip: std::net::IpAddr, port: u16, cfg: Option<rustls::ServerConfig>) -> Sink {
+        Self::start_bound(ip, port, cfg.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c))))
+    }
+
     fn start_inner(port: u16, acceptor: Option<tokio_rustls::TlsAcceptor>) -> Sink {
+        Self::start_bound(std::net::Ipv4Addr::LOCALHOST.into(), port, acceptor)
+    }
+
+    fn start_bound(ip: std::net::IpAddr, port: u16, acceptor: Option<tokio_rustls::TlsAcceptor>) -> Sink {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let listener = rt.block_on(TcpListener::bind(("127.0.0.1", port))).unwrap();
+        let listener = rt.block_on(TcpListener::bind((ip, port))).unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let st = state.clone();

@@ -192,7 +192,7 @@ impl Conn {
             c.write(b"STARTTLS\r\n").await.map_err(OpenError::Fail)?;
             let r = c.read_reply(s.command_timeout).await.map_err(OpenError::Fail)?;
             if r.code != 220 {
-                if policy.kind == PolicyKind::Required {
+                if policy.kind.mandatory() {
                     return Err(OpenError::Fail(Reply::new(
                         451,
                         Enhanced(4, 7, 5),
@@ -215,11 +215,11 @@ impl Conn {
                 .await
                 .map_err(|_| OpenError::Handshake("TLS handshake timed out".into()))?
                 .map_err(|e| {
-                    if policy.kind == PolicyKind::Required {
+                    if policy.kind.mandatory() {
                         OpenError::Fail(Reply::new(
                             451,
                             Enhanced(4, 7, 5),
-                            format!("TLS required but handshake failed: {e}"),
+                            format!("TLS required but handshake failed: {}", tls::handshake_error(&e)),
                         ))
                     } else {
                         OpenError::Handshake(e.to_string())
@@ -237,14 +237,14 @@ impl Conn {
             c.io = Box::new(stream);
             c.rbuf.clear();
             c.ehlo(s).await.map_err(OpenError::Fail)?;
-        } else if policy.kind == PolicyKind::Required && hop.requiretls && !hop.lmtp {
+        } else if policy.kind.mandatory() && hop.requiretls && !hop.lmtp {
             // RFC 8689 §4.2.1: this hop cannot carry it; the next MX may, otherwise it bounces.
             return Err(OpenError::Fail(Reply::new(
                 550,
                 Enhanced(5, 7, 30),
                 "REQUIRETLS: the next hop does not offer STARTTLS",
             )));
-        } else if policy.kind == PolicyKind::Required {
+        } else if policy.kind.mandatory() {
             return Err(OpenError::Fail(Reply::new(
                 451,
                 Enhanced(4, 7, 5),

@@ -4,11 +4,13 @@
 //! This crate owns the SMTP client (EHLO, PIPELINING, STARTTLS with rustls, per-recipient
 //! replies), LMTP (RFC 2033) by TCP or unix socket, SMTP AUTH to a smarthost, recipient
 //! callouts, MX resolution with hickory-resolver (A/AAAA fallback, null MX), MTA-STS policies
-//! of recipient domains (which MX hosts, verified TLS), reuse of idle connections per host,
+//! of recipient domains (which MX hosts, verified TLS), DANE (TLSA records of MX hosts from
+//! DNSSEC-signed zones), reuse of idle connections per host,
 //! and the `maildir` and `discard` routes. It must not know the queue,
 //! retries, DSNs or the spool: one call is one attempt.
 
 mod client;
+mod dane;
 mod maildir;
 mod mx;
 mod pool;
@@ -126,6 +128,7 @@ pub struct Settings {
     pub mta_sts: bool,
     pub ca_file: Option<std::path::PathBuf>,
     pub downgrade_8bit: mailgate_config::Downgrade8bit,
+    pub dane: bool,
 }
 
 impl Settings {
@@ -140,6 +143,7 @@ impl Settings {
             mta_sts: c.delivery.mta_sts,
             ca_file: c.delivery.ca_file.clone(),
             downgrade_8bit: c.delivery.downgrade_8bit,
+            dane: c.delivery.dane,
         }
     }
 }
@@ -155,6 +159,8 @@ pub struct Delivery {
     sources: std::sync::RwLock<std::collections::HashMap<String, Arc<source::Rotation>>>,
     /// MTA-STS policies of recipient domains, kept under the spool directory.
     sts: sts::Sts,
+    /// DANE's validating resolver (used when `delivery.dane` is on; `[dns]` needs a restart).
+    dane: dane::Dane,
 }
 
 fn rotations(cfg: &Config) -> std::collections::HashMap<String, Arc<source::Rotation>> {
@@ -165,6 +171,8 @@ fn rotations(cfg: &Config) -> std::collections::HashMap<String, Arc<source::Rota
 struct Target {
     host: String,
     addrs: Vec<Peer>,
+    /// Its own TLS policy (DANE's), instead of the plan's.
+    policy: Option<tls::Policy>,
 }
 
 impl Delivery {
@@ -178,6 +186,7 @@ impl Delivery {
             pool: pool::Pool::default(),
             sources: std::sync::RwLock::new(rotations(cfg)),
             sts: sts::Sts::new(Some(cfg.spool.path.join("mta-sts"))),
+            dane: dane::Dane::new(&cfg.dns)?,
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let weak = Arc::downgrade(&d);
@@ -276,6 +285,7 @@ impl Delivery {
         let tcp = |host: &str, addrs: Vec<SocketAddr>| Target {
             host: host.to_string(),
             addrs: addrs.into_iter().map(Peer::Tcp).collect(),
+            policy: None,
         };
         let mut plan = match route {
             Route::Smarthost { host, port, tls, ca_file, auth, .. } => Plan {
@@ -286,7 +296,11 @@ impl Delivery {
                 sources: None,
             },
             Route::Lmtp { socket: Some(path), .. } => Plan {
-                targets: vec![Target { host: path.display().to_string(), addrs: vec![Peer::Unix(path.clone())] }],
+                targets: vec![Target {
+                    host: path.display().to_string(),
+                    addrs: vec![Peer::Unix(path.clone())],
+                    policy: None,
+                }],
                 policy: policy(TlsPolicy::None, None, 0)?,
                 auth: None,
                 lmtp: true,
@@ -302,9 +316,21 @@ impl Delivery {
                     sources: None,
                 }
             }
-            Route::Mx { tls, .. } => {
-                let mut hosts = self.resolver.mx_hosts(domain).await?;
+            Route::Mx { tls, .. } => 'mx: {
                 let settings = self.settings();
+                let port = settings.mx_port;
+                if settings.dane && *tls != TlsPolicy::None && !waived && !domain.starts_with('[') {
+                    if let Some(targets) = self.dane_targets(*tls, domain, port).await? {
+                        break 'mx Plan {
+                            targets,
+                            policy: policy(*tls, None, port)?,
+                            auth: None,
+                            lmtp: false,
+                            sources: None,
+                        };
+                    }
+                }
+                let mut hosts = self.resolver.mx_hosts(domain).await?;
                 let (tls, ca) = self.mta_sts(&settings, *tls, domain, &mut hosts, waived).await?;
                 let mut targets = vec![];
                 let mut last_err = None;
@@ -323,7 +349,6 @@ impl Delivery {
                         )
                     }));
                 }
-                let port = settings.mx_port;
                 Plan { targets, policy: policy(tls, ca.as_deref(), port)?, auth: None, lmtp: false, sources: None }
             }
             Route::Maildir { .. } | Route::Discard => unreachable!("callers handle the routes without a next hop"),
@@ -342,6 +367,64 @@ impl Delivery {
             }
         }
         Ok(plan)
+    }
+
+    /// DANE for an MX route (RFC 7672): when the MX answer is DNSSEC-secure and any of its
+    /// hosts has TLSA records (or a TLSA lookup that failed), the targets, each with its own
+    /// TLS policy — verified against its records, TLS without authentication when none is
+    /// usable, the route's when it has none; a host whose lookup failed is not used. `None`:
+    /// DANE does not apply here (MTA-STS may). DANE wins over MTA-STS (RFC 8461 §2).
+    async fn dane_targets(&self, tls: TlsPolicy, domain: &str, port: u16) -> Result<Option<Vec<Target>>, RcptOutcome> {
+        let decision =
+            |d: &'static str| metrics::counter!("mailgate_dane_decisions_total", "decision" => d).increment(1);
+        let (hosts, mx_secure) = self.dane.mx_hosts(domain).await?;
+        if !mx_secure {
+            decision("insecure");
+            return Ok(None);
+        }
+        let mut found = vec![];
+        let mut last_err = None;
+        for host in hosts {
+            match self.dane.host(&host, port, true).await {
+                Ok((addrs, state)) => found.push((host, addrs, state)),
+                Err(o) => last_err = Some(o),
+            }
+        }
+        if found.iter().all(|(_, _, state)| matches!(state, dane::HostTlsa::None)) {
+            decision("no_tlsa");
+            return Ok(None);
+        }
+        decision("dane");
+        let route_policy = self.tls.policy(tls, None, port).map_err(|e| {
+            RcptOutcome::new(Status::Deferred, Reply::new(451, Enhanced(4, 7, 5), format!("TLS setup: {e}")), None)
+        })?;
+        let mut targets = vec![];
+        for (host, addrs, state) in found {
+            let policy = match state {
+                dane::HostTlsa::Usable(records) => {
+                    tracing::info!(%domain, %host, records = records.len(), "DANE: usable TLSA records; TLS must match them");
+                    self.tls.dane(records, domain)
+                }
+                dane::HostTlsa::Unusable if tls == TlsPolicy::Opportunistic => {
+                    tracing::info!(%domain, %host, "DANE: no usable TLSA record; TLS required, not authenticated");
+                    self.tls.encrypt()
+                }
+                dane::HostTlsa::Unusable | dane::HostTlsa::None => route_policy.clone(),
+                dane::HostTlsa::Failed(o) => {
+                    tracing::warn!(%domain, %host, "host skipped: {}", o.reply);
+                    metrics::counter!("mailgate_dane_decisions_total", "decision" => "tlsa_failed").increment(1);
+                    last_err = Some(o);
+                    continue;
+                }
+            };
+            targets.push(Target { host, addrs: addrs.into_iter().map(Peer::Tcp).collect(), policy: Some(policy) });
+        }
+        if targets.is_empty() {
+            return Err(last_err.unwrap_or_else(|| {
+                RcptOutcome::new(Status::Deferred, Reply::new(451, Enhanced(4, 4, 4), "no usable MX host"), None)
+            }));
+        }
+        Ok(Some(targets))
     }
 
     /// Applies the recipient domain's MTA-STS policy to an MX route (RFC 8461 §5): `enforce`
@@ -415,14 +498,14 @@ impl Delivery {
         let mut last =
             RcptOutcome::new(Status::Deferred, Reply::new(451, Enhanced(4, 4, 1), "no host reachable"), None);
         let requiretls = matches!(work, Work::Deliver(m) if m.requiretls);
-        let hop = Hop {
-            policy: &plan.policy,
-            auth: plan.auth,
-            lmtp: plan.lmtp,
-            requiretls,
-            sources: plan.sources.as_deref(),
-        };
         for t in &plan.targets {
+            let hop = Hop {
+                policy: t.policy.as_ref().unwrap_or(&plan.policy),
+                auth: plan.auth,
+                lmtp: plan.lmtp,
+                requiretls,
+                sources: plan.sources.as_deref(),
+            };
             for addr in &t.addrs {
                 match self.attempt(&t.host, addr, hop, &work).await {
                     Ok(done) => return Ok(done),

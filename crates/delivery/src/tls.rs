@@ -1,6 +1,6 @@
 //! TLS for outbound STARTTLS: an opportunistic client that accepts any certificate (RFC 7435:
-//! encryption without authentication beats plaintext) and a verifying client for routes that
-//! require TLS (webpki roots plus an optional CA file).
+//! encryption without authentication beats plaintext), a verifying client for routes that
+//! require TLS (webpki roots plus an optional CA file), and DANE's (`dane.rs`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,20 @@ use tokio_rustls::TlsConnector;
 pub enum PolicyKind {
     None,
     Opportunistic,
+    /// TLS or nothing, but any certificate (a host whose TLSA records are all unusable).
+    Encrypt,
+    /// Verified against the public roots and the route's CA file.
     Required,
+    /// Verified against the host's TLSA records (their fingerprint: a pooled connection is
+    /// only reused under the same records).
+    Dane(u64),
+}
+
+impl PolicyKind {
+    /// No plaintext, no fallback.
+    pub fn mandatory(self) -> bool {
+        matches!(self, PolicyKind::Encrypt | PolicyKind::Required | PolicyKind::Dane(_))
+    }
 }
 
 /// The TLS policy of one attempt, ready to use.
@@ -54,6 +67,22 @@ impl Connectors {
             .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
             .with_no_client_auth();
         Connectors { opportunistic: TlsConnector::from(Arc::new(cfg)), verifying: Mutex::new(HashMap::new()) }
+    }
+
+    /// TLS required, any certificate (see `PolicyKind::Encrypt`).
+    pub fn encrypt(&self) -> Policy {
+        Policy { kind: PolicyKind::Encrypt, connector: Some(self.opportunistic.clone()) }
+    }
+
+    /// TLS verified against `records` (DANE); `domain` is the recipient domain, a name a
+    /// DANE-TA chain may carry besides the MX host's. No session resumption: a resumed
+    /// session would skip the check.
+    pub fn dane(&self, records: Arc<[crate::dane::Tlsa]>, domain: &str) -> Policy {
+        let kind = PolicyKind::Dane(crate::dane::fingerprint(&records));
+        let verifier = crate::dane::Verifier::new(records, domain, provider());
+        let mut cfg = builder().dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth();
+        cfg.resumption = rustls::client::Resumption::disabled();
+        Policy { kind, connector: Some(TlsConnector::from(Arc::new(cfg))) }
     }
 
     /// The policy for a connection to `port` (see `verifying` for why the port matters).
@@ -96,6 +125,16 @@ pub struct CaFileError {
     path: std::path::PathBuf,
     /// What the PEM reader or rustls said, for the log and the deferral reply.
     why: String,
+}
+
+/// What a failed handshake says, in words: a certificate our own verifier (DANE's) refused is
+/// described by its reason rather than rustls's debug form of it.
+pub fn handshake_error(e: &std::io::Error) -> String {
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) = inner {
+        return format!("invalid peer certificate: {}", other.0);
+    }
+    e.to_string()
 }
 
 pub fn server_name(host: &str) -> Option<ServerName<'static>> {
