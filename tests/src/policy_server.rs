@@ -1,6 +1,8 @@
 //! MTA-STS policy hosts: Python's HTTPS server (`http.server` with `ssl`) on port 443 of a
 //! loopback address, serving `/.well-known/mta-sts.txt` per `Host` (one server for several
-//! `mta-sts.<domain>` names, with one certificate for all). Port 443 needs root.
+//! `mta-sts.<domain>` names, with one certificate for all). Port 443 needs root. It also takes
+//! POSTs (TLS reports) into a directory when given one: `<n>.body`, and the request's
+//! `Content-Type` in `<n>.type`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -10,8 +12,25 @@ pub struct PolicyServer(Child);
 
 const SERVER: &str = r#"
 import http.server, json, ssl, sys
+import os, itertools
 ip, cert, key, policies = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+uploads = sys.argv[5] if len(sys.argv) > 5 else None
+counter = itertools.count()
 class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n)
+        if uploads is None:
+            self.send_response(404)
+        else:
+            i = next(counter)
+            with open(os.path.join(uploads, "%d.type" % i), "w") as f:
+                f.write(self.headers.get("Content-Type") or "")
+            with open(os.path.join(uploads, "%d.body" % i), "wb") as f:
+                f.write(body)
+            self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
     def do_GET(self):
         host = (self.headers.get("Host") or "").split(":")[0].lower()
         policy = policies.get(host)
@@ -38,6 +57,17 @@ srv.serve_forever()
 impl PolicyServer {
     /// Serves each `(host, policy text)` on `ip`:443 with the certificate and key files given.
     pub fn start(ip: &str, cert: &Path, key: &Path, policies: &[(&str, &str)]) -> PolicyServer {
+        Self::start_receiving(ip, cert, key, policies, None)
+    }
+
+    /// The same, keeping POSTed bodies in `uploads`.
+    pub fn start_receiving(
+        ip: &str,
+        cert: &Path,
+        key: &Path,
+        policies: &[(&str, &str)],
+        uploads: Option<&Path>,
+    ) -> PolicyServer {
         let map: serde_json::Map<String, serde_json::Value> =
             policies.iter().map(|(h, p)| (h.to_string(), serde_json::Value::from(*p))).collect();
         let mut child = Command::new("python3")
@@ -45,6 +75,7 @@ impl PolicyServer {
             .arg(cert)
             .arg(key)
             .arg(serde_json::Value::Object(map).to_string())
+            .args(uploads)
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3");

@@ -80,6 +80,9 @@ fn crate_boundaries_hold() {
     assert_eq!(verify, ["mailgate-config", "mailgate-delivery"], "mailgate-verify depends on {verify:?}");
     // MTA-STS is data and one HTTPS fetch: no DNS of its own, no config, nothing of delivery.
     assert!(of("mailgate-mtasts").is_empty(), "mailgate-mtasts depends on {:?}", of("mailgate-mtasts"));
+    // TLS reports are counts, files and rendering: no DNS, no config, nothing of how sessions
+    // are made or how a report message reaches the queue.
+    assert!(of("mailgate-tlsrpt").is_empty(), "mailgate-tlsrpt depends on {:?}", of("mailgate-tlsrpt"));
     // Address maps are pure lookups over the config.
     let rewrite: Vec<&String> = of("mailgate-rewrite").iter().collect();
     assert_eq!(rewrite, ["mailgate-config"], "mailgate-rewrite depends on {rewrite:?}");

@@ -16,11 +16,13 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use mailgate_tests::clients::Raw;
+use mailgate_tests::gateway::binary;
 use mailgate_tests::gateway::Gateway;
 use mailgate_tests::pki::Pki;
 use mailgate_tests::signed_zone::SignedZone;
 use mailgate_tests::sink::Sink;
-use mailgate_tests::wait_for;
+use mailgate_tests::{free_port, wait_for};
+use std::process::Command;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -74,8 +76,10 @@ fn tlsa_records_decide_how_mail_leaves() {
     records.push(tlsa("mx-unusable", format!("1 1 1 {ee_spki}")));
     let zone = SignedZone::start("dane.test", &records, &["mx-bogus"]);
 
+    let admin = free_port();
     let mut gw = Gateway::start(&format!(
-        "{}\n[delivery]\nmx_port = {port}\ndane = true\n\n[queue]\nretry_schedule = [\"1s\"]\n\n[routes]\n\"*\" = {{ type = \"mx\" }}\n",
+        "{}\n[delivery]\nmx_port = {port}\ndane = true\n\n[tlsrpt]\nenabled = true\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
+         [queue]\nretry_schedule = [\"1s\"]\n\n[routes]\n\"*\" = {{ type = \"mx\" }}\n",
         zone.config(),
     ));
     for (rcpt, subject) in [
@@ -115,5 +119,31 @@ fn tlsa_records_decide_how_mail_leaves() {
         "sent in plaintext although the host publishes TLSA records"
     );
     assert!(sink_ta.received().iter().all(|m| !m.rcpts.iter().any(|r| r.contains("tawrong"))));
+
+    // What the TLS reports (RFC 8460) will say, per host: the TLSA policy and each session.
+    let shown = |domain: &str| {
+        let out = Command::new(binary())
+            .args(["tlsrpt", "show", "--domain", domain, "--config"])
+            .arg(gw.path("mailgate.toml"))
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"));
+        v["reports"][0]["policies"][0].clone()
+    };
+    let ee_report = shown("ee.dane.test");
+    assert_eq!(ee_report["policy"]["policy-type"], "tlsa", "{ee_report}");
+    assert_eq!(ee_report["policy"]["policy-string"][0], format!("3 1 1 {ee_spki}"));
+    assert_eq!(ee_report["policy"]["mx-host"][0], "mx-ee.dane.test");
+    assert_eq!(ee_report["summary"]["total-successful-session-count"], 1);
+    for (domain, result) in [
+        ("wrong.dane.test", "validation-failure"),
+        ("bogus.dane.test", "dnssec-invalid"),
+        ("unusable.dane.test", "starttls-not-supported"),
+        ("tawrong.dane.test", "certificate-host-mismatch"),
+    ] {
+        let p = shown(domain);
+        assert_eq!(p["failure-details"][0]["result-type"], result, "{domain}: {p}");
+        assert_eq!(p["summary"]["total-successful-session-count"], 0, "{domain}: {p}");
+    }
     gw.stop();
 }

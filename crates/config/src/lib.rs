@@ -67,6 +67,8 @@ pub struct Config {
     #[serde(rename = "api")]
     pub apis: Vec<ApiListener>,
     pub events: Events,
+    /// TLS reports (RFC 8460) to recipient domains that ask for them.
+    pub tlsrpt: TlsRpt,
     /// `[[webhook]]` tables: receivers of the events (they turn events on).
     #[serde(rename = "webhook")]
     pub webhooks: Vec<Webhook>,
@@ -174,6 +176,22 @@ pub const EVENT_KINDS: &[&str] = &[
 pub struct Events {
     /// Record events even without an `[[api]]` listener (with one, they are always recorded).
     pub enabled: bool,
+}
+
+/// TLS reporting (RFC 8460): the results of TLS sessions made under recipient domains'
+/// MTA-STS and DANE policies, counted per domain and day (`<spool>/tlsrpt/`), and sent after
+/// each UTC day to the domains whose `_smtp._tls` TXT record asks (mail or HTTPS).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsRpt {
+    /// Count and send (a restart is needed to turn it on or off).
+    pub enabled: bool,
+    /// The reports' `organization-name`; default `server.hostname`.
+    pub organization: Option<String>,
+    /// The reports' `contact-info`; default the postmaster address.
+    pub contact: Option<String>,
+    /// The From address of report messages; default the postmaster address.
+    pub from: Option<String>,
 }
 
 impl Config {

@@ -2,11 +2,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use mailgate_config::{AuthMechanism, ClientAuth, Downgrade8bit};
 use mailgate_smtp::{xtext_encode, Enhanced, Extensions, RcptParams, Reply, ReplyParser, Ret};
+use mailgate_tlsrpt::ResultType;
+use rustls::client::danger::ServerCertVerifier;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::timeout;
@@ -56,6 +59,73 @@ pub struct Hop<'a> {
     pub requiretls: bool,
     /// The source addresses to connect from (none: the system picks).
     pub sources: Option<&'a crate::source::Rotation>,
+    /// Checks the certificate of an opportunistic session after the fact, for a TLS report
+    /// (an MTA-STS policy in `testing` mode): what `enforce` would have refused is noted in
+    /// `Conn::tls_problem`, the session goes on.
+    pub audit: Option<&'a Arc<dyn ServerCertVerifier>>,
+}
+
+/// A TLS problem of one session, in TLS-RPT's terms (RFC 8460 §4.3), for the recipient
+/// domain's report.
+#[derive(Debug, Clone)]
+pub struct TlsProblem {
+    pub result: ResultType,
+    /// The error, in words.
+    pub detail: String,
+    /// The address the session left from.
+    pub local: Option<std::net::IpAddr>,
+}
+
+impl TlsProblem {
+    pub(crate) fn new(result: ResultType, detail: impl Into<String>) -> TlsProblem {
+        TlsProblem { result, detail: detail.into(), local: None }
+    }
+
+    /// The same, of a session that left from `local`.
+    fn at(mut self, local: Option<std::net::IpAddr>) -> TlsProblem {
+        self.local = local;
+        self
+    }
+
+    /// A certificate or handshake error, classified.
+    fn of_tls(e: &rustls::Error) -> TlsProblem {
+        TlsProblem::new(Self::classify(e), crate::tls::rustls_error(e))
+    }
+
+    fn classify(e: &rustls::Error) -> ResultType {
+        use rustls::CertificateError as C;
+        if let rustls::Error::InvalidCertificate(C::Other(o)) = e {
+            // DANE-TA: what was wrong with the chain under the trust anchor.
+            if let Some(cause) = o.0.downcast_ref::<crate::dane::Mismatch>().and_then(|m| m.cause()) {
+                return Self::classify(cause);
+            }
+        }
+        match e {
+            rustls::Error::InvalidCertificate(c) => match c {
+                C::NotValidForName | C::NotValidForNameContext { .. } => ResultType::CertificateHostMismatch,
+                C::Expired | C::ExpiredContext { .. } => ResultType::CertificateExpired,
+                C::UnknownIssuer | C::BadSignature | C::NotValidYet | C::NotValidYetContext { .. } => {
+                    ResultType::CertificateNotTrusted
+                }
+                _ => ResultType::ValidationFailure,
+            },
+            _ => ResultType::ValidationFailure,
+        }
+    }
+
+    fn of_io(e: &std::io::Error) -> TlsProblem {
+        match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(r) => TlsProblem::of_tls(r),
+            None => TlsProblem::new(ResultType::ValidationFailure, e.to_string()),
+        }
+    }
+}
+
+/// Why no connection could be had: the outcome for the recipients, and the TLS problem
+/// when that was the reason (for the domain's TLS report).
+pub struct Refused {
+    pub outcome: RcptOutcome,
+    pub tls: Option<TlsProblem>,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
@@ -87,6 +157,11 @@ pub struct Conn {
     /// The block buffer content is dot-stuffed into, kept for the connection's next message (a
     /// fresh 64 KiB per message costs page faults).
     wbuf: Vec<u8>,
+    /// What an audited session (see `Hop::audit`) found wrong with its TLS: no STARTTLS, a
+    /// failed handshake retried in plaintext, or a certificate `enforce` would refuse.
+    pub tls_problem: Option<TlsProblem>,
+    /// The address this connection left from.
+    pub local_ip: Option<std::net::IpAddr>,
 }
 
 fn deferred(reply: Reply, host: &str) -> RcptOutcome {
@@ -96,13 +171,15 @@ fn deferred(reply: Reply, host: &str) -> RcptOutcome {
 impl Conn {
     /// Connects, reads the greeting, EHLO (HELO fallback) and STARTTLS per policy. An
     /// opportunistic handshake that fails is retried once in plaintext (RFC 7435).
-    pub async fn open(host: &str, addr: &Peer, hop: Hop<'_>, s: &Settings) -> Result<Conn, RcptOutcome> {
+    pub async fn open(host: &str, addr: &Peer, hop: Hop<'_>, s: &Settings) -> Result<Conn, Refused> {
         match Self::open_once(host, addr, hop, s, true).await {
-            Err(OpenError::Handshake(e)) if hop.policy.kind == PolicyKind::Opportunistic => {
+            Err(OpenError::Handshake(e, problem)) if hop.policy.kind == PolicyKind::Opportunistic => {
                 tracing::info!(%host, %addr, "STARTTLS handshake failed ({e}); retrying without TLS");
-                Self::open_once(host, addr, hop, s, false).await.map_err(|e| e.outcome(host))
+                let mut c = Self::open_once(host, addr, hop, s, false).await.map_err(|e| e.refused(host))?;
+                c.tls_problem = Some(problem);
+                Ok(c)
             }
-            r => r.map_err(|e| e.outcome(host)),
+            r => r.map_err(|e| e.refused(host)),
         }
     }
 
@@ -111,7 +188,7 @@ impl Conn {
         addr: &Peer,
         s: &Settings,
         sources: Option<&crate::source::Rotation>,
-    ) -> Result<(Box<dyn Io>, Option<String>), OpenError> {
+    ) -> Result<(Box<dyn Io>, Option<String>, Option<std::net::IpAddr>), OpenError> {
         let fail = |why: String| OpenError::Fail(Reply::new(451, Enhanced(4, 4, 1), format!("connect to {addr}{why}")));
         if let (Peer::Tcp(a), Some(rot)) = (addr, sources) {
             for (src, helo) in rot.candidates(a.ip()) {
@@ -132,7 +209,8 @@ impl Conn {
                     .map_err(|_| fail(format!(" from {src} timed out")))?
                     .map_err(|e| fail(format!(" from {src}: {e}")))?;
                 let _ = tcp.set_nodelay(true);
-                return Ok((Box::new(tcp), helo));
+                let local = tcp.local_addr().ok().map(|a| a.ip());
+                return Ok((Box::new(tcp), helo, local));
             }
             return Err(OpenError::Fail(Reply::new(
                 451,
@@ -140,28 +218,32 @@ impl Conn {
                 format!("no source address of pool {} could be used for {a}", rot.name),
             )));
         }
-        let io: Box<dyn Io> = match addr {
+        let (io, local): (Box<dyn Io>, _) = match addr {
             Peer::Tcp(a) => {
                 let tcp = timeout(s.connect_timeout, TcpStream::connect(a))
                     .await
                     .map_err(|_| fail(" timed out".into()))?
                     .map_err(|e| fail(format!(": {e}")))?;
                 let _ = tcp.set_nodelay(true);
-                Box::new(tcp)
+                let local = tcp.local_addr().ok().map(|a| a.ip());
+                (Box::new(tcp), local)
             }
-            Peer::Unix(p) => Box::new(
-                timeout(s.connect_timeout, UnixStream::connect(p))
-                    .await
-                    .map_err(|_| fail(" timed out".into()))?
-                    .map_err(|e| fail(format!(": {e}")))?,
+            Peer::Unix(p) => (
+                Box::new(
+                    timeout(s.connect_timeout, UnixStream::connect(p))
+                        .await
+                        .map_err(|_| fail(" timed out".into()))?
+                        .map_err(|e| fail(format!(": {e}")))?,
+                ),
+                None,
             ),
         };
-        Ok((io, None))
+        Ok((io, None, local))
     }
 
     async fn open_once(host: &str, addr: &Peer, hop: Hop<'_>, s: &Settings, try_tls: bool) -> Result<Conn, OpenError> {
         let policy = hop.policy;
-        let (io, helo) = Self::connect(addr, s, hop.sources).await?;
+        let (io, helo, local_ip) = Self::connect(addr, s, hop.sources).await?;
         // A pool's source address greets with its own name.
         let with_helo;
         let s = match helo {
@@ -181,6 +263,8 @@ impl Conn {
             tls: None,
             broken: false,
             wbuf: Vec::new(),
+            tls_problem: None,
+            local_ip,
         };
         let greet = c.read_reply(s.command_timeout).await.map_err(OpenError::Fail)?;
         if greet.code != 220 {
@@ -192,14 +276,15 @@ impl Conn {
             c.write(b"STARTTLS\r\n").await.map_err(OpenError::Fail)?;
             let r = c.read_reply(s.command_timeout).await.map_err(OpenError::Fail)?;
             if r.code != 220 {
+                let problem =
+                    TlsProblem::new(ResultType::StartTlsNotSupported, format!("STARTTLS refused: {r}")).at(c.local_ip);
                 if policy.kind.mandatory() {
-                    return Err(OpenError::Fail(Reply::new(
-                        451,
-                        Enhanced(4, 7, 5),
-                        format!("TLS required but STARTTLS refused: {r}"),
-                    )));
+                    return Err(OpenError::Tls(
+                        Reply::new(451, Enhanced(4, 7, 5), format!("TLS required but STARTTLS refused: {r}")),
+                        problem,
+                    ));
                 }
-                return Err(OpenError::Handshake(format!("STARTTLS refused: {r}")));
+                return Err(OpenError::Handshake(format!("STARTTLS refused: {r}"), problem));
             }
             let ip = match addr {
                 Peer::Tcp(a) => Some(a.ip().to_string()),
@@ -211,21 +296,26 @@ impl Conn {
                 })?;
             let connector = policy.connector.clone().expect("a TLS policy has a connector");
             let io = std::mem::replace(&mut c.io, Box::new(tokio::io::duplex(1).0));
-            let stream = timeout(s.command_timeout, connector.connect(name, io))
+            let stream = timeout(s.command_timeout, connector.connect(name.clone(), io))
                 .await
-                .map_err(|_| OpenError::Handshake("TLS handshake timed out".into()))?
+                .map_err(|_| {
+                    let why = "TLS handshake timed out";
+                    OpenError::Handshake(why.into(), TlsProblem::new(ResultType::ValidationFailure, why).at(local_ip))
+                })?
                 .map_err(|e| {
+                    let problem = TlsProblem::of_io(&e).at(local_ip);
                     if policy.kind.mandatory() {
-                        OpenError::Fail(Reply::new(
-                            451,
-                            Enhanced(4, 7, 5),
-                            format!("TLS required but handshake failed: {}", tls::handshake_error(&e)),
-                        ))
+                        let why = format!("TLS required but handshake failed: {}", tls::handshake_error(&e));
+                        OpenError::Tls(Reply::new(451, Enhanced(4, 7, 5), why), problem)
                     } else {
-                        OpenError::Handshake(e.to_string())
+                        OpenError::Handshake(e.to_string(), problem)
                     }
                 })?;
             let (_, session) = stream.get_ref();
+            if let Some(audit) = hop.audit {
+                c.tls_problem =
+                    audit_certificate(audit.as_ref(), session.peer_certificates(), &name).map(|p| p.at(local_ip));
+            }
             c.tls = Some(format!(
                 "{:?} {:?}",
                 session.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default(),
@@ -245,11 +335,16 @@ impl Conn {
                 "REQUIRETLS: the next hop does not offer STARTTLS",
             )));
         } else if policy.kind.mandatory() {
-            return Err(OpenError::Fail(Reply::new(
-                451,
-                Enhanced(4, 7, 5),
-                "TLS required but the server does not offer STARTTLS",
-            )));
+            let why = "TLS required but the server does not offer STARTTLS";
+            return Err(OpenError::Tls(
+                Reply::new(451, Enhanced(4, 7, 5), why),
+                TlsProblem::new(ResultType::StartTlsNotSupported, why).at(c.local_ip),
+            ));
+        } else if want_tls && hop.audit.is_some() {
+            // No STARTTLS where a policy in `testing` mode wants it: delivered, reported.
+            c.tls_problem = Some(
+                TlsProblem::new(ResultType::StartTlsNotSupported, "the server does not offer STARTTLS").at(c.local_ip),
+            );
         }
         if let Some(auth) = hop.auth {
             c.login(auth, s).await.map_err(OpenError::Fail)?;
@@ -726,21 +821,41 @@ fn dsn_rcpt_params(rcpt: &mut String, p: &RcptParams) {
 
 /// Why opening failed: a handshake failure can fall back to plaintext, anything else cannot.
 enum OpenError {
-    Handshake(String),
+    /// An opportunistic handshake that failed (retried in plaintext).
+    Handshake(String, TlsProblem),
     /// The reply that ended it: the host's own (a 5xx greeting keeps its class) or ours.
     Fail(Reply),
+    /// TLS was mandatory and could not be had.
+    Tls(Reply, TlsProblem),
 }
 
 impl OpenError {
-    fn outcome(self, host: &str) -> RcptOutcome {
+    fn refused(self, host: &str) -> Refused {
         match self {
-            OpenError::Handshake(e) => {
-                deferred(Reply::new(451, Enhanced(4, 7, 5), format!("TLS handshake failed: {e}")), host)
-            }
+            OpenError::Handshake(e, problem) => Refused {
+                outcome: deferred(Reply::new(451, Enhanced(4, 7, 5), format!("TLS handshake failed: {e}")), host),
+                tls: Some(problem),
+            },
             // A 5xx greeting or EHLO is still "try the next host", but keeps its class.
-            OpenError::Fail(r) => RcptOutcome::of(r, Some(host)),
+            OpenError::Fail(r) => Refused { outcome: RcptOutcome::of(r, Some(host)), tls: None },
+            OpenError::Tls(r, problem) => Refused { outcome: RcptOutcome::of(r, Some(host)), tls: Some(problem) },
         }
     }
+}
+
+/// The certificate check `enforce` would have made, made after the handshake.
+fn audit_certificate(
+    verifier: &dyn ServerCertVerifier,
+    certs: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+    name: &rustls::pki_types::ServerName<'static>,
+) -> Option<TlsProblem> {
+    let Some((leaf, rest)) = certs.and_then(|c| c.split_first()) else {
+        return Some(TlsProblem::new(ResultType::CertificateNotTrusted, "no certificate"));
+    };
+    verifier
+        .verify_server_cert(leaf, rest, name, &[], rustls::pki_types::UnixTime::now())
+        .err()
+        .map(|e| TlsProblem::of_tls(&e))
 }
 
 /// Octets of dot-stuffed content sent per write.

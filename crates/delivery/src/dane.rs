@@ -66,6 +66,18 @@ impl Tlsa {
         Some(Tlsa { trust_anchor, spki, matching, data: t.cert_data.clone() })
     }
 
+    /// The record as a zone file writes it (`3 1 1 <hex>`), for TLS reports.
+    pub fn presentation(&self) -> String {
+        let usage = if self.trust_anchor { 2 } else { 3 };
+        let matching = match self.matching {
+            Digest::Exact => 0,
+            Digest::Sha256 => 1,
+            Digest::Sha512 => 2,
+        };
+        let hex: String = self.data.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{usage} {} {matching} {hex}", u8::from(self.spki))
+    }
+
     /// Whether `cert` is what this record names.
     fn matches(&self, cert: &CertificateDer<'_>) -> bool {
         let spki;
@@ -97,8 +109,9 @@ pub enum HostTlsa {
     Unusable,
     /// Usable records: TLS verified against them.
     Usable(Arc<[Tlsa]>),
-    /// The TLSA lookup failed or was bogus: the host must not be used (RFC 7672 §2.2).
-    Failed(RcptOutcome),
+    /// The TLSA lookup failed or was bogus (`true`): the host must not be used (RFC 7672
+    /// §2.2).
+    Failed(RcptOutcome, bool),
 }
 
 /// The validating resolver DANE looks up with.
@@ -149,12 +162,15 @@ impl Dane {
 
     async fn tlsa(&self, host: &str, port: u16) -> HostTlsa {
         let name = format!("_{port}._tcp.{}.", host.trim_end_matches('.'));
-        let failed = |why: String| {
-            HostTlsa::Failed(RcptOutcome::new(
-                Status::Deferred,
-                Reply::new(451, Enhanced(4, 7, 5), format!("DANE: TLSA lookup for {name} failed: {why}")),
-                Some(host),
-            ))
+        let failed = |why: String, bogus: bool| {
+            HostTlsa::Failed(
+                RcptOutcome::new(
+                    Status::Deferred,
+                    Reply::new(451, Enhanced(4, 7, 5), format!("DANE: TLSA lookup for {name} failed: {why}")),
+                    Some(host),
+                ),
+                bogus,
+            )
         };
         match self.resolver.tlsa_lookup(name.as_str()).await {
             Ok(lookup) => {
@@ -170,7 +186,7 @@ impl Dane {
                     return HostTlsa::None;
                 }
                 if records.iter().any(|(_, p)| *p == Proof::Bogus) {
-                    return failed("bogus DNSSEC signature".into());
+                    return failed("bogus DNSSEC signature".into(), true);
                 }
                 if records.iter().any(|(_, p)| *p != Proof::Secure) {
                     // Not from a signed zone: means nothing (RFC 7672 §2.2).
@@ -186,7 +202,10 @@ impl Dane {
             // Denied (securely or in an unsigned zone): no DANE for the host.
             Err(e) if e.is_nx_domain() || e.is_no_records_found() => HostTlsa::None,
             Err(NetError::Dns(DnsError::Nsec { proof: Proof::Insecure, .. })) => HostTlsa::None,
-            Err(e) => failed(e.to_string()),
+            Err(e) => {
+                let bogus = matches!(e, NetError::Dns(DnsError::DnssecBogus));
+                failed(e.to_string(), bogus)
+            }
         }
     }
 }
@@ -211,11 +230,21 @@ pub struct Verifier {
 
 /// Why the certificate did not pass.
 #[derive(Debug, thiserror::Error)]
-enum Mismatch {
+pub(crate) enum Mismatch {
     #[error("DANE: no TLSA record matches the server's certificate")]
     NoMatch,
     #[error("DANE-TA: the chain from the TLSA trust anchor is not valid for this name: {0}")]
     Chain(rustls::Error),
+}
+
+impl Mismatch {
+    /// The certificate error under a DANE-TA chain's failure (a name, an expiry, ...).
+    pub(crate) fn cause(&self) -> Option<&rustls::Error> {
+        match self {
+            Mismatch::NoMatch => None,
+            Mismatch::Chain(e) => Some(e),
+        }
+    }
 }
 
 impl Verifier {

@@ -161,6 +161,9 @@ pub struct Delivery {
     sts: sts::Sts,
     /// DANE's validating resolver (used when `delivery.dane` is on; `[dns]` needs a restart).
     dane: dane::Dane,
+    /// TLS sessions under recipient domains' policies, counted for their reports
+    /// (`tlsrpt.enabled`).
+    reports: Option<Arc<mailgate_tlsrpt::Reports>>,
 }
 
 fn rotations(cfg: &Config) -> std::collections::HashMap<String, Arc<source::Rotation>> {
@@ -173,6 +176,11 @@ struct Target {
     addrs: Vec<Peer>,
     /// Its own TLS policy (DANE's), instead of the plan's.
     policy: Option<tls::Policy>,
+    /// The recipient domain's policy its sessions are reported under (TLS-RPT).
+    report: Option<Arc<mailgate_tlsrpt::PolicyRef>>,
+    /// Check the certificate after an opportunistic handshake, for the report (MTA-STS
+    /// `testing`).
+    audit: bool,
 }
 
 impl Delivery {
@@ -187,6 +195,12 @@ impl Delivery {
             sources: std::sync::RwLock::new(rotations(cfg)),
             sts: sts::Sts::new(Some(cfg.spool.path.join("mta-sts"))),
             dane: dane::Dane::new(&cfg.dns)?,
+            reports: match cfg.tlsrpt.enabled {
+                true => Some(Arc::new(
+                    mailgate_tlsrpt::Reports::open(&cfg.spool.path.join("tlsrpt")).map_err(std::io::Error::other)?,
+                )),
+                false => None,
+            },
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let weak = Arc::downgrade(&d);
@@ -209,6 +223,34 @@ impl Delivery {
 
     pub fn resolver(&self) -> &Resolver {
         &self.resolver
+    }
+
+    /// The TLS report counts, when `tlsrpt.enabled`.
+    pub fn reports(&self) -> Option<&Arc<mailgate_tlsrpt::Reports>> {
+        self.reports.as_ref()
+    }
+
+    /// Counts a session (or a host not even tried) under `policy` for its domain's report.
+    fn report(
+        &self,
+        policy: &mailgate_tlsrpt::PolicyRef,
+        host: &str,
+        ip: Option<std::net::IpAddr>,
+        local: Option<std::net::IpAddr>,
+        problem: Option<&client::TlsProblem>,
+    ) {
+        if let Some(r) = &self.reports {
+            r.record(
+                policy,
+                problem.map(|p| mailgate_tlsrpt::Failure {
+                    result: p.result,
+                    receiving_mx: Some(host.to_string()),
+                    receiving_ip: ip,
+                    sending_ip: p.local.or(local),
+                    detail: Some(p.detail.clone()),
+                }),
+            );
+        }
     }
 
     fn settings(&self) -> Arc<Settings> {
@@ -286,6 +328,8 @@ impl Delivery {
             host: host.to_string(),
             addrs: addrs.into_iter().map(Peer::Tcp).collect(),
             policy: None,
+            report: None,
+            audit: false,
         };
         let mut plan = match route {
             Route::Smarthost { host, port, tls, ca_file, auth, .. } => Plan {
@@ -300,6 +344,8 @@ impl Delivery {
                     host: path.display().to_string(),
                     addrs: vec![Peer::Unix(path.clone())],
                     policy: None,
+                    report: None,
+                    audit: false,
                 }],
                 policy: policy(TlsPolicy::None, None, 0)?,
                 auth: None,
@@ -331,12 +377,16 @@ impl Delivery {
                     }
                 }
                 let mut hosts = self.resolver.mx_hosts(domain).await?;
-                let (tls, ca) = self.mta_sts(&settings, *tls, domain, &mut hosts, waived).await?;
+                let (tls, ca, sts) = self.mta_sts(&settings, *tls, domain, &mut hosts, waived).await?;
                 let mut targets = vec![];
                 let mut last_err = None;
                 for host in hosts {
                     match self.resolver.addresses(&host, settings.mx_port).await {
-                        Ok(addrs) => targets.push(tcp(&host, addrs)),
+                        Ok(addrs) => targets.push(Target {
+                            report: sts.as_ref().map(|(p, _)| p.clone()),
+                            audit: sts.as_ref().is_some_and(|(_, audit)| *audit),
+                            ..tcp(&host, addrs)
+                        }),
                         Err(o) => last_err = Some(o),
                     }
                 }
@@ -400,6 +450,15 @@ impl Delivery {
         })?;
         let mut targets = vec![];
         for (host, addrs, state) in found {
+            let report = Arc::new(mailgate_tlsrpt::PolicyRef {
+                domain: domain.to_string(),
+                kind: mailgate_tlsrpt::Kind::Tlsa,
+                strings: match &state {
+                    dane::HostTlsa::Usable(r) => r.iter().map(dane::Tlsa::presentation).collect(),
+                    _ => vec![],
+                },
+                mx: vec![host.clone()],
+            });
             let policy = match state {
                 dane::HostTlsa::Usable(records) => {
                     tracing::info!(%domain, %host, records = records.len(), "DANE: usable TLSA records; TLS must match them");
@@ -410,14 +469,27 @@ impl Delivery {
                     self.tls.encrypt()
                 }
                 dane::HostTlsa::Unusable | dane::HostTlsa::None => route_policy.clone(),
-                dane::HostTlsa::Failed(o) => {
+                dane::HostTlsa::Failed(o, bogus) => {
                     tracing::warn!(%domain, %host, "host skipped: {}", o.reply);
                     metrics::counter!("mailgate_dane_decisions_total", "decision" => "tlsa_failed").increment(1);
+                    let result = if bogus {
+                        mailgate_tlsrpt::ResultType::DnssecInvalid
+                    } else {
+                        mailgate_tlsrpt::ResultType::TlsaInvalid
+                    };
+                    let problem = client::TlsProblem::new(result, o.reply.text.to_string());
+                    self.report(&report, &host, None, None, Some(&problem));
                     last_err = Some(o);
                     continue;
                 }
             };
-            targets.push(Target { host, addrs: addrs.into_iter().map(Peer::Tcp).collect(), policy: Some(policy) });
+            targets.push(Target {
+                host,
+                addrs: addrs.into_iter().map(Peer::Tcp).collect(),
+                policy: Some(policy),
+                report: Some(report),
+                audit: false,
+            });
         }
         if targets.is_empty() {
             return Err(last_err.unwrap_or_else(|| {
@@ -440,9 +512,9 @@ impl Delivery {
         domain: &str,
         hosts: &mut Vec<String>,
         waived: bool,
-    ) -> Result<(TlsPolicy, Option<std::path::PathBuf>), RcptOutcome> {
+    ) -> Result<(TlsPolicy, Option<std::path::PathBuf>, Option<StsReport>), RcptOutcome> {
         if !settings.mta_sts || tls == TlsPolicy::None || domain.starts_with('[') {
-            return Ok((tls, None));
+            return Ok((tls, None, None));
         }
         let decision =
             |d: &'static str| metrics::counter!("mailgate_mta_sts_decisions_total", "decision" => d).increment(1);
@@ -450,18 +522,31 @@ impl Delivery {
             // RFC 8689 §5: delivered even where the policy would stop it; TLS still tried.
             decision("waived");
             tracing::info!(%domain, "MTA-STS not applied: the message says TLS-Required: No");
-            return Ok((tls, None));
+            return Ok((tls, None, None));
         }
         let Some(p) = self.sts.policy(&self.resolver, domain, settings.ca_file.as_deref()).await else {
             decision("none");
-            return Ok((tls, None));
+            return Ok((tls, None, None));
         };
+        let report = Arc::new(mailgate_tlsrpt::PolicyRef {
+            domain: domain.to_string(),
+            kind: mailgate_tlsrpt::Kind::Sts,
+            strings: p.render().lines().map(str::to_string).collect(),
+            mx: p.mx.clone(),
+        });
         match p.mode {
             mailgate_mtasts::Mode::Enforce => {
                 let skipped: Vec<String> = hosts.iter().filter(|h| !p.matches(h)).cloned().collect();
                 hosts.retain(|h| p.matches(h));
                 if !skipped.is_empty() {
                     tracing::info!(%domain, skipped = %skipped.join(" "), "MTA-STS: MX hosts not in the policy skipped");
+                    for h in &skipped {
+                        let problem = client::TlsProblem::new(
+                            mailgate_tlsrpt::ResultType::ValidationFailure,
+                            "MX host not in the MTA-STS policy",
+                        );
+                        self.report(&report, h, None, None, Some(&problem));
+                    }
                 }
                 if hosts.is_empty() {
                     decision("no_matching_mx");
@@ -476,18 +561,23 @@ impl Delivery {
                     ));
                 }
                 decision("enforce");
-                Ok((TlsPolicy::Required, settings.ca_file.clone()))
+                Ok((TlsPolicy::Required, settings.ca_file.clone(), Some((report, false))))
             }
             mailgate_mtasts::Mode::Testing => {
                 decision("testing");
                 for h in hosts.iter().filter(|h| !p.matches(h)) {
                     tracing::info!(%domain, host = %h, "MTA-STS testing: the MX host is not in the policy (delivered anyway)");
+                    let problem = client::TlsProblem::new(
+                        mailgate_tlsrpt::ResultType::ValidationFailure,
+                        "MX host not in the MTA-STS policy",
+                    );
+                    self.report(&report, h, None, None, Some(&problem));
                 }
-                Ok((tls, None))
+                Ok((tls, None, Some((report, true))))
             }
             mailgate_mtasts::Mode::None => {
                 decision("none");
-                Ok((tls, None))
+                Ok((tls, None, None))
             }
         }
     }
@@ -499,15 +589,20 @@ impl Delivery {
             RcptOutcome::new(Status::Deferred, Reply::new(451, Enhanced(4, 4, 1), "no host reachable"), None);
         let requiretls = matches!(work, Work::Deliver(m) if m.requiretls);
         for t in &plan.targets {
+            let audit = match t.audit && self.reports.is_some() {
+                true => self.tls.audit(self.settings().ca_file.as_deref()).ok(),
+                false => None,
+            };
             let hop = Hop {
                 policy: t.policy.as_ref().unwrap_or(&plan.policy),
                 auth: plan.auth,
                 lmtp: plan.lmtp,
                 requiretls,
                 sources: plan.sources.as_deref(),
+                audit: audit.as_ref(),
             };
             for addr in &t.addrs {
-                match self.attempt(&t.host, addr, hop, &work).await {
+                match self.attempt(&t.host, addr, hop, &work, t.report.as_deref()).await {
                     Ok(done) => return Ok(done),
                     Err(o) => {
                         tracing::info!(queue_id = work.id(), host = %t.host, %addr, "attempt failed: {}", o.reply);
@@ -521,7 +616,14 @@ impl Delivery {
 
     /// One host: a pooled connection when there is one (falling back to a fresh one if it has
     /// gone stale), then the work. `Err` means "try the next host".
-    async fn attempt(&self, host: &str, addr: &Peer, hop: Hop<'_>, work: &Work<'_>) -> Result<Done, RcptOutcome> {
+    async fn attempt(
+        &self,
+        host: &str,
+        addr: &Peer,
+        hop: Hop<'_>,
+        work: &Work<'_>,
+        report: Option<&mailgate_tlsrpt::PolicyRef>,
+    ) -> Result<Done, RcptOutcome> {
         let key = pool::Key {
             addr: addr.clone(),
             host: host.to_string(),
@@ -543,7 +645,26 @@ impl Delivery {
                 Err(client::TxError::Host(o)) => return Err(o),
             }
         }
-        let mut conn = Conn::open(host, addr, hop, &settings).await?;
+        let ip = match addr {
+            Peer::Tcp(a) => Some(a.ip()),
+            Peer::Unix(_) => None,
+        };
+        let mut conn = match Conn::open(host, addr, hop, &settings).await {
+            Ok(c) => {
+                if let Some(policy) = report {
+                    self.report(policy, host, ip, c.local_ip, c.tls_problem.as_ref());
+                }
+                c
+            }
+            Err(refused) => {
+                // Only a session that failed at TLS counts (a host that could not be reached
+                // made no TLS session to report on).
+                if let (Some(policy), Some(problem)) = (report, &refused.tls) {
+                    self.report(policy, host, ip, None, Some(problem));
+                }
+                return Err(refused.outcome);
+            }
+        };
         match work.run(&mut conn, &settings).await {
             Ok(out) => {
                 if conn.reusable() {
@@ -560,6 +681,10 @@ impl Delivery {
         }
     }
 }
+
+/// The MTA-STS policy a delivery is reported under, and whether certificates are checked
+/// after the fact (`testing` mode).
+type StsReport = (Arc<mailgate_tlsrpt::PolicyRef>, bool);
 
 /// What a recipient callout found.
 #[derive(Debug, Clone, PartialEq, Eq)]

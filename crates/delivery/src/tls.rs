@@ -48,6 +48,8 @@ pub struct Connectors {
     /// port is never resumed on another (a different service that may share the ticket keys
     /// but not the certificate), nor under another trust set.
     verifying: Mutex<HashMap<(Option<PathBuf>, u16), TlsConnector>>,
+    /// The verifiers `audit` hands out, by extra CA file.
+    audits: Mutex<HashMap<Option<PathBuf>, Arc<dyn ServerCertVerifier>>>,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -66,7 +68,27 @@ impl Connectors {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
             .with_no_client_auth();
-        Connectors { opportunistic: TlsConnector::from(Arc::new(cfg)), verifying: Mutex::new(HashMap::new()) }
+        Connectors {
+            opportunistic: TlsConnector::from(Arc::new(cfg)),
+            verifying: Mutex::new(HashMap::new()),
+            audits: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The check `required` TLS makes (public roots and `ca_file`), as a verifier to run after
+    /// an opportunistic handshake (MTA-STS `testing`, for TLS reports).
+    pub fn audit(&self, ca_file: Option<&Path>) -> Result<Arc<dyn ServerCertVerifier>, CaFileError> {
+        let key = ca_file.map(Path::to_path_buf);
+        if let Some(v) = self.audits.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(v.clone());
+        }
+        let roots = roots(ca_file)?;
+        let v: Arc<dyn ServerCertVerifier> =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| CaFileError { path: key.clone().unwrap_or_default(), why: e.to_string() })?;
+        self.audits.lock().unwrap_or_else(|e| e.into_inner()).insert(key, v.clone());
+        Ok(v)
     }
 
     /// TLS required, any certificate (see `PolicyKind::Encrypt`).
@@ -98,15 +120,7 @@ impl Connectors {
                 let conn = match v.get(&key) {
                     Some(c) => c.clone(),
                     None => {
-                        let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-                        if let Some(f) = &key.0 {
-                            let bad = |e: String| CaFileError { path: f.clone(), why: e };
-                            let certs = CertificateDer::pem_file_iter(f).map_err(|e| bad(e.to_string()))?;
-                            for c in certs {
-                                roots.add(c.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
-                            }
-                        }
-                        let cfg = builder().with_root_certificates(roots).with_no_client_auth();
+                        let cfg = builder().with_root_certificates(roots(key.0.as_deref())?).with_no_client_auth();
                         let c = TlsConnector::from(Arc::new(cfg));
                         v.insert(key, c.clone());
                         c
@@ -116,6 +130,19 @@ impl Connectors {
             }
         })
     }
+}
+
+/// The public roots and the certificates of `ca_file`.
+fn roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, CaFileError> {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(f) = ca_file {
+        let bad = |e: String| CaFileError { path: f.to_path_buf(), why: e };
+        let certs = CertificateDer::pem_file_iter(f).map_err(|e| bad(e.to_string()))?;
+        for c in certs {
+            roots.add(c.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    Ok(roots)
 }
 
 /// A route's `ca_file` that cannot be used as trust anchors.
@@ -130,11 +157,20 @@ pub struct CaFileError {
 /// What a failed handshake says, in words: a certificate our own verifier (DANE's) refused is
 /// described by its reason rather than rustls's debug form of it.
 pub fn handshake_error(e: &std::io::Error) -> String {
-    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
-    if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) = inner {
-        return format!("invalid peer certificate: {}", other.0);
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(r) => rustls_error(r),
+        None => e.to_string(),
     }
-    e.to_string()
+}
+
+/// A rustls error in words (see `handshake_error`).
+pub fn rustls_error(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+            format!("invalid peer certificate: {}", other.0)
+        }
+        e => e.to_string(),
+    }
 }
 
 pub fn server_name(host: &str) -> Option<ServerName<'static>> {

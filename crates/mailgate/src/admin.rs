@@ -1,7 +1,8 @@
 //! The operator's HTTP endpoint on loopback, served by axum: `GET /metrics` (Prometheus text
 //! format), `GET /healthz`, and behind the bearer token when `admin.token` is set: `POST
 //! /reload`, `GET /status`, the queue (`/queue…`), the quarantine (`/quarantine…`), the event
-//! log (`/events`) and the API's suppression list (`/suppressions…`).
+//! log (`/events`), the API's suppression list (`/suppressions…`) and TLS reports
+//! (`/tlsrpt`, `/tlsrpt/send`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -99,6 +100,18 @@ fn router(admin: Arc<Admin>) -> Router {
             "/quarantine/{id}/{action}",
             post(|State(a): State<Arc<Admin>>, Path((id, action)): Path<(String, String)>| async move {
                 wrap(api(&a.shared, "POST", &format!("/quarantine/{id}/{action}")).await)
+            }),
+        )
+        .route(
+            "/tlsrpt",
+            get(|State(a): State<Arc<Admin>>, RawQuery(q): RawQuery| async move {
+                wrap(api(&a.shared, "GET", &format!("/tlsrpt?{}", q.unwrap_or_default())).await)
+            }),
+        )
+        .route(
+            "/tlsrpt/send",
+            post(|State(a): State<Arc<Admin>>, RawQuery(q): RawQuery| async move {
+                wrap(api(&a.shared, "POST", &format!("/tlsrpt/send?{}", q.unwrap_or_default())).await)
             }),
         )
         .route("/suppressions", get(suppression_list))
@@ -237,6 +250,23 @@ async fn api(shared: &Arc<Shared>, method: &str, target: &str) -> Result<String,
         Err(e) => Err(("409 Conflict", e.to_string())),
     };
     match (method, segs.as_slice()) {
+        ("GET", ["tlsrpt"]) => {
+            let day = param("day").unwrap_or_else(mailgate_tlsrpt::today);
+            let domain = param("domain");
+            crate::tlsrpt::show(shared, &day, domain.as_deref())
+                .map(|v| v.to_string())
+                .map_err(|e| ("404 Not Found", e))
+        }
+        ("POST", ["tlsrpt", "send"]) => {
+            let reports = shared
+                .delivery
+                .reports()
+                .cloned()
+                .ok_or(("404 Not Found", "TLS reporting is off ([tlsrpt] enabled = true)".to_string()))?;
+            let day = param("day").unwrap_or_else(mailgate_tlsrpt::today);
+            let sent = crate::tlsrpt::send_day(shared, &reports, &day).await;
+            Ok(serde_json::json!({ "day": day, "sent": sent }).to_string())
+        }
         ("GET", ["events"]) => {
             let log = shared
                 .events

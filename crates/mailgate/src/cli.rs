@@ -118,6 +118,16 @@ enum Cmd {
         #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// TLS reports (RFC 8460) of the running gateway: preview a day's (today's so far), or
+    /// send a day's now (through its admin endpoint).
+    Tlsrpt {
+        #[command(subcommand)]
+        cmd: TlsrptCmd,
+        /// The config file (default: the embedded one); commands find the gateway by its
+        /// admin.listen.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Keys of the HTTP sending API (kept as hashes in the spool directory).
     ApiKey {
         #[command(subcommand)]
@@ -126,6 +136,26 @@ enum Cmd {
         /// admin.listen.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsrptCmd {
+    /// The reports as they stand (RFC 8460 JSON).
+    Show {
+        /// Only this recipient domain's.
+        #[arg(long)]
+        domain: Option<String>,
+        /// A UTC day (YYYY-MM-DD); default today.
+        #[arg(long)]
+        day: Option<String>,
+    },
+    /// Send a day's reports now to the domains that ask for them (they are sent by
+    /// themselves after each UTC day).
+    Send {
+        /// A UTC day (YYYY-MM-DD); default today.
+        #[arg(long)]
+        day: Option<String>,
     },
 }
 
@@ -720,6 +750,20 @@ pub fn main() -> ExitCode {
         Cmd::Suppression { cmd: SuppressionCmd::Remove { key, address }, config, json } => {
             let path = format!("/suppressions/remove?key={}&address={}", query_escape(&key), query_escape(&address));
             print_result(admin_request(config.as_deref(), "POST", &path), json)
+        }
+        Cmd::Tlsrpt { cmd: TlsrptCmd::Show { domain, day }, config } => {
+            let mut q = vec![];
+            if let Some(d) = domain {
+                q.push(format!("domain={}", query_escape(&d)));
+            }
+            if let Some(d) = day {
+                q.push(format!("day={}", query_escape(&d)));
+            }
+            print_result(admin_request(config.as_deref(), "GET", &format!("/tlsrpt?{}", q.join("&"))), true)
+        }
+        Cmd::Tlsrpt { cmd: TlsrptCmd::Send { day }, config } => {
+            let q = day.map(|d| format!("day={}", query_escape(&d))).unwrap_or_default();
+            print_result(admin_request(config.as_deref(), "POST", &format!("/tlsrpt/send?{q}")), true)
         }
         Cmd::Events { cmd: EventsCmd::Tail { since, follow, json }, config } => {
             events_tail(config.as_deref(), since, follow, json)

@@ -26,5 +26,6 @@ mod session;
 mod slots;
 mod spam_cli;
 mod tls;
+mod tlsrpt;
 
 pub use server::{Gateway, Shared};

@@ -245,6 +245,7 @@ impl Gateway {
                 tasks.push(tokio::spawn(crate::bounces::feed(log.clone(), list.clone(), stop_rx.clone())));
             }
         }
+        tasks.extend(crate::tlsrpt::start(&shared));
         let apis = crate::api::start(&shared, stop_rx).await?;
         Ok(Gateway { shared, local_addrs, apis, stop, spool, tasks })
     }
@@ -271,6 +272,11 @@ impl Gateway {
         // Deliveries in flight finish and write their results before the spool closes.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         self.shared.queue.shutdown(left.max(std::time::Duration::from_secs(5))).await;
+        if let Some(reports) = self.shared.delivery.reports() {
+            if let Err(e) = reports.flush() {
+                tracing::warn!("TLS report counts not written: {e}");
+            }
+        }
         self.spool.close();
         tracing::info!("gateway stopped");
     }
