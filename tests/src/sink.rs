@@ -20,6 +20,10 @@ pub struct Received {
     pub data: Vec<u8>,
     /// Whether the transaction ran inside STARTTLS.
     pub tls: bool,
+    /// When the final dot was answered.
+    pub at: std::time::Instant,
+    /// Which connection (in accept order, from 1) carried it.
+    pub connection: usize,
 }
 
 impl Received {
@@ -38,6 +42,9 @@ struct State {
     /// RCPT commands seen per address (attempt counting).
     rcpt_seen: HashMap<String, usize>,
     connections: usize,
+    /// Connections open now, and the most ever open at once.
+    open: usize,
+    max_open: usize,
     /// EHLO leaves out 8BITMIME (a 7-bit next hop).
     no_8bitmime: bool,
     /// EHLO leaves out SMTPUTF8.
@@ -108,14 +115,18 @@ impl Sink {
         rt.spawn(async move {
             loop {
                 let Ok((s, peer)) = listener.accept().await else { continue };
-                {
+                let n = {
                     let mut g = st.lock().unwrap();
                     g.connections += 1;
+                    g.open += 1;
+                    g.max_open = g.max_open.max(g.open);
                     g.peers.push(peer.ip());
-                }
+                    g.connections
+                };
                 let (st, acc) = (st.clone(), acceptor.clone());
                 tokio::spawn(async move {
-                    let _ = serve(s, st, acc).await;
+                    let _ = serve(s, st.clone(), acc, n).await;
+                    st.lock().unwrap().open -= 1;
                 });
             }
         });
@@ -206,6 +217,11 @@ impl Sink {
         self.state.lock().unwrap().quits
     }
 
+    /// The most connections that were ever open at once.
+    pub fn max_open(&self) -> usize {
+        self.state.lock().unwrap().max_open
+    }
+
     pub fn connections(&self) -> usize {
         self.state.lock().unwrap().connections
     }
@@ -246,6 +262,7 @@ async fn serve(
     s: tokio::net::TcpStream,
     st: Arc<Mutex<State>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    connection: usize,
 ) -> std::io::Result<()> {
     let mut io: BufReader<Box<dyn Io>> = BufReader::new(Box::new(s));
     let mut in_tls = false;
@@ -370,6 +387,8 @@ async fn serve(
                         rcpts: std::mem::take(&mut rcpts),
                         data,
                         tls: in_tls,
+                        at: std::time::Instant::now(),
+                        connection,
                     });
                 }
                 format!("{rep}\r\n")

@@ -83,6 +83,9 @@ fn crate_boundaries_hold() {
     // TLS reports are counts, files and rendering: no DNS, no config, nothing of how sessions
     // are made or how a report message reaches the queue.
     assert!(of("mailgate-tlsrpt").is_empty(), "mailgate-tlsrpt depends on {:?}", of("mailgate-tlsrpt"));
+    // Shaping is limiters over its config: nothing of the queue, SMTP or the spool.
+    let shaping: Vec<&String> = of("mailgate-shaping").iter().collect();
+    assert_eq!(shaping, ["mailgate-config"], "mailgate-shaping depends on {shaping:?}");
     // Address maps are pure lookups over the config.
     let rewrite: Vec<&String> = of("mailgate-rewrite").iter().collect();
     assert_eq!(rewrite, ["mailgate-config"], "mailgate-rewrite depends on {rewrite:?}");

@@ -19,11 +19,13 @@ mod auth;
 mod maps;
 mod plugin;
 mod route;
+mod shaping;
 mod verify;
 pub use auth::{ArcSeal, Auth, AuthCheck, DkimSign, SignFor};
 pub use maps::{Aliases, Canonical};
 pub use plugin::{parse_allowed_route, AllowedRoute, Grant, Mode, OnError, Plugin, Stage};
 pub use route::{AuthMechanism, ClientAuth, Route, SecretError, Source, SourcePool, TlsPolicy};
+pub use shaping::{Rate, Shape, Shaping};
 pub use verify::{Verify, VerifyDomain};
 
 /// The embedded default configuration (`config/mailgate.toml`).
@@ -69,6 +71,8 @@ pub struct Config {
     pub events: Events,
     /// TLS reports (RFC 8460) to recipient domains that ask for them.
     pub tlsrpt: TlsRpt,
+    /// How fast mail may leave for each destination.
+    pub shaping: Shaping,
     /// `[[webhook]]` tables: receivers of the events (they turn events on).
     #[serde(rename = "webhook")]
     pub webhooks: Vec<Webhook>,
@@ -656,6 +660,15 @@ impl Config {
         keys(&mut self.routes);
         keys(&mut self.domain_pipelines);
         keys(&mut self.verify.domains);
+        for map in [&mut self.shaping.domains, &mut self.shaping.hosts] {
+            *map = std::mem::take(map)
+                .into_iter()
+                .map(|(k, v)| match k.strip_prefix("*.") {
+                    Some(rest) => (format!("*.{}", canonical_domain(rest)), v),
+                    None => (canonical_domain(&k), v),
+                })
+                .collect();
+        }
         for d in &mut self.relay.accept_domains {
             *d = match d.strip_prefix('.') {
                 Some(rest) => format!(".{}", canonical_domain(rest)),
@@ -858,6 +871,7 @@ impl Config {
                 errs.push(format!("domain_pipelines.{domain}: unknown pipeline {p:?}"));
             }
         }
+        errs.extend(self.shaping.errors());
         if errs.is_empty() {
             Ok(())
         } else {

@@ -162,6 +162,8 @@ pub struct Conn {
     pub tls_problem: Option<TlsProblem>,
     /// The address this connection left from.
     pub local_ip: Option<std::net::IpAddr>,
+    /// Transactions started on it (for `max_messages_per_connection`).
+    pub messages: u32,
 }
 
 fn deferred(reply: Reply, host: &str) -> RcptOutcome {
@@ -265,6 +267,7 @@ impl Conn {
             wbuf: Vec::new(),
             tls_problem: None,
             local_ip,
+            messages: 0,
         };
         let greet = c.read_reply(s.command_timeout).await.map_err(OpenError::Fail)?;
         if greet.code != 220 {
@@ -472,6 +475,7 @@ impl Conn {
     /// One mail transaction for all of `msg`'s recipients. With PIPELINING, MAIL, every RCPT
     /// and DATA go in one write (RFC 2920).
     pub async fn transaction(&mut self, msg: &Outbound<'_>, s: &Settings) -> Result<Vec<RcptOutcome>, TxError> {
+        self.messages = self.messages.saturating_add(1);
         let host = self.host.clone();
         let n = msg.recipients.len();
         let all = |o: RcptOutcome| Ok(vec![o; n]);
@@ -971,6 +975,7 @@ mod tests {
             envid: Some("id with space+"),
             rcpt_params: &params,
             requiretls: false,
+            max_per_connection: None,
         };
         let mut mail = String::new();
         super::dsn_mail_params(&mut mail, &msg);

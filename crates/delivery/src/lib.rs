@@ -56,6 +56,9 @@ pub struct RcptOutcome {
     pub remote_host: Option<String>,
     /// Who reports a success from here on (RFC 3461 §5.2): decides a success DSN's action.
     pub handoff: Handoff,
+    /// No next hop got as far as a transaction (refused, timed out, 421 greeting, 4xx EHLO,
+    /// TLS): what traffic shaping counts towards pausing a destination.
+    pub connection_level: bool,
 }
 
 /// Where a delivered message went, for the DSN that reports it.
@@ -72,7 +75,13 @@ pub enum Handoff {
 
 impl RcptOutcome {
     pub fn new(status: Status, reply: Reply, host: Option<&str>) -> Self {
-        RcptOutcome { status, reply, remote_host: host.map(str::to_string), handoff: Handoff::default() }
+        RcptOutcome {
+            status,
+            reply,
+            remote_host: host.map(str::to_string),
+            handoff: Handoff::default(),
+            connection_level: false,
+        }
     }
 
     /// The outcome a remote reply means: 2xx/3xx delivered, 4xx deferred, 5xx failed.
@@ -114,6 +123,9 @@ pub struct Outbound<'a> {
     /// REQUIRETLS (RFC 8689): relayed only over verified TLS to a hop that takes REQUIRETLS
     /// (passed on in MAIL FROM); a hop that cannot honour it fails the recipients (5.7.30).
     pub requiretls: bool,
+    /// The destination's `max_messages_per_connection`: a connection that has carried this
+    /// many is closed rather than kept for reuse.
+    pub max_per_connection: Option<u32>,
 }
 
 /// Client-side settings taken from the config.
@@ -164,6 +176,9 @@ pub struct Delivery {
     /// TLS sessions under recipient domains' policies, counted for their reports
     /// (`tlsrpt.enabled`).
     reports: Option<Arc<mailgate_tlsrpt::Reports>>,
+    /// Traffic shaping: the queue's destinations and the next-hop hosts `[shaping.hosts]`
+    /// names (the latter applied here, per connection).
+    shaper: Arc<mailgate_shaping::Shaper>,
 }
 
 fn rotations(cfg: &Config) -> std::collections::HashMap<String, Arc<source::Rotation>> {
@@ -195,6 +210,7 @@ impl Delivery {
             sources: std::sync::RwLock::new(rotations(cfg)),
             sts: sts::Sts::new(Some(cfg.spool.path.join("mta-sts"))),
             dane: dane::Dane::new(&cfg.dns)?,
+            shaper: Arc::new(mailgate_shaping::Shaper::new(cfg)),
             reports: match cfg.tlsrpt.enabled {
                 true => Some(Arc::new(
                     mailgate_tlsrpt::Reports::open(&cfg.spool.path.join("tlsrpt")).map_err(std::io::Error::other)?,
@@ -223,6 +239,11 @@ impl Delivery {
 
     pub fn resolver(&self) -> &Resolver {
         &self.resolver
+    }
+
+    /// The limiters of destinations and hosts.
+    pub fn shaper(&self) -> &Arc<mailgate_shaping::Shaper> {
+        &self.shaper
     }
 
     /// The TLS report counts, when `tlsrpt.enabled`.
@@ -262,6 +283,7 @@ impl Delivery {
     /// `[dns]` is kept: it needs a restart.
     pub fn reconfigure(&self, cfg: &Config) {
         *self.sources.write().unwrap_or_else(|e| e.into_inner()) = rotations(cfg);
+        self.shaper.reconfigure(cfg);
         let new = Settings::from_config(cfg);
         let old = self.settings();
         if *old == new {
@@ -611,6 +633,7 @@ impl Delivery {
                 }
             }
         }
+        last.connection_level = true;
         Err(last)
     }
 
@@ -624,6 +647,69 @@ impl Delivery {
         work: &Work<'_>,
         report: Option<&mailgate_tlsrpt::PolicyRef>,
     ) -> Result<Done, RcptOutcome> {
+        // The host's own limits (`[shaping.hosts]`), across every destination it serves.
+        let limiter = self.shaper.host(host);
+        let _room = match &limiter {
+            None => None,
+            Some(l) => {
+                if let Some(left) = l.paused() {
+                    return Err(RcptOutcome::new(
+                        Status::Deferred,
+                        Reply::new(
+                            451,
+                            Enhanced(4, 4, 5),
+                            format!("next hop {host} paused for {}s after connection failures", left.as_secs().max(1)),
+                        ),
+                        Some(host),
+                    ));
+                }
+                let room = match l.try_room() {
+                    Some(p) => p,
+                    None => l.room().await.ok_or_else(|| {
+                        RcptOutcome::new(Status::Deferred, Reply::new(451, Enhanced(4, 4, 5), "shutting down"), None)
+                    })?,
+                };
+                let wait = l.token();
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                Some(room)
+            }
+        };
+        let max = match (work.max_per_connection(), limiter.as_ref().and_then(|l| l.max_messages_per_connection())) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let result = self.attempt_once(host, addr, hop, work, report, max).await;
+        if let Some(l) = &limiter {
+            l.record(result.is_err());
+        }
+        result
+    }
+
+    /// A connection that may serve another transaction goes back to the pool, unless it has
+    /// carried `max` messages: then it is closed politely.
+    fn release(&self, key: pool::Key, conn: Conn, max: Option<u32>) {
+        if !conn.reusable() {
+            return;
+        }
+        if max.is_some_and(|m| conn.messages >= m) {
+            let limit = self.settings().command_timeout.min(Duration::from_secs(10));
+            tokio::spawn(conn.quit(limit));
+        } else {
+            self.pool.put(key, conn);
+        }
+    }
+
+    async fn attempt_once(
+        &self,
+        host: &str,
+        addr: &Peer,
+        hop: Hop<'_>,
+        work: &Work<'_>,
+        report: Option<&mailgate_tlsrpt::PolicyRef>,
+        max: Option<u32>,
+    ) -> Result<Done, RcptOutcome> {
         let key = pool::Key {
             addr: addr.clone(),
             host: host.to_string(),
@@ -636,9 +722,7 @@ impl Delivery {
         if let Some(mut conn) = self.pool.take(&key, settings.idle_timeout) {
             match work.run(&mut conn, &settings).await {
                 Ok(out) => {
-                    if conn.reusable() {
-                        self.pool.put(key, conn);
-                    }
+                    self.release(key, conn, max);
                     return Ok(out);
                 }
                 Err(client::TxError::Stale) => {} // closed while idle: open a fresh one
@@ -667,9 +751,7 @@ impl Delivery {
         };
         match work.run(&mut conn, &settings).await {
             Ok(out) => {
-                if conn.reusable() {
-                    self.pool.put(key, conn);
-                }
+                self.release(key, conn, max);
                 Ok(out)
             }
             Err(client::TxError::Stale) => Err(RcptOutcome::new(
@@ -719,6 +801,13 @@ enum Done {
 }
 
 impl Work<'_> {
+    fn max_per_connection(&self) -> Option<u32> {
+        match self {
+            Work::Deliver(m) => m.max_per_connection,
+            Work::Probe(_) => None,
+        }
+    }
+
     fn id(&self) -> &str {
         match self {
             Work::Deliver(m) => m.id,

@@ -308,8 +308,10 @@ async fn api(shared: &Arc<Shared>, method: &str, target: &str) -> Result<String,
                 _ => vec![],
             };
             let events = shared.events.as_ref().map(|l| l.last());
+            // Destinations and hosts with deliveries in flight, failures or a pause.
+            let shaping = shared.delivery.shaper().status();
             Ok(serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "listeners": listeners, "plugins": plugins,
-                "queue": counts, "events": events, "webhooks": webhooks })
+                "queue": counts, "events": events, "webhooks": webhooks, "shaping": shaping })
             .to_string())
         }
         ("GET", ["queue"]) => {

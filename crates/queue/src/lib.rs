@@ -1,7 +1,7 @@
 //! The delivery queue: which message is tried when, by which route, and what happens after.
 //!
-//! It owns scheduling (a timer heap over `next_attempt`), the concurrency limits (in total and
-//! per destination), grouping a message's recipients by route so one connection carries all
+//! It owns scheduling (a timer heap over `next_attempt`), the concurrency limits (in total, and
+//! per destination through mailgate-shaping's limiters: room, rate, pauses), grouping a message's recipients by route so one connection carries all
 //! recipients for a host, per-recipient results, retries on the configured backoff, expiry, and
 //! DSNs to the sender (failures, delays, successes as asked). It must not know SMTP sessions or the wire
 //! format: it gets stored envelopes in and hands attempts to `mailgate-delivery`.
@@ -131,8 +131,6 @@ struct Inner {
     max_in_flight: usize,
     /// Set by shutdown: no new attempt starts.
     stopping: std::sync::atomic::AtomicBool,
-    /// Deliveries in flight per destination.
-    per_dest: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Plugins' on-route and on-delivery-result, when any are configured.
     hooks: RwLock<Option<Arc<dyn Hooks>>>,
     /// The cleanup stage DSNs pass through (Received:, signing), of the current configuration.
@@ -173,7 +171,6 @@ impl Queue {
             global: Arc::new(Semaphore::new(config.queue.max_concurrent)),
             max_in_flight: config.queue.max_concurrent,
             stopping: Default::default(),
-            per_dest: Mutex::new(HashMap::new()),
             config: RwLock::new(config),
             hooks: RwLock::new(hooks),
             cleanup: RwLock::new(cleanup),
@@ -227,11 +224,8 @@ impl Queue {
     /// Switches to a reloaded configuration (routes, retries), plugin hooks and cleanup stage;
     /// deliveries in flight finish on the old ones.
     pub fn reconfigure(&self, config: Arc<Config>, hooks: Option<Arc<dyn Hooks>>, cleanup: Arc<Cleanup>) {
-        // A changed per-destination limit applies to attempts that start from now: the
-        // destinations' semaphores are made anew (attempts in flight finish on the old ones).
-        if self.inner.config().queue.max_per_destination != config.queue.max_per_destination {
-            self.inner.per_dest.lock().unwrap().clear();
-        }
+        // Changed shaping applies to attempts that start from now (the delivery agent's shaper
+        // makes its limiters anew; attempts in flight finish on the old ones).
         self.inner.delivery.reconfigure(&config);
         *self.inner.config.write().unwrap() = config;
         *self.inner.hooks.write().unwrap() = hooks;
@@ -382,27 +376,53 @@ impl Queue {
             let dest = destination(&route, &domain);
             groups.entry(dest).or_insert_with(|| (route, domain, vec![])).2.push(i);
         }
-        // Room at every destination first (`queue.max_per_destination`), taken in one order
+        // Room at every destination first (its class's `max_connections`), taken in one order
         // (the map's) so that two messages can never wait on each other. A busy destination
         // is waited for without a delivery slot: a burst to one slow destination must not hold
         // the slots other destinations' mail needs. A message read back from the spool is not
         // read until it has room; a first-delivery copy stays in memory meanwhile (it counts
         // against `limits.content_memory`, which bounds such copies; dropping it would cost a
         // spool read for every message to a busy destination).
+        // Shaping (`[shaping]`): a paused destination gets no attempt (its recipients are
+        // deferred); the others wait for room (`max_connections`) and then for a token of
+        // their rate, neither while holding a delivery slot. Local routes are not shaped.
+        let shaper = inner.delivery.shaper().clone();
+        let mut limiters: BTreeMap<String, Arc<mailgate_shaping::Limiter>> = BTreeMap::new();
+        groups.retain(|dest, (route, domain, idx)| {
+            if matches!(route, Route::Maildir { .. } | Route::Discard) {
+                return true;
+            }
+            let l = shaper.destination(dest, matches!(route, Route::Mx { .. }).then_some(domain.as_str()));
+            if let Some(left) = l.paused() {
+                metrics::counter!("mailgate_shaping_paused_deferrals_total", "class" => l.class.clone()).increment(1);
+                let why = format!("destination paused for {}s after connection failures", left.as_secs().max(1));
+                for i in idx.iter() {
+                    outcomes[*i] =
+                        Some(RcptOutcome::new(Status::Deferred, Reply::new(451, Enhanced(4, 4, 5), why.clone()), None));
+                }
+                return false;
+            }
+            limiters.insert(dest.clone(), l);
+            true
+        });
         let mut slot = Some(slot);
-        let mut room = Vec::with_capacity(groups.len());
-        for dest in groups.keys() {
-            let sem = self.destination_room(dest);
-            match sem.clone().try_acquire_owned() {
-                Ok(p) => room.push(p),
-                Err(_) => {
+        let mut room = Vec::with_capacity(limiters.len());
+        for l in limiters.values() {
+            match l.try_room() {
+                Some(p) => room.push(p),
+                None => {
                     slot = None;
-                    match sem.acquire_owned().await {
-                        Ok(p) => room.push(p),
-                        Err(_) => return,
+                    match l.room().await {
+                        Some(p) => room.push(p),
+                        None => return,
                     }
                 }
             }
+        }
+        let wait = limiters.values().map(|l| l.token()).max().unwrap_or_default();
+        if !wait.is_zero() {
+            slot = None;
+            tokio::time::sleep(wait).await;
         }
         let _slot = match slot {
             Some(s) => s,
@@ -430,17 +450,19 @@ impl Queue {
         // One destination (the common case): deliver in this task. Several: in parallel.
         let mut groups: Vec<_> = groups.into_iter().collect();
         if groups.len() == 1 {
-            let (_, (route, domain, idx)) = groups.pop().expect("one group");
-            let out = self.deliver_group(&e.env, &data, route, domain, &idx).await;
+            let (dest, (route, domain, idx)) = groups.pop().expect("one group");
+            let limiter = limiters.get(&dest).cloned();
+            let out = self.deliver_group(&e.env, &data, route, domain, &idx, limiter).await;
             for (i, o) in idx.into_iter().zip(out) {
                 outcomes[i] = Some(o);
             }
         } else {
             let mut tasks = vec![];
-            for (_, (route, domain, idx)) in groups {
+            for (dest, (route, domain, idx)) in groups {
                 let (q, env, data) = (self.clone(), e.env.clone(), data.clone());
+                let limiter = limiters.get(&dest).cloned();
                 tasks.push(tokio::spawn(async move {
-                    let out = q.deliver_group(&env, &data, route, domain, &idx).await;
+                    let out = q.deliver_group(&env, &data, route, domain, &idx, limiter).await;
                     (idx, out)
                 }));
             }
@@ -458,15 +480,8 @@ impl Queue {
         self.settle(e.env, outcomes, &data).await;
     }
 
-    /// The semaphore counting deliveries in flight to `dest`.
-    fn destination_room(&self, dest: &str) -> Arc<Semaphore> {
-        let mut per_dest = self.inner.per_dest.lock().unwrap();
-        let n = self.inner.config().queue.max_per_destination;
-        per_dest.entry(dest.to_string()).or_insert_with(|| Arc::new(Semaphore::new(n))).clone()
-    }
-
     /// One attempt for the recipients `idx` of a message that share a destination (whose room
-    /// the caller holds).
+    /// the caller holds, in `limiter`, which hears how it went).
     async fn deliver_group(
         &self,
         env: &Envelope,
@@ -474,6 +489,7 @@ impl Queue {
         route: Route,
         domain: String,
         idx: &[usize],
+        limiter: Option<Arc<mailgate_shaping::Limiter>>,
     ) -> Vec<RcptOutcome> {
         // RFC 8689: a REQUIRETLS message leaves only over verified TLS (an LMTP agent, which
         // delivers into the mailbox, is its last hop and keeps its own TLS setting).
@@ -517,8 +533,14 @@ impl Queue {
             envid: env.envid.as_deref(),
             rcpt_params: &rcpt_params,
             requiretls: env.requiretls,
+            max_per_connection: limiter.as_ref().and_then(|l| l.max_messages_per_connection()),
         };
-        self.inner.delivery.deliver(&route, &domain, &msg).await
+        let out = self.inner.delivery.deliver(&route, &domain, &msg).await;
+        if let Some(l) = limiter {
+            // Connection-level only when no next hop got as far as a transaction.
+            l.record(out.iter().all(|o| o.status == Status::Deferred && o.connection_level));
+        }
+        out
     }
 
     /// Applies the outcomes: logs them, records them as events, bounces permanent failures,
