@@ -190,3 +190,64 @@ fn a_run_of_421s_pauses_the_destination() {
     assert!(paused["paused_for"].as_u64().unwrap() > 3500, "{paused}");
     assert_eq!(paused["class"], "default");
 }
+
+/// An on-route plugin (route-by-domain) picks a shaping class and a source pool per domain;
+/// an API key created with `--pool` sends from its pool; a plugin naming a pool the operator
+/// did not configure fails (and is logged), it does not make the gateway invent one.
+#[test]
+fn plugins_and_api_keys_pick_pools_and_shaping_classes() {
+    use mailgate_tests::http::{create_key, post_json, with_api};
+    let sink = Sink::start();
+    let plugin = Gateway::plugin(
+        "route-by-domain",
+        "router",
+        "stages = [\"route\"]\non_error = \"tempfail\"",
+        "pools = [\"blue.test=blue\", \"bad.test=nosuch\"]\nshaping = [\"slow.test=single\"]",
+    );
+    let (gw, url) = with_api(
+        &sink,
+        &format!(
+            "\n[[pool]]\nname = \"blue\"\nsources = [{{ address = \"127.0.0.2\", helo = \"blue.pool.test\" }}]\n\n\
+             [[pool]]\nname = \"green\"\nsources = [{{ address = \"127.0.0.3\", helo = \"green.pool.test\" }}]\n\n\
+             [shaping.classes.single]\nmax_connections = 1\n{plugin}"
+        ),
+    );
+    // The plugin's class: six messages sent at once leave over one connection at a time.
+    std::thread::scope(|s| {
+        for i in 0..6 {
+            let port = gw.port;
+            s.spawn(move || burst(port, &format!("u{i}@slow.test"), 1));
+        }
+    });
+    sink.wait_for(6, T);
+    assert_eq!(sink.max_open(), 1, "connections at once to the plugin's single-connection class");
+
+    let peer_of = |rcpt: &str| {
+        let m = sink.wait_for_rcpt(rcpt, T);
+        let n = m.connection - 1;
+        (sink.peers()[n].to_string(), sink.helos()[n].clone())
+    };
+    // The plugin's pool.
+    Raw::deliver(gw.port, "a@sender.test", &["a@blue.test"], "Subject: blue\r\n\r\nx\r\n");
+    assert_eq!(peer_of("a@blue.test"), ("127.0.0.2".to_string(), "blue.pool.test".to_string()));
+    // The API key's pool.
+    let key = create_key(&gw, "green-key", &["--pool", "green"]);
+    let r = post_json(
+        &url,
+        &key,
+        &serde_json::json!({"from": "app@sender.test", "to": ["x@api.test"], "subject": "s", "text": "t"}),
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(peer_of("x@api.test"), ("127.0.0.3".to_string(), "green.pool.test".to_string()));
+    // A key for a pool that does not exist is refused when it is made.
+    let out = Command::new(binary())
+        .args(["api-key", "create", "--name", "nopool", "--pool", "nosuch", "--config"])
+        .arg(gw.path("mailgate.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no [[pool]] named \"nosuch\""));
+    // A plugin naming an unknown pool fails (tempfail): logged, nothing sent.
+    Raw::deliver(gw.port, "a@sender.test", &["b@bad.test"], "Subject: bad\r\n\r\nx\r\n");
+    assert!(gw.wait_log("on-route named pool \"nosuch\"", T), "{}", gw.log());
+    assert!(sink.received().iter().all(|m| !m.rcpts.contains(&"b@bad.test".to_string())));
+}

@@ -30,6 +30,9 @@ pub struct ApiKey {
     /// Messages per minute; none: no limit.
     #[serde(default)]
     pub rate_per_min: Option<u32>,
+    /// The `[[pool]]` of source addresses the key's mail leaves from; none: the route's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     /// Unix time it was made.
     pub created: u64,
     /// Unix time it was revoked; a revoked key is kept so its name is not reused by mistake.
@@ -123,6 +126,7 @@ impl KeyStore {
         name: &str,
         allow_from: Vec<String>,
         rate_per_min: Option<u32>,
+        pool: Option<String>,
     ) -> Result<(String, ApiKey), KeyError> {
         let ok = |c: char| c.is_ascii_alphanumeric() || ".-_".contains(c);
         if name.is_empty() || name.len() > 64 || !name.chars().all(ok) {
@@ -140,6 +144,7 @@ impl KeyStore {
             prefix: key[..9].to_string(),
             allow_from: allow_from.into_iter().map(|d| d.trim().to_ascii_lowercase()).collect(),
             rate_per_min,
+            pool,
             created: unix_now(),
             revoked: None,
         };
@@ -281,12 +286,12 @@ mod tests {
     fn create_verify_revoke() {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::in_spool(dir.path());
-        let (key, stored) = store.create("shop", vec!["Shop.Example".into()], Some(2)).unwrap();
+        let (key, stored) = store.create("shop", vec!["Shop.Example".into()], Some(2), None).unwrap();
         assert!(key.starts_with("mg_") && key.len() == 46, "{key}");
         assert!(!std::fs::read_to_string(store.path()).unwrap().contains(&key), "only the hash is stored");
         assert!(stored.allows("shop.example") && !stored.allows("other.example"));
-        assert!(matches!(store.create("shop", vec![], None), Err(KeyError::Exists(_))));
-        assert!(matches!(store.create("bad name", vec![], None), Err(KeyError::BadName(_))));
+        assert!(matches!(store.create("shop", vec![], None, None), Err(KeyError::Exists(_))));
+        assert!(matches!(store.create("bad name", vec![], None, None), Err(KeyError::BadName(_))));
         let keys = Keys::open(dir.path()).unwrap();
         let k = keys.verify(&key).expect("the key works");
         assert_eq!(k.name, "shop");

@@ -490,7 +490,14 @@ async fn submit_inner(api: &Arc<Api>, conn: Conn, req: Request) -> Result<Respon
         smtputf8,
         data: message,
         hold,
-        meta: ApiMeta { key: key.name.clone(), tags, metadata, idempotency_key: idem_key.clone(), verp: false },
+        meta: ApiMeta {
+            key: key.name.clone(),
+            tags,
+            metadata,
+            idempotency_key: idem_key.clone(),
+            verp: false,
+            pool: key.pool.clone(),
+        },
     };
     api.in_flight.fetch_add(1, Ordering::AcqRel);
     let result = api.gate.submit(submission).await;

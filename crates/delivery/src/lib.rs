@@ -688,14 +688,15 @@ impl Delivery {
     }
 
     /// A connection that may serve another transaction goes back to the pool, unless it has
-    /// carried `max` messages: then it is closed politely.
-    fn release(&self, key: pool::Key, conn: Conn, max: Option<u32>) {
+    /// carried `max` messages: then it is closed politely, before the attempt ends (and gives
+    /// back its room), so that the next one's connection never overlaps it.
+    async fn release(&self, key: pool::Key, conn: Conn, max: Option<u32>) {
         if !conn.reusable() {
             return;
         }
         if max.is_some_and(|m| conn.messages >= m) {
             let limit = self.settings().command_timeout.min(Duration::from_secs(10));
-            tokio::spawn(conn.quit(limit));
+            conn.quit(limit).await;
         } else {
             self.pool.put(key, conn);
         }
@@ -722,7 +723,7 @@ impl Delivery {
         if let Some(mut conn) = self.pool.take(&key, settings.idle_timeout) {
             match work.run(&mut conn, &settings).await {
                 Ok(out) => {
-                    self.release(key, conn, max);
+                    self.release(key, conn, max).await;
                     return Ok(out);
                 }
                 Err(client::TxError::Stale) => {} // closed while idle: open a fresh one
@@ -751,7 +752,7 @@ impl Delivery {
         };
         match work.run(&mut conn, &settings).await {
             Ok(out) => {
-                self.release(key, conn, max);
+                self.release(key, conn, max).await;
                 Ok(out)
             }
             Err(client::TxError::Stale) => Err(RcptOutcome::new(

@@ -30,12 +30,22 @@ fn fail(what: &str, e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
-pub(crate) fn create(config: Option<&Path>, name: &str, allow_from: Vec<String>, rate: Option<u32>) -> ExitCode {
-    let store = match store(config) {
-        Ok(s) => s,
+pub(crate) fn create(
+    config: Option<&Path>,
+    name: &str,
+    allow_from: Vec<String>,
+    rate: Option<u32>,
+    pool: Option<String>,
+) -> ExitCode {
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
         Err(e) => return fail("create", e),
     };
-    match store.create(name, allow_from, rate) {
+    if let Some(p) = pool.as_ref().filter(|p| !cfg.pools.iter().any(|q| &q.name == *p)) {
+        return fail("create", format!("the configuration has no [[pool]] named {p:?}"));
+    }
+    let store = KeyStore::in_spool(&cfg.spool.path);
+    match store.create(name, allow_from, rate, pool) {
         Ok((key, stored)) => {
             println!("{key}");
             eprintln!(
@@ -45,6 +55,9 @@ pub(crate) fn create(config: Option<&Path>, name: &str, allow_from: Vec<String>,
                 if stored.allow_from.is_empty() { "any domain".to_string() } else { stored.allow_from.join(", ") },
                 stored.rate_per_min.map_or("unlimited".to_string(), |r| format!("{r}/min")),
             );
+            if let Some(p) = &stored.pool {
+                eprintln!("its mail leaves from the source pool {p:?}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => fail("create", e),

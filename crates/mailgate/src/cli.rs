@@ -202,6 +202,9 @@ enum ApiKeyCmd {
         /// Messages per minute: N, N/min, N/s or N/h (none: no limit).
         #[arg(long, value_parser = crate::api_cli::parse_rate)]
         rate: Option<u32>,
+        /// The `[[pool]]` of source addresses the key's mail leaves from (none: the route's).
+        #[arg(long)]
+        pool: Option<String>,
     },
     /// The keys (names, prefixes, senders, rates, state).
     List {
@@ -768,8 +771,8 @@ pub fn main() -> ExitCode {
         Cmd::Events { cmd: EventsCmd::Tail { since, follow, json }, config } => {
             events_tail(config.as_deref(), since, follow, json)
         }
-        Cmd::ApiKey { cmd: ApiKeyCmd::Create { name, allow_from, rate }, config } => {
-            crate::api_cli::create(config.as_deref(), &name, allow_from, rate)
+        Cmd::ApiKey { cmd: ApiKeyCmd::Create { name, allow_from, rate, pool }, config } => {
+            crate::api_cli::create(config.as_deref(), &name, allow_from, rate, pool)
         }
         Cmd::ApiKey { cmd: ApiKeyCmd::List { json }, config } => crate::api_cli::list(config.as_deref(), json),
         Cmd::ApiKey { cmd: ApiKeyCmd::Revoke { name }, config } => crate::api_cli::revoke(config.as_deref(), &name),

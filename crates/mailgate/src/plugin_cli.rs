@@ -186,11 +186,18 @@ pub async fn test(run: TestRun) -> Result<(), String> {
     }
     let queue = plugins.queue();
     for r in &run.rcpts {
-        let route = match queue.on_route(mailgate_config::DEFAULT_PIPELINE, &env, r).await {
+        let routed = queue.on_route(mailgate_config::DEFAULT_PIPELINE, &env, r).await;
+        let mut route = match routed.decision {
             RouteDecision::Default => "configured route".to_string(),
             RouteDecision::Route(route) => format!("{:?}", crate::plugins::route_choice(&route)),
             RouteDecision::Reply(reply) => format!("reply {reply}"),
         };
+        if let Some(p) = routed.pool {
+            route.push_str(&format!(", pool {p}"));
+        }
+        if let Some(c) = routed.shaping {
+            route.push_str(&format!(", shaping class {c}"));
+        }
         println!("route <{r}>: {route}");
     }
     match chain.failures() {

@@ -8,7 +8,7 @@ use mailgate_cleanup::{Changes, DataPolicy, PolicyAnswer, Verdict};
 use mailgate_delivery::{RcptOutcome, Status};
 use mailgate_plugin_host::bindings::types::{self, ConnectionInfo};
 use mailgate_plugin_host::{modify, DataDecision, QueueChain, RouteDecision, SessionChain};
-use mailgate_queue::Hooks;
+use mailgate_queue::{Hooks, RouteAnswer};
 use mailgate_spool::{BoxFuture, Envelope, RouteChoice};
 
 /// A WIT envelope.
@@ -107,9 +107,10 @@ impl PluginHooks {
 }
 
 impl Hooks for PluginHooks {
-    fn route<'a>(&'a self, env: &'a Envelope, rcpt: &'a str) -> BoxFuture<'a, Option<RouteChoice>> {
+    fn route<'a>(&'a self, env: &'a Envelope, rcpt: &'a str) -> BoxFuture<'a, RouteAnswer> {
         Box::pin(async move {
-            match self.chain.on_route(self.pipeline(rcpt), &spooled(env), rcpt).await {
+            let routed = self.chain.on_route(self.pipeline(rcpt), &spooled(env), rcpt).await;
+            let choice = match routed.decision {
                 RouteDecision::Default => None,
                 RouteDecision::Route(r) => Some(route_choice(&r)),
                 RouteDecision::Reply(r) => Some(RouteChoice::Reject {
@@ -117,7 +118,8 @@ impl Hooks for PluginHooks {
                     enhanced: r.enhanced.map(|e| e.to_string()).unwrap_or_default(),
                     text: r.text.to_string(),
                 }),
-            }
+            };
+            RouteAnswer { choice, pool: routed.pool, shaping: routed.shaping }
         })
     }
 

@@ -27,6 +27,9 @@ pub struct Plugins {
     /// Pipelines by name: indexes into `loaded`, in the order they are asked.
     pipelines: std::collections::HashMap<String, Arc<[usize]>>,
     pub(crate) services: Services,
+    /// The `[[pool]]` and `[shaping.classes]` names an on-route answer may pick.
+    pools: std::collections::HashSet<String>,
+    classes: std::collections::HashSet<String>,
 }
 
 /// The chain's answer at a verdict stage.
@@ -64,6 +67,23 @@ pub enum RouteDecision {
     Reply(Reply),
 }
 
+/// The chain's whole on-route answer: the route, and the source pool and shaping class the
+/// last plugins that named one picked.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub decision: RouteDecision,
+    pub pool: Option<String>,
+    pub shaping: Option<String>,
+}
+
+/// What one plugin's on-route answer changes.
+#[derive(Debug)]
+struct RouteEffect {
+    decision: Option<RouteDecision>,
+    pool: Option<String>,
+    shaping: Option<String>,
+}
+
 impl Plugins {
     /// Compiles every `[[plugin]]` of the config. `slots` bounds live instances.
     pub fn load(
@@ -93,7 +113,14 @@ impl Plugins {
                 (name, Arc::from(order))
             })
             .collect();
-        Ok(Arc::new(Plugins { engine, loaded, pipelines, services: Services { resolver: resolver.map(Arc::new), kv } }))
+        Ok(Arc::new(Plugins {
+            engine,
+            loaded,
+            pipelines,
+            services: Services { resolver: resolver.map(Arc::new), kv },
+            pools: cfg.pools.iter().map(|p| p.name.clone()).collect(),
+            classes: cfg.shaping.classes.keys().cloned().collect(),
+        }))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -288,11 +315,17 @@ fn data_step(
     Ok(Step { effect, said, stop })
 }
 
-/// What one on-route answer means: a route and/or a verdict.
-fn route_step(meta: &PluginMeta, rr: types::RouteResult) -> Result<Step<RouteDecision>, Failure> {
+/// What one on-route answer means: a route and/or a verdict, a pool, a shaping class.
+fn route_step(plugins: &Plugins, meta: &PluginMeta, rr: types::RouteResult) -> Result<Step<RouteEffect>, Failure> {
     if let Some(r) = &rr.route {
         meta.routes.check(r)?;
     }
+    for (what, name, known) in [("pool", &rr.pool, &plugins.pools), ("shaping class", &rr.shaping, &plugins.classes)] {
+        if let Some(n) = name.as_ref().filter(|n| !known.contains(*n)) {
+            return Err(Failure::Unknown { what, name: n.clone() });
+        }
+    }
+    let (pool, shaping) = (rr.pool, rr.shaping);
     let route = rr.route.map(RouteDecision::Route);
     let accepted = matches!(rr.verdict, Verdict::Accept);
     let (effect, stop) = match rr.verdict {
@@ -316,6 +349,11 @@ fn route_step(meta: &PluginMeta, rr: types::RouteResult) -> Result<Step<RouteDec
         None if accepted => Some(Said { verdict: "accept", detail: "accept (the configured route)".into() }),
         None => None,
     };
+    let effect = (effect.is_some() || pool.is_some() || shaping.is_some()).then_some(RouteEffect {
+        decision: effect,
+        pool,
+        shaping,
+    });
     Ok(Step { effect, said, stop })
 }
 
@@ -369,19 +407,30 @@ impl QueueChain {
 
     /// Lets on-route plugins pick the route of one recipient: the last enforced answer that
     /// named a route or a verdict decides.
-    pub async fn on_route(&self, pipeline: &str, env: &Envelope, rcpt: &str) -> RouteDecision {
+    pub async fn on_route(&self, pipeline: &str, env: &Envelope, rcpt: &str) -> Routed {
         let mut pooled = self.take(pipeline).await;
+        let plugins = self.plugins.clone();
         let ran = pooled
             .chain()
             .run(&Call::Route(env, rcpt), |meta, a| match a {
-                Answer::Route(rr) => route_step(meta, rr),
+                Answer::Route(rr) => route_step(&plugins, meta, rr),
                 _ => Err(mismatch(Stage::Route)),
             })
             .await;
+        let mut routed = Routed { decision: RouteDecision::Default, pool: None, shaping: None };
         match ran {
-            Ok(mut d) => d.pop().unwrap_or(RouteDecision::Default),
-            Err(Tempfail) => RouteDecision::Reply(policy_failure()),
+            Ok(effects) => {
+                for e in effects {
+                    if let Some(d) = e.decision {
+                        routed.decision = d;
+                    }
+                    routed.pool = e.pool.or(routed.pool);
+                    routed.shaping = e.shaping.or(routed.shaping);
+                }
+            }
+            Err(Tempfail) => routed.decision = RouteDecision::Reply(policy_failure()),
         }
+        routed
     }
 
     /// Tells on-delivery-result plugins about one recipient's attempt.

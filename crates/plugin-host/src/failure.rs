@@ -31,6 +31,9 @@ pub enum Failure {
     /// A route outside the plugin's grant.
     #[error(transparent)]
     Route(#[from] RouteRefused),
+    /// A source pool or shaping class the operator did not configure.
+    #[error("on-route named {what} {name:?}, which the configuration does not have")]
+    Unknown { what: &'static str, name: String },
     /// The message could not be handed over as a resource.
     #[error("resource table: {0}")]
     Resource(#[from] wasmtime::component::ResourceTableError),
@@ -52,7 +55,7 @@ impl Failure {
             Failure::Instantiate(_) | Failure::InitRefused(_) => "instantiate",
             Failure::Budget => "budget",
             Failure::Trap(_) => "trap",
-            Failure::Reply(_) | Failure::Verdict { .. } => "invalid_answer",
+            Failure::Reply(_) | Failure::Verdict { .. } | Failure::Unknown { .. } => "invalid_answer",
             Failure::Route(_) => "route_refused",
             Failure::Resource(_) => "resource",
         }

@@ -21,7 +21,7 @@ pub mod modify;
 pub mod route;
 mod runner;
 
-pub use chain::{DataDecision, Decision, Plugins, QueueChain, RouteDecision, SessionChain};
+pub use chain::{DataDecision, Decision, Plugins, QueueChain, RouteDecision, Routed, SessionChain};
 pub use engine::PluginEngine;
 pub use kv::{KvError, KvStore, MemoryKv};
 

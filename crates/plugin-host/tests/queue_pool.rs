@@ -120,7 +120,7 @@ async fn a_routing_waiting_on_dns_does_not_hold_up_another() {
     assert!(!first.is_finished());
     *dns.release.lock().unwrap() = true;
     for r in [first, second] {
-        assert!(matches!(r.await.unwrap(), RouteDecision::Default));
+        assert!(matches!(r.await.unwrap().decision, RouteDecision::Default));
     }
     let names = dns.names.lock().unwrap().clone();
     assert!(names.contains("one.probe.test") && names.contains("two.probe.test"), "{names:?}");

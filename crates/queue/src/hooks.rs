@@ -8,11 +8,22 @@ use mailgate_smtp::{Enhanced, Reply};
 use mailgate_spool::{BoxFuture, Envelope, RouteChoice};
 
 pub trait Hooks: Send + Sync + 'static {
-    /// A route for one recipient, or `None` for the configured route.
-    fn route<'a>(&'a self, env: &'a Envelope, rcpt: &'a str) -> BoxFuture<'a, Option<RouteChoice>>;
+    /// A route for one recipient (`choice: None`: the configured one), and the source pool
+    /// and shaping class to use, when the hooks pick them.
+    fn route<'a>(&'a self, env: &'a Envelope, rcpt: &'a str) -> BoxFuture<'a, RouteAnswer>;
 
     /// One recipient's outcome of one attempt.
     fn delivery_result<'a>(&'a self, env: &'a Envelope, rcpt: &'a str, outcome: &'a RcptOutcome) -> BoxFuture<'a, ()>;
+}
+
+/// What the hooks say about one recipient's delivery.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteAnswer {
+    pub choice: Option<RouteChoice>,
+    /// A `[[pool]]` name: overrides the route's.
+    pub pool: Option<String>,
+    /// A `[shaping.classes]` name: overrides the domain's class.
+    pub shaping: Option<String>,
 }
 
 /// What a chosen route means to the queue.

@@ -10,7 +10,7 @@ mod admin;
 pub mod dsn;
 mod hooks;
 
-pub use hooks::{resolve, Chosen, Hooks};
+pub use hooks::{resolve, Chosen, Hooks, RouteAnswer};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -337,16 +337,19 @@ impl Queue {
         let inner = &self.inner;
         let (config, hooks) = (inner.config(), inner.hooks());
         // Group pending recipients by destination: one transaction per group.
-        let mut groups: BTreeMap<String, (Route, String, Vec<usize>)> = BTreeMap::new();
+        let mut groups: BTreeMap<String, Group> = BTreeMap::new();
         let mut outcomes: Vec<Option<RcptOutcome>> = vec![None; e.env.recipients.len()];
         let pending: Vec<(usize, String)> = e.env.pending().map(|(i, r)| (i, r.address.clone())).collect();
         for (i, rcpt) in pending {
             let domain = rcpt.rsplit_once('@').map(|(_, d)| mailgate_config::canonical_domain(d)).unwrap_or_default();
-            let chosen = match (&e.env.route, &hooks) {
-                (Some(choice), _) => Some(choice.clone()),
+            let answer = match (&e.env.route, &hooks) {
+                (Some(choice), _) => RouteAnswer { choice: Some(choice.clone()), ..RouteAnswer::default() },
                 (None, Some(h)) => h.route(&e.env, &rcpt).await,
-                (None, None) => None,
+                (None, None) => RouteAnswer::default(),
             };
+            // A source pool: the plugin's, else the API key's, else the route's own.
+            let pool = answer.pool.or_else(|| e.env.api.as_ref().and_then(|a| a.pool.clone()));
+            let chosen = answer.choice;
             let (route, domain) = match chosen.map(|c| resolve(&c, &config)) {
                 None => match config.route_for(&domain) {
                     Some(route) => (route.clone(), domain),
@@ -373,8 +376,23 @@ impl Queue {
                     continue;
                 }
             };
-            let dest = destination(&route, &domain);
-            groups.entry(dest).or_insert_with(|| (route, domain, vec![])).2.push(i);
+            let mut route = route;
+            if let (Some(p), Route::Mx { pool, .. } | Route::Smarthost { pool, .. }) = (&pool, &mut route) {
+                *pool = Some(p.clone());
+            }
+            // Recipients share an attempt only with the same pool and shaping class.
+            let mut dest = destination(&route, &domain);
+            if let Some(p) = route.pool() {
+                dest.push_str(&format!(" pool={p}"));
+            }
+            if let Some(c) = &answer.shaping {
+                dest.push_str(&format!(" class={c}"));
+            }
+            groups
+                .entry(dest)
+                .or_insert_with(|| Group { route, domain, idx: vec![], class: answer.shaping })
+                .idx
+                .push(i);
         }
         // Room at every destination first (its class's `max_connections`), taken in one order
         // (the map's) so that two messages can never wait on each other. A busy destination
@@ -388,11 +406,14 @@ impl Queue {
         // their rate, neither while holding a delivery slot. Local routes are not shaped.
         let shaper = inner.delivery.shaper().clone();
         let mut limiters: BTreeMap<String, Arc<mailgate_shaping::Limiter>> = BTreeMap::new();
-        groups.retain(|dest, (route, domain, idx)| {
+        groups.retain(|dest, Group { route, domain, idx, class }| {
             if matches!(route, Route::Maildir { .. } | Route::Discard) {
                 return true;
             }
-            let l = shaper.destination(dest, matches!(route, Route::Mx { .. }).then_some(domain.as_str()));
+            let l = match class {
+                Some(c) => shaper.destination_in(dest, c),
+                None => shaper.destination(dest, matches!(route, Route::Mx { .. }).then_some(domain.as_str())),
+            };
             if let Some(left) = l.paused() {
                 metrics::counter!("mailgate_shaping_paused_deferrals_total", "class" => l.class.clone()).increment(1);
                 let why = format!("destination paused for {}s after connection failures", left.as_secs().max(1));
@@ -450,7 +471,7 @@ impl Queue {
         // One destination (the common case): deliver in this task. Several: in parallel.
         let mut groups: Vec<_> = groups.into_iter().collect();
         if groups.len() == 1 {
-            let (dest, (route, domain, idx)) = groups.pop().expect("one group");
+            let (dest, Group { route, domain, idx, .. }) = groups.pop().expect("one group");
             let limiter = limiters.get(&dest).cloned();
             let out = self.deliver_group(&e.env, &data, route, domain, &idx, limiter).await;
             for (i, o) in idx.into_iter().zip(out) {
@@ -458,7 +479,7 @@ impl Queue {
             }
         } else {
             let mut tasks = vec![];
-            for (dest, (route, domain, idx)) in groups {
+            for (dest, Group { route, domain, idx, .. }) in groups {
                 let (q, env, data) = (self.clone(), e.env.clone(), data.clone());
                 let limiter = limiters.get(&dest).cloned();
                 tasks.push(tokio::spawn(async move {
@@ -856,6 +877,17 @@ pub(crate) struct Failed {
     /// `reply` (an expiry reports the last reply the recipient had; an operator's bounce is
     /// our own decision, whoever answered last).
     pub diagnostic: Option<(String, bool)>,
+}
+
+/// Recipients that share an attempt (and connection).
+struct Group {
+    route: Route,
+    /// The recipients' domain (for MX).
+    domain: String,
+    /// Their indexes in the envelope.
+    idx: Vec<usize>,
+    /// The shaping class an on-route plugin picked for them.
+    class: Option<String>,
 }
 
 /// Recipients with the same destination share one attempt (and connection).

@@ -108,6 +108,13 @@ impl Shaper {
         self.limiter(&rules, format!("dest:{dest}"), class)
     }
 
+    /// The limiter of a queue destination in the class `class` (an on-route plugin's pick;
+    /// an unknown class has the default limits).
+    pub fn destination_in(&self, dest: &str, class: &str) -> Arc<Limiter> {
+        let rules = self.current();
+        self.limiter(&rules, format!("dest:{dest}"), class)
+    }
+
     /// The limiter of a next-hop host, when `[shaping.hosts]` gives it a class.
     pub fn host(&self, host: &str) -> Option<Arc<Limiter>> {
         let rules = self.current();

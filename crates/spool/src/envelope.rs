@@ -220,6 +220,10 @@ pub struct ApiMeta {
     /// events, so no DSN is written (it would only come back to us).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub verp: bool,
+    /// The key's `[[pool]]` of source addresses: its mail leaves from there (unless an
+    /// on-route plugin picks another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 impl Envelope {

@@ -74,17 +74,29 @@ impl Default for DataResult {
 impl RouteResult {
     /// No opinion: keep the current route and ask the next plugin.
     pub fn next() -> Self {
-        RouteResult { route: None, verdict: Verdict::Next }
+        RouteResult { route: None, verdict: Verdict::Next, pool: None, shaping: None }
     }
 
     /// Use `route` and ask no further plugin.
     pub fn accept(route: Route) -> Self {
-        RouteResult { route: Some(route), verdict: Verdict::Accept }
+        RouteResult { route: Some(route), verdict: Verdict::Accept, pool: None, shaping: None }
     }
 
     /// Fail, defer or drop the recipient with this verdict, choosing no route.
     pub fn verdict(verdict: Verdict) -> Self {
-        RouteResult { route: None, verdict }
+        RouteResult { route: None, verdict, pool: None, shaping: None }
+    }
+
+    /// The same, leaving from the operator's `[[pool]]` named `pool`.
+    pub fn with_pool(mut self, pool: impl Into<String>) -> Self {
+        self.pool = Some(pool.into());
+        self
+    }
+
+    /// The same, counted under the operator's `[shaping.classes]` class `class`.
+    pub fn with_shaping(mut self, class: impl Into<String>) -> Self {
+        self.shaping = Some(class.into());
+        self
     }
 }
 
