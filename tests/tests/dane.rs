@@ -147,3 +147,30 @@ fn tlsa_records_decide_how_mail_leaves() {
     }
     gw.stop();
 }
+
+/// A trust anchor file that holds no DNSKEY record, or a broken one, fails `config check`
+/// (it would otherwise fail only the start, or trust nothing).
+#[test]
+fn config_check_reads_the_trust_anchor() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in
+        [("empty.keys", "; nothing here\n"), ("broken.keys", "dane.test. 300 IN DNSKEY 257 3 13 !!!notbase64\n")]
+    {
+        let anchor = dir.path().join(name);
+        std::fs::write(&anchor, text).unwrap();
+        let cfg = dir.path().join("mailgate.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nhostname = \"mx.gateway.test\"\n\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2525\"\n\n\
+                 [spool]\npath = \"{}\"\n\n[dns]\ntrust_anchor = \"{}\"\n\n[delivery]\ndane = true\n",
+                dir.path().join("spool").display(),
+                anchor.display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(binary()).args(["config", "check", "--config"]).arg(&cfg).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("dns.trust_anchor"), "{name}: {err}");
+    }
+}

@@ -8,7 +8,7 @@
 //!   second.
 //! - A next hop that answers `421` at the greeting: after `backoff_after` connection failures
 //!   in a row the destination is paused — no more connections during the pause, its mail
-//!   deferred with `4.4.5` — and `mailgate status` shows it.
+//!   deferred with `4.4.5` until the pause ends — and `mailgate status` shows it.
 //! - `[shaping.hosts]`: two domains whose MX is one host share that host's one connection.
 
 use std::collections::HashMap;
@@ -171,12 +171,29 @@ fn a_run_of_421s_pauses_the_destination() {
     assert!(gw.wait_log("destination paused after connection failures in a row", T), "{}", gw.log());
     let at_pause = connections.load(Ordering::SeqCst);
     assert_eq!(at_pause, 3, "connections before the pause");
-    // Retries keep coming every second, but go nowhere while paused.
+    // The message's next try waits for the pause to end (not the 1 s schedule); another
+    // message for the paused destination is deferred at once, without a connection.
     assert!(gw.wait_log("451 4.4.5 destination paused for", T), "{}", gw.log());
+    Raw::deliver(gw.port, "a@sender.test", &["y@busy.test"], "Subject: busy too\r\n\r\nx\r\n");
     let deferrals = |g: &Gateway| g.log().matches("451 4.4.5 destination paused for").count();
-    let seen = deferrals(&gw);
-    assert!(wait_for(T, || (deferrals(&gw) >= seen + 2).then_some(())).is_some(), "{}", gw.log());
+    assert!(wait_for(T, || (deferrals(&gw) >= 2).then_some(())).is_some(), "{}", gw.log());
     assert_eq!(connections.load(Ordering::SeqCst), at_pause, "connected while paused");
+    let out = Command::new(binary())
+        .args(["queue", "list", "--json", "--config"])
+        .arg(gw.path("mailgate.toml"))
+        .output()
+        .unwrap();
+    let queue: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"));
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert_eq!(queue.len(), 2, "{queue:?}");
+    for m in &queue {
+        let next = m["next_attempt"].as_u64().unwrap();
+        assert!(
+            next > now_ms + 3_500_000,
+            "next try in {} s, not at the pause's end: {m}",
+            next.saturating_sub(now_ms) / 1000
+        );
+    }
 
     let out =
         Command::new(binary()).args(["status", "--json", "--config"]).arg(gw.path("mailgate.toml")).output().unwrap();

@@ -128,13 +128,23 @@ pub struct AnchorError {
     why: String,
 }
 
+/// The DNSKEY records of a `dns.trust_anchor` file (none there is an error too: a file that
+/// trusts nothing would make every answer bogus).
+pub fn read_trust_anchor(path: &std::path::Path) -> Result<TrustAnchors, AnchorError> {
+    let bad = |why: String| AnchorError { path: path.to_path_buf(), why };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    if !text.lines().any(|l| l.contains("DNSKEY")) {
+        return Err(bad("no DNSKEY record".into()));
+    }
+    text.parse::<TrustAnchors>().map_err(|e| bad(e.to_string()))
+}
+
 impl Dane {
     pub fn new(cfg: &Dns) -> std::io::Result<Dane> {
         let mut builder = crate::mx::builder(cfg)?;
         builder.options_mut().validate = true;
         if let Some(path) = &cfg.trust_anchor {
-            let anchors = TrustAnchors::from_file(path)
-                .map_err(|e| std::io::Error::other(AnchorError { path: path.clone(), why: e.to_string() }))?;
+            let anchors = read_trust_anchor(path).map_err(std::io::Error::other)?;
             builder = builder.with_trust_anchor(Arc::new(anchors));
         }
         Ok(Dane { resolver: builder.build().map_err(std::io::Error::other)? })

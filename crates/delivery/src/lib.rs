@@ -27,6 +27,7 @@ use mailgate_smtp::{Enhanced, Reply};
 
 use client::Hop;
 pub use client::{Conn, Peer};
+pub use dane::{read_trust_anchor, AnchorError};
 pub use mx::Resolver;
 
 /// Whether the message waives the recipient domain's TLS policies (`TLS-Required: No`, RFC
@@ -59,6 +60,8 @@ pub struct RcptOutcome {
     /// No next hop got as far as a transaction (refused, timed out, 421 greeting, 4xx EHLO,
     /// TLS): what traffic shaping counts towards pausing a destination.
     pub connection_level: bool,
+    /// Not worth trying again before then (ms since the epoch): a paused destination or host.
+    pub not_before_ms: Option<u64>,
 }
 
 /// Where a delivered message went, for the DSN that reports it.
@@ -81,6 +84,7 @@ impl RcptOutcome {
             remote_host: host.map(str::to_string),
             handoff: Handoff::default(),
             connection_level: false,
+            not_before_ms: None,
         }
     }
 
@@ -94,6 +98,13 @@ impl RcptOutcome {
             Status::Deferred
         };
         RcptOutcome::new(status, reply, host)
+    }
+
+    /// The same outcome, not to be retried for `wait`.
+    pub fn not_before(mut self, wait: Duration) -> Self {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.not_before_ms = Some((now + wait).as_millis() as u64);
+        self
     }
 
     /// The same outcome, handed off as `h`.
@@ -661,7 +672,8 @@ impl Delivery {
                             format!("next hop {host} paused for {}s after connection failures", left.as_secs().max(1)),
                         ),
                         Some(host),
-                    ));
+                    )
+                    .not_before(left));
                 }
                 let room = match l.try_room() {
                     Some(p) => p,

@@ -379,6 +379,11 @@ fn tables(cfg: Config) -> Result<Config, mailgate_config::ConfigError> {
     if let Err(e) = mailgate_verify::Verifier::new(&cfg) {
         errs.push(format!("verify: {e}"));
     }
+    if let Some(path) = &cfg.dns.trust_anchor {
+        if let Err(e) = mailgate_delivery::read_trust_anchor(path) {
+            errs.push(e.to_string());
+        }
+    }
     // Each plugin is compiled and its init run with its config, as the gateway will.
     if !cfg.plugins.is_empty() {
         let kv = std::sync::Arc::new(mailgate_plugin_host::MemoryKv::new(10_000));

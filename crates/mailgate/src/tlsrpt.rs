@@ -20,6 +20,8 @@ const FLUSH_EVERY: Duration = Duration::from_secs(60);
 const SEND_EVERY: Duration = Duration::from_secs(3600);
 /// A day's report not delivered anywhere within this many days is dropped.
 const GIVE_UP_DAYS: u64 = 3;
+/// `rua` URIs of one record used at most.
+const MAX_RUA: usize = 5;
 
 /// What became of one domain's report.
 #[derive(Debug, Serialize)]
@@ -129,10 +131,16 @@ async fn send_one(shared: &Arc<Shared>, reports: &Arc<Reports>, day: &str, domai
         return sent;
     };
     let mut delivered = false;
-    for uri in rua {
+    // The record is the recipient domain's, not ours: a few URIs at most.
+    for uri in rua.into_iter().take(MAX_RUA) {
         let result = if let Some(to) = uri.strip_prefix("mailto:") {
-            let to = to.split('?').next().unwrap_or(to).to_string();
-            by_mail(shared, &report, domain, &submitter, cfg, &to).await
+            // Only a well-formed mailbox becomes a recipient (no CR/LF, spaces or brackets
+            // from someone else's DNS reach an RCPT TO line).
+            let to = to.split('?').next().unwrap_or(to);
+            match mailgate_smtp::Address::parse_mailbox(to) {
+                Ok(a) => by_mail(shared, &report, domain, &submitter, cfg, a.as_str()).await,
+                Err(e) => Err(format!("rua {to:?} is not a mailbox ({e:?})")),
+            }
         } else if uri.starts_with("https://") {
             by_https(shared, &report, &uri, cfg).await
         } else {

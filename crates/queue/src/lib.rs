@@ -418,8 +418,8 @@ impl Queue {
                 metrics::counter!("mailgate_shaping_paused_deferrals_total", "class" => l.class.clone()).increment(1);
                 let why = format!("destination paused for {}s after connection failures", left.as_secs().max(1));
                 for i in idx.iter() {
-                    outcomes[*i] =
-                        Some(RcptOutcome::new(Status::Deferred, Reply::new(451, Enhanced(4, 4, 5), why.clone()), None));
+                    let o = RcptOutcome::new(Status::Deferred, Reply::new(451, Enhanced(4, 4, 5), why.clone()), None);
+                    outcomes[*i] = Some(o.not_before(left));
                 }
                 return false;
             }
@@ -572,8 +572,15 @@ impl Queue {
         let (config, hooks) = (inner.config(), inner.hooks());
         env.attempts += 1;
         let sched = &config.queue.retry_schedule;
-        let delay = sched[(env.attempts as usize - 1).min(sched.len() - 1)].into_inner();
-        let next_at = now_ms() + delay.as_millis() as u64;
+        let mut delay = sched[(env.attempts as usize - 1).min(sched.len() - 1)].into_inner();
+        // When every deferral is a pause (shaping), the next try waits for the earliest end of
+        // one rather than waking up only to be deferred again.
+        let paused_until = paused_until(&outcomes);
+        let now = now_ms();
+        if let Some(until) = paused_until.filter(|u| *u > now + delay.as_millis() as u64) {
+            delay = Duration::from_millis(until - now);
+        }
+        let next_at = now + delay.as_millis() as u64;
         let mut failed: Vec<Failed> = vec![];
         // Delivered recipients whose sender asked to hear of it, and the action to report.
         let mut succeeded: Vec<(usize, Reply, dsn::Action)> = vec![];
@@ -877,6 +884,15 @@ pub(crate) struct Failed {
     /// `reply` (an expiry reports the last reply the recipient had; an operator's bounce is
     /// our own decision, whoever answered last).
     pub diagnostic: Option<(String, bool)>,
+}
+
+/// When every deferred outcome is a pause with an end, the earliest end.
+fn paused_until(outcomes: &[Option<RcptOutcome>]) -> Option<u64> {
+    let mut ends = vec![];
+    for o in outcomes.iter().flatten().filter(|o| o.status == Status::Deferred) {
+        ends.push(o.not_before_ms?);
+    }
+    ends.into_iter().min()
 }
 
 /// Recipients that share an attempt (and connection).
