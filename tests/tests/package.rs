@@ -102,6 +102,11 @@ fn install_run_as_the_mailgate_user_on_port_25_and_remove() {
     // The packaged configuration loads as installed (its plugins compiled, as the user).
     let out = as_mailgate(&["config", "check", "--config", "/etc/mailgate/mailgate.toml"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The admin commands find the packaged config by themselves: they ask its admin endpoint
+    // (where nothing runs in this test) rather than saying the embedded one has none.
+    let out = Command::new("/usr/bin/mailgate").arg("status").env_remove("MAILGATE_BIN").output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("127.0.0.1:8026"), "{said}");
 
     let sink = Sink::start();
     let cfg = "/etc/mailgate/package-test.toml";

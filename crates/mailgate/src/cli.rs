@@ -33,8 +33,8 @@ enum Cmd {
     Queue {
         #[command(subcommand)]
         cmd: QueueCmd,
-        /// The config file (default: the embedded one); commands find the gateway by its
-        /// admin.listen.
+        /// The config file (default: /etc/mailgate/mailgate.toml when it exists, else the
+        /// embedded one); commands find the gateway by its admin.listen.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         /// JSON output.
@@ -43,8 +43,8 @@ enum Cmd {
     },
     /// Listeners, plugins (with fingerprints) and a queue summary of the running gateway.
     Status {
-        /// The config file (default: the embedded one); commands find the gateway by its
-        /// admin.listen.
+        /// The config file (default: /etc/mailgate/mailgate.toml when it exists, else the
+        /// embedded one); commands find the gateway by its admin.listen.
         #[arg(long, short)]
         config: Option<PathBuf>,
         #[arg(long)]
@@ -52,8 +52,8 @@ enum Cmd {
     },
     /// Ask the running gateway (its admin endpoint, from the same config) to reload.
     Reload {
-        /// The config file (default: the embedded one); commands find the gateway by its
-        /// admin.listen.
+        /// The config file (default: /etc/mailgate/mailgate.toml when it exists, else the
+        /// embedded one); commands find the gateway by its admin.listen.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -79,8 +79,8 @@ enum Cmd {
     Quarantine {
         #[command(subcommand)]
         cmd: QuarantineCmd,
-        /// The config file (default: the embedded one); commands find the gateway by its
-        /// admin.listen.
+        /// The config file (default: /etc/mailgate/mailgate.toml when it exists, else the
+        /// embedded one); commands find the gateway by its admin.listen.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         #[arg(long, global = true)]
@@ -95,8 +95,8 @@ enum Cmd {
     Events {
         #[command(subcommand)]
         cmd: EventsCmd,
-        /// The config file (default: the embedded one); commands find the gateway by its
-        /// admin.listen.
+        /// The config file (default: /etc/mailgate/mailgate.toml when it exists, else the
+        /// embedded one); commands find the gateway by its admin.listen.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
     },
@@ -105,8 +105,8 @@ enum Cmd {
     Suppression {
         #[command(subcommand)]
         cmd: SuppressionCmd,
-        /// The config file (default: the embedded one); commands find the gateway by its
-        /// admin.listen.
+        /// The config file (default: /etc/mailgate/mailgate.toml when it exists, else the
+        /// embedded one); commands find the gateway by its admin.listen.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         #[arg(long, global = true)]
@@ -123,8 +123,8 @@ enum Cmd {
     Tlsrpt {
         #[command(subcommand)]
         cmd: TlsrptCmd,
-        /// The config file (default: the embedded one); commands find the gateway by its
-        /// admin.listen.
+        /// The config file (default: /etc/mailgate/mailgate.toml when it exists, else the
+        /// embedded one); commands find the gateway by its admin.listen.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
     },
@@ -132,11 +132,28 @@ enum Cmd {
     ApiKey {
         #[command(subcommand)]
         cmd: ApiKeyCmd,
-        /// The config file (default: the embedded one); commands find the gateway by its
-        /// admin.listen.
+        /// The config file (default: /etc/mailgate/mailgate.toml when it exists, else the
+        /// embedded one); commands find the gateway by its admin.listen.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
     },
+}
+
+impl Cmd {
+    /// The `--config` of a command that reaches the running gateway (or its spool).
+    fn admin_config(&mut self) -> Option<&mut Option<PathBuf>> {
+        match self {
+            Cmd::Queue { config, .. }
+            | Cmd::Status { config, .. }
+            | Cmd::Reload { config }
+            | Cmd::Quarantine { config, .. }
+            | Cmd::Events { config, .. }
+            | Cmd::Suppression { config, .. }
+            | Cmd::ApiKey { config, .. }
+            | Cmd::Tlsrpt { config, .. } => Some(config),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -531,8 +548,8 @@ fn parse_grant(s: &str) -> Result<mailgate_config::Grant, String> {
 enum ConfigCmd {
     /// Load and validate a config; exit 1 with the errors.
     Check {
-        /// The config file (default: the embedded one); commands find the gateway by its
-        /// admin.listen.
+        /// The config file (default: /etc/mailgate/mailgate.toml when it exists, else the
+        /// embedded one); commands find the gateway by its admin.listen.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -574,7 +591,12 @@ pub fn main() -> ExitCode {
     if argv.get(1).map(String::as_str) == Some("sendmail") {
         return crate::sendmail::main(&argv[2..]);
     }
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // The commands that talk to a running gateway find it by the system's config when none
+    // is named (as `sendmail` does): on a packaged system that is the one it runs with.
+    if let Some(slot @ None) = cli.cmd.admin_config() {
+        *slot = Some(PathBuf::from(crate::sendmail::SYSTEM_CONFIG)).filter(|p| p.is_file());
+    }
     match cli.cmd {
         Cmd::Sendmail { args } => crate::sendmail::main(&args),
         Cmd::Config { cmd: ConfigCmd::Default } => {

@@ -25,7 +25,7 @@ const EX_SOFTWARE: u8 = 70;
 const EX_TEMPFAIL: u8 = 75;
 
 /// Where the config is when `-C` does not say.
-const SYSTEM_CONFIG: &str = "/etc/mailgate/mailgate.toml";
+pub(crate) const SYSTEM_CONFIG: &str = "/etc/mailgate/mailgate.toml";
 
 const USAGE: &str = "usage: mailgate sendmail [-C config] [-f sender] [-F full name] [-t] [-i] \
 [-N never|success,failure,delay] [-R full|hdrs] [-V envid] [recipient ...]";
