@@ -8,6 +8,8 @@
 #   bench/compare.sh                 # full matrix: 1 KiB, 10 KiB, 100 KiB; 50 sessions; 3 runs
 #   RUNS=1 SIZES=1024 bench/compare.sh    # quicker
 #   PEERS="mailgate0 mailgate5" …    # a subset of: ceiling mailgate0 mailgate5 postfix haraka
+#   MODES="persistent newconn"       # persistent sessions, and/or a new connection per message
+#                                    # (how most MX traffic arrives)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -15,6 +17,7 @@ RUNS=${RUNS:-3}
 SIZES=${SIZES:-"1024 10240 102400"}
 SESSIONS=${SESSIONS:-50}
 PEERS=${PEERS:-"ceiling mailgate0 mailgate5 postfix haraka"}
+MODES=${MODES:-"persistent newconn"}
 SINK=${SINK_PORT:-25250}
 MG_PORT=25251 PF_PORT=25252 HK_PORT=25253
 work=$(mktemp -d /tmp/mailgate-compare.XXXXXX)
@@ -144,18 +147,21 @@ JSON
     wait_port "$HK_PORT" "$work/haraka.log"
 }
 
-run() { # label size target-args…
+run() { # label size target-args…  (uses $mode)
     local label=$1 size=$2; shift 2
-    "$BENCH" run --label "$label" --size "$size" --sessions "$SESSIONS" --count "$(count_for "$size")" \
-        --duration 15 --drain 120 --sink "127.0.0.1:$SINK" "$@"
+    local new=()
+    [ "$mode" = newconn ] && new=(--new-conn)
+    "$BENCH" run --label "$label@$mode" --size "$size" --sessions "$SESSIONS" --count "$(count_for "$size")" \
+        --duration 15 --drain 120 --sink "127.0.0.1:$SINK" "${new[@]}" "$@"
 }
 
 results=$work/results.jsonl
 : > "$results"
 for size in $SIZES; do
     for r in $(seq "$RUNS"); do
+      for mode in $MODES; do
         for peer in $PEERS; do
-            echo "size $size run $r: $peer" >&2
+            echo "size $size run $r $mode: $peer" >&2
             case $peer in
                 ceiling) run ceiling "$size" ;;
                 mailgate0|mailgate5)
@@ -173,30 +179,54 @@ for size in $SIZES; do
                     kill "$hk_pid"; wait "$hk_pid" 2>/dev/null || true; hk_pid="" ;;
             esac
         done
+      done
     done
 done >> "$results"
 
 echo "raw results (one JSON line per run):"
 sed 's/^/    /' "$results"
 echo
-python3 - "$results" <<'PY'
-import json, statistics, sys
+table=$work/table.md
+python3 - "$results" "$RUNS" > "$table" <<'PY'
+import json, os, statistics, sys, time
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
+cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+mem_gib = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0) / 2**20
+print(f"Machine: {cpu_model}, {os.cpu_count()} cores, {mem_gib:.0f} GiB; "
+      f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+      f"{os.environ.get('SESSIONS', '50')} sessions; medians of {sys.argv[2]} run(s) per cell.\n")
 by = {}
 for r in rows:
-    by.setdefault((r["size"], r["label"]), []).append(r)
+    peer, _, mode = r["label"].partition("@")
+    by.setdefault((r["size"], mode or "persistent", peer), []).append(r)
 med = lambda xs: statistics.median(xs)
-print("| size | peer | msg/s | CPU µs/msg | p50 ms | p99 ms | vs Postfix | vs ceiling |")
-print("|---|---|---|---|---|---|---|---|")
-for size in sorted({k[0] for k in by}):
-    m = {label: med([r["msg_per_s"] for r in rs]) for (s, label), rs in by.items() if s == size}
-    for (s, label), rs in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        if s != size: continue
-        rate = m[label]
+order = ["ceiling", "mailgate0", "mailgate5", "mailgate-real", "postfix", "haraka"]
+rank = lambda p: order.index(p) if p in order else len(order)
+print("| size | mode | peer | msg/s | CPU µs/msg | p50 ms | p99 ms | vs Postfix | vs ceiling |")
+print("|---|---|---|---|---|---|---|---|---|")
+for size, mode in sorted({k[:2] for k in by}, key=lambda k: (k[0], k[1] != "persistent")):
+    m = {p: med([r["msg_per_s"] for r in rs]) for (s, md, p), rs in by.items() if (s, md) == (size, mode)}
+    for peer in sorted(m, key=rank):
+        rs = by[(size, mode, peer)]
+        rate = m[peer]
         vp = f"{rate / m['postfix']:.1f}×" if m.get("postfix") else "–"
         vc = f"{100 * rate / m['ceiling']:.0f} %" if m.get("ceiling") else "–"
         cpu = med([r["cpu_us_per_msg"] for r in rs])
-        print(f"| {size} | {label} | {rate:.0f} | {cpu:.0f} | {med([r['p50_us'] for r in rs])/1000:.2f} | "
+        print(f"| {size} | {mode} | {peer} | {rate:.0f} | {cpu:.0f} | {med([r['p50_us'] for r in rs])/1000:.2f} | "
               f"{med([r['p99_us'] for r in rs])/1000:.2f} | {vp} | {vc} |")
-print(f"\n{len(rows)} runs; medians of {len(rows) // max(1, len(by))} per cell.")
 PY
+cat "$table"
+# UPDATE=1: the table replaces the one between the markers in BENCHMARKS.md (never edited by hand).
+if [ "${UPDATE:-0}" = 1 ]; then
+    python3 - "$table" "$root/BENCHMARKS.md" <<'PY'
+import sys
+table, path = open(sys.argv[1]).read().strip(), sys.argv[2]
+text = open(path).read()
+begin, end = "<!-- compare.sh:begin -->", "<!-- compare.sh:end -->"
+if begin not in text or end not in text:
+    sys.exit(f"{path}: no {begin} … {end} block to update")
+head, rest = text.split(begin, 1)
+open(path, "w").write(head + begin + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+print(f"updated {path}")
+PY
+fi

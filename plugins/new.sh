@@ -57,6 +57,12 @@ impl Filter for $type {
         }
         Verdict::Next
     }
+
+    /// Nothing here is kept per session, so one instance may serve session after session
+    /// (much cheaper for the gateway than a new instance per connection).
+    fn end_session(&mut self) -> bool {
+        true
+    }
 }
 
 export!($type);

@@ -361,7 +361,11 @@ print(c.docmd("MAIL", "FROM:<a@sender.test>"))
         ),
     );
     assert!(ok, "{out}");
-    assert!(out.contains("(451, b'4.7.1 memo: plain, helos [before-tls], score 1')"), "{out}");
+    assert!(out.contains("(451, b'4.7.1 memo: plain, helos [before-tls], score 1, earlier sessions 0')"), "{out}");
     // A new instance and a new score: nothing from before TLS.
-    assert!(out.contains("(451, b'4.7.1 memo: tls, helos [after-tls], score 1')"), "{out}\n{}", gw.log());
+    assert!(
+        out.contains("(451, b'4.7.1 memo: tls, helos [after-tls], score 1, earlier sessions 0')"),
+        "{out}\n{}",
+        gw.log()
+    );
 }

@@ -44,6 +44,21 @@ impl Gate for ApiGate {
 
 async fn submit(shared: Arc<Shared>, s: Submission) -> Result<Receipt, SubmitError> {
     let generation = shared.current();
+    let mut chain = generation.plugins.as_ref().map(|p| p.session(&s.id, &s.pipeline));
+    let result = submit_with(&shared, &generation, s, &mut chain).await;
+    // Each request is a session of its own: its instances may serve the next one.
+    if let Some(chain) = chain {
+        chain.end().await;
+    }
+    result
+}
+
+async fn submit_with(
+    shared: &Arc<Shared>,
+    generation: &crate::server::Generation,
+    s: Submission,
+    chain: &mut Option<mailgate_plugin_host::SessionChain>,
+) -> Result<Receipt, SubmitError> {
     let info = ConnectionInfo {
         session_id: s.id.clone(),
         client_ip: s.peer.ip().to_string(),
@@ -58,7 +73,6 @@ async fn submit(shared: Arc<Shared>, s: Submission) -> Result<Receipt, SubmitErr
     };
     let body_8bit = s.data.iter().any(|b| *b >= 0x80);
     let size = Some(s.data.len() as u64);
-    let mut chain = generation.plugins.as_ref().map(|p| p.session(&s.id, &s.pipeline));
     let refused = |d: Decision| match d {
         Decision::Next | Decision::Accept => None,
         Decision::Reply(r) | Decision::Disconnect(r) => Some(r),
@@ -139,13 +153,13 @@ async fn submit(shared: Arc<Shared>, s: Submission) -> Result<Receipt, SubmitErr
                 size = a.data.len(),
                 "message accepted"
             );
-            crate::server::record(&shared, crate::server::reception(&a.envelope, "api")).await;
-            crate::server::queue_accepted(&shared, a);
+            crate::server::record(shared, crate::server::reception(&a.envelope, "api")).await;
+            crate::server::queue_accepted(shared, a);
         }
         Ok(Outcome::Dropped { id, why }) => crate::server::dropped(&id, why),
         Err(refusal) => {
             let reply = refusal.reply();
-            crate::server::refused(&shared, &s.id, &s.from, meta.as_deref(), &reply, "api").await;
+            crate::server::refused(shared, &s.id, &s.from, meta.as_deref(), &reply, "api").await;
             return Err(match refusal {
                 Refusal::Spool(e) => {
                     tracing::error!(queue_id = %s.id, "spool store failed: {e}");

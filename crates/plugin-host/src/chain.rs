@@ -27,6 +27,8 @@ pub struct Plugins {
     /// Pipelines by name: indexes into `loaded`, in the order they are asked.
     pipelines: std::collections::HashMap<String, Arc<[usize]>>,
     pub(crate) services: Services,
+    /// Instances that served a session and may serve another.
+    pub(crate) idle: crate::runner::IdleInstances,
     /// The `[[pool]]` and `[shaping.classes]` names an on-route answer may pick.
     pools: std::collections::HashSet<String>,
     classes: std::collections::HashSet<String>,
@@ -118,6 +120,7 @@ impl Plugins {
             loaded,
             pipelines,
             services: Services { resolver: resolver.map(Arc::new), kv },
+            idle: crate::runner::IdleInstances::new(cfg.plugins.len(), cfg.limits.max_sessions),
             pools: cfg.pools.iter().map(|p| p.name.clone()).collect(),
             classes: cfg.shaping.classes.keys().cloned().collect(),
         }))
@@ -125,6 +128,12 @@ impl Plugins {
 
     pub fn is_empty(&self) -> bool {
         self.loaded.is_empty()
+    }
+
+    /// (name, idle instances) of each plugin: instances that served a session and wait for
+    /// another.
+    pub fn idle_instances(&self) -> Vec<(String, usize)> {
+        self.loaded.iter().map(|p| p.meta.name.clone()).zip(self.idle.counts()).collect()
     }
 
     /// (name, fingerprint) of each plugin, in chain order.
@@ -202,6 +211,13 @@ pub struct SessionChain {
 }
 
 impl SessionChain {
+    /// The session has ended (or STARTTLS begins a new one): instances of plugins that can
+    /// forget it go back to wait for a later session. A chain dropped without this only
+    /// drops its instances.
+    pub async fn end(mut self) {
+        self.chain.end_session().await;
+    }
+
     /// Plugin failures in this session so far.
     pub fn failures(&self) -> usize {
         self.chain.failures

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mailgate_config::{OnError, Stage};
-use wasmtime::component::Resource;
-use wasmtime::{Store, StoreLimitsBuilder};
+use wasmtime::component::{Resource, TypedFunc};
+use wasmtime::Store;
 
 use crate::bindings::types::{self, ConnectionInfo, DataResult, Envelope, RouteResult, Verdict};
 use crate::bindings::Filter;
@@ -17,12 +17,81 @@ use crate::chain::Plugins;
 use crate::data::Scoreboard;
 use crate::engine::LoadedPlugin;
 use crate::failure::Failure;
-use crate::host::{Context, HostState, MessageHandle, ParsedMessage, PluginMeta, SharedAuth};
+use crate::host::{Context, HostState, Limits, MessageHandle, ParsedMessage, PluginMeta, SharedAuth};
 
 /// An instantiated plugin.
-struct Slot {
+pub(crate) struct Slot {
     store: Store<HostState>,
     filter: Filter,
+    /// Its `end-session` (world `reusable-filter`): without one it serves one session only.
+    end_session: Option<TypedFunc<(), (bool,)>>,
+    /// Sessions it has served and forgotten: past [`MAX_SESSIONS_PER_INSTANCE`] it is dropped.
+    sessions: u32,
+}
+
+/// Sessions one instance may serve before it is made new: bounds whatever a plugin's memory
+/// gathers (fragmentation, leaks) over its life.
+const MAX_SESSIONS_PER_INSTANCE: u32 = 1000;
+
+/// Idle instances kept per plugin for later sessions. Enough for the sessions that come and
+/// go at once on a busy MX; each holds a memory slot and its resident pages.
+const IDLE_PER_PLUGIN: usize = 128;
+
+/// An instance whose memory grew past this (a large message, say) is dropped rather than kept
+/// idle: at most [`IDLE_PER_PLUGIN`] × this stays resident per plugin.
+const IDLE_MEMORY_MAX: usize = 2 << 20;
+
+/// An idle instance not taken for this long is dropped (checked whenever the plugin's idle
+/// list is used), so the pool shrinks to what the traffic needs after a burst.
+const IDLE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Instances that served a session and said they forgot it, per plugin, for later sessions.
+/// Taken and given back last-in first-out, so the warmest instance serves next.
+pub(crate) struct IdleInstances {
+    /// Per plugin, oldest first: (since when idle, instance).
+    by_plugin: Vec<std::sync::Mutex<Vec<(Instant, Slot)>>>,
+    /// How many each plugin keeps: [`IDLE_PER_PLUGIN`], or fewer when sessions are fewer
+    /// (the engine's slots are counted for `max_sessions` instances of each plugin).
+    cap: usize,
+}
+
+impl IdleInstances {
+    pub fn new(plugins: usize, max_sessions: usize) -> IdleInstances {
+        IdleInstances {
+            by_plugin: (0..plugins).map(|_| Default::default()).collect(),
+            cap: IDLE_PER_PLUGIN.min(max_sessions),
+        }
+    }
+
+    /// Plugin `i`'s idle list, its instances idle past [`IDLE_MAX_AGE`] dropped.
+    fn list(&self, i: usize) -> std::sync::MutexGuard<'_, Vec<(Instant, Slot)>> {
+        let mut list = self.by_plugin[i].lock().unwrap_or_else(|e| e.into_inner());
+        let stale = list.iter().take_while(|(since, _)| since.elapsed() > IDLE_MAX_AGE).count();
+        if stale > 0 {
+            list.drain(..stale);
+        }
+        list
+    }
+
+    fn take(&self, i: usize) -> Option<Slot> {
+        self.list(i).pop().map(|(_, slot)| slot)
+    }
+
+    fn has_room(&self, i: usize) -> bool {
+        self.list(i).len() < self.cap
+    }
+
+    fn put(&self, i: usize, slot: Slot) {
+        let mut list = self.list(i);
+        if list.len() < self.cap {
+            list.push((Instant::now(), slot));
+        }
+    }
+
+    /// Idle instances now, per plugin index (for status and tests).
+    pub fn counts(&self) -> Vec<usize> {
+        (0..self.by_plugin.len()).map(|i| self.list(i).len()).collect()
+    }
 }
 
 /// What a stage passes to its plugins.
@@ -196,7 +265,8 @@ impl Chain {
         answer.map_err(Failure::of)
     }
 
-    /// Plugin `i`'s instance, made on first use, with a fresh CPU budget for this call.
+    /// Plugin `i`'s instance — an idle one that served an earlier session, else a new one —
+    /// made on first use, with a fresh CPU budget for this call.
     async fn slot(&mut self, i: usize, stage: Stage) -> Result<&mut Slot, Failure> {
         let slot = match self.slots[i].take() {
             Some(slot) => slot,
@@ -209,7 +279,20 @@ impl Chain {
                     score: &self.score,
                     auth: self.auth.as_ref(),
                 };
-                instantiate(&self.plugins.engine.engine, lp, &cx).await?
+                match self.plugins.idle.take(i) {
+                    Some(mut slot) => {
+                        // Everything the host keeps for an instance is this session's.
+                        let mut limits = Limits::new(lp.meta.memory_limit);
+                        limits.memory = slot.store.data().limits.memory;
+                        *slot.store.data_mut() = HostState::new(&cx, limits);
+                        ::metrics::counter!("mailgate_plugin_instances_total", "plugin" => lp.meta.name.clone(), "how" => "reused").increment(1);
+                        slot
+                    }
+                    None => {
+                        ::metrics::counter!("mailgate_plugin_instances_total", "plugin" => lp.meta.name.clone(), "how" => "new").increment(1);
+                        instantiate(&self.plugins.engine.engine, lp, &cx).await?
+                    }
+                }
             }
         };
         let slot = self.slots[i].insert(slot);
@@ -218,6 +301,39 @@ impl Chain {
         state.log.stage = stage;
         slot.store.set_epoch_deadline(self.plugins.loaded[i].meta.budget_ticks);
         Ok(slot)
+    }
+
+    /// The session these instances served has ended: each plugin that can forget it is asked
+    /// to (`end-session`), and the instances that did wait idle for a later session. The
+    /// others, and any that failed in this session (already gone), are dropped.
+    pub async fn end_session(&mut self) {
+        for i in 0..self.slots.len() {
+            let Some(mut slot) = self.slots[i].take() else { continue };
+            let Some(end) = slot.end_session else { continue };
+            if slot.sessions + 1 >= MAX_SESSIONS_PER_INSTANCE
+                || slot.store.data().limits.memory > IDLE_MEMORY_MAX
+                || !self.plugins.idle.has_room(i)
+            {
+                continue;
+            }
+            let meta = &self.plugins.loaded[i].meta;
+            slot.store.data_mut().take_waited();
+            slot.store.set_epoch_deadline(meta.budget_ticks);
+            match end.call_async(&mut slot.store, ()).await {
+                Ok((true,)) => {
+                    slot.sessions += 1;
+                    self.plugins.idle.put(i, slot);
+                }
+                Ok((false,)) => {}
+                Err(e) => {
+                    let f = Failure::of(e);
+                    self.failures += 1;
+                    tracing::warn!(plugin = %meta.name, sid = %self.sid, kind = f.kind(), "plugin failed at end-session (instance dropped): {f}");
+                    ::metrics::counter!("mailgate_plugin_failures_total", "plugin" => meta.name.clone(), "stage" => "end-session", "kind" => f.kind())
+                        .increment(1);
+                }
+            }
+        }
     }
 
     /// Makes an instance of every plugin, running its `init` with its config as a session's
@@ -262,8 +378,7 @@ impl Chain {
 /// A new instance of a plugin, its `init` run. (Not a method: a `&Chain` held across the
 /// awaits would make the session's future need `Chain: Sync`, which wasmtime stores are not.)
 async fn instantiate(engine: &wasmtime::Engine, lp: &LoadedPlugin, cx: &Context<'_>) -> Result<Slot, Failure> {
-    let limits = StoreLimitsBuilder::new().memory_size(lp.meta.memory_limit).trap_on_grow_failure(false).build();
-    let mut store = Store::new(engine, HostState::new(cx, limits));
+    let mut store = Store::new(engine, HostState::new(cx, Limits::new(lp.meta.memory_limit)));
     store.limiter(|s| &mut s.limits);
     // At the deadline: time spent waiting on the host (DNS, kv) is given back; otherwise the
     // plugin has used its CPU budget and is interrupted.
@@ -277,10 +392,16 @@ async fn instantiate(engine: &wasmtime::Engine, lp: &LoadedPlugin, cx: &Context<
         }
     });
     store.set_epoch_deadline(lp.meta.budget_ticks);
-    let filter = lp.pre.instantiate_async(&mut store).await.map_err(|e| Failure::Instantiate(format!("{e:#}")))?;
+    let failed = |e: wasmtime::Error| Failure::Instantiate(format!("{e:#}"));
+    let instance = lp.pre.instance_pre().instantiate_async(&mut store).await.map_err(failed)?;
+    let filter = Filter::new(&mut store, &instance).map_err(failed)?;
+    let end_session = match &lp.end_session {
+        Some(index) => Some(instance.get_typed_func::<(), (bool,)>(&mut store, index).map_err(failed)?),
+        None => None,
+    };
     store.set_epoch_deadline(lp.meta.budget_ticks);
     match filter.call_init(&mut store).await {
-        Ok(Ok(())) => Ok(Slot { store, filter }),
+        Ok(Ok(())) => Ok(Slot { store, filter, end_session, sessions: 0 }),
         Ok(Err(msg)) => Err(Failure::InitRefused(msg.chars().take(400).collect())),
         Err(e) => Err(Failure::of(e)),
     }

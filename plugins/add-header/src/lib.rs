@@ -28,6 +28,11 @@ impl Filter for AddHeader {
     fn on_data(&mut self, _conn: &ConnectionInfo, _env: &Envelope, _msg: &Message) -> DataResult {
         DataResult::next().with(Modification::add_header(&self.name, &self.value))
     }
+
+    /// Keeps nothing per session: the instance may serve another.
+    fn end_session(&mut self) -> bool {
+        true
+    }
 }
 
 export!(AddHeader);

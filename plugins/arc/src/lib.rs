@@ -39,6 +39,11 @@ impl Filter for Arc {
         }
         DataResult::next()
     }
+
+    /// Keeps nothing per session: the instance may serve another.
+    fn end_session(&mut self) -> bool {
+        true
+    }
 }
 
 export!(Arc);

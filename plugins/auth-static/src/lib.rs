@@ -65,6 +65,11 @@ impl Filter for AuthStatic {
             Verdict::reject(535, "5.7.8", "Authentication credentials invalid")
         }
     }
+
+    /// Keeps nothing per session: the instance may serve another.
+    fn end_session(&mut self) -> bool {
+        true
+    }
 }
 
 export!(AuthStatic);

@@ -53,6 +53,11 @@ impl Filter for Dkim {
             _ => Verdict::reject(550, "5.7.20", why),
         })
     }
+
+    /// Keeps nothing per session: the instance may serve another.
+    fn end_session(&mut self) -> bool {
+        true
+    }
 }
 
 export!(Dkim);

@@ -38,6 +38,11 @@ impl Filter for DnsProbe {
         let _ = dns::txt(&format!("{local}.{}", self.name));
         RouteResult::next()
     }
+
+    /// Keeps nothing per session: the instance may serve another.
+    fn end_session(&mut self) -> bool {
+        true
+    }
 }
 
 export!(DnsProbe);

@@ -109,6 +109,12 @@ impl Filter for Dnsbl {
             Verdict::Next
         }
     }
+
+    /// Forgets the session's listings; the rest is config: the instance may serve again.
+    fn end_session(&mut self) -> bool {
+        self.hits = None;
+        true
+    }
 }
 
 export!(Dnsbl);

@@ -69,6 +69,11 @@ impl Filter for Greylist {
             }
         }
     }
+
+    /// Keeps nothing per session: the instance may serve another.
+    fn end_session(&mut self) -> bool {
+        true
+    }
 }
 
 export!(Greylist);

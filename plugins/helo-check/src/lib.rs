@@ -68,6 +68,11 @@ impl Filter for HeloCheck {
             )
         }
     }
+
+    /// Keeps nothing per session: the instance may serve another.
+    fn end_session(&mut self) -> bool {
+        true
+    }
 }
 
 export!(HeloCheck);

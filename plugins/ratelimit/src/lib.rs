@@ -50,6 +50,11 @@ impl Filter for Ratelimit {
             }
         }
     }
+
+    /// Keeps nothing per session: the instance may serve another.
+    fn end_session(&mut self) -> bool {
+        true
+    }
 }
 
 export!(Ratelimit);

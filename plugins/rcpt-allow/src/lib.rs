@@ -44,6 +44,11 @@ impl Filter for RcptAllow {
             }
         }
     }
+
+    /// Keeps nothing per session: the instance may serve another.
+    fn end_session(&mut self) -> bool {
+        true
+    }
 }
 
 export!(RcptAllow);

@@ -64,6 +64,11 @@ impl Filter for RouteByDomain {
         }
         result
     }
+
+    /// Keeps nothing per session: the instance may serve another.
+    fn end_session(&mut self) -> bool {
+        true
+    }
 }
 
 export!(RouteByDomain);

@@ -108,6 +108,11 @@ impl Filter for Spam {
             .with(Modification::add_header("X-Spam-Score", format!("{total:.1}")))
             .with(Modification::add_header("X-Spam-Status", status))
     }
+
+    /// Keeps nothing per session: the instance may serve another.
+    fn end_session(&mut self) -> bool {
+        true
+    }
 }
 
 export!(Spam);

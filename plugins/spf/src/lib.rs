@@ -97,6 +97,12 @@ impl Filter for Spf {
         }
         self.decided.clone().unwrap_or(Verdict::Next)
     }
+
+    /// Forgets the transaction's verdict; the rest is config: the instance may serve again.
+    fn end_session(&mut self) -> bool {
+        self.decided = None;
+        true
+    }
 }
 
 export!(Spf);

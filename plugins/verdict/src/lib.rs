@@ -73,6 +73,11 @@ impl Filter for FixedVerdict {
     fn on_route(&mut self, _: &Envelope, rcpt: &str) -> RouteResult {
         RouteResult::verdict(self.at("route", Some(rcpt)))
     }
+
+    /// Keeps nothing per session: the instance may serve another.
+    fn end_session(&mut self) -> bool {
+        true
+    }
 }
 
 export!(FixedVerdict);

@@ -142,6 +142,14 @@ impl Policy {
         });
         Policy { chain, auth }
     }
+
+    /// The session (or its plaintext part) is over: the plugin instances that can forget it
+    /// wait for another.
+    async fn end(self) {
+        if let Some(chain) = self.chain {
+            chain.end().await;
+        }
+    }
 }
 
 /// The facts of an accepted connection a session starts from.
@@ -200,13 +208,15 @@ impl<S: SessionIo> Session<S> {
 
     /// RFC 3207 §4.2: after STARTTLS the session forgets everything the client said before —
     /// the SMTP state, and the policy state built on it: plugin instances (whatever they
-    /// remembered), the shared score, the authentication session.
-    pub(crate) fn reset_for_tls(&mut self) {
+    /// remembered: the plaintext session ends for them), the shared score, the
+    /// authentication session.
+    pub(crate) async fn reset_for_tls(&mut self) {
         self.conn.helo = None;
         self.conn.esmtp = false;
         self.conn.user = None;
         self.tx = None;
-        self.policy = Policy::new(&self.generation, &self.conn);
+        let old = std::mem::replace(&mut self.policy, Policy::new(&self.generation, &self.conn));
+        old.end().await;
     }
 
     pub fn reply(&mut self, r: Reply) {
@@ -214,6 +224,14 @@ impl<S: SessionIo> Session<S> {
     }
 
     pub async fn run(mut self) {
+        self.serve_all().await;
+        let Session { io, policy, .. } = self;
+        // The client has its last reply; close before the plugins are told.
+        drop(io);
+        policy.end().await;
+    }
+
+    async fn serve_all(&mut self) {
         tracing::info!(listener = %self.conn.listener, trusted = self.conn.trusted, "connected");
         if self.conn.role == Role::Submissions {
             // Implicit TLS (RFC 8314): the handshake comes before the greeting.

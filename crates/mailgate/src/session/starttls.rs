@@ -35,7 +35,7 @@ impl<S: SessionIo> Session<S> {
             tracing::info!("STARTTLS handshake failed: {e}");
             return Ok(Next::Close);
         }
-        self.reset_for_tls();
+        self.reset_for_tls().await;
         // The new instances see the connection (now with TLS) as the old ones did at first;
         // what they found then (a DNSBL listing, say) counts again, not a STARTTLS away.
         if self.connect_policy().await.is_err() {

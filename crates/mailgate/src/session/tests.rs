@@ -68,6 +68,11 @@ impl Rig {
 
     /// A session from `ip` over an in-memory stream.
     fn connect_from(&self, ip: IpAddr) -> Client<DuplexStream> {
+        self.session_from(ip).0
+    }
+
+    /// A session over an in-memory stream, and its task (done when the session has ended).
+    fn session_from(&self, ip: IpAddr) -> (Client<DuplexStream>, tokio::task::JoinHandle<()>) {
         let (client, server) = tokio::io::duplex(256 << 10);
         let shared = self.gateway.shared.clone();
         let generation = shared.current();
@@ -84,11 +89,11 @@ impl Rig {
             user: None,
         };
         let session = Session::new(accepted, server, shared.clone(), self.stop.subscribe());
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _admitted = admitted;
             session.run().await;
         });
-        Client { io: client, buf: vec![] }
+        (Client { io: client, buf: vec![] }, task)
     }
 
     /// The messages delivered so far, to every mailbox of the maildir route.
@@ -660,7 +665,72 @@ async fn starttls_forgets_the_plaintext_session_and_its_plugins() {
     assert!(!ehlo.contains("STARTTLS") && ehlo.contains("REQUIRETLS"), "{ehlo}");
     // The plugin instance is new: it remembers only the name given over TLS, and its score.
     let memo = c.cmd("MAIL FROM:<a@sender.test>", 451).await;
-    assert!(memo.contains("memo: tls, helos [tls.test], score 1"), "{memo}");
+    assert!(memo.contains("memo: tls, helos [tls.test], score 1, earlier sessions 0"), "{memo}");
+}
+
+// ---- plugin instances that serve one session after another ----
+
+/// One session from a fresh client: EHLO `helo`, then what memo says at MAIL FROM; waits until
+/// the session has ended (and its instances are given back).
+async fn memo_session(rig: &Rig, helo: &str) -> String {
+    let (c, task) = rig.session_from("192.0.2.10".parse().unwrap());
+    let mut c = c.greeted().await;
+    c.cmd(&format!("EHLO {helo}"), 250).await;
+    let memo = c.cmd("MAIL FROM:<a@sender.test>", 451).await;
+    c.cmd("QUIT", 221).await;
+    drop(c);
+    tokio::time::timeout(T, task).await.expect("the session ends").unwrap();
+    memo
+}
+
+#[tokio::test]
+async fn a_reusable_instance_serves_the_next_session_and_nothing_of_the_last_reaches_it() {
+    let rig = rig(&plugin("memo", "stages = [\"helo\", \"mail_from\"]", "reusable = true")).await;
+    let first = memo_session(&rig, "one.test").await;
+    assert!(first.contains("helos [one.test], score 1, earlier sessions 0"), "{first}");
+    // The same instance (it counts the sessions it served), its HELO names forgotten by the
+    // plugin and the score (the host's) new.
+    let second = memo_session(&rig, "two.test").await;
+    assert!(second.contains("helos [two.test], score 1, earlier sessions 1"), "{second}");
+    let third = memo_session(&rig, "three.test").await;
+    assert!(third.contains("helos [three.test], score 1, earlier sessions 2"), "{third}");
+    let plugins = rig.gateway.shared.current().plugins.clone().unwrap();
+    assert_eq!(plugins.idle_instances(), vec![("memo".to_string(), 1)]);
+}
+
+#[tokio::test]
+async fn an_instance_whose_memory_grew_large_is_not_kept_for_another_session() {
+    let config = "reusable = true\ngrow = 3145728";
+    let rig = rig(&plugin("memo", "stages = [\"helo\", \"mail_from\"]\nmemory_limit = 16777216", config)).await;
+    for helo in ["one.test", "two.test"] {
+        let memo = memo_session(&rig, helo).await;
+        assert!(memo.contains(&format!("helos [{helo}], score 1, earlier sessions 0")), "{memo}");
+    }
+    let plugins = rig.gateway.shared.current().plugins.clone().unwrap();
+    assert_eq!(plugins.idle_instances(), vec![("memo".to_string(), 0)]);
+}
+
+#[tokio::test]
+async fn a_plugin_that_does_not_say_it_forgot_gets_a_new_instance_every_session() {
+    let rig = rig(&plugin("memo", "stages = [\"helo\", \"mail_from\"]", "reusable = false")).await;
+    for helo in ["one.test", "two.test", "three.test"] {
+        let memo = memo_session(&rig, helo).await;
+        assert!(memo.contains(&format!("helos [{helo}], score 1, earlier sessions 0")), "{memo}");
+    }
+    let plugins = rig.gateway.shared.current().plugins.clone().unwrap();
+    assert_eq!(plugins.idle_instances(), vec![("memo".to_string(), 0)]);
+}
+
+#[tokio::test]
+async fn starttls_ends_the_plaintext_session_for_a_reusable_instance_too() {
+    let rig = rig_with(&plugin("memo", "stages = [\"helo\", \"mail_from\"]", "reusable = true"), true).await;
+    let mut c = rig.connect().greeted().await;
+    c.cmd("EHLO plain.test", 250).await;
+    let mut c = starttls(&rig, c).await;
+    c.cmd("EHLO tls.test", 250).await;
+    // The plaintext session ended for the instance: it forgot plain.test, and the score is new.
+    let memo = c.cmd("MAIL FROM:<a@sender.test>", 451).await;
+    assert!(memo.contains("memo: tls, helos [tls.test], score 1, earlier sessions 1"), "{memo}");
 }
 
 #[tokio::test]

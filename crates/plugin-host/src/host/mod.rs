@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use hickory_resolver::TokioResolver;
 use mailgate_config::{Grant, OnError, Stage};
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::StoreLimits;
+use wasmtime::{ResourceLimiter, StoreLimits};
 
 use crate::bindings::mailgate::plugin as wit;
 use crate::data::Scoreboard;
@@ -136,11 +136,62 @@ pub struct HostState {
     pub log: LogState,
     pub config: ConfigState,
     pub metrics: MetricsState,
-    pub limits: StoreLimits,
+    pub limits: Limits,
+}
+
+/// The store's memory cap (the plugin's `memory_limit`), and how large the instance's memory
+/// has grown: an instance grown past what is worth keeping idle is not reused.
+pub struct Limits {
+    cap: StoreLimits,
+    /// The instance's linear memory size in bytes (its largest memory).
+    pub memory: usize,
+}
+
+impl Limits {
+    pub fn new(memory_limit: usize) -> Limits {
+        Limits {
+            cap: wasmtime::StoreLimitsBuilder::new().memory_size(memory_limit).trap_on_grow_failure(false).build(),
+            memory: 0,
+        }
+    }
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.cap.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.memory = self.memory.max(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.cap.memory_grow_failed(error)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.cap.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.cap.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.cap.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.cap.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.cap.memories()
+    }
 }
 
 impl HostState {
-    pub fn new(cx: &Context<'_>, limits: StoreLimits) -> HostState {
+    pub fn new(cx: &Context<'_>, limits: Limits) -> HostState {
         HostState {
             message: MessageState::new(),
             dns: DnsState::new(cx),
