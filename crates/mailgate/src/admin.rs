@@ -287,14 +287,21 @@ async fn api(shared: &Arc<Shared>, method: &str, target: &str) -> Result<String,
             for (_, s) in queue.list() {
                 *counts.entry(s.name()).or_insert(0u64) += 1;
             }
+            // Each plugin's build, the stages it turned out to have no code at (not called
+            // there), and its instances waiting for a session.
             let plugins: Vec<_> = generation
                 .plugins
                 .as_ref()
-                .map(|p| p.describe())
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(n, h)| serde_json::json!({ "name": n, "fingerprint": h }))
-                .collect();
+                .map(|p| {
+                    let described = p.describe().into_iter().zip(p.unused_stages()).zip(p.idle_instances());
+                    described
+                        .map(|(((n, h), (_, unused)), (_, idle))| {
+                            let unused: Vec<&str> = unused.iter().map(|s| s.name()).collect();
+                            serde_json::json!({ "name": n, "fingerprint": h, "not_called_at": unused, "idle_instances": idle })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             let listeners: Vec<_> = generation
                 .config
                 .listeners

@@ -111,7 +111,15 @@ fn status(v: &Value) -> String {
     let plugins = v["plugins"].as_array().cloned().unwrap_or_default();
     out += if plugins.is_empty() { "plugins: none\n" } else { "plugins:\n" };
     for p in &plugins {
-        out += &format!("  {:<16} {}\n", s(&p["name"]), s(&p["fingerprint"]));
+        out += &format!("  {:<16} {}", s(&p["name"]), s(&p["fingerprint"]));
+        if let Some(idle) = p["idle_instances"].as_u64().filter(|n| *n > 0) {
+            out += &format!(", {idle} idle instance(s)");
+        }
+        let unused: Vec<&str> = p["not_called_at"].as_array().into_iter().flatten().map(s).collect();
+        if !unused.is_empty() {
+            out += &format!(", no code at {}", unused.join(" "));
+        }
+        out += "\n";
     }
     let counts: Vec<String> =
         v["queue"].as_object().map(|q| q.iter().map(|(state, n)| format!("{n} {state}")).collect()).unwrap_or_default();

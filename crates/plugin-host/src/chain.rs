@@ -136,6 +136,18 @@ impl Plugins {
         self.loaded.iter().map(|p| p.meta.name.clone()).zip(self.idle.counts()).collect()
     }
 
+    /// The stages each plugin (by name) is configured for but said it has no code at, so is
+    /// not called at.
+    pub fn unused_stages(&self) -> Vec<(String, Vec<Stage>)> {
+        self.loaded
+            .iter()
+            .map(|p| {
+                let unused = p.meta.stages.iter().copied().filter(|s| p.meta.unused.contains(*s)).collect();
+                (p.meta.name.clone(), unused)
+            })
+            .collect()
+    }
+
     /// (name, fingerprint) of each plugin, in chain order.
     pub fn describe(&self) -> Vec<(String, String)> {
         self.loaded.iter().map(|p| (p.meta.name.clone(), p.meta.hash.clone())).collect()

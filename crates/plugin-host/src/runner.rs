@@ -205,7 +205,9 @@ impl Chain {
         let stage = call.stage();
         let mut effects = Vec::new();
         for i in self.order.clone().iter().copied() {
-            if !self.plugins.runs_at(i, stage) {
+            // Not configured for this stage, or no code of its own there (its answer would be
+            // the default: no opinion).
+            if !self.plugins.runs_at(i, stage) || self.plugins.loaded[i].meta.unused.contains(stage) {
                 continue;
             }
             let started = Instant::now();

@@ -722,6 +722,44 @@ async fn a_plugin_that_does_not_say_it_forgot_gets_a_new_instance_every_session(
 }
 
 #[tokio::test]
+async fn hooks_a_plugin_has_no_code_for_are_not_called_again() {
+    use mailgate_config::Stage;
+    // memo has code at HELO and MAIL FROM only; configured for every stage.
+    let rig = rig(&plugin("memo", "", "")).await;
+    let plugins = rig.gateway.shared.current().plugins.clone().unwrap();
+    assert_eq!(plugins.unused_stages(), vec![("memo".to_string(), vec![])]);
+    let memo = memo_session(&rig, "one.test").await;
+    assert!(memo.contains("helos [one.test], score 1"), "{memo}");
+    // Connect ran its default (no opinion) and the SDK said so; HELO and MAIL FROM have code.
+    assert_eq!(plugins.unused_stages(), vec![("memo".to_string(), vec![Stage::Connect])]);
+}
+
+#[tokio::test]
+async fn a_plugin_with_code_at_one_stage_is_asked_there_only_and_still_changes_every_message() {
+    use mailgate_config::Stage;
+    // add-header has code at DATA only; configured for every stage.
+    let rig = rig(&plugin("add-header", "", "name = \"X-Seen\"\nvalue = \"yes\"")).await;
+    let plugins = rig.gateway.shared.current().plugins.clone().unwrap();
+    let mut c = rig.connect().greeted().await;
+    for n in 0..2 {
+        c.envelope(&["u@example.test"]).await;
+        assert_eq!(c.data(MSG).await.0, 250);
+        let got = rig.wait_delivered(n + 1).await;
+        // Every message still gets the header: the hook with code is always asked.
+        assert!(got.iter().all(|m| m.contains("X-Seen: yes")), "{got:?}");
+    }
+    // The queue's hooks run after delivery; wait for the last one to be learnt.
+    let everything_but_data =
+        vec![Stage::Connect, Stage::Helo, Stage::MailFrom, Stage::Rcpt, Stage::Route, Stage::DeliveryResult];
+    let deadline = tokio::time::Instant::now() + T;
+    while plugins.unused_stages()[0].1 != everything_but_data && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // AUTH never came, so it was never asked and is not known.
+    assert_eq!(plugins.unused_stages(), vec![("add-header".to_string(), everything_but_data)]);
+}
+
+#[tokio::test]
 async fn starttls_ends_the_plaintext_session_for_a_reusable_instance_too() {
     let rig = rig_with(&plugin("memo", "stages = [\"helo\", \"mail_from\"]", "reusable = true"), true).await;
     let mut c = rig.connect().greeted().await;

@@ -1,6 +1,6 @@
 //! The host side of the imports: what a plugin may call, per store. One file per capability
-//! (`message`, `dns`, `kv`, `data`, `score`, `auth`, `log`, `config`, `metrics`), in the manner
-//! of Spin's host factors: each file owns its capability's per-instance state, builds it from
+//! (`message`, `dns`, `kv`, `data`, `score`, `auth`, `log`, `config`, `metrics`, `hooks`), in
+//! the manner of Spin's host factors: each file owns its capability's per-instance state, builds it from
 //! the plugin's configuration (that is its grant check: `dns`, `kv` and `data` hold nothing a
 //! plugin could use unless its config entry grants them; `auth` holds nothing in the queue,
 //! where there is no client), and implements the imports on that state alone. The store's
@@ -23,6 +23,7 @@ mod auth;
 mod config;
 mod data;
 mod dns;
+mod hooks;
 mod kv;
 mod log;
 mod message;
@@ -33,6 +34,7 @@ pub use auth::AuthState;
 pub use config::ConfigState;
 pub use data::{DataState, MAX_DATA_KEY};
 pub use dns::DnsState;
+pub use hooks::{HooksState, UnusedHooks};
 pub use kv::{KvState, MAX_KV_KEY, MAX_KV_VALUE};
 pub use log::{LogState, MAX_LOG_LINE};
 pub use message::{MessageHandle, MessageState};
@@ -67,6 +69,8 @@ pub struct PluginMeta {
     /// The metric series it has created (hashes), shared by all its instances, for the
     /// [`MAX_SERIES`] cap.
     pub series: Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
+    /// The hooks it said it has no code for (import `hooks`): not called any more.
+    pub unused: Arc<UnusedHooks>,
 }
 
 impl PluginMeta {
@@ -87,6 +91,7 @@ impl PluginMeta {
             hash,
             routes: Default::default(),
             series: Default::default(),
+            unused: Default::default(),
         }
     }
 }
@@ -136,6 +141,7 @@ pub struct HostState {
     pub log: LogState,
     pub config: ConfigState,
     pub metrics: MetricsState,
+    pub hooks: HooksState,
     pub limits: Limits,
 }
 
@@ -202,6 +208,7 @@ impl HostState {
             log: LogState::new(cx),
             config: ConfigState::new(cx),
             metrics: MetricsState::new(cx),
+            hooks: HooksState::new(cx),
             limits,
         }
     }
@@ -225,6 +232,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wit::log::add_to_linker::<HostState, HasSelf<LogState>>(linker, |s| &mut s.log)?;
     wit::config::add_to_linker::<HostState, HasSelf<ConfigState>>(linker, |s| &mut s.config)?;
     wit::metrics::add_to_linker::<HostState, HasSelf<MetricsState>>(linker, |s| &mut s.metrics)?;
+    wit::hooks::add_to_linker::<HostState, HasSelf<HooksState>>(linker, |s| &mut s.hooks)?;
     Ok(())
 }
 

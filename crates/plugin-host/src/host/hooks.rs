@@ -1,0 +1,81 @@
+//! `hooks`: what a plugin says about its own code — the hooks it has none for, which the host
+//! then stops calling for every instance of the plugin. Always allowed: it can only make the
+//! host call the plugin less, never change an answer (an unused hook's answer is the default
+//! one, which the chain reads as "no opinion").
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use mailgate_config::Stage;
+
+use super::{Caller, Context};
+use crate::bindings::mailgate::plugin::hooks::{self, Hook};
+
+/// The hooks a plugin has said it has no code for, shared by all its instances.
+#[derive(Default)]
+pub struct UnusedHooks(AtomicU8);
+
+/// A stage's bit in [`UnusedHooks`] (the order of `Stage::ALL`).
+fn bit(stage: Stage) -> u8 {
+    1 << Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0)
+}
+
+impl UnusedHooks {
+    /// Whether the plugin said it has no code at `stage`.
+    pub fn contains(&self, stage: Stage) -> bool {
+        self.0.load(Ordering::Relaxed) & bit(stage) != 0
+    }
+
+    /// Adds `stages`; returns those that were not known before.
+    fn add(&self, stages: &[Stage]) -> Vec<Stage> {
+        let bits = stages.iter().fold(0, |b, s| b | bit(*s));
+        let before = self.0.fetch_or(bits, Ordering::Relaxed);
+        stages.iter().copied().filter(|s| before & bit(*s) == 0).collect()
+    }
+}
+
+pub struct HooksState {
+    unused: Arc<UnusedHooks>,
+    caller: Caller,
+}
+
+impl HooksState {
+    pub(super) fn new(cx: &Context<'_>) -> HooksState {
+        HooksState { unused: cx.meta.unused.clone(), caller: cx.caller() }
+    }
+}
+
+impl hooks::Host for HooksState {
+    fn unused(&mut self, hooks: Hook) -> wasmtime::Result<()> {
+        let named = [
+            (Hook::CONNECT, Stage::Connect),
+            (Hook::HELO, Stage::Helo),
+            (Hook::AUTH, Stage::Auth),
+            (Hook::MAIL_FROM, Stage::MailFrom),
+            (Hook::RCPT, Stage::Rcpt),
+            (Hook::DATA, Stage::Data),
+            (Hook::ROUTE, Stage::Route),
+            (Hook::DELIVERY_RESULT, Stage::DeliveryResult),
+        ];
+        let stages: Vec<Stage> = named.iter().filter(|(h, _)| hooks.contains(*h)).map(|(_, s)| *s).collect();
+        for stage in self.unused.add(&stages) {
+            tracing::info!(plugin = %self.caller.plugin, sid = %self.caller.sid, stage = stage.name(), "plugin has no code at this stage: not called there any more");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_stage_has_its_own_bit_and_only_new_ones_are_reported() {
+        let u = UnusedHooks::default();
+        assert!(Stage::ALL.iter().all(|s| !u.contains(*s)));
+        assert_eq!(u.add(&[Stage::Helo, Stage::Route]), vec![Stage::Helo, Stage::Route]);
+        assert_eq!(u.add(&[Stage::Route, Stage::DeliveryResult]), vec![Stage::DeliveryResult]);
+        let set: Vec<Stage> = Stage::ALL.iter().copied().filter(|s| u.contains(*s)).collect();
+        assert_eq!(set, vec![Stage::Helo, Stage::Route, Stage::DeliveryResult]);
+    }
+}
