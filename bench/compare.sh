@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Runs the same SMTP load through mailgate (0 and 5 plugins), Postfix and Haraka, relaying to
-# the same sink, plus the sink alone (the ceiling), in one run on one machine; prints a
-# markdown table of medians and the ratios. Every peer is started and stopped here; nothing
+# Runs the same SMTP load through mailgate (0 and 5 plugins, and mailgate-real: the edge-MX
+# pipeline of config/examples/edge-mx.toml — DNSBL, SPF, DKIM, DMARC, a trained spam model,
+# Ed25519 signing — against a local DNS server, with DKIM-signed mail), Postfix and Haraka,
+# relaying to the same sink, plus the sink alone (the ceiling), in one run on one machine;
+# prints a markdown table of medians and the ratios. Every peer is started and stopped here; nothing
 # is left running. Needs root (Postfix uses /etc/postfix) and the packages from
 # scripts/deps.sh; Haraka is installed from npm into bench/.peers/ on first use.
 #
 #   bench/compare.sh                 # full matrix: 1 KiB, 10 KiB, 100 KiB; 50 sessions; 3 runs
 #   RUNS=1 SIZES=1024 bench/compare.sh    # quicker
-#   PEERS="mailgate0 mailgate5" …    # a subset of: ceiling mailgate0 mailgate5 postfix haraka
+#   PEERS="mailgate0 mailgate5" …    # a subset of: ceiling mailgate0 mailgate5 mailgate-real
+#                                    # postfix haraka
 #   MODES="persistent newconn"       # persistent sessions, and/or a new connection per message
 #                                    # (how most MX traffic arrives)
 set -euo pipefail
@@ -16,16 +19,18 @@ cd "$root"
 RUNS=${RUNS:-3}
 SIZES=${SIZES:-"1024 10240 102400"}
 SESSIONS=${SESSIONS:-50}
-PEERS=${PEERS:-"ceiling mailgate0 mailgate5 postfix haraka"}
+PEERS=${PEERS:-"ceiling mailgate0 mailgate5 mailgate-real postfix haraka"}
 MODES=${MODES:-"persistent newconn"}
 SINK=${SINK_PORT:-25250}
-MG_PORT=25251 PF_PORT=25252 HK_PORT=25253
+MG_PORT=25251 PF_PORT=25252 HK_PORT=25253 DNS_PORT=25254
 work=$(mktemp -d /tmp/mailgate-compare.XXXXXX)
 mg_pid=""
 hk_pid=""
+dns_pid=""
 
 cleanup() {
     [ -n "$mg_pid" ] && kill "$mg_pid" 2>/dev/null && wait "$mg_pid" 2>/dev/null || true
+    [ -n "$dns_pid" ] && kill "$dns_pid" 2>/dev/null && wait "$dns_pid" 2>/dev/null || true
     [ -n "$hk_pid" ] && kill "$hk_pid" 2>/dev/null && wait "$hk_pid" 2>/dev/null || true
     postfix stop >/dev/null 2>&1 || true
     rm -rf "$work"
@@ -46,7 +51,7 @@ plugins/build.sh >&2
 BENCH=$root/target/release/mailgate-bench
 MG=${MG:-$root/target/release/mailgate}  # MG=/path/to/mailgate compares another build
 
-mailgate_config() { # $1 = number of plugins (0 or 5)
+mailgate_config() { # $1 = number of plugins (0 or 5), or "-real"
     cat <<TOML
 [server]
 hostname = "mailgate.bench"
@@ -95,9 +100,90 @@ stage = "auth"
 verdict = "reject"
 TOML
     fi
+    if [ "$1" = -real ]; then
+        local d=$root/plugins/dist
+        cat <<TOML
+[dns]
+nameservers = ["127.0.0.1:$DNS_PORT"]
+[[dkim_sign]]
+domain = "bench.test"
+selector = "ed"
+key = "$work/real/sign-ed25519.pem"
+sign_for = "any"
+[[plugin]]
+name = "dnsbl"
+path = "$d/dnsbl.wasm"
+stages = ["connect"]
+grants = ["dns"]
+[plugin.config]
+stage = "score"
+zones = ["zen.bl.test=3", "bl.spamcop.test=1.5"]
+[[plugin]]
+name = "spf"
+path = "$d/spf.wasm"
+stages = ["rcpt"]
+[plugin.config]
+fail = "reject"
+softfail = "mark"
+[[plugin]]
+name = "dkim"
+path = "$d/dkim.wasm"
+stages = ["data"]
+[[plugin]]
+name = "dmarc"
+path = "$d/dmarc.wasm"
+stages = ["data"]
+[[plugin]]
+name = "spam"
+path = "$d/spam.wasm"
+stages = ["data"]
+data = { model = "$root/bench/.corpus/model.tsv" }
+[plugin.config]
+quarantine_at = 5.0
+reject_at = 12.0
+TOML
+    fi
 }
 
-start_mailgate() { # $1 = plugins
+# mailgate-real's world, made once per run: a trained spam model (bench/spam-eval.sh fetches
+# the SpamAssassin corpus once), an RSA key the sender signs with and an Ed25519 key the
+# gateway signs with, dnsmasq answering SPF, DKIM and DMARC for bench.test (cacheable, 5 min)
+# and NXDOMAIN for the DNSBL zones, and DKIM-signed messages of each size (dkimpy).
+setup_real() {
+    [ -f "$work/real/ready" ] && return 0
+    mkdir -p "$work/real"
+    [ -f bench/.corpus/model.tsv ] || bench/spam-eval.sh >&2
+    openssl genrsa -out "$work/real/sender.pem" 2048 2>/dev/null
+    local pub
+    pub=$(openssl rsa -in "$work/real/sender.pem" -pubout -outform DER 2>/dev/null | base64 -w0)
+    "$MG" dkim keygen --domain bench.test --selector ed --algorithm ed25519 \
+        --out "$work/real/sign-ed25519.pem" >/dev/null
+    # A TXT record's strings are at most 255 octets: the key in pieces, commas between.
+    local dkim="v=DKIM1; k=rsa; p=$pub" txt=""
+    while [ -n "$dkim" ]; do txt+="${txt:+,}${dkim:0:250}"; dkim=${dkim:250}; done
+    /usr/sbin/dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
+        --bind-interfaces --listen-address=127.0.0.1 --port="$DNS_PORT" --pid-file= --user=root \
+        --local=/test/ --local-ttl=300 --neg-ttl=300 --log-facility=- \
+        "--txt-record=bench.test,v=spf1 ip4:127.0.0.0/8 -all" \
+        "--txt-record=_dmarc.bench.test,v=DMARC1; p=reject" \
+        "--txt-record=rsa._domainkey.bench.test,$txt" >/dev/null 2>&1 &
+    dns_pid=$!
+    for size in $SIZES; do
+        /usr/bin/python3 - "$work/real/sender.pem" "$size" > "$work/real/msg-$size.eml" <<'PY'
+import dkim, sys
+key, size = open(sys.argv[1], "rb").read(), int(sys.argv[2])
+m = b"From: <bench@bench.test>\r\nTo: <sink@bench.test>\r\nSubject: mailgate-bench\r\nMessage-ID: <bench@bench.test>\r\n\r\n"
+line = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmn\r\n"
+while len(m) < size:
+    m += line
+sig = dkim.sign(m, b"rsa", b"bench.test", key, include_headers=[b"from", b"to", b"subject", b"message-id"])
+sys.stdout.buffer.write(sig + m)
+PY
+    done
+    touch "$work/real/ready"
+}
+
+start_mailgate() { # $1 = plugins (0, 5 or -real)
     rm -rf "$work/mg-spool"
     mailgate_config "$1" > "$work/mailgate.toml"
     "$MG" serve --config "$work/mailgate.toml" 2>"$work/mailgate.log" &
@@ -167,6 +253,12 @@ for size in $SIZES; do
                 mailgate0|mailgate5)
                     start_mailgate "${peer#mailgate}"
                     run "$peer" "$size" --target "127.0.0.1:$MG_PORT" --pid "$mg_pid"
+                    stop_mailgate ;;
+                mailgate-real)
+                    setup_real
+                    start_mailgate -real
+                    run "$peer" "$size" --target "127.0.0.1:$MG_PORT" --pid "$mg_pid" \
+                        --message "$work/real/msg-$size.eml"
                     stop_mailgate ;;
                 postfix)
                     setup_postfix

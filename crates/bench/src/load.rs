@@ -22,6 +22,9 @@ pub struct Load {
     /// Offered rate in messages per second (open loop); `None` sends as fast as replies come.
     pub rate: Option<f64>,
     pub new_conn: bool,
+    /// The message to send (headers and body, as a file holds it) instead of a made-up one
+    /// of `size` octets: a DKIM-signed one, say.
+    pub message: Option<Vec<u8>>,
     /// Recipient domain (the gateway must accept or relay it).
     pub domain: String,
 }
@@ -47,6 +50,22 @@ pub fn message(size: usize) -> Vec<u8> {
     }
     m.extend_from_slice(b".\r\n");
     m
+}
+
+/// A message as DATA sends it: CRLF line ends, dot-stuffed, with the final dot.
+pub fn wire(m: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.len() + 64);
+    for line in m.split_inclusive(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
 }
 
 struct Conn {
@@ -146,7 +165,10 @@ impl Tally {
 }
 
 pub async fn run(load: Load) -> Outcome {
-    let body = Arc::new(message(load.size));
+    let body = Arc::new(match &load.message {
+        Some(m) => wire(m),
+        None => message(load.size),
+    });
     let tally = Tally::new();
     let t0 = Instant::now();
     let deadline = t0 + load.duration;

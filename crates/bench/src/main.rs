@@ -73,6 +73,9 @@ struct RunArgs {
     /// A new connection for every message.
     #[arg(long)]
     new_conn: bool,
+    /// Send this message file (e.g. a DKIM-signed one) instead of a made-up one of `--size`.
+    #[arg(long)]
+    message: Option<std::path::PathBuf>,
     /// Recipient domain.
     #[arg(long, default_value = "bench.test")]
     domain: String,
@@ -142,6 +145,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         rate: a.rate,
         new_conn: a.new_conn,
         domain: a.domain.clone(),
+        message: a.message.as_ref().map(std::fs::read).transpose()?,
     };
     // The peak resident size of the first measured process, sampled while the load runs.
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
