@@ -147,8 +147,9 @@ TOML
 
 # mailgate-real's world, made once per run: a trained spam model (bench/spam-eval.sh fetches
 # the SpamAssassin corpus once), an RSA key the sender signs with and an Ed25519 key the
-# gateway signs with, dnsmasq answering SPF, DKIM and DMARC for bench.test (cacheable, 5 min)
-# and NXDOMAIN for the DNSBL zones, and DKIM-signed messages of each size (dkimpy).
+# gateway signs with, dnsmasq authoritative for `test` answering SPF, DKIM and DMARC for
+# bench.test and NXDOMAIN (with the SOA, so cacheable as real servers make it) for the DNSBL
+# zones and DMARC's tree walk, TTLs 5 min, and DKIM-signed messages of each size (dkimpy).
 setup_real() {
     [ -f "$work/real/ready" ] && return 0
     mkdir -p "$work/real"
@@ -163,7 +164,8 @@ setup_real() {
     while [ -n "$dkim" ]; do txt+="${txt:+,}${dkim:0:250}"; dkim=${dkim:250}; done
     /usr/sbin/dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
         --bind-interfaces --listen-address=127.0.0.1 --port="$DNS_PORT" --pid-file= --user=root \
-        --local=/test/ --local-ttl=300 --neg-ttl=300 --log-facility=- \
+        --auth-server=ns.test,lo --auth-zone=test --auth-ttl=300 \
+        --auth-soa=1,hostmaster.test,1200,120,604800,300 --log-facility=- \
         "--txt-record=bench.test,v=spf1 ip4:127.0.0.0/8 -all" \
         "--txt-record=_dmarc.bench.test,v=DMARC1; p=reject" \
         "--txt-record=rsa._domainkey.bench.test,$txt" >/dev/null 2>&1 &
