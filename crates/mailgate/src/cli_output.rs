@@ -144,6 +144,12 @@ mod tests {
         let t = human(&st);
         assert!(t.contains("mx") && t.contains("plugins: none") && t.contains("queue: 2 deferred"), "{t}");
         assert!(!t.contains('{'), "not JSON: {t}");
+        let st = serde_json::json!({"listeners": [], "queue": {}, "plugins": [
+            {"name": "spf", "fingerprint": "00ff", "not_called_at": ["connect", "helo"], "idle_instances": 3},
+            {"name": "memo", "fingerprint": "11ee", "not_called_at": [], "idle_instances": 0}]});
+        let t = human(&st);
+        assert!(t.contains("  spf              00ff, 3 idle instance(s), no code at connect helo\n"), "{t}");
+        assert!(t.contains("  memo             11ee\n"), "{t}");
         let m = serde_json::json!({"id": "Q1", "state": "deferred", "sender": "", "received_at": 0u64, "attempts": 1,
             "next_attempt": 60_000u64, "recipients": [{"address": "a@x.test", "status": "delivered", "last_reply": "250 ok"},
             {"address": "b@x.test", "status": "pending", "last_reply": "451 4.3.0 later", "remote_host": "mx.x.test"}]});

@@ -324,6 +324,19 @@ impl Chain {
             match end.call_async(&mut slot.store, ()).await {
                 Ok((true,)) => {
                     slot.sessions += 1;
+                    // Nothing of the session stays with the idle instance on the host's side:
+                    // not its score, nor its authentication state (which holds the message).
+                    let idle_sid: Arc<str> = Arc::from("idle");
+                    let cx = Context {
+                        meta,
+                        services: &self.plugins.services,
+                        sid: &idle_sid,
+                        score: &Default::default(),
+                        auth: None,
+                    };
+                    let mut limits = Limits::new(meta.memory_limit);
+                    limits.memory = slot.store.data().limits.memory;
+                    *slot.store.data_mut() = HostState::new(&cx, limits);
                     self.plugins.idle.put(i, slot);
                 }
                 Ok((false,)) => {}
