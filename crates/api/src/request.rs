@@ -142,8 +142,20 @@ pub(crate) fn escape(k: &str) -> String {
 
 /// Text with every line end made CRLF (mail-builder then picks the transfer encoding).
 fn crlf_text(s: &str) -> String {
-    let unix = s.replace("\r\n", "\n").replace('\r', "\n");
-    unix.replace('\n', "\r\n")
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len() + s.len() / 32 + 2);
+    let mut from = 0;
+    // One pass: every CR, LF or CRLF becomes one CRLF.
+    for at in memchr::memchr2_iter(b'\r', b'\n', b) {
+        if at < from {
+            continue; // the LF of a CRLF already written
+        }
+        out.push_str(&s[from..at]);
+        out.push_str("\r\n");
+        from = at + 1 + usize::from(b[at] == b'\r' && b.get(at + 1) == Some(&b'\n'));
+    }
+    out.push_str(&s[from..]);
+    out
 }
 
 fn mb_address(m: &Mailbox) -> MbAddress<'static> {
@@ -444,6 +456,20 @@ mod tests {
         let many: Vec<String> = (0..101).map(|i| format!("r{i}@y.test")).collect();
         let body = serde_json::json!({"from":"a@b.test","to":many,"text":"x"});
         assert_eq!(err(&body.to_string()).pointer.as_deref(), Some("/to"));
+    }
+
+    #[test]
+    fn every_line_end_becomes_one_crlf() {
+        for (i, o) in [
+            ("", ""),
+            ("a", "a"),
+            ("a\nb", "a\r\nb"),
+            ("a\r\nb\rc\n", "a\r\nb\r\nc\r\n"),
+            ("\r\r\n\n\r", "\r\n\r\n\r\n\r\n"),
+            ("ü\rü\r\n", "ü\r\nü\r\n"),
+        ] {
+            assert_eq!(crlf_text(i), o, "{i:?}");
+        }
     }
 
     #[test]

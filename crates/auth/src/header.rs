@@ -111,12 +111,18 @@ pub fn strip_ours(raw: &mut Vec<u8>, authserv_id: &str) -> usize {
 /// if it cannot: more than one From field (RFC 5322 allows one), or mailboxes of more than one
 /// domain in it (RFC 7489 §6.6.1). Such a message would otherwise slip past DMARC.
 pub fn ambiguous_from(raw: &[u8]) -> Option<String> {
-    let mut froms = vec![];
+    // Bytes, not text: this runs on every message, and a field name is ASCII.
+    let mut froms: Vec<&[u8]> = vec![];
     for field in fields(&raw[..find_body(raw)]) {
-        let field = String::from_utf8_lossy(field);
-        if let Some((name, value)) = field.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("from") {
-                froms.push(value.to_string());
+        if let Some(colon) = memchr::memchr(b':', field) {
+            let name = &field[..colon];
+            // A non-ASCII name is trimmed as text (Unicode spaces too), as it always was.
+            let is_from = match name.is_ascii() {
+                true => name.trim_ascii().eq_ignore_ascii_case(b"from"),
+                false => String::from_utf8_lossy(name).trim().eq_ignore_ascii_case("from"),
+            };
+            if is_from {
+                froms.push(&field[colon + 1..]);
             }
         }
     }
@@ -124,7 +130,7 @@ pub fn ambiguous_from(raw: &[u8]) -> Option<String> {
         return Some(format!("{} From header fields", froms.len()));
     }
     // One mailbox (the common case) cannot name two domains: no parse needed.
-    if froms.first().is_none_or(|f| f.matches('@').count() < 2) {
+    if froms.first().is_none_or(|f| memchr::memchr_iter(b'@', f).nth(1).is_none()) {
         return None;
     }
     let parsed = mail_parser::MessageParser::default().parse_headers(raw)?;
@@ -156,7 +162,7 @@ fn fields(header: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 fn next_line(raw: &[u8], from: usize) -> usize {
-    raw[from..].iter().position(|&b| b == b'\n').map_or(raw.len(), |p| from + p + 1)
+    memchr::memchr(b'\n', &raw[from..]).map_or(raw.len(), |p| from + p + 1)
 }
 
 /// Offset of the empty line that ends the header (or the end).
@@ -247,6 +253,8 @@ mod tests {
         assert_eq!(ambiguous_from(b"From: a@x.test, b@x.test\r\n\r\nb"), None);
         assert!(ambiguous_from(b"From: a@bank.test\r\nfrom : b@evil.test\r\n\r\nb").is_some());
         assert!(ambiguous_from(b"From: a@bank.test, b@evil.test\r\n\r\nb").is_some());
+        assert!(ambiguous_from(b"From: a@bank.test\r\nFrom\xc2\xa0: b@evil.test\r\n\r\nb").is_some(), "Unicode space");
+        assert!(ambiguous_from(b"From: \"x@y\" <a@bank.test>\r\n\r\nb").is_none(), "two @, one domain");
     }
 
     #[test]

@@ -524,7 +524,10 @@ pub fn envelope(id: String, sender: String, recipients: Vec<String>) -> Envelope
 /// Puts `field` in front of the message in place: the buffer grows (for a large one the
 /// allocator remaps it without copying) and the content moves up, with no second copy.
 pub fn prepend(data: &mut Vec<u8>, field: &[u8]) {
-    data.splice(0..0, field.iter().copied());
+    let n = data.len();
+    data.resize(n + field.len(), 0);
+    data.copy_within(0..n, field.len());
+    data[..field.len()].copy_from_slice(field);
 }
 
 /// Counts `Received:` fields in the header section.
@@ -547,7 +550,7 @@ fn header_end(msg: &[u8]) -> usize {
     if msg.starts_with(b"\r\n") {
         return 0;
     }
-    msg.windows(4).position(|w| w == b"\r\n\r\n").map_or(msg.len(), |p| p + 2)
+    memchr::memmem::find(msg, b"\r\n\r\n").map_or(msg.len(), |p| p + 2)
 }
 
 /// Adds fields (CRLF-terminated) at the end of the header section.
@@ -563,7 +566,7 @@ fn append_header(data: &mut Vec<u8>, fields: &[u8]) {
 }
 
 fn count_received(msg: &[u8]) -> usize {
-    let end = msg.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(msg.len());
+    let end = memchr::memmem::find(msg, b"\r\n\r\n").unwrap_or(msg.len());
     msg[..end].split(|b| *b == b'\n').filter(|l| l.len() >= 9 && l[..9].eq_ignore_ascii_case(b"received:")).count()
 }
 

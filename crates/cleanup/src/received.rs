@@ -22,28 +22,42 @@ pub struct Received<'a> {
 impl Received<'_> {
     /// The header field, folded, ending with CRLF.
     pub fn to_header(&self) -> String {
-        let mut h = String::from("Received: ");
+        use std::fmt::Write;
+        // One buffer, written in place: this runs for every message.
+        let mut h = String::with_capacity(160 + self.by.len() + self.queue_id.len());
+        h.push_str("Received: ");
         if let Some((helo, ip)) = self.from {
-            let ip = match ip {
-                std::net::IpAddr::V4(v4) => format!("[{v4}]"),
-                std::net::IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
+            h.push_str("from ");
+            h.extend(helo.chars().filter(|c| !c.is_control() && *c != '(' && *c != ')').take(255));
+            let _ = match ip {
+                std::net::IpAddr::V4(v4) => write!(h, " ([{v4}])\r\n\t"),
+                std::net::IpAddr::V6(v6) => write!(h, " ([IPv6:{v6}])\r\n\t"),
             };
-            let helo: String = helo.chars().filter(|c| !c.is_control() && *c != '(' && *c != ')').take(255).collect();
-            h.push_str(&format!("from {helo} ({ip})\r\n\t"));
         }
-        h.push_str(&format!("by {}", self.by));
+        h.push_str("by ");
+        h.push_str(self.by);
         match self.with {
-            Some(with) => h.push_str(&format!(" with {with}")),
+            Some(with) => {
+                h.push_str(" with ");
+                h.push_str(with);
+            }
             None => h.push_str(" (mailgate)"),
         }
         if let Some(t) = self.tls {
-            h.push_str(&format!(" ({t})"));
+            h.push_str(" (");
+            h.push_str(t);
+            h.push(')');
         }
-        h.push_str(&format!(" id {}", self.queue_id));
+        h.push_str(" id ");
+        h.push_str(self.queue_id);
         if let Some(r) = self.for_rcpt {
-            h.push_str(&format!("\r\n\tfor <{r}>"));
+            h.push_str("\r\n\tfor <");
+            h.push_str(r);
+            h.push('>');
         }
-        h.push_str(&format!(";\r\n\t{}\r\n", rfc5322_date(self.unix_time)));
+        h.push_str(";\r\n\t");
+        h.push_str(&rfc5322_date(self.unix_time));
+        h.push_str("\r\n");
         h
     }
 }

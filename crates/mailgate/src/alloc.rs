@@ -64,11 +64,49 @@ unsafe impl GlobalAlloc for GatewayAlloc {
     }
 }
 
+// mimalloc's option API (in the linked library; the crate declares it only behind a feature
+// that would add a dependency for two functions).
+unsafe extern "C" {
+    fn mi_option_set_default(option: libc::c_int, value: libc::c_long);
+}
+
+/// `mi_option_purge_delay` in mimalloc 3's `mi_option_e` (its default is 1000 ms; the test
+/// below checks that this index has that default).
+const MI_OPTION_PURGE_DELAY: libc::c_int = 15;
+
+/// How long mimalloc keeps freed pages before giving them back to the OS. Under load the
+/// default (1 s) gave back and faulted in again (zeroing, often whole huge pages) about one
+/// page per four messages; 10 s cut the gateway's page faults fivefold (BENCHMARKS.md,
+/// session 12). The cost: after a burst, memory goes back 10 s later instead of 1 s.
+const PURGE_DELAY_MS: libc::c_long = 10_000;
+
 /// Fixes glibc's mmap threshold at [`LARGE`] (by default it rises after the first large free,
-/// and large blocks then stay in the heap). Call once at the start of `main`.
+/// and large blocks then stay in the heap) and mimalloc's purge delay (unless the operator set
+/// `MIMALLOC_PURGE_DELAY`). Call once at the start of `main`.
 pub fn init() {
-    // SAFETY: mallopt only sets a malloc parameter.
+    // SAFETY: mallopt only sets a malloc parameter; mi_option_set_default only sets an option
+    // that the environment has not set.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE as libc::c_int);
+        mi_option_set_default(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    unsafe extern "C" {
+        fn mi_option_get(option: libc::c_int) -> libc::c_long;
+    }
+
+    #[test]
+    fn the_purge_delay_index_is_mimallocs() {
+        // SAFETY: reading an option.
+        let default = unsafe { mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        assert!(default == 1000 || default == super::PURGE_DELAY_MS, "option 15 is not purge_delay: {default}");
+        super::init();
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            // SAFETY: reading an option.
+            assert_eq!(unsafe { mi_option_get(super::MI_OPTION_PURGE_DELAY) }, super::PURGE_DELAY_MS);
+        }
     }
 }

@@ -59,7 +59,8 @@ async fn submit_with(
     s: Submission,
     chain: &mut Option<mailgate_plugin_host::SessionChain>,
 ) -> Result<Receipt, SubmitError> {
-    let info = ConnectionInfo {
+    // What plugins are told about the "connection"; built only when there are plugins.
+    let info = || ConnectionInfo {
         session_id: s.id.clone(),
         client_ip: s.peer.ip().to_string(),
         client_port: s.peer.port(),
@@ -77,9 +78,10 @@ async fn submit_with(
         Decision::Next | Decision::Accept => None,
         Decision::Reply(r) | Decision::Disconnect(r) => Some(r),
     };
-    if let Some(c) = chain.as_mut() {
+    let info = chain.is_some().then(info);
+    if let (Some(c), Some(info)) = (chain.as_mut(), &info) {
         let env = wit_envelope(&s.from, vec![], body_8bit, s.smtputf8, size);
-        if let Some(r) = refused(c.on_mail_from(&info, &env).await) {
+        if let Some(r) = refused(c.on_mail_from(info, &env).await) {
             tracing::info!(reply = %r, "API message refused at on-mail-from");
             return Err(SubmitError::Refused(r));
         }
@@ -92,12 +94,12 @@ async fn submit_with(
             receipts.push(RcptReceipt { email: rcpt.clone(), status: RcptState::Suppressed, smtp: None });
             continue;
         }
-        let verdict = match chain.as_mut() {
-            None => None,
-            Some(c) => {
+        let verdict = match (chain.as_mut(), &info) {
+            (Some(c), Some(info)) => {
                 let env = wit_envelope(&s.from, accepted.clone(), body_8bit, s.smtputf8, size);
-                refused(c.on_rcpt(&info, &env, rcpt).await)
+                refused(c.on_rcpt(info, &env, rcpt).await)
             }
+            _ => None,
         };
         match verdict {
             None => {
@@ -138,9 +140,9 @@ async fn submit_with(
     };
     let meta = env.api.clone();
     let incoming = Incoming { envelope: env, data: s.data, hold: Some(s.hold), traced: false };
-    let mut policy = chain.as_mut().map(|chain| {
+    let mut policy = chain.as_mut().zip(info).map(|(chain, conn)| {
         chain.use_pipeline(&s.pipeline);
-        ChainPolicy { chain, conn: info.clone() }
+        ChainPolicy { chain, conn }
     });
     let policy = policy.as_mut().map(|p| p as &mut dyn DataPolicy);
     let cleanup = generation.cleanup.clone();

@@ -10,7 +10,9 @@
 //! 1. one pass over the lines: the top header section's field count and size, and caps on the
 //!    lines that can open a part or a header field (what bounds the parser's allocations);
 //! 2. a parse with `Content-Transfer-Encoding` ignored, which mail-parser does without any
-//!    recursion, walked with an explicit stack for depth and part count;
+//!    recursion, walked with an explicit stack for depth and part count — skipped when the
+//!    message has no Content-Type, or one only, in its top header, naming a leaf type (then
+//!    it is one part, whatever the parser would say: the common single-part message);
 //! 3. embedded messages that *are* encoded: decoded here and measured the same way, as deep
 //!    as mail-parser would decode them (three levels);
 //! 4. every parse result is taken apart iteratively, so dropping it cannot recurse either.
@@ -106,11 +108,17 @@ pub fn inspect(raw: &[u8], limits: &MessageLimits) -> Result<Structure, MessageE
     let lines = scan_lines(raw, limits)?;
     s.header_fields = lines.header_fields;
     s.header_size = lines.header_size;
-    if !lines.content_type {
-        // No Content-Type anywhere: mail-parser sees one text part, whatever else is there.
+    if lines.content_types == 0 || lines.single_leaf {
+        // No Content-Type anywhere, or one in the top header that names no container type:
+        // mail-parser sees one leaf part, whatever else is there.
         s.parts = 1;
         return Ok(s);
     }
+    parse_and_measure(raw, limits, s)
+}
+
+/// Steps 2 to 4: the parse, the walk, encoded embedded messages.
+fn parse_and_measure(raw: &[u8], limits: &MessageLimits, mut s: Structure) -> Result<Structure, MessageError> {
     // Buffers still to measure: the message, then decoded embedded messages, each with the
     // depth it sits at and how many encodings deep it is.
     let mut work: Vec<(Option<Vec<u8>>, usize, usize)> = vec![(None, 0, 0)];
@@ -132,15 +140,28 @@ pub fn inspect(raw: &[u8], limits: &MessageLimits) -> Result<Structure, MessageE
 struct Lines {
     header_fields: usize,
     header_size: usize,
-    /// A line starting with `Content-Type` (any case) exists.
-    content_type: bool,
+    /// Lines starting with `Content-Type` (any case), anywhere.
+    content_types: usize,
+    /// The only such line is a field of the top header section, and that field (with its
+    /// continuation lines) cannot name a multipart or an embedded message: no `multipart`,
+    /// no `message` (any case), no comment or encoded word that could hide either.
+    single_leaf: bool,
+}
+
+/// Whether a Content-Type field (name, value and continuation lines) may open a container:
+/// conservative, any doubt says yes (the full parse then decides).
+fn may_contain(field: &[u8]) -> bool {
+    let has = |needle: &[u8]| field.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
+    has(b"multipart") || has(b"message") || field.iter().any(|b| matches!(b, b'(' | b'\\' | 0x80..)) || has(b"=?")
 }
 
 /// One pass over the lines (LF-terminated, CR or not): the top header section, and the caps
 /// that bound what the parser will allocate.
 fn scan_lines(raw: &[u8], limits: &MessageLimits) -> Result<Lines, MessageError> {
-    let mut out = Lines { header_fields: 0, header_size: raw.len(), content_type: false };
+    let mut out = Lines { header_fields: 0, header_size: raw.len(), content_types: 0, single_leaf: false };
     let (mut in_header, mut part_lines, mut field_lines) = (true, 0usize, 0usize);
+    // The top header's Content-Type field while its lines are read: where it starts.
+    let mut ct_field: Option<usize> = None;
     let mut pos = 0;
     while pos < raw.len() {
         let end = memchr::memchr(b'\n', &raw[pos..]).map_or(raw.len(), |i| pos + i + 1);
@@ -148,11 +169,17 @@ fn scan_lines(raw: &[u8], limits: &MessageLimits) -> Result<Lines, MessageError>
         let body = line.strip_suffix(b"\n").unwrap_or(line);
         let body = body.strip_suffix(b"\r").unwrap_or(body);
         if in_header {
+            let continued = !body.is_empty() && matches!(body[0], b' ' | b'\t');
+            if let Some(start) = ct_field.filter(|_| !continued) {
+                // The top Content-Type field ended at this line.
+                out.single_leaf = !may_contain(&raw[start..pos]);
+                ct_field = None;
+            }
             if body.is_empty() {
                 in_header = false;
                 out.header_size = pos;
             } else {
-                if !matches!(body[0], b' ' | b'\t') {
+                if !continued {
                     out.header_fields += 1;
                     if out.header_fields > limits.max_header_fields {
                         return Err(MessageError::TooManyHeaderFields { limit: limits.max_header_fields });
@@ -164,7 +191,13 @@ fn scan_lines(raw: &[u8], limits: &MessageLimits) -> Result<Lines, MessageError>
             }
         }
         let ct = body.len() >= 12 && body[..12].eq_ignore_ascii_case(b"content-type");
-        out.content_type |= ct;
+        if ct {
+            out.content_types += 1;
+            out.single_leaf = false;
+            if in_header && out.content_types == 1 {
+                ct_field = Some(pos);
+            }
+        }
         if ct || body.starts_with(b"--") {
             part_lines += 1;
             if part_lines > limits.max_part_lines() {
@@ -178,6 +211,13 @@ fn scan_lines(raw: &[u8], limits: &MessageLimits) -> Result<Lines, MessageError>
             }
         }
         pos = end;
+    }
+    if let Some(start) = ct_field {
+        // A message that is all header, the Content-Type field last.
+        out.single_leaf = !may_contain(&raw[start..]);
+    }
+    if out.content_types != 1 {
+        out.single_leaf = false;
     }
     Ok(out)
 }

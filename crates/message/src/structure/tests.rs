@@ -196,3 +196,55 @@ fn a_deep_parse_result_is_dropped_without_recursion() {
     let parsed: Message<'static> = parser.parse(msg).unwrap();
     on_small_stack(move || dismantle(parsed));
 }
+
+/// The full parse's answer, whatever the fast path would say.
+fn parsed(raw: &[u8]) -> Result<Structure, MessageError> {
+    let lines = scan_lines(raw, &limits())?;
+    let s = Structure { header_fields: lines.header_fields, header_size: lines.header_size, ..Default::default() };
+    parse_and_measure(raw, &limits(), s)
+}
+
+#[test]
+fn one_leaf_content_type_skips_the_parse_and_agrees_with_it() {
+    let leaf = |ct: &str| format!("From: a@example.test\r\n{ct}\r\nSubject: s\r\n\r\nhello\r\n--b\r\n").into_bytes();
+    // The shape the sending API builds, and others that cannot hold a part: no parse.
+    for ct in [
+        "Content-Type: text/plain; charset=\"utf-8\"",
+        "content-type:TEXT/HTML",
+        "Content-Type: application/pdf;\r\n\tname=\"a.pdf\"",
+        "Content-Type : image/png",
+    ] {
+        let m = leaf(ct);
+        assert!(scan_lines(&m, &limits()).unwrap().single_leaf, "{ct}");
+        assert_eq!(inspect(&m, &limits()), parsed(&m), "{ct}");
+        assert_eq!(inspect(&m, &limits()).unwrap().parts, 1, "{ct}");
+    }
+    // Anything that could open a part, in any case, on any line of the field, behind a
+    // comment or an encoded word, twice, or only in the body: the parse decides.
+    let multi = |ct: &str| {
+        format!(
+            "From: a@example.test\r\n{ct}\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nx\r\n--b\r\n\r\ny\r\n--b--\r\n"
+        )
+        .into_bytes()
+    };
+    for m in [
+        multi("Content-Type: multipart/mixed; boundary=b"),
+        multi("Content-Type: MULTIPART/Mixed;\r\n boundary=b"),
+        multi("Content-Type:\r\n multipart/mixed;\r\n\tboundary=b"),
+        leaf("Content-Type: message/rfc822"),
+        leaf("Content-Type: (c) text/plain"),
+        leaf("Content-Type: =?utf-8?q?x?= text/plain"),
+        leaf("Content-Type: text/plain\r\nContent-Type: multipart/mixed; boundary=b"),
+        b"From: a@example.test\r\n\r\nContent-Type: multipart/mixed; boundary=b\r\n".to_vec(),
+        b"From: a@example.test\r\nContent-Type: multipart/mixed; boundary=b".to_vec(),
+    ] {
+        assert!(!scan_lines(&m, &limits()).unwrap().single_leaf, "{}", String::from_utf8_lossy(&m));
+        assert_eq!(inspect(&m, &limits()), parsed(&m), "{}", String::from_utf8_lossy(&m));
+    }
+    let m = multi("Content-Type: multipart/mixed;\r\n boundary=b");
+    assert_eq!(inspect(&m, &limits()).unwrap().parts, 3, "a folded multipart is still measured");
+    // A message that is all header, a leaf Content-Type last.
+    let m = b"From: a@example.test\r\nContent-Type: text/plain".to_vec();
+    assert!(scan_lines(&m, &limits()).unwrap().single_leaf);
+    assert_eq!(inspect(&m, &limits()), parsed(&m));
+}
