@@ -254,28 +254,103 @@ pub async fn idle(target: SocketAddr, n: usize, hold: Duration) -> usize {
     opened
 }
 
+/// Where `--api` sends: the address to connect to, the `Host` field and the path.
+#[derive(Clone, Debug)]
+pub struct ApiTarget {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub path: String,
+}
+
+impl ApiTarget {
+    /// `http://HOST:PORT/PATH` with a literal IP address (the bench talks to loopback only).
+    pub fn parse(url: &str) -> Option<ApiTarget> {
+        let rest = url.strip_prefix("http://")?;
+        let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+        Some(ApiTarget { addr: host.parse().ok()?, host: host.to_string(), path })
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection of the API mode, as lean as the SMTP side's [`Conn`]
+/// (on a 2-core machine the load generator's own CPU competes with the gateway's): a request
+/// is one write of bytes made once; an answer is read up to the end of its head, parsed with
+/// httparse, and its body skipped by `Content-Length` (the gateway always sends one).
+struct Http {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Http {
+    async fn open(addr: SocketAddr) -> std::io::Result<Http> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        Ok(Http { s, buf: Vec::with_capacity(4096) })
+    }
+
+    /// Sends `request` and reads the answer: its status, and whether the connection stays open.
+    async fn exchange(&mut self, request: &[u8]) -> std::io::Result<(u16, bool)> {
+        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+        self.s.write_all(request).await?;
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut head = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(n) = head.parse(&self.buf).map_err(|_| bad("malformed answer"))? {
+                let status = head.code.unwrap_or(0);
+                let field = |name: &str| head.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name));
+                let len: usize = field("content-length")
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+                    .ok_or_else(|| bad("an answer without Content-Length"))?;
+                let keep = !field("connection").is_some_and(|h| h.value.eq_ignore_ascii_case(b"close"));
+                while self.buf.len() < n + len {
+                    self.fill().await?;
+                }
+                self.buf.drain(..n + len);
+                return Ok((status, keep));
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn fill(&mut self) -> std::io::Result<()> {
+        let mut chunk = [0u8; 4096];
+        let r = self.s.read(&mut chunk).await?;
+        if r == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.buf.extend_from_slice(&chunk[..r]);
+        Ok(())
+    }
+}
+
 /// The sending API as the way in: `sessions` keep-alive HTTP/1.1 connections POSTing JSON
-/// messages of about `size` octets to `url` with `key`, bounded in count and time.
-pub async fn run_api(load: Load, url: String, key: String) -> Outcome {
+/// messages of about `size` octets to `target` with `key`, bounded in count and time.
+pub async fn run_api(load: Load, target: ApiTarget, key: String) -> Outcome {
     let text: String = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmn\n"
         .repeat(load.size / 77 + 1)
         .chars()
         .take(load.size.saturating_sub(200).max(1))
         .collect();
     let tally = Tally::new();
-    let client = reqwest::Client::builder().pool_max_idle_per_host(load.sessions).no_proxy().build().expect("client");
     let t0 = Instant::now();
     let deadline = t0 + load.duration;
     let mut tasks = vec![];
     for s in 0..load.sessions {
-        let (load, tally) = (load.clone(), tally.clone());
-        let (client, url, auth) = (client.clone(), url.clone(), format!("Bearer {key}"));
+        let (load, tally, target) = (load.clone(), tally.clone(), target.clone());
         let rcpts: Vec<String> = (0..load.rcpts).map(|r| format!("s{s}r{r}@{}", load.domain)).collect();
         let body = serde_json::json!({
             "from": "bench@bench.test", "to": rcpts, "subject": "mailgate-bench", "text": text,
         })
         .to_string();
+        let mut request = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            target.path,
+            target.host,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body.as_bytes());
         tasks.push(tokio::spawn(async move {
+            let mut conn: Option<Http> = None;
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             loop {
                 let i = tally.next.fetch_add(1, Ordering::Relaxed);
@@ -285,20 +360,35 @@ pub async fn run_api(load: Load, url: String, key: String) -> Outcome {
                 if let Some(rate) = load.rate {
                     tokio::time::sleep_until((t0 + Duration::from_secs_f64(i as f64 / rate)).into()).await;
                 }
+                if conn.is_none() {
+                    conn = Http::open(target.addr).await.ok();
+                }
+                let Some(c) = conn.as_mut() else {
+                    tally.fail();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
                 let started = Instant::now();
-                let sent = client
-                    .post(&url)
-                    .header("authorization", &auth)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await;
-                match sent {
-                    Ok(r) if r.status().as_u16() == 202 => {
-                        let _ = r.bytes().await;
+                match c.exchange(&request).await {
+                    Ok((202, keep)) => {
                         tally.ok(started, &mut local);
+                        if !keep {
+                            conn = None;
+                        }
                     }
-                    _ => tally.fail(),
+                    Ok((_, keep)) => {
+                        tally.fail();
+                        if !keep {
+                            conn = None;
+                        }
+                    }
+                    Err(_) => {
+                        tally.fail();
+                        conn = None;
+                    }
+                }
+                if load.new_conn {
+                    conn = None;
                 }
             }
             tally.hist.lock().unwrap().add(&local).unwrap();
