@@ -54,3 +54,43 @@ fn bench_smoke_through_the_gateway_and_the_ceiling() {
     let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert_eq!(v["delivered"], 20);
 }
+
+/// The API mode: keep-alive HTTP/1.1 POSTs of JSON through a real gateway's `[[api]]` listener,
+/// every message counted at the sink; a wrong key counts as failures, not as accepted.
+#[test]
+fn bench_smoke_through_the_sending_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let (key, _) = mailgate_api::KeyStore::in_spool(&spool).create("bench", vec![], None, None).unwrap();
+    let (smtp_port, api_port, sink_port) = (free_port(), free_port(), free_port());
+    let cfg = mailgate_config::Config::from_toml(&format!(
+        "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:{smtp_port}\"\n[[api]]\nname = \"api\"\naddress = \"127.0.0.1:{api_port}\"\n[spool]\npath = \"{}\"\n[relay]\naccept_domains = [\"bench.test\"]\n[routes]\n\"*\" = {{ type = \"smarthost\", host = \"127.0.0.1\", port = {sink_port}, tls = \"none\" }}\n",
+        spool.display()
+    ))
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let gw = rt.block_on(mailgate::Gateway::start(cfg)).unwrap();
+    let bench = env!("CARGO_BIN_EXE_mailgate-bench");
+    let url = format!("http://127.0.0.1:{api_port}/api/v1/messages");
+    let run = |key: &str, count: &str| {
+        let out = Command::new(bench)
+            .args(["run", "--api", &url, "--key", key, "--sink", &format!("127.0.0.1:{sink_port}")])
+            .args(["--sessions", "3", "--count", count, "--rcpts", "2", "--duration", "30", "--drain", "30"])
+            .args(["--pid", &std::process::id().to_string(), "--label", "smoke-api"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (out.status.success(), serde_json::from_str::<serde_json::Value>(text.trim()).unwrap_or_default(), text)
+    };
+    let (ok, v, text) = run(&key, "30");
+    assert!(ok, "{text}");
+    assert_eq!(v["accepted"], 30, "{text}");
+    assert_eq!(v["failed"], 0, "{text}");
+    assert_eq!(v["delivered"], 30, "{text}");
+    assert!(v["bench_cpu_us_per_msg"].is_number(), "{text}"); // clock ticks: may be 0 for 30 messages
+    let (_, v, text) = run("mg_not-a-key", "5");
+    assert_eq!(v["accepted"], 0, "{text}");
+    assert_eq!(v["failed"], 5, "{text}");
+    rt.block_on(gw.shutdown(std::time::Duration::from_secs(1)));
+}
