@@ -82,12 +82,45 @@ pub struct Built {
 /// Refuses control characters (every octet that could end or break a header line: CR, LF,
 /// NUL, and the rest of C0 and DEL; tab only where `tab` allows it).
 pub(crate) fn plain_text(s: &str, ptr: &str, what: &str, tab: bool) -> Result<(), ApiError> {
-    match s.chars().find(|c| c.is_control() && !(tab && *c == '\t')) {
+    match first_control(s, if tab { b"\t" } else { b"" }) {
         Some(c) => {
             Err(ApiError::field(ptr, format!("{what} must not contain control characters (found U+{:04X})", c as u32)))
         }
         None => Ok(()),
     }
+}
+
+/// The first control character of `s` (Unicode's Cc: C0, DEL and C1) other than the ASCII
+/// ones in `allowed`, found on bytes (every API body's text passes here): C0 and DEL are one
+/// octet each; C1 (U+0080 to U+009F) is 0xC2 followed by 0x80 to 0x9F.
+fn first_control(s: &str, allowed: &[u8]) -> Option<char> {
+    let candidate = |x: u8| x < 0x20 || x == 0x7f || x == 0xc2;
+    // Blocks without a candidate are skipped whole (a loop without an early exit, which the
+    // compiler vectorises); a block with one is searched octet by octet.
+    let next = |b: &[u8], mut at: usize| {
+        while let Some(block) = b.get(at..at + 32) {
+            if block.iter().fold(false, |any, &x| any | candidate(x)) {
+                break;
+            }
+            at += 32;
+        }
+        b[at..].iter().position(|&x| candidate(x)).map(|i| at + i)
+    };
+    let b = s.as_bytes();
+    let mut from = 0;
+    while let Some(at) = next(b, from) {
+        match b[at] {
+            0xc2 => {
+                if let Some(&n @ 0x80..=0x9f) = b.get(at + 1) {
+                    return char::from_u32(u32::from(n));
+                }
+            }
+            x if !allowed.contains(&x) => return Some(char::from(x)),
+            _ => {}
+        }
+        from = at + 1;
+    }
+    None
 }
 
 fn string<'a>(v: &'a Value, ptr: &str) -> Result<&'a str, ApiError> {
@@ -204,7 +237,7 @@ pub fn build(body: &[u8], hostname: &str, max_rcpts: usize) -> Result<Built, Api
     let text = get("text").map(|v| string(v, "/text")).transpose()?;
     let html = get("html").map(|v| string(v, "/html")).transpose()?;
     for (t, p) in [(text, "/text"), (html, "/html")] {
-        if let Some(c) = t.and_then(|t| t.chars().find(|c| c.is_control() && !"\t\r\n\x0c".contains(*c))) {
+        if let Some(c) = t.and_then(|t| first_control(t, b"\t\r\n\x0c")) {
             return Err(ApiError::field(p, format!("must not contain control characters (found U+{:04X})", c as u32)));
         }
     }
@@ -418,6 +451,37 @@ fn valid_content_type(ct: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte scan finds exactly what `char::is_control` does, for every scalar value, alone
+    /// and after other text, with and without allowed characters.
+    #[test]
+    fn first_control_agrees_with_is_control_for_every_char() {
+        for allowed in [&b""[..], b"\t", b"\t\r\n\x0c"] {
+            for c in (0..=0x10ffffu32).filter_map(char::from_u32) {
+                let want = (c.is_control() && !(c.is_ascii() && allowed.contains(&(c as u8)))).then_some(c);
+                let mut buf = [0u8; 4];
+                let one = c.encode_utf8(&mut buf);
+                assert_eq!(first_control(one, allowed), want, "U+{:04X}", c as u32);
+                if (c as u32) < 0x800 {
+                    let text = format!("é\u{a0}x{c}\u{85}");
+                    let then = want.or(Some('\u{85}'));
+                    assert_eq!(first_control(&text, allowed), then, "U+{:04X}", c as u32);
+                }
+            }
+        }
+        // Past the 32-octet blocks: each kind at every place of a longer text (C1's two octets
+        // across a block's edge too), after an allowed one.
+        let base = "abcdefghij".repeat(10);
+        for at in 0..=base.len() {
+            for c in ['\u{1}', '\u{7f}', '\u{85}', '\u{9f}', '\t', '\u{a0}', 'é'] {
+                let mut t = base.clone();
+                t.insert(at, c);
+                t.insert(at / 2, '\t');
+                let want = c.is_control().then_some(c).filter(|c| *c != '\t');
+                assert_eq!(first_control(&t, b"\t"), want, "{c:?} at {at}");
+            }
+        }
+    }
 
     fn err(body: &str) -> ApiError {
         build(body.as_bytes(), "gw.test", 100).expect_err(body)

@@ -87,9 +87,9 @@ pub fn strip_ours(raw: &mut Vec<u8>, authserv_id: &str) -> usize {
     // The common case, no line starting with that name (field names start a line; spaces may
     // follow the name before the colon), costs one pass over line starts and no copy.
     let name = b"authentication-results";
-    let has_any = raw[..body_at]
-        .split(|&b| b == b'\n')
-        .any(|line| line.len() >= name.len() && line[..name.len()].eq_ignore_ascii_case(name));
+    let head = &raw[..body_at];
+    let mut line_starts = std::iter::once(0).chain(memchr::memchr_iter(b'\n', head).map(|i| i + 1));
+    let has_any = line_starts.any(|at| head.get(at..at + name.len()).is_some_and(|n| n.eq_ignore_ascii_case(name)));
     if !has_any {
         return 0;
     }

@@ -288,11 +288,12 @@ impl Cleanup {
         if origin.user.is_some() {
             let sub = &self.config.submission;
             let mut fields = String::new();
-            if sub.add_date && !has_field(&data, "date") {
+            let [has_date, has_id] = has_fields(&data, ["date", "message-id"]);
+            if sub.add_date && !has_date {
                 fields +=
                     &format!("Date: {}\r\n", mailgate_message::date::rfc5322_date(mailgate_message::date::now_unix()));
             }
-            if sub.add_message_id && !has_field(&data, "message-id") {
+            if sub.add_message_id && !has_id {
                 fields += &format!("Message-ID: <{id}@{}>\r\n", self.config.server.hostname);
             }
             if !fields.is_empty() {
@@ -532,16 +533,28 @@ pub fn prepend(data: &mut Vec<u8>, field: &[u8]) {
 
 /// Counts `Received:` fields in the header section.
 /// Whether the header section has a field `name` (lower case), by its name at a line start.
-fn has_field(msg: &[u8], name: &str) -> bool {
-    header_lines(msg).any(|l| {
-        l.iter().position(|b| *b == b':').is_some_and(|c| l[..c].trim_ascii_end().eq_ignore_ascii_case(name.as_bytes()))
-    })
-}
-
-/// The header section's lines (continuations included; they never match a field name).
-fn header_lines(msg: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let end = header_end(msg);
-    msg[..end].split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+/// Which of the fields `names` the header section has, in one pass over its line starts (a
+/// line is only looked at as far as a name could reach: `Name`, optional blanks, `:`).
+fn has_fields<const N: usize>(msg: &[u8], names: [&str; N]) -> [bool; N] {
+    let head = &msg[..header_end(msg)];
+    let mut found = [false; N];
+    let mut at = 0;
+    while at < head.len() {
+        let end = memchr::memchr(b'\n', &head[at..]).map_or(head.len(), |i| at + i);
+        let line = &head[at..end];
+        for (i, name) in names.iter().enumerate() {
+            let n = name.len();
+            if !found[i]
+                && line.len() > n
+                && line[..n].eq_ignore_ascii_case(name.as_bytes())
+                && line[n..].trim_ascii_start().first() == Some(&b':')
+            {
+                found[i] = true;
+            }
+        }
+        at = end + 1;
+    }
+    found
 }
 
 /// Where the header section ends (the empty line's start, or the end of a message that has
@@ -567,7 +580,9 @@ fn append_header(data: &mut Vec<u8>, fields: &[u8]) {
 
 fn count_received(msg: &[u8]) -> usize {
     let end = memchr::memmem::find(msg, b"\r\n\r\n").unwrap_or(msg.len());
-    msg[..end].split(|b| *b == b'\n').filter(|l| l.len() >= 9 && l[..9].eq_ignore_ascii_case(b"received:")).count()
+    let head = &msg[..end];
+    let line_starts = std::iter::once(0).chain(memchr::memchr_iter(b'\n', head).map(|i| i + 1));
+    line_starts.filter(|&at| head.get(at..at + 9).is_some_and(|n| n.eq_ignore_ascii_case(b"received:"))).count()
 }
 
 /// Runs [`mailgate_message::inspect`]; hands the bytes back. `None` only if the blocking task

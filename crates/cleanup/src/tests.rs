@@ -296,3 +296,16 @@ async fn submissions_get_date_and_message_id_when_missing() {
     let off = run(cleanup("[submission]\nadd_date = false\nadd_message_id = false\n"), user, MSG).await;
     assert!(off.ends_with(MSG), "{off}");
 }
+
+/// The one-pass field check: a name, blanks, a colon, at a line start of the header section
+/// only; any case; a longer or prefixed name is another field.
+#[test]
+fn has_fields_looks_at_line_starts_of_the_header_only() {
+    let names = ["date", "message-id"];
+    assert_eq!(has_fields(b"From: a\r\nDate : x\r\n\r\nMessage-ID: <b>\r\n", names), [true, false]);
+    assert_eq!(has_fields(b"MESSAGE-ID:<a>\r\nX-Date: x\r\nDate-Sent: y\r\n\r\n", names), [false, true]);
+    assert_eq!(has_fields(b"Subject: s\r\n\tDate: folded\r\n\r\nDate: body\r\n", names), [false, false]);
+    assert_eq!(has_fields(b"Date\t:x\r\nmessage-id:\r\n", names), [true, true]);
+    assert_eq!(has_fields(b"Date", names), [false, false]);
+    assert_eq!(has_fields(b"\r\nDate: body only\r\n", names), [false, false]);
+}

@@ -437,34 +437,32 @@ impl Conn {
     /// Reads one whole reply. Errors are reply texts (4xx: the attempt is deferred).
     async fn read_reply(&mut self, limit: Duration) -> Result<Reply, Reply> {
         let mut parser = ReplyParser::default();
-        let addr = self.addr.clone();
+        // Disjoint borrows: the reading future uses the buffer and the stream, errors the name.
+        let (rbuf, io, addr) = (&mut self.rbuf, &mut self.io, &self.addr);
         let fut = async {
             loop {
-                while let Some(nl) = self.rbuf.iter().position(|b| *b == b'\n') {
-                    let mut line: Vec<u8> = self.rbuf.drain(..=nl).collect();
-                    line.pop();
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
-                    }
-                    match parser.feed(&line) {
+                while let Some(nl) = memchr::memchr(b'\n', rbuf) {
+                    let line = &rbuf[..nl];
+                    let fed = parser.feed(line.strip_suffix(b"\r").unwrap_or(line));
+                    rbuf.drain(..=nl);
+                    match fed {
                         Ok(Some(r)) => return Ok(r),
                         Ok(None) => {}
                         Err(e) => return Err(Reply::new(451, Enhanced(4, 5, 0), format!("{addr}: {e}"))),
                     }
                 }
-                if self.rbuf.len() > 64 << 10 {
+                if rbuf.len() > 64 << 10 {
                     return Err(Reply::new(451, Enhanced(4, 5, 0), format!("{addr}: reply line too long")));
                 }
-                let mut chunk = [0u8; 4096];
-                let n = self
-                    .io
-                    .read(&mut chunk)
+                // Into the buffer's spare room: no zeroed chunk per read.
+                rbuf.reserve(4096);
+                let n = io
+                    .read_buf(rbuf)
                     .await
                     .map_err(|e| Reply::new(451, Enhanced(4, 4, 2), format!("read from {addr}: {e}")))?;
                 if n == 0 {
                     return Err(Reply::new(451, Enhanced(4, 4, 2), format!("{addr} closed the connection")));
                 }
-                self.rbuf.extend_from_slice(&chunk[..n]);
             }
         };
         timeout(limit, fut)
@@ -884,18 +882,14 @@ impl<'a> Stuffer<'a> {
             if self.at_line_start && self.rest[0] == b'.' {
                 out.push(b'.');
             }
-            match memchr_nl(self.rest) {
-                Some(i) => {
-                    out.extend_from_slice(&self.rest[..=i]);
-                    self.rest = &self.rest[i + 1..];
-                    self.at_line_start = true;
-                }
-                None => {
-                    out.extend_from_slice(self.rest);
-                    self.rest = &[];
-                    self.at_line_start = false;
-                }
-            }
+            // Everything up to the next line that starts with a dot is copied as it is, within
+            // the block's room (searched no further: a large message is sent in many blocks).
+            let room = max.saturating_sub(out.len()).max(1);
+            let window = &self.rest[..self.rest.len().min(room.saturating_add(1))];
+            let take = memchr::memmem::find(window, b"\n.").map_or(window.len(), |i| i + 1).min(room);
+            out.extend_from_slice(&self.rest[..take]);
+            self.at_line_start = self.rest[take - 1] == b'\n';
+            self.rest = &self.rest[take..];
         }
         if !self.rest.is_empty() {
             return true;
@@ -929,12 +923,55 @@ fn header_section(data: &[u8]) -> &[u8] {
     data.windows(4).position(|w| w == b"\r\n\r\n").map_or(data, |i| &data[..i + 2])
 }
 
-fn memchr_nl(b: &[u8]) -> Option<usize> {
-    b.iter().position(|c| *c == b'\n')
-}
-
 #[cfg(test)]
 mod tests {
+    /// Dot-stuffing as RFC 5321 §4.5.2 says it, line by line (a line ends at LF).
+    fn reference(data: &[u8]) -> Vec<u8> {
+        let mut out = vec![];
+        for line in data.split_inclusive(|b| *b == b'\n') {
+            if line.starts_with(b".") {
+                out.push(b'.');
+            }
+            out.extend_from_slice(line);
+        }
+        if !data.is_empty() && !data.ends_with(b"\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    /// Every block size against the line-by-line reference, for messages with dots at line
+    /// starts and elsewhere, bare LFs, a last line without an end, and dot-only lines.
+    #[test]
+    fn stuffs_as_the_reference_at_every_block_size() {
+        let messages: [&[u8]; 6] = [
+            b"",
+            b".",
+            b"a\r\n.\r\n..\r\nb.c\r\n.d",
+            b".start\n.bare lf\nx\n\n.\n",
+            b"no end.\r\n.",
+            b"line\r\n\r\n.\r\n\r\n..x\r\nlast\r\n",
+        ];
+        for msg in messages {
+            let want = reference(msg);
+            for max in 1..=want.len() + 2 {
+                let mut s = super::Stuffer::new(msg);
+                let (mut all, mut block) = (Vec::new(), Vec::new());
+                loop {
+                    let more = s.next_block(&mut block, max);
+                    assert!(block.len() <= max + 6, "block of {} for max {max}", block.len()); // a dot and the end
+                    all.extend_from_slice(&block);
+                    block.clear();
+                    if !more {
+                        break;
+                    }
+                }
+                assert_eq!(all, want, "{:?} in blocks of {max}", String::from_utf8_lossy(msg));
+            }
+        }
+    }
+
     #[test]
     fn stuffs_in_blocks_as_in_one() {
         let mut msg = Vec::new();
@@ -953,6 +990,7 @@ mod tests {
         all.extend_from_slice(&block);
         assert!(blocks > 50);
         assert_eq!(all, super::dot_stuff(&msg));
+        assert_eq!(all, reference(&msg));
         assert!(all.ends_with(b"\r\n..\r\n.\r\n"));
     }
 

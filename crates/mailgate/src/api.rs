@@ -72,7 +72,7 @@ async fn submit_with(
         authenticated_as: Some(s.key.clone()),
         trusted: false,
     };
-    let body_8bit = s.data.iter().any(|b| *b >= 0x80);
+    let body_8bit = !s.data.is_ascii(); // word at a time
     let size = Some(s.data.len() as u64);
     let refused = |d: Decision| match d {
         Decision::Next | Decision::Accept => None,

@@ -477,7 +477,9 @@ async fn accept_loop(listener: TcpListener, conf: Listener, shared: Arc<Shared>,
             let local = stream.local_addr().map(canonical).unwrap_or(peer);
             let slot = admitted.slot.clone();
             let conn = crate::session::Accepted { sid, peer, local, listener: name, role, pipeline, slot, user: None };
-            Session::new(conn, stream, shared.clone(), stop).run().instrument(span).await;
+            // Boxed: a session's future is ~13 KiB, and tokio moves a spawned future several
+            // times before it first runs (a memcpy each, at every new connection).
+            Box::pin(Session::new(conn, stream, shared.clone(), stop).run().instrument(span)).await;
         });
     }
 }

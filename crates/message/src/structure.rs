@@ -224,8 +224,8 @@ fn scan_lines(raw: &[u8], limits: &MessageLimits) -> Result<Lines, MessageError>
 
 /// `name:` at the start of a line, the name printable ASCII without spaces (RFC 5322 §2.2).
 fn looks_like_field(line: &[u8]) -> bool {
-    let name_len = line.iter().take_while(|&&b| b > b' ' && b < 127 && b != b':').count();
-    name_len > 0 && line.get(name_len) == Some(&b':')
+    // The colon first (most body lines have none: base64, long words), then the name.
+    memchr::memchr(b':', line).is_some_and(|c| c > 0 && line[..c].iter().all(|&b| b > b' ' && b < 127))
 }
 
 /// Walks one parse result with an explicit stack: depth and part count into `s`, encoded

@@ -326,7 +326,9 @@ impl Queue {
                 return;
             }
             metrics::gauge!("mailgate_queue_depth", "state" => "active").increment(1.0);
-            q.attempt(e, permit).await;
+            // Boxed: an attempt's future is ~10 KiB, and tokio moves a spawned future several
+            // times before it first runs (a memcpy each); this task stays small.
+            Box::pin(q.attempt(e, permit)).await;
             metrics::gauge!("mailgate_queue_depth", "state" => "active").decrement(1.0);
         });
     }

@@ -248,3 +248,27 @@ fn one_leaf_content_type_skips_the_parse_and_agrees_with_it() {
     assert!(scan_lines(&m, &limits()).unwrap().single_leaf);
     assert_eq!(inspect(&m, &limits()), parsed(&m));
 }
+
+/// The colon-first field test agrees with the definition (a name of printable ASCII without
+/// spaces or colons, then a colon) for every line of up to five octets from the octets that
+/// matter.
+#[test]
+fn looks_like_field_agrees_with_the_definition() {
+    let definition = |line: &[u8]| {
+        let name_len = line.iter().take_while(|&&b| b > b' ' && b < 127 && b != b':').count();
+        name_len > 0 && line.get(name_len) == Some(&b':')
+    };
+    let alphabet = [b'a', b' ', b':', b'\t', 0x7f, 0x80, b'-', 0];
+    let mut line = vec![];
+    for len in 0..=5u32 {
+        for n in 0..alphabet.len().pow(len) {
+            line.clear();
+            let mut k = n;
+            for _ in 0..len {
+                line.push(alphabet[k % alphabet.len()]);
+                k /= alphabet.len();
+            }
+            assert_eq!(super::looks_like_field(&line), definition(&line), "{line:?}");
+        }
+    }
+}
