@@ -351,9 +351,13 @@ async fn read_body(api: &Api, headers: &HeaderMap, body: Body) -> Result<(Vec<u8
 /// The SMTP content rules (line length, NUL octets, size), as DATA applies them.
 fn content_rules(api: &Api, message: Vec<u8>) -> Result<Vec<u8>, ApiError> {
     let cfg = api.gate.config();
+    let (max_size, max_line) = (cfg.limits.max_message_size, cfg.limits.text_line - 2);
+    // What mail-builder writes, and most raw messages, are kept as they are: no copy.
+    if mailgate_smtp::content::is_canonical(&message, max_size, max_line) {
+        return Ok(message);
+    }
     let strip = cfg.limits.nul_bytes == mailgate_config::NulBytes::Strip;
-    let mut r =
-        ContentReceiver::new(Mode::Bdat, cfg.limits.max_message_size, cfg.limits.text_line - 2).strip_nul(strip);
+    let mut r = ContentReceiver::new(Mode::Bdat, max_size, max_line).strip_nul(strip);
     let mut out = Vec::with_capacity(message.len() + 2);
     r.feed(&message, &mut out);
     match r.finish_bdat(&mut out) {

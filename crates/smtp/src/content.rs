@@ -239,6 +239,25 @@ impl ContentReceiver {
     }
 }
 
+/// Whether whole content in memory is already what a BDAT receiver (`max_size`, `max_line`,
+/// NULs refused or stripped) would store, unchanged and without an error: within the size,
+/// CRLF line ends only, no NUL, no line longer than `max_line`, ending with CRLF or empty.
+/// Such content can be kept as it is instead of copied through a receiver.
+pub fn is_canonical(data: &[u8], max_size: u64, max_line: usize) -> bool {
+    if data.len() as u64 > max_size || !(data.is_empty() || data.ends_with(b"\r\n")) {
+        return false;
+    }
+    let mut line_start = 0;
+    for i in memchr::memchr3_iter(b'\r', b'\n', 0, data) {
+        match data[i] {
+            b'\r' if data.get(i + 1) == Some(&b'\n') && i - line_start <= max_line => {}
+            b'\n' if i > 0 && data[i - 1] == b'\r' => line_start = i + 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// Makes text canonical for SMTP: every bare LF or bare CR becomes CRLF, and non-empty text
 /// ends with CRLF. For content that does not come off the wire (plugin bodies, files).
 pub fn to_crlf(b: &[u8]) -> Vec<u8> {
@@ -265,6 +284,32 @@ pub fn to_crlf(b: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `is_canonical` says yes exactly when a BDAT receiver stores the content unchanged and
+    /// without an error, for every content of up to 7 octets from the octets that matter, at
+    /// small limits (NULs refused, and stripped).
+    #[test]
+    fn canonical_exactly_when_a_receiver_keeps_it_as_it_is() {
+        let alphabet = [b'a', b'\r', b'\n', 0, b'.'];
+        let mut data = vec![];
+        for len in 0..=7u32 {
+            for n in 0..alphabet.len().pow(len) {
+                data.clear();
+                let mut k = n;
+                for _ in 0..len {
+                    data.push(alphabet[k % alphabet.len()]);
+                    k /= alphabet.len();
+                }
+                for (max_size, max_line, strip) in [(6, 2, false), (100, 3, true), (100, 100, false)] {
+                    let mut r = ContentReceiver::new(Mode::Bdat, max_size, max_line).strip_nul(strip);
+                    let mut out = vec![];
+                    r.feed(&data, &mut out);
+                    let kept = r.finish_bdat(&mut out).is_ok() && out == data;
+                    assert_eq!(is_canonical(&data, max_size, max_line), kept, "{data:?} {max_size} {max_line}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn canonical_line_ends() {
