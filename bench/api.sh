@@ -8,11 +8,15 @@
 #
 #   bench/api.sh                      # 3 runs of 20,000 messages each way, 50 connections
 #   RUNS=1 COUNT=5000 bench/api.sh
+#   INSTRUCTIONS=1 bench/api.sh       # the gateway under callgrind: user-space instructions per
+#                                     # message each way (COUNT=2000), the same from run to run
+#                                     # on a noisy machine (kernel work is not counted)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 RUNS=${RUNS:-3}
-COUNT=${COUNT:-20000}
+INSTRUCTIONS=${INSTRUCTIONS:-}
+if [ -n "$INSTRUCTIONS" ]; then COUNT=${COUNT:-2000}; else COUNT=${COUNT:-20000}; fi
 SESSIONS=${SESSIONS:-50}
 SINK=25260 SMTP=25261 API=25262
 work=$(mktemp -d /tmp/mailgate-api-bench.XXXXXX)
@@ -23,7 +27,7 @@ cleanup() {
 }
 trap cleanup EXIT
 wait_port() {
-    for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done
+    for _ in $(seq 1200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done
     cat "$work/mailgate.log" >&2; echo "nothing listens on port $1" >&2; exit 1
 }
 
@@ -55,7 +59,13 @@ accept_domains = ["bench.test"]
 [log]
 level = "warn"
 TOML
-"$MG" serve --config "$work/mailgate.toml" 2>"$work/mailgate.log" &
+if [ -n "$INSTRUCTIONS" ]; then
+    # Every thread's instructions, dumped per phase (callgrind_control -z / -d below).
+    valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" --dump-instr=no \
+        "$MG" serve --config "$work/mailgate.toml" 2>"$work/mailgate.log" &
+else
+    "$MG" serve --config "$work/mailgate.toml" 2>"$work/mailgate.log" &
+fi
 mg_pid=$!
 wait_port "$SMTP"
 wait_port "$API"
@@ -81,6 +91,39 @@ m["Message-ID"] = make_msgid(domain="mailgate.bench")
 m.set_content(text)
 open(sys.argv[1], "wb").write(m.as_bytes())
 PY
+
+if [ -n "$INSTRUCTIONS" ]; then
+    smtp() { "$BENCH" run --target "127.0.0.1:$SMTP" --sink "127.0.0.1:$SINK" --sessions "$SESSIONS" --drain 600 "$@"; }
+    api() { "$BENCH" run --api "http://127.0.0.1:$API/api/v1/messages" --key "$KEY" --sink "127.0.0.1:$SINK" \
+        --sessions "$SESSIONS" --drain 600 "$@"; }
+    # Warm-up (first connections, pools, the spool's first files), not counted.
+    smtp --count 500 >/dev/null; smtp --count 500 --message "$work/mime.eml" >/dev/null; api --count 500 >/dev/null
+    echo "| user-space instructions per message (callgrind, $COUNT messages each) | run 1 | run 2 |"
+    echo "|---|---|---|"
+    declare -A ir
+    for run in 1 2; do
+        for label in smtp smtp-mime api; do
+            callgrind_control -z "$mg_pid" >/dev/null
+            case $label in
+                smtp) smtp --count "$COUNT" >/dev/null ;;
+                smtp-mime) smtp --count "$COUNT" --message "$work/mime.eml" >/dev/null ;;
+                api) api --count "$COUNT" >/dev/null ;;
+            esac
+            callgrind_control -d "$label-$run" "$mg_pid" >/dev/null
+            # The dump is written by the gateway's process: wait for it (bounded).
+            dump=""
+            for _ in $(seq 100); do
+                dump=$(grep -l "^desc: Trigger: dump $label-$run\$" "$work"/cg.out* 2>/dev/null || true)
+                [ -n "$dump" ] && break
+                sleep 0.1
+            done
+            [ -n "$dump" ] || { echo "no callgrind dump for $label-$run" >&2; exit 1; }
+            ir[$label-$run]=$(( $(awk '/^summary:/ {print $2}' "$dump") / COUNT ))
+        done
+    done
+    for label in smtp smtp-mime api; do echo "| $label | ${ir[$label-1]} | ${ir[$label-2]} |"; done
+    exit 0
+fi
 
 for run in $(seq "$RUNS"); do
     "$BENCH" run --target "127.0.0.1:$SMTP" --sink "127.0.0.1:$SINK" --sessions "$SESSIONS" --count "$COUNT" \
