@@ -352,8 +352,13 @@ async fn read_body(api: &Api, headers: &HeaderMap, body: Body) -> Result<(Vec<u8
 fn content_rules(api: &Api, message: Vec<u8>) -> Result<Vec<u8>, ApiError> {
     let cfg = api.gate.config();
     let (max_size, max_line) = (cfg.limits.max_message_size, cfg.limits.text_line - 2);
-    // What mail-builder writes, and most raw messages, are kept as they are: no copy.
-    if mailgate_smtp::content::is_canonical(&message, max_size, max_line) {
+    // What mail-builder writes (its last line has no line end), and most raw messages, are
+    // kept as they are: no copy.
+    if let Some(add_crlf) = mailgate_smtp::content::as_stored(&message, max_size, max_line) {
+        let mut message = message;
+        if add_crlf {
+            message.extend_from_slice(b"\r\n");
+        }
         return Ok(message);
     }
     let strip = cfg.limits.nul_bytes == mailgate_config::NulBytes::Strip;
