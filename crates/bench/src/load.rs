@@ -68,16 +68,33 @@ pub fn wire(m: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A connection to the target, and what has been read from it but not used yet. SMTP
+/// sessions use it through [`Conn::open`] and [`Conn::expect`]; the API mode through
+/// [`Conn::exchange`].
 struct Conn {
     s: TcpStream,
     buf: Vec<u8>,
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+    async fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
         let s = TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
-        let mut c = Conn { s, buf: Vec::with_capacity(4096) };
+        Ok(Conn { s, buf: Vec::with_capacity(4096) })
+    }
+
+    /// Reads what has arrived into the buffer; the end of the stream is an error.
+    async fn fill(&mut self) -> std::io::Result<()> {
+        self.buf.reserve(4096);
+        if self.s.read_buf(&mut self.buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+
+    /// A new SMTP session: greeting, EHLO.
+    async fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+        let mut c = Conn::connect(addr).await?;
         c.expect(1, b'2').await?;
         c.s.write_all(b"EHLO bench.test\r\n").await?;
         c.expect(1, b'2').await?;
@@ -95,15 +112,36 @@ impl Conn {
                     ok &= first == class || (class == b'3' && first == b'3');
                     break;
                 }
-                let mut chunk = [0u8; 4096];
-                let r = self.s.read(&mut chunk).await?;
-                if r == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                self.buf.extend_from_slice(&chunk[..r]);
+                self.fill().await?;
             }
         }
         Ok(ok)
+    }
+
+    /// Sends an HTTP/1.1 `request` and reads the answer: its status, and whether the connection
+    /// stays open. The head is parsed with httparse, the body skipped by `Content-Length` (the
+    /// gateway always sends one).
+    async fn exchange(&mut self, request: &[u8]) -> std::io::Result<(u16, bool)> {
+        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+        self.s.write_all(request).await?;
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut head = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(n) = head.parse(&self.buf).map_err(|_| bad("malformed answer"))? {
+                let status = head.code.unwrap_or(0);
+                let field = |name: &str| head.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name));
+                let len: usize = field("content-length")
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+                    .ok_or_else(|| bad("an answer without Content-Length"))?;
+                let keep = !field("connection").is_some_and(|h| h.value.eq_ignore_ascii_case(b"close"));
+                while self.buf.len() < n + len {
+                    self.fill().await?;
+                }
+                self.buf.drain(..n + len);
+                return Ok((status, keep));
+            }
+            self.fill().await?;
+        }
     }
 }
 
@@ -140,6 +178,19 @@ impl Tally {
             hist: Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap())),
             last: Arc::new(Mutex::new(Instant::now())),
         }
+    }
+
+    /// Claims the next message and, at a fixed offered rate, waits for its time; false once
+    /// the count or the time is up.
+    async fn claim(&self, load: &Load, t0: Instant, deadline: Instant) -> bool {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        if i >= load.count || Instant::now() >= deadline {
+            return false;
+        }
+        if let Some(rate) = load.rate {
+            tokio::time::sleep_until((t0 + Duration::from_secs_f64(i as f64 / rate)).into()).await;
+        }
+        true
     }
 
     /// A message accepted after `started`, its latency into the task's own histogram.
@@ -184,13 +235,8 @@ pub async fn run(load: Load) -> Outcome {
             let mut conn: Option<Conn> = None;
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             loop {
-                let i = tally.next.fetch_add(1, Ordering::Relaxed);
-                if i >= load.count || Instant::now() >= deadline {
+                if !tally.claim(&load, t0, deadline).await {
                     break;
-                }
-                if let Some(rate) = load.rate {
-                    let due = t0 + Duration::from_secs_f64(i as f64 / rate);
-                    tokio::time::sleep_until(due.into()).await;
                 }
                 if conn.is_none() {
                     conn = Conn::open(load.target).await.ok();
@@ -271,59 +317,10 @@ impl ApiTarget {
     }
 }
 
-/// One keep-alive HTTP/1.1 connection of the API mode, as lean as the SMTP side's [`Conn`]
-/// (on a 2-core machine the load generator's own CPU competes with the gateway's): a request
-/// is one write of bytes made once; an answer is read up to the end of its head, parsed with
-/// httparse, and its body skipped by `Content-Length` (the gateway always sends one).
-struct Http {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Http {
-    async fn open(addr: SocketAddr) -> std::io::Result<Http> {
-        let s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
-        Ok(Http { s, buf: Vec::with_capacity(4096) })
-    }
-
-    /// Sends `request` and reads the answer: its status, and whether the connection stays open.
-    async fn exchange(&mut self, request: &[u8]) -> std::io::Result<(u16, bool)> {
-        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-        self.s.write_all(request).await?;
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut head = httparse::Response::new(&mut headers);
-            if let httparse::Status::Complete(n) = head.parse(&self.buf).map_err(|_| bad("malformed answer"))? {
-                let status = head.code.unwrap_or(0);
-                let field = |name: &str| head.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name));
-                let len: usize = field("content-length")
-                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
-                    .ok_or_else(|| bad("an answer without Content-Length"))?;
-                let keep = !field("connection").is_some_and(|h| h.value.eq_ignore_ascii_case(b"close"));
-                while self.buf.len() < n + len {
-                    self.fill().await?;
-                }
-                self.buf.drain(..n + len);
-                return Ok((status, keep));
-            }
-            self.fill().await?;
-        }
-    }
-
-    async fn fill(&mut self) -> std::io::Result<()> {
-        let mut chunk = [0u8; 4096];
-        let r = self.s.read(&mut chunk).await?;
-        if r == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        self.buf.extend_from_slice(&chunk[..r]);
-        Ok(())
-    }
-}
-
 /// The sending API as the way in: `sessions` keep-alive HTTP/1.1 connections POSTing JSON
-/// messages of about `size` octets to `target` with `key`, bounded in count and time.
+/// messages of about `size` octets to `target` with `key`, bounded in count and time. The
+/// client is as lean as the SMTP side's (a request is one write of bytes made once): on a
+/// 2-core machine the load generator's own CPU competes with the gateway's.
 pub async fn run_api(load: Load, target: ApiTarget, key: String) -> Outcome {
     let text: String = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmn\n"
         .repeat(load.size / 77 + 1)
@@ -350,18 +347,14 @@ pub async fn run_api(load: Load, target: ApiTarget, key: String) -> Outcome {
         .into_bytes();
         request.extend_from_slice(body.as_bytes());
         tasks.push(tokio::spawn(async move {
-            let mut conn: Option<Http> = None;
+            let mut conn: Option<Conn> = None;
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             loop {
-                let i = tally.next.fetch_add(1, Ordering::Relaxed);
-                if i >= load.count || Instant::now() >= deadline {
+                if !tally.claim(&load, t0, deadline).await {
                     break;
                 }
-                if let Some(rate) = load.rate {
-                    tokio::time::sleep_until((t0 + Duration::from_secs_f64(i as f64 / rate)).into()).await;
-                }
                 if conn.is_none() {
-                    conn = Http::open(target.addr).await.ok();
+                    conn = Conn::connect(target.addr).await.ok();
                 }
                 let Some(c) = conn.as_mut() else {
                     tally.fail();
