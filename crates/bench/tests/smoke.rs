@@ -3,8 +3,17 @@
 
 use std::process::Command;
 
+/// A free port, never one this process was given before (a released port is handed out again
+/// at once, and two listeners of one gateway must not get the same number).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let port =
+        std::iter::repeat_with(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+            .find(|p| !given.contains(p))
+            .unwrap();
+    given.push(port);
+    port
 }
 
 #[test]
