@@ -37,8 +37,9 @@ pub use sign::Signing;
 /// `Received:` fields beyond which a message is taken to be looping (Postfix uses 50 too).
 pub const MAX_HOPS: usize = 50;
 
-/// Messages above this size are measured on the blocking pool, off the async threads.
-const INLINE_CHECK: usize = 256 << 10;
+/// Messages above this size are measured (and DKIM-signed) on the blocking pool, off the async
+/// threads.
+pub(crate) const INLINE_CHECK: usize = 256 << 10;
 
 /// The authentication state of the session a message came in (SPF, DKIM, DMARC, ARC, iprev),
 /// shared with the plugins that ask for it.

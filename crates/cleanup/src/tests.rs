@@ -255,6 +255,43 @@ async fn signs_with_the_identity_that_applies_after_every_change() {
     assert!(!text(&kept(&c, incoming(other, &["u@x.test"]), None).await).contains("DKIM-Signature"));
 }
 
+/// Both ways a signature is made: on the async thread (Ed25519, small message) and on the
+/// blocking pool (an RSA key; a message above `INLINE_CHECK` with either key). Each message
+/// comes out signed and otherwise as it went in.
+#[tokio::test]
+async fn signs_inline_and_on_the_blocking_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sections = String::new();
+    let (ed25519, _public) = mailgate_auth::keygen(mailgate_auth::KeyKind::Ed25519).unwrap();
+    std::fs::write(dir.path().join("ed.test.pem"), ed25519).unwrap();
+    // openssl makes the RSA key in milliseconds; the unoptimised test build takes seconds.
+    let rsa = dir.path().join("rsa.test.pem");
+    let made = std::process::Command::new("openssl").args(["genrsa", "-out"]).arg(&rsa).arg("2048").output().unwrap();
+    assert!(made.status.success(), "{made:?}");
+    for domain in ["ed.test", "rsa.test"] {
+        let key = dir.path().join(format!("{domain}.pem"));
+        sections += &format!(
+            "[[dkim_sign]]\ndomain = \"{domain}\"\nselector = \"s\"\nkey = \"{}\"\nsign_for = \"any\"\n",
+            key.display()
+        );
+    }
+    let c = cleanup(&sections);
+    let big = "x".repeat(76) + "\r\n";
+    let big = big.repeat(INLINE_CHECK / big.len() + 1);
+    for domain in ["ed.test", "rsa.test"] {
+        for body in ["small\r\n", big.as_str()] {
+            let msg = format!("From: <a@{domain}>\r\nSubject: s\r\n\r\n{body}");
+            let t = text(&kept(&c, incoming(&msg, &["u@x.test"]), None).await);
+            assert!(
+                t.starts_with("DKIM-Signature: ") && t.contains(&format!("d={domain};")),
+                "{domain} {}",
+                body.len()
+            );
+            assert!(t.ends_with(&msg), "{domain} {}", body.len());
+        }
+    }
+}
+
 #[tokio::test]
 async fn submit_stores_exactly_the_prepared_message() {
     let dir = tempfile::tempdir().unwrap();
