@@ -445,14 +445,14 @@ async fn submit_inner(api: &Arc<Api>, conn: Conn, req: Request) -> Result<Respon
             .map_err(|q| ApiError::field("?", format!("malformed query {q:?}")))?
             .unwrap_or_default();
         let tags = query.iter().filter(|(k, _)| k == "tag").map(|(_, v)| v.clone()).collect();
-        let r = raw::read(&query, &body, max_rcpts)?;
+        let r = raw::read(&query, body, max_rcpts)?;
         (r.from, r.rcpts, r.message, r.header_from, tags, Default::default(), None)
     } else {
         let b = request::build(&body, &cfg.server.hostname, max_rcpts)?;
+        drop(body);
         let hf = vec![b.from.as_str().to_string()];
         (b.from, b.rcpts, b.message, hf, b.tags, b.metadata, b.idempotency_key)
     };
-    drop(body);
     // The key's sender domains bind the envelope sender and every From address.
     let domain_of = |a: &str| a.rsplit_once('@').map_or(String::new(), |(_, d)| d.to_ascii_lowercase());
     for a in std::iter::once(from.as_str()).chain(header_from.iter().map(String::as_str)) {

@@ -334,18 +334,27 @@ pub async fn run_api(load: Load, target: ApiTarget, key: String) -> Outcome {
     for s in 0..load.sessions {
         let (load, tally, target) = (load.clone(), tally.clone(), target.clone());
         let rcpts: Vec<String> = (0..load.rcpts).map(|r| format!("s{s}r{r}@{}", load.domain)).collect();
-        let body = serde_json::json!({
-            "from": "bench@bench.test", "to": rcpts, "subject": "mailgate-bench", "text": text,
-        })
-        .to_string();
+        // JSON the gateway builds a message from, or (`--message`) a raw message with the
+        // envelope in the query.
+        let (path, ctype, body) = match &load.message {
+            Some(m) => {
+                let path = format!("{}?from=bench@bench.test&to={}", target.path, rcpts.join(","));
+                (path, "message/rfc822", m.clone())
+            }
+            None => {
+                let json = serde_json::json!({
+                    "from": "bench@bench.test", "to": rcpts, "subject": "mailgate-bench", "text": text,
+                });
+                (target.path.clone(), "application/json", json.to_string().into_bytes())
+            }
+        };
         let mut request = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            target.path,
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {key}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
             target.host,
             body.len()
         )
         .into_bytes();
-        request.extend_from_slice(body.as_bytes());
+        request.extend_from_slice(&body);
         tasks.push(tokio::spawn(async move {
             let mut conn: Option<Conn> = None;
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();

@@ -91,7 +91,8 @@ struct RunArgs {
     /// A label for the report line.
     #[arg(long, default_value = "run")]
     label: String,
-    /// Send through the HTTP sending API at this URL (…/api/v1/messages) instead of SMTP.
+    /// Send through the HTTP sending API at this URL (…/api/v1/messages) instead of SMTP: JSON
+    /// with a text of `--size`, or with `--message` that file as a raw message (message/rfc822).
     #[arg(long)]
     api: Option<String>,
     /// The API key for `--api`.

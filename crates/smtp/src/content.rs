@@ -264,23 +264,39 @@ pub fn as_stored(data: &[u8], max_size: u64, max_line: usize) -> Option<bool> {
 /// ends with CRLF. For content that does not come off the wire (plugin bodies, files).
 pub fn to_crlf(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len() + b.len() / 40 + 2);
-    let mut prev = 0u8;
-    for &c in b {
-        if c == b'\n' && prev != b'\r' {
-            out.push(b'\r');
+    // Runs between bare line ends are copied whole; only CR and LF octets are looked at.
+    let mut from = 0;
+    for i in memchr::memchr2_iter(b'\r', b'\n', b) {
+        let bare = match b[i] {
+            b'\r' => b.get(i + 1) != Some(&b'\n'),
+            _ => i == 0 || b[i - 1] != b'\r',
+        };
+        if bare {
+            out.extend_from_slice(&b[from..i]);
+            out.extend_from_slice(b"\r\n");
+            from = i + 1;
         }
-        if prev == b'\r' && c != b'\n' {
-            out.push(b'\n');
-        }
-        out.push(c);
-        prev = c;
     }
-    if prev == b'\r' {
-        out.push(b'\n');
-    } else if !out.is_empty() && prev != b'\n' {
+    out.extend_from_slice(&b[from..]);
+    if !matches!(b.last(), None | Some(b'\r' | b'\n')) {
         out.extend_from_slice(b"\r\n");
     }
     out
+}
+
+/// [`to_crlf`] of content that is owned: content that is canonical already (the common case)
+/// is handed back as it is, without a copy.
+pub fn into_crlf(b: Vec<u8>) -> Vec<u8> {
+    let canonical = (b.is_empty() || b.ends_with(b"\r\n"))
+        && memchr::memchr2_iter(b'\r', b'\n', &b).all(|i| match b[i] {
+            b'\r' => b.get(i + 1) == Some(&b'\n'),
+            _ => i > 0 && b[i - 1] == b'\r',
+        });
+    if canonical {
+        b
+    } else {
+        to_crlf(&b)
+    }
 }
 
 #[cfg(test)]
@@ -323,6 +339,56 @@ mod tests {
         assert_eq!(to_crlf(b"a\nb\rc\r\nd"), b"a\r\nb\r\nc\r\nd\r\n");
         assert_eq!(to_crlf(b""), b"");
         assert_eq!(to_crlf(b"x\r"), b"x\r\n");
+    }
+
+    /// The definition, octet by octet: a CR not followed by LF and an LF not preceded by CR
+    /// each become CRLF; non-empty text ends with CRLF.
+    fn to_crlf_reference(b: &[u8]) -> Vec<u8> {
+        let mut out = vec![];
+        let mut prev = 0u8;
+        for &c in b {
+            if c == b'\n' && prev != b'\r' {
+                out.push(b'\r');
+            }
+            if prev == b'\r' && c != b'\n' {
+                out.push(b'\n');
+            }
+            out.push(c);
+            prev = c;
+        }
+        if prev == b'\r' {
+            out.push(b'\n');
+        } else if !out.is_empty() && prev != b'\n' {
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    /// `to_crlf` and `into_crlf` agree with the definition for every text of up to 8 octets
+    /// from the octets that matter, and `into_crlf` keeps canonical text without a copy.
+    #[test]
+    fn line_ends_agree_with_the_definition_for_every_short_text() {
+        let alphabet = [b'a', b'\r', b'\n'];
+        let mut data = vec![];
+        for len in 0..=8u32 {
+            for n in 0..alphabet.len().pow(len) {
+                data.clear();
+                let mut k = n;
+                for _ in 0..len {
+                    data.push(alphabet[k % alphabet.len()]);
+                    k /= alphabet.len();
+                }
+                let want = to_crlf_reference(&data);
+                assert_eq!(to_crlf(&data), want, "{data:?}");
+                let owned = data.clone();
+                let ptr = owned.as_ptr();
+                let got = into_crlf(owned);
+                assert_eq!(got, want, "{data:?}");
+                if want == data && !data.is_empty() {
+                    assert_eq!(got.as_ptr(), ptr, "canonical {data:?} was copied");
+                }
+            }
+        }
     }
 
     fn data(chunks: &[&[u8]]) -> (Vec<u8>, Option<ContentError>, usize) {
