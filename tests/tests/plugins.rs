@@ -345,3 +345,39 @@ c = smtplib.SMTP("127.0.0.1", int(os.environ["PORT"])); c.sendmail("s@sender.tes
     };
     assert!(c.text().contains("X-Pipeline: a\r\nX-Pipeline: b\r\n"), "{}", c.text());
 }
+
+/// The instance pool holds every plugin of every session up to `max_sessions` at once. A
+/// plugin component is three core module instances (the plugin's module, and the shim and
+/// fix-up modules `wit-component` adds), where the pool once counted two: a busy gateway ran
+/// out of core instances at two thirds of its sessions, and the rest got the plugins' on_error
+/// answer (a 421 greeting) instead of their checks.
+#[test]
+fn every_session_up_to_the_limit_runs_every_plugin() {
+    const SESSIONS: usize = 40;
+    let sink = Sink::start();
+    let plugins: String = (1..=5)
+        .map(|i| {
+            Gateway::plugin(
+                "verdict",
+                &format!("v{i}"),
+                "stages = [\"connect\"]",
+                "stage = \"connect\"\nverdict = \"next\"",
+            )
+        })
+        .collect();
+    let limits = format!(
+        "[limits]\nmax_sessions = {SESSIONS}\nmax_sessions_per_ip = {SESSIONS}\nmax_sessions_per_net = {SESSIONS}\n"
+    );
+    let gw = gateway(&sink, &format!("{limits}{plugins}"));
+    // Every session stays open while the next connects: all their instances are live at once.
+    let mut open = vec![];
+    for i in 0..SESSIONS {
+        let (raw, greet) = Raw::connect_any(gw.port);
+        assert!(greet.starts_with("220"), "session {i} of {SESSIONS}: {greet}\n{}", gw.log());
+        open.push(raw);
+    }
+    for raw in &mut open {
+        assert!(raw.cmd("NOOP").starts_with("250"));
+    }
+    assert!(!gw.log().contains("plugin failed"), "{}", gw.log());
+}

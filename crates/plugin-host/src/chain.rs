@@ -97,11 +97,22 @@ impl Plugins {
         let n = cfg.plugins.len().max(1);
         // Every session's instances, the queue's pool, and room for a reload's overlap.
         let slots = (cfg.limits.max_sessions.saturating_mul(n) + n * QUEUE_POOL + 16).min(100_000) as u32;
-        let engine = PluginEngine::new(slots, max_mem)?;
-        let mut loaded = vec![];
+        let mut sources = Vec::with_capacity(cfg.plugins.len());
+        let mut each = crate::engine::Footprint::MIN;
         for p in &cfg.plugins {
+            let bytes = std::fs::read(&p.path)
+                .map_err(|e| PluginError::Load { plugin: p.name.clone(), msg: format!("{}: {e}", p.path.display()) })?;
+            // A file that does not parse fails to compile below, with the compiler's reason.
+            if let Ok(f) = crate::engine::Footprint::of(&bytes) {
+                each = each.max(f);
+            }
+            sources.push(bytes);
+        }
+        let engine = PluginEngine::new(slots, each, max_mem)?;
+        let mut loaded = vec![];
+        for (p, bytes) in cfg.plugins.iter().zip(&sources) {
             let t = Instant::now();
-            let lp = engine.load(cfg, p)?;
+            let lp = engine.load(cfg, p, bytes)?;
             tracing::info!(plugin = %p.name, hash = %lp.meta.hash, compile_ms = t.elapsed().as_millis() as u64, "plugin loaded");
             loaded.push(lp);
         }

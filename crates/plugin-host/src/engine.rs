@@ -43,17 +43,66 @@ fn fingerprint(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
+/// What one instance of a plugin component takes from the instance pool besides its
+/// component instance slot: a component is several core modules (the plugin's own, and the
+/// shim and fix-up modules that `wit-component` adds for imports that allocate: three in every
+/// plugin here), each instantiated, some with their own memory or table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    pub core_instances: u32,
+    pub memories: u32,
+    pub tables: u32,
+}
+
+impl Footprint {
+    /// The least any plugin takes (one module with a memory and a table); the pool is never
+    /// sized below it.
+    pub const MIN: Footprint = Footprint { core_instances: 1, memories: 1, tables: 1 };
+
+    /// Counts a component's core module instantiations and the memories and tables its
+    /// modules define (imported ones are another module's).
+    pub fn of(component: &[u8]) -> Result<Footprint, wasmparser::BinaryReaderError> {
+        let mut f = Footprint { core_instances: 0, memories: 0, tables: 0 };
+        for payload in wasmparser::Parser::new(0).parse_all(component) {
+            match payload? {
+                wasmparser::Payload::InstanceSection(r) => {
+                    for i in r {
+                        if matches!(i?, wasmparser::Instance::Instantiate { .. }) {
+                            f.core_instances += 1;
+                        }
+                    }
+                }
+                wasmparser::Payload::MemorySection(r) => f.memories += r.count(),
+                wasmparser::Payload::TableSection(r) => f.tables += r.count(),
+                _ => {}
+            }
+        }
+        Ok(f)
+    }
+
+    /// The larger of each count.
+    pub fn max(self, o: Footprint) -> Footprint {
+        Footprint {
+            core_instances: self.core_instances.max(o.core_instances),
+            memories: self.memories.max(o.memories),
+            tables: self.tables.max(o.tables),
+        }
+    }
+}
+
 impl PluginEngine {
     /// `slots`: instances that may exist at once (sessions × plugins, plus the queue's);
+    /// `each`: the most any one plugin instance takes of core instances, memories and tables;
     /// `max_memory`: the largest memory cap of any plugin.
-    pub fn new(slots: u32, max_memory: u64) -> Result<PluginEngine, PluginError> {
+    pub fn new(slots: u32, each: Footprint, max_memory: u64) -> Result<PluginEngine, PluginError> {
         let err = |e: wasmtime::Error| PluginError::Load { plugin: "-".into(), msg: format!("engine: {e:#}") };
         let max_memory = max_memory.next_multiple_of(64 << 10);
+        let each = each.max(Footprint::MIN);
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(slots)
-            .total_core_instances(slots.saturating_mul(2))
-            .total_memories(slots)
-            .total_tables(slots.saturating_mul(2))
+            .total_core_instances(slots.saturating_mul(each.core_instances))
+            .total_memories(slots.saturating_mul(each.memories))
+            .total_tables(slots.saturating_mul(each.tables))
             .total_stacks(slots)
             .max_memory_size(max_memory as usize)
             // Reset a slot's pages by copying rather than unmapping them, so the next instance
@@ -104,10 +153,10 @@ impl PluginEngine {
         &self,
         cfg: &mailgate_config::Config,
         p: &mailgate_config::Plugin,
+        bytes: &[u8],
     ) -> Result<LoadedPlugin, PluginError> {
         let err = |msg: String| PluginError::Load { plugin: p.name.clone(), msg };
-        let bytes = std::fs::read(&p.path).map_err(|e| err(format!("{}: {e}", p.path.display())))?;
-        let mut meta = PluginMeta::from_config(p, TICK, fingerprint(&bytes));
+        let mut meta = PluginMeta::from_config(p, TICK, fingerprint(bytes));
         meta.routes = crate::route::RoutePolicy::new(cfg, p);
         let mut tables = std::collections::HashMap::new();
         for (name, path) in &p.data {
@@ -116,7 +165,7 @@ impl PluginEngine {
         }
         meta.tables = Arc::new(tables);
         let meta = Arc::new(meta);
-        let (pre, end_session) = self.prepare(&bytes).map_err(|e| err(format!("{}: {e:#}", p.path.display())))?;
+        let (pre, end_session) = self.prepare(bytes).map_err(|e| err(format!("{}: {e:#}", p.path.display())))?;
         Ok(LoadedPlugin { meta, pre, end_session })
     }
 
