@@ -361,7 +361,7 @@ impl Writer {
         for a in group.iter_mut() {
             for e in a.events.iter_mut() {
                 e.seq = self.next;
-                e.id = format!("ev{:012}", self.next);
+                e.id = event_id(self.next);
                 if e.seq % MARK_EVERY == 0 {
                     marks.push((e.seq, self.size + buf.len() as u64));
                 }
@@ -415,9 +415,39 @@ impl Writer {
     }
 }
 
+/// `ev` and the sequence number in at least 12 digits (`format!("ev{:012}")`, written without
+/// the formatting machinery: every event gets one).
+fn event_id(seq: u64) -> String {
+    let mut digits = [b'0'; 20];
+    let (mut n, mut at) = (seq, digits.len());
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let from = at.min(digits.len() - 12);
+    let mut id = String::with_capacity(2 + digits.len() - from);
+    id.push_str("ev");
+    id.extend(digits[from..].iter().map(|d| char::from(*d)));
+    id
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_ids_are_zero_padded_to_twelve_digits() {
+        let mut seqs = vec![0, 1, 9, 10, 999_999_999_999, 1_000_000_000_000, u64::MAX];
+        seqs.extend((0..64).map(|b| 1u64 << b));
+        seqs.extend((0..10_000).map(|i| i * 7_777_777_777));
+        for seq in seqs {
+            assert_eq!(event_id(seq), format!("ev{seq:012}"));
+        }
+    }
     use crate::{Event, Kind};
 
     /// Lines as `read_until` gives them, across a small buffer's refills, with and without a
