@@ -171,6 +171,25 @@ pub(crate) struct Chain {
     /// Plugin failures so far (traps, budgets, refused inits, bad answers): `plugin test`
     /// exits non-zero when there were any.
     pub failures: usize,
+    /// The connection facts the session hooks see now, and their `conn-version`.
+    conn: Option<(Arc<ConnectionInfo>, u64)>,
+}
+
+/// The same connection facts (the generated record has no `PartialEq`).
+fn same_conn(a: &ConnectionInfo, b: &ConnectionInfo) -> bool {
+    fn tls(t: &Option<types::TlsInfo>) -> Option<(&str, &str)> {
+        t.as_ref().map(|t| (t.version.as_str(), t.cipher.as_str()))
+    }
+    a.session_id == b.session_id
+        && a.client_ip == b.client_ip
+        && a.client_port == b.client_port
+        && a.local_ip == b.local_ip
+        && a.local_port == b.local_port
+        && a.listener == b.listener
+        && tls(&a.tls) == tls(&b.tls)
+        && a.helo == b.helo
+        && a.authenticated_as == b.authenticated_as
+        && a.trusted == b.trusted
 }
 
 impl Chain {
@@ -184,6 +203,21 @@ impl Chain {
             score: Default::default(),
             auth: None,
             failures: 0,
+            conn: None,
+        }
+    }
+
+    /// The `conn-version` of `conn`: the current one while the facts stay the same, the next
+    /// of the process when they change.
+    fn conn_version(&mut self, conn: &ConnectionInfo) -> (Arc<ConnectionInfo>, u64) {
+        match &self.conn {
+            Some((c, v)) if same_conn(c, conn) => (c.clone(), *v),
+            _ => {
+                let v = self.plugins.conn_versions.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let c = Arc::new(conn.clone());
+                self.conn = Some((c.clone(), v));
+                (c, v)
+            }
         }
     }
 
@@ -246,15 +280,32 @@ impl Chain {
 
     /// Calls plugin `i`'s hook for this stage.
     async fn call(&mut self, i: usize, call: &Call<'_>) -> Result<Answer, Failure> {
+        let conn = match *call {
+            Call::Connect(c)
+            | Call::Helo(c, _)
+            | Call::Auth(c, _)
+            | Call::MailFrom(c, _)
+            | Call::Rcpt(c, _, _)
+            | Call::Data(c, _, _) => Some(self.conn_version(c)),
+            Call::Route(..) | Call::DeliveryResult(_) => None,
+        };
         let slot = self.slot(i, call.stage()).await?;
         let (f, s) = (&slot.filter, &mut slot.store);
+        // The hook gets the version; the facts wait in the store for `session.connection`.
+        let c = match conn {
+            Some((info, version)) => {
+                s.data_mut().session.conn = Some(info);
+                version
+            }
+            None => 0,
+        };
         let answer = match *call {
-            Call::Connect(c) => f.call_on_connect(s, c).await.map(Answer::Verdict),
-            Call::Helo(c, h) => f.call_on_helo(s, c, h).await.map(Answer::Verdict),
-            Call::Auth(c, a) => f.call_on_auth(s, c, a).await.map(Answer::Verdict),
-            Call::MailFrom(c, e) => f.call_on_mail_from(s, c, e).await.map(Answer::Verdict),
-            Call::Rcpt(c, e, r) => f.call_on_rcpt(s, c, e, r).await.map(Answer::Verdict),
-            Call::Data(c, e, msg) => {
+            Call::Connect(_) => f.call_on_connect(s, c).await.map(Answer::Verdict),
+            Call::Helo(_, h) => f.call_on_helo(s, c, h).await.map(Answer::Verdict),
+            Call::Auth(_, a) => f.call_on_auth(s, c, a).await.map(Answer::Verdict),
+            Call::MailFrom(_, e) => f.call_on_mail_from(s, c, e).await.map(Answer::Verdict),
+            Call::Rcpt(_, e, r) => f.call_on_rcpt(s, c, e, r).await.map(Answer::Verdict),
+            Call::Data(_, e, msg) => {
                 let handle = s.data_mut().message.table.push(MessageHandle(msg.clone()))?;
                 let borrow = Resource::<MessageHandle>::new_borrow(handle.rep());
                 let r = f.call_on_data(&mut *s, c, e, borrow).await;

@@ -51,11 +51,15 @@ impl Filter for Memo {
 
     fn on_mail_from(&mut self, conn: &ConnectionInfo, _: &Envelope) -> Verdict {
         let tls = if conn.tls.is_some() { "tls" } else { "plain" };
+        // And the connection facts as the host gives them now (this session's, never the
+        // last one's: a reused instance keeps the facts it fetched).
         let text = format!(
-            "memo: {tls}, helos [{}], score {}, earlier sessions {}",
+            "memo: {tls}, helos [{}], score {}, earlier sessions {}, conn helo {}, session {}",
             self.helos.join(" "),
             score::total(),
-            self.earlier
+            self.earlier,
+            conn.helo.as_deref().unwrap_or("-"),
+            conn.session_id
         );
         // A 4xx the test reads; it changes nothing else.
         Verdict::tempfail(451, "4.7.1", text)

@@ -235,6 +235,24 @@ pub mod __private {
         static STATE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
         /// The default hooks this instance has told the host about.
         static UNUSED: Cell<Hook> = const { Cell::new(Hook::empty()) };
+        /// The connection facts last fetched, and the `conn-version` they are (0: none yet;
+        /// the host never gives out 0). Hooks get only the version: the facts are fetched
+        /// again only when it changes (HELO, AUTH, a new session).
+        static CONN: RefCell<(u64, Option<ConnectionInfo>)> = const { RefCell::new((0, None)) };
+    }
+
+    /// Runs `hook` with the connection facts of `version`, fetched from the host if they are
+    /// not the ones kept.
+    fn with_conn<R>(version: u64, hook: impl FnOnce(&ConnectionInfo) -> R) -> R {
+        CONN.with_borrow_mut(|kept| {
+            if kept.0 != version || kept.1.is_none() {
+                *kept = (version, Some(crate::bindings::mailgate::plugin::session::connection()));
+            }
+        });
+        CONN.with_borrow(|kept| match &kept.1 {
+            Some(conn) => hook(conn),
+            None => unreachable!("fetched above"),
+        })
     }
 
     /// A default hook ran: the plugin type has no code for it (an override never runs the
@@ -276,23 +294,23 @@ pub mod __private {
             STATE.set(Some(Box::new(value)));
             Ok(())
         }
-        fn on_connect(conn: ConnectionInfo) -> Verdict {
-            with(|f: &mut T| f.on_connect(&conn))
+        fn on_connect(conn: u64) -> Verdict {
+            with_conn(conn, |conn| with(|f: &mut T| f.on_connect(conn)))
         }
-        fn on_helo(conn: ConnectionInfo, helo: String) -> Verdict {
-            with(|f: &mut T| f.on_helo(&conn, &helo))
+        fn on_helo(conn: u64, helo: String) -> Verdict {
+            with_conn(conn, |conn| with(|f: &mut T| f.on_helo(conn, &helo)))
         }
-        fn on_auth(conn: ConnectionInfo, req: AuthRequest) -> Verdict {
-            with(|f: &mut T| f.on_auth(&conn, &req))
+        fn on_auth(conn: u64, req: AuthRequest) -> Verdict {
+            with_conn(conn, |conn| with(|f: &mut T| f.on_auth(conn, &req)))
         }
-        fn on_mail_from(conn: ConnectionInfo, env: Envelope) -> Verdict {
-            with(|f: &mut T| f.on_mail_from(&conn, &env))
+        fn on_mail_from(conn: u64, env: Envelope) -> Verdict {
+            with_conn(conn, |conn| with(|f: &mut T| f.on_mail_from(conn, &env)))
         }
-        fn on_rcpt(conn: ConnectionInfo, env: Envelope, rcpt: String) -> Verdict {
-            with(|f: &mut T| f.on_rcpt(&conn, &env, &rcpt))
+        fn on_rcpt(conn: u64, env: Envelope, rcpt: String) -> Verdict {
+            with_conn(conn, |conn| with(|f: &mut T| f.on_rcpt(conn, &env, &rcpt)))
         }
-        fn on_data(conn: ConnectionInfo, env: Envelope, msg: &Message) -> DataResult {
-            with(|f: &mut T| f.on_data(&conn, &env, msg))
+        fn on_data(conn: u64, env: Envelope, msg: &Message) -> DataResult {
+            with_conn(conn, |conn| with(|f: &mut T| f.on_data(conn, &env, msg)))
         }
         fn on_route(env: Envelope, rcpt: String) -> RouteResult {
             with(|f: &mut T| f.on_route(&env, &rcpt))

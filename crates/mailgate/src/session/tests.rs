@@ -694,6 +694,11 @@ async fn a_reusable_instance_serves_the_next_session_and_nothing_of_the_last_rea
     assert!(second.contains("helos [two.test], score 1, earlier sessions 1"), "{second}");
     let third = memo_session(&rig, "three.test").await;
     assert!(third.contains("helos [three.test], score 1, earlier sessions 2"), "{third}");
+    // The connection facts it is given are each session's own, though the instance kept the
+    // last session's (hooks carry only their version).
+    for (memo, helo) in [(&first, "one.test"), (&second, "two.test"), (&third, "three.test")] {
+        assert!(memo.contains(&format!("conn helo {helo}, session ")), "{memo}");
+    }
     let plugins = rig.gateway.shared.current().plugins.clone().unwrap();
     assert_eq!(plugins.idle_instances(), vec![("memo".to_string(), 1)]);
 }

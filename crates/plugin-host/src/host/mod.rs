@@ -29,6 +29,7 @@ mod log;
 mod message;
 mod metrics;
 mod score;
+mod session;
 
 pub use auth::AuthState;
 pub use config::ConfigState;
@@ -40,6 +41,7 @@ pub use log::{LogState, MAX_LOG_LINE};
 pub use message::{MessageHandle, MessageState};
 pub use metrics::{MetricsState, MAX_SERIES};
 pub use score::ScoreState;
+pub use session::SessionState;
 
 pub use mailgate_message::ParsedMessage;
 
@@ -142,6 +144,7 @@ pub struct HostState {
     pub config: ConfigState,
     pub metrics: MetricsState,
     pub hooks: HooksState,
+    pub session: SessionState,
     pub limits: Limits,
 }
 
@@ -209,6 +212,7 @@ impl HostState {
             config: ConfigState::new(cx),
             metrics: MetricsState::new(cx),
             hooks: HooksState::new(cx),
+            session: SessionState::default(),
             limits,
         }
     }
@@ -233,6 +237,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wit::config::add_to_linker::<HostState, HasSelf<ConfigState>>(linker, |s| &mut s.config)?;
     wit::metrics::add_to_linker::<HostState, HasSelf<MetricsState>>(linker, |s| &mut s.metrics)?;
     wit::hooks::add_to_linker::<HostState, HasSelf<HooksState>>(linker, |s| &mut s.hooks)?;
+    wit::session::add_to_linker::<HostState, HasSelf<SessionState>>(linker, |s| &mut s.session)?;
     Ok(())
 }
 
