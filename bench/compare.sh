@@ -13,13 +13,25 @@
 #                                    # postfix haraka
 #   MODES="persistent newconn"       # persistent sessions, and/or a new connection per message
 #                                    # (how most MX traffic arrives)
+#   INSTRUCTIONS=1 bench/compare.sh  # mailgate0 and mailgate5 (or PEERS=… of the mailgate
+#                                    # peers) under callgrind: user-space instructions per
+#                                    # message, 2 000 persistent / 500 new-connection messages
+#                                    # (COUNT=…), the same from run to run on a noisy machine
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 RUNS=${RUNS:-3}
-SIZES=${SIZES:-"1024 10240 102400"}
+SIZES=${SIZES:-$([ -n "${INSTRUCTIONS:-}" ] && echo 1024 || echo "1024 10240 102400")}
 SESSIONS=${SESSIONS:-50}
+INSTRUCTIONS=${INSTRUCTIONS:-}
+if [ -n "$INSTRUCTIONS" ]; then
+    PEERS=${PEERS:-"mailgate0 mailgate5"}
+    # The plugin instance pool reserves address space per session slot: fewer slots under
+    # valgrind, which cannot map the full reservation.
+    MAX_SESSIONS=100
+fi
 PEERS=${PEERS:-"ceiling mailgate0 mailgate5 mailgate-real postfix haraka"}
+MAX_SESSIONS=${MAX_SESSIONS:-2000}
 MODES=${MODES:-"persistent newconn"}
 SINK=${SINK_PORT:-25250}
 MG_PORT=25251 PF_PORT=25252 HK_PORT=25253 DNS_PORT=25254
@@ -38,7 +50,7 @@ cleanup() {
 trap cleanup EXIT
 
 wait_port() { # port, log file to show on failure
-    for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done
+    for _ in $(seq 1200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done
     [ -n "${2:-}" ] && cat "$2" >&2
     echo "nothing listens on port $1" >&2; exit 1
 }
@@ -60,9 +72,9 @@ allow_root = true
 name = "mx"
 address = "127.0.0.1:$MG_PORT"
 [limits]
-max_sessions = 2000
-max_sessions_per_ip = 2000
-max_sessions_per_net = 2000
+max_sessions = $MAX_SESSIONS
+max_sessions_per_ip = $MAX_SESSIONS
+max_sessions_per_net = $MAX_SESSIONS
 [spool]
 path = "$work/mg-spool"
 [relay]
@@ -188,10 +200,39 @@ PY
 start_mailgate() { # $1 = plugins (0, 5 or -real)
     rm -rf "$work/mg-spool"
     mailgate_config "$1" > "$work/mailgate.toml"
-    "$MG" serve --config "$work/mailgate.toml" 2>"$work/mailgate.log" &
+    if [ -n "$INSTRUCTIONS" ]; then
+        rm -f "$work"/cg.out*
+        valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" --dump-instr=no \
+            "$MG" serve --config "$work/mailgate.toml" 2>"$work/mailgate.log" &
+    else
+        "$MG" serve --config "$work/mailgate.toml" 2>"$work/mailgate.log" &
+    fi
     mg_pid=$!
     wait_port "$MG_PORT" "$work/mailgate.log"
 }
+
+# INSTRUCTIONS=1: a warm-up, then the counters zeroed, COUNT messages sent and the gateway's
+# user-space instructions per message printed (its every thread, from the callgrind dump).
+instructions() { # label size count target-args…
+    local label=$1 size=$2 count=$3; shift 3
+    local new=()
+    [ "$mode" = newconn ] && new=(--new-conn)
+    "$BENCH" run --size "$size" --sessions "$SESSIONS" --count 300 --drain 600 --sink "127.0.0.1:$SINK" \
+        "${new[@]}" "$@" >/dev/null
+    callgrind_control -z "$mg_pid" >/dev/null
+    "$BENCH" run --size "$size" --sessions "$SESSIONS" --count "$count" --drain 600 --sink "127.0.0.1:$SINK" \
+        "${new[@]}" "$@" >/dev/null
+    callgrind_control -d "$label" "$mg_pid" >/dev/null
+    local dump=""
+    for _ in $(seq 100); do
+        dump=$(grep -l "^desc: Trigger: dump $label\$" "$work"/cg.out* 2>/dev/null || true)
+        [ -n "$dump" ] && break
+        sleep 0.1
+    done
+    [ -n "$dump" ] || { echo "no callgrind dump for $label" >&2; exit 1; }
+    echo "| $size | $mode | ${label%@*} | $(( $(awk '/^summary:/ {print $2}' "$dump") / count )) |"
+}
+
 stop_mailgate() { kill "$mg_pid"; wait "$mg_pid" 2>/dev/null || true; mg_pid=""; }
 
 setup_postfix() {
@@ -242,6 +283,28 @@ run() { # label size target-args…  (uses $mode)
     "$BENCH" run --label "$label@$mode" --size "$size" --sessions "$SESSIONS" --count "$(count_for "$size")" \
         --duration 15 --drain 120 --sink "127.0.0.1:$SINK" "${new[@]}" "$@"
 }
+
+if [ -n "$INSTRUCTIONS" ]; then
+    echo "| size | mode | peer | user-space instructions per message (callgrind) |"
+    echo "|---|---|---|---|"
+    for size in $SIZES; do
+        for mode in $MODES; do
+            count=${COUNT:-$([ "$mode" = newconn ] && echo 500 || echo 2000)}
+            for peer in $PEERS; do
+                case $peer in
+                    mailgate0|mailgate5) start_mailgate "${peer#mailgate}" ;;
+                    mailgate-real) setup_real; start_mailgate -real ;;
+                    *) echo "INSTRUCTIONS=1 measures the mailgate peers only, not $peer" >&2; exit 1 ;;
+                esac
+                msg=()
+                [ "$peer" = mailgate-real ] && msg=(--message "$work/real/msg-$size.eml")
+                instructions "$peer@$mode" "$size" "$count" --target "127.0.0.1:$MG_PORT" "${msg[@]}"
+                stop_mailgate
+            done
+        done
+    done
+    exit 0
+fi
 
 results=$work/results.jsonl
 : > "$results"
