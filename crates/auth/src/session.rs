@@ -195,8 +195,10 @@ fn arc_status(r: &DkimResult, has_fields: bool) -> (Status, Option<String>) {
 /// Whether the header section has any ARC field (ARC-Seal, ARC-Message-Signature or
 /// ARC-Authentication-Results).
 pub(crate) fn has_arc_fields(raw: &[u8]) -> bool {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(raw.len(), |p| p + 2);
-    raw[..end].split(|b| *b == b'\n').any(|line| line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"arc-"))
+    let end = memchr::memmem::find(raw, b"\r\n\r\n").map_or(raw.len(), |p| p + 2);
+    let head = &raw[..end];
+    let line_starts = std::iter::once(0).chain(memchr::memchr_iter(b'\n', head).map(|i| i + 1));
+    line_starts.into_iter().any(|at| head.get(at..at + 4).is_some_and(|n| n.eq_ignore_ascii_case(b"arc-")))
 }
 
 fn dkim_status(r: &DkimResult) -> (Status, Option<String>) {
@@ -343,5 +345,42 @@ impl AuthSession {
             self.iprev.as_ref(),
             self.results.as_ref(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_arc_fields;
+
+    /// The line-start scan against the definition (split into lines, look at each), for
+    /// fields anywhere in the header section, not in the body, any case, folded, and short
+    /// lines at every place.
+    #[test]
+    fn arc_fields_found_where_the_definition_finds_them() {
+        let reference = |raw: &[u8]| {
+            let end = raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(raw.len(), |p| p + 2);
+            raw[..end].split(|b| *b == b'\n').any(|l| l.len() >= 4 && l[..4].eq_ignore_ascii_case(b"arc-"))
+        };
+        let parts: [&[u8]; 9] = [
+            b"ARC-Seal: i=1\r\n",
+            b"arc-message-signature: x\r\n",
+            b"Subject: arc-not-a-field\r\n",
+            b" arc-folded\r\n",
+            b"ar\r\n",
+            b"c-\r\n",
+            b"\r\n",
+            b"body\r\n",
+            b"X: y\r\n",
+        ];
+        for a in 0..parts.len() {
+            for b in 0..parts.len() {
+                for c in 0..parts.len() {
+                    let raw = [parts[a], parts[b], parts[c]].concat();
+                    assert_eq!(has_arc_fields(&raw), reference(&raw), "{:?}", String::from_utf8_lossy(&raw));
+                }
+            }
+        }
+        assert!(has_arc_fields(b"ARC-Seal: i=1\r\n\r\nbody\r\n"));
+        assert!(!has_arc_fields(b"Subject: x\r\n\r\nARC-Seal: in the body\r\n"));
     }
 }
