@@ -303,14 +303,10 @@ pub fn into_crlf(b: Vec<u8>) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    /// `as_stored` says what a BDAT receiver stores exactly when it stores the content itself
-    /// or the content and a CRLF without an error, for every content of up to 7 octets from the
-    /// octets that matter, at small limits (NULs refused, and stripped).
-    #[test]
-    fn as_stored_exactly_when_a_receiver_keeps_the_content() {
-        let alphabet = [b'a', b'\r', b'\n', 0, b'.'];
+    /// Calls `f` with every text of up to `max_len` octets drawn from `alphabet`.
+    fn every_text(alphabet: &[u8], max_len: u32, mut f: impl FnMut(&[u8])) {
         let mut data = vec![];
-        for len in 0..=7u32 {
+        for len in 0..=max_len {
             for n in 0..alphabet.len().pow(len) {
                 data.clear();
                 let mut k = n;
@@ -318,20 +314,30 @@ mod tests {
                     data.push(alphabet[k % alphabet.len()]);
                     k /= alphabet.len();
                 }
-                for (max_size, max_line, strip) in [(6, 2, false), (100, 3, true), (100, 100, false)] {
-                    let mut r = ContentReceiver::new(Mode::Bdat, max_size, max_line).strip_nul(strip);
-                    let mut out = vec![];
-                    r.feed(&data, &mut out);
-                    let ok = r.finish_bdat(&mut out).is_ok();
-                    let want = match (ok, out.strip_prefix(&data[..])) {
-                        (true, Some(b"")) => Some(false),
-                        (true, Some(b"\r\n")) => Some(true),
-                        _ => None,
-                    };
-                    assert_eq!(as_stored(&data, max_size, max_line), want, "{data:?} {max_size} {max_line}");
-                }
+                f(&data);
             }
         }
+    }
+
+    /// `as_stored` says what a BDAT receiver stores exactly when it stores the content itself
+    /// or the content and a CRLF without an error, for every content of up to 7 octets from the
+    /// octets that matter, at small limits (NULs refused, and stripped).
+    #[test]
+    fn as_stored_exactly_when_a_receiver_keeps_the_content() {
+        every_text(&[b'a', b'\r', b'\n', 0, b'.'], 7, |data| {
+            for (max_size, max_line, strip) in [(6, 2, false), (100, 3, true), (100, 100, false)] {
+                let mut r = ContentReceiver::new(Mode::Bdat, max_size, max_line).strip_nul(strip);
+                let mut out = vec![];
+                r.feed(data, &mut out);
+                let ok = r.finish_bdat(&mut out).is_ok();
+                let want = match (ok, out.strip_prefix(data)) {
+                    (true, Some(b"")) => Some(false),
+                    (true, Some(b"\r\n")) => Some(true),
+                    _ => None,
+                };
+                assert_eq!(as_stored(data, max_size, max_line), want, "{data:?} {max_size} {max_line}");
+            }
+        });
     }
 
     #[test]
@@ -368,27 +374,17 @@ mod tests {
     /// from the octets that matter, and `into_crlf` keeps canonical text without a copy.
     #[test]
     fn line_ends_agree_with_the_definition_for_every_short_text() {
-        let alphabet = [b'a', b'\r', b'\n'];
-        let mut data = vec![];
-        for len in 0..=8u32 {
-            for n in 0..alphabet.len().pow(len) {
-                data.clear();
-                let mut k = n;
-                for _ in 0..len {
-                    data.push(alphabet[k % alphabet.len()]);
-                    k /= alphabet.len();
-                }
-                let want = to_crlf_reference(&data);
-                assert_eq!(to_crlf(&data), want, "{data:?}");
-                let owned = data.clone();
-                let ptr = owned.as_ptr();
-                let got = into_crlf(owned);
-                assert_eq!(got, want, "{data:?}");
-                if want == data && !data.is_empty() {
-                    assert_eq!(got.as_ptr(), ptr, "canonical {data:?} was copied");
-                }
+        every_text(b"a\r\n", 8, |data| {
+            let want = to_crlf_reference(data);
+            assert_eq!(to_crlf(data), want, "{data:?}");
+            let owned = data.to_vec();
+            let ptr = owned.as_ptr();
+            let got = into_crlf(owned);
+            assert_eq!(got, want, "{data:?}");
+            if want == data && !data.is_empty() {
+                assert_eq!(got.as_ptr(), ptr, "canonical {data:?} was copied");
             }
-        }
+        });
     }
 
     fn data(chunks: &[&[u8]]) -> (Vec<u8>, Option<ContentError>, usize) {
