@@ -361,10 +361,15 @@ print(c.docmd("MAIL", "FROM:<a@sender.test>"))
         ),
     );
     assert!(ok, "{out}");
-    assert!(out.contains("(451, b'4.7.1 memo: plain, helos [before-tls], score 1, earlier sessions 0')"), "{out}");
+    assert!(
+        out.contains(
+            "(451, b'4.7.1 memo: plain, helos [before-tls], score 1, earlier sessions 0, conn helo before-tls,"
+        ),
+        "{out}"
+    );
     // A new instance and a new score: nothing from before TLS.
     assert!(
-        out.contains("(451, b'4.7.1 memo: tls, helos [after-tls], score 1, earlier sessions 0')"),
+        out.contains("(451, b'4.7.1 memo: tls, helos [after-tls], score 1, earlier sessions 0, conn helo after-tls,"),
         "{out}\n{}",
         gw.log()
     );
