@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use mail_parser::{Message, MessageParser};
+use mail_parser::{Message, MessageParser, PartType};
 
 use crate::structure::dismantle;
 
@@ -51,14 +51,33 @@ impl ParsedMessage {
             .map(|a| a.to_string())
     }
 
-    /// The first text/plain part (or the HTML part converted to text).
+    /// The first text/plain body part; when the body has no text/plain part, the first HTML
+    /// part converted to text. (mail-parser's `body_text(0)` is the first body part of either
+    /// kind, so an HTML part ahead of a text part in multipart/mixed would be converted.)
     pub fn text_body(&self) -> Option<String> {
-        self.get().and_then(|p| p.body_text(0)).map(|c| c.into_owned())
+        let m = self.get()?;
+        let part = |id: &u32| m.part(*id).map(|p| &p.body);
+        if let Some(text) = m.text_body.iter().find_map(|id| match part(id) {
+            Some(PartType::Text(t)) => Some(t),
+            _ => None,
+        }) {
+            return Some(text.to_string());
+        }
+        m.text_body.iter().find_map(|id| match part(id) {
+            Some(PartType::Html(h)) => Some(mail_parser::decoders::html::html_to_text(h)),
+            _ => None,
+        })
     }
 
-    /// The first text/html part.
+    /// The first text/html body part; none when the message has no HTML. (mail-parser's
+    /// `body_html(0)` converts a text/plain body into HTML, which would tell every plugin
+    /// that a plain-text message has an HTML body.)
     pub fn html_body(&self) -> Option<String> {
-        self.get().and_then(|p| p.body_html(0)).map(|c| c.into_owned())
+        let m = self.get()?;
+        m.html_body.iter().find_map(|id| match m.part(*id).map(|p| &p.body) {
+            Some(PartType::Html(h)) => Some(h.to_string()),
+            _ => None,
+        })
     }
 
     /// The value of the first field `name`, unfolded (as the `header` import gives it).
@@ -83,4 +102,61 @@ impl ParsedMessage {
 fn unfold(v: &[u8]) -> String {
     let s = String::from_utf8_lossy(v);
     s.replace("\r\n", "").replace('\n', "").trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(raw: &str) -> Arc<ParsedMessage> {
+        ParsedMessage::new(Arc::new(raw.replace('\n', "\r\n").into_bytes()))
+    }
+
+    const HEAD: &str = "From: a@example.com\nTo: b@example.org\nSubject: s\nMIME-Version: 1.0\n";
+
+    #[test]
+    fn plain_text_has_no_html_body() {
+        for ct in ["", "Content-Type: text/plain; charset=utf-8\n"] {
+            let m = parsed(&format!("{HEAD}{ct}\nhello <b>world</b>\n"));
+            assert_eq!(m.text_body().as_deref(), Some("hello <b>world</b>\r\n"), "{ct:?}");
+            assert_eq!(m.html_body(), None, "{ct:?}");
+        }
+    }
+
+    #[test]
+    fn html_only_gives_its_html_and_text_converted_from_it() {
+        let m = parsed(&format!("{HEAD}Content-Type: text/html\n\n<p>hello <b>world</b></p>\n"));
+        assert_eq!(m.html_body().as_deref(), Some("<p>hello <b>world</b></p>\r\n"));
+        let text = m.text_body().expect("text converted from the HTML");
+        assert!(text.contains("hello world"), "{text:?}");
+        assert!(!text.contains('<'), "{text:?}");
+    }
+
+    #[test]
+    fn each_kind_comes_from_its_own_part_whatever_the_order() {
+        for (kind, first, second) in [
+            ("alternative", "text/plain", "text/html"),
+            ("alternative", "text/html", "text/plain"),
+            ("mixed", "text/html", "text/plain"),
+            ("mixed", "text/plain", "text/html"),
+        ] {
+            let body = |ct: &str| if ct == "text/html" { "<i>the html</i>" } else { "the text" };
+            let m = parsed(&format!(
+                "{HEAD}Content-Type: multipart/{kind}; boundary=b\n\n--b\nContent-Type: {first}\n\n{}\n--b\nContent-Type: {second}\n\n{}\n--b--\n",
+                body(first),
+                body(second)
+            ));
+            assert_eq!(m.text_body().as_deref(), Some("the text"), "{kind} {first} {second}");
+            assert_eq!(m.html_body().as_deref(), Some("<i>the html</i>"), "{kind} {first} {second}");
+        }
+    }
+
+    #[test]
+    fn an_attachment_is_no_body() {
+        let m = parsed(&format!(
+            "{HEAD}Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: application/pdf\nContent-Disposition: attachment; filename=a.pdf\nContent-Transfer-Encoding: base64\n\nJVBERi0=\n--b--\n"
+        ));
+        assert_eq!(m.html_body(), None);
+        assert_eq!(m.text_body(), None);
+    }
 }
