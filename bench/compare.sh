@@ -17,6 +17,8 @@
 #                                    # peers) under callgrind: user-space instructions per
 #                                    # message, 2 000 persistent / 500 new-connection messages
 #                                    # (COUNT=…), the same from run to run on a noisy machine
+#   MG=/path/to/mailgate DIST=/path/to/plugins/dist …  # another build, with plugins built
+#                                    # against its own WIT (a build at another commit)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -62,6 +64,7 @@ cargo build --release --locked -p mailgate -p mailgate-bench >&2
 plugins/build.sh >&2
 BENCH=$root/target/release/mailgate-bench
 MG=${MG:-$root/target/release/mailgate}  # MG=/path/to/mailgate compares another build
+DIST=${DIST:-$root/plugins/dist}  # and the plugins built for it
 
 mailgate_config() { # $1 = number of plugins (0 or 5), or "-real"
     cat <<TOML
@@ -85,7 +88,7 @@ accept_domains = ["bench.test"]
 level = "warn"
 TOML
     if [ "$1" = 5 ]; then
-        local d=$root/plugins/dist
+        local d=$DIST
         cat <<TOML
 [[plugin]]
 name = "helo-check"
@@ -113,7 +116,7 @@ verdict = "reject"
 TOML
     fi
     if [ "$1" = -real ]; then
-        local d=$root/plugins/dist
+        local d=$DIST
         cat <<TOML
 [dns]
 nameservers = ["127.0.0.1:$DNS_PORT"]

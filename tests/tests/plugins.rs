@@ -381,3 +381,69 @@ fn every_session_up_to_the_limit_runs_every_plugin() {
     }
     assert!(!gw.log().contains("plugin failed"), "{}", gw.log());
 }
+
+/// What the memo plugin (`show_envelope`) says of an envelope: see its `describe`.
+fn envelope_line(from: &str, rcpts: &[String]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in rcpts.iter().flat_map(|r| r.bytes().chain([b'\n'])) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let (first, last) = (rcpts.first().map_or("-", |r| r.as_str()), rcpts.last().map_or("-", |r| r.as_str()));
+    format!("from {from}, {n} recipients ({n}), first {first}, last {last}, fnv {h:016x}", n = rcpts.len())
+}
+
+#[test]
+fn plugins_read_the_envelope_of_the_hook_as_it_grows() {
+    let sink = Sink::start();
+    // One reusable instance serves both sessions: what it kept of the first must not pass
+    // for the second's envelope.
+    let memo =
+        Gateway::plugin("memo", "memo", "stages = [\"rcpt\", \"data\"]", "show_envelope = true\nreusable = true");
+    let gw = gateway(&sink, &format!("[limits]\nmax_recipients = 200\n{memo}"));
+    let show = |c: &mut Raw| c.cmd("RCPT TO:<show@remote.test>");
+
+    let mut c = Raw::connect(gw.port);
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@sender.test>").starts_with("250"));
+    assert_eq!(show(&mut c), format!("451 4.7.1 memo: {}", envelope_line("a@sender.test", &[])));
+    let x = ["x@remote.test".to_string(), "y@remote.test".to_string()];
+    assert!(c.cmd("RCPT TO:<x@remote.test>").starts_with("250"));
+    assert_eq!(show(&mut c), format!("451 4.7.1 memo: {}", envelope_line("a@sender.test", &x[..1])));
+    // A new transaction is a new envelope, though it starts as the last one grew: the
+    // plugin reads it at some recipients and not at others, and what it fetched is kept
+    // (only the recipients added since are fetched).
+    assert!(c.cmd("RSET").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<b@other.test>").starts_with("250"));
+    let mut rcpts = vec![];
+    for i in 0..150 {
+        let r = format!("r{i}@remote.test");
+        assert!(c.cmd(&format!("RCPT TO:<{r}>")).starts_with("250"), "{r}");
+        rcpts.push(r);
+        if [1, 2, 40, 149, 150].contains(&rcpts.len()) {
+            assert_eq!(show(&mut c), format!("451 4.7.1 memo: {}", envelope_line("b@other.test", &rcpts)));
+        }
+    }
+    // The message's envelope at DATA.
+    assert!(c.cmd("RSET").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@sender.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<x@remote.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<y@remote.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: envelope\r\n\r\nbody\r\n.\r\n");
+    assert!(c.reply().starts_with("250 2.0.0"));
+    let m = sink.wait_for_rcpt("y@remote.test", T);
+    let line = format!("X-Memo-Envelope: {}\r\n", envelope_line("a@sender.test", &x));
+    // The gateway folds the long field: read it unfolded.
+    let unfolded = m.text().replace("\r\n ", " ");
+    assert!(unfolded.contains(&line), "{line}\n{}", m.text());
+    c.cmd("QUIT");
+
+    let mut c = Raw::connect(gw.port);
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<c@third.test>").starts_with("250"));
+    let z: Vec<String> = (1..=3).map(|i| format!("z{i}@remote.test")).collect();
+    for r in &z {
+        assert!(c.cmd(&format!("RCPT TO:<{r}>")).starts_with("250"));
+    }
+    assert_eq!(show(&mut c), format!("451 4.7.1 memo: {}", envelope_line("c@third.test", &z)));
+}

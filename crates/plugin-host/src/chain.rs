@@ -32,10 +32,10 @@ pub struct Plugins {
     /// The `[[pool]]` and `[shaping.classes]` names an on-route answer may pick.
     pools: std::collections::HashSet<String>,
     classes: std::collections::HashSet<String>,
-    /// The last `conn-version` given out: every change of any session's connection facts
-    /// takes the next, so an instance that served an earlier session never mistakes its
-    /// facts for the new session's.
-    pub(crate) conn_versions: std::sync::atomic::AtomicU64,
+    /// The last version given out (`conn-version`, `envelope-ref`): every change of any
+    /// session's connection facts or of an envelope takes the next, so an instance that
+    /// served an earlier session or message never mistakes its facts for the new one's.
+    pub(crate) versions: std::sync::atomic::AtomicU64,
 }
 
 /// The chain's answer at a verdict stage.
@@ -138,7 +138,7 @@ impl Plugins {
             idle: crate::runner::IdleInstances::new(cfg.plugins.len(), cfg.limits.max_sessions),
             pools: cfg.pools.iter().map(|p| p.name.clone()).collect(),
             classes: cfg.shaping.classes.keys().cloned().collect(),
-            conn_versions: Default::default(),
+            versions: Default::default(),
         }))
     }
 

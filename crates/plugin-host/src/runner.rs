@@ -173,6 +173,17 @@ pub(crate) struct Chain {
     pub failures: usize,
     /// The connection facts the session hooks see now, and their `conn-version`.
     conn: Option<(Arc<ConnectionInfo>, u64)>,
+    /// The envelope the hooks saw last, and its `envelope-ref` version.
+    env: Option<(Arc<Envelope>, u64)>,
+}
+
+/// `new` is `old` with recipients added at the end, if any: what may keep `old`'s version.
+fn extends(old: &Envelope, new: &Envelope) -> bool {
+    old.mail_from == new.mail_from
+        && old.body_8bit == new.body_8bit
+        && old.smtputf8 == new.smtputf8
+        && old.size_hint == new.size_hint
+        && new.rcpt_to.starts_with(&old.rcpt_to)
 }
 
 /// The same connection facts (the generated record has no `PartialEq`).
@@ -204,6 +215,7 @@ impl Chain {
             auth: None,
             failures: 0,
             conn: None,
+            env: None,
         }
     }
 
@@ -213,12 +225,25 @@ impl Chain {
         match &self.conn {
             Some((c, v)) if same_conn(c, conn) => (c.clone(), *v),
             _ => {
-                let v = self.plugins.conn_versions.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let v = self.plugins.versions.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 let c = Arc::new(conn.clone());
                 self.conn = Some((c.clone(), v));
                 (c, v)
             }
         }
+    }
+
+    /// The `envelope-ref` of `env`: the current version while `env` only adds recipients to
+    /// the envelope of the last call, the next of the process otherwise.
+    fn env_version(&mut self, env: &Envelope) -> (Arc<Envelope>, u64) {
+        let version = match &self.env {
+            Some((e, v)) if e.rcpt_to.len() == env.rcpt_to.len() && extends(e, env) => return (e.clone(), *v),
+            Some((e, v)) if extends(e, env) => *v,
+            _ => self.plugins.versions.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+        };
+        let e = Arc::new(env.clone());
+        self.env = Some((e.clone(), version));
+        (e, version)
     }
 
     pub fn plugins(&self) -> &Arc<Plugins> {
@@ -289,9 +314,16 @@ impl Chain {
             | Call::Data(c, _, _) => Some(self.conn_version(c)),
             Call::Route(..) | Call::DeliveryResult(_) => None,
         };
+        let env = match *call {
+            Call::MailFrom(_, e) | Call::Rcpt(_, e, _) | Call::Data(_, e, _) | Call::Route(e, _) => {
+                Some(self.env_version(e))
+            }
+            _ => None,
+        };
         let slot = self.slot(i, call.stage()).await?;
         let (f, s) = (&slot.filter, &mut slot.store);
-        // The hook gets the version; the facts wait in the store for `session.connection`.
+        // The hook gets versions; the facts and the envelope wait in the store for
+        // `session.connection` and `session.get-envelope`.
         let c = match conn {
             Some((info, version)) => {
                 s.data_mut().session.conn = Some(info);
@@ -299,20 +331,31 @@ impl Chain {
             }
             None => 0,
         };
+        let e = match env {
+            Some((env, version)) => {
+                let recipients = u32::try_from(env.rcpt_to.len()).unwrap_or(u32::MAX);
+                s.data_mut().session.env = Some(env);
+                types::EnvelopeRef { version, recipients }
+            }
+            None => {
+                s.data_mut().session.env = None;
+                types::EnvelopeRef { version: 0, recipients: 0 }
+            }
+        };
         let answer = match *call {
             Call::Connect(_) => f.call_on_connect(s, c).await.map(Answer::Verdict),
             Call::Helo(_, h) => f.call_on_helo(s, c, h).await.map(Answer::Verdict),
             Call::Auth(_, a) => f.call_on_auth(s, c, a).await.map(Answer::Verdict),
-            Call::MailFrom(_, e) => f.call_on_mail_from(s, c, e).await.map(Answer::Verdict),
-            Call::Rcpt(_, e, r) => f.call_on_rcpt(s, c, e, r).await.map(Answer::Verdict),
-            Call::Data(_, e, msg) => {
+            Call::MailFrom(..) => f.call_on_mail_from(s, c, e).await.map(Answer::Verdict),
+            Call::Rcpt(_, _, r) => f.call_on_rcpt(s, c, e, r).await.map(Answer::Verdict),
+            Call::Data(_, _, msg) => {
                 let handle = s.data_mut().message.table.push(MessageHandle(msg.clone()))?;
                 let borrow = Resource::<MessageHandle>::new_borrow(handle.rep());
                 let r = f.call_on_data(&mut *s, c, e, borrow).await;
                 let _ = s.data_mut().message.table.delete(handle);
                 r.map(Answer::Data)
             }
-            Call::Route(e, r) => f.call_on_route(s, e, r).await.map(Answer::Route),
+            Call::Route(_, r) => f.call_on_route(s, e, r).await.map(Answer::Route),
             Call::DeliveryResult(res) => f.call_on_delivery_result(s, res).await.map(|()| Answer::Told),
         };
         answer.map_err(Failure::of)

@@ -6,6 +6,10 @@
 //! With `reusable = true` it forgets its HELO names at the end of a session and offers its
 //! instance for the next one, and tells how many sessions the instance served before: what
 //! the host's reuse of instances does, and that nothing of one session reaches the next.
+//! With `show_envelope = true` it tells the envelope as it reads it: at RCPT for a recipient
+//! `show@…` (refused with 451, the envelope in the text) and at DATA in a header field
+//! `X-Memo-Envelope` — what the SDK's envelope, fetched on first read and kept across the
+//! hooks of a transaction, gives a plugin.
 
 use mailgate_plugin_sdk::prelude::*;
 
@@ -21,12 +25,34 @@ struct Memo {
     /// memory large.
     grow: usize,
     ballast: Vec<Vec<u8>>,
+    /// Config `show_envelope`: report the envelope at RCPT `show@…` and at DATA.
+    show_envelope: bool,
+}
+
+/// The envelope as one short line (a reply's text is cut at 400 characters): "from SENDER,
+/// N recipients (as counted by the reference), first F, last L, fnv H", where H is the
+/// FNV-1a 64 hash of the recipients, each followed by a line feed.
+fn describe(env: &Envelope) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in env.rcpt_to.iter().flat_map(|r| r.bytes().chain([b'\n'])) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let (first, last) = (env.rcpt_to.first(), env.rcpt_to.last());
+    format!(
+        "from {}, {} recipients ({}), first {}, last {}, fnv {h:016x}",
+        env.mail_from,
+        env.rcpt_to.len(),
+        env.recipient_count(),
+        first.map_or("-", |r| r.as_str()),
+        last.map_or("-", |r| r.as_str()),
+    )
 }
 
 impl Filter for Memo {
     fn init(&mut self) -> Result<(), String> {
         self.reusable = config::parse("reusable")?.unwrap_or(false);
         self.grow = config::parse("grow")?.unwrap_or(0);
+        self.show_envelope = config::parse("show_envelope")?.unwrap_or(false);
         Ok(())
     }
 
@@ -63,6 +89,20 @@ impl Filter for Memo {
         );
         // A 4xx the test reads; it changes nothing else.
         Verdict::tempfail(451, "4.7.1", text)
+    }
+
+    fn on_rcpt(&mut self, _: &ConnectionInfo, env: &Envelope, rcpt: &str) -> Verdict {
+        if self.show_envelope && rcpt.starts_with("show@") {
+            return Verdict::tempfail(451, "4.7.1", format!("memo: {}", describe(env)));
+        }
+        Verdict::Next
+    }
+
+    fn on_data(&mut self, _: &ConnectionInfo, env: &Envelope, _: &Message) -> DataResult {
+        if !self.show_envelope {
+            return DataResult::next();
+        }
+        DataResult::next().with(Modification::add_header("X-Memo-Envelope", describe(env)))
     }
 }
 

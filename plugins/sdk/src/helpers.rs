@@ -2,7 +2,7 @@
 
 use std::{fmt, str::FromStr};
 
-use crate::{DataResult, Envelope, Modification, Reply, Route, RouteResult, Verdict};
+use crate::{DataResult, EnvelopeData, Modification, Reply, Route, RouteResult, Verdict};
 
 impl Reply {
     /// A reply with this code (e.g. 550), enhanced code (e.g. "5.7.1", or "" for the host's
@@ -120,7 +120,7 @@ impl Modification {
     }
 }
 
-impl Envelope {
+impl EnvelopeData {
     /// True for the null sender `MAIL FROM:<>` (bounces and other DSNs).
     pub fn is_null_sender(&self) -> bool {
         self.mail_from.is_empty()

@@ -3,7 +3,7 @@
 use mailgate_smtp::reply::codes;
 use mailgate_smtp::{Address, Body, Enhanced, MailParams, Reply};
 
-use super::{Next, Session, SessionIo, Transaction};
+use super::{tx_envelope, Next, Session, SessionIo, Transaction};
 
 impl<S: SessionIo> Session<S> {
     pub(crate) async fn mail(&mut self, from: Option<Address>, params: MailParams) -> Next {
@@ -47,8 +47,8 @@ impl<S: SessionIo> Session<S> {
             pipeline: None,
             returns: false,
         });
-        let envelope = self.wit_envelope();
         if let Some(chain) = self.policy.chain.as_mut() {
+            let envelope = tx_envelope(&self.tx);
             chain.use_pipeline(&self.conn.pipeline);
             let d = chain.on_mail_from(&self.conn.info(), &envelope).await;
             if let Err(next) = self.enforce(d) {

@@ -415,20 +415,6 @@ impl<S: SessionIo> Session<S> {
         })
     }
 
-    /// The current transaction as plugins see it.
-    pub(crate) fn wit_envelope(&self) -> types::Envelope {
-        match &self.tx {
-            Some(tx) => wit_envelope(
-                tx.from.as_ref().map_or("", |a| a.as_str()),
-                tx.rcpts.iter().map(|r| r.to_string()).collect(),
-                tx.params.body != mailgate_smtp::Body::SevenBit,
-                tx.params.smtputf8,
-                tx.params.size,
-            ),
-            None => wit_envelope("", vec![], false, false, None),
-        }
-    }
-
     /// Applies a chain decision: `Ok` to go on, `Err(next)` once the refusal is queued.
     pub(crate) fn enforce(&mut self, d: Decision) -> Result<(), Next> {
         match d {
@@ -453,4 +439,18 @@ enum Step {
     Done,
     /// Close after flushing.
     Close,
+}
+
+/// The current transaction as plugins see it (built only when a plugin chain will see it).
+pub(crate) fn tx_envelope(tx: &Option<Transaction>) -> types::Envelope {
+    match tx {
+        Some(tx) => wit_envelope(
+            tx.from.as_ref().map_or("", |a| a.as_str()),
+            tx.rcpts.iter().map(|r| r.to_string()).collect(),
+            tx.params.body != mailgate_smtp::Body::SevenBit,
+            tx.params.smtputf8,
+            tx.params.size,
+        ),
+        None => wit_envelope("", vec![], false, false, None),
+    }
 }

@@ -6,7 +6,7 @@ use mailgate_smtp::{Address, Enhanced, RcptParams, Reply};
 
 use mailgate_verify::Verdict;
 
-use super::{Next, Session, SessionIo};
+use super::{tx_envelope, Next, Session, SessionIo};
 
 impl<S: SessionIo> Session<S> {
     /// `to: None` is `<Postmaster>` without a domain: the configured postmaster address,
@@ -102,8 +102,8 @@ impl<S: SessionIo> Session<S> {
             ));
             return Next::Continue;
         }
-        let envelope = self.wit_envelope();
         if let Some(chain) = self.policy.chain.as_mut() {
+            let envelope = tx_envelope(&self.tx);
             chain.use_pipeline(&want);
             let d = chain.on_rcpt(&self.conn.info(), &envelope, to.as_str()).await;
             if let Err(next) = self.enforce(d) {

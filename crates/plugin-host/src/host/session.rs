@@ -1,17 +1,20 @@
-//! `session`: the connection facts of the session a hook serves. Always granted. The hooks
-//! are given only a version number (`conn-version`); a plugin asks for the facts when the
-//! number is one it has not seen (the SDK does so, once per change).
+//! `session`: the connection facts and the envelope a hook serves. Always granted. The hooks
+//! are given only version numbers (`conn-version`, `envelope-ref`); a plugin asks for the
+//! contents when the number is one it has not seen (the SDK does so, once per change, and
+//! for the envelope only when the plugin reads it).
 
 use std::sync::Arc;
 
 use crate::bindings::mailgate::plugin::session;
-use crate::bindings::types::ConnectionInfo;
+use crate::bindings::types::{ConnectionInfo, Envelope};
 
 #[derive(Default)]
 pub struct SessionState {
     /// The facts the current (or last) session hook's `conn-version` names; `None` before
     /// the first session hook of this store.
     pub conn: Option<Arc<ConnectionInfo>>,
+    /// The envelope the current hook's `envelope-ref` names; `None` in hooks without one.
+    pub env: Option<Arc<Envelope>>,
 }
 
 impl session::Host for SessionState {
@@ -29,6 +32,25 @@ impl session::Host for SessionState {
                 helo: None,
                 authenticated_as: None,
                 trusted: false,
+            },
+        })
+    }
+
+    fn get_envelope(&mut self, first: u32) -> wasmtime::Result<Envelope> {
+        Ok(match &self.env {
+            Some(e) => Envelope {
+                mail_from: e.mail_from.clone(),
+                rcpt_to: e.rcpt_to.get(first as usize..).unwrap_or_default().to_vec(),
+                body_8bit: e.body_8bit,
+                smtputf8: e.smtputf8,
+                size_hint: e.size_hint,
+            },
+            None => Envelope {
+                mail_from: String::new(),
+                rcpt_to: Vec::new(),
+                body_8bit: false,
+                smtputf8: false,
+                size_hint: None,
             },
         })
     }
