@@ -40,11 +40,13 @@
 
 #![warn(missing_docs)]
 
+mod connection;
 mod envelope;
 mod helpers;
 
 use bindings::mailgate::plugin::hooks::Hook;
 
+pub use connection::{ConnectionData, ConnectionInfo};
 pub use envelope::{Envelope, EnvelopeData};
 pub use helpers::domain_of;
 
@@ -65,9 +67,9 @@ pub mod bindings {
 
 pub use bindings::mailgate::plugin::message::Message;
 pub use bindings::mailgate::plugin::types::{
-    ArcResult, AuthRequest, AuthStatus, ConnectionInfo, DataResult, DeliveryResult, DeliveryStatus,
-    DkimResult, DmarcPolicy, DmarcResult, IprevResult, Modification, Reply, Route, RouteResult,
-    SpfResult, TlsInfo, Verdict,
+    ArcResult, AuthRequest, AuthStatus, DataResult, DeliveryResult, DeliveryStatus, DkimResult,
+    DmarcPolicy, DmarcResult, IprevResult, Modification, Reply, Route, RouteResult, SpfResult,
+    TlsInfo, Verdict,
 };
 
 /// Everything a typical plugin needs: `use mailgate_plugin_sdk::prelude::*;`.
@@ -238,24 +240,6 @@ pub mod __private {
         static STATE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
         /// The default hooks this instance has told the host about.
         static UNUSED: Cell<Hook> = const { Cell::new(Hook::empty()) };
-        /// The connection facts last fetched, and the `conn-version` they are (0: none yet;
-        /// the host never gives out 0). Hooks get only the version: the facts are fetched
-        /// again only when it changes (HELO, AUTH, a new session).
-        static CONN: RefCell<(u64, Option<ConnectionInfo>)> = const { RefCell::new((0, None)) };
-    }
-
-    /// Runs `hook` with the connection facts of `version`, fetched from the host if they are
-    /// not the ones kept.
-    fn with_conn<R>(version: u64, hook: impl FnOnce(&ConnectionInfo) -> R) -> R {
-        CONN.with_borrow_mut(|kept| {
-            if kept.0 != version || kept.1.is_none() {
-                *kept = (version, Some(crate::bindings::mailgate::plugin::session::connection()));
-            }
-        });
-        CONN.with_borrow(|kept| match &kept.1 {
-            Some(conn) => hook(conn),
-            None => unreachable!("fetched above"),
-        })
     }
 
     /// A default hook ran: the plugin type has no code for it (an override never runs the
@@ -298,25 +282,28 @@ pub mod __private {
             Ok(())
         }
         fn on_connect(conn: u64) -> Verdict {
-            with_conn(conn, |conn| with(|f: &mut T| f.on_connect(conn)))
+            let conn = ConnectionInfo::new(conn);
+            with(|f: &mut T| f.on_connect(&conn))
         }
         fn on_helo(conn: u64, helo: String) -> Verdict {
-            with_conn(conn, |conn| with(|f: &mut T| f.on_helo(conn, &helo)))
+            let conn = ConnectionInfo::new(conn);
+            with(|f: &mut T| f.on_helo(&conn, &helo))
         }
         fn on_auth(conn: u64, req: AuthRequest) -> Verdict {
-            with_conn(conn, |conn| with(|f: &mut T| f.on_auth(conn, &req)))
+            let conn = ConnectionInfo::new(conn);
+            with(|f: &mut T| f.on_auth(&conn, &req))
         }
         fn on_mail_from(conn: u64, env: EnvelopeRef) -> Verdict {
-            let env = Envelope::new(env);
-            with_conn(conn, |conn| with(|f: &mut T| f.on_mail_from(conn, &env)))
+            let (conn, env) = (ConnectionInfo::new(conn), Envelope::new(env));
+            with(|f: &mut T| f.on_mail_from(&conn, &env))
         }
         fn on_rcpt(conn: u64, env: EnvelopeRef, rcpt: String) -> Verdict {
-            let env = Envelope::new(env);
-            with_conn(conn, |conn| with(|f: &mut T| f.on_rcpt(conn, &env, &rcpt)))
+            let (conn, env) = (ConnectionInfo::new(conn), Envelope::new(env));
+            with(|f: &mut T| f.on_rcpt(&conn, &env, &rcpt))
         }
         fn on_data(conn: u64, env: EnvelopeRef, msg: &Message) -> DataResult {
-            let env = Envelope::new(env);
-            with_conn(conn, |conn| with(|f: &mut T| f.on_data(conn, &env, msg)))
+            let (conn, env) = (ConnectionInfo::new(conn), Envelope::new(env));
+            with(|f: &mut T| f.on_data(&conn, &env, msg))
         }
         fn on_route(env: EnvelopeRef, rcpt: String) -> RouteResult {
             let env = Envelope::new(env);
