@@ -374,3 +374,22 @@ print(c.docmd("MAIL", "FROM:<a@sender.test>"))
         gw.log()
     );
 }
+
+#[test]
+fn plugins_see_the_authenticated_user_once_auth_succeeded() {
+    let memo = Gateway::plugin("memo", "memo", "stages = [\"helo\", \"mail_from\"]", "");
+    let r = rig(&memo);
+    let (ok, out) = python(
+        r.submission,
+        &format!(
+            r#"{PY_PRELUDE}
+c = smtplib.SMTP("127.0.0.1", port); c.starttls(context=ctx); c.ehlo("py.test")
+code, _ = c.login("alice", "{PASSWORD}"); assert code == 235
+print(c.docmd("MAIL", "FROM:<alice@example.test>"))
+"#
+        ),
+    );
+    assert!(ok, "{out}");
+    // The facts a plugin fetched at HELO (no user yet) are not the ones it gets after AUTH.
+    assert!(out.contains("conn helo py.test, user alice, session "), "{out}\n{}", r.gw.log());
+}

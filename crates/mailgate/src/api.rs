@@ -142,7 +142,7 @@ async fn submit_with(
     let incoming = Incoming { envelope: env, data: s.data, hold: Some(s.hold), traced: false };
     let mut policy = chain.as_mut().zip(info).map(|(chain, conn)| {
         chain.use_pipeline(&s.pipeline);
-        ChainPolicy { chain, conn }
+        ChainPolicy { chain, conn: Arc::new(conn) }
     });
     let policy = policy.as_mut().map(|p| p as &mut dyn DataPolicy);
     let cleanup = generation.cleanup.clone();

@@ -141,7 +141,7 @@ pub async fn test(run: TestRun) -> Result<(), String> {
     let mut envelope = mailgate_cleanup::envelope("PLUGINTEST".into(), run.from.clone(), run.rcpts.clone());
     envelope.client = format!("{} ({ip})", run.helo);
     let incoming = Incoming { envelope, data: raw, hold: None, traced: false };
-    let mut policy = Recording { inner: ChainPolicy { chain: &mut chain, conn: conn.clone() }, seen: None };
+    let mut policy = Recording { inner: ChainPolicy { chain: &mut chain, conn: Arc::new(conn.clone()) }, seen: None };
     let result = cleanup.process(incoming, &origin, Some(&mut policy)).await;
     match (&policy.seen, &result) {
         (None, Err(e)) => println!("data: refused before any plugin: {}", e.reply()),

@@ -58,7 +58,7 @@ pub fn route_choice(r: &types::Route) -> RouteChoice {
 /// A session's plugin chain as the cleanup stage's on-data policy, for one message.
 pub struct ChainPolicy<'a> {
     pub chain: &'a mut SessionChain,
-    pub conn: ConnectionInfo,
+    pub conn: Arc<ConnectionInfo>,
 }
 
 impl DataPolicy for ChainPolicy<'_> {

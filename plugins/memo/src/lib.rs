@@ -80,11 +80,12 @@ impl Filter for Memo {
         // And the connection facts as the host gives them now (this session's, never the
         // last one's: a reused instance keeps the facts it fetched).
         let text = format!(
-            "memo: {tls}, helos [{}], score {}, earlier sessions {}, conn helo {}, session {}",
+            "memo: {tls}, helos [{}], score {}, earlier sessions {}, conn helo {}, user {}, session {}",
             self.helos.join(" "),
             score::total(),
             self.earlier,
             conn.helo.as_deref().unwrap_or("-"),
+            conn.authenticated_as.as_deref().unwrap_or("-"),
             conn.session_id
         );
         // A 4xx the test reads; it changes nothing else.

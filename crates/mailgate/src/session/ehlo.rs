@@ -14,7 +14,7 @@ impl<S: SessionIo> Session<S> {
         // Before the plugins, so that their `spf-helo` sees this name.
         self.policy.auth.lock().await.set_helo(&host);
         if let Some(chain) = self.policy.chain.as_mut() {
-            let mut conn = self.conn.info();
+            let mut conn = mailgate_plugin_host::bindings::types::ConnectionInfo::clone(&self.conn.info());
             conn.helo = Some(host.clone());
             let d = chain.on_helo(&conn, &host).await;
             if let Err(next) = self.enforce(d) {

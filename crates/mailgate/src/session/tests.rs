@@ -697,7 +697,7 @@ async fn a_reusable_instance_serves_the_next_session_and_nothing_of_the_last_rea
     // The connection facts it is given are each session's own, though the instance kept the
     // last session's (hooks carry only their version).
     for (memo, helo) in [(&first, "one.test"), (&second, "two.test"), (&third, "three.test")] {
-        assert!(memo.contains(&format!("conn helo {helo}, session ")), "{memo}");
+        assert!(memo.contains(&format!("conn helo {helo}, user -, session ")), "{memo}");
     }
     let plugins = rig.gateway.shared.current().plugins.clone().unwrap();
     assert_eq!(plugins.idle_instances(), vec![("memo".to_string(), 1)]);
