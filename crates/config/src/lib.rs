@@ -941,6 +941,10 @@ pub fn canonical_domain(domain: &str) -> String {
 }
 
 fn by_domain<'a, T>(table: &'a BTreeMap<String, T>, domain: &str) -> Option<&'a T> {
+    if table.is_empty() {
+        // The common case (no per-domain entries), asked several times a message.
+        return None;
+    }
     let domain = canonical_domain(domain);
     let mut d = domain.as_str();
     loop {

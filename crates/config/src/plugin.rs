@@ -22,6 +22,11 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// This stage's bit in a set of stages (one bit per variant, in declaration order).
+    pub const fn bit(self) -> u8 {
+        1 << self as u8
+    }
+
     pub const ALL: [Stage; 8] = [
         Stage::Connect,
         Stage::Helo,

@@ -163,3 +163,14 @@ fn smarthost_credentials_are_checked_and_never_printed() {
         assert!(Config::from_toml(&format!("{base}{bad}\n")).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn every_stage_has_its_own_bit() {
+    let mut seen = 0u8;
+    for s in Stage::ALL {
+        assert_eq!(s.bit().count_ones(), 1, "{s:?}");
+        assert_eq!(seen & s.bit(), 0, "{s:?} shares a bit");
+        seen |= s.bit();
+    }
+    assert_eq!(seen.count_ones() as usize, Stage::ALL.len());
+}

@@ -185,7 +185,7 @@ impl Plugins {
     }
 
     pub(crate) fn runs_at(&self, i: usize, stage: Stage) -> bool {
-        self.loaded[i].meta.stages.contains(&stage)
+        self.loaded[i].meta.stage_bits & stage.bit() != 0
     }
 
     /// A chain for one SMTP session: instances are created on first use and live as long as

@@ -15,9 +15,9 @@ use crate::bindings::mailgate::plugin::hooks::{self, Hook};
 #[derive(Default)]
 pub struct UnusedHooks(AtomicU8);
 
-/// A stage's bit in [`UnusedHooks`] (the order of `Stage::ALL`).
+/// A stage's bit in [`UnusedHooks`].
 fn bit(stage: Stage) -> u8 {
-    1 << Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0)
+    stage.bit()
 }
 
 impl UnusedHooks {

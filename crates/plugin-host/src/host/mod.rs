@@ -56,6 +56,8 @@ pub struct PluginMeta {
     /// The plugin's own config table.
     pub config: Arc<BTreeMap<String, serde_json::Value>>,
     pub stages: Vec<Stage>,
+    /// `stages` as a set of [`Stage::bit`]s: asked for every plugin at every stage.
+    pub stage_bits: u8,
     pub on_error: OnError,
     /// Shadow mode: verdicts are logged and counted, not enforced.
     pub shadow: bool,
@@ -85,6 +87,7 @@ impl PluginMeta {
             kv: p.granted(Grant::Kv),
             config: Arc::new(p.config.clone()),
             stages: p.stages.clone(),
+            stage_bits: p.stages.iter().fold(0, |bits, s| bits | s.bit()),
             on_error: p.on_error,
             shadow: p.mode == mailgate_config::Mode::Shadow,
             budget_ticks: ticks,
