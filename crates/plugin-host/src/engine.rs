@@ -183,8 +183,12 @@ impl PluginEngine {
             }
             Some(_) => wasmtime::bail!("export end-session is not `func() -> bool` (world reusable-filter)"),
         };
-        let pre = self.linker.instantiate_pre(&component).context("imports do not match the world")?;
-        Ok((FilterPre::new(pre).context("exports do not match the world")?, end_session))
+        // The usual cause is a plugin built against an earlier mailgate:plugin WIT (the hooks'
+        // argument types have changed since 0.1.0 was first published): say how to fix it.
+        const REBUILD: &str = "built for another version of the mailgate:plugin WIT? rebuild it against this gateway's wit/ (plugins/build.sh for the SDK's plugins)";
+        let pre =
+            self.linker.instantiate_pre(&component).context(format!("imports do not match the world ({REBUILD})"))?;
+        Ok((FilterPre::new(pre).context(format!("exports do not match the world ({REBUILD})"))?, end_session))
     }
 }
 

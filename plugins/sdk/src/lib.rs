@@ -22,7 +22,7 @@
 //! export!(NoBounces);
 //! ```
 //!
-//! The contract is the WIT package `mailgate:plugin@0.1.0` in the repository's `wit/`
+//! The contract is the WIT package `mailgate:plugin@0.2.0` in the repository's `wit/`
 //! folder; its doc comments are the reference for what each hook, type and host import
 //! means. The hooks are world-level exports of world `filter`, so this SDK generates the
 //! bindings once (module [`bindings`]) and plugin crates need no `wit-bindgen` of their own.
