@@ -81,7 +81,7 @@ async fn submit_with(
     let info = chain.is_some().then(info);
     if let (Some(c), Some(info)) = (chain.as_mut(), &info) {
         let env = wit_envelope(&s.from, vec![], body_8bit, s.smtputf8, size);
-        if let Some(r) = refused(c.on_mail_from(info, &env).await) {
+        if let Some(r) = refused(c.on_mail_from(info, env).await) {
             tracing::info!(reply = %r, "API message refused at on-mail-from");
             return Err(SubmitError::Refused(r));
         }
@@ -95,14 +95,14 @@ async fn submit_with(
             continue;
         }
         let verdict = match (chain.as_mut(), &info) {
-            (Some(c), Some(info)) => {
-                let env = wit_envelope(&s.from, accepted.clone(), body_8bit, s.smtputf8, size);
-                refused(c.on_rcpt(info, &env, rcpt).await)
-            }
+            (Some(c), Some(info)) => refused(c.on_rcpt(info, rcpt).await),
             _ => None,
         };
         match verdict {
             None => {
+                if let Some(c) = chain.as_mut() {
+                    c.add_recipient(rcpt);
+                }
                 accepted.push(rcpt.clone());
                 receipts.push(RcptReceipt { email: rcpt.clone(), status: RcptState::Queued, smtp: None });
             }

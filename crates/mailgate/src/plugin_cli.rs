@@ -117,9 +117,10 @@ pub async fn test(run: TestRun) -> Result<(), String> {
     println!("helo {}: {}", run.helo, show(chain.on_helo(&conn, &run.helo).await));
     conn.helo = Some(run.helo.clone());
     let mut env = wit_envelope(&run.from, vec![], false, false, None);
-    println!("mail from <{}>: {}", run.from, show(chain.on_mail_from(&conn, &env).await));
+    println!("mail from <{}>: {}", run.from, show(chain.on_mail_from(&conn, env.clone()).await));
     for r in &run.rcpts {
-        println!("rcpt <{r}>: {}", show(chain.on_rcpt(&conn, &env, r).await));
+        println!("rcpt <{r}>: {}", show(chain.on_rcpt(&conn, r).await));
+        chain.add_recipient(r);
         env.rcpt_to.push(r.clone());
     }
     let raw = match &run.eml {

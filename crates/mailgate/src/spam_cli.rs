@@ -129,7 +129,7 @@ pub async fn eval(run: EvalRun) -> Result<String, String> {
             for f in corpus_files(std::slice::from_ref(d))? {
                 let raw = read_message(&f)?;
                 let env = wit_envelope("sender@example.org", vec!["rcpt@example.net".into()], false, false, None);
-                chain.on_mail_from(&conn, &env).await;
+                chain.on_mail_from(&conn, env.clone()).await;
                 let started = Instant::now();
                 let (d, _) = chain.on_data(&conn, &env, Arc::new(raw)).await;
                 tally.time += started.elapsed();

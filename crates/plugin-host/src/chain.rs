@@ -289,12 +289,21 @@ impl SessionChain {
         self.chain.score().end_transaction();
         self.verdict(Call::Auth(conn, req)).await
     }
-    pub async fn on_mail_from(&mut self, conn: &ConnectionInfo, env: &Envelope) -> Decision {
+    /// A new transaction with envelope `env` (its recipients are usually none yet): the
+    /// envelope on-mail-from and every later on-rcpt of it see.
+    pub async fn on_mail_from(&mut self, conn: &ConnectionInfo, env: Envelope) -> Decision {
         self.chain.score().begin_transaction();
-        self.verdict(Call::MailFrom(conn, env)).await
+        self.chain.begin_envelope(env);
+        self.verdict(Call::MailFrom(conn)).await
     }
-    pub async fn on_rcpt(&mut self, conn: &ConnectionInfo, env: &Envelope, rcpt: &str) -> Decision {
-        self.verdict(Call::Rcpt(conn, env, rcpt)).await
+    /// A recipient of the transaction begun by `on_mail_from`; its plugins see the envelope
+    /// with the recipients added by [`SessionChain::add_recipient`] so far.
+    pub async fn on_rcpt(&mut self, conn: &ConnectionInfo, rcpt: &str) -> Decision {
+        self.verdict(Call::Rcpt(conn, rcpt)).await
+    }
+    /// The recipient was accepted: later hooks of the transaction see it in the envelope.
+    pub fn add_recipient(&mut self, rcpt: &str) {
+        self.chain.add_recipient(rcpt);
     }
 
     /// Asks the data-stage plugins about a complete message. Modifications of every enforced

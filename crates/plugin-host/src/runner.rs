@@ -99,8 +99,10 @@ pub(crate) enum Call<'a> {
     Connect(&'a ConnectionInfo),
     Helo(&'a ConnectionInfo, &'a str),
     Auth(&'a ConnectionInfo, &'a types::AuthRequest),
-    MailFrom(&'a ConnectionInfo, &'a Envelope),
-    Rcpt(&'a ConnectionInfo, &'a Envelope, &'a str),
+    /// The envelope is the chain's transaction envelope ([`Chain::begin_envelope`]).
+    MailFrom(&'a ConnectionInfo),
+    /// As `MailFrom`; the recipient asked about.
+    Rcpt(&'a ConnectionInfo, &'a str),
     Data(&'a ConnectionInfo, &'a Envelope, &'a Arc<ParsedMessage>),
     Route(&'a Envelope, &'a str),
     DeliveryResult(&'a types::DeliveryResult),
@@ -233,6 +235,22 @@ impl Chain {
         }
     }
 
+    /// A new transaction: `env` (a new version) is what on-mail-from and on-rcpt see, with
+    /// the recipients [`Chain::add_recipient`] adds.
+    pub fn begin_envelope(&mut self, env: Envelope) {
+        let v = self.plugins.versions.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.env = Some((Arc::new(env), v));
+    }
+
+    /// A recipient of the transaction was accepted: it is in the envelope of the next hooks,
+    /// under the same version (the list only grows). Amortised O(1): no other holder of the
+    /// envelope is left after a call.
+    pub fn add_recipient(&mut self, rcpt: &str) {
+        if let Some((env, _)) = &mut self.env {
+            Arc::make_mut(env).rcpt_to.push(rcpt.to_string());
+        }
+    }
+
     /// The `envelope-ref` of `env`: the current version while `env` only adds recipients to
     /// the envelope of the last call, the next of the process otherwise.
     fn env_version(&mut self, env: &Envelope) -> (Arc<Envelope>, u64) {
@@ -309,15 +327,14 @@ impl Chain {
             Call::Connect(c)
             | Call::Helo(c, _)
             | Call::Auth(c, _)
-            | Call::MailFrom(c, _)
-            | Call::Rcpt(c, _, _)
+            | Call::MailFrom(c)
+            | Call::Rcpt(c, _)
             | Call::Data(c, _, _) => Some(self.conn_version(c)),
             Call::Route(..) | Call::DeliveryResult(_) => None,
         };
         let env = match *call {
-            Call::MailFrom(_, e) | Call::Rcpt(_, e, _) | Call::Data(_, e, _) | Call::Route(e, _) => {
-                Some(self.env_version(e))
-            }
+            Call::MailFrom(_) | Call::Rcpt(..) => self.env.clone(),
+            Call::Data(_, e, _) | Call::Route(e, _) => Some(self.env_version(e)),
             _ => None,
         };
         let slot = self.slot(i, call.stage()).await?;
@@ -343,11 +360,11 @@ impl Chain {
             }
         };
         let answer = match *call {
-            Call::Connect(_) => f.call_on_connect(s, c).await.map(Answer::Verdict),
-            Call::Helo(_, h) => f.call_on_helo(s, c, h).await.map(Answer::Verdict),
-            Call::Auth(_, a) => f.call_on_auth(s, c, a).await.map(Answer::Verdict),
-            Call::MailFrom(..) => f.call_on_mail_from(s, c, e).await.map(Answer::Verdict),
-            Call::Rcpt(_, _, r) => f.call_on_rcpt(s, c, e, r).await.map(Answer::Verdict),
+            Call::Connect(_) => f.call_on_connect(&mut *s, c).await.map(Answer::Verdict),
+            Call::Helo(_, h) => f.call_on_helo(&mut *s, c, h).await.map(Answer::Verdict),
+            Call::Auth(_, a) => f.call_on_auth(&mut *s, c, a).await.map(Answer::Verdict),
+            Call::MailFrom(..) => f.call_on_mail_from(&mut *s, c, e).await.map(Answer::Verdict),
+            Call::Rcpt(_, r) => f.call_on_rcpt(&mut *s, c, e, r).await.map(Answer::Verdict),
             Call::Data(_, _, msg) => {
                 let handle = s.data_mut().message.table.push(MessageHandle(msg.clone()))?;
                 let borrow = Resource::<MessageHandle>::new_borrow(handle.rep());
@@ -355,9 +372,12 @@ impl Chain {
                 let _ = s.data_mut().message.table.delete(handle);
                 r.map(Answer::Data)
             }
-            Call::Route(_, r) => f.call_on_route(s, e, r).await.map(Answer::Route),
-            Call::DeliveryResult(res) => f.call_on_delivery_result(s, res).await.map(|()| Answer::Told),
+            Call::Route(_, r) => f.call_on_route(&mut *s, e, r).await.map(Answer::Route),
+            Call::DeliveryResult(res) => f.call_on_delivery_result(&mut *s, res).await.map(|()| Answer::Told),
         };
+        // Only the chain keeps the envelope between calls: `add_recipient` then grows it in
+        // place.
+        s.data_mut().session.env = None;
         answer.map_err(Failure::of)
     }
 

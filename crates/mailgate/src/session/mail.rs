@@ -50,7 +50,7 @@ impl<S: SessionIo> Session<S> {
         if let Some(chain) = self.policy.chain.as_mut() {
             let envelope = tx_envelope(&self.tx);
             chain.use_pipeline(&self.conn.pipeline);
-            let d = chain.on_mail_from(&self.conn.info(), &envelope).await;
+            let d = chain.on_mail_from(&self.conn.info(), envelope).await;
             if let Err(next) = self.enforce(d) {
                 self.tx = None;
                 return next;

@@ -6,7 +6,7 @@ use mailgate_smtp::{Address, Enhanced, RcptParams, Reply};
 
 use mailgate_verify::Verdict;
 
-use super::{tx_envelope, Next, Session, SessionIo};
+use super::{Next, Session, SessionIo};
 
 impl<S: SessionIo> Session<S> {
     /// `to: None` is `<Postmaster>` without a domain: the configured postmaster address,
@@ -103,14 +103,17 @@ impl<S: SessionIo> Session<S> {
             return Next::Continue;
         }
         if let Some(chain) = self.policy.chain.as_mut() {
-            let envelope = tx_envelope(&self.tx);
             chain.use_pipeline(&want);
-            let d = chain.on_rcpt(&self.conn.info(), &envelope, to.as_str()).await;
+            let d = chain.on_rcpt(&self.conn.info(), to.as_str()).await;
             if let Err(next) = self.enforce(d) {
                 return next;
             }
         }
         if let Some(tx) = self.tx.as_mut() {
+            // The plugins' envelope grows with the transaction's.
+            if let Some(chain) = self.policy.chain.as_mut() {
+                chain.add_recipient(to.as_str());
+            }
             tx.rcpts.push(to);
             tx.rcpt_params.push(params);
             tx.pipeline = Some(want);
