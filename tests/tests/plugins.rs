@@ -397,8 +397,12 @@ fn plugins_read_the_envelope_of_the_hook_as_it_grows() {
     let sink = Sink::start();
     // One reusable instance serves both sessions: what it kept of the first must not pass
     // for the second's envelope.
-    let memo =
-        Gateway::plugin("memo", "memo", "stages = [\"rcpt\", \"data\"]", "show_envelope = true\nreusable = true");
+    let memo = Gateway::plugin(
+        "memo",
+        "memo",
+        "stages = [\"rcpt\", \"data\", \"route\"]",
+        "show_envelope = true\nreusable = true",
+    );
     let gw = gateway(&sink, &format!("[limits]\nmax_recipients = 200\n{memo}"));
     let show = |c: &mut Raw| c.cmd("RCPT TO:<show@remote.test>");
 
@@ -423,19 +427,24 @@ fn plugins_read_the_envelope_of_the_hook_as_it_grows() {
             assert_eq!(show(&mut c), format!("451 4.7.1 memo: {}", envelope_line("b@other.test", &rcpts)));
         }
     }
-    // The message's envelope at DATA.
+    // The message's envelope at DATA, and in the queue at routing (every recipient of the
+    // spooled message, asked about one after another).
     assert!(c.cmd("RSET").starts_with("250"));
     assert!(c.cmd("MAIL FROM:<a@sender.test>").starts_with("250"));
     assert!(c.cmd("RCPT TO:<x@remote.test>").starts_with("250"));
     assert!(c.cmd("RCPT TO:<y@remote.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<route-show@remote.test>").starts_with("250"));
     assert!(c.cmd("DATA").starts_with("354"));
     c.send(b"Subject: envelope\r\n\r\nbody\r\n.\r\n");
     assert!(c.reply().starts_with("250 2.0.0"));
     let m = sink.wait_for_rcpt("y@remote.test", T);
-    let line = format!("X-Memo-Envelope: {}\r\n", envelope_line("a@sender.test", &x));
+    let three = [x[0].clone(), x[1].clone(), "route-show@remote.test".to_string()];
+    let line = format!("X-Memo-Envelope: {}\r\n", envelope_line("a@sender.test", &three));
     // The gateway folds the long field: read it unfolded.
     let unfolded = m.text().replace("\r\n ", " ");
     assert!(unfolded.contains(&line), "{line}\n{}", m.text());
+    let routed = format!("550 5.7.1 memo: {}", envelope_line("a@sender.test", &three));
+    assert!(wait_for(T, || gw.log().contains(&routed).then_some(())).is_some(), "{routed}\n{}", gw.log());
     c.cmd("QUIT");
 
     let mut c = Raw::connect(gw.port);
@@ -446,4 +455,12 @@ fn plugins_read_the_envelope_of_the_hook_as_it_grows() {
         assert!(c.cmd(&format!("RCPT TO:<{r}>")).starts_with("250"));
     }
     assert_eq!(show(&mut c), format!("451 4.7.1 memo: {}", envelope_line("c@third.test", &z)));
+    // A second message through the queue: its own envelope at routing, not the first's.
+    assert!(c.cmd("RCPT TO:<route-show@remote.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: envelope 2\r\n\r\nbody\r\n.\r\n");
+    assert!(c.reply().starts_with("250 2.0.0"));
+    let four: Vec<String> = z.iter().cloned().chain(["route-show@remote.test".to_string()]).collect();
+    let routed = format!("550 5.7.1 memo: {}", envelope_line("c@third.test", &four));
+    assert!(wait_for(T, || gw.log().contains(&routed).then_some(())).is_some(), "{routed}\n{}", gw.log());
 }

@@ -186,6 +186,7 @@ pub async fn test(run: TestRun) -> Result<(), String> {
         Err(e) => println!("not stored: {}", e.reply()),
     }
     let queue = plugins.queue();
+    let env = Arc::new(env);
     for r in &run.rcpts {
         let routed = queue.on_route(mailgate_config::DEFAULT_PIPELINE, &env, r).await;
         let mut route = match routed.decision {

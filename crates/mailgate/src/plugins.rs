@@ -64,13 +64,13 @@ pub struct ChainPolicy<'a> {
 impl DataPolicy for ChainPolicy<'_> {
     fn on_data<'a>(&'a mut self, env: &'a Envelope, data: Arc<Vec<u8>>) -> BoxFuture<'a, PolicyAnswer> {
         Box::pin(async move {
-            let wenv = wit_envelope(
+            let wenv = Arc::new(wit_envelope(
                 &env.sender,
                 env.recipients.iter().map(|r| r.address.clone()).collect(),
                 env.body_8bit,
                 env.smtputf8,
                 Some(data.len() as u64),
-            );
+            ));
             let (decision, mods) = self.chain.on_data(&self.conn, &wenv, data).await;
             let verdict = match decision {
                 DataDecision::Continue => Verdict::Continue,
@@ -93,13 +93,37 @@ impl DataPolicy for ChainPolicy<'_> {
     }
 }
 
+type SpooledKey = (usize, String, u32, usize);
+
 /// The queue's view of the plugins: a recipient's domain picks the pipeline.
 pub struct PluginHooks {
     pub chain: QueueChain,
     pub config: std::sync::Arc<mailgate_config::Config>,
+    /// The plugins' view of the message whose recipients are being routed, made once for all
+    /// of them, not once per recipient: keyed by where the queue keeps that envelope now, its
+    /// queue id, attempt and recipient count.
+    last: std::sync::Mutex<Option<(SpooledKey, Arc<types::Envelope>)>>,
 }
 
 impl PluginHooks {
+    pub fn new(chain: QueueChain, config: Arc<mailgate_config::Config>) -> PluginHooks {
+        PluginHooks { chain, config, last: Default::default() }
+    }
+
+    /// The plugins' view of `env`, shared by the route questions of its recipients.
+    fn spooled(&self, env: &Envelope) -> Arc<types::Envelope> {
+        let key = (env as *const Envelope as usize, env.id.clone(), env.attempts, env.recipients.len());
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some((k, wenv)) if *k == key => wenv.clone(),
+            _ => {
+                let wenv = Arc::new(spooled(env));
+                *last = Some((key, wenv.clone()));
+                wenv
+            }
+        }
+    }
+
     fn pipeline(&self, rcpt: &str) -> &str {
         let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d);
         self.config.pipeline_for_domain(domain).unwrap_or(mailgate_config::DEFAULT_PIPELINE)
@@ -109,7 +133,7 @@ impl PluginHooks {
 impl Hooks for PluginHooks {
     fn route<'a>(&'a self, env: &'a Envelope, rcpt: &'a str) -> BoxFuture<'a, RouteAnswer> {
         Box::pin(async move {
-            let routed = self.chain.on_route(self.pipeline(rcpt), &spooled(env), rcpt).await;
+            let routed = self.chain.on_route(self.pipeline(rcpt), &self.spooled(env), rcpt).await;
             let choice = match routed.decision {
                 RouteDecision::Default => None,
                 RouteDecision::Route(r) => Some(route_choice(&r)),

@@ -173,9 +173,9 @@ impl Gateway {
             true => Some(Arc::new(mailgate_bounces::Suppressions::open(&config.spool.path)?)),
             false => None,
         };
-        let hooks = plugins.as_ref().map(|p| {
-            Arc::new(PluginHooks { chain: p.queue(), config: config.clone() }) as Arc<dyn mailgate_queue::Hooks>
-        });
+        let hooks = plugins
+            .as_ref()
+            .map(|p| Arc::new(PluginHooks::new(p.queue(), config.clone())) as Arc<dyn mailgate_queue::Hooks>);
         let generation = Generation::new(config.clone(), plugins, &resolver)?;
         let events = match config.events_on() {
             false => None,
@@ -318,9 +318,9 @@ impl Shared {
         if let Some(keys) = &shared.api_keys {
             keys.load().map_err(|e| e.to_string())?;
         }
-        let hooks = plugins.as_ref().map(|p| {
-            Arc::new(PluginHooks { chain: p.queue(), config: config.clone() }) as Arc<dyn mailgate_queue::Hooks>
-        });
+        let hooks = plugins
+            .as_ref()
+            .map(|p| Arc::new(PluginHooks::new(p.queue(), config.clone())) as Arc<dyn mailgate_queue::Hooks>);
         let names = plugins.as_ref().map(|p| p.describe()).unwrap_or_default();
         let generation = Generation::new(config.clone(), plugins, &shared.resolver).map_err(|e| format!("{e:#}"))?;
         let restart = restart_keys(&shared.current().config, &config);

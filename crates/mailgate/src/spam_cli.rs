@@ -131,7 +131,7 @@ pub async fn eval(run: EvalRun) -> Result<String, String> {
                 let env = wit_envelope("sender@example.org", vec!["rcpt@example.net".into()], false, false, None);
                 chain.on_mail_from(&conn, env.clone()).await;
                 let started = Instant::now();
-                let (d, _) = chain.on_data(&conn, &env, Arc::new(raw)).await;
+                let (d, _) = chain.on_data(&conn, &Arc::new(env), Arc::new(raw)).await;
                 tally.time += started.elapsed();
                 tally.messages += 1;
                 if matches!(d, DataDecision::Reply(_) | DataDecision::Quarantine(_) | DataDecision::Disconnect(_)) {

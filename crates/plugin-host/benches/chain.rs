@@ -86,7 +86,7 @@ async fn message(plugins: &Arc<Plugins>, raw: &Arc<Vec<u8>>) {
     s.on_helo(&c, "client.example.test").await;
     s.on_mail_from(&c, e.clone()).await;
     s.on_rcpt(&c, "u@example.test").await;
-    let _ = s.on_data(&c, &e, raw.clone()).await;
+    let _ = s.on_data(&c, &Arc::new(e), raw.clone()).await;
 }
 
 /// Messages on one persistent session: connect and EHLO once, then MAIL, RCPT, DATA each.
@@ -98,7 +98,7 @@ async fn persistent(plugins: &Arc<Plugins>, raw: &Arc<Vec<u8>>, n: u32) {
     for _ in 0..n {
         s.on_mail_from(&c, e.clone()).await;
         s.on_rcpt(&c, "u@example.test").await;
-        let _ = s.on_data(&c, &e, raw.clone()).await;
+        let _ = s.on_data(&c, &Arc::new(e.clone()), raw.clone()).await;
     }
 }
 

@@ -312,7 +312,7 @@ impl SessionChain {
     pub async fn on_data(
         &mut self,
         conn: &ConnectionInfo,
-        env: &Envelope,
+        env: &Arc<Envelope>,
         raw: Arc<Vec<u8>>,
     ) -> (DataDecision, Vec<types::Modification>) {
         let msg = ParsedMessage::new(raw);
@@ -460,7 +460,9 @@ impl QueueChain {
 
     /// Lets on-route plugins pick the route of one recipient: the last enforced answer that
     /// named a route or a verdict decides.
-    pub async fn on_route(&self, pipeline: &str, env: &Envelope, rcpt: &str) -> Routed {
+    /// `env` is shared so that the recipients of one message, asked one after another, cost
+    /// no copy or comparison of their envelope.
+    pub async fn on_route(&self, pipeline: &str, env: &Arc<Envelope>, rcpt: &str) -> Routed {
         let mut pooled = self.take(pipeline).await;
         let plugins = self.plugins.clone();
         let ran = pooled

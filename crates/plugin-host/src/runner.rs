@@ -103,8 +103,8 @@ pub(crate) enum Call<'a> {
     MailFrom(&'a ConnectionInfo),
     /// As `MailFrom`; the recipient asked about.
     Rcpt(&'a ConnectionInfo, &'a str),
-    Data(&'a ConnectionInfo, &'a Envelope, &'a Arc<ParsedMessage>),
-    Route(&'a Envelope, &'a str),
+    Data(&'a ConnectionInfo, &'a Arc<Envelope>, &'a Arc<ParsedMessage>),
+    Route(&'a Arc<Envelope>, &'a str),
     DeliveryResult(&'a types::DeliveryResult),
 }
 
@@ -251,17 +251,17 @@ impl Chain {
         }
     }
 
-    /// The `envelope-ref` of `env`: the current version while `env` only adds recipients to
-    /// the envelope of the last call, the next of the process otherwise.
-    fn env_version(&mut self, env: &Envelope) -> (Arc<Envelope>, u64) {
+    /// The `envelope-ref` of `env`: the current version while `env` is the envelope of the
+    /// last call (the same one: no comparison) or only adds recipients to it, the next of the
+    /// process otherwise.
+    fn env_version(&mut self, env: &Arc<Envelope>) -> (Arc<Envelope>, u64) {
         let version = match &self.env {
-            Some((e, v)) if e.rcpt_to.len() == env.rcpt_to.len() && extends(e, env) => return (e.clone(), *v),
+            Some((e, v)) if Arc::ptr_eq(e, env) => return (e.clone(), *v),
             Some((e, v)) if extends(e, env) => *v,
             _ => self.plugins.versions.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
         };
-        let e = Arc::new(env.clone());
-        self.env = Some((e.clone(), version));
-        (e, version)
+        self.env = Some((env.clone(), version));
+        (env.clone(), version)
     }
 
     pub fn plugins(&self) -> &Arc<Plugins> {

@@ -106,8 +106,13 @@ async fn a_routing_waiting_on_dns_does_not_hold_up_another() {
     }];
     let plugins = Plugins::load(&config, Some(resolver), Arc::new(MemoryKv::new(100))).expect("run plugins/build.sh");
     let queue = Arc::new(plugins.queue());
-    let env =
-        Envelope { mail_from: "a@b.test".into(), rcpt_to: vec![], body_8bit: false, smtputf8: false, size_hint: None };
+    let env = Arc::new(Envelope {
+        mail_from: "a@b.test".into(),
+        rcpt_to: vec![],
+        body_8bit: false,
+        smtputf8: false,
+        size_hint: None,
+    });
     let route = |rcpt: &'static str| {
         let (q, e) = (queue.clone(), env.clone());
         tokio::spawn(async move { q.on_route(mailgate_config::DEFAULT_PIPELINE, &e, rcpt).await })

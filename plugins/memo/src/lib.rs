@@ -7,8 +7,9 @@
 //! instance for the next one, and tells how many sessions the instance served before: what
 //! the host's reuse of instances does, and that nothing of one session reaches the next.
 //! With `show_envelope = true` it tells the envelope as it reads it: at RCPT for a recipient
-//! `show@…` (refused with 451, the envelope in the text) and at DATA in a header field
-//! `X-Memo-Envelope` — what the SDK's envelope, fetched on first read and kept across the
+//! `show@…` (refused with 451, the envelope in the text), at DATA in a header field
+//! `X-Memo-Envelope`, and at routing for a recipient `route-show@…` (failed with 550, the
+//! envelope in the text) — what the SDK's envelope, fetched on first read and kept across the
 //! hooks of a transaction, gives a plugin.
 
 use mailgate_plugin_sdk::prelude::*;
@@ -97,6 +98,17 @@ impl Filter for Memo {
             return Verdict::tempfail(451, "4.7.1", format!("memo: {}", describe(env)));
         }
         Verdict::Next
+    }
+
+    fn on_route(&mut self, env: &Envelope, rcpt: &str) -> RouteResult {
+        if self.show_envelope && rcpt.starts_with("route-show@") {
+            return RouteResult::verdict(Verdict::reject(
+                550,
+                "5.7.1",
+                format!("memo: {}", describe(env)),
+            ));
+        }
+        RouteResult::next()
     }
 
     fn on_data(&mut self, _: &ConnectionInfo, env: &Envelope, _: &Message) -> DataResult {
