@@ -290,7 +290,7 @@ impl Chain {
             let started = Instant::now();
             let answer = self.call(i, call).await;
             let meta = self.plugins.loaded[i].meta.clone();
-            ::metrics::histogram!("mailgate_plugin_call_seconds", "plugin" => meta.name.clone(), "stage" => stage.name())
+            ::metrics::histogram!("mailgate_plugin_call_seconds", "plugin" => meta.label.clone(), "stage" => stage.name())
                 .record(started.elapsed().as_secs_f64());
             let step = answer.and_then(|a| read(&meta, a));
             if meta.shadow {
@@ -302,7 +302,7 @@ impl Chain {
                 Ok(step) => {
                     if let Some(said) = &step.said {
                         tracing::info!(plugin = %meta.name, stage = stage.name(), sid = %self.sid, decision = %said.detail, "plugin verdict");
-                        ::metrics::counter!("mailgate_plugin_verdicts_total", "plugin" => meta.name.clone(), "stage" => stage.name(), "verdict" => said.verdict).increment(1);
+                        ::metrics::counter!("mailgate_plugin_verdicts_total", "plugin" => meta.label.clone(), "stage" => stage.name(), "verdict" => said.verdict).increment(1);
                     }
                     effects.extend(step.effect);
                     if step.stop {
@@ -401,11 +401,11 @@ impl Chain {
                         let mut limits = Limits::new(lp.meta.memory_limit);
                         limits.memory = slot.store.data().limits.memory;
                         *slot.store.data_mut() = HostState::new(&cx, limits);
-                        ::metrics::counter!("mailgate_plugin_instances_total", "plugin" => lp.meta.name.clone(), "how" => "reused").increment(1);
+                        ::metrics::counter!("mailgate_plugin_instances_total", "plugin" => lp.meta.label.clone(), "how" => "reused").increment(1);
                         slot
                     }
                     None => {
-                        ::metrics::counter!("mailgate_plugin_instances_total", "plugin" => lp.meta.name.clone(), "how" => "new").increment(1);
+                        ::metrics::counter!("mailgate_plugin_instances_total", "plugin" => lp.meta.label.clone(), "how" => "new").increment(1);
                         instantiate(&self.plugins.engine.engine, lp, &cx).await?
                     }
                 }
@@ -458,7 +458,7 @@ impl Chain {
                     let f = Failure::of(e);
                     self.failures += 1;
                     tracing::warn!(plugin = %meta.name, sid = %self.sid, kind = f.kind(), "plugin failed at end-session (instance dropped): {f}");
-                    ::metrics::counter!("mailgate_plugin_failures_total", "plugin" => meta.name.clone(), "stage" => "end-session", "kind" => f.kind())
+                    ::metrics::counter!("mailgate_plugin_failures_total", "plugin" => meta.label.clone(), "stage" => "end-session", "kind" => f.kind())
                         .increment(1);
                 }
             }
@@ -483,7 +483,7 @@ impl Chain {
     fn failed(&mut self, i: usize, meta: &PluginMeta, stage: Stage, f: &Failure) {
         self.failures += 1;
         tracing::error!(plugin = %meta.name, stage = stage.name(), sid = %self.sid, on_error = ?meta.on_error, kind = f.kind(), "plugin failed: {f}");
-        ::metrics::counter!("mailgate_plugin_failures_total", "plugin" => meta.name.clone(), "stage" => stage.name(), "kind" => f.kind())
+        ::metrics::counter!("mailgate_plugin_failures_total", "plugin" => meta.label.clone(), "stage" => stage.name(), "kind" => f.kind())
             .increment(1);
         self.slots[i] = None;
     }
@@ -494,7 +494,7 @@ impl Chain {
             Ok(Step { said: None, .. }) => {}
             Ok(Step { said: Some(said), .. }) => {
                 tracing::info!(plugin = %meta.name, stage = stage.name(), sid = %self.sid, decision = %said.detail, "shadow verdict (not enforced)");
-                ::metrics::counter!("mailgate_plugin_shadow_verdicts_total", "plugin" => meta.name.clone(), "stage" => stage.name()).increment(1);
+                ::metrics::counter!("mailgate_plugin_shadow_verdicts_total", "plugin" => meta.label.clone(), "stage" => stage.name()).increment(1);
             }
             Err(f) => {
                 tracing::warn!(plugin = %meta.name, stage = stage.name(), sid = %self.sid, kind = f.kind(), "shadow plugin failed (not enforced): {f}");
