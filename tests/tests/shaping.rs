@@ -114,8 +114,11 @@ fn a_burst_to_one_domain_keeps_its_caps_and_does_not_slow_another() {
     );
     assert!(other_done - sent_other < Duration::from_secs(2), "other.test took {:?}", other_done - sent_other);
 
-    // A rate: 100 messages at 20/s after a burst of 5 — no second holds more than 25, the
-    // whole takes at least 4.7 s (ten connections would take it in well under one).
+    // A rate: 100 messages at 20/s after a burst of 5 — no second of sending holds more than
+    // 25, the whole takes at least 4.7 s (ten connections would take it in well under one).
+    // The sink sees arrivals, which the loaded test machine delays unevenly after the send:
+    // sends 1.02 s apart can arrive 0.99 s apart. Arrivals are counted in windows of 0.9 s,
+    // which allow 100 ms of such jitter and still hold at most 25 (23 if arrivals were sends).
     std::thread::scope(|s| {
         for _ in 0..10 {
             s.spawn(|| burst(gw.port, "many@paced.test", 10));
@@ -124,8 +127,8 @@ fn a_burst_to_one_domain_keeps_its_caps_and_does_not_slow_another() {
     let mut times: Vec<Instant> = paced.wait_for(100, T).iter().map(|m| m.at).collect();
     times.sort();
     for (i, t) in times.iter().enumerate() {
-        let in_window = times[i..].iter().take_while(|u| u.duration_since(*t) < Duration::from_secs(1)).count();
-        assert!(in_window <= 25, "{in_window} messages within one second");
+        let in_window = times[i..].iter().take_while(|u| u.duration_since(*t) < Duration::from_millis(900)).count();
+        assert!(in_window <= 25, "{in_window} messages within 0.9 s");
     }
     let span = *times.last().unwrap() - times[0];
     assert!(span >= Duration::from_millis(4700), "100 messages in {span:?}");
