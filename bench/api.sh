@@ -13,6 +13,7 @@
 #   INSTRUCTIONS=1 bench/api.sh       # the gateway under callgrind: user-space instructions per
 #                                     # message each way (COUNT=2000), the same from run to run
 #                                     # on a noisy machine (kernel work is not counted)
+#   INSTRUCTIONS=1 KEEP=/tmp/cg bench/api.sh   # … and keep the callgrind dumps there
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -125,6 +126,7 @@ if [ -n "$INSTRUCTIONS" ]; then
         done
     done
     for label in smtp smtp-mime api api-raw; do echo "| $label | ${ir[$label-1]} | ${ir[$label-2]} |"; done
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/cg.out* "$KEEP"/; fi
     exit 0
 fi
 

@@ -71,15 +71,37 @@ pub struct KeyStore {
     path: PathBuf,
 }
 
+/// A key's SHA-256: what the server looks a bearer token up by.
+type Digest = [u8; 32];
+
+fn sha256(key: &str) -> Digest {
+    let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    d.as_ref().try_into().expect("SHA-256 has 32 octets")
+}
+
+/// The digest as the keys file stores it (lower-case hex).
 fn sha256_hex(key: &str) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
     let mut out = String::with_capacity(64);
-    for b in d.as_ref() {
+    for b in sha256(key) {
         out.push(HEX[usize::from(b >> 4)] as char);
         out.push(HEX[usize::from(b & 15)] as char);
     }
     out
+}
+
+/// A stored hash read back; `None` for one that is not 64 hex digits (no token matches it).
+fn digest_of_hex(hex: &str) -> Option<Digest> {
+    let b = hex.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
+        let digit = |c: u8| (c as char).to_digit(16);
+        *o = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+    }
+    Some(out)
 }
 
 fn unix_now() -> u64 {
@@ -191,8 +213,9 @@ struct Bucket {
     at: Instant,
 }
 
-/// The active keys by hash, and the version of the file they were read from.
-type Active = (Option<Stamp>, HashMap<String, Arc<ApiKey>>);
+/// The active keys by their SHA-256 (binary: a token is hashed at every request, and neither
+/// hex nor a `String` is needed to look it up), and the version of the file they were read from.
+type Active = (Option<Stamp>, HashMap<Digest, Arc<ApiKey>>);
 
 /// The keys as the server uses them: active keys by hash, rate buckets by name.
 pub struct Keys {
@@ -220,8 +243,18 @@ impl Keys {
     pub fn load(&self) -> Result<usize, KeyError> {
         let st = stamp(&self.path);
         let file = KeyStore { path: self.path.clone() }.read()?;
-        let map: HashMap<_, _> =
-            file.keys.into_iter().filter(|k| k.revoked.is_none()).map(|k| (k.hash.clone(), Arc::new(k))).collect();
+        let map: HashMap<_, _> = file
+            .keys
+            .into_iter()
+            .filter(|k| k.revoked.is_none())
+            .filter_map(|k| match digest_of_hex(&k.hash) {
+                Some(d) => Some((d, Arc::new(k))),
+                None => {
+                    tracing::warn!(key = %k.name, "API key ignored: its stored hash is not 64 hex digits");
+                    None
+                }
+            })
+            .collect();
         let n = map.len();
         *self.active.write().unwrap() = (st, map);
         Ok(n)
@@ -251,7 +284,7 @@ impl Keys {
             return None;
         }
         self.refresh(false);
-        let hash = sha256_hex(token);
+        let hash = sha256(token);
         let found = self.active.read().unwrap().1.get(&hash).cloned();
         found.or_else(|| {
             // One stat(2): cheap next to the request that brought the token.
@@ -281,6 +314,16 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_hashes_read_back() {
+        let h = sha256_hex("mg_x");
+        assert_eq!(digest_of_hex(&h), Some(sha256("mg_x")));
+        assert_eq!(digest_of_hex(&h.to_ascii_uppercase()), Some(sha256("mg_x")));
+        for bad in [String::new(), h[..63].into(), format!("{}g", &h[..63]), format!("{h}0"), format!("+{}", &h[1..])] {
+            assert_eq!(digest_of_hex(&bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn create_verify_revoke() {

@@ -11,6 +11,7 @@
 
 mod error;
 pub mod idempotency;
+mod json;
 pub mod keys;
 mod raw;
 mod request;

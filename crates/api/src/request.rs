@@ -1,16 +1,16 @@
 //! `POST /api/v1/messages` with a JSON body: validated field by field (every error names its
 //! field as a JSON pointer), then built into a MIME message by mail-builder.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use crate::error::ApiError;
+use crate::json::Json;
 use base64::Engine;
 use mail_builder::headers::address::Address as MbAddress;
 use mail_builder::headers::text::Text;
 use mail_builder::MessageBuilder;
 use mailgate_smtp::Address;
-use serde_json::{Map, Value};
-
-use crate::error::ApiError;
 
 /// Fields a request may not set through `headers`: the API writes them from its own fields,
 /// or they belong to the gateway (trace and authentication fields).
@@ -82,7 +82,7 @@ pub struct Built {
 /// Refuses control characters (every octet that could end or break a header line: CR, LF,
 /// NUL, and the rest of C0 and DEL; tab only where `tab` allows it).
 pub(crate) fn plain_text(s: &str, ptr: &str, what: &str, tab: bool) -> Result<(), ApiError> {
-    match first_control(s, if tab { b"\t" } else { b"" }) {
+    match if tab { first_control(s, [b'\t']) } else { first_control(s, []) } {
         Some(c) => {
             Err(ApiError::field(ptr, format!("{what} must not contain control characters (found U+{:04X})", c as u32)))
         }
@@ -92,9 +92,11 @@ pub(crate) fn plain_text(s: &str, ptr: &str, what: &str, tab: bool) -> Result<()
 
 /// The first control character of `s` (Unicode's Cc: C0, DEL and C1) other than the ASCII
 /// ones in `allowed`, found on bytes (every API body's text passes here): C0 and DEL are one
-/// octet each; C1 (U+0080 to U+009F) is 0xC2 followed by 0x80 to 0x9F.
-fn first_control(s: &str, allowed: &[u8]) -> Option<char> {
-    let candidate = |x: u8| x < 0x20 || x == 0x7f || x == 0xc2;
+/// octet each; C1 (U+0080 to U+009F) is 0xC2 followed by 0x80 to 0x9F. `allowed` is an array
+/// of known length so that the block test below (allowed octets included) is unrolled and
+/// vectorised: a text's line ends do not stop it.
+fn first_control<const N: usize>(s: &str, allowed: [u8; N]) -> Option<char> {
+    let candidate = |x: u8| (x < 0x20 && allowed.iter().all(|&a| a != x)) || x == 0x7f || x == 0xc2;
     // Blocks without a candidate are skipped whole (a loop without an early exit, which the
     // compiler vectorises); a block with one is searched octet by octet.
     let next = |b: &[u8], mut at: usize| {
@@ -109,38 +111,35 @@ fn first_control(s: &str, allowed: &[u8]) -> Option<char> {
     let b = s.as_bytes();
     let mut from = 0;
     while let Some(at) = next(b, from) {
-        match b[at] {
-            0xc2 => {
-                if let Some(&n @ 0x80..=0x9f) = b.get(at + 1) {
-                    return char::from_u32(u32::from(n));
-                }
-            }
-            x if !allowed.contains(&x) => return Some(char::from(x)),
-            _ => {}
+        if b[at] != 0xc2 {
+            return Some(char::from(b[at]));
+        }
+        if let Some(&n @ 0x80..=0x9f) = b.get(at + 1) {
+            return char::from_u32(u32::from(n));
         }
         from = at + 1;
     }
     None
 }
 
-fn string<'a>(v: &'a Value, ptr: &str) -> Result<&'a str, ApiError> {
+fn string<'a>(v: &'a Json, ptr: &str) -> Result<&'a str, ApiError> {
     v.as_str().ok_or_else(|| ApiError::field(ptr, "must be a string"))
 }
 
 /// `"a@b"`, `"Name <a@b>"` or `{"email": "a@b", "name": "Name"}`.
-pub(crate) fn mailbox(v: &Value, ptr: &str) -> Result<Mailbox, ApiError> {
+pub(crate) fn mailbox(v: &Json, ptr: &str) -> Result<Mailbox, ApiError> {
     let (email, name, eptr) = match v {
-        Value::String(s) => match s.trim().strip_suffix('>').and_then(|s| s.rsplit_once('<')) {
+        Json::Str(s) => match s.trim().strip_suffix('>').and_then(|s| s.rsplit_once('<')) {
             Some((name, email)) => (email.trim(), Some(name.trim().trim_matches('"').trim()), ptr.to_string()),
             None => (s.trim(), None, ptr.to_string()),
         },
-        Value::Object(m) => {
-            if let Some(k) = m.keys().find(|k| *k != "email" && *k != "name") {
+        Json::Object(m) => {
+            if let Some((k, _)) = m.iter().find(|(k, _)| k != "email" && k != "name") {
                 return Err(ApiError::field(format!("{ptr}/{}", escape(k)), "unknown field"));
             }
-            let email = m.get("email").ok_or_else(|| ApiError::field(format!("{ptr}/email"), "is required"))?;
-            let name = match m.get("name") {
-                None | Some(Value::Null) => None,
+            let email = v.get("email").ok_or_else(|| ApiError::field(format!("{ptr}/email"), "is required"))?;
+            let name = match v.get("name") {
+                None | Some(Json::Null) => None,
                 Some(n) => Some(string(n, &format!("{ptr}/name"))?),
             };
             (string(email, &format!("{ptr}/email"))?, name, format!("{ptr}/email"))
@@ -160,10 +159,10 @@ pub(crate) fn mailbox(v: &Value, ptr: &str) -> Result<Mailbox, ApiError> {
 }
 
 /// One mailbox or an array of them.
-fn mailboxes(v: &Value, ptr: &str) -> Result<Vec<Mailbox>, ApiError> {
+fn mailboxes(v: &Json, ptr: &str) -> Result<Vec<Mailbox>, ApiError> {
     match v {
-        Value::Array(a) => a.iter().enumerate().map(|(i, x)| mailbox(x, &format!("{ptr}/{i}"))).collect(),
-        Value::Null => Ok(vec![]),
+        Json::Array(a) => a.iter().enumerate().map(|(i, x)| mailbox(x, &format!("{ptr}/{i}"))).collect(),
+        Json::Null => Ok(vec![]),
         one => Ok(vec![mailbox(one, ptr)?]),
     }
 }
@@ -201,15 +200,15 @@ fn mb_list(list: &[Mailbox]) -> MbAddress<'static> {
 
 /// Reads a JSON request. `hostname` goes into the Message-ID; `max_rcpts` bounds To+Cc+Bcc.
 pub fn build(body: &[u8], hostname: &str, max_rcpts: usize) -> Result<Built, ApiError> {
-    let v: Value = serde_json::from_slice(body)
+    let v = Json::parse(body)
         .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
-    let Value::Object(m) = v else {
+    let Json::Object(m) = &v else {
         return Err(ApiError::field("", "the body must be a JSON object"));
     };
-    if let Some(k) = m.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+    if let Some((k, _)) = m.iter().find(|(k, _)| !KNOWN.contains(&&**k)) {
         return Err(ApiError::field(format!("/{}", escape(k)), "unknown field"));
     }
-    let get = |k: &str| m.get(k).filter(|v| !v.is_null());
+    let get = |k: &str| v.get(k).filter(|v| !v.is_null());
     let from = mailbox(get("from").ok_or_else(|| ApiError::field("/from", "is required"))?, "/from")?;
     let (to, cc, bcc) = (
         get("to").map(|v| mailboxes(v, "/to")).transpose()?.unwrap_or_default(),
@@ -237,7 +236,7 @@ pub fn build(body: &[u8], hostname: &str, max_rcpts: usize) -> Result<Built, Api
     let text = get("text").map(|v| string(v, "/text")).transpose()?;
     let html = get("html").map(|v| string(v, "/html")).transpose()?;
     for (t, p) in [(text, "/text"), (html, "/html")] {
-        if let Some(c) = t.and_then(|t| first_control(t, b"\t\r\n\x0c")) {
+        if let Some(c) = t.and_then(|t| first_control(t, *b"\t\r\n\x0c")) {
             return Err(ApiError::field(p, format!("must not contain control characters (found U+{:04X})", c as u32)));
         }
     }
@@ -254,7 +253,7 @@ pub fn build(body: &[u8], hostname: &str, max_rcpts: usize) -> Result<Built, Api
     };
     let tags = match get("tags") {
         None => vec![],
-        Some(Value::Array(a)) if a.len() <= MAX_TAGS => a
+        Some(Json::Array(a)) if a.len() <= MAX_TAGS => a
             .iter()
             .enumerate()
             .map(|(i, t)| {
@@ -271,7 +270,7 @@ pub fn build(body: &[u8], hostname: &str, max_rcpts: usize) -> Result<Built, Api
     };
     let metadata = match get("metadata") {
         None => BTreeMap::new(),
-        Some(Value::Object(o)) => metadata(o)?,
+        Some(Json::Object(o)) => metadata(o)?,
         Some(_) => return Err(ApiError::field("/metadata", "must be an object of strings")),
     };
     let idempotency_key =
@@ -322,7 +321,8 @@ pub(crate) fn check_idempotency_key(k: &str, ptr: &str) -> Result<(), ApiError> 
     Ok(())
 }
 
-fn metadata(o: &Map<String, Value>) -> Result<BTreeMap<String, String>, ApiError> {
+/// A name given twice keeps its last value (both count towards the size).
+fn metadata(o: &[(Cow<str>, Json)]) -> Result<BTreeMap<String, String>, ApiError> {
     let mut size = 0;
     let mut out = BTreeMap::new();
     for (k, v) in o {
@@ -334,16 +334,19 @@ fn metadata(o: &Map<String, Value>) -> Result<BTreeMap<String, String>, ApiError
         if size > MAX_METADATA {
             return Err(ApiError::field("/metadata", format!("more than {MAX_METADATA} octets")));
         }
-        out.insert(k.clone(), v.to_string());
+        out.insert(k.to_string(), v.to_string());
     }
     Ok(out)
 }
 
 /// `{"X-Name": "value"}` or `[{"name": "X-Name", "value": "value"}]`.
-fn custom_headers(h: &Value) -> Result<Vec<(String, String)>, ApiError> {
-    let pairs: Vec<(String, &Value, String)> = match h {
-        Value::Object(o) => o.iter().map(|(k, v)| (k.clone(), v, format!("/headers/{}", escape(k)))).collect(),
-        Value::Array(a) => a
+fn custom_headers(h: &Json) -> Result<Vec<(String, String)>, ApiError> {
+    let too_many = |n: usize| n > MAX_HEADERS;
+    let pairs: Vec<(String, &Json, String)> = match h {
+        Json::Object(o) if !too_many(o.len()) => {
+            Json::members(o).map(|(k, v)| (k.to_string(), v, format!("/headers/{}", escape(k)))).collect()
+        }
+        Json::Array(a) if !too_many(a.len()) => a
             .iter()
             .enumerate()
             .map(|(i, x)| {
@@ -353,11 +356,11 @@ fn custom_headers(h: &Value) -> Result<Vec<(String, String)>, ApiError> {
                 Ok((string(name, &format!("{p}/name"))?.to_string(), value, format!("{p}/value")))
             })
             .collect::<Result<_, ApiError>>()?,
+        Json::Object(_) | Json::Array(_) => {
+            return Err(ApiError::field("/headers", format!("at most {MAX_HEADERS} fields")))
+        }
         _ => return Err(ApiError::field("/headers", "must be an object or an array of {name, value}")),
     };
-    if pairs.len() > MAX_HEADERS {
-        return Err(ApiError::field("/headers", format!("at most {MAX_HEADERS} fields")));
-    }
     let mut out = vec![];
     for (name, value, p) in pairs {
         // RFC 5322 §2.2: a field name is printable ASCII without ':'.
@@ -387,8 +390,8 @@ struct Attachment {
     content_id: Option<String>,
 }
 
-fn attachments(a: &Value) -> Result<Vec<Attachment>, ApiError> {
-    let Value::Array(list) = a else {
+fn attachments(a: &Json) -> Result<Vec<Attachment>, ApiError> {
+    let Json::Array(list) = a else {
         return Err(ApiError::field("/attachments", "must be an array"));
     };
     if list.len() > MAX_ATTACHMENTS {
@@ -397,14 +400,14 @@ fn attachments(a: &Value) -> Result<Vec<Attachment>, ApiError> {
     let mut out = vec![];
     for (i, x) in list.iter().enumerate() {
         let p = format!("/attachments/{i}");
-        let Value::Object(o) = x else { return Err(ApiError::field(p, "must be an object")) };
-        if let Some(k) =
-            o.keys().find(|k| !["filename", "content_type", "content_base64", "content_id"].contains(&k.as_str()))
+        let Json::Object(o) = x else { return Err(ApiError::field(p, "must be an object")) };
+        if let Some((k, _)) =
+            o.iter().find(|(k, _)| !["filename", "content_type", "content_base64", "content_id"].contains(&&**k))
         {
             return Err(ApiError::field(format!("{p}/{}", escape(k)), "unknown field"));
         }
         let field = |k: &str| -> Result<Option<&str>, ApiError> {
-            o.get(k).filter(|v| !v.is_null()).map(|v| string(v, &format!("{p}/{k}"))).transpose()
+            x.get(k).filter(|v| !v.is_null()).map(|v| string(v, &format!("{p}/{k}"))).transpose()
         };
         let filename = field("filename")?.ok_or_else(|| ApiError::field(format!("{p}/filename"), "is required"))?;
         plain_text(filename, &format!("{p}/filename"), "a file name", false)?;
@@ -456,6 +459,11 @@ mod tests {
     /// and after other text, with and without allowed characters.
     #[test]
     fn first_control_agrees_with_is_control_for_every_char() {
+        let first_control = |s: &str, allowed: &[u8]| match allowed {
+            b"" => first_control(s, []),
+            b"\t" => first_control(s, [b'\t']),
+            _ => first_control(s, *b"\t\r\n\x0c"),
+        };
         for allowed in [&b""[..], b"\t", b"\t\r\n\x0c"] {
             for c in (0..=0x10ffffu32).filter_map(char::from_u32) {
                 let want = (c.is_control() && !(c.is_ascii() && allowed.contains(&(c as u8)))).then_some(c);
@@ -520,6 +528,22 @@ mod tests {
         let many: Vec<String> = (0..101).map(|i| format!("r{i}@y.test")).collect();
         let body = serde_json::json!({"from":"a@b.test","to":many,"text":"x"});
         assert_eq!(err(&body.to_string()).pointer.as_deref(), Some("/to"));
+    }
+
+    /// JSON nested to any depth, in any field (arrays, objects, both), is refused as a request
+    /// error: never a stack overflow while reading or dropping it.
+    #[test]
+    fn any_nesting_depth_is_a_bad_request() {
+        for depth in [1, 2, 127, 128, 129, 1_000, 100_000] {
+            for (open, close) in [("[", "]"), ("{\"a\":", "}"), ("[{\"b\":", "}]")] {
+                let deep = format!("{}1{}", open.repeat(depth), close.repeat(depth));
+                for field in ["from", "to", "text", "metadata", "headers", "attachments", "tags", "x"] {
+                    let body = format!(r#"{{"from":"a@b.test","to":"x@y.test","text":"t","{field}":{deep}}}"#);
+                    let e = build(body.as_bytes(), "gw.test", 100).expect_err(&body[..body.len().min(80)]);
+                    assert_eq!(e.status.as_u16(), 400, "{field} {depth} {open}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -249,13 +249,22 @@ pub fn as_stored(data: &[u8], max_size: u64, max_line: usize) -> Option<bool> {
     if data.len() as u64 + 2 * u64::from(add_crlf) > max_size {
         return None;
     }
-    let mut line_start = 0;
-    for i in memchr::memchr3_iter(b'\r', b'\n', 0, data) {
-        match data[i] {
-            b'\r' if data.get(i + 1) == Some(&b'\n') && i - line_start <= max_line => {}
-            b'\n' if i > 0 && data[i - 1] == b'\r' => line_start = i + 1,
-            _ => return None,
+    // Three passes, each vectorised and each stopping only at line ends: no NUL; every LF
+    // right after a CR on a line short enough; and as many CRs as LFs (so every CR is one of
+    // those CRLFs: none is bare).
+    if memchr::memchr(0, data).is_some() {
+        return None;
+    }
+    let (mut line_start, mut lfs) = (0, 0);
+    for i in memchr::memchr_iter(b'\n', data) {
+        if i == 0 || data[i - 1] != b'\r' || i - 1 - line_start > max_line {
+            return None;
         }
+        line_start = i + 1;
+        lfs += 1;
+    }
+    if memchr::memchr_iter(b'\r', data).count() != lfs {
+        return None;
     }
     (data.len() - line_start <= max_line).then_some(add_crlf)
 }
