@@ -6,7 +6,9 @@
 # and write the same events (the API turns the event log on for the whole gateway). SMTP runs
 # twice per round: mailgate-bench's plain message, and the same MIME message the API builds;
 # the API twice too: JSON it builds the message from ("api"), and that MIME message sent raw
-# as message/rfc822 ("api-raw": the way in alone, without building a message).
+# as message/rfc822 ("api-raw": the way in alone, without building a message). And SMTP with
+# that MIME message once more, a new connection for every message ("smtp-newconn"): how most
+# application mail libraries submit (a connection, EHLO, one transaction, QUIT).
 #
 #   bench/api.sh                      # 3 runs of 20,000 messages each way, 50 connections
 #   RUNS=1 COUNT=5000 bench/api.sh
@@ -105,11 +107,12 @@ if [ -n "$INSTRUCTIONS" ]; then
     echo "|---|---|---|"
     declare -A ir
     for run in 1 2; do
-        for label in smtp smtp-mime api api-raw; do
+        for label in smtp smtp-mime smtp-newconn api api-raw; do
             callgrind_control -z "$mg_pid" >/dev/null
             case $label in
                 smtp) smtp --count "$COUNT" >/dev/null ;;
                 smtp-mime) smtp --count "$COUNT" --message "$work/mime.eml" >/dev/null ;;
+                smtp-newconn) smtp --count "$COUNT" --message "$work/mime.eml" --new-conn >/dev/null ;;
                 api) api --count "$COUNT" >/dev/null ;;
                 api-raw) api --count "$COUNT" --message "$work/mime.eml" >/dev/null ;;
             esac
@@ -125,7 +128,7 @@ if [ -n "$INSTRUCTIONS" ]; then
             ir[$label-$run]=$(( $(awk '/^summary:/ {print $2}' "$dump") / COUNT ))
         done
     done
-    for label in smtp smtp-mime api api-raw; do echo "| $label | ${ir[$label-1]} | ${ir[$label-2]} |"; done
+    for label in smtp smtp-mime smtp-newconn api api-raw; do echo "| $label | ${ir[$label-1]} | ${ir[$label-2]} |"; done
     if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/cg.out* "$KEEP"/; fi
     exit 0
 fi
@@ -135,6 +138,8 @@ for run in $(seq "$RUNS"); do
         --pid "$mg_pid" --label smtp >> "$work/results.jsonl"
     "$BENCH" run --target "127.0.0.1:$SMTP" --sink "127.0.0.1:$SINK" --sessions "$SESSIONS" --count "$COUNT" \
         --message "$work/mime.eml" --pid "$mg_pid" --label smtp-mime >> "$work/results.jsonl"
+    "$BENCH" run --target "127.0.0.1:$SMTP" --sink "127.0.0.1:$SINK" --sessions "$SESSIONS" --count "$COUNT" \
+        --message "$work/mime.eml" --new-conn --pid "$mg_pid" --label smtp-newconn >> "$work/results.jsonl"
     "$BENCH" run --api "http://127.0.0.1:$API/api/v1/messages" --key "$KEY" --sink "127.0.0.1:$SINK" \
         --sessions "$SESSIONS" --count "$COUNT" --pid "$mg_pid" --label api >> "$work/results.jsonl"
     "$BENCH" run --api "http://127.0.0.1:$API/api/v1/messages" --key "$KEY" --sink "127.0.0.1:$SINK" \
@@ -149,12 +154,14 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 med = lambda label, k: statistics.median(r[k] for r in rows if r["label"] == label)
 print("| 1 KiB, keep-alive | msg/s | CPU µs/msg | p50 µs | p99 µs | load generator + sink CPU µs/msg |")
 print("|---|---|---|---|---|---|")
-for label in ("smtp", "smtp-mime", "api", "api-raw"):
+labels = ("smtp", "smtp-mime", "smtp-newconn", "api", "api-raw")
+for label in labels:
     print(f"| {label} | {med(label, 'msg_per_s'):,.0f} | {med(label, 'cpu_us_per_msg'):.0f} | {med(label, 'p50_us'):,.0f} | {med(label, 'p99_us'):,.0f} | {med(label, 'bench_cpu_us_per_msg'):.0f} |")
 api = med('api', 'cpu_us_per_msg')
 print(f"\napi/smtp-mime CPU per message (the same content): {api / med('smtp-mime', 'cpu_us_per_msg'):.2f}")
 print(f"api/smtp CPU per message (smtp: a plain message): {api / med('smtp', 'cpu_us_per_msg'):.2f}")
 print(f"api-raw/smtp-mime CPU per message (the same message, raw): {med('api-raw', 'cpu_us_per_msg') / med('smtp-mime', 'cpu_us_per_msg'):.2f}")
-for label in ("smtp", "smtp-mime", "api", "api-raw"):
+print(f"api/smtp-newconn CPU per message (SMTP a connection per message): {api / med('smtp-newconn', 'cpu_us_per_msg'):.2f}")
+for label in labels:
     print(f"{label} runs: " + ", ".join(f"{r['cpu_us_per_msg']:.0f}" for r in rows if r["label"] == label))
 PY

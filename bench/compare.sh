@@ -17,15 +17,22 @@
 #                                    # peers) under callgrind: user-space instructions per
 #                                    # message, 2 000 persistent / 500 new-connection messages
 #                                    # (COUNT=…), the same from run to run on a noisy machine
+#   PERFSTAT=1 bench/compare.sh      # the mailgate peers' CPU split per message: user and
+#                                    # system µs, minor page faults, context switches and
+#                                    # system calls (perf's software counters; this VM has no
+#                                    # hardware ones), 20 000 persistent / 5 000 new-connection
+#                                    # messages (COUNT=…) after a warm-up
 #   MG=/path/to/mailgate DIST=/path/to/plugins/dist …  # another build, with plugins built
 #                                    # against its own WIT (a build at another commit)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 RUNS=${RUNS:-3}
-SIZES=${SIZES:-$([ -n "${INSTRUCTIONS:-}" ] && echo 1024 || echo "1024 10240 102400")}
+SIZES=${SIZES:-$([ -n "${INSTRUCTIONS:-}${PERFSTAT:-}" ] && echo 1024 || echo "1024 10240 102400")}
 SESSIONS=${SESSIONS:-50}
 INSTRUCTIONS=${INSTRUCTIONS:-}
+PERFSTAT=${PERFSTAT:-}
+if [ -n "$PERFSTAT" ]; then PEERS=${PEERS:-"mailgate0 mailgate5"}; fi
 if [ -n "$INSTRUCTIONS" ]; then
     PEERS=${PEERS:-"mailgate0 mailgate5"}
     # The plugin instance pool reserves address space per session slot: fewer slots under
@@ -236,6 +243,30 @@ instructions() { # label size count target-args…
     echo "| $size | $mode | ${label%@*} | $(( $(awk '/^summary:/ {print $2}' "$dump") / count )) |"
 }
 
+# PERFSTAT=1: a warm-up, then COUNT messages with the gateway's counters read before and after.
+perfstat() { # label size count target-args…
+    local label=$1 size=$2 count=$3; shift 3
+    local new=()
+    [ "$mode" = newconn ] && new=(--new-conn)
+    "$BENCH" run --size "$size" --sessions "$SESSIONS" --count 2000 --drain 600 --sink "127.0.0.1:$SINK" \
+        "${new[@]}" "$@" >/dev/null
+    local u0 s0 u1 s1
+    read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$mg_pid/stat")
+    perf stat -x, -e page-faults,context-switches,raw_syscalls:sys_enter -p "$mg_pid" -o "$work/perf.txt" &
+    local perf_pid=$!
+    # perf attaches in the background: wait until it has opened its counters (bounded).
+    for _ in $(seq 50); do [ -s "$work/perf.txt" ] && break; sleep 0.1; done
+    "$BENCH" run --size "$size" --sessions "$SESSIONS" --count "$count" --drain 600 --sink "127.0.0.1:$SINK" \
+        "${new[@]}" "$@" >/dev/null
+    kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+    read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$mg_pid/stat")
+    local tick=$(( 1000000 / $(getconf CLK_TCK) ))
+    awk -F, -v n="$count" -v u=$(( (u1 - u0) * tick )) -v s=$(( (s1 - s0) * tick )) -v l="${label%@*}" -v m="$mode" -v z="$size" '
+        $3 == "page-faults" {pf = $1} $3 == "context-switches" {cs = $1} $3 == "raw_syscalls:sys_enter" {sc = $1}
+        END {printf "| %s | %s | %s | %.0f | %.0f | %.2f | %.2f | %.2f |\n", z, m, l, u / n, s / n, pf / n, cs / n, sc / n}' \
+        "$work/perf.txt"
+}
+
 stop_mailgate() { kill "$mg_pid"; wait "$mg_pid" 2>/dev/null || true; mg_pid=""; }
 
 setup_postfix() {
@@ -286,6 +317,28 @@ run() { # label size target-args…  (uses $mode)
     "$BENCH" run --label "$label@$mode" --size "$size" --sessions "$SESSIONS" --count "$(count_for "$size")" \
         --duration 15 --drain 120 --sink "127.0.0.1:$SINK" "${new[@]}" "$@"
 }
+
+if [ -n "$PERFSTAT" ]; then
+    echo "| size | mode | peer | user µs/msg | system µs/msg | page faults/msg | context switches/msg | system calls/msg |"
+    echo "|---|---|---|---|---|---|---|---|"
+    for size in $SIZES; do
+        for mode in $MODES; do
+            count=${COUNT:-$([ "$mode" = newconn ] && echo 5000 || echo 20000)}
+            for peer in $PEERS; do
+                case $peer in
+                    mailgate0|mailgate5) start_mailgate "${peer#mailgate}" ;;
+                    mailgate-real) setup_real; start_mailgate -real ;;
+                    *) echo "PERFSTAT=1 measures the mailgate peers only, not $peer" >&2; exit 1 ;;
+                esac
+                msg=()
+                [ "$peer" = mailgate-real ] && msg=(--message "$work/real/msg-$size.eml")
+                perfstat "$peer@$mode" "$size" "$count" --target "127.0.0.1:$MG_PORT" "${msg[@]}"
+                stop_mailgate
+            done
+        done
+    done
+    exit 0
+fi
 
 if [ -n "$INSTRUCTIONS" ]; then
     echo "| size | mode | peer | user-space instructions per message (callgrind) |"
