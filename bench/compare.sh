@@ -16,7 +16,8 @@
 #   INSTRUCTIONS=1 bench/compare.sh  # mailgate0 and mailgate5 (or PEERS=… of the mailgate
 #                                    # peers) under callgrind: user-space instructions per
 #                                    # message, 2 000 persistent / 500 new-connection messages
-#                                    # (COUNT=…), the same from run to run on a noisy machine
+#                                    # (COUNT=…), the same from run to run on a noisy machine;
+#                                    # KEEP=dir keeps the callgrind dumps
 #   PERFSTAT=1 bench/compare.sh      # the mailgate peers' CPU split per message: user and
 #                                    # system µs, minor page faults, context switches and
 #                                    # system calls (perf's software counters; this VM has no
@@ -240,10 +241,19 @@ instructions() { # label size count target-args…
         sleep 0.1
     done
     [ -n "$dump" ] || { echo "no callgrind dump for $label" >&2; exit 1; }
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$dump" "$KEEP/cg.$label"; fi
     echo "| $size | $mode | ${label%@*} | $(( $(awk '/^summary:/ {print $2}' "$dump") / count )) |"
 }
 
 # PERFSTAT=1: a warm-up, then COUNT messages with the gateway's counters read before and after.
+# Context switches of the gateway's threads, summed by thread name ("name count" lines).
+thread_switches() {
+    for t in /proc/"$mg_pid"/task/*; do
+        printf '%s %s\n' "$(tr ' ' _ < "$t/comm")" \
+            "$(awk '/ctxt_switches/ {n += $2} END {print n}' "$t/status" 2>/dev/null || echo 0)"
+    done | awk '{n[$1] += $2} END {for (k in n) print k, n[k]}' | sort
+}
+
 perfstat() { # label size count target-args…
     local label=$1 size=$2 count=$3; shift 3
     local new=()
@@ -252,6 +262,7 @@ perfstat() { # label size count target-args…
         "${new[@]}" "$@" >/dev/null
     local u0 s0 u1 s1
     read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$mg_pid/stat")
+    thread_switches > "$work/switches.0"
     perf stat -x, -e page-faults,context-switches,raw_syscalls:sys_enter -p "$mg_pid" -o "$work/perf.txt" &
     local perf_pid=$!
     # perf attaches in the background: wait until it has opened its counters (bounded).
@@ -260,6 +271,9 @@ perfstat() { # label size count target-args…
         "${new[@]}" "$@" >/dev/null
     kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
     read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$mg_pid/stat")
+    # By thread, on stderr: which threads switch (threads that ended in between are not seen).
+    thread_switches | join -a1 - "$work/switches.0" |
+        awk -v n="$count" -v l="$label" '{d = $2 - $3; if (d / n >= 0.05) printf "  %s %s: %.2f switches/msg\n", l, $1, d / n}' >&2
     local tick=$(( 1000000 / $(getconf CLK_TCK) ))
     awk -F, -v n="$count" -v u=$(( (u1 - u0) * tick )) -v s=$(( (s1 - s0) * tick )) -v l="${label%@*}" -v m="$mode" -v z="$size" '
         $3 == "page-faults" {pf = $1} $3 == "context-switches" {cs = $1} $3 == "raw_syscalls:sys_enter" {sc = $1}

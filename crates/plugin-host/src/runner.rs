@@ -281,7 +281,9 @@ impl Chain {
     ) -> Result<Vec<E>, Tempfail> {
         let stage = call.stage();
         let mut effects = Vec::new();
-        for i in self.order.clone().iter().copied() {
+        // Shared handles, so that a plugin's facts are borrowed while `self` is called.
+        let (plugins, order) = (self.plugins.clone(), self.order.clone());
+        for &i in order.iter() {
             // Not configured for this stage, or no code of its own there (its answer would be
             // the default: no opinion).
             if !self.plugins.runs_at(i, stage) || self.plugins.loaded[i].meta.unused.contains(stage) {
@@ -289,13 +291,13 @@ impl Chain {
             }
             let started = Instant::now();
             let answer = self.call(i, call).await;
-            let meta = self.plugins.loaded[i].meta.clone();
+            let meta = &plugins.loaded[i].meta;
             ::metrics::histogram!("mailgate_plugin_call_seconds", "plugin" => meta.label.clone(), "stage" => stage.name())
                 .record(started.elapsed().as_secs_f64());
-            let step = answer.and_then(|a| read(&meta, a));
+            let step = answer.and_then(|a| read(meta, a));
             if meta.shadow {
                 // Neither its verdict nor its changes take effect.
-                self.shadow(i, &meta, stage, step);
+                self.shadow(i, meta, stage, step);
                 continue;
             }
             match step {
@@ -310,7 +312,7 @@ impl Chain {
                     }
                 }
                 Err(f) => {
-                    self.failed(i, &meta, stage, &f);
+                    self.failed(i, meta, stage, &f);
                     // After delivery there is nothing left to refuse: the others are still told.
                     if meta.on_error == OnError::Tempfail && stage != Stage::DeliveryResult {
                         return Err(Tempfail);
