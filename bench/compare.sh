@@ -23,6 +23,8 @@
 #                                    # system calls (perf's software counters; this VM has no
 #                                    # hardware ones), 20 000 persistent / 5 000 new-connection
 #                                    # messages (COUNT=…) after a warm-up
+#   PERFSTAT=1 CLIENT=smtp-source …  # the same with Postfix's smtp-source as the client (50
+#                                    # sessions; -d for persistent) and mailgate-bench's sink
 #   MG=/path/to/mailgate DIST=/path/to/plugins/dist …  # another build, with plugins built
 #                                    # against its own WIT (a build at another commit)
 set -euo pipefail
@@ -49,10 +51,12 @@ work=$(mktemp -d /tmp/mailgate-compare.XXXXXX)
 mg_pid=""
 hk_pid=""
 dns_pid=""
+sink_pid=""
 
 cleanup() {
     [ -n "$mg_pid" ] && kill "$mg_pid" 2>/dev/null && wait "$mg_pid" 2>/dev/null || true
     [ -n "$dns_pid" ] && kill "$dns_pid" 2>/dev/null && wait "$dns_pid" 2>/dev/null || true
+    [ -n "$sink_pid" ] && kill "$sink_pid" 2>/dev/null && wait "$sink_pid" 2>/dev/null || true
     [ -n "$hk_pid" ] && kill "$hk_pid" 2>/dev/null && wait "$hk_pid" 2>/dev/null || true
     postfix stop >/dev/null 2>&1 || true
     rm -rf "$work"
@@ -254,12 +258,35 @@ thread_switches() {
     done | awk '{n[$1] += $2} END {for (k in n) print k, n[k]}' | sort
 }
 
+# CLIENT=smtp-source: Postfix's generator sends, mailgate-bench's sink receives, and a load
+# ends when the sink has every message (its count is logged as it moves; bounded wait).
+source_load() { # count size
+    local persist=()
+    [ "$mode" = persistent ] && persist=(-d)
+    smtp-source -s "$SESSIONS" -m "$1" -l "$2" "${persist[@]}" -f bench@bench.test -t rcpt@bench.test \
+        "127.0.0.1:$MG_PORT"
+    sent=$((sent + $1))
+    for _ in $(seq 6000); do
+        [ "$(sed -n 's/^sink: \([0-9]*\) messages$/\1/p' "$work/sink.log" | tail -1)" -ge "$sent" ] 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "the sink did not see $sent messages" >&2; exit 1
+}
+
 perfstat() { # label size count target-args…
     local label=$1 size=$2 count=$3; shift 3
     local new=()
     [ "$mode" = newconn ] && new=(--new-conn)
-    "$BENCH" run --size "$size" --sessions "$SESSIONS" --count 2000 --drain 600 --sink "127.0.0.1:$SINK" \
-        "${new[@]}" "$@" >/dev/null
+    if [ "${CLIENT:-}" = smtp-source ]; then
+        "$BENCH" sink --listen "127.0.0.1:$SINK" 2>"$work/sink.log" &
+        sink_pid=$!
+        sent=0
+        wait_port "$SINK"
+        source_load 2000 "$size"
+    else
+        "$BENCH" run --size "$size" --sessions "$SESSIONS" --count 2000 --drain 600 --sink "127.0.0.1:$SINK" \
+            "${new[@]}" "$@" >/dev/null
+    fi
     local u0 s0 u1 s1
     read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$mg_pid/stat")
     thread_switches > "$work/switches.0"
@@ -267,8 +294,14 @@ perfstat() { # label size count target-args…
     local perf_pid=$!
     # perf attaches in the background: wait until it has opened its counters (bounded).
     for _ in $(seq 50); do [ -s "$work/perf.txt" ] && break; sleep 0.1; done
-    "$BENCH" run --size "$size" --sessions "$SESSIONS" --count "$count" --drain 600 --sink "127.0.0.1:$SINK" \
-        "${new[@]}" "$@" >/dev/null
+    if [ "${CLIENT:-}" = smtp-source ]; then
+        source_load "$count" "$size"
+        kill "$sink_pid"; wait "$sink_pid" 2>/dev/null || true
+        sink_pid=""
+    else
+        "$BENCH" run --size "$size" --sessions "$SESSIONS" --count "$count" --drain 600 --sink "127.0.0.1:$SINK" \
+            "${new[@]}" "$@" >/dev/null
+    fi
     kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
     read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$mg_pid/stat")
     # By thread, on stderr: which threads switch (threads that ended in between are not seen).
@@ -341,7 +374,8 @@ if [ -n "$PERFSTAT" ]; then
             for peer in $PEERS; do
                 case $peer in
                     mailgate0|mailgate5) start_mailgate "${peer#mailgate}" ;;
-                    mailgate-real) setup_real; start_mailgate -real ;;
+                    mailgate-real) [ -z "${CLIENT:-}" ] || { echo "CLIENT=smtp-source cannot send mailgate-real's signed mail" >&2; exit 1; }
+                        setup_real; start_mailgate -real ;;
                     *) echo "PERFSTAT=1 measures the mailgate peers only, not $peer" >&2; exit 1 ;;
                 esac
                 msg=()

@@ -109,9 +109,16 @@ fn main() -> anyhow::Result<()> {
             Cmd::Sink { listen } => {
                 let (addr, c) = sink::start(listen).await?;
                 eprintln!("sink on {addr}");
+                // A line whenever the count moved (looked at ten times a second): scripts that
+                // drive another client wait on it for every message to arrive.
+                let mut last = 0;
                 loop {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    eprintln!("sink: {} messages", c.messages.load(Ordering::Relaxed));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let n = c.messages.load(Ordering::Relaxed);
+                    if n != last {
+                        eprintln!("sink: {n} messages");
+                        last = n;
+                    }
                 }
             }
             Cmd::Idle { target, sessions, pid, hold_secs } => {
