@@ -262,6 +262,14 @@ fn bad_requests_get_their_status_and_the_server_keeps_serving() {
     let many: Vec<String> = (0..10_000).map(|i| format!("r{i}@remote.test")).collect();
     let r = post_json(&url, &key, &with("to", many.into()));
     assert_eq!((r.status, r.pointer()), (400, "/to".to_string()), "{r:?}");
+    // A body of many small values is refused while it is read, not built into a tree many
+    // times its size; so are a million recipients.
+    let zeros = format!("[{}0]", "0,".repeat(1_000_000));
+    let r = post_json(&url, &key, &with("metadata", serde_json::from_str(&zeros).unwrap()));
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (400, Some("too_many_values")), "{r:?}");
+    let million: Vec<String> = (0..1_000_000).map(|i| format!("r{i}@remote.test")).collect();
+    let r = post_json(&url, &key, &with("to", million.into()));
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (400, Some("too_many_values")), "{r:?}");
     // 100 MB: refused from its Content-Length, and also when it comes chunked, without one.
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big.json");

@@ -3,7 +3,10 @@
 //! directory and synced before the client hears them, so a repeat after a restart is still
 //! recognised; the log is compacted when the gateway starts. A message whose answer never
 //! reached the log (the gateway stopped between the spool write and the log write) is
-//! recognised from its envelope, which carries the key ([`Idempotency::recover`]).
+//! recognised from its envelope, which carries the key ([`Idempotency::recover`]). A log
+//! older than a day is renamed to `…log.old` (replacing the one before, whose answers are all
+//! older than a day by then) and a new one started, so the files hold at most two days of
+//! answers however long the gateway runs.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -12,14 +15,18 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-/// The log's name in the spool directory.
+/// The log's name in the spool directory, and the previous day's.
 pub const FILE: &str = "api-idempotency.log";
+const OLD_FILE: &str = "api-idempotency.log.old";
 
 /// How long an answer is remembered.
 pub const TTL_SECS: u64 = 24 * 3600;
 
-/// Answers remembered at most (the oldest are forgotten first, early).
+/// Answers remembered at most, and their octets at most (the oldest are forgotten first,
+/// early): a key that sends many requests with large answers (a receipt per recipient) cannot
+/// make the table grow without end within the day.
 const MAX_ENTRIES: usize = 1_000_000;
+const MAX_BYTES: usize = 256 << 20;
 
 /// A remembered answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,7 +59,57 @@ struct Inner {
     map: HashMap<(String, String), Entry>,
     /// Keys of done entries in the order they were answered, for expiry and the cap.
     order: VecDeque<(u64, (String, String))>,
+    /// Octets of the done entries (keys and answers), and their cap ([`MAX_BYTES`]).
+    bytes: usize,
+    max_bytes: usize,
     log: Option<std::fs::File>,
+    /// Where the log is, and when (Unix time) it was started: a day later it is rotated.
+    path: PathBuf,
+    log_started: u64,
+}
+
+/// What a done entry counts against [`MAX_BYTES`].
+fn entry_bytes(id: &(String, String), answer: &Answer) -> usize {
+    id.0.len() + id.1.len() + answer.body.len() + 64
+}
+
+impl Inner {
+    /// Moves a log older than a day aside and starts a new one (see the module docs).
+    fn rotate_if_old(&mut self, now: u64) -> std::io::Result<()> {
+        if now < self.log_started + TTL_SECS || self.log.is_none() {
+            return Ok(());
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::rename(&self.path, dir.join(OLD_FILE))?;
+        self.log = Some(std::fs::OpenOptions::new().append(true).create(true).open(&self.path)?);
+        // The new file's name must survive a crash with the answers written into it.
+        std::fs::File::open(dir)?.sync_all()?;
+        self.log_started = now;
+        Ok(())
+    }
+
+    fn remember(&mut self, at: u64, id: (String, String), answer: Answer) {
+        self.bytes += entry_bytes(&id, &answer);
+        self.order.push_back((at, id.clone()));
+        if let Some(Entry::Done { answer }) = self.map.insert(id.clone(), Entry::Done { answer }) {
+            // Remembered twice (recovered, then logged): counted once.
+            self.bytes = self.bytes.saturating_sub(entry_bytes(&id, &answer));
+        }
+    }
+
+    /// Forgets answers older than a day, and the oldest beyond the caps.
+    fn expire(&mut self, cutoff: u64) {
+        while let Some((at, _)) = self.order.front() {
+            if *at >= cutoff && self.order.len() <= MAX_ENTRIES && self.bytes <= self.max_bytes {
+                break;
+            }
+            let (_, old) = self.order.pop_front().expect("a front entry");
+            if let Some(Entry::Done { answer }) = self.map.get(&old) {
+                self.bytes = self.bytes.saturating_sub(entry_bytes(&old, answer));
+                self.map.remove(&old);
+            }
+        }
+    }
 }
 
 /// The idempotency table of a gateway.
@@ -88,20 +145,23 @@ impl Idempotency {
     pub fn open(spool_dir: &Path) -> std::io::Result<Idempotency> {
         let path = spool_dir.join(FILE);
         let (cutoff, mut kept) = (now().saturating_sub(TTL_SECS), Vec::new());
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                // A torn last line (a crash mid-append) does not parse and is dropped: its
-                // request was never answered.
-                for line in bytes.split(|b| *b == b'\n') {
-                    if let Ok(l) = serde_json::from_slice::<Line>(line) {
-                        if l.at >= cutoff {
-                            kept.push(l);
+        // The previous day's log first, then the current one: answers in the order given.
+        for file in [spool_dir.join(OLD_FILE), path.clone()] {
+            match std::fs::read(&file) {
+                Ok(bytes) => {
+                    // A torn last line (a crash mid-append) does not parse and is dropped: its
+                    // request was never answered.
+                    for line in bytes.split(|b| *b == b'\n') {
+                        if let Ok(l) = serde_json::from_slice::<Line>(line) {
+                            if l.at >= cutoff {
+                                kept.push(l);
+                            }
                         }
                     }
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
         }
         let tmp = path.with_extension("log.tmp");
         {
@@ -113,13 +173,25 @@ impl Idempotency {
             f.sync_all()?;
         }
         std::fs::rename(&tmp, &path)?;
-        let log = std::fs::OpenOptions::new().append(true).open(&path)?;
-        let mut inner = Inner { map: HashMap::new(), order: VecDeque::new(), log: Some(log) };
-        for l in kept {
-            let id = (l.k, l.i);
-            inner.order.push_back((l.at, id.clone()));
-            inner.map.insert(id, Entry::Done { answer: Answer { status: l.s, body: l.b } });
+        // Everything the old log still had is in the new one now.
+        match std::fs::remove_file(spool_dir.join(OLD_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         }
+        let log = std::fs::OpenOptions::new().append(true).open(&path)?;
+        let mut inner = Inner {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            max_bytes: MAX_BYTES,
+            log: Some(log),
+            path: path.clone(),
+            log_started: now(),
+        };
+        for l in kept {
+            inner.remember(l.at, (l.k, l.i), Answer { status: l.s, body: l.b });
+        }
+        inner.expire(cutoff);
         Ok(Idempotency { path, inner: Arc::new(Mutex::new(inner)) })
     }
 
@@ -134,23 +206,13 @@ impl Idempotency {
         if received_unix + TTL_SECS < now() || inner.map.contains_key(&id) {
             return;
         }
-        inner.order.push_back((received_unix, id.clone()));
-        inner.map.insert(id, Entry::Done { answer });
+        inner.remember(received_unix, id, answer);
     }
 
     /// Starts a request under `(key, idempotency_key)`.
     pub fn begin(&self, key: &str, idempotency_key: &str) -> Begin {
         let mut inner = self.inner.lock().unwrap();
-        let cutoff = now().saturating_sub(TTL_SECS);
-        while let Some((at, _)) = inner.order.front() {
-            if *at >= cutoff && inner.order.len() <= MAX_ENTRIES {
-                break;
-            }
-            let (_, old) = inner.order.pop_front().expect("a front entry");
-            if matches!(inner.map.get(&old), Some(Entry::Done { .. })) {
-                inner.map.remove(&old);
-            }
-        }
+        inner.expire(now().saturating_sub(TTL_SECS));
         let id = (key.to_string(), idempotency_key.to_string());
         match inner.map.get(&id) {
             Some(Entry::Done { answer, .. }) => Begin::Replay(answer.clone()),
@@ -174,12 +236,11 @@ impl Guard {
             let mut text = serde_json::to_vec(&line).expect("serialises");
             text.push(b'\n');
             let mut g = inner.lock().unwrap();
-            let res = match g.log.as_mut() {
+            let res = g.rotate_if_old(at).and_then(|()| match g.log.as_mut() {
                 Some(f) => f.write_all(&text).and_then(|_| f.sync_data()),
                 None => Ok(()),
-            };
-            g.order.push_back((at, id.clone()));
-            g.map.insert(id, Entry::Done { answer });
+            });
+            g.remember(at, id, answer);
             res
         });
         write.await.map_err(std::io::Error::other)?
@@ -222,5 +283,47 @@ mod tests {
         assert!(matches!(t.begin("shop", "order-1"), Begin::Replay(Answer { status: 202, .. })));
         t.recover("shop", "order-3", now(), Answer { status: 202, body: "{}".into() });
         assert!(matches!(t.begin("shop", "order-3"), Begin::Replay(_)));
+    }
+
+    /// A day-old log is moved aside at the next answer; after a restart the answers of both
+    /// files are known, and the old file is gone once its answers are in the new log.
+    #[tokio::test]
+    async fn the_log_is_rotated_daily_and_both_days_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Idempotency::open(dir.path()).unwrap();
+        let Begin::New(g) = t.begin("shop", "before") else { panic!() };
+        g.finish(Answer { status: 202, body: "1".into() }).await.unwrap();
+        t.inner.lock().unwrap().log_started -= TTL_SECS;
+        let Begin::New(g) = t.begin("shop", "after") else { panic!() };
+        g.finish(Answer { status: 202, body: "2".into() }).await.unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+        assert!(read(OLD_FILE).contains("before") && !read(OLD_FILE).contains("after"), "{}", read(OLD_FILE));
+        assert!(read(FILE).contains("after") && !read(FILE).contains("before"), "{}", read(FILE));
+        drop(t);
+        let t = Idempotency::open(dir.path()).unwrap();
+        assert!(matches!(t.begin("shop", "before"), Begin::Replay(_)));
+        assert!(matches!(t.begin("shop", "after"), Begin::Replay(_)));
+        assert!(!dir.path().join(OLD_FILE).exists() && read(FILE).contains("before"));
+    }
+
+    /// Large answers are forgotten oldest first once their octets pass the cap; the newest
+    /// stay, and the count of octets follows what is kept.
+    #[tokio::test]
+    async fn answers_are_capped_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Idempotency::open(dir.path()).unwrap();
+        t.inner.lock().unwrap().max_bytes = 10_000;
+        let body = "x".repeat(1_000);
+        for i in 0..50 {
+            let Begin::New(g) = t.begin("shop", &format!("k{i}")) else { panic!("new key {i}") };
+            g.finish(Answer { status: 202, body: body.clone() }).await.unwrap();
+        }
+        // The cap is applied when the next request begins.
+        assert!(matches!(t.begin("shop", "k49"), Begin::Replay(_)), "the newest is kept");
+        assert!(matches!(t.begin("shop", "k0"), Begin::New(_)), "the oldest is forgotten");
+        let g = t.inner.lock().unwrap();
+        let kept = g.map.values().filter(|e| matches!(e, Entry::Done { .. })).count();
+        assert!((8..=10).contains(&kept), "{kept} kept");
+        assert!(g.bytes <= 10_000 && g.bytes >= kept * 1_000, "{} octets for {kept}", g.bytes);
     }
 }

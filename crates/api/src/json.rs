@@ -2,12 +2,23 @@
 //! escapes, objects as their members in document order. `serde_json::Value` copies every
 //! string and builds a `BTreeMap` for every object; a request is read once and dropped, so
 //! neither is needed. Nesting is bounded by serde_json's reader (128 levels: deeper is a
-//! syntax error), so neither reading nor dropping recurses without end.
+//! syntax error), so neither reading nor dropping recurses without end; and the number of
+//! values is bounded, so a body of many small values (`[0,0,0,…]`: two octets each, 32 here)
+//! cannot take many times its size in memory.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// Why a body is not read.
+#[derive(Debug)]
+pub(crate) enum ParseError {
+    Syntax(serde_json::Error),
+    /// More values than the caller allowed.
+    TooManyValues(usize),
+}
 
 #[derive(Debug, PartialEq)]
 pub(crate) enum Json<'a> {
@@ -23,8 +34,14 @@ pub(crate) enum Json<'a> {
 }
 
 impl<'a> Json<'a> {
-    pub(crate) fn parse(body: &'a [u8]) -> serde_json::Result<Json<'a>> {
-        serde_json::from_slice(body)
+    /// Reads `body`, which may hold at most `max_values` values (every string, number, array,
+    /// object… counts one; object member names do not).
+    pub(crate) fn parse(body: &'a [u8], max_values: usize) -> Result<Json<'a>, ParseError> {
+        let budget = Budget { left: Cell::new(max_values), over: Cell::new(false) };
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let read = Seed(&budget).deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+        // The budget, not the error's text, tells a cap from a syntax error.
+        read.map_err(|e| if budget.over.get() { ParseError::TooManyValues(max_values) } else { ParseError::Syntax(e) })
     }
 
     pub(crate) fn as_str(&self) -> Option<&str> {
@@ -87,9 +104,36 @@ impl<'de> Deserialize<'de> for Text<'de> {
     }
 }
 
-struct JsonVisitor;
+/// Values a body may still hold, and whether one more was refused.
+struct Budget {
+    left: Cell<usize>,
+    over: Cell<bool>,
+}
 
-impl<'de> Visitor<'de> for JsonVisitor {
+/// Reads one value, counting it against the budget.
+#[derive(Clone, Copy)]
+struct Seed<'c>(&'c Budget);
+
+impl<'de> DeserializeSeed<'de> for Seed<'_> {
+    type Value = Json<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Json<'de>, D::Error> {
+        match self.0.left.get() {
+            0 => {
+                self.0.over.set(true);
+                Err(de::Error::custom("too many values"))
+            }
+            n => {
+                self.0.left.set(n - 1);
+                d.deserialize_any(JsonVisitor(self))
+            }
+        }
+    }
+}
+
+struct JsonVisitor<'c>(Seed<'c>);
+
+impl<'de> Visitor<'de> for JsonVisitor<'_> {
     type Value = Json<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -134,7 +178,7 @@ impl<'de> Visitor<'de> for JsonVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::new();
-        while let Some(v) = seq.next_element()? {
+        while let Some(v) = seq.next_element_seed(self.0)? {
             out.push(v);
         }
         Ok(Json::Array(out))
@@ -143,15 +187,9 @@ impl<'de> Visitor<'de> for JsonVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::new();
         while let Some(Text(k)) = map.next_key()? {
-            out.push((k, map.next_value()?));
+            out.push((k, map.next_value_seed(self.0)?));
         }
         Ok(Json::Object(out))
-    }
-}
-
-impl<'de> Deserialize<'de> for Json<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(JsonVisitor)
     }
 }
 
@@ -162,7 +200,7 @@ mod tests {
     #[test]
     fn reads_like_serde_json_and_borrows_plain_strings() {
         let body = br#"{"a": "plain", "b": "esc\"aped", "c": [1, -2, 3.5, true, null, {}], "a": "again"}"#;
-        let v = Json::parse(body).unwrap();
+        let v = Json::parse(body, 100).unwrap();
         assert!(matches!(v.get("a"), Some(Json::Str(Cow::Borrowed("again")))));
         assert!(matches!(v.get("b"), Some(Json::Str(Cow::Owned(s))) if s == "esc\"aped"));
         let Some(Json::Array(c)) = v.get("c") else { panic!("{v:?}") };
@@ -171,7 +209,24 @@ mod tests {
         let names: Vec<&str> = Json::members(m).map(|(k, _)| k).collect();
         assert_eq!(names, ["b", "c", "a"]);
         for bad in [&b"{"[..], b"[1,]", b"{\"a\" 1}", b"\"\\ud800\"", b"nul", b"{} x", b"\xff"] {
-            assert!(Json::parse(bad).is_err(), "{bad:?}");
+            assert!(matches!(Json::parse(bad, 100), Err(ParseError::Syntax(_))), "{bad:?}");
         }
+    }
+
+    /// Values are counted wherever they are: exactly `max` is read, one more is refused as too
+    /// many (not as a syntax error), and a syntax error before the cap stays one.
+    #[test]
+    fn the_number_of_values_is_capped() {
+        for (body, values) in [
+            ("[1, 2, 3]".to_string(), 4),
+            (r#"{"a": {"b": ["x", null, true]}}"#.to_string(), 6),
+            (format!("[{}0]", "0,".repeat(9_999)), 10_001),
+        ] {
+            assert!(Json::parse(body.as_bytes(), values).is_ok(), "{body:.40}");
+            let e = Json::parse(body.as_bytes(), values - 1).expect_err(&body);
+            assert!(matches!(e, ParseError::TooManyValues(n) if n == values - 1), "{body:.40}: {e:?}");
+        }
+        assert!(matches!(Json::parse(b"[1, 2,", 100), Err(ParseError::Syntax(_))));
+        assert!(matches!(Json::parse(b"[1, 2,", 3), Err(ParseError::Syntax(_))), "the cap reached, not passed");
     }
 }

@@ -3,6 +3,7 @@
 //! absent, from the message's own From and To/Cc/Bcc fields, as `sendmail -t` does (the Bcc
 //! field is then removed). Line ends are made CRLF (HTTP clients send files as they are).
 
+use axum::http::StatusCode;
 use mailgate_smtp::Address;
 
 use crate::error::ApiError;
@@ -64,13 +65,27 @@ fn without_bcc(m: Vec<u8>) -> Vec<u8> {
     out
 }
 
-/// Reads the envelope of a raw message. `query` is the decoded query string.
-pub fn read(query: &[(String, String)], message: Vec<u8>, max_rcpts: usize) -> Result<Raw, ApiError> {
+/// Reads the envelope of a raw message. `query` is the decoded query string. A header section
+/// larger than `max_header_size` is refused before it is parsed, as the cleanup stage would
+/// refuse it after (with the same SMTP reply).
+pub fn read(
+    query: &[(String, String)],
+    message: Vec<u8>,
+    max_rcpts: usize,
+    max_header_size: usize,
+) -> Result<Raw, ApiError> {
     if message.is_empty() {
         return Err(ApiError::bad_request("empty", "the message is empty"));
     }
     let message = mailgate_smtp::content::into_crlf(message);
-    let parsed = envelope_fields().parse_headers(&message[..header_end(&message)]);
+    let head = header_end(&message);
+    if head > max_header_size {
+        let reply = mailgate_message::MessageError::HeaderTooBig { limit: max_header_size }.reply();
+        let mut e = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_message", reply.text.to_string());
+        e.smtp = Some((&reply).into());
+        return Err(e);
+    }
+    let parsed = envelope_fields().parse_headers(&message[..head]);
     let addrs = |a: Option<&mail_parser::Address>| -> Vec<String> {
         a.map(|a| a.iter().filter_map(|x| x.address().map(str::to_string)).collect()).unwrap_or_default()
     };
@@ -93,12 +108,10 @@ pub fn read(query: &[(String, String)], message: Vec<u8>, max_rcpts: usize) -> R
             )?
         }
     };
-    let mut rcpts: Vec<Address> = vec![];
-    let mut push = |a: Address| {
-        if !rcpts.iter().any(|r| r.as_str().eq_ignore_ascii_case(a.as_str())) {
-            rcpts.push(a);
-        }
-    };
+    let mut distinct = crate::request::Recipients::new(max_rcpts);
+    let too_many =
+        |max: usize| ApiError::field("?to", format!("more than {max} recipients; at most {max} per message"));
+    let mut push = |a: Address| distinct.add(a).map_err(too_many);
     let given: Vec<&str> = qs(query, "to").filter(|t| !t.trim().is_empty()).collect();
     let message = if given.is_empty() {
         let p = parsed.as_ref();
@@ -106,22 +119,20 @@ pub fn read(query: &[(String, String)], message: Vec<u8>, max_rcpts: usize) -> R
             [(p.and_then(|p| p.to()), "To:"), (p.and_then(|p| p.cc()), "Cc:"), (p.and_then(|p| p.bcc()), "Bcc:")]
         {
             for x in addrs(a) {
-                push(parse(&x, field)?);
+                push(parse(&x, field)?)?;
             }
         }
         drop(parsed);
         without_bcc(message)
     } else {
         for t in given {
-            push(parse(t, "?to")?);
+            push(parse(t, "?to")?)?;
         }
         message
     };
+    let rcpts = distinct.into_vec();
     if rcpts.is_empty() {
         return Err(ApiError::field("?to", "no recipients: give ?to= or To/Cc/Bcc fields"));
-    }
-    if rcpts.len() > max_rcpts {
-        return Err(ApiError::field("?to", format!("{} recipients; at most {max_rcpts} per message", rcpts.len())));
     }
     Ok(Raw { from, rcpts, message, header_from })
 }
@@ -134,7 +145,7 @@ mod tests {
     fn envelope_from_query_or_fields() {
         let m =
             b"From: A <a@b.test>\nTo: x@y.test, X2 <x2@y.test>\nBcc: hidden@z.test,\n  h2@z.test\nSubject: s\n\nbody\n";
-        let r = read(&[], m.to_vec(), 10).unwrap();
+        let r = read(&[], m.to_vec(), 10, 1 << 20).unwrap();
         assert_eq!(r.from.as_str(), "a@b.test");
         let rc: Vec<&str> = r.rcpts.iter().map(|a| a.as_str()).collect();
         assert_eq!(rc, ["x@y.test", "x2@y.test", "hidden@z.test", "h2@z.test"]);
@@ -145,13 +156,38 @@ mod tests {
             ("from".to_string(), "bounce@b.test".to_string()),
             ("to".to_string(), "p@q.test,r@q.test".to_string()),
         ];
-        let r = read(&q, m.to_vec(), 10).unwrap();
+        let r = read(&q, m.to_vec(), 10, 1 << 20).unwrap();
         assert_eq!(r.from.as_str(), "bounce@b.test");
         assert_eq!(r.rcpts.len(), 2);
         assert!(String::from_utf8(r.message).unwrap().contains("Bcc:"), "kept when the envelope is given");
         assert_eq!(r.header_from, ["a@b.test"]);
-        let e = read(&[("to".into(), "nope".into())], m.to_vec(), 10).unwrap_err();
+        let e = read(&[("to".into(), "nope".into())], m.to_vec(), 10, 1 << 20).unwrap_err();
         assert_eq!(e.pointer.as_deref(), Some("?to"));
-        assert_eq!(read(&[], b"Subject: x\r\n\r\nb\r\n".to_vec(), 10).unwrap_err().pointer.as_deref(), Some("?from"));
+        assert_eq!(
+            read(&[], b"Subject: x\r\n\r\nb\r\n".to_vec(), 10, 1 << 20).unwrap_err().pointer.as_deref(),
+            Some("?from")
+        );
+    }
+
+    /// A header section over the limit is refused before it is parsed, with the reply the
+    /// cleanup stage gives; many recipients are refused at the first one too many, from the
+    /// fields and from the query alike, counting each address once.
+    #[test]
+    fn big_headers_and_many_recipients_are_refused_early() {
+        let many: Vec<String> = (0..200_000).map(|i| format!("r{i}@y.test")).collect();
+        let m = format!("From: a@b.test\r\nTo: {}\r\n\r\nbody\r\n", many.join(", "));
+        let e = read(&[], m.clone().into_bytes(), 100, 512 << 10).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (422, "invalid_message"), "{e:?}");
+        assert_eq!(e.smtp.as_ref().map(|r| r.code), Some(554), "{e:?}");
+        let e = read(&[], m.into_bytes(), 100, 8 << 20).unwrap_err();
+        assert_eq!((e.pointer.as_deref(), e.status.as_u16()), (Some("?to"), 400), "{e:?}");
+        let q = vec![("to".to_string(), many[..5_000].join(","))];
+        let e = read(&q, b"From: a@b.test\r\n\r\nb\r\n".to_vec(), 100, 1 << 20).unwrap_err();
+        assert_eq!(e.pointer.as_deref(), Some("?to"), "{e:?}");
+        // The same 100 addresses four times over, in other cases: 100 recipients.
+        let again: Vec<String> = (0..400).map(|i| format!("R{}@Y.test", i % 100)).collect();
+        let q = vec![("to".to_string(), again.join(","))];
+        let r = read(&q, b"From: a@b.test\r\n\r\nb\r\n".to_vec(), 100, 1 << 20).unwrap();
+        assert_eq!(r.rcpts.len(), 100);
     }
 }

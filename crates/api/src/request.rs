@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::error::ApiError;
-use crate::json::Json;
+use crate::json::{Json, ParseError};
 use base64::Engine;
 use mail_builder::headers::address::Address as MbAddress;
 use mail_builder::headers::text::Text;
@@ -198,10 +198,61 @@ fn mb_list(list: &[Mailbox]) -> MbAddress<'static> {
     MbAddress::new_list(list.iter().map(mb_address).collect())
 }
 
+/// Values a request may hold beyond four per recipient: what the other fields can use
+/// (metadata, headers, attachments, tags) with room to spare.
+const MAX_OTHER_VALUES: usize = 50_000;
+
+/// A request's recipients in order, each address once (compared without regard to case), at
+/// most `max`: one more is refused at once, so a request naming a million addresses costs no
+/// more than one naming `max` + 1. Short lists are searched; long ones keep a set.
+pub(crate) struct Recipients {
+    list: Vec<Address>,
+    /// Lower-cased addresses of `list`, once it is longer than `SCAN`.
+    seen: std::collections::HashSet<String>,
+    max: usize,
+}
+
+impl Recipients {
+    const SCAN: usize = 16;
+
+    pub(crate) fn new(max: usize) -> Recipients {
+        Recipients { list: vec![], seen: Default::default(), max }
+    }
+
+    /// Adds `a` unless it is there; `Err` when that makes more than `max`.
+    pub(crate) fn add(&mut self, a: Address) -> Result<(), usize> {
+        if self.list.len() < Self::SCAN {
+            if self.list.iter().any(|r| r.as_str().eq_ignore_ascii_case(a.as_str())) {
+                return Ok(());
+            }
+        } else {
+            if self.seen.is_empty() {
+                self.seen = self.list.iter().map(|r| r.as_str().to_ascii_lowercase()).collect();
+            }
+            if !self.seen.insert(a.as_str().to_ascii_lowercase()) {
+                return Ok(());
+            }
+        }
+        if self.list.len() == self.max {
+            return Err(self.max);
+        }
+        self.list.push(a);
+        Ok(())
+    }
+
+    pub(crate) fn into_vec(self) -> Vec<Address> {
+        self.list
+    }
+}
+
 /// Reads a JSON request. `hostname` goes into the Message-ID; `max_rcpts` bounds To+Cc+Bcc.
 pub fn build(body: &[u8], hostname: &str, max_rcpts: usize) -> Result<Built, ApiError> {
-    let v = Json::parse(body)
-        .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
+    let v = Json::parse(body, MAX_OTHER_VALUES.saturating_add(max_rcpts.saturating_mul(4))).map_err(|e| match e {
+        ParseError::Syntax(e) => ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")),
+        ParseError::TooManyValues(n) => {
+            ApiError::bad_request("too_many_values", format!("the body holds more than {n} JSON values"))
+        }
+    })?;
     let Json::Object(m) = &v else {
         return Err(ApiError::field("", "the body must be a JSON object"));
     };
@@ -215,17 +266,15 @@ pub fn build(body: &[u8], hostname: &str, max_rcpts: usize) -> Result<Built, Api
         get("cc").map(|v| mailboxes(v, "/cc")).transpose()?.unwrap_or_default(),
         get("bcc").map(|v| mailboxes(v, "/bcc")).transpose()?.unwrap_or_default(),
     );
-    let mut rcpts: Vec<Address> = vec![];
+    let mut distinct = Recipients::new(max_rcpts);
     for m in to.iter().chain(&cc).chain(&bcc) {
-        if !rcpts.iter().any(|r| r.as_str().eq_ignore_ascii_case(m.email.as_str())) {
-            rcpts.push(m.email.clone());
-        }
+        distinct
+            .add(m.email.clone())
+            .map_err(|max| ApiError::field("/to", format!("more than {max} recipients; at most {max} per message")))?;
     }
+    let rcpts = distinct.into_vec();
     if rcpts.is_empty() {
         return Err(ApiError::field("/to", "at least one recipient (to, cc or bcc) is required"));
-    }
-    if rcpts.len() > max_rcpts {
-        return Err(ApiError::field("/to", format!("{} recipients; at most {max_rcpts} per message", rcpts.len())));
     }
     let reply_to = get("reply_to").map(|v| mailboxes(v, "/reply_to")).transpose()?.unwrap_or_default();
     let subject = get("subject").map(|v| string(v, "/subject")).transpose()?.unwrap_or("");
@@ -544,6 +593,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Each address once, without regard to case, below and above the length where a set
+    /// takes over from the search; the first one beyond `max` is refused.
+    #[test]
+    fn recipients_are_distinct_and_bounded() {
+        let a = |s: &str| Address::parse_mailbox(s).unwrap();
+        for n in [1, 15, 16, 17, 40] {
+            let mut r = Recipients::new(n);
+            for i in 0..n {
+                r.add(a(&format!("u{i}@x.test"))).unwrap();
+            }
+            for i in 0..n {
+                r.add(a(&format!("U{i}@X.TEST"))).unwrap();
+            }
+            assert_eq!(r.add(a("another@x.test")), Err(n), "{n}");
+            let list = r.into_vec();
+            assert_eq!(list.len(), n);
+            assert_eq!(list[n - 1].as_str(), format!("u{}@x.test", n - 1), "the first spelling is kept");
+        }
+    }
+
+    /// A body of many values is refused as such, however the recipients are given, and many
+    /// recipients are refused at the first one too many.
+    #[test]
+    fn many_values_and_many_recipients_are_refused() {
+        let many: Vec<String> = (0..200_000).map(|i| format!("r{i}@y.test")).collect();
+        let body = serde_json::json!({"from": "a@b.test", "to": many, "text": "t"}).to_string();
+        let e = err(&body);
+        assert_eq!((e.status.as_u16(), e.code), (400, "too_many_values"), "{e:?}");
+        let zeros =
+            format!(r#"{{"from":"a@b.test","to":"x@y.test","text":"t","metadata":[{}0]}}"#, "0,".repeat(100_000));
+        assert_eq!(err(&zeros).code, "too_many_values");
+        let body = serde_json::json!({"from": "a@b.test", "to": &many[..5_000], "text": "t"}).to_string();
+        let e = err(&body);
+        assert_eq!((e.pointer.as_deref(), e.status.as_u16()), (Some("/to"), 400), "{e:?}");
+        let same: Vec<String> = (0..300).map(|i| format!("R{}@Y.test", i % 100)).collect();
+        let body =
+            serde_json::json!({"from": "a@b.test", "to": same, "cc": &many[100_000..100_050], "text": "t"}).to_string();
+        let e = err(&body);
+        assert_eq!(e.pointer.as_deref(), Some("/to"), "150 distinct: {e:?}");
     }
 
     #[test]

@@ -445,7 +445,7 @@ async fn submit_inner(api: &Arc<Api>, conn: Conn, req: Request) -> Result<Respon
             .map_err(|q| ApiError::field("?", format!("malformed query {q:?}")))?
             .unwrap_or_default();
         let tags = query.iter().filter(|(k, _)| k == "tag").map(|(_, v)| v.clone()).collect();
-        let r = raw::read(&query, body, max_rcpts)?;
+        let r = raw::read(&query, body, max_rcpts, cfg.limits.max_header_size)?;
         (r.from, r.rcpts, r.message, r.header_from, tags, Default::default(), None)
     } else {
         let b = request::build(&body, &cfg.server.hostname, max_rcpts)?;
