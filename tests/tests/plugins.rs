@@ -262,6 +262,49 @@ fn misbehaving_plugins_cost_only_their_own_verdict() {
     }
 }
 
+/// An on-data answer of more modifications than any plugin needs is an invalid answer, not
+/// applied (each could cost a pass over the message); within that limit, the recipients a
+/// plugin adds stop at `limits.max_recipients`.
+#[test]
+fn a_flood_of_modifications_is_refused_and_added_recipients_are_bounded() {
+    let sink = Sink::start();
+    let flood = |count: u32, on_error: &str| {
+        Gateway::plugin(
+            "misbehave",
+            "misbehave",
+            &format!("stages = [\"data\"]\non_error = \"{on_error}\"\nmemory_limit = 67108864"),
+            &format!("mode = \"flood\"\ncount = {count}"),
+        )
+    };
+    // Each gateway lives until the test ends: the accepted message is still to be delivered.
+    let mut gateways = vec![];
+    for (on_error, want) in [("tempfail", "451 4.3.0"), ("skip", "250 2.0.0")] {
+        let gw = gateway(&sink, &flood(20_000, on_error));
+        let steps = session(gw.port, &format!("{on_error}@remote.test"));
+        let data = &steps.iter().find(|(step, _)| *step == "data").unwrap().1;
+        assert!(data.starts_with(want), "{on_error}: {steps:?}");
+        assert!(gw.wait_log("plugin failed", T), "{}", gw.log());
+        let log = gw.log();
+        let line = log.lines().find(|l| l.contains("plugin failed")).unwrap();
+        assert!(line.contains("kind=\"invalid_answer\"") && line.contains("20000 modifications"), "{line}");
+        gateways.push(gw);
+    }
+    let skipped = sink.wait_for_rcpt("skip@remote.test", T);
+    assert_eq!(skipped.rcpts, ["skip@remote.test"]);
+    assert!(!skipped.text().contains("X-Flood"), "nothing of the refused answer applied");
+    // 400: 200 recipients and 200 fields asked; the message has 100 recipients (1 + 99).
+    let gw = gateway(&sink, &flood(400, "tempfail"));
+    let steps = session(gw.port, "within@remote.test");
+    assert!(steps.iter().any(|(step, r)| *step == "data" && r.starts_with("250 2.0.0")), "{steps:?}");
+    assert!(gw.wait_log("over=101", T), "{}", gw.log());
+    let flooded = || -> usize {
+        sink.received().iter().map(|m| m.rcpts.iter().filter(|r| r.ends_with("@flood.test")).count()).sum()
+    };
+    assert_eq!(wait_for(T, || (flooded() >= 99).then_some(flooded())), Some(99));
+    let copy = sink.wait_for_rcpt("within@remote.test", T);
+    assert_eq!(copy.text().matches("X-Flood: ").count(), 200, "the fields were applied");
+}
+
 #[test]
 fn dns_is_denied_without_a_grant() {
     let sink = Sink::start();

@@ -419,10 +419,19 @@ impl Cleanup {
             env.sender = s;
         }
         env.recipients.retain(|r| !changes.remove_rcpts.iter().any(|x| x.eq_ignore_ascii_case(&r.address)));
+        // Plugins add recipients up to the limit an SMTP client has (`limits.max_recipients`).
+        let mut over = 0;
         for a in changes.add_rcpts {
             if !env.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(&a)) {
+                if env.recipients.len() >= self.config.limits.max_recipients {
+                    over += 1;
+                    continue;
+                }
                 env.recipients.push(Recipient::pending(a));
             }
+        }
+        if over > 0 {
+            tracing::warn!(queue_id = %env.id, over, max = self.config.limits.max_recipients, "recipients added by plugins beyond limits.max_recipients ignored");
         }
         if changes.route.is_some() {
             env.route = changes.route;

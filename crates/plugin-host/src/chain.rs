@@ -338,12 +338,18 @@ impl SessionChain {
     }
 }
 
+/// Modifications one on-data answer may carry (header edits, recipients, a body, a route).
+pub const MAX_MODIFICATIONS: usize = 1000;
+
 /// What one on-data answer means: its verdict, and its modifications (refused whole when it
-/// names a route outside its grant).
+/// names a route outside its grant, or has more than [`MAX_MODIFICATIONS`]).
 fn data_step(
     meta: &PluginMeta,
     dr: types::DataResult,
 ) -> Result<Step<(DataDecision, Vec<types::Modification>)>, Failure> {
+    if dr.modifications.len() > MAX_MODIFICATIONS {
+        return Err(Failure::TooManyModifications { count: dr.modifications.len(), max: MAX_MODIFICATIONS });
+    }
     let (d, verdict) = match dr.verdict {
         Verdict::Next => (DataDecision::Continue, None),
         Verdict::Accept => (DataDecision::Continue, Some("accept")),

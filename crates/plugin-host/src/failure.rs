@@ -34,6 +34,10 @@ pub enum Failure {
     /// A source pool or shaping class the operator did not configure.
     #[error("on-route named {what} {name:?}, which the configuration does not have")]
     Unknown { what: &'static str, name: String },
+    /// More modifications in one on-data answer than any plugin needs: the answer is not
+    /// applied (each could cost a pass over the message).
+    #[error("on-data answered {count} modifications; at most {max}")]
+    TooManyModifications { count: usize, max: usize },
     /// The message could not be handed over as a resource.
     #[error("resource table: {0}")]
     Resource(#[from] wasmtime::component::ResourceTableError),
@@ -55,7 +59,10 @@ impl Failure {
             Failure::Instantiate(_) | Failure::InitRefused(_) => "instantiate",
             Failure::Budget => "budget",
             Failure::Trap(_) => "trap",
-            Failure::Reply(_) | Failure::Verdict { .. } | Failure::Unknown { .. } => "invalid_answer",
+            Failure::Reply(_)
+            | Failure::Verdict { .. }
+            | Failure::Unknown { .. }
+            | Failure::TooManyModifications { .. } => "invalid_answer",
             Failure::Route(_) => "route_refused",
             Failure::Resource(_) => "resource",
         }

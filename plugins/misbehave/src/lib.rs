@@ -1,6 +1,7 @@
 //! misbehave (test plugin): at one configured stage it loops forever, traps, allocates
-//! until memory runs out, or answers a reply code that does not fit its verdict, so the
-//! host's limits and its `on-error` handling can be tested.
+//! until memory runs out, or answers a reply code that does not fit its verdict; or at DATA it
+//! answers `count` modifications (`flood`: added recipients and header fields), so the host's
+//! limits and its `on-error` handling can be tested.
 
 use std::hint::black_box;
 
@@ -8,12 +9,15 @@ use mailgate_plugin_sdk::prelude::*;
 
 #[derive(Default)]
 struct Misbehave {
-    /// `loop`, `trap`, `oom` or `bad-code`.
+    /// `loop`, `trap`, `oom`, `bad-code` or `flood`.
     mode: String,
     /// Hook that misbehaves: init, connect, helo, auth, mail-from, rcpt, data, route, delivery.
     stage: String,
     /// Reply code for `bad-code` (999 by default; 200 is another good one).
     code: u16,
+    /// Modifications `flood` answers at DATA: `r<i>@flood.test` recipients and `X-Flood`
+    /// fields, alternating.
+    count: u32,
 }
 
 impl Misbehave {
@@ -41,8 +45,12 @@ impl Filter for Misbehave {
         self.mode = config::get_or("mode", "trap");
         self.stage = config::get_or("stage", "rcpt");
         self.code = config::parse("code")?.unwrap_or(999);
-        if !["loop", "trap", "oom", "bad-code"].contains(&self.mode.as_str()) {
+        self.count = config::parse("count")?.unwrap_or(100_000);
+        if !["loop", "trap", "oom", "bad-code", "flood"].contains(&self.mode.as_str()) {
             return Err(format!("misbehave: unknown mode {:?}", self.mode));
+        }
+        if self.mode == "flood" {
+            return Ok(());
         }
         match self.act("init") {
             Verdict::Next => Ok(()),
@@ -65,6 +73,15 @@ impl Filter for Misbehave {
         self.act("rcpt")
     }
     fn on_data(&mut self, _: &ConnectionInfo, _: &Envelope, _: &Message) -> DataResult {
+        if self.mode == "flood" {
+            log::info!("misbehave: flood of {} at data", self.count);
+            return (0..self.count).fold(DataResult::next(), |r, i| {
+                r.with(match i % 2 {
+                    0 => Modification::AddRecipient(format!("r{i}@flood.test")),
+                    _ => Modification::add_header("X-Flood", i.to_string()),
+                })
+            });
+        }
         DataResult::verdict(self.act("data"))
     }
     fn on_route(&mut self, _: &Envelope, _: &str) -> RouteResult {
