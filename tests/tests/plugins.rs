@@ -305,6 +305,30 @@ fn a_flood_of_modifications_is_refused_and_added_recipients_are_bounded() {
     assert_eq!(copy.text().matches("X-Flood: ").count(), 200, "the fields were applied");
 }
 
+/// A plugin that logs in a loop writes at most 200 lines a call; the lines it could not write
+/// are counted in one line at the end of the call, and the next call may write again.
+#[test]
+fn a_chattering_plugin_is_cut_off_per_call() {
+    let sink = Sink::start();
+    let plugin = Gateway::plugin(
+        "misbehave",
+        "misbehave",
+        "stages = [\"rcpt\"]",
+        "mode = \"chatter\"\nstage = \"rcpt\"\ncount = 10000",
+    );
+    let gw = gateway(&sink, &plugin);
+    for i in 0..2 {
+        let steps = session(gw.port, &format!("c{i}@remote.test"));
+        assert!(steps.iter().any(|(step, r)| *step == "rcpt" && r.starts_with("250")), "{steps:?}");
+    }
+    // Its own "chatter at rcpt" line and lines 0 to 198: 200; 9 801 dropped, each call.
+    let dropped = || gw.log().matches("dropped=9801").count();
+    assert_eq!(wait_for(T, || (dropped() >= 2).then_some(dropped())), Some(2), "{}", gw.log());
+    let log = gw.log();
+    assert_eq!(log.matches("misbehave: chatter line 198 ").count(), 2, "{log}");
+    assert!(!log.contains("misbehave: chatter line 199 "), "{log}");
+}
+
 #[test]
 fn dns_is_denied_without_a_grant() {
     let sink = Sink::start();

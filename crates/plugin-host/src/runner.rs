@@ -380,6 +380,7 @@ impl Chain {
         // Only the chain keeps the envelope between calls: `add_recipient` then grows it in
         // place.
         s.data_mut().session.env = None;
+        s.data_mut().log.end_call();
         answer.map_err(Failure::of)
     }
 
@@ -531,7 +532,9 @@ async fn instantiate(engine: &wasmtime::Engine, lp: &LoadedPlugin, cx: &Context<
         None => None,
     };
     store.set_epoch_deadline(lp.meta.budget_ticks);
-    match filter.call_init(&mut store).await {
+    let init = filter.call_init(&mut store).await;
+    store.data_mut().log.end_call();
+    match init {
         Ok(Ok(())) => Ok(Slot { store, filter, end_session, sessions: 0 }),
         Ok(Err(msg)) => Err(Failure::InitRefused(msg.chars().take(400).collect())),
         Err(e) => Err(Failure::of(e)),

@@ -1,7 +1,8 @@
 //! misbehave (test plugin): at one configured stage it loops forever, traps, allocates
 //! until memory runs out, or answers a reply code that does not fit its verdict; or at DATA it
-//! answers `count` modifications (`flood`: added recipients and header fields), so the host's
-//! limits and its `on-error` handling can be tested.
+//! answers `count` modifications (`flood`: added recipients and header fields); or it writes
+//! `count` log lines at the stage (`chatter`), so the host's limits and its `on-error`
+//! handling can be tested.
 
 use std::hint::black_box;
 
@@ -9,7 +10,7 @@ use mailgate_plugin_sdk::prelude::*;
 
 #[derive(Default)]
 struct Misbehave {
-    /// `loop`, `trap`, `oom`, `bad-code` or `flood`.
+    /// `loop`, `trap`, `oom`, `bad-code`, `flood` or `chatter`.
     mode: String,
     /// Hook that misbehaves: init, connect, helo, auth, mail-from, rcpt, data, route, delivery.
     stage: String,
@@ -35,6 +36,12 @@ impl Misbehave {
                 black_box(vec![1u8; 1 << 20].leak());
             },
             "trap" => panic!("misbehave: trap on purpose at {stage}"),
+            "chatter" => {
+                for i in 0..self.count {
+                    log::info!("misbehave: chatter line {i}");
+                }
+                Verdict::Next
+            }
             _ => Verdict::reject(self.code, "5.0.0", format!("misbehave: code {}", self.code)),
         }
     }
@@ -46,7 +53,7 @@ impl Filter for Misbehave {
         self.stage = config::get_or("stage", "rcpt");
         self.code = config::parse("code")?.unwrap_or(999);
         self.count = config::parse("count")?.unwrap_or(100_000);
-        if !["loop", "trap", "oom", "bad-code", "flood"].contains(&self.mode.as_str()) {
+        if !["loop", "trap", "oom", "bad-code", "flood", "chatter"].contains(&self.mode.as_str()) {
             return Err(format!("misbehave: unknown mode {:?}", self.mode));
         }
         if self.mode == "flood" {
