@@ -34,27 +34,72 @@ pub trait KvStore: Send + Sync + 'static {
 /// A value and when it expires (`None`: never).
 type Entry = (Vec<u8>, Option<Instant>);
 
-/// In-process store with expiry; bounded so a plugin cannot grow it without limit.
+/// Octets the in-memory store holds at most unless told otherwise (keys and values).
+pub const MEMORY_KV_BYTES: usize = 256 << 20;
+
+/// How often a full store may walk its keys for expired ones (a walk visits every key).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// What an entry counts against the store's octets: its key, its value and the map's share.
+fn cost(key: &str, value: &[u8]) -> usize {
+    key.len() + value.len() + 64
+}
+
+struct Inner {
+    map: HashMap<String, Entry>,
+    /// Sum of [`cost`] over `map`.
+    bytes: usize,
+    /// When expired keys were last swept.
+    swept: Option<Instant>,
+}
+
+/// In-process store with expiry; bounded in keys and in octets, so a plugin cannot grow it
+/// without limit (nor make every write walk a full store).
 pub struct MemoryKv {
-    map: Mutex<HashMap<String, Entry>>,
-    /// Most keys kept; beyond it expired keys are swept and then writes fail.
+    inner: Mutex<Inner>,
     max_keys: usize,
+    max_bytes: usize,
 }
 
 impl MemoryKv {
+    /// A store of at most `max_keys` keys and [`MEMORY_KV_BYTES`] octets.
     pub fn new(max_keys: usize) -> MemoryKv {
-        MemoryKv { map: Mutex::new(HashMap::new()), max_keys }
+        MemoryKv::with_limits(max_keys, MEMORY_KV_BYTES)
     }
 
-    fn room(&self, m: &mut HashMap<String, (Vec<u8>, Option<Instant>)>, key: &str) -> Result<(), KvError> {
-        if m.len() < self.max_keys || m.contains_key(key) {
-            return Ok(());
+    pub fn with_limits(max_keys: usize, max_bytes: usize) -> MemoryKv {
+        MemoryKv { inner: Mutex::new(Inner { map: HashMap::new(), bytes: 0, swept: None }), max_keys, max_bytes }
+    }
+
+    /// Stores `key`, when it fits (after a sweep of expired keys, at most once a second).
+    fn put(&self, i: &mut Inner, key: &str, value: Vec<u8>, exp: Option<Instant>) -> Result<(), KvError> {
+        let new = cost(key, &value);
+        let fits = |i: &Inner| {
+            let old = i.map.get(key).map_or(0, |(v, _)| cost(key, v));
+            (i.map.len() < self.max_keys || old > 0) && i.bytes - old + new <= self.max_bytes
+        };
+        if !fits(i) {
+            let now = Instant::now();
+            if i.swept.is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY) {
+                i.swept = Some(now);
+                let mut freed = 0;
+                i.map.retain(|k, (v, exp)| {
+                    let keep = exp.is_none_or(|e| e > now);
+                    if !keep {
+                        freed += cost(k, v);
+                    }
+                    keep
+                });
+                i.bytes -= freed;
+            }
+            if !fits(i) {
+                return Err(KvError::Full);
+            }
         }
-        let now = Instant::now();
-        m.retain(|_, (_, exp)| exp.is_none_or(|e| e > now));
-        if m.len() >= self.max_keys {
-            return Err(KvError::Full);
+        if let Some((old, _)) = i.map.insert(key.to_string(), (value, exp)) {
+            i.bytes -= cost(key, &old);
         }
+        i.bytes += new;
         Ok(())
     }
 }
@@ -65,20 +110,17 @@ fn live(v: &(Vec<u8>, Option<Instant>)) -> bool {
 
 impl MemoryKv {
     fn get_now(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self.map.lock().unwrap().get(key).filter(|v| live(v)).map(|v| v.0.clone()))
+        Ok(self.inner.lock().unwrap().map.get(key).filter(|v| live(v)).map(|v| v.0.clone()))
     }
 
     fn set_now(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError> {
-        let mut m = self.map.lock().unwrap();
-        self.room(&mut m, key)?;
-        m.insert(key.to_string(), (value, ttl.map(|t| Instant::now() + t)));
-        Ok(())
+        let mut i = self.inner.lock().unwrap();
+        self.put(&mut i, key, value, ttl.map(|t| Instant::now() + t))
     }
 
     fn incr_now(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
-        let mut m = self.map.lock().unwrap();
-        self.room(&mut m, key)?;
-        let cur = m.get(key).filter(|v| live(v)).cloned();
+        let mut i = self.inner.lock().unwrap();
+        let cur = i.map.get(key).filter(|v| live(v)).cloned();
         let (n, exp) = match cur {
             Some((v, exp)) => {
                 let s = std::str::from_utf8(&v).ok().and_then(|s| s.parse::<i64>().ok()).ok_or(KvError::NotInteger)?;
@@ -86,8 +128,15 @@ impl MemoryKv {
             }
             None => (delta, ttl.map(|t| Instant::now() + t)),
         };
-        m.insert(key.to_string(), (n.to_string().into_bytes(), exp));
+        self.put(&mut i, key, n.to_string().into_bytes(), exp)?;
         Ok(n)
+    }
+
+    fn delete_now(&self, key: &str) {
+        let mut i = self.inner.lock().unwrap();
+        if let Some((v, _)) = i.map.remove(key) {
+            i.bytes -= cost(key, &v);
+        }
     }
 }
 
@@ -106,7 +155,7 @@ impl KvStore for MemoryKv {
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), KvError>> {
-        self.map.lock().unwrap().remove(key);
+        self.delete_now(key);
         Box::pin(std::future::ready(Ok(())))
     }
 }
@@ -129,5 +178,28 @@ mod tests {
         assert_eq!(kv.incr("c", 1, None).await, Err(KvError::NotInteger));
         kv.delete("c").await.unwrap();
         assert_eq!(kv.get("c").await, Ok(None));
+    }
+
+    /// Octets are bounded as keys are: values that do not fit are refused, a smaller value
+    /// for a key that is there fits, and a deleted key's octets are free again.
+    #[tokio::test]
+    async fn octets_are_bounded() {
+        let kv = MemoryKv::with_limits(100, 1_000);
+        let v = vec![b'x'; 100];
+        for i in 0..6 {
+            kv.set(&format!("k{i}"), v.clone(), None).await.unwrap();
+        }
+        assert_eq!(kv.set("k6", v.clone(), None).await, Err(KvError::Full), "6 × 166 octets of 1 000");
+        assert_eq!(kv.set("k0", vec![b'y'; 4_000], None).await, Err(KvError::Full));
+        assert_eq!(kv.get("k0").await, Ok(Some(v.clone())), "a refused write leaves the old value");
+        kv.set("k0", b"small".to_vec(), None).await.unwrap();
+        // 5 × 166 + 71 = 901: room for 99 octets more.
+        assert_eq!(kv.set("k6", vec![b'z'; 34], None).await, Err(KvError::Full));
+        kv.set("k6", vec![b'z'; 33], None).await.unwrap();
+        assert_eq!(kv.incr("n", 1, None).await, Err(KvError::Full));
+        kv.delete("k1").await.unwrap();
+        assert_eq!(kv.incr("n", 1, None).await, Ok(1));
+        let i = kv.inner.lock().unwrap();
+        assert_eq!(i.bytes, i.map.iter().map(|(k, (v, _))| cost(k, v)).sum::<usize>());
     }
 }
