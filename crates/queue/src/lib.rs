@@ -139,6 +139,32 @@ struct Inner {
     view: Mutex<BTreeMap<QueueId, (Envelope, State)>>,
     /// Where delivery outcomes are recorded as events (`None`: events are off).
     events: Option<Arc<EventLog>>,
+    /// The `domain` labels of the delivery metrics.
+    domain_labels: DomainLabels,
+}
+
+/// Recipient domains with a metrics label of their own, at most `max`; the rest are counted
+/// as `other`. Senders choose recipient domains (and bounces go to senders' domains), so every
+/// new domain as a label would grow the metrics registry, and `/metrics`, without end.
+struct DomainLabels {
+    known: Mutex<std::collections::HashSet<String>>,
+    max: usize,
+}
+
+impl DomainLabels {
+    fn new(max: usize) -> DomainLabels {
+        DomainLabels { known: Default::default(), max }
+    }
+
+    /// The label of `domain` (lower case): itself while there is room, else `other`.
+    fn label(&self, domain: String) -> String {
+        let mut known = self.known.lock().unwrap();
+        if known.contains(&domain) || (known.len() < self.max && known.insert(domain.clone())) {
+            domain
+        } else {
+            "other".to_string()
+        }
+    }
 }
 
 impl Inner {
@@ -176,6 +202,7 @@ impl Queue {
             cleanup: RwLock::new(cleanup),
             view: Mutex::new(BTreeMap::new()),
             events,
+            domain_labels: DomainLabels::new(1000),
         });
         let q = Queue { tx, inner };
         if !recovered.is_empty() {
@@ -597,7 +624,9 @@ impl Queue {
             }
             let r = &env.recipients[i];
             tracing::info!(queue_id = %env.id, rcpt = %r.address, status = ?o.status, host = o.remote_host.as_deref().unwrap_or("-"), attempt = env.attempts, "{}", o.reply);
-            let domain = r.address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+            let domain = inner
+                .domain_labels
+                .label(r.address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default());
             let result = match o.status {
                 Status::Delivered => "delivered",
                 Status::Deferred => "deferred",
@@ -917,5 +946,22 @@ fn destination(route: &Route, domain: &str) -> String {
         Route::Lmtp { host, port, .. } => format!("lmtp:{}:{port}", host.as_deref().unwrap_or("")),
         Route::Maildir { path } => format!("maildir:{}", path.display()),
         Route::Discard => "discard".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DomainLabels;
+
+    /// Domains keep their own label up to the cap, in the order first seen, and keep it after;
+    /// every later domain is `other`.
+    #[test]
+    fn domain_labels_are_capped() {
+        let labels = DomainLabels::new(3);
+        let got: Vec<String> = ["a.test", "b.test", "a.test", "c.test", "d.test", "b.test", "e.test", "c.test"]
+            .into_iter()
+            .map(|d| labels.label(d.to_string()))
+            .collect();
+        assert_eq!(got, ["a.test", "b.test", "a.test", "c.test", "other", "b.test", "other", "c.test"]);
     }
 }
