@@ -49,7 +49,13 @@ struct Api {
     name: Arc<str>,
     /// Requests between "body read" and "answered": shutdown waits for them.
     in_flight: Arc<AtomicUsize>,
+    /// Event-log reads running at once (each may scan the log on a blocking thread): the
+    /// rest wait their turn instead of taking every blocking thread.
+    reads: tokio::sync::Semaphore,
 }
+
+/// Event-log reads one listener runs at once.
+const CONCURRENT_READS: usize = 4;
 
 /// A running API listener.
 pub struct Listening {
@@ -91,7 +97,16 @@ pub fn serve(
     let in_flight = Arc::new(AtomicUsize::new(0));
     let name: Arc<str> = conf.name.as_str().into();
     let permits = Arc::new(tokio::sync::Semaphore::new(conf.max_connections));
-    let api = Arc::new(Api { gate, keys, idem, events, conf, name: name.clone(), in_flight: in_flight.clone() });
+    let api = Arc::new(Api {
+        gate,
+        keys,
+        idem,
+        events,
+        conf,
+        name: name.clone(),
+        in_flight: in_flight.clone(),
+        reads: tokio::sync::Semaphore::new(CONCURRENT_READS),
+    });
     let router = Router::new()
         .route("/api/v1/messages", post(submit))
         .route("/api/v1/messages/{id}", get(message))
@@ -175,6 +190,7 @@ async fn message(
         || ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no message {id} of key {}", key.name));
     let log2 = log.clone();
     let id2 = id.clone();
+    let _turn = api.reads.acquire().await.expect("never closed");
     let history = tokio::task::spawn_blocking(move || log2.for_message(&id2, 10_000))
         .await
         .map_err(|e| ApiError::unavailable(e.to_string(), 5))?
@@ -234,6 +250,7 @@ async fn events_page(
     let axum::extract::Query(page) = query.map_err(|e| ApiError::field("?since", e.body_text()))?;
     let limit = page.limit.unwrap_or(100).clamp(1, PAGE_MAX);
     let name = key.name.clone();
+    let _turn = api.reads.acquire().await.expect("never closed");
     let (events, next) = tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<Event>, u64)> {
         let (mut out, mut cursor, mut scanned) = (vec![], page.since, 0);
         while out.len() < limit && scanned < SCAN_MAX {

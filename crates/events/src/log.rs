@@ -208,7 +208,7 @@ impl EventLog {
             if out.len() >= limit {
                 break;
             }
-            scan_from(&s.path, from, cursor, |e| {
+            scan_from(&s.path, from, cursor, None, |e| {
                 if e.seq <= durable {
                     out.push(e);
                 }
@@ -273,7 +273,9 @@ impl EventLog {
         let start = segments.partition_point(|s| s.first_at <= received_ms).saturating_sub(1);
         let mut out = vec![];
         for s in &segments[start..] {
-            scan(&s.path, |e| {
+            // Only lines that name the message are parsed: the log may hold a gigabyte of
+            // other messages' events after it.
+            scan_from(&s.path, 0, 0, Some(queue_id.as_bytes()), |e| {
                 if e.queue_id == queue_id && e.seq <= durable {
                     out.push(e);
                 }
@@ -284,15 +286,16 @@ impl EventLog {
     }
 }
 
-/// Reads a segment's events in order until `f` says stop; a line that does not parse (being
-/// written right now) ends the segment.
-fn scan(path: &Path, f: impl FnMut(Event) -> bool) -> std::io::Result<()> {
-    scan_from(path, 0, 0, f)
-}
-
-/// [`scan`] from byte `offset` (a line's start), passing over events up to `after` without
-/// parsing them.
-fn scan_from(path: &Path, offset: u64, after: u64, mut f: impl FnMut(Event) -> bool) -> std::io::Result<()> {
+/// Reads a segment's events in order from byte `offset` (a line's start) until `f` says stop,
+/// passing over events up to `after`, and lines without `needle`, without parsing them; a line
+/// that does not parse (being written right now) ends the segment.
+fn scan_from(
+    path: &Path,
+    offset: u64,
+    after: u64,
+    needle: Option<&[u8]>,
+    mut f: impl FnMut(Event) -> bool,
+) -> std::io::Result<()> {
     use std::io::{Seek, SeekFrom};
     let mut file = match File::open(path) {
         Ok(f) => f,
@@ -301,9 +304,13 @@ fn scan_from(path: &Path, offset: u64, after: u64, mut f: impl FnMut(Event) -> b
         Err(e) => return Err(e),
     };
     file.seek(SeekFrom::Start(offset))?;
+    let finder = needle.map(memchr::memmem::Finder::new);
     for line in BufReader::new(file).split(b'\n') {
         let line = line?;
         if seq_of(&line).is_some_and(|s| s <= after) {
+            continue;
+        }
+        if finder.as_ref().is_some_and(|f| f.find(&line).is_none()) {
             continue;
         }
         let Ok(e) = serde_json::from_slice::<Event>(&line) else { break };
