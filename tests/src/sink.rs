@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 use crate::wait_for;
@@ -24,6 +24,8 @@ pub struct Received {
     pub at: std::time::Instant,
     /// Which connection (in accept order, from 1) carried it.
     pub connection: usize,
+    /// Whether it came in BDAT chunks (RFC 3030) rather than after DATA.
+    pub bdat: bool,
 }
 
 impl Received {
@@ -69,6 +71,8 @@ struct State {
     mail_args: Vec<String>,
     /// The client address of each connection, in order.
     peers: Vec<std::net::IpAddr>,
+    /// EHLO offers CHUNKING (RFC 3030) and BDAT is taken.
+    chunking: bool,
 }
 
 pub struct Sink {
@@ -190,6 +194,11 @@ impl Sink {
         self.state.lock().unwrap().requiretls = on;
     }
 
+    /// Offer CHUNKING in EHLO and take BDAT (RFC 3030).
+    pub fn set_chunking(&self, on: bool) {
+        self.state.lock().unwrap().chunking = on;
+    }
+
     /// The arguments of every MAIL FROM so far (`<a@b> SIZE=… REQUIRETLS`).
     pub fn mail_args(&self) -> Vec<String> {
         self.state.lock().unwrap().mail_args.clone()
@@ -270,6 +279,8 @@ async fn serve(
     let (mut from, mut rcpts) = (String::new(), Vec::<String>::new());
     let mut authed = false;
     let mut line = String::new();
+    // BDAT chunks of the current message so far.
+    let mut chunks = Vec::new();
     loop {
         line.clear();
         if io.read_line(&mut line).await? == 0 {
@@ -285,7 +296,10 @@ async fn serve(
                 if in_tls && st.lock().unwrap().require_auth.is_some() { "250-AUTH PLAIN LOGIN\r\n" } else { "" };
             let utf8 = if st.lock().unwrap().no_smtputf8 { "" } else { "250-SMTPUTF8\r\n" };
             let rtls = if in_tls && st.lock().unwrap().requiretls { "250-REQUIRETLS\r\n" } else { "" };
-            format!("250-sink.test\r\n250-PIPELINING\r\n{eight}{utf8}{rtls}{tls_kw}{auth}250 SIZE 52428800\r\n")
+            let chunking = if st.lock().unwrap().chunking { "250-CHUNKING\r\n" } else { "" };
+            format!(
+                "250-sink.test\r\n250-PIPELINING\r\n{eight}{utf8}{rtls}{chunking}{tls_kw}{auth}250 SIZE 52428800\r\n"
+            )
         } else if upper.starts_with("HELO") {
             "250 sink.test\r\n".into()
         } else if let Some(acceptor) = tls.as_ref().filter(|_| upper == "STARTTLS" && !in_tls) {
@@ -371,30 +385,27 @@ async fn serve(
                     let l = if l.starts_with(b"..") { &l[1..] } else { &l[..] };
                     data.extend_from_slice(l);
                 }
-                let delay = {
-                    let mut g = st.lock().unwrap();
-                    g.data_ends += 1;
-                    g.data_delay
-                };
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                let mut g = st.lock().unwrap();
-                let rep = g.data.clone().unwrap_or_else(|| "250 2.0.0 queued".into());
-                if rep.starts_with('2') {
-                    g.received.push(Received {
-                        from: from.clone(),
-                        rcpts: std::mem::take(&mut rcpts),
-                        data,
-                        tls: in_tls,
-                        at: std::time::Instant::now(),
-                        connection,
-                    });
-                }
-                format!("{rep}\r\n")
+                let end = End { from: &from, tls: in_tls, connection, bdat: false };
+                end.finish(&st, &mut rcpts, data).await
+            }
+        } else if let Some((size, last)) = bdat_args(&upper).filter(|_| st.lock().unwrap().chunking) {
+            // RFC 3030: exactly `size` octets follow, whatever the state; a refused chunk is
+            // read and dropped all the same.
+            let mut chunk = vec![0u8; size];
+            io.read_exact(&mut chunk).await?;
+            chunks.extend_from_slice(&chunk);
+            if rcpts.is_empty() {
+                chunks.clear();
+                "554 5.5.1 no valid recipients\r\n".into()
+            } else if !last {
+                "250 2.0.0 chunk ok\r\n".into()
+            } else {
+                let end = End { from: &from, tls: in_tls, connection, bdat: true };
+                end.finish(&st, &mut rcpts, std::mem::take(&mut chunks)).await
             }
         } else if upper == "RSET" {
             rcpts.clear();
+            chunks.clear();
             "250 2.0.0 ok\r\n".into()
         } else if upper == "QUIT" {
             st.lock().unwrap().quits += 1;
@@ -406,5 +417,52 @@ async fn serve(
             "500 5.5.2 what\r\n".into()
         };
         io.get_mut().write_all(reply.as_bytes()).await?;
+    }
+}
+
+/// `BDAT <size> [LAST]` (upper case): the chunk's size and whether it is the last.
+fn bdat_args(upper: &str) -> Option<(usize, bool)> {
+    let mut words = upper.strip_prefix("BDAT ")?.split_ascii_whitespace();
+    let size = words.next()?.parse().ok()?;
+    match (words.next(), words.next()) {
+        (None, _) => Some((size, false)),
+        (Some("LAST"), None) => Some((size, true)),
+        _ => None,
+    }
+}
+
+/// The end of a message (the final dot, or BDAT LAST): the configured reply, and the message
+/// recorded when it is positive.
+struct End<'a> {
+    from: &'a str,
+    tls: bool,
+    connection: usize,
+    bdat: bool,
+}
+
+impl End<'_> {
+    async fn finish(self, st: &Mutex<State>, rcpts: &mut Vec<String>, data: Vec<u8>) -> String {
+        let delay = {
+            let mut g = st.lock().unwrap();
+            g.data_ends += 1;
+            g.data_delay
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let mut g = st.lock().unwrap();
+        let rep = g.data.clone().unwrap_or_else(|| "250 2.0.0 queued".into());
+        if rep.starts_with('2') {
+            g.received.push(Received {
+                from: self.from.to_string(),
+                rcpts: std::mem::take(rcpts),
+                data,
+                tls: self.tls,
+                at: std::time::Instant::now(),
+                connection: self.connection,
+                bdat: self.bdat,
+            });
+        }
+        format!("{rep}\r\n")
     }
 }

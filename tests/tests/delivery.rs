@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use mailgate_tests::clients::{python, swaks};
+use mailgate_tests::clients::{python, swaks, Raw};
 use mailgate_tests::dns::Dns;
 use mailgate_tests::gateway::Gateway;
 use mailgate_tests::sink::Sink;
@@ -129,6 +129,66 @@ fn mixed_per_recipient_results() {
     assert_eq!(m.rcpts, vec!["slow@remote.test"], "only the pending recipient is retried");
     assert_eq!(sink.rcpt_attempts("good@remote.test"), 1, "the delivered recipient is not sent again");
     assert_eq!(sink.rcpt_attempts("bad@remote.test"), 1);
+}
+
+/// RFC 3030: a next hop that offers CHUNKING and PIPELINING gets a small message as one write —
+/// `MAIL`, the `RCPT`s and `BDAT <size> LAST` with the content as stored, lines that start with a
+/// dot unstuffed — and each recipient's result as with DATA: refused recipients bounce, a refused
+/// message is retried, a transaction nobody took leaves the connection usable. A large message
+/// still goes by DATA, after the recipients' replies.
+#[test]
+fn chunking_next_hops_get_small_messages_by_bdat() {
+    let sink = Sink::start();
+    sink.set_chunking(true);
+    sink.set_rcpt_reply("bad@remote.test", "550 5.1.1 unknown");
+    let gw = Gateway::with_sink(sink.port(), "[queue]\nretry_schedule = [\"1s\"]\n");
+
+    // Dot-stuffed on the way in (".leading", ".", ".."), as stored on the way out.
+    let content = b"Subject: dots\r\nFrom: a@sender.test\r\n\r\n..leading\r\n..\r\n...\r\nend\r\n";
+    let r = Raw::transaction(gw.port, "a@sender.test", "good@remote.test", content);
+    assert!(r.starts_with("250"), "{r}");
+    let m = sink.wait_for_rcpt("good@remote.test", T);
+    assert!(m.bdat, "a CHUNKING next hop gets BDAT");
+    assert!(m.text().starts_with("Received: "), "{}", m.text());
+    assert!(
+        m.text().ends_with("Subject: dots\r\nFrom: a@sender.test\r\n\r\n.leading\r\n.\r\n..\r\nend\r\n"),
+        "{:?}",
+        m.text()
+    );
+
+    // One recipient refused: the other gets the message, the refused one a bounce (by BDAT too).
+    send(gw.port, "s@sender.test", &["fine@remote.test", "bad@remote.test"], "mixed");
+    let m = sink.wait_for_rcpt("fine@remote.test", T);
+    assert_eq!((m.rcpts.clone(), m.bdat), (vec!["fine@remote.test".to_string()], true));
+    let dsn = sink.wait_for_rcpt("s@sender.test", T);
+    assert!(dsn.bdat && dsn.text().contains("Final-Recipient: rfc822; bad@remote.test"), "{}", dsn.text());
+    assert_eq!(sink.rcpt_attempts("bad@remote.test"), 1, "a refused recipient is not retried");
+
+    // Every recipient refused: the content went out and was dropped; the next message is fine.
+    send(gw.port, "t@sender.test", &["bad@remote.test"], "nobody");
+    sink.wait_for_rcpt("t@sender.test", T);
+    send(gw.port, "a@sender.test", &["after@remote.test"], "after");
+    assert!(sink.wait_for_rcpt("after@remote.test", T).bdat);
+
+    // The message refused for now (the reply to BDAT LAST): retried, then delivered.
+    sink.set_data_reply(Some("451 4.3.0 not now"));
+    let ends = sink.data_ends();
+    send(gw.port, "a@sender.test", &["later@remote.test"], "later");
+    assert!(mailgate_tests::wait_for(T, || (sink.data_ends() >= ends + 2).then_some(())).is_some());
+    sink.set_data_reply(None);
+    assert!(sink.wait_for_rcpt("later@remote.test", T).bdat);
+    assert_eq!(sink.rcpt_attempts("fine@remote.test"), 1, "delivered recipients are not sent again");
+
+    // A message larger than one write: DATA.
+    let mut big = b"Subject: big\r\nFrom: a@sender.test\r\n\r\n".to_vec();
+    for i in 0..2000 {
+        big.extend_from_slice(format!("..line {i:04} of a message too large to go in the same write\r\n").as_bytes());
+    }
+    let r = Raw::transaction(gw.port, "a@sender.test", "big@remote.test", &big);
+    assert!(r.starts_with("250"), "{r}");
+    let m = sink.wait_for_rcpt("big@remote.test", T);
+    assert!(!m.bdat, "a large message goes by DATA");
+    assert!(m.text().ends_with(".line 1999 of a message too large to go in the same write\r\n"));
 }
 
 #[test]
