@@ -616,17 +616,19 @@ async fn check_structure(
 
 /// RFC 3848 / RFC 6531 protocol name for `Received: … with`: S for TLS, A for an
 /// authenticated client.
-pub fn protocol(esmtp: bool, smtputf8: bool, tls: bool, authenticated: bool) -> String {
-    let base = match (smtputf8, esmtp) {
-        (true, _) => "UTF8SMTP",
-        (false, true) => "ESMTP",
-        (false, false) => "SMTP",
-    };
-    let suffix = match (tls, authenticated) {
-        (true, true) => "SA",
-        (true, false) => "S",
-        (false, true) => "A",
-        (false, false) => "",
-    };
-    format!("{base}{suffix}")
+pub fn protocol(esmtp: bool, smtputf8: bool, tls: bool, authenticated: bool) -> &'static str {
+    match (smtputf8, esmtp, tls, authenticated) {
+        (true, _, true, true) => "UTF8SMTPSA",
+        (true, _, true, false) => "UTF8SMTPS",
+        (true, _, false, true) => "UTF8SMTPA",
+        (true, _, false, false) => "UTF8SMTP",
+        (false, true, true, true) => "ESMTPSA",
+        (false, true, true, false) => "ESMTPS",
+        (false, true, false, true) => "ESMTPA",
+        (false, true, false, false) => "ESMTP",
+        (false, false, true, true) => "SMTPSA",
+        (false, false, true, false) => "SMTPS",
+        (false, false, false, true) => "SMTPA",
+        (false, false, false, false) => "SMTP",
+    }
 }

@@ -346,3 +346,18 @@ fn has_fields_looks_at_line_starts_of_the_header_only() {
     assert_eq!(has_fields(b"Date", names), [false, false]);
     assert_eq!(has_fields(b"\r\nDate: body only\r\n", names), [false, false]);
 }
+
+#[test]
+fn received_protocol_names_follow_rfc_3848_and_6531() {
+    for (esmtp, utf8, tls, auth) in (0..16).map(|i| (i & 1 != 0, i & 2 != 0, i & 4 != 0, i & 8 != 0)) {
+        let base = if utf8 {
+            "UTF8SMTP"
+        } else if esmtp {
+            "ESMTP"
+        } else {
+            "SMTP"
+        };
+        let want = format!("{base}{}{}", if tls { "S" } else { "" }, if auth { "A" } else { "" });
+        assert_eq!(crate::protocol(esmtp, utf8, tls, auth), want);
+    }
+}

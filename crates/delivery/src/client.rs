@@ -564,9 +564,13 @@ impl Conn {
                 ));
             }
         }
-        let mut mail = format!("MAIL FROM:<{}>", msg.sender);
+        let mut mail = String::with_capacity(64 + msg.sender.len());
+        mail.push_str("MAIL FROM:<");
+        mail.push_str(&msg.sender);
+        mail.push('>');
         if self.ext.size.is_some() {
-            mail.push_str(&format!(" SIZE={}", data.len()));
+            mail.push_str(" SIZE=");
+            mail.push_str(&data.len().to_string());
         }
         if msg.body_8bit && self.ext.eightbitmime {
             mail.push_str(" BODY=8BITMIME");
@@ -585,7 +589,10 @@ impl Conn {
         mail.push_str("\r\n");
         let mut cmds = vec![mail];
         cmds.extend(msg.recipients.iter().enumerate().map(|(i, r)| {
-            let mut rcpt = format!("RCPT TO:<{r}>");
+            let mut rcpt = String::with_capacity(16 + r.len());
+            rcpt.push_str("RCPT TO:<");
+            rcpt.push_str(r);
+            rcpt.push('>');
             if let Some(p) = msg.rcpt_params.get(i).filter(|_| self.ext.dsn) {
                 dsn_rcpt_params(&mut rcpt, p);
             }

@@ -623,7 +623,9 @@ impl Queue {
                 h.delivery_result(&env, &env.recipients[i].address, &o).await;
             }
             let r = &env.recipients[i];
-            tracing::info!(queue_id = %env.id, rcpt = %r.address, status = ?o.status, host = o.remote_host.as_deref().unwrap_or("-"), attempt = env.attempts, "{}", o.reply);
+            // The reply as one line, made once for the log, the event and the spool.
+            let reply_text = o.reply.to_string();
+            tracing::info!(queue_id = %env.id, rcpt = %r.address, status = ?o.status, host = o.remote_host.as_deref().unwrap_or("-"), attempt = env.attempts, "{reply_text}");
             let domain = inner
                 .domain_labels
                 .label(r.address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default());
@@ -633,7 +635,7 @@ impl Queue {
                 Status::Failed => "failed",
             };
             metrics::counter!("mailgate_delivery_attempts_total", "result" => result, "domain" => domain).increment(1);
-            let class = (o.status != Status::Delivered).then(|| mailgate_events::classify(&o.reply.to_string()));
+            let class = (o.status != Status::Delivered).then(|| mailgate_events::classify(&reply_text));
             if let Some(c) = class {
                 metrics::counter!("mailgate_delivery_problems_total", "result" => result, "class" => c.name())
                     .increment(1);
@@ -645,7 +647,7 @@ impl Queue {
                     Status::Failed => Kind::Bounced,
                 };
                 let mut ev = Event::about(kind, &env).rcpt(&r.address);
-                ev.reply = Some(o.reply.to_string());
+                ev.reply = Some(reply_text.clone());
                 ev.remote_host = o.remote_host.clone();
                 ev.attempt = Some(env.attempts);
                 ev.class = class;
@@ -659,7 +661,7 @@ impl Queue {
                 }
             }
             let r = &mut env.recipients[i];
-            r.last_reply = Some(o.reply.to_string());
+            r.last_reply = Some(reply_text);
             r.remote_host = o.remote_host;
             replies[i] = Some(o.reply.clone());
             match o.status {

@@ -8,21 +8,60 @@ use std::fmt;
 pub struct Enhanced(pub u8, pub u16, pub u16);
 
 impl Enhanced {
-    /// Parses `x.y.z` (RFC 3463 §2: class 2, 4 or 5; subject and detail up to 3 digits).
+    /// Parses `x.y.z` (RFC 3463 §2: class 2, 4 or 5; subject and detail 1 to 3 digits). Every
+    /// reply read from a next hop is asked: octets, not `str::split` and `parse`.
     pub fn parse(s: &str) -> Option<Enhanced> {
-        let mut it = s.split('.');
-        let class: u8 = it.next()?.parse().ok()?;
-        let subject = it.next()?;
-        let detail = it.next()?;
-        if it.next().is_some() || !matches!(class, 2 | 4 | 5) {
+        let b = s.as_bytes();
+        let (&class, rest) = b.split_first()?;
+        if !matches!(class, b'2' | b'4' | b'5') {
             return None;
         }
-        let ok = |p: &str| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit());
-        if !ok(subject) || !ok(detail) {
-            return None;
+        let rest = rest.strip_prefix(b".")?;
+        let dot = rest.iter().position(|c| *c == b'.')?;
+        let (subject, detail) = (number(&rest[..dot])?, number(&rest[dot + 1..])?);
+        return Some(Enhanced(class - b'0', subject, detail));
+
+        fn number(d: &[u8]) -> Option<u16> {
+            if d.is_empty() || d.len() > 3 || !d.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            Some(d.iter().fold(0u16, |n, c| n * 10 + u16::from(c - b'0')))
         }
-        Some(Enhanced(class, subject.parse().ok()?, detail.parse().ok()?))
     }
+}
+
+impl Enhanced {
+    /// Appends `class.subject.detail` to `out` (replies are written for every command: no
+    /// formatter machinery).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        push_decimal(out, u16::from(self.0));
+        out.push(b'.');
+        push_decimal(out, self.1);
+        out.push(b'.');
+        push_decimal(out, self.2);
+    }
+}
+
+/// A reply code's three digits (codes are 200–599 by construction; others are written modulo
+/// 1000, as the wire has room for three).
+fn three_digits(code: u16) -> [u8; 3] {
+    let c = code % 1000;
+    [b'0' + (c / 100) as u8, b'0' + (c / 10 % 10) as u8, b'0' + (c % 10) as u8]
+}
+
+fn push_decimal(out: &mut Vec<u8>, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 impl fmt::Display for Enhanced {
@@ -63,19 +102,23 @@ impl Reply {
 
     /// Appends the wire form (CRLF line ends, `-` continuation) to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let lines: Vec<&str> = self.text.split('\n').collect();
-        let code = self.code.to_string();
-        for (i, line) in lines.iter().enumerate() {
-            out.extend_from_slice(code.as_bytes());
-            out.push(if i + 1 == lines.len() { b' ' } else { b'-' });
+        let code = three_digits(self.code);
+        let mut lines = self.text.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            out.extend_from_slice(&code);
+            out.push(if lines.peek().is_none() { b' ' } else { b'-' });
             if let Some(e) = self.enhanced {
-                out.extend_from_slice(e.to_string().as_bytes());
+                e.write_to(out);
                 if !line.is_empty() {
                     out.push(b' ');
                 }
             }
             // Never let text smuggle a line end onto the wire.
-            out.extend(line.bytes().filter(|b| *b != b'\r' && *b != b'\n'));
+            if line.contains('\r') {
+                out.extend(line.bytes().filter(|b| *b != b'\r'));
+            } else {
+                out.extend_from_slice(line.as_bytes());
+            }
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -88,11 +131,24 @@ impl Reply {
 }
 
 impl fmt::Display for Reply {
+    /// One line: `code [enhanced] text`, the text's lines joined by ` / `.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.enhanced {
-            Some(e) => write!(f, "{} {} {}", self.code, e, self.text.replace('\n', " / ")),
-            None => write!(f, "{} {}", self.code, self.text.replace('\n', " / ")),
+        let mut head = Vec::with_capacity(16);
+        head.extend_from_slice(&three_digits(self.code));
+        head.push(b' ');
+        if let Some(e) = self.enhanced {
+            e.write_to(&mut head);
+            head.push(b' ');
         }
+        // ASCII digits, dots and spaces only.
+        f.write_str(std::str::from_utf8(&head).unwrap_or_default())?;
+        let mut lines = self.text.split('\n');
+        f.write_str(lines.next().unwrap_or_default())?;
+        for line in lines {
+            f.write_str(" / ")?;
+            f.write_str(line)?;
+        }
+        Ok(())
     }
 }
 
@@ -118,40 +174,46 @@ impl std::error::Error for BadReply {}
 impl ReplyParser {
     /// Feeds one line (without CRLF). Returns the finished reply after its last line.
     pub fn feed(&mut self, line: &[u8]) -> Result<Option<Reply>, BadReply> {
-        let text = String::from_utf8_lossy(line);
-        let bad = || BadReply(text.chars().take(200).collect());
-        if line.len() < 3 || !line[..3].iter().all(u8::is_ascii_digit) {
+        let bad = || BadReply(String::from_utf8_lossy(line).chars().take(200).collect());
+        let [a, b, c, ..] = *line else { return Err(bad()) };
+        if ![a, b, c].iter().all(u8::is_ascii_digit) {
             return Err(bad());
         }
-        let code: u16 = text[..3].parse().map_err(|_| bad())?;
+        let code = u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0');
         if !(200..600).contains(&code) || self.code.is_some_and(|c| c != code) {
             return Err(bad());
         }
         self.code = Some(code);
-        let (last, rest) = match line.get(3) {
-            None => (true, ""),
-            Some(b' ') => (true, &text[4..]),
-            Some(b'-') => (false, &text[4..]),
+        let last = match line.get(3) {
+            None | Some(b' ') => true,
+            Some(b'-') => false,
             Some(_) => return Err(bad()),
         };
-        self.lines.push(rest.to_string());
+        let rest = String::from_utf8_lossy(line.get(4..).unwrap_or_default());
         if !last {
-            if self.lines.len() > 100 {
+            if self.lines.len() >= 100 {
                 return Err(bad());
             }
+            self.lines.push(rest.into_owned());
             return Ok(None);
         }
-        let lines = std::mem::take(&mut self.lines);
         self.code = None;
         // The enhanced code, when present, starts every line; keep it once.
-        let enhanced = lines[0].split(' ').next().and_then(Enhanced::parse);
-        let strip = |l: &String| -> String {
+        let first = self.lines.first().map_or(&*rest, String::as_str);
+        let enhanced = first.split(' ').next().and_then(Enhanced::parse);
+        let strip = |l: &str| -> String {
             match enhanced {
                 Some(_) => l.split_once(' ').map(|(_, t)| t.to_string()).unwrap_or_default(),
-                None => l.clone(),
+                None => l.to_string(),
             }
         };
-        let text = lines.iter().map(strip).collect::<Vec<_>>().join("\n");
+        if self.lines.is_empty() {
+            // The common case: a one-line reply, one allocation.
+            return Ok(Some(Reply { code, enhanced, text: strip(&rest).into() }));
+        }
+        let mut lines = std::mem::take(&mut self.lines);
+        lines.push(rest.into_owned());
+        let text = lines.iter().map(|l| strip(l)).collect::<Vec<_>>().join("\n");
         Ok(Some(Reply { code, enhanced, text: text.into() }))
     }
 }
@@ -197,6 +259,43 @@ mod tests {
         assert_eq!(Reply::plain(220, "hi").to_bytes(), b"220 hi\r\n");
         let evil = Reply::new(550, Enhanced(5, 7, 1), "a\rb");
         assert_eq!(evil.to_bytes(), b"550 5.7.1 ab\r\n");
+        assert_eq!(Reply::new(550, Enhanced(5, 7, 30), "").to_bytes(), b"550 5.7.30\r\n");
+        assert_eq!(Reply::new(421, Enhanced(4, 100, 999), "x\n").to_bytes(), b"421-4.100.999 x\r\n421 4.100.999\r\n");
+    }
+
+    #[test]
+    fn displays_on_one_line() {
+        assert_eq!(Reply::new(550, Enhanced(5, 7, 30), "no\nway").to_string(), "550 5.7.30 no / way");
+        assert_eq!(Reply::new(250, Enhanced(2, 0, 0), "").to_string(), "250 2.0.0 ");
+        assert_eq!(Reply::plain(220, "hi there").to_string(), "220 hi there");
+        assert_eq!(Enhanced(4, 4, 7).to_string(), "4.4.7");
+    }
+
+    #[test]
+    fn parses_what_it_writes() {
+        for r in [
+            Reply::new(250, Enhanced(2, 0, 0), "ok"),
+            Reply::new(550, Enhanced(5, 1, 1), "no such user\nreally"),
+            Reply::plain(220, "mx.example ESMTP"),
+            Reply::new(451, Enhanced(4, 3, 0), ""),
+        ] {
+            let wire = r.to_bytes();
+            let mut p = ReplyParser::default();
+            let mut got = None;
+            for line in wire.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                got = p.feed(line.strip_suffix(b"\r").unwrap()).unwrap();
+            }
+            assert_eq!(got.as_ref(), Some(&r), "{r}");
+        }
+        // Not UTF-8: kept, replaced; a reply that never ends is refused after 100 lines.
+        let mut p = ReplyParser::default();
+        assert_eq!(p.feed(b"550 5.7.1 caf\xe9").unwrap().unwrap().text, "caf\u{fffd}");
+        for _ in 0..100 {
+            assert_eq!(p.feed(b"250-more"), Ok(None));
+        }
+        assert!(p.feed(b"250-more").is_err());
+        assert!(ReplyParser::default().feed(b"25").is_err());
+        assert!(ReplyParser::default().feed(b"250x").is_err());
     }
 
     #[test]
@@ -221,6 +320,12 @@ mod tests {
         assert_eq!(Enhanced::parse("3.7.1"), None);
         assert_eq!(Enhanced::parse("5.7"), None);
         assert_eq!(Enhanced::parse("5.7.1234"), None);
+        assert_eq!(Enhanced::parse("4.100.999"), Some(Enhanced(4, 100, 999)));
+        for bad in
+            ["", "5", "5.", "5.7.", "5..1", ".7.1", "5.7.1.", "5.7.1.2", "52.7.1", "+5.7.1", "5.+7.1", "5.7.x", "6.0.0"]
+        {
+            assert_eq!(Enhanced::parse(bad), None, "{bad:?}");
+        }
     }
 }
 

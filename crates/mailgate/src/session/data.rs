@@ -93,7 +93,7 @@ impl<S: SessionIo> Session<S> {
         let c = &self.conn;
         mailgate_cleanup::Origin {
             client: Some((c.helo.clone().unwrap_or_else(|| "unknown".into()), c.peer.ip())),
-            with: Some(mailgate_cleanup::protocol(c.esmtp, smtputf8, c.tls.is_some(), c.user.is_some())),
+            with: Some(mailgate_cleanup::protocol(c.esmtp, smtputf8, c.tls.is_some(), c.user.is_some()).to_string()),
             tls: c.tls.clone(),
             user: c.user.clone(),
             listener: c.listener.to_string(),
@@ -124,7 +124,8 @@ impl<S: SessionIo> Session<S> {
                 p.notify.map(|n| mailgate_spool::Notify { success: n.success, failure: n.failure, delay: n.delay });
             r.orcpt = p.orcpt.clone();
         }
-        env.client = format!("{} ({})", self.conn.helo.as_deref().unwrap_or("unknown"), self.conn.peer.ip());
+        let (helo, ip) = (self.conn.helo.as_deref().unwrap_or("unknown"), &self.conn.ip_text.0);
+        env.client = [helo, " (", ip, ")"].concat();
         let header = self.generation.cleanup.received(&self.origin(tx.params.smtputf8), &env);
         let want = header.len() + (tx.params.size.unwrap_or(8192).min(1 << 20) as usize).max(8192);
         let mut hold = self.shared.budget.reserve(want)?;

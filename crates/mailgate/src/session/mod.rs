@@ -84,7 +84,7 @@ pub(crate) struct Conn {
     pub local: SocketAddr,
     /// `peer` and `local`'s addresses as text, made once: plugins are given them at every hook
     /// (formatting both took ~1 600 instructions a call, ~10 000 a message with five plugins).
-    ip_text: (String, String),
+    pub(crate) ip_text: (String, String),
     /// Listener name, for logs.
     pub listener: Arc<str>,
     /// The listener's role: decides STARTTLS/AUTH requirements.
