@@ -27,7 +27,7 @@ fn header_end(m: &[u8]) -> usize {
     if m.starts_with(b"\r\n") {
         return 0;
     }
-    memchr::memmem::find(m, b"\r\n\r\n").map_or(m.len(), |p| p + 2)
+    mailgate_message::blank_line(m).map_or(m.len(), |p| p + 2)
 }
 
 /// Reads only the fields the envelope comes from; every other field is skipped, not parsed

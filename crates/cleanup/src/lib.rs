@@ -573,7 +573,7 @@ fn header_end(msg: &[u8]) -> usize {
     if msg.starts_with(b"\r\n") {
         return 0;
     }
-    memchr::memmem::find(msg, b"\r\n\r\n").map_or(msg.len(), |p| p + 2)
+    mailgate_message::blank_line(msg).map_or(msg.len(), |p| p + 2)
 }
 
 /// Adds fields (CRLF-terminated) at the end of the header section.
@@ -589,7 +589,7 @@ fn append_header(data: &mut Vec<u8>, fields: &[u8]) {
 }
 
 fn count_received(msg: &[u8]) -> usize {
-    let end = memchr::memmem::find(msg, b"\r\n\r\n").unwrap_or(msg.len());
+    let end = mailgate_message::blank_line(msg).unwrap_or(msg.len());
     let head = &msg[..end];
     let line_starts = std::iter::once(0).chain(memchr::memchr_iter(b'\n', head).map(|i| i + 1));
     line_starts.filter(|&at| head.get(at..at + 9).is_some_and(|n| n.eq_ignore_ascii_case(b"received:"))).count()

@@ -130,6 +130,12 @@ impl Gateway {
         drop_privileges: Option<Box<dyn FnOnce() -> anyhow::Result<()> + Send>>,
     ) -> anyhow::Result<Gateway> {
         let config = Arc::new(config);
+        // The metrics recorder before anything can record: plugins keep the handles of their
+        // series from their first call on, and recovered messages are routed before the admin
+        // endpoint starts.
+        if config.admin.listen.is_some() {
+            crate::admin::recorder();
+        }
         // Bound first — port 25 may need root, which is given up before anything is served —
         // but listening only once everything is ready: until then a client is refused, not
         // left waiting in a backlog nobody accepts from.

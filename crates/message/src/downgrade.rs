@@ -60,7 +60,7 @@ pub(crate) fn split(entity: &[u8]) -> (&[u8], &[u8]) {
     if entity.starts_with(b"\r\n") {
         return (&entity[..0], &entity[2..]);
     }
-    match memchr::memmem::find(entity, b"\r\n\r\n") {
+    match crate::blank_line(entity) {
         Some(i) => (&entity[..i + 2], &entity[i + 4..]),
         None => (entity, &entity[entity.len()..]),
     }

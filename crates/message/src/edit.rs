@@ -51,7 +51,7 @@ fn split(data: &[u8]) -> (Vec<Field>, &[u8]) {
     // A message that starts with the empty line has no header fields at all.
     let end = match data.starts_with(b"\r\n") {
         true => 0,
-        false => memchr::memmem::find(data, b"\r\n\r\n").map_or(data.len(), |i| i + 2),
+        false => crate::blank_line(data).map_or(data.len(), |i| i + 2),
     };
     let (head, body) = data.split_at(end);
     let mut fields: Vec<Field> = vec![];
@@ -128,7 +128,7 @@ pub fn apply(data: &[u8], edits: &[Edit], max_body: usize) -> Applied {
 fn only_added(data: &[u8], edits: &[Edit]) -> Option<Applied> {
     let end = match data.starts_with(b"\r\n") {
         true => 0,
-        false => memchr::memmem::find(data, b"\r\n\r\n")? + 2,
+        false => crate::blank_line(data)? + 2,
     };
     // Below a first `Received:` field and its continuation lines, as `apply_fields` does.
     let head = &data[..end];

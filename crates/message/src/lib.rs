@@ -24,3 +24,13 @@ pub use downgrade::{to_seven_bit, DowngradeError};
 pub use edit::{apply, Applied, Edit, EditError};
 pub use parsed::ParsedMessage;
 pub use structure::{dismantle, inspect, MessageError, MessageLimits, Structure};
+
+/// Where the first `CRLF CRLF` of `data` starts: the end of a header section. Every message
+/// is asked this several times on its way (cleanup, edits, delivery); the searcher is built
+/// once, where `memmem::find` built one at each call (~300 instructions).
+pub fn blank_line(data: &[u8]) -> Option<usize> {
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    FINDER.find(data)
+}
+

@@ -292,8 +292,7 @@ impl Chain {
             let started = Instant::now();
             let answer = self.call(i, call).await;
             let meta = &plugins.loaded[i].meta;
-            ::metrics::histogram!("mailgate_plugin_call_seconds", "plugin" => meta.label.clone(), "stage" => stage.name())
-                .record(started.elapsed().as_secs_f64());
+            meta.call_seconds(stage).record(started.elapsed().as_secs_f64());
             let step = answer.and_then(|a| read(meta, a));
             if meta.shadow {
                 // Neither its verdict nor its changes take effect.
