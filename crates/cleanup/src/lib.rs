@@ -552,9 +552,11 @@ fn has_fields<const N: usize>(msg: &[u8], names: [&str; N]) -> [bool; N] {
     while at < head.len() {
         let end = memchr::memchr(b'\n', &head[at..]).map_or(head.len(), |i| at + i);
         let line = &head[at..end];
+        let first = line.first().map(u8::to_ascii_lowercase);
         for (i, name) in names.iter().enumerate() {
             let n = name.len();
             if !found[i]
+                && first == name.as_bytes().first().copied()
                 && line.len() > n
                 && line[..n].eq_ignore_ascii_case(name.as_bytes())
                 && line[n..].trim_ascii_start().first() == Some(&b':')

@@ -22,17 +22,15 @@ pub struct Received<'a> {
 impl Received<'_> {
     /// The header field, folded, ending with CRLF.
     pub fn to_header(&self) -> String {
-        use std::fmt::Write;
         // One buffer, written in place: this runs for every message.
         let mut h = String::with_capacity(160 + self.by.len() + self.queue_id.len());
         h.push_str("Received: ");
         if let Some((helo, ip)) = self.from {
             h.push_str("from ");
             h.extend(helo.chars().filter(|c| !c.is_control() && *c != '(' && *c != ')').take(255));
-            let _ = match ip {
-                std::net::IpAddr::V4(v4) => write!(h, " ([{v4}])\r\n\t"),
-                std::net::IpAddr::V6(v6) => write!(h, " ([IPv6:{v6}])\r\n\t"),
-            };
+            h.push_str(if ip.is_ipv4() { " ([" } else { " ([IPv6:" });
+            mailgate_smtp::push_ip(&mut h, ip);
+            h.push_str("])\r\n\t");
         }
         h.push_str("by ");
         h.push_str(self.by);

@@ -62,9 +62,9 @@ async fn submit_with(
     // What plugins are told about the "connection"; built only when there are plugins.
     let info = || ConnectionInfo {
         session_id: s.id.clone(),
-        client_ip: s.peer.ip().to_string(),
+        client_ip: mailgate_smtp::ip_text(s.peer.ip()),
         client_port: s.peer.port(),
-        local_ip: s.local.ip().to_string(),
+        local_ip: mailgate_smtp::ip_text(s.local.ip()),
         local_port: s.local.port(),
         listener: s.listener.to_string(),
         tls: s.tls.as_ref().map(|(version, cipher)| TlsInfo { version: version.clone(), cipher: cipher.clone() }),
@@ -126,7 +126,13 @@ async fn submit_with(
     let mut env = mailgate_cleanup::envelope(s.id.clone(), return_path, accepted);
     env.body_8bit = body_8bit;
     env.smtputf8 = s.smtputf8;
-    env.client = format!("{} key {} ({})", s.listener, s.key, s.peer.ip());
+    let mut client = String::with_capacity(s.listener.len() + s.key.len() + 24);
+    for part in [&*s.listener, " key ", &s.key, " ("] {
+        client.push_str(part);
+    }
+    mailgate_smtp::push_ip(&mut client, s.peer.ip());
+    client.push(')');
+    env.client = client;
     env.api = Some(Box::new(meta));
     let origin = mailgate_cleanup::Origin {
         // No HELO over HTTP: the listener's name stands in for it in `Received: from`.

@@ -33,4 +33,3 @@ pub fn blank_line(data: &[u8]) -> Option<usize> {
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
     FINDER.find(data)
 }
-

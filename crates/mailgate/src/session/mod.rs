@@ -214,7 +214,7 @@ impl<S: SessionIo> Session<S> {
             sid,
             peer,
             local,
-            ip_text: (peer.ip().to_string(), local.ip().to_string()),
+            ip_text: (mailgate_smtp::ip_text(peer.ip()), mailgate_smtp::ip_text(local.ip())),
             listener,
             role,
             pipeline,
