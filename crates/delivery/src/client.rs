@@ -566,7 +566,7 @@ impl Conn {
         }
         let mut mail = String::with_capacity(64 + msg.sender.len());
         mail.push_str("MAIL FROM:<");
-        mail.push_str(&msg.sender);
+        mail.push_str(msg.sender);
         mail.push('>');
         if self.ext.size.is_some() {
             mail.push_str(" SIZE=");

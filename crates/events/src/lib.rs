@@ -9,6 +9,7 @@
 //! producers call `append`, readers page with [`EventLog::since`].
 
 mod classify;
+mod json;
 mod log;
 
 use std::collections::BTreeMap;

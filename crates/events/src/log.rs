@@ -373,7 +373,7 @@ impl Writer {
                     marks.push((e.seq, self.size + buf.len() as u64));
                 }
                 self.next += 1;
-                serde_json::to_writer(&mut buf, e).map_err(std::io::Error::other)?;
+                e.write_json(&mut buf);
                 buf.push(b'\n');
             }
         }
