@@ -88,18 +88,23 @@ impl Event {
     }
 }
 
-fn number(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
+fn number(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [b'0'; 20];
+    let at = decimal(n, &mut digits);
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Writes `n`'s decimal digits at the end of `digits`; returns where they start.
+pub(crate) fn decimal(mut n: u64, digits: &mut [u8; 20]) -> usize {
     let mut at = digits.len();
     loop {
         at -= 1;
         digits[at] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
-            break;
+            return at;
         }
     }
-    out.extend_from_slice(&digits[at..]);
 }
 
 /// Whether `b` must be escaped in a JSON string (RFC 8259 §7: the quote, the backslash and
@@ -152,8 +157,6 @@ fn string(out: &mut Vec<u8>, s: &str) {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use crate::{BounceClass, Event, Kind};
 
     fn same(e: &Event) {
@@ -165,26 +168,7 @@ mod tests {
     }
 
     fn bare(kind: Kind) -> Event {
-        Event {
-            seq: 0,
-            id: String::new(),
-            at: 0,
-            kind,
-            queue_id: String::new(),
-            recipient: None,
-            sender: String::new(),
-            recipients: None,
-            source: None,
-            api_key: None,
-            tags: vec![],
-            metadata: BTreeMap::new(),
-            reply: None,
-            remote_host: None,
-            attempt: None,
-            next_attempt: None,
-            class: None,
-            detail: None,
-        }
+        Event { at: 0, ..Event::new(kind, "", "", None) }
     }
 
     #[test]

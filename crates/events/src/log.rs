@@ -426,15 +426,7 @@ impl Writer {
 /// the formatting machinery: every event gets one).
 fn event_id(seq: u64) -> String {
     let mut digits = [b'0'; 20];
-    let (mut n, mut at) = (seq, digits.len());
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
+    let at = crate::json::decimal(seq, &mut digits);
     let from = at.min(digits.len() - 12);
     let mut id = String::with_capacity(2 + digits.len() - from);
     id.push_str("ev");

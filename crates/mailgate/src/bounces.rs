@@ -153,6 +153,15 @@ pub(crate) async fn feed(log: Arc<EventLog>, list: Arc<Suppressions>, mut stop: 
                     })
                 })
                 .collect();
+            if new.is_empty() {
+                // Only the cursor moves (in memory; it is written with the next entry): no
+                // file to write, so no trip to the blocking pool — this runs at every commit
+                // of the event log.
+                if let Err(e) = list.add(new, last) {
+                    tracing::error!("suppression list not written: {e}");
+                }
+                continue;
+            }
             let list2 = list.clone();
             match tokio::task::spawn_blocking(move || list2.add(new, last)).await {
                 Ok(Ok(n)) if n > 0 => tracing::info!(added = n, "recipients suppressed after hard bounces"),

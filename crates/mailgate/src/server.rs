@@ -457,6 +457,9 @@ async fn load_plugins(
 
 async fn accept_loop(listener: TcpListener, conf: Listener, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let name: Arc<str> = conf.name.as_str().into();
+    // A listener bound to one address answers on it: the local address of each connection is
+    // known without a getsockname(2) (only a wildcard listener has to ask).
+    let bound = listener.local_addr().ok().filter(|a| !a.ip().is_unspecified()).map(canonical);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -480,7 +483,7 @@ async fn accept_loop(listener: TcpListener, conf: Listener, shared: Arc<Shared>,
             let Some(admitted) = admit(&shared, |b| drop(stream.try_write(b)), peer.ip(), &name) else { return };
             let sid = shared.next_sid();
             let span = tracing::info_span!("session", sid = %sid, client = %peer);
-            let local = stream.local_addr().map(canonical).unwrap_or(peer);
+            let local = bound.or_else(|| stream.local_addr().ok().map(canonical)).unwrap_or(peer);
             let slot = admitted.slot.clone();
             let conn = crate::session::Accepted { sid, peer, local, listener: name, role, pipeline, slot, user: None };
             // Boxed: a session's future is ~13 KiB, and tokio moves a spawned future several
