@@ -115,10 +115,12 @@ fn a_burst_to_one_domain_keeps_its_caps_and_does_not_slow_another() {
     assert!(other_done - sent_other < Duration::from_secs(2), "other.test took {:?}", other_done - sent_other);
 
     // A rate: 100 messages at 20/s after a burst of 5 — no second of sending holds more than
-    // 25, the whole takes at least 4.7 s (ten connections would take it in well under one).
+    // 25, the sends span at least 4.75 s (ten connections would take them in well under one).
     // The sink sees arrivals, which the loaded test machine delays unevenly after the send:
-    // sends 1.02 s apart can arrive 0.99 s apart. Arrivals are counted in windows of 0.9 s,
-    // which allow 100 ms of such jitter and still hold at most 25 (23 if arrivals were sends).
+    // sends 1.02 s apart can arrive 0.99 s apart, and the first arrival also waits for its
+    // connection to be opened (seen: 100 arrivals in 4.698 s). Arrivals are counted in windows
+    // of 0.9 s and the span is checked against 4.65 s: both allow 100 ms of such jitter and
+    // still hold at most 25 (23 if arrivals were sends) and far more than unpaced sending.
     std::thread::scope(|s| {
         for _ in 0..10 {
             s.spawn(|| burst(gw.port, "many@paced.test", 10));
@@ -131,7 +133,7 @@ fn a_burst_to_one_domain_keeps_its_caps_and_does_not_slow_another() {
         assert!(in_window <= 25, "{in_window} messages within 0.9 s");
     }
     let span = *times.last().unwrap() - times[0];
-    assert!(span >= Duration::from_millis(4700), "100 messages in {span:?}");
+    assert!(span >= Duration::from_millis(4650), "100 messages in {span:?}");
 
     // Two domains on one MX host share its one connection.
     for i in 0..6 {
