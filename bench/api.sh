@@ -16,11 +16,14 @@
 #                                     # message each way (COUNT=2000), the same from run to run
 #                                     # on a noisy machine (kernel work is not counted)
 #   INSTRUCTIONS=1 KEEP=/tmp/cg bench/api.sh   # … and keep the callgrind dumps there
+#   PERFSTAT=1 bench/api.sh           # also the gateway's system calls and context switches
+#                                     # per message each way (perf's software counters)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 RUNS=${RUNS:-3}
 INSTRUCTIONS=${INSTRUCTIONS:-}
+PERFSTAT=${PERFSTAT:-}
 if [ -n "$INSTRUCTIONS" ]; then COUNT=${COUNT:-2000}; else COUNT=${COUNT:-20000}; fi
 SESSIONS=${SESSIONS:-50}
 SINK=25260 SMTP=25261 API=25262
@@ -133,30 +136,50 @@ if [ -n "$INSTRUCTIONS" ]; then
     exit 0
 fi
 
+# One measured load: the bench's JSON line, and with PERFSTAT=1 the gateway's system calls and
+# context switches over it (perf's software counters), in a file per label and run.
+measure() { # label bench-args…
+    local label=$1 perf_pid=""
+    shift
+    if [ -n "$PERFSTAT" ]; then
+        perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$mg_pid" -o "$work/perf-$label-$run.txt" &
+        perf_pid=$!
+        # perf attaches in the background: wait until it has opened its counters (bounded).
+        for _ in $(seq 50); do [ -s "$work/perf-$label-$run.txt" ] && break; sleep 0.1; done
+    fi
+    "$BENCH" run --sink "127.0.0.1:$SINK" --sessions "$SESSIONS" --count "$COUNT" --pid "$mg_pid" --label "$label" \
+        "$@" >> "$work/results.jsonl"
+    if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
+}
 for run in $(seq "$RUNS"); do
-    "$BENCH" run --target "127.0.0.1:$SMTP" --sink "127.0.0.1:$SINK" --sessions "$SESSIONS" --count "$COUNT" \
-        --pid "$mg_pid" --label smtp >> "$work/results.jsonl"
-    "$BENCH" run --target "127.0.0.1:$SMTP" --sink "127.0.0.1:$SINK" --sessions "$SESSIONS" --count "$COUNT" \
-        --message "$work/mime.eml" --pid "$mg_pid" --label smtp-mime >> "$work/results.jsonl"
-    "$BENCH" run --target "127.0.0.1:$SMTP" --sink "127.0.0.1:$SINK" --sessions "$SESSIONS" --count "$COUNT" \
-        --message "$work/mime.eml" --new-conn --pid "$mg_pid" --label smtp-newconn >> "$work/results.jsonl"
-    "$BENCH" run --api "http://127.0.0.1:$API/api/v1/messages" --key "$KEY" --sink "127.0.0.1:$SINK" \
-        --sessions "$SESSIONS" --count "$COUNT" --pid "$mg_pid" --label api >> "$work/results.jsonl"
-    "$BENCH" run --api "http://127.0.0.1:$API/api/v1/messages" --key "$KEY" --sink "127.0.0.1:$SINK" \
-        --sessions "$SESSIONS" --count "$COUNT" --message "$work/mime.eml" --pid "$mg_pid" --label api-raw \
-        >> "$work/results.jsonl"
+    measure smtp --target "127.0.0.1:$SMTP"
+    measure smtp-mime --target "127.0.0.1:$SMTP" --message "$work/mime.eml"
+    measure smtp-newconn --target "127.0.0.1:$SMTP" --message "$work/mime.eml" --new-conn
+    measure api --api "http://127.0.0.1:$API/api/v1/messages" --key "$KEY"
+    measure api-raw --api "http://127.0.0.1:$API/api/v1/messages" --key "$KEY" --message "$work/mime.eml"
     echo "run $run done" >&2
 done
 
-python3 - "$work/results.jsonl" <<'PY'
-import json, sys, statistics
+python3 - "$work/results.jsonl" "$work" <<'PY'
+import json, os, sys, statistics
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+# PERFSTAT=1: the perf counters of each row (rows are in label order within a run).
+runs = {}
+for r in rows:
+    runs[r["label"]] = runs.get(r["label"], 0) + 1
+    f = os.path.join(sys.argv[2], f"perf-{r['label']}-{runs[r['label']]}.txt")
+    if os.path.exists(f) and r["delivered"]:
+        for line in open(f):
+            parts = line.strip().split(",")
+            if len(parts) > 2 and parts[0].replace(".", "").isdigit():
+                key = "syscalls_per_msg" if "sys_enter" in parts[2] else "switches_per_msg"
+                r[key] = float(parts[0]) / r["delivered"]
 med = lambda label, k: statistics.median(r[k] for r in rows if r["label"] == label)
-print("| 1 KiB, keep-alive | msg/s | CPU µs/msg | p50 µs | p99 µs | load generator + sink CPU µs/msg |")
-print("|---|---|---|---|---|---|")
+print("| 1 KiB, keep-alive | msg/s | CPU µs/msg | user | system | p50 µs | p99 µs | load generator + sink CPU µs/msg |")
+print("|---|---|---|---|---|---|---|---|")
 labels = ("smtp", "smtp-mime", "smtp-newconn", "api", "api-raw")
 for label in labels:
-    print(f"| {label} | {med(label, 'msg_per_s'):,.0f} | {med(label, 'cpu_us_per_msg'):.0f} | {med(label, 'p50_us'):,.0f} | {med(label, 'p99_us'):,.0f} | {med(label, 'bench_cpu_us_per_msg'):.0f} |")
+    print(f"| {label} | {med(label, 'msg_per_s'):,.0f} | {med(label, 'cpu_us_per_msg'):.0f} | {med(label, 'user_us_per_msg'):.0f} | {med(label, 'sys_us_per_msg'):.0f} | {med(label, 'p50_us'):,.0f} | {med(label, 'p99_us'):,.0f} | {med(label, 'bench_cpu_us_per_msg'):.0f} |")
 api = med('api', 'cpu_us_per_msg')
 print(f"\napi/smtp-mime CPU per message (the same content): {api / med('smtp-mime', 'cpu_us_per_msg'):.2f}")
 print(f"api/smtp CPU per message (smtp: a plain message): {api / med('smtp', 'cpu_us_per_msg'):.2f}")
@@ -164,4 +187,8 @@ print(f"api-raw/smtp-mime CPU per message (the same message, raw): {med('api-raw
 print(f"api/smtp-newconn CPU per message (SMTP a connection per message): {api / med('smtp-newconn', 'cpu_us_per_msg'):.2f}")
 for label in labels:
     print(f"{label} runs: " + ", ".join(f"{r['cpu_us_per_msg']:.0f}" for r in rows if r["label"] == label))
+if any("syscalls_per_msg" in r for r in rows):
+    print("\n| label | system calls/msg | context switches/msg |\n|---|---|---|")
+    for label in labels:
+        print(f"| {label} | {med(label, 'syscalls_per_msg'):.2f} | {med(label, 'switches_per_msg'):.2f} |")
 PY

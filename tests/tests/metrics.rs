@@ -148,3 +148,43 @@ fn a_plugin_cannot_create_metric_series_without_bound() {
     assert_eq!(series, 200, "the cap is 200 series per plugin");
     assert_eq!(sum(&m, "mailgate_plugin_metrics_dropped_total", "plugin=\"memo\""), 100.0);
 }
+
+/// The sending API's answers are counted by listener and status: the common one (202) through
+/// the handle the listener keeps, the others as they happen; the media type is matched
+/// without regard to case and parameters.
+#[test]
+fn api_answers_are_counted_by_status() {
+    use mailgate_tests::http::{create_key, curl, post_json, with_api};
+    let sink = Sink::start();
+    let admin = free_port();
+    let (gw, url) = with_api(&sink, &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n"));
+    let key = create_key(&gw, "app", &[]);
+    let before = scrape(admin);
+    let body = serde_json::json!({"from": "app@any.test", "to": "m@remote.test", "subject": "s", "text": "hi"});
+    assert_eq!(post_json(&url, &key, &body).status, 202);
+    let r = curl(&[
+        "-X",
+        "POST",
+        &url,
+        "-H",
+        &format!("Authorization: Bearer {key}"),
+        "-H",
+        "Content-Type: Application/JSON ; charset=utf-8",
+        "--data-binary",
+        &body.to_string(),
+    ]);
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(post_json(&url, "mg_not_a_key", &body).status, 401);
+    let r =
+        curl(&["-X", "POST", &url, "-H", &format!("Authorization: Bearer {key}"), "-H", "Content-Type: text/plain"]);
+    assert_eq!(r.status, 415, "{r:?}");
+    sink.wait_for(2, Duration::from_secs(20));
+    let after = scrape(admin);
+    let moved = |needle: &str| {
+        sum(&after, "mailgate_api_requests_total", needle) - sum(&before, "mailgate_api_requests_total", needle)
+    };
+    assert_eq!(moved("status=\"202\""), 2.0, "{after:?}");
+    assert_eq!(moved("status=\"401\""), 1.0);
+    assert_eq!(moved("status=\"415\""), 1.0);
+    assert_eq!(moved("listener=\"api\""), 4.0);
+}

@@ -9,6 +9,7 @@ use crate::json::{Json, ParseError};
 use base64::Engine;
 use mail_builder::headers::address::Address as MbAddress;
 use mail_builder::headers::text::Text;
+use mail_builder::mime::{BodyPart, MimePart};
 use mail_builder::MessageBuilder;
 use mailgate_smtp::Address;
 
@@ -37,21 +38,25 @@ const RESERVED: &[&str] = &[
     "arc-authentication-results",
 ];
 
-const KNOWN: &[&str] = &[
-    "from",
-    "to",
-    "cc",
-    "bcc",
-    "reply_to",
-    "subject",
-    "text",
-    "html",
-    "headers",
-    "attachments",
-    "tags",
-    "metadata",
-    "idempotency_key",
-];
+/// The request's fields (a `match`: compared by length first, not against each in turn).
+fn known(field: &str) -> bool {
+    matches!(
+        field,
+        "from"
+            | "to"
+            | "cc"
+            | "bcc"
+            | "reply_to"
+            | "subject"
+            | "text"
+            | "html"
+            | "headers"
+            | "attachments"
+            | "tags"
+            | "metadata"
+            | "idempotency_key"
+    )
+}
 
 /// Limits on the parts of a request that are not the message itself.
 const MAX_TAGS: usize = 20;
@@ -126,33 +131,54 @@ fn string<'a>(v: &'a Json, ptr: &str) -> Result<&'a str, ApiError> {
     v.as_str().ok_or_else(|| ApiError::field(ptr, "must be a string"))
 }
 
+/// Where a mailbox is in the request: a field, or an element of its array. Written out only
+/// when an error names it (most requests have none).
+#[derive(Clone, Copy)]
+pub(crate) struct At<'a>(pub &'a str, pub Option<usize>);
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.1 {
+            None => f.write_str(self.0),
+            Some(i) => write!(f, "{}/{i}", self.0),
+        }
+    }
+}
+
 /// `"a@b"`, `"Name <a@b>"` or `{"email": "a@b", "name": "Name"}`.
-pub(crate) fn mailbox(v: &Json, ptr: &str) -> Result<Mailbox, ApiError> {
-    let (email, name, eptr) = match v {
+pub(crate) fn mailbox(v: &Json, at: At) -> Result<Mailbox, ApiError> {
+    let (email, name, in_object) = match v {
         Json::Str(s) => match s.trim().strip_suffix('>').and_then(|s| s.rsplit_once('<')) {
-            Some((name, email)) => (email.trim(), Some(name.trim().trim_matches('"').trim()), ptr.to_string()),
-            None => (s.trim(), None, ptr.to_string()),
+            Some((name, email)) => (email.trim(), Some(name.trim().trim_matches('"').trim()), false),
+            None => (s.trim(), None, false),
         },
         Json::Object(m) => {
             if let Some((k, _)) = m.iter().find(|(k, _)| k != "email" && k != "name") {
-                return Err(ApiError::field(format!("{ptr}/{}", escape(k)), "unknown field"));
+                return Err(ApiError::field(format!("{at}/{}", escape(k)), "unknown field"));
             }
-            let email = v.get("email").ok_or_else(|| ApiError::field(format!("{ptr}/email"), "is required"))?;
+            let email = v.get("email").ok_or_else(|| ApiError::field(format!("{at}/email"), "is required"))?;
             let name = match v.get("name") {
                 None | Some(Json::Null) => None,
-                Some(n) => Some(string(n, &format!("{ptr}/name"))?),
+                Some(n) => Some(n.as_str().ok_or_else(|| ApiError::field(format!("{at}/name"), "must be a string"))?),
             };
-            (string(email, &format!("{ptr}/email"))?, name, format!("{ptr}/email"))
+            (email.as_str().ok_or_else(|| ApiError::field(format!("{at}/email"), "must be a string"))?, name, true)
         }
-        _ => return Err(ApiError::field(ptr, "must be an address string or {\"email\", \"name\"}")),
+        _ => return Err(ApiError::field(at.to_string(), "must be an address string or {\"email\", \"name\"}")),
     };
-    let email =
-        Address::parse_mailbox(email).map_err(|_| ApiError::field(&eptr, format!("{email:?} is not an address")))?;
+    let email = Address::parse_mailbox(email).map_err(|_| {
+        let ptr = if in_object { format!("{at}/email") } else { at.to_string() };
+        ApiError::field(ptr, format!("{email:?} is not an address"))
+    })?;
     let name = name.filter(|n| !n.is_empty()).map(str::to_string);
     if let Some(n) = &name {
-        plain_text(n, ptr, "a display name", false)?;
+        if let Some(c) = first_control(n, []) {
+            return Err(ApiError::field(
+                at.to_string(),
+                format!("a display name must not contain control characters (found U+{:04X})", c as u32),
+            ));
+        }
         if n.len() > 256 {
-            return Err(ApiError::field(ptr, "the display name is longer than 256 octets"));
+            return Err(ApiError::field(at.to_string(), "the display name is longer than 256 octets"));
         }
     }
     Ok(Mailbox { email, name })
@@ -161,9 +187,9 @@ pub(crate) fn mailbox(v: &Json, ptr: &str) -> Result<Mailbox, ApiError> {
 /// One mailbox or an array of them.
 fn mailboxes(v: &Json, ptr: &str) -> Result<Vec<Mailbox>, ApiError> {
     match v {
-        Json::Array(a) => a.iter().enumerate().map(|(i, x)| mailbox(x, &format!("{ptr}/{i}"))).collect(),
+        Json::Array(a) => a.iter().enumerate().map(|(i, x)| mailbox(x, At(ptr, Some(i)))).collect(),
         Json::Null => Ok(vec![]),
-        one => Ok(vec![mailbox(one, ptr)?]),
+        one => Ok(vec![mailbox(one, At(ptr, None))?]),
     }
 }
 
@@ -172,29 +198,80 @@ pub(crate) fn escape(k: &str) -> String {
     k.replace('~', "~0").replace('/', "~1")
 }
 
-/// Text with every line end made CRLF (mail-builder then picks the transfer encoding).
-fn crlf_text(s: &str) -> String {
+/// Text with every line end made CRLF, and whether it can go as it is (`7bit`, RFC 2045
+/// §2.7): ASCII only, no line longer than RFC 5322's 78 octets, none ending in a blank (which
+/// transports may strip). Otherwise mail-builder picks quoted-printable or base64: it would
+/// for lines of 77 or 78 octets too, which mail programs write as they are (Python's `email`
+/// does) and which need no encoding.
+fn body_text(s: &str) -> (String, bool) {
     let b = s.as_bytes();
     let mut out = String::with_capacity(s.len() + s.len() / 32 + 2);
     let mut from = 0;
+    let mut plain = s.is_ascii();
+    let line_ok = |line: &[u8]| line.len() <= MAX_7BIT_LINE && !matches!(line.last(), Some(b' ' | b'\t'));
     // One pass: every CR, LF or CRLF becomes one CRLF.
     for at in memchr::memchr2_iter(b'\r', b'\n', b) {
         if at < from {
             continue; // the LF of a CRLF already written
         }
+        plain &= line_ok(&b[from..at]);
         out.push_str(&s[from..at]);
         out.push_str("\r\n");
         from = at + 1 + usize::from(b[at] == b'\r' && b.get(at + 1) == Some(&b'\n'));
     }
+    plain &= line_ok(&b[from..]);
     out.push_str(&s[from..]);
-    out
+    (out, plain)
 }
 
-fn mb_address(m: &Mailbox) -> MbAddress<'static> {
-    MbAddress::new_address(m.name.clone(), m.email.as_str().to_string())
+/// The longest line a `7bit` body part gets (RFC 5322 §2.1.1's "SHOULD").
+const MAX_7BIT_LINE: usize = 78;
+
+/// A text part: as it is when [`body_text`] says it can be, else encoded by mail-builder.
+fn text_part(content_type: &'static str, text: &str) -> MimePart<'static> {
+    let (text, plain) = body_text(text);
+    let part = MimePart::new(content_type, BodyPart::Text(text.into()));
+    if plain {
+        part.transfer_encoding("7bit")
+    } else {
+        part
+    }
 }
 
-fn mb_list(list: &[Mailbox]) -> MbAddress<'static> {
+/// `<random>.<milliseconds>@<hostname>`, written without the formatter (every API message
+/// gets one).
+fn message_id(random: u64, millis: u64, hostname: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // The hex digits, a dot and the decimal digits, right-aligned in one buffer.
+    let mut buf = [0u8; 16 + 1 + 20];
+    let mut at = buf.len();
+    let mut n = millis;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    at -= 1;
+    buf[at] = b'.';
+    for shift in 0..16 {
+        at -= 1;
+        buf[at] = HEX[(random >> (shift * 4)) as usize & 15];
+    }
+    let mut id = String::with_capacity(buf.len() - at + 1 + hostname.len());
+    id.push_str(std::str::from_utf8(&buf[at..]).unwrap_or_default());
+    id.push('@');
+    id.push_str(hostname);
+    id
+}
+
+fn mb_address(m: &Mailbox) -> MbAddress<'_> {
+    MbAddress::new_address(m.name.as_deref(), m.email.as_str())
+}
+
+fn mb_list(list: &[Mailbox]) -> MbAddress<'_> {
     MbAddress::new_list(list.iter().map(mb_address).collect())
 }
 
@@ -256,11 +333,11 @@ pub fn build(body: &[u8], hostname: &str, max_rcpts: usize) -> Result<Built, Api
     let Json::Object(m) = &v else {
         return Err(ApiError::field("", "the body must be a JSON object"));
     };
-    if let Some((k, _)) = m.iter().find(|(k, _)| !KNOWN.contains(&&**k)) {
+    if let Some((k, _)) = m.iter().find(|(k, _)| !known(k)) {
         return Err(ApiError::field(format!("/{}", escape(k)), "unknown field"));
     }
     let get = |k: &str| v.get(k).filter(|v| !v.is_null());
-    let from = mailbox(get("from").ok_or_else(|| ApiError::field("/from", "is required"))?, "/from")?;
+    let from = mailbox(get("from").ok_or_else(|| ApiError::field("/from", "is required"))?, At("/from", None))?;
     let (to, cc, bcc) = (
         get("to").map(|v| mailboxes(v, "/to")).transpose()?.unwrap_or_default(),
         get("cc").map(|v| mailboxes(v, "/cc")).transpose()?.unwrap_or_default(),
@@ -328,10 +405,11 @@ pub fn build(body: &[u8], hostname: &str, max_rcpts: usize) -> Result<Built, Api
         check_idempotency_key(k, "/idempotency_key")?;
     }
 
-    let random: u64 = rand::random();
-    let mut b = MessageBuilder::new()
-        .from(mb_address(&from))
-        .message_id(format!("{random:016x}.{}@{hostname}", mailgate_message::date::now_millis()));
+    let mut b = MessageBuilder::new().from(mb_address(&from)).message_id(message_id(
+        rand::random(),
+        mailgate_message::date::now_millis(),
+        hostname,
+    ));
     if !to.is_empty() {
         b = b.to(mb_list(&to));
     }
@@ -342,23 +420,33 @@ pub fn build(body: &[u8], hostname: &str, max_rcpts: usize) -> Result<Built, Api
         b = b.reply_to(mb_list(&reply_to));
     }
     if !subject.is_empty() {
-        b = b.subject(Text::new(subject.to_string()));
+        b = b.subject(Text::new(subject));
     }
     for (name, value) in headers {
         b = b.header(name, Text::new(value));
     }
-    if let Some(t) = text {
-        b = b.text_body(crlf_text(t));
-    }
-    if let Some(h) = html {
-        b = b.html_body(crlf_text(h));
-    }
-    for a in attachments {
-        b = match a.content_id {
-            Some(cid) => b.inline(a.content_type, cid, a.content),
-            None => b.attachment(a.content_type, a.filename, a.content),
-        };
-    }
+    // The body as mail-builder's `text_body`/`html_body`/`attachment` arrange it, with text
+    // parts that need no encoding kept as they are.
+    let alternatives = match (text.map(|t| text_part("text/plain", t)), html.map(|h| text_part("text/html", h))) {
+        (Some(t), Some(h)) => MimePart::new("multipart/alternative", vec![t, h]),
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => return Err(ApiError::field("/text", "text or html is required")),
+    };
+    let body = if attachments.is_empty() {
+        alternatives
+    } else {
+        let mut parts = Vec::with_capacity(attachments.len() + 1);
+        parts.push(alternatives);
+        parts.extend(attachments.into_iter().map(|a| {
+            let part = MimePart::new(a.content_type, BodyPart::Binary(a.content.into()));
+            match a.content_id {
+                Some(cid) => part.inline().cid(cid),
+                None => part.attachment(a.filename),
+            }
+        }));
+        MimePart::new("multipart/mixed", parts)
+    };
+    b = b.body(body);
     let message = b.write_to_vec().map_err(|e| ApiError::bad_request("unbuildable", e.to_string()))?;
     Ok(Built { from: from.email, rcpts, message, tags, metadata, idempotency_key })
 }
@@ -646,8 +734,56 @@ mod tests {
             ("\r\r\n\n\r", "\r\n\r\n\r\n\r\n"),
             ("ü\rü\r\n", "ü\r\nü\r\n"),
         ] {
-            assert_eq!(crlf_text(i), o, "{i:?}");
+            assert_eq!(body_text(i).0, o, "{i:?}");
         }
+    }
+
+    /// Text goes as it is only when it is ASCII, no line is longer than 78 octets and none
+    /// ends in a blank, wherever the line is (first, middle, last; CR, LF or CRLF ends).
+    #[test]
+    fn text_is_7bit_only_when_it_can_be() {
+        let line = |n: usize| "x".repeat(n);
+        for end in ["\n", "\r\n", "\r"] {
+            for (n, plain) in [(0, true), (1, true), (77, true), (78, true), (79, false), (998, false)] {
+                for at in 0..3 {
+                    let mut lines = [line(10), line(10), line(10)];
+                    lines[at] = line(n);
+                    let text = lines.join(end);
+                    assert_eq!(body_text(&text).1, plain, "{n} octets at line {at}, ends {end:?}");
+                    assert_eq!(body_text(&format!("{text}{end}")).1, plain, "{n} octets at {at}, text ends {end:?}");
+                }
+            }
+            for bad in ["a \nb", "a\t\nb", "a\nb ", "é\nb", "a\nb\u{85}"] {
+                assert!(!body_text(&bad.replace('\n', end)).1, "{bad:?} with {end:?}");
+            }
+        }
+        assert!(body_text("").1);
+    }
+
+    /// The body of a built message: 7bit text verbatim, and mail-builder's own encoding for
+    /// what cannot go so (it decodes back to the text).
+    #[test]
+    fn text_parts_are_encoded_only_when_needed() {
+        let built = |text: &str| {
+            let body = serde_json::json!({"from": "a@b.test", "to": "x@y.test", "text": text});
+            String::from_utf8(build(body.to_string().as_bytes(), "gw.test", 10).unwrap().message).unwrap()
+        };
+        let short = "a".repeat(76) + "\n" + &"b".repeat(78) + "\n";
+        let m = built(&short);
+        assert!(m.contains("Content-Transfer-Encoding: 7bit\r\n\r\n"), "{m}");
+        assert!(m.ends_with(&short.replace('\n', "\r\n")), "{m}");
+        for text in ["c".repeat(79), "ünïcode\n".to_string(), "trailing \nblank".to_string()] {
+            let m = built(&text);
+            assert!(!m.contains("7bit"), "{text:?}: {m}");
+            assert!(m.contains("Content-Transfer-Encoding: quoted-printable") || m.contains("base64"), "{m}");
+        }
+    }
+
+    #[test]
+    fn message_ids_are_hex_dot_millis_at_host() {
+        assert_eq!(message_id(0, 0, "h.test"), "0000000000000000.0@h.test");
+        assert_eq!(message_id(u64::MAX, u64::MAX, "h"), format!("ffffffffffffffff.{}@h", u64::MAX));
+        assert_eq!(message_id(0x0123_4567_89ab_cdef, 1_764_500_000_123, "gw"), "0123456789abcdef.1764500000123@gw");
     }
 
     #[test]

@@ -52,6 +52,9 @@ struct Api {
     /// Event-log reads running at once (each may scan the log on a blocking thread): the
     /// rest wait their turn instead of taking every blocking thread.
     reads: tokio::sync::Semaphore,
+    /// `mailgate_api_requests_total` of this listener's `202`s, registered once (the answer to
+    /// nearly every request; the others are looked up when they happen).
+    accepted: metrics::Counter,
 }
 
 /// Event-log reads one listener runs at once.
@@ -106,6 +109,7 @@ pub fn serve(
         name: name.clone(),
         in_flight: in_flight.clone(),
         reads: tokio::sync::Semaphore::new(CONCURRENT_READS),
+        accepted: metrics::counter!("mailgate_api_requests_total", "listener" => name.to_string(), "status" => "202"),
     });
     let router = Router::new()
         .route("/api/v1/messages", post(submit))
@@ -408,7 +412,6 @@ fn json_answer(status: StatusCode, body: String, replayed: bool) -> Response {
 
 /// `POST /api/v1/messages`.
 async fn submit(State(api): State<Arc<Api>>, Extension(conn): Extension<Conn>, req: Request) -> Response {
-    let listener = api.name.to_string();
     let resp = match submit_inner(&api, conn, req).await {
         Ok(r) => r,
         Err(e) => {
@@ -418,20 +421,24 @@ async fn submit(State(api): State<Arc<Api>>, Extension(conn): Extension<Conn>, r
             e.into_response()
         }
     };
-    metrics::counter!("mailgate_api_requests_total", "listener" => listener, "status" => resp.status().as_str().to_string())
-        .increment(1);
+    if resp.status() == StatusCode::ACCEPTED {
+        api.accepted.increment(1);
+    } else {
+        metrics::counter!("mailgate_api_requests_total", "listener" => api.name.to_string(), "status" => resp.status().as_str().to_string())
+            .increment(1);
+    }
     resp
 }
 
 async fn submit_inner(api: &Arc<Api>, conn: Conn, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let key = authorize(api, &parts.headers)?;
-    let ctype =
-        parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-    let ctype = ctype.split(';').next().unwrap_or("").trim().to_string();
-    let is_raw = match ctype.as_str() {
-        "application/json" => false,
-        "message/rfc822" => true,
+    // The media type without parameters, compared without regard to case (RFC 9110 §8.3.1).
+    let ctype = parts.headers.get(header::CONTENT_TYPE).map_or(&b""[..], |v| v.as_bytes());
+    let ctype = ctype.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+    let is_raw = match ctype {
+        t if t.eq_ignore_ascii_case(b"application/json") => false,
+        t if t.eq_ignore_ascii_case(b"message/rfc822") => true,
         _ => {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

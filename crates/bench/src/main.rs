@@ -140,7 +140,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(a: RunArgs) -> anyhow::Result<()> {
     let (sink_addr, counters) = sink::start(a.sink).await?;
     let target = a.target.unwrap_or(sink_addr);
-    let cpu0 = procstat::cpu_seconds(&a.pid, &a.comm);
+    let (user0, sys0) = procstat::cpu_split(&a.pid, &a.comm);
     // This process's own CPU (load generator and sink): on a small machine it competes with
     // the process under test, so a heavier client lowers the rate the gateway is measured at.
     let me = [std::process::id()];
@@ -195,7 +195,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let delivered = counters.messages.load(Ordering::Relaxed);
-    let cpu = procstat::cpu_seconds(&a.pid, &a.comm) - cpu0;
+    let (user1, sys1) = procstat::cpu_split(&a.pid, &a.comm);
+    let (user, sys) = (user1 - user0, sys1 - sys0);
+    let cpu = user + sys;
     let own = procstat::cpu_seconds(&me, &[]) - own0;
     if let Some(s) = sampler {
         s.abort();
@@ -224,6 +226,8 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         "seconds": (elapsed * 1000.0).round() / 1000.0,
         "msg_per_s": if elapsed > 0.0 { (delivered as f64 / elapsed).round() } else { 0.0 },
         "cpu_us_per_msg": if delivered > 0 && (!a.pid.is_empty() || !a.comm.is_empty()) { (cpu * 1e6 / delivered as f64).round() } else { 0.0 },
+        "user_us_per_msg": if delivered > 0 { (user * 1e6 / delivered as f64).round() } else { 0.0 },
+        "sys_us_per_msg": if delivered > 0 { (sys * 1e6 / delivered as f64).round() } else { 0.0 },
         "bench_cpu_us_per_msg": if delivered > 0 { (own * 1e6 / delivered as f64).round() } else { 0.0 },
         "p50_us": h.value_at_quantile(0.5),
         "p99_us": h.value_at_quantile(0.99),

@@ -66,7 +66,7 @@ async fn submit_with(
         client_port: s.peer.port(),
         local_ip: mailgate_smtp::ip_text(s.local.ip()),
         local_port: s.local.port(),
-        listener: s.listener.to_string(),
+        listener: String::from(&*s.listener),
         tls: s.tls.as_ref().map(|(version, cipher)| TlsInfo { version: version.clone(), cipher: cipher.clone() }),
         helo: None,
         authenticated_as: Some(s.key.clone()),
@@ -136,11 +136,11 @@ async fn submit_with(
     env.api = Some(Box::new(meta));
     let origin = mailgate_cleanup::Origin {
         // No HELO over HTTP: the listener's name stands in for it in `Received: from`.
-        client: Some((s.listener.to_string(), s.peer.ip())),
+        client: Some((String::from(&*s.listener), s.peer.ip())),
         with: Some("HTTP".into()),
         tls: s.tls.clone(),
         user: Some(s.key.clone()),
-        listener: s.listener.to_string(),
+        listener: String::from(&*s.listener),
         trusted: false,
         auth: None,
     };
