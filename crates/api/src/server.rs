@@ -73,6 +73,10 @@ impl Listening {
     }
 }
 
+/// The `Idempotency-Key` request header, named once (a name given as text is parsed at
+/// every look-up).
+static IDEMPOTENCY_KEY: header::HeaderName = header::HeaderName::from_static("idempotency-key");
+
 /// Time for a TLS handshake and for a request's head (headers) to arrive.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 const HEAD: Duration = Duration::from_secs(10);
@@ -447,7 +451,7 @@ async fn submit_inner(api: &Arc<Api>, conn: Conn, req: Request) -> Result<Respon
             ))
         }
     };
-    let header_key = match parts.headers.get("idempotency-key") {
+    let header_key = match parts.headers.get(&IDEMPOTENCY_KEY) {
         Some(v) => {
             let k = v.to_str().map_err(|_| ApiError::field("Idempotency-Key", "not printable ASCII"))?;
             request::check_idempotency_key(k, "Idempotency-Key")?;
