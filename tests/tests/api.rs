@@ -237,6 +237,24 @@ fn bad_requests_get_their_status_and_the_server_keeps_serving() {
     assert_eq!((r.status, r.json()["error"]["code"].as_str()), (400, Some("malformed_json")), "{r:?}");
     let r = curl(&["-X", "POST", &url, "-H", &auth, "-H", "Content-Type: text/plain", "--data-binary", "hello"]);
     assert_eq!(r.status, 415, "{r:?}");
+    // A raw message's tags (the query's) are held to the JSON tags' rules.
+    let raw = "From: a@shop.test\r\nTo: x@remote.test\r\nSubject: s\r\n\r\nbody\r\n";
+    let long = "t".repeat(129);
+    let many = vec!["tag=t"; 21].join("&");
+    for query in ["tag=a%0D%0Ab", "tag=", &format!("tag={long}"), &many] {
+        let r = curl(&[
+            "-X",
+            "POST",
+            &format!("{url}?{query}"),
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: message/rfc822",
+            "--data-binary",
+            raw,
+        ]);
+        assert_eq!((r.status, r.pointer().as_str()), (400, "?tag"), "{query}: {r:?}");
+    }
     let mut missing = good.clone();
     missing.as_object_mut().unwrap().remove("from");
     assert_eq!(post_json(&url, &key, &missing).pointer(), "/from");

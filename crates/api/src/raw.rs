@@ -31,16 +31,24 @@ fn header_end(m: &[u8]) -> usize {
 }
 
 /// Reads only the fields the envelope comes from; every other field is skipped, not parsed
-/// (a full parse of a header section cost more than the rest of reading the request).
-fn envelope_fields() -> &'static mail_parser::MessageParser {
-    static PARSER: std::sync::LazyLock<mail_parser::MessageParser> = std::sync::LazyLock::new(|| {
-        use mail_parser::HeaderName::*;
-        [From, Sender, To, Cc, Bcc]
-            .into_iter()
-            .fold(mail_parser::MessageParser::new(), |p, h| p.header_address(h))
+/// (a full parse of a header section cost more than the rest of reading the request). With
+/// the whole envelope in the query only From is read (the key's sender domains bind it).
+fn envelope_fields(from_only: bool) -> &'static mail_parser::MessageParser {
+    use mail_parser::HeaderName::{self, *};
+    fn parser(fields: &[HeaderName<'static>]) -> mail_parser::MessageParser {
+        fields
+            .iter()
+            .fold(mail_parser::MessageParser::new(), |p, h| p.header_address(h.clone()))
             .default_header_ignore()
-    });
-    &PARSER
+    }
+    static ALL: std::sync::LazyLock<mail_parser::MessageParser> =
+        std::sync::LazyLock::new(|| parser(&[From, Sender, To, Cc, Bcc]));
+    static FROM: std::sync::LazyLock<mail_parser::MessageParser> = std::sync::LazyLock::new(|| parser(&[From]));
+    if from_only {
+        &FROM
+    } else {
+        &ALL
+    }
 }
 
 /// The message without its Bcc fields (with their continuation lines).
@@ -85,14 +93,16 @@ pub fn read(
         e.smtp = Some((&reply).into());
         return Err(e);
     }
-    let parsed = envelope_fields().parse_headers(&message[..head]);
+    fn qs<'a>(query: &'a [(String, String)], k: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        query.iter().filter(move |(n, _)| n == k).flat_map(|(_, v)| v.split(','))
+    }
+    let given: Vec<&str> = qs(query, "to").filter(|t| !t.trim().is_empty()).collect();
+    let from_only = qs(query, "from").next().is_some() && !given.is_empty();
+    let parsed = envelope_fields(from_only).parse_headers(&message[..head]);
     let addrs = |a: Option<&mail_parser::Address>| -> Vec<String> {
         a.map(|a| a.iter().filter_map(|x| x.address().map(str::to_string)).collect()).unwrap_or_default()
     };
     let header_from = addrs(parsed.as_ref().and_then(|p| p.from()));
-    fn qs<'a>(query: &'a [(String, String)], k: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        query.iter().filter(move |(n, _)| n == k).flat_map(|(_, v)| v.split(','))
-    }
     let mut unknown = query.iter().map(|(k, _)| k.as_str()).filter(|k| !["from", "to", "tag"].contains(k));
     if let Some(k) = unknown.next() {
         return Err(ApiError::field(format!("?{k}"), "unknown query parameter"));
@@ -112,7 +122,6 @@ pub fn read(
     let too_many =
         |max: usize| ApiError::field("?to", format!("more than {max} recipients; at most {max} per message"));
     let mut push = |a: Address| distinct.add(a).map_err(too_many);
-    let given: Vec<&str> = qs(query, "to").filter(|t| !t.trim().is_empty()).collect();
     let message = if given.is_empty() {
         let p = parsed.as_ref();
         for (a, field) in
@@ -161,6 +170,11 @@ mod tests {
         assert_eq!(r.rcpts.len(), 2);
         assert!(String::from_utf8(r.message).unwrap().contains("Bcc:"), "kept when the envelope is given");
         assert_eq!(r.header_from, ["a@b.test"]);
+        // Half the envelope in the query: the other half still comes from the fields.
+        let r = read(&[("to".into(), "p@q.test".into())], m.to_vec(), 10, 1 << 20).unwrap();
+        assert_eq!((r.from.as_str(), r.rcpts.len()), ("a@b.test", 1));
+        let r = read(&[("from".into(), "bounce@b.test".into())], m.to_vec(), 10, 1 << 20).unwrap();
+        assert_eq!((r.from.as_str(), r.rcpts.len()), ("bounce@b.test", 4));
         let e = read(&[("to".into(), "nope".into())], m.to_vec(), 10, 1 << 20).unwrap_err();
         assert_eq!(e.pointer.as_deref(), Some("?to"));
         assert_eq!(

@@ -379,19 +379,10 @@ pub fn build(body: &[u8], hostname: &str, max_rcpts: usize) -> Result<Built, Api
     };
     let tags = match get("tags") {
         None => vec![],
-        Some(Json::Array(a)) if a.len() <= MAX_TAGS => a
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let p = format!("/tags/{i}");
-                let t = string(t, &p)?;
-                plain_text(t, &p, "a tag", false)?;
-                if t.is_empty() || t.len() > MAX_TAG_LEN {
-                    return Err(ApiError::field(p, format!("a tag has 1 to {MAX_TAG_LEN} octets")));
-                }
-                Ok(t.to_string())
-            })
-            .collect::<Result<_, _>>()?,
+        Some(Json::Array(a)) if a.len() <= MAX_TAGS => {
+            let list = a.iter().enumerate().map(|(i, t)| string(t, &format!("/tags/{i}")));
+            tags(list.collect::<Result<Vec<_>, _>>()?.into_iter(), "/tags")?
+        }
         Some(_) => return Err(ApiError::field("/tags", format!("must be an array of at most {MAX_TAGS} strings"))),
     };
     let metadata = match get("metadata") {
@@ -449,6 +440,31 @@ pub fn build(body: &[u8], hostname: &str, max_rcpts: usize) -> Result<Built, Api
     b = b.body(body);
     let message = b.write_to_vec().map_err(|e| ApiError::bad_request("unbuildable", e.to_string()))?;
     Ok(Built { from: from.email, rcpts, message, tags, metadata, idempotency_key })
+}
+
+/// A request's tags (JSON `tags`, or the raw way's `?tag=` parameters): at most [`MAX_TAGS`],
+/// each 1 to [`MAX_TAG_LEN`] octets without control characters (they are kept with the
+/// message and repeated in every event). `ptr` names the field; a JSON array's elements are
+/// named by index.
+pub(crate) fn tags<'a>(list: impl Iterator<Item = &'a str>, ptr: &str) -> Result<Vec<String>, ApiError> {
+    let mut out = vec![];
+    for (i, t) in list.enumerate() {
+        let at = || if ptr == "/tags" { format!("{ptr}/{i}") } else { ptr.to_string() };
+        if out.len() == MAX_TAGS {
+            return Err(ApiError::field(ptr, format!("at most {MAX_TAGS} tags")));
+        }
+        if let Some(c) = first_control(t, []) {
+            return Err(ApiError::field(
+                at(),
+                format!("a tag must not contain control characters (found U+{:04X})", c as u32),
+            ));
+        }
+        if t.is_empty() || t.len() > MAX_TAG_LEN {
+            return Err(ApiError::field(at(), format!("a tag has 1 to {MAX_TAG_LEN} octets")));
+        }
+        out.push(t.to_string());
+    }
+    Ok(out)
 }
 
 pub(crate) fn check_idempotency_key(k: &str, ptr: &str) -> Result<(), ApiError> {
@@ -776,6 +792,27 @@ mod tests {
             let m = built(&text);
             assert!(!m.contains("7bit"), "{text:?}: {m}");
             assert!(m.contains("Content-Transfer-Encoding: quoted-printable") || m.contains("base64"), "{m}");
+        }
+    }
+
+    /// Tags: up to 20, each 1 to 128 octets without control characters, errors naming the
+    /// element (JSON) or the parameter (query).
+    #[test]
+    fn tags_are_bounded_and_plain() {
+        let ok = |list: &[&str]| tags(list.iter().copied(), "/tags");
+        assert_eq!(ok(&["a", &"b".repeat(128)]).unwrap(), ["a".to_string(), "b".repeat(128)]);
+        assert_eq!(ok(&["t"; 20]).unwrap().len(), 20);
+        assert_eq!(ok(&["t"; 21]).unwrap_err().pointer.as_deref(), Some("/tags"));
+        for (bad, at) in [
+            (&["a", ""][..], "/tags/1"),
+            (&["b".repeat(129).leak() as &str], "/tags/0"),
+            (&["a", "b", "c\r\nd"], "/tags/2"),
+        ] {
+            assert_eq!(ok(bad).unwrap_err().pointer.as_deref(), Some(at), "{bad:?}");
+            assert_eq!(tags(bad.iter().copied(), "?tag").unwrap_err().pointer.as_deref(), Some("?tag"), "{bad:?}");
+        }
+        for c in ['\u{0}', '\t', '\u{7f}', '\u{85}'] {
+            assert!(ok(&[&format!("a{c}")]).is_err(), "{c:?}");
         }
     }
 

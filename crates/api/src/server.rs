@@ -463,16 +463,10 @@ async fn submit_inner(api: &Arc<Api>, conn: Conn, req: Request) -> Result<Respon
     let cfg = api.gate.config();
     let max_rcpts = cfg.limits.max_recipients;
     let (from, rcpts, message, header_from, tags, metadata, json_key) = if is_raw {
-        let query: Vec<(String, String)> = parts
-            .uri
-            .query()
-            .map(|q| {
-                axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri).map(|x| x.0).map_err(|_| q)
-            })
-            .transpose()
-            .map_err(|q| ApiError::field("?", format!("malformed query {q:?}")))?
-            .unwrap_or_default();
-        let tags = query.iter().filter(|(k, _)| k == "tag").map(|(_, v)| v.clone()).collect();
+        // Percent-decoded pairs (invalid UTF-8 made U+FFFD, as axum's `Query` does).
+        let query: Vec<(String, String)> =
+            parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
+        let tags = request::tags(query.iter().filter(|(k, _)| k == "tag").map(|(_, v)| v.as_str()), "?tag")?;
         let r = raw::read(&query, body, max_rcpts, cfg.limits.max_header_size)?;
         (r.from, r.rcpts, r.message, r.header_from, tags, Default::default(), None)
     } else {
