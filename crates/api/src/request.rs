@@ -201,7 +201,7 @@ pub(crate) fn escape(k: &str) -> String {
 /// Text with every line end made CRLF, and whether it can go as it is (`7bit`, RFC 2045
 /// §2.7): ASCII only, no line longer than RFC 5322's 78 octets, none ending in a blank (which
 /// transports may strip). Otherwise mail-builder picks quoted-printable or base64: it would
-/// for lines of 77 or 78 octets too, which mail programs write as they are (Python's `email`
+/// for lines of 76 to 78 octets too, which mail programs write as they are (Python's `email`
 /// does) and which need no encoding.
 fn body_text(s: &str) -> (String, bool) {
     let b = s.as_bytes();
