@@ -863,7 +863,7 @@ mod tests {
         ];
         // Line ends only in bodies, tabs only where a field takes them; now and then one of
         // them anyway (a refusal).
-        let mut text = |next: &mut dyn FnMut(usize) -> usize, max: usize, lines: bool, tab: bool| {
+        let text = |next: &mut dyn FnMut(usize) -> usize, max: usize, lines: bool, tab: bool| {
             let mut t = String::new();
             let long = next(4) == 0;
             let stray = next(10) == 0;
