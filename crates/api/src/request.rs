@@ -242,29 +242,14 @@ fn text_part(content_type: &'static str, text: &str) -> MimePart<'static> {
 /// gets one).
 fn message_id(random: u64, millis: u64, hostname: &str) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    // The hex digits, a dot and the decimal digits, right-aligned in one buffer.
-    let mut buf = [0u8; 16 + 1 + 20];
-    let mut at = buf.len();
-    let mut n = millis;
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    at -= 1;
-    buf[at] = b'.';
-    for shift in 0..16 {
-        at -= 1;
-        buf[at] = HEX[(random >> (shift * 4)) as usize & 15];
-    }
-    let mut id = String::with_capacity(buf.len() - at + 1 + hostname.len());
-    id.push_str(std::str::from_utf8(&buf[at..]).unwrap_or_default());
-    id.push('@');
-    id.push_str(hostname);
-    id
+    let mut id = Vec::with_capacity(16 + 1 + 20 + 1 + hostname.len());
+    id.extend((0..16).rev().map(|shift| HEX[(random >> (shift * 4)) as usize & 15]));
+    id.push(b'.');
+    mailgate_smtp::push_decimal(&mut id, millis);
+    id.push(b'@');
+    id.extend_from_slice(hostname.as_bytes());
+    // Hex, digits and the host name (a `str`): UTF-8 throughout.
+    String::from_utf8(id).unwrap_or_default()
 }
 
 fn mb_address(m: &Mailbox) -> MbAddress<'_> {

@@ -21,7 +21,7 @@ pub use command::{xtext_decode, xtext_encode, Body, Command, MailParams, Notify,
 pub use content::{ContentError, ContentReceiver, Progress};
 pub use ehlo::Extensions;
 pub use line::{LineError, LineEvent, LineReader};
-pub use reply::{iana_cipher_name, Enhanced, Reply, ReplyParser};
+pub use reply::{iana_cipher_name, push_decimal, Enhanced, Reply, ReplyParser};
 
 /// Appends `ip` as text (`192.0.2.1`, `2001:db8::1`) to `out`. An IPv4 address is written
 /// octet by octet: every message's `Received:` field and envelope carry its client's address,

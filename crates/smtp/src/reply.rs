@@ -34,11 +34,11 @@ impl Enhanced {
     /// Appends `class.subject.detail` to `out` (replies are written for every command: no
     /// formatter machinery).
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        push_decimal(out, u16::from(self.0));
+        push_decimal(out, u64::from(self.0));
         out.push(b'.');
-        push_decimal(out, self.1);
+        push_decimal(out, u64::from(self.1));
         out.push(b'.');
-        push_decimal(out, self.2);
+        push_decimal(out, u64::from(self.2));
     }
 }
 
@@ -49,8 +49,10 @@ fn three_digits(code: u16) -> [u8; 3] {
     [b'0' + (c / 100) as u8, b'0' + (c / 10 % 10) as u8, b'0' + (c % 10) as u8]
 }
 
-fn push_decimal(out: &mut Vec<u8>, n: u16) {
-    let mut digits = [0u8; 5];
+/// Appends `n` in decimal to `out`, without the formatter (reply codes on every reply; message
+/// ids of the API).
+pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
     let mut i = digits.len();
     let mut n = n;
     loop {
@@ -251,6 +253,22 @@ pub mod codes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_are_written_as_display_writes_them() {
+        let mut n = 1u64;
+        for x in [0, 1, 9, 10, 99, 100, 65_535, u64::from(u32::MAX), u64::MAX - 1, u64::MAX] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, x);
+            assert_eq!(out, format!("x{x}").into_bytes());
+        }
+        while let Some(m) = n.checked_mul(7) {
+            let mut out = vec![];
+            push_decimal(&mut out, m - 1);
+            assert_eq!(out, (m - 1).to_string().into_bytes());
+            n = m;
+        }
+    }
 
     #[test]
     fn writes_multiline_with_enhanced() {
