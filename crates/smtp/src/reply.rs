@@ -125,6 +125,28 @@ impl Reply {
         }
     }
 
+    /// Writes a reply without an enhanced code from its lines, as `write_to` writes
+    /// `Reply::plain(code, lines.join("\n"))`, without joining them into a `String` first
+    /// (EHLO's list of extensions, at every connection; RFC 2034 gives it no enhanced code). A
+    /// CR or LF inside a line is dropped: a line stays one line on the wire.
+    pub fn write_lines(out: &mut Vec<u8>, code: u16, lines: &[&str]) {
+        let code = three_digits(code);
+        if lines.is_empty() {
+            out.extend_from_slice(&code);
+            out.extend_from_slice(b" \r\n");
+        }
+        for (i, line) in lines.iter().enumerate() {
+            out.extend_from_slice(&code);
+            out.push(if i + 1 == lines.len() { b' ' } else { b'-' });
+            if line.bytes().any(|b| b == b'\r' || b == b'\n') {
+                out.extend(line.bytes().filter(|b| *b != b'\r' && *b != b'\n'));
+            } else {
+                out.extend_from_slice(line.as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(64);
         self.write_to(&mut v);
@@ -253,6 +275,26 @@ pub mod codes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_written_as_the_joined_reply() {
+        let cases: &[&[&str]] = &[
+            &[],
+            &[""],
+            &["one"],
+            &["mx.test greets c.test", "PIPELINING", "SIZE 10485760", "HELP"],
+            &["a", "", "b"],
+            &["é ü", "x"],
+        ];
+        for lines in cases {
+            let mut out = vec![];
+            Reply::write_lines(&mut out, 250, lines);
+            assert_eq!(out, Reply::plain(250, lines.join("\n")).to_bytes(), "{lines:?}");
+        }
+        let mut out = vec![];
+        Reply::write_lines(&mut out, 250, &["a\r\nb", "c\rd\n"]);
+        assert_eq!(out, b"250-ab\r\n250 cd\r\n", "no line end inside a line");
+    }
 
     #[test]
     fn decimals_are_written_as_display_writes_them() {

@@ -99,6 +99,12 @@ impl<S: SessionIo> Io<S> {
         r.write_to(&mut self.wbuf);
     }
 
+    /// Writes a reply's wire form straight into the output buffer (a reply made of parts
+    /// that need not become a [`Reply`] first).
+    pub fn reply_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        write(&mut self.wbuf);
+    }
+
     /// Whether the gateway is stopping.
     pub fn stopping(&self) -> bool {
         *self.stop.borrow()
