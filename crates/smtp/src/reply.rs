@@ -52,6 +52,11 @@ fn three_digits(code: u16) -> [u8; 3] {
 /// Appends `n` in decimal to `out`, without the formatter (reply codes on every reply; message
 /// ids of the API).
 pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    if n < 10 {
+        // The parts of an enhanced status code, mostly.
+        out.push(b'0' + n as u8);
+        return;
+    }
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     let mut n = n;
@@ -105,6 +110,21 @@ impl Reply {
     /// Appends the wire form (CRLF line ends, `-` continuation) to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
         let code = three_digits(self.code);
+        // Most replies are one line without a CR: written without splitting (a reply goes out
+        // for every command).
+        if memchr::memchr2(b'\n', b'\r', self.text.as_bytes()).is_none() {
+            out.extend_from_slice(&code);
+            out.push(b' ');
+            if let Some(e) = self.enhanced {
+                e.write_to(out);
+                if !self.text.is_empty() {
+                    out.push(b' ');
+                }
+            }
+            out.extend_from_slice(self.text.as_bytes());
+            out.extend_from_slice(b"\r\n");
+            return;
+        }
         let mut lines = self.text.split('\n').peekable();
         while let Some(line) = lines.next() {
             out.extend_from_slice(&code);
@@ -309,6 +329,20 @@ mod tests {
             push_decimal(&mut out, m - 1);
             assert_eq!(out, (m - 1).to_string().into_bytes());
             n = m;
+        }
+    }
+
+    #[test]
+    fn one_line_replies_are_written_as_lines_are() {
+        for code in [220, 250, 354, 550] {
+            for e in [None, Some(Enhanced(2, 0, 0)), Some(Enhanced(5, 7, 30)), Some(Enhanced(4, 100, 999))] {
+                for text in ["", "ok", "é ünïcode", "a\tb", "trailing "] {
+                    let r = Reply { code, enhanced: e, text: text.into() };
+                    let head =
+                        e.map_or(String::new(), |e| if text.is_empty() { e.to_string() } else { format!("{e} ") });
+                    assert_eq!(String::from_utf8(r.to_bytes()).unwrap(), format!("{code} {head}{text}\r\n"), "{r:?}");
+                }
+            }
         }
     }
 
