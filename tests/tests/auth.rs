@@ -162,6 +162,10 @@ fn dkim_cross_checked_with_dkimpy_both_ways() {
         &txt("g2._domainkey.out-ed.test", &g_ed_txt),
         &txt("seal._domainkey.gw.test", &seal_txt),
         "--txt-record=signed.test,v=spf1 -all",
+        // Cacheable answers (dnsmasq's default for its own records is a TTL of 0): the second
+        // message signed with rsa1 — the tampered one — finds the key in the gateway's cache,
+        // which must keep keys and never verdicts.
+        "--local-ttl=300",
     ]);
     let sink = Sink::start();
     let extra = format!(

@@ -11,6 +11,7 @@
 //! This crate must not know SMTP sessions, the spool or the plugin ABI: it takes an IP, names
 //! and raw message bytes, and gives plain results that the plugin host maps to WIT.
 
+mod cache;
 mod header;
 mod results;
 mod seal;
@@ -18,6 +19,7 @@ mod session;
 mod sign;
 pub mod spf;
 
+pub use cache::{TxtCache, TXT_CACHE_ENTRIES};
 pub use header::{ambiguous_from, authentication_results, strip_ours};
 pub use results::{Arc as ArcResult, Dkim, Dmarc, Iprev, MessageResults, Policy, Spf, Status};
 pub use seal::Sealer;

@@ -8,7 +8,9 @@ use std::time::Duration;
 use hickory_resolver::TokioResolver;
 use mail_auth::common::verify::VerifySignature;
 use mail_auth::dmarc::verify::DmarcParameters;
-use mail_auth::{AuthenticatedMessage, DkimResult, DmarcResult, IprevResult, MessageAuthenticator, SpfResult};
+use mail_auth::{
+    AuthenticatedMessage, DkimResult, DmarcResult, IprevResult, MessageAuthenticator, Parameters, SpfResult,
+};
 
 use crate::results::{self, Dkim, Dmarc, Iprev, MessageResults, Policy, Spf, Status};
 
@@ -22,6 +24,8 @@ pub struct Authenticator {
     deadline: Duration,
     /// SPF records already parsed, by their text.
     spf_records: crate::spf::RecordCache,
+    /// DKIM keys and DMARC policies already looked up and parsed, until their TTL ends.
+    txt: crate::TxtCache,
 }
 
 impl Authenticator {
@@ -31,12 +35,18 @@ impl Authenticator {
             hostname: hostname.to_string(),
             deadline,
             spf_records: Default::default(),
+            txt: crate::TxtCache::new(crate::TXT_CACHE_ENTRIES),
         }
     }
 
     /// mail-auth's authenticator over our resolver (for sealing).
     pub(crate) fn inner(&self) -> &MessageAuthenticator {
         &self.inner
+    }
+
+    /// The parsed TXT records mail-auth looks up (for sealing, which verifies the chain).
+    pub(crate) fn txt_cache(&self) -> &crate::TxtCache {
+        &self.txt
     }
 
     /// SPF of `sender` (MAIL FROM), or of the HELO name for the null sender (RFC 7208 §2.4),
@@ -115,12 +125,13 @@ impl Authenticator {
         };
         let from_domain = msg.from().rsplit_once('@').map_or("", |(_, d)| d).to_lowercase();
         let work = async {
-            let dkim_out = self.inner.verify_dkim(&msg).await;
-            let arc_out = self.inner.verify_arc(&msg).await;
+            let dkim_out = self.inner.verify_dkim(Parameters::new(&msg).with_txt_cache(&self.txt)).await;
+            let arc_out = self.inner.verify_arc(Parameters::new(&msg).with_txt_cache(&self.txt)).await;
             let dmarc_out = if from_domain.is_empty() {
                 None
             } else {
-                Some(self.inner.verify_dmarc(DmarcParameters::new(&msg, &dkim_out, mail_from_domain, spf)).await)
+                let params = DmarcParameters::new(&msg, &dkim_out, mail_from_domain, spf);
+                Some(self.inner.verify_dmarc(Parameters::new(params).with_txt_cache(&self.txt)).await)
             };
             let dkim = dkim_out
                 .iter()

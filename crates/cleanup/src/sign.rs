@@ -17,6 +17,9 @@ pub struct Signing {
     signers: Arc<Vec<(DkimSign, Signer)>>,
     /// `[arc_seal]`, if configured.
     sealer: Option<Sealer>,
+    /// Parses only the header From (the identity that chooses the signer): a parse of the
+    /// whole header section (Received, DKIM-Signature, …) cost ten times as much.
+    from_parser: mail_parser::MessageParser,
 }
 
 impl Signing {
@@ -38,12 +41,12 @@ impl Signing {
             }
             None => None,
         };
-        Ok(Signing { auth: Some(auth), signers: Arc::new(signers), sealer })
+        Ok(Signing { auth: Some(auth), signers: Arc::new(signers), sealer, from_parser: from_parser() })
     }
 
     /// No identities: nothing is signed or sealed.
     pub fn none() -> Signing {
-        Signing { auth: None, signers: Arc::new(vec![]), sealer: None }
+        Signing { auth: None, signers: Arc::new(vec![]), sealer: None, from_parser: from_parser() }
     }
 
     /// Prepends a DKIM-Signature when a `[[dkim_sign]]` identity applies to the header From
@@ -52,7 +55,7 @@ impl Signing {
         if self.signers.is_empty() {
             return data;
         }
-        let Some(from_domain) = header_from_domain(&data) else { return data };
+        let Some(from_domain) = header_from_domain(&self.from_parser, &data) else { return data };
         let user = origin.user.as_deref();
         let Some(i) =
             self.signers.iter().position(|(d, _)| d.applies(&from_domain, &origin.listener, user, origin.trusted))
@@ -107,9 +110,69 @@ impl Signing {
     }
 }
 
+/// A parser of the header section that reads From as addresses and skips every other field.
+fn from_parser() -> mail_parser::MessageParser {
+    mail_parser::MessageParser::new().header_address(mail_parser::HeaderName::From).default_header_ignore()
+}
+
 /// The domain of the header From address, if the message has one.
-fn header_from_domain(data: &[u8]) -> Option<String> {
-    let msg = mail_parser::MessageParser::default().parse_headers(data)?;
+fn header_from_domain(parser: &mail_parser::MessageParser, data: &[u8]) -> Option<String> {
+    let msg = parser.parse_headers(data)?;
     let addr = msg.from()?.first()?.address.as_ref()?.to_string();
     Some(addr.rsplit_once('@')?.1.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The From-only parse finds the domain a parse of every field finds, whatever the fields
+    /// around From and however From is written.
+    #[test]
+    fn from_domain_is_what_a_full_parse_finds() {
+        let before = [
+            "",
+            "Received: from a.example (a.example [192.0.2.1])\r\n\tby mx.example with ESMTP id X; Mon, 30 Nov 2026 10:00:00 +0000\r\n",
+            "DKIM-Signature: v=1; a=rsa-sha256; d=other.example; s=s;\r\n h=from:to; bh=abc=; b=def=\r\n",
+            "Subject: =?utf-8?q?From:_x@wrong.example?=\r\n",
+            "X-From: <x@wrong.example>\r\n",
+            "Sender: <s@sender.example>\r\n",
+        ];
+        let froms = [
+            "From: a@example.com\r\n",
+            "From: \"A, B\" <a@Example.COM>\r\n",
+            "FROM:a@example.com\r\n",
+            "From: =?utf-8?b?w4lsb2k=?= <a@b.example.org>\r\n",
+            "From: (comment) a@example.com (more)\r\n",
+            "From:\r\n <folded@example.net>\r\n",
+            "From: Group: a@one.example, b@two.example;\r\n",
+            "From: a@one.example, b@two.example\r\n",
+            "From: no-domain\r\n",
+            "From: <>\r\n",
+            "From: a@one.example\r\nFrom: b@two.example\r\n",
+            "",
+        ];
+        let after = ["", "To: <t@to.example>\r\n", "From-Like: x@wrong.example\r\n"];
+        let full = mail_parser::MessageParser::default();
+        let ours = from_parser();
+        let mut n = 0;
+        for b in before {
+            for f in froms {
+                for a in after {
+                    for body in ["\r\nFrom: body@wrong.example\r\n", ""] {
+                        let m = format!("{b}{f}{a}{body}");
+                        let expected = full
+                            .parse_headers(m.as_bytes())
+                            .and_then(|msg| msg.from()?.first()?.address.as_ref().map(|a| a.to_string()))
+                            .and_then(|a| Some(a.rsplit_once('@')?.1.to_string()));
+                        assert_eq!(header_from_domain(&ours, m.as_bytes()), expected, "{m:?}");
+                        n += usize::from(expected.is_some());
+                    }
+                }
+            }
+        }
+        assert!(n > 100, "most cases have a From domain: {n}");
+        assert_eq!(header_from_domain(&ours, b"From: \"x\" <a@Example.COM>\r\n\r\n").as_deref(), Some("Example.COM"));
+        assert_eq!(header_from_domain(&ours, b"To: a@example.com\r\n\r\nFrom: b@example.com\r\n"), None);
+    }
 }
