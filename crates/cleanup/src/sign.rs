@@ -115,9 +115,11 @@ fn from_parser() -> mail_parser::MessageParser {
     mail_parser::MessageParser::new().header_address(mail_parser::HeaderName::From).default_header_ignore()
 }
 
-/// The domain of the header From address, if the message has one.
+/// The domain of the header From address, if the message has one: the From field (the last,
+/// as mail-parser reads a message with several — which `auth.refuse_ambiguous_from` refuses
+/// before this), found by a scan of the line starts, then parsed alone.
 fn header_from_domain(parser: &mail_parser::MessageParser, data: &[u8]) -> Option<String> {
-    let msg = parser.parse_headers(data)?;
+    let msg = parser.parse_headers(mailgate_message::fields::raw_fields(data, "from").last()?)?;
     let addr = msg.from()?.first()?.address.as_ref()?.to_string();
     Some(addr.rsplit_once('@')?.1.to_string())
 }
@@ -147,12 +149,17 @@ mod tests {
             "From:\r\n <folded@example.net>\r\n",
             "From: Group: a@one.example, b@two.example;\r\n",
             "From: a@one.example, b@two.example\r\n",
+            "From : spaced@example.com\r\n",
+            "From\t:tabbed@example.com\r\n",
+            "From: <a@example.com>\r\n\t(folded comment)\r\n",
+            "From: \"quoted \\\"From: x@wrong.example\\\"\" <q@quoted.example>\r\n",
+            "From: a@example.com\n",
             "From: no-domain\r\n",
             "From: <>\r\n",
             "From: a@one.example\r\nFrom: b@two.example\r\n",
             "",
         ];
-        let after = ["", "To: <t@to.example>\r\n", "From-Like: x@wrong.example\r\n"];
+        let after = ["", "To: <t@to.example>\r\n", "From-Like: x@wrong.example\r\n", " continued\r\n"];
         let full = mail_parser::MessageParser::default();
         let ours = from_parser();
         let mut n = 0;
