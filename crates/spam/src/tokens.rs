@@ -3,6 +3,7 @@
 //! a subject and in a body are learnt apart.
 
 use std::collections::BTreeSet;
+use std::fmt::Write;
 
 /// Header fields whose words become tokens (besides Subject). Received and list headers are
 /// left out on purpose: they name the corpus' own relays and would teach the model where a
@@ -57,20 +58,7 @@ fn text_tokens(prefix: &str, text: &str, out: &mut BTreeSet<String>) {
             return;
         }
         let w = trim_word(&lower);
-        let n = w.chars().count();
-        if n < 3 {
-            return;
-        }
-        token.clear();
-        token.push_str(prefix);
-        if n > 12 {
-            token.push_str("skip:");
-            token.push(w.chars().next().unwrap_or('_'));
-            push_decimal(&mut token, n / 10 * 10);
-        } else {
-            token.push_str(w);
-        }
-        insert(out, &token);
+        word_token(prefix, w, w.chars().count(), &mut token, out);
     };
     if text.is_ascii() {
         // Unicode's White_Space within ASCII: HT, LF, VT, FF, CR and space (VT is not in
@@ -94,21 +82,28 @@ fn ascii_word(prefix: &str, raw: &str, lower: &mut String, token: &mut String, o
         return;
     }
     let w = trim_word(raw);
-    let n = w.len();
+    word_token(prefix, w, w.len(), token, out);
+}
+
+/// Adds the token of a trimmed word of `n` characters: the word, or when longer than 12 a
+/// "skip" token of its first letter and length bucket; nothing when shorter than 3. Lower case
+/// as the text's lower case has it (`w` is lower case already, or ASCII).
+fn word_token(prefix: &str, w: &str, n: usize, token: &mut String, out: &mut BTreeSet<String>) {
     if n < 3 {
         return;
     }
     token.clear();
     token.push_str(prefix);
+    let at = token.len();
     if n > 12 {
         token.push_str("skip:");
-        token.push(char::from(w.as_bytes()[0].to_ascii_lowercase()));
-        push_decimal(token, n / 10 * 10);
+        token.push(w.chars().next().unwrap_or('_'));
+        // Cannot fail: a String takes any text.
+        let _ = write!(token, "{}", n / 10 * 10);
     } else {
-        let at = token.len();
         token.push_str(w);
-        token[at..].make_ascii_lowercase();
     }
+    token[at..].make_ascii_lowercase();
     insert(out, token);
 }
 
@@ -157,21 +152,6 @@ fn insert(out: &mut BTreeSet<String>, token: &str) {
     if !out.contains(token) {
         out.insert(token.to_string());
     }
-}
-
-fn push_decimal(out: &mut String, n: usize) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend(digits[i..].iter().map(|d| char::from(*d)));
 }
 
 fn url_tokens(url: &str, out: &mut BTreeSet<String>) {
@@ -429,12 +409,6 @@ mod tests {
             [("xhttps://a/http://b", Some(11)), ("https://a", Some(0)), ("hhttp:/", None), ("ahttps://", Some(1))]
         {
             assert_eq!(url_start(w), at, "{w}");
-        }
-        let mut s = String::new();
-        for n in [0, 7, 10, 120, 4_294_967_296] {
-            s.clear();
-            push_decimal(&mut s, n);
-            assert_eq!(s, n.to_string());
         }
     }
 
