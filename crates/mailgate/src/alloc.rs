@@ -172,14 +172,23 @@ mod tests {
                 // SAFETY: a non-zero size; every block is freed with its layout below.
                 unsafe {
                     let p = GatewayAlloc.alloc(layout);
-                    assert!(!p.is_null() && p as usize % align == 0, "{size} octets, aligned {align}: {p:?}");
+                    assert!(
+                        !p.is_null() && (p as usize).is_multiple_of(align),
+                        "{size} octets, aligned {align}: {p:?}"
+                    );
                     let z = GatewayAlloc.alloc_zeroed(layout);
-                    assert!(!z.is_null() && z as usize % align == 0, "{size} zeroed, aligned {align}: {z:?}");
+                    assert!(
+                        !z.is_null() && (z as usize).is_multiple_of(align),
+                        "{size} zeroed, aligned {align}: {z:?}"
+                    );
                     assert!(std::slice::from_raw_parts(z, size).iter().all(|&b| b == 0));
                     let new_size = if size % 3 == 0 { size / 2 / align * align } else { size * 3 };
                     let new_size = new_size.max(align);
                     let r = GatewayAlloc.realloc(p, layout, new_size);
-                    assert!(!r.is_null() && r as usize % align == 0, "{size} → {new_size}, aligned {align}: {r:?}");
+                    assert!(
+                        !r.is_null() && (r as usize).is_multiple_of(align),
+                        "{size} → {new_size}, aligned {align}: {r:?}"
+                    );
                     live.push((z, layout));
                     live.push((r, Layout::from_size_align(new_size, align).expect("a layout")));
                 }
