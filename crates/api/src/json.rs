@@ -11,6 +11,10 @@ use std::cell::Cell;
 use std::fmt;
 
 use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// The top-level members read as [`Json::Written`] when they are strings.
+pub(crate) const WRITTEN: [&str; 2] = ["text", "html"];
 
 /// Why a body is not read.
 #[derive(Debug)]
@@ -27,6 +31,10 @@ pub(crate) enum Json<'a> {
     /// No request field takes a number: only that one was there matters.
     Number,
     Str(Cow<'a, str>),
+    /// A string as the body wrote it, between its quotes, escapes not undone: the top-level
+    /// `text` and `html` ([`WRITTEN`]), which [`crate::text::body_text`] decodes in the pass
+    /// that also makes their line ends CRLF.
+    Written(&'a str),
     Array(Vec<Json<'a>>),
     /// Members in document order; a name given twice is there twice ([`Json::get`] and
     /// [`Json::members`] take the last, as `serde_json::Value` does).
@@ -39,7 +47,7 @@ impl<'a> Json<'a> {
     pub(crate) fn parse(body: &'a [u8], max_values: usize) -> Result<Json<'a>, ParseError> {
         let budget = Budget { left: Cell::new(max_values), over: Cell::new(false) };
         let mut de = serde_json::Deserializer::from_slice(body);
-        let read = Seed(&budget).deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+        let read = Seed(&budget, true).deserialize(&mut de).and_then(|v| de.end().map(|()| v));
         // The budget, not the error's text, tells a cap from a syntax error.
         read.map_err(|e| if budget.over.get() { ParseError::TooManyValues(max_values) } else { ParseError::Syntax(e) })
     }
@@ -110,24 +118,43 @@ struct Budget {
     over: Cell<bool>,
 }
 
-/// Reads one value, counting it against the budget.
+/// Reads one value, counting it against the budget; the body's own value (`true`) or one
+/// within it.
 #[derive(Clone, Copy)]
-struct Seed<'c>(&'c Budget);
+struct Seed<'c>(&'c Budget, bool);
+
+impl Seed<'_> {
+    /// Counts one value.
+    fn count<E: de::Error>(self) -> Result<(), E> {
+        match self.0.left.get() {
+            0 => {
+                self.0.over.set(true);
+                Err(E::custom("too many values"))
+            }
+            n => {
+                self.0.left.set(n - 1);
+                Ok(())
+            }
+        }
+    }
+
+    /// A value serde_json has checked and handed over as written: a string stays so, anything
+    /// else is read.
+    fn written<'de, E: de::Error>(self, raw: &'de RawValue) -> Result<Json<'de>, E> {
+        let raw = raw.get();
+        match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+            Some(inside) => self.count().map(|()| Json::Written(inside)),
+            None => self.deserialize(&mut serde_json::Deserializer::from_str(raw)).map_err(E::custom),
+        }
+    }
+}
 
 impl<'de> DeserializeSeed<'de> for Seed<'_> {
     type Value = Json<'de>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Json<'de>, D::Error> {
-        match self.0.left.get() {
-            0 => {
-                self.0.over.set(true);
-                Err(de::Error::custom("too many values"))
-            }
-            n => {
-                self.0.left.set(n - 1);
-                d.deserialize_any(JsonVisitor(self))
-            }
-        }
+        self.count()?;
+        d.deserialize_any(JsonVisitor(self))
     }
 }
 
@@ -178,7 +205,7 @@ impl<'de> Visitor<'de> for JsonVisitor<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::new();
-        while let Some(v) = seq.next_element_seed(self.0)? {
+        while let Some(v) = seq.next_element_seed(Seed(self.0 .0, false))? {
             out.push(v);
         }
         Ok(Json::Array(out))
@@ -186,8 +213,13 @@ impl<'de> Visitor<'de> for JsonVisitor<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::new();
+        let inner = Seed(self.0 .0, false);
         while let Some(Text(k)) = map.next_key()? {
-            out.push((k, map.next_value_seed(self.0)?));
+            let v = match self.0 .1 && WRITTEN.contains(&&*k) {
+                true => inner.written(map.next_value::<&RawValue>()?)?,
+                false => map.next_value_seed(inner)?,
+            };
+            out.push((k, v));
         }
         Ok(Json::Object(out))
     }
@@ -228,5 +260,29 @@ mod tests {
         }
         assert!(matches!(Json::parse(b"[1, 2,", 100), Err(ParseError::Syntax(_))));
         assert!(matches!(Json::parse(b"[1, 2,", 3), Err(ParseError::Syntax(_))), "the cap reached, not passed");
+    }
+
+    /// The top-level `text` and `html` are kept as written when they are strings; anything
+    /// else there, and the same names deeper, is read as any value is, within the same cap.
+    #[test]
+    fn text_and_html_are_kept_as_written() {
+        let body = br#"{"text": "a\nb\u00e9", "html": "<p>", "m": {"text": "x\ny"}}"#;
+        let v = Json::parse(body, 100).unwrap();
+        assert_eq!(v.get("text"), Some(&Json::Written(r"a\nb\u00e9")));
+        assert_eq!(v.get("html"), Some(&Json::Written("<p>")));
+        assert_eq!(v.get("m").and_then(|m| m.get("text")), Some(&Json::Str(Cow::Owned("x\ny".into()))));
+        let v = Json::parse(br#"{"text": null, "html": [1, {"a": "b"}]}"#, 100).unwrap();
+        assert_eq!(v.get("text"), Some(&Json::Null));
+        assert_eq!(
+            v.get("html"),
+            Some(&Json::Array(vec![Json::Number, Json::Object(vec![("a".into(), Json::Str("b".into()))])]))
+        );
+        // 1 object, text, html's array and its two values, the inner object's string: 6.
+        let body = br#"{"text": "t", "html": [1, {"a": "b"}]}"#;
+        assert!(Json::parse(body, 6).is_ok());
+        assert!(matches!(Json::parse(body, 5), Err(ParseError::TooManyValues(5))));
+        assert!(matches!(Json::parse(br#"{"text": "t"#, 100), Err(ParseError::Syntax(_))));
+        assert!(matches!(Json::parse(b"{\"text\": \"a\x01\"}", 100), Err(ParseError::Syntax(_))), "a raw control");
+        assert!(matches!(Json::parse(br#"{"text": "\q"}"#, 100), Err(ParseError::Syntax(_))), "no such escape");
     }
 }

@@ -16,6 +16,7 @@ pub mod keys;
 mod raw;
 mod request;
 mod server;
+mod text;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::error::ApiError;
 use crate::json::{Json, ParseError};
+use crate::text::BadText;
 use base64::Engine;
 use mail_builder::headers::address::Address as MbAddress;
 use mail_builder::headers::text::Text;
@@ -100,7 +101,7 @@ pub(crate) fn plain_text(s: &str, ptr: &str, what: &str, tab: bool) -> Result<()
 /// octet each; C1 (U+0080 to U+009F) is 0xC2 followed by 0x80 to 0x9F. `allowed` is an array
 /// of known length so that the block test below (allowed octets included) is unrolled and
 /// vectorised: a text's line ends do not stop it.
-fn first_control<const N: usize>(s: &str, allowed: [u8; N]) -> Option<char> {
+pub(crate) fn first_control<const N: usize>(s: &str, allowed: [u8; N]) -> Option<char> {
     let candidate = |x: u8| (x < 0x20 && allowed.iter().all(|&a| a != x)) || x == 0x7f || x == 0xc2;
     // Blocks without a candidate are skipped whole (a loop without an early exit, which the
     // compiler vectorises); a block with one is searched octet by octet.
@@ -125,6 +126,21 @@ fn first_control<const N: usize>(s: &str, allowed: [u8; N]) -> Option<char> {
         from = at + 1;
     }
     None
+}
+
+/// `text` or `html`: decoded and checked (see [`crate::text::body_text`]).
+fn body_text(v: &Json, ptr: &str) -> Result<(String, bool), ApiError> {
+    let Json::Written(raw) = v else {
+        return Err(ApiError::field(ptr, "must be a string"));
+    };
+    crate::text::body_text(raw).map_err(|e| match e {
+        BadText::Control(c) => {
+            ApiError::field(ptr, format!("must not contain control characters (found U+{:04X})", c as u32))
+        }
+        BadText::BadEscape => {
+            ApiError::field(ptr, "holds half a surrogate pair (\\uD800 to \\uDFFF) without the other")
+        }
+    })
 }
 
 fn string<'a>(v: &'a Json, ptr: &str) -> Result<&'a str, ApiError> {
@@ -198,38 +214,9 @@ pub(crate) fn escape(k: &str) -> String {
     k.replace('~', "~0").replace('/', "~1")
 }
 
-/// Text with every line end made CRLF, and whether it can go as it is (`7bit`, RFC 2045
-/// §2.7): ASCII only, no line longer than RFC 5322's 78 octets, none ending in a blank (which
-/// transports may strip). Otherwise mail-builder picks quoted-printable or base64: it would
-/// for lines of 76 to 78 octets too, which mail programs write as they are (Python's `email`
-/// does) and which need no encoding.
-fn body_text(s: &str) -> (String, bool) {
-    let b = s.as_bytes();
-    let mut out = String::with_capacity(s.len() + s.len() / 32 + 2);
-    let mut from = 0;
-    let mut plain = s.is_ascii();
-    let line_ok = |line: &[u8]| line.len() <= MAX_7BIT_LINE && !matches!(line.last(), Some(b' ' | b'\t'));
-    // One pass: every CR, LF or CRLF becomes one CRLF.
-    for at in memchr::memchr2_iter(b'\r', b'\n', b) {
-        if at < from {
-            continue; // the LF of a CRLF already written
-        }
-        plain &= line_ok(&b[from..at]);
-        out.push_str(&s[from..at]);
-        out.push_str("\r\n");
-        from = at + 1 + usize::from(b[at] == b'\r' && b.get(at + 1) == Some(&b'\n'));
-    }
-    plain &= line_ok(&b[from..]);
-    out.push_str(&s[from..]);
-    (out, plain)
-}
-
-/// The longest line a `7bit` body part gets (RFC 5322 §2.1.1's "SHOULD").
-const MAX_7BIT_LINE: usize = 78;
-
-/// A text part: as it is when [`body_text`] says it can be, else encoded by mail-builder.
-fn text_part(content_type: &'static str, text: &str) -> MimePart<'static> {
-    let (text, plain) = body_text(text);
+/// A text part: as it is when [`crate::text::body_text`] says it can be (`plain`), else
+/// encoded by mail-builder.
+fn text_part(content_type: &'static str, (text, plain): (String, bool)) -> MimePart<'static> {
     let part = MimePart::new(content_type, BodyPart::Text(text.into()));
     if plain {
         part.transfer_encoding("7bit")
@@ -344,13 +331,8 @@ pub fn build(body: &[u8], hostname: &str, max_rcpts: usize) -> Result<Built, Api
     if subject.len() > 998 {
         return Err(ApiError::field("/subject", "longer than 998 octets"));
     }
-    let text = get("text").map(|v| string(v, "/text")).transpose()?;
-    let html = get("html").map(|v| string(v, "/html")).transpose()?;
-    for (t, p) in [(text, "/text"), (html, "/html")] {
-        if let Some(c) = t.and_then(|t| first_control(t, *b"\t\r\n\x0c")) {
-            return Err(ApiError::field(p, format!("must not contain control characters (found U+{:04X})", c as u32)));
-        }
-    }
+    let text = get("text").map(|v| body_text(v, "/text")).transpose()?;
+    let html = get("html").map(|v| body_text(v, "/html")).transpose()?;
     if text.is_none() && html.is_none() {
         return Err(ApiError::field("/text", "text or html is required"));
     }
@@ -593,6 +575,12 @@ fn valid_content_type(ct: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// `s` written as a JSON string, then decoded as a request's `text` is.
+    fn body_text(s: &str) -> (String, bool) {
+        let written = serde_json::to_string(s).unwrap();
+        crate::text::body_text(&written[1..written.len() - 1]).unwrap()
+    }
+
     /// The byte scan finds exactly what `char::is_control` does, for every scalar value, alone
     /// and after other text, with and without allowed characters.
     #[test]
@@ -754,7 +742,7 @@ mod tests {
                     assert_eq!(body_text(&format!("{text}{end}")).1, plain, "{n} octets at {at}, text ends {end:?}");
                 }
             }
-            for bad in ["a \nb", "a\t\nb", "a\nb ", "é\nb", "a\nb\u{85}"] {
+            for bad in ["a \nb", "a\t\nb", "a\nb ", "é\nb", "a\nb\u{a0}"] {
                 assert!(!body_text(&bad.replace('\n', end)).1, "{bad:?} with {end:?}");
             }
         }
