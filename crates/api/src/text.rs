@@ -27,6 +27,10 @@ pub(crate) const MAX_7BIT_LINE: usize = 78;
 /// encoding.
 pub(crate) fn body_text(raw: &str) -> Result<(String, bool), BadText> {
     let b = raw.as_bytes();
+    // JSON has no raw C0 octets in a string: DEL and C1 (0xC2 0x80 to 0x9F) are the control
+    // characters written as they are. The first is found once; one written as an escape
+    // before it is the one named.
+    let written = written_control(b);
     let mut text = Text { out: String::with_capacity(b.len() + b.len() / 32 + 2), plain: true, line: 0, last: 0 };
     // A CR waits for what follows: with an LF it is one line end.
     let mut cr = false;
@@ -37,10 +41,6 @@ pub(crate) fn body_text(raw: &str) -> Result<(String, bool), BadText> {
             let run = &raw[at..escape];
             if std::mem::take(&mut cr) {
                 text.end_line();
-            }
-            // JSON has no raw C0 octets in a string: DEL and C1 are what a run may hold.
-            if let Some(c) = crate::request::first_control(run, []) {
-                return Err(BadText::Control(c));
             }
             text.push_str(run);
         }
@@ -65,17 +65,29 @@ pub(crate) fn body_text(raw: &str) -> Result<(String, bool), BadText> {
                     text.end_line();
                 }
                 if c != '\t' && c != '\x0c' && c.is_control() {
-                    return Err(BadText::Control(c));
+                    return Err(BadText::Control(written.filter(|&(at, _)| at < escape).map_or(c, |(_, w)| w)));
                 }
                 text.push_str(c.encode_utf8(&mut [0; 4]));
             }
         }
+    }
+    if let Some((_, c)) = written {
+        return Err(BadText::Control(c));
     }
     if cr {
         text.end_line();
     }
     text.plain &= line_ok(text.line, text.last);
     Ok((text.out, text.plain))
+}
+
+/// The first DEL or C1 character written as it is, and where.
+fn written_control(b: &[u8]) -> Option<(usize, char)> {
+    memchr::memchr2_iter(0x7f, 0xc2, b).find_map(|at| match (b[at], b.get(at + 1)) {
+        (0x7f, _) => Some((at, '\x7f')),
+        (_, Some(&n @ 0x80..=0x9f)) => Some((at, char::from(n))),
+        _ => None,
+    })
 }
 
 /// The text so far, and what its current line says about `7bit`.

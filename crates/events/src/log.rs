@@ -93,6 +93,22 @@ pub struct EventLog {
     segments: Arc<RwLock<Vec<Segment>>>,
     /// Tells followers that `durable` moved.
     moved: tokio::sync::watch::Receiver<u64>,
+    /// Where the last [`EventLog::since_kinds`] stopped: a follower's next read (its cursor
+    /// that read's last event) starts there, not at the mark before it — which re-read up to
+    /// `MARK_EVERY` lines at every commit of the log, a few thousand instructions a message.
+    resume: std::sync::Mutex<Option<Resume>>,
+}
+
+/// The place after an event's line in a segment: fixed once the event is durable (a segment
+/// only grows, and a failed write cuts back only what was not durable).
+#[derive(Debug, Clone, Copy)]
+struct Resume {
+    /// The segment's first sequence number.
+    segment: u64,
+    /// The event.
+    seq: u64,
+    /// The byte offset after its line.
+    offset: u64,
 }
 
 fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
@@ -161,7 +177,7 @@ impl EventLog {
             moved: moved_tx,
         };
         std::thread::Builder::new().name("event-log".into()).spawn(move || writer.run(rx))?;
-        Ok(EventLog { tx, durable, segments, moved })
+        Ok(EventLog { tx, durable, segments, moved, resume: Default::default() })
     }
 
     /// Appends events; returns once they are on disk (synced), with their sequence numbers
@@ -228,7 +244,15 @@ impl EventLog {
         let (mut out, mut last, mut looked) = (vec![], cursor, 0usize);
         // One buffer for every line read (a follower reads every event of the log).
         let mut line = Vec::with_capacity(1024);
-        for (s, from) in self.after(cursor) {
+        let mut segments = self.after(cursor);
+        let resume = *self.resume.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(r), Some((s, from))) = (resume, segments.first_mut()) {
+            if r.seq == cursor && r.segment == s.first_seq {
+                *from = (*from).max(r.offset);
+            }
+        }
+        let mut stop = None;
+        for (s, from) in segments {
             if looked >= limit {
                 break;
             }
@@ -239,11 +263,14 @@ impl EventLog {
             };
             let mut reader = BufReader::new(file);
             std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(from))?;
+            let mut offset = from;
             loop {
                 line.clear();
-                if read_line(&mut reader, &mut line)? == 0 {
+                let n = read_line(&mut reader, &mut line)?;
+                if n == 0 {
                     break;
                 }
+                offset += n as u64;
                 let Some(seq) = seq_of(&line) else { break };
                 if seq <= cursor {
                     continue;
@@ -252,6 +279,7 @@ impl EventLog {
                     break;
                 }
                 (last, looked) = (seq, looked + 1);
+                stop = Some(Resume { segment: s.first_seq, seq, offset });
                 if finders.iter().any(|f| f.find(&line).is_some()) {
                     match serde_json::from_slice::<Event>(&line) {
                         Ok(e) if kinds.contains(&e.kind) => out.push(e),
@@ -260,6 +288,9 @@ impl EventLog {
                     }
                 }
             }
+        }
+        if stop.is_some() {
+            *self.resume.lock().unwrap_or_else(|e| e.into_inner()) = stop;
         }
         Ok((out, last))
     }
@@ -536,5 +567,36 @@ mod tests {
         }
         assert_eq!(cursor, n + 2);
         assert_eq!(found.iter().map(|e| (e.seq, e.kind)).collect::<Vec<_>>(), [(n + 1, Kind::Bounced)]);
+    }
+
+    /// A follower reading after every commit starts where it stopped (the resume point, not
+    /// the mark before it) and sees every event of its kind once, across marks, with other
+    /// cursors reading in between (which move the point elsewhere: then the mark serves).
+    #[tokio::test]
+    async fn a_follower_resumes_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
+        let mut env = mailgate_spool::Envelope::new("00000000000000AA".into(), "a@b.test".into(), vec![]);
+        env.sender = "x@b.test".into();
+        let (mut cursor, mut found, mut bounced) = (0, vec![], vec![]);
+        for round in 0..(2 * MARK_EVERY / 3) {
+            let mut events = vec![ev(&format!("{round:016X}")), ev("0000000000000001")];
+            if round % 5 == 0 {
+                events.insert(round as usize % 2, Event::about(Kind::Bounced, &env));
+                bounced.push(log.last() + 1 + round % 2);
+            }
+            log.append(events).await.unwrap();
+            if round % 7 == 3 {
+                // Another reader, from elsewhere.
+                let (_, last) = log.since_kinds(round / 2, 10, &[Kind::Bounced]).unwrap();
+                assert!(last > round / 2);
+            }
+            let (page, last) = log.since_kinds(cursor, 1000, &[Kind::Bounced]).unwrap();
+            assert_eq!(last, log.last(), "round {round}");
+            found.extend(page.iter().map(|e| e.seq));
+            cursor = last;
+        }
+        assert_eq!(found, bounced);
+        assert!(log.last() > MARK_EVERY, "past a mark");
     }
 }
