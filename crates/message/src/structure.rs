@@ -150,9 +150,16 @@ struct Lines {
 
 /// Whether a Content-Type field (name, value and continuation lines) may open a container:
 /// conservative, any doubt says yes (the full parse then decides).
+/// One pass (every message with a Content-Type field comes here): only `m`, `M` and `=` start
+/// a closer look.
 fn may_contain(field: &[u8]) -> bool {
-    let has = |needle: &[u8]| field.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
-    has(b"multipart") || has(b"message") || field.iter().any(|b| matches!(b, b'(' | b'\\' | 0x80..)) || has(b"=?")
+    let at = |i: usize, word: &[u8]| field.get(i..i + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word));
+    field.iter().enumerate().any(|(i, b)| match b {
+        b'(' | b'\\' | 0x80.. => true,
+        b'm' | b'M' => at(i, b"multipart") || at(i, b"message"),
+        b'=' => field.get(i + 1) == Some(&b'?'),
+        _ => false,
+    })
 }
 
 /// One pass over the lines (LF-terminated, CR or not): the top header section, and the caps

@@ -272,3 +272,45 @@ fn looks_like_field_agrees_with_the_definition() {
         }
     }
 }
+
+/// The one pass answers as the three searches did (any case, anywhere, at the ends, cut
+/// short), over every field built from pieces that matter and pieces that do not.
+#[test]
+fn may_contain_is_the_three_searches() {
+    let slow = |field: &[u8]| {
+        let has = |needle: &[u8]| field.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
+        has(b"multipart") || has(b"message") || field.iter().any(|b| matches!(b, b'(' | b'\\' | 0x80..)) || has(b"=?")
+    };
+    let pieces: [&[u8]; 16] = [
+        b"Content-Type: ",
+        b"text/plain",
+        b"MULTIPART",
+        b"multipar",
+        b"Message",
+        b"messag",
+        b"m",
+        b"M",
+        b"=",
+        b"?",
+        b"=?",
+        b"(",
+        b"\\",
+        "é".as_bytes(),
+        b"; charset=\"x\"",
+        b"\r\n\t",
+    ];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut yes = 0;
+    for _ in 0..50_000 {
+        let mut field = vec![];
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        for k in 0..(seed % 6) {
+            field.extend_from_slice(pieces[((seed >> (8 * k + 8)) % 16) as usize]);
+        }
+        assert_eq!(may_contain(&field), slow(&field), "{:?}", String::from_utf8_lossy(&field));
+        yes += usize::from(slow(&field));
+    }
+    assert!((10_000..40_000).contains(&yes), "{yes} of 50 000 may contain");
+}
