@@ -1,8 +1,10 @@
-//! mail-auth's parsed TXT records — DKIM keys, DMARC policies, ATPS — kept until their DNS
-//! TTL ends, so that a message from a domain seen a minute ago costs no DNS look-up and no
-//! record parse (a DKIM key's base64 alone is ~9 000 instructions). The resolver's own cache
-//! still holds the answers; this one holds what mail-auth made of them. Bounded: the names
-//! come from the messages (`d=`, `s=`, the From domain), so a sender can make up any number.
+//! DNS answers kept until their TTL ends, by the name looked up: mail-auth's parsed TXT
+//! records — DKIM keys, DMARC policies, ATPS — so that a message from a domain seen a minute
+//! ago costs no DNS look-up and no record parse (a DKIM key's base64 alone is ~9 000
+//! instructions), and SPF's TXT answers (a look-up through hickory's own cache costs ~15 000
+//! instructions; a sender's SPF record with `include:`s is several). Bounded: the names come
+//! from the messages (`d=`, `s=`, the From domain, MAIL FROM, macros), so a sender can make
+//! up any number.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -16,17 +18,20 @@ use mail_auth::{ResolverCache, Txt};
 /// here: a few MiB at most).
 pub const TXT_CACHE_ENTRIES: usize = 10_000;
 
-/// Parsed TXT records by the name looked up, each with the end of its TTL.
-pub struct TxtCache {
-    entries: Mutex<HashMap<Box<str>, (Txt, Instant)>>,
+/// mail-auth's parsed TXT records.
+pub type TxtCache = TtlCache<Txt>;
+
+/// Values by the name looked up, each with the end of its TTL.
+pub struct TtlCache<V> {
+    entries: Mutex<HashMap<Box<str>, (V, Instant)>>,
     /// The most entries kept; a full cache first forgets what has expired, then arbitrary
     /// entries down to nine tenths (one sweep pays for a tenth of the capacity in inserts).
     capacity: usize,
 }
 
-impl TxtCache {
-    pub fn new(capacity: usize) -> TxtCache {
-        TxtCache { entries: Mutex::new(HashMap::new()), capacity: capacity.max(1) }
+impl<V: Clone> TtlCache<V> {
+    pub fn new(capacity: usize) -> TtlCache<V> {
+        TtlCache { entries: Mutex::new(HashMap::new()), capacity: capacity.max(1) }
     }
 
     /// How many records are held (expired ones included until they are asked for or swept).
@@ -38,21 +43,20 @@ impl TxtCache {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, (Txt, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, (V, Instant)>> {
         // A panic elsewhere while holding the lock leaves a map that is still whole.
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
 
-impl ResolverCache<Box<str>, Txt> for TxtCache {
-    fn get<Q>(&self, name: &Q) -> Option<Txt>
+    /// The value kept for `name`, while its TTL lasts (an expired one is forgotten).
+    pub fn get<Q>(&self, name: &Q) -> Option<V>
     where
         Box<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let mut map = self.lock();
         match map.get(name) {
-            Some((txt, until)) if Instant::now() < *until => Some(txt.clone()),
+            Some((v, until)) if Instant::now() < *until => Some(v.clone()),
             Some(_) => {
                 map.remove(name);
                 None
@@ -61,15 +65,16 @@ impl ResolverCache<Box<str>, Txt> for TxtCache {
         }
     }
 
-    fn remove<Q>(&self, name: &Q) -> Option<Txt>
+    pub fn remove<Q>(&self, name: &Q) -> Option<V>
     where
         Box<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.lock().remove(name).map(|(txt, _)| txt)
+        self.lock().remove(name).map(|(v, _)| v)
     }
 
-    fn insert(&self, key: Box<str>, value: Txt, valid_until: Instant) {
+    /// Keeps `value` for `key` until `valid_until` (a TTL of 0 is not kept).
+    pub fn insert(&self, key: Box<str>, value: V, valid_until: Instant) {
         let now = Instant::now();
         if valid_until <= now {
             return; // a TTL of 0: not to be kept
@@ -87,6 +92,28 @@ impl ResolverCache<Box<str>, Txt> for TxtCache {
             }
         }
         map.insert(key, (value, valid_until));
+    }
+}
+
+impl ResolverCache<Box<str>, Txt> for TxtCache {
+    fn get<Q>(&self, name: &Q) -> Option<Txt>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        TtlCache::get(self, name)
+    }
+
+    fn remove<Q>(&self, name: &Q) -> Option<Txt>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        TtlCache::remove(self, name)
+    }
+
+    fn insert(&self, key: Box<str>, value: Txt, valid_until: Instant) {
+        TtlCache::insert(self, key, value, valid_until)
     }
 }
 

@@ -19,7 +19,7 @@ mod session;
 mod sign;
 pub mod spf;
 
-pub use cache::{TxtCache, TXT_CACHE_ENTRIES};
+pub use cache::{TtlCache, TxtCache, TXT_CACHE_ENTRIES};
 pub use header::{ambiguous_from, authentication_results, strip_ours};
 pub use results::{Arc as ArcResult, Dkim, Dmarc, Iprev, MessageResults, Policy, Spf, Status};
 pub use seal::Sealer;

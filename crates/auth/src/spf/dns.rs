@@ -2,6 +2,7 @@
 //! (NXDOMAIN or no records, §4.6.4) and a DNS error (`temperror`).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
@@ -42,16 +43,24 @@ fn text(n: &hickory_resolver::proto::rr::Name) -> String {
     n.iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect::<Vec<_>>().join(".")
 }
 
-pub(crate) async fn txt(r: &TokioResolver, name: &str) -> Result<Vec<Vec<u8>>, Failed> {
+/// The TXT records of `name`, from `cache` while their TTL lasts (void answers and errors are
+/// not kept: the resolver keeps those, and the void-lookup count sees each).
+pub(crate) async fn txt(r: &TokioResolver, cache: &super::RecordCache, name: &str) -> Result<Arc<[Vec<u8>]>, Failed> {
+    if let Some(answer) = cache.txt.get(name) {
+        return Ok(answer);
+    }
     let l = r.txt_lookup(fqdn(name)?).await.map_err(failed)?;
     // A record's strings are joined without spaces (§3.3).
-    Ok(l.answers()
+    let answer: Arc<[Vec<u8>]> = l
+        .answers()
         .iter()
         .filter_map(|rec| match &rec.data {
             RData::TXT(t) => Some(t.txt_data.iter().flat_map(|s| s.iter().copied()).collect()),
             _ => None,
         })
-        .collect())
+        .collect();
+    cache.txt.insert(name.into(), answer.clone(), l.valid_until());
+    Ok(answer)
 }
 
 /// The A records for an IPv4 client, the AAAA records for an IPv6 one.

@@ -114,7 +114,7 @@ impl<'a> Check<'a> {
     /// inside an include, §6.2).
     fn run(&mut self, domain: String, explain: bool) -> Boxed<'_> {
         Box::pin(async move {
-            let records = match dns::txt(self.resolver, &domain).await {
+            let records = match dns::txt(self.resolver, self.cache, &domain).await {
                 Ok(r) => r,
                 Err(Failed::Void) => return Evaluated::of(SpfVerdict::None),
                 Err(Failed::Error) => return Evaluated::of(SpfVerdict::TempError),
@@ -353,8 +353,8 @@ impl<'a> Check<'a> {
         if !valid_domain(&target) {
             return None;
         }
-        let records = dns::txt(self.resolver, &target).await.ok()?;
-        let [text] = records.as_slice() else { return None };
+        let records = dns::txt(self.resolver, self.cache, &target).await.ok()?;
+        let [text] = &records[..] else { return None };
         let text = std::str::from_utf8(text).ok()?;
         if !text.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
             return None;
