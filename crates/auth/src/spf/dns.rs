@@ -44,7 +44,8 @@ fn text(n: &hickory_resolver::proto::rr::Name) -> String {
 }
 
 /// The TXT records of `name`, from `cache` while their TTL lasts (void answers and errors are
-/// not kept: the resolver keeps those, and the void-lookup count sees each).
+/// not kept: the resolver keeps those, and the void-lookup count sees each; nor are answers
+/// larger than [`super::CACHED_ANSWER_OCTETS`]).
 pub(crate) async fn txt(r: &TokioResolver, cache: &super::RecordCache, name: &str) -> Result<Arc<[Vec<u8>]>, Failed> {
     if let Some(answer) = cache.txt.get(name) {
         return Ok(answer);
@@ -59,7 +60,9 @@ pub(crate) async fn txt(r: &TokioResolver, cache: &super::RecordCache, name: &st
             _ => None,
         })
         .collect();
-    cache.txt.insert(name.into(), answer.clone(), l.valid_until());
+    if answer.iter().map(Vec::len).sum::<usize>() <= super::CACHED_ANSWER_OCTETS {
+        cache.txt.insert(name.into(), answer.clone(), l.valid_until());
+    }
     Ok(answer)
 }
 

@@ -30,8 +30,14 @@ pub struct RecordCache {
 /// A TXT answer: each record's strings joined (§3.3).
 type TxtAnswer = Arc<[Vec<u8>]>;
 
-/// TXT answers kept at most (an SPF record is at most a few hundred octets).
+/// TXT answers kept at most.
 const CACHED_ANSWERS: usize = 10_000;
+
+/// The largest TXT answer kept (its records' octets): a name's whole TXT set is fetched, SPF
+/// record or not, and over TCP an answer can be 64 KiB — the names come from MAIL FROM and
+/// macros, so a sender could otherwise fill the cache with 10 000 of those. An SPF record is
+/// a few hundred octets; a large domain's whole TXT set a few KiB.
+const CACHED_ANSWER_OCTETS: usize = 4096;
 
 impl Default for RecordCache {
     fn default() -> RecordCache {
