@@ -419,3 +419,55 @@ fn dmarc_policies_aligned_and_not_with_quarantine_cli_and_trusted_arc() {
     assert!(got.contains("arc=pass") && got.contains("dmarc=fail header.from=reject.test"), "{got}");
     assert!(gw.log().contains("sealed by a trusted ARC forwarder"));
 }
+
+/// A DKIM key record is taken up to 4 KiB (an 8192-bit RSA key's is ~1.4 KiB): the names come
+/// from the message, and what the gateway keeps of a key must be bounded. A record one note
+/// longer than that is a `permerror` naming its size — though the key in it is good — and one
+/// just under passes; both arrive over TCP (over 512 octets).
+#[test]
+fn dkim_key_records_over_4_kib_are_a_permerror() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rsa_key, rsa_txt) = openssl_rsa(dir.path(), "rsa1");
+    let key = rsa_txt.strip_prefix("v=DKIM1; k=rsa; ").unwrap();
+    let padded = |octets: usize| {
+        let head = "v=DKIM1; k=rsa; n=";
+        let notes = "x".repeat(octets - head.len() - key.len() - 2);
+        let r = format!("{head}{notes}; {key}");
+        assert_eq!(r.len(), octets);
+        r
+    };
+    let dns = Dns::start(&[
+        &txt("fits._domainkey.signed.test", &padded(4096)),
+        &txt("big._domainkey.signed.test", &padded(4097)),
+        &txt("huge._domainkey.signed.test", &padded(30_000)),
+        "--local-ttl=300",
+    ]);
+    let sink = Sink::start();
+    let gw = Gateway::with_sink(sink.port(), &format!("{}\n[auth]\nalways = [\"dkim\"]\n", dns.config()));
+    for (sel, rcpt, want) in [
+        ("fits", "a@remote.test", "dkim=pass"),
+        ("big", "b@remote.test", "dkim=permerror"),
+        ("huge", "c@remote.test", "dkim=permerror"),
+        // Again, from the cache: the refusal is what is kept.
+        ("big", "d@remote.test", "dkim=permerror"),
+        ("fits", "e@remote.test", "dkim=pass"),
+    ] {
+        let msg = dkimpy_sign(
+            &message("alice@signed.test", sel),
+            "signed.test",
+            sel,
+            "rsa-sha256",
+            rsa_key.to_str().unwrap(),
+        );
+        assert_eq!(send(gw.port, "alice@signed.test", rcpt, &msg), "OK");
+        let got = sink.wait_for_rcpt(rcpt, T).text();
+        let unfolded = got.replace("\r\n", "\n").replace("\n\t", " ").replace("\n ", " ");
+        let ar = unfolded.lines().find(|l| l.starts_with("Authentication-Results:")).unwrap_or_default().to_string();
+        assert!(ar.contains(want) && ar.contains(&format!("header.s={sel}")), "{sel}: {ar}");
+        if want == "dkim=permerror" {
+            let octets = if sel == "big" { 4097 } else { 30_000 };
+            let why = format!("DKIM key record of {octets} octets, more than the 4096 taken");
+            assert!(ar.contains(&why), "the reason names the size: {ar}");
+        }
+    }
+}

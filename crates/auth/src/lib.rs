@@ -13,14 +13,16 @@
 
 mod cache;
 mod header;
+mod keys;
 mod results;
 mod seal;
 mod session;
 mod sign;
 pub mod spf;
 
-pub use cache::{TtlCache, TxtCache, TXT_CACHE_ENTRIES};
+pub use cache::{TtlCache, TxtCache, Weigh, TXT_CACHE_BYTES, TXT_CACHE_ENTRIES};
 pub use header::{ambiguous_from, authentication_results, strip_ours};
+pub use keys::KEY_RECORD_OCTETS;
 pub use results::{Arc as ArcResult, Dkim, Dmarc, Iprev, MessageResults, Policy, Spf, Status};
 pub use seal::Sealer;
 pub use session::{AuthSession, Authenticator};

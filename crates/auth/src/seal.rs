@@ -48,6 +48,7 @@ impl Sealer {
     ) -> Result<String, AuthError> {
         let inner: &MessageAuthenticator = auth.inner();
         let msg = AuthenticatedMessage::parse(raw).ok_or_else(|| AuthError::Sign("unparsable message".into()))?;
+        crate::keys::prefetch(&inner.0, auth.txt_cache(), &msg).await;
         let arc = inner.verify_arc(mail_auth::Parameters::new(&msg).with_txt_cache(auth.txt_cache())).await;
         if crate::session::has_arc_fields(raw) && *arc.result() != mail_auth::DkimResult::Pass {
             return Err(AuthError::ChainFailed(format!("{:?}", arc.result())));

@@ -35,7 +35,7 @@ impl Authenticator {
             hostname: hostname.to_string(),
             deadline,
             spf_records: Default::default(),
-            txt: crate::TxtCache::new(crate::TXT_CACHE_ENTRIES),
+            txt: crate::TxtCache::new(crate::TXT_CACHE_ENTRIES, crate::TXT_CACHE_BYTES),
         }
     }
 
@@ -125,6 +125,7 @@ impl Authenticator {
         };
         let from_domain = msg.from().rsplit_once('@').map_or("", |(_, d)| d).to_lowercase();
         let work = async {
+            crate::keys::prefetch(&self.inner.0, &self.txt, &msg).await;
             let dkim_out = self.inner.verify_dkim(Parameters::new(&msg).with_txt_cache(&self.txt)).await;
             let arc_out = self.inner.verify_arc(Parameters::new(&msg).with_txt_cache(&self.txt)).await;
             let dmarc_out = if from_domain.is_empty() {

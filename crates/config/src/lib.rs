@@ -483,6 +483,12 @@ pub struct Dns {
     /// DNSSEC trust anchors for DANE's validation: a file of DNSKEY records (a private signed
     /// zone's key, say); none: the root zone's keys, built in.
     pub trust_anchor: Option<PathBuf>,
+    /// Answers the resolver keeps (hickory counts answers, not bytes, and a 64 KiB answer of
+    /// small records takes ~0.8 MiB parsed: the names come from senders, so this bounds the
+    /// memory a sender can make the cache hold — 256 × 0.8 MiB at worst). The answers the
+    /// checks use most (SPF's TXT, DKIM keys, DMARC policies) have byte-bounded caches of
+    /// their own; a larger cache belongs in a local caching resolver.
+    pub cache_entries: u64,
 }
 
 /// The operator's HTTP endpoint: Prometheus metrics at `/metrics` (more with the admin API).
@@ -599,7 +605,13 @@ impl Default for Delivery {
 }
 impl Default for Dns {
     fn default() -> Self {
-        Dns { nameservers: vec![], timeout: Duration::from_secs(5), attempts: 2, trust_anchor: None }
+        Dns {
+            nameservers: vec![],
+            timeout: Duration::from_secs(5),
+            attempts: 2,
+            trust_anchor: None,
+            cache_entries: 256,
+        }
     }
 }
 impl Default for Log {

@@ -43,6 +43,7 @@ pub(crate) fn builder(cfg: &Dns) -> std::io::Result<ResolverBuilder<TokioRuntime
     let opts = builder.options_mut();
     opts.timeout = cfg.timeout;
     opts.attempts = cfg.attempts;
+    opts.cache_size = cfg.cache_entries;
     Ok(builder)
 }
 

@@ -33,6 +33,9 @@ type TxtAnswer = Arc<[Vec<u8>]>;
 /// TXT answers kept at most.
 const CACHED_ANSWERS: usize = 10_000;
 
+/// The memory the TXT answers may take.
+const CACHED_ANSWER_BYTES: usize = 16 << 20;
+
 /// The largest TXT answer kept (its records' octets): a name's whole TXT set is fetched, SPF
 /// record or not, and over TCP an answer can be 64 KiB — the names come from MAIL FROM and
 /// macros, so a sender could otherwise fill the cache with 10 000 of those. An SPF record is
@@ -41,7 +44,7 @@ const CACHED_ANSWER_OCTETS: usize = 4096;
 
 impl Default for RecordCache {
     fn default() -> RecordCache {
-        RecordCache { records: Default::default(), txt: crate::TtlCache::new(CACHED_ANSWERS) }
+        RecordCache { records: Default::default(), txt: crate::TtlCache::new(CACHED_ANSWERS, CACHED_ANSWER_BYTES) }
     }
 }
 
