@@ -339,7 +339,8 @@ pub struct Limits {
     pub min_data_rate: u64,
     /// Bad commands in one session before it is closed with 421.
     pub max_errors: usize,
-    /// Failed AUTH attempts from one client IP (per 10 minutes) before 421 4.7.0.
+    /// Failed AUTH attempts from one client — an IPv4 address, an IPv6 /64 — per 10 minutes
+    /// before 421 4.7.0.
     pub max_auth_failures: usize,
     /// Deepest MIME nesting (multiparts and embedded messages) the gateway will parse; a
     /// deeper message is refused with 554 5.6.0 before any plugin sees it.

@@ -75,7 +75,8 @@ pub struct Shared {
     /// The server certificate (None: no TLS configured) and the acceptor built on it.
     pub certs: Option<Arc<CertStore>>,
     pub acceptor: Option<TlsAcceptor>,
-    /// Failed AUTH attempts per client IP, with the start of the counting window.
+    /// Failed AUTH attempts by client (an IPv4 address, an IPv6 /64), with the start of the
+    /// counting window.
     pub auth_failures: Mutex<HashMap<IpAddr, (usize, std::time::Instant)>>,
     /// The event log (`None`: events are off).
     pub events: Option<Arc<mailgate_events::EventLog>>,

@@ -91,8 +91,8 @@ impl Refusal {
 const SHED_MEMORY: usize = 65_536;
 
 /// The key a shed client is remembered by: its address, or its /64 for IPv6 (where one host
-/// has a whole network to connect from).
-fn offender(ip: IpAddr) -> IpAddr {
+/// has a whole network to connect from). Failed AUTH attempts are counted by the same key.
+pub(crate) fn offender(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(_) => network(ip),

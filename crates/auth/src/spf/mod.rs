@@ -54,19 +54,35 @@ type Parsed = Option<Arc<record::Record>>;
 /// Records kept parsed at most.
 const CACHED_RECORDS: usize = 4096;
 
+/// The longest record text kept parsed: a record is whatever TXT record of the name starts
+/// with `v=spf1` — up to 64 KiB over TCP, from a name the sender chose — and 4 096 of those,
+/// text and parse, would be hundreds of MiB. RFC 7208 §3.4 asks records to fit a 512-octet
+/// answer; a longer one is parsed at each check instead.
+const CACHED_RECORD_OCTETS: usize = 2048;
+
 impl RecordCache {
     /// The record `txt` parses to (`None`: a syntax error).
     fn parse(&self, txt: &[u8]) -> Option<Arc<record::Record>> {
-        let mut map = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = map.get(txt) {
+        let lock = || self.records.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = lock().get(txt) {
             return r.clone();
         }
+        // Parsed without the lock: other checks go on meanwhile.
         let r = record::parse(txt).map(Arc::new);
-        if map.len() >= CACHED_RECORDS {
-            map.clear();
+        if txt.len() <= CACHED_RECORD_OCTETS {
+            let mut map = lock();
+            if map.len() >= CACHED_RECORDS {
+                map.clear();
+            }
+            map.insert(txt.into(), r.clone());
         }
-        map.insert(txt.into(), r.clone());
         r
+    }
+
+    /// How many records are kept parsed.
+    #[cfg(test)]
+    fn parsed(&self) -> usize {
+        self.records.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 

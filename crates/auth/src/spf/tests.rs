@@ -86,3 +86,22 @@ fn record_syntax() {
     assert!(matches!(r.directives[0].mechanism, Mechanism::Mx(Some(_), 24, 64)));
     assert!(record::is_spf(b"V=SPF1 -all") && record::is_spf(b"v=spf1") && !record::is_spf(b"v=spf10"));
 }
+
+#[test]
+fn only_records_of_a_sane_length_are_kept_parsed() {
+    let cache = super::RecordCache::default();
+    let short = b"v=spf1 ip4:192.0.2.0/24 -all".to_vec();
+    let long = format!("v=spf1 {}-all", "ip4:192.0.2.1 ".repeat(200)).into_bytes();
+    assert!(long.len() > super::CACHED_RECORD_OCTETS);
+    for _ in 0..3 {
+        assert!(cache.parse(&short).is_some());
+        assert!(cache.parse(&long).is_some(), "a long record still parses, every time");
+    }
+    assert_eq!(cache.parsed(), 1, "the long record is not kept");
+    // A record of a sender's making, different every time, never grows the cache past its
+    // count either.
+    for i in 0..(super::CACHED_RECORDS + 10) {
+        cache.parse(format!("v=spf1 ip4:10.{}.{}.0/24 -all", i / 256, i % 256).as_bytes());
+        assert!(cache.parsed() <= super::CACHED_RECORDS);
+    }
+}

@@ -13,8 +13,12 @@ use mailgate_smtp::{Enhanced, LineEvent, Reply};
 
 use super::{Next, Session, SessionIo, State};
 
-/// Window over which failed attempts from one IP are counted.
+/// Window over which failed attempts from one client are counted.
 const FAILURE_WINDOW: Duration = Duration::from_secs(600);
+/// Clients whose failures are remembered at most (~64 octets each): past that, the expired
+/// are forgotten, then arbitrary ones down to nine tenths — an IPv6 client has 2^64
+/// addresses, which is why a client is its /64 there, but it may have many /64s too.
+const FAILURE_MEMORY: usize = 65_536;
 /// RFC 4954 §4: an AUTH line may be up to 12288 octets.
 const AUTH_LINE: usize = 12288 + 2;
 
@@ -87,15 +91,23 @@ impl<S: SessionIo> Session<S> {
 
     fn failures(&self) -> usize {
         let m = self.shared.auth_failures.lock().unwrap();
-        m.get(&self.conn.peer.ip()).filter(|(_, since)| since.elapsed() < FAILURE_WINDOW).map_or(0, |(n, _)| *n)
+        m.get(&crate::slots::offender(self.conn.peer.ip()))
+            .filter(|(_, since)| since.elapsed() < FAILURE_WINDOW)
+            .map_or(0, |(n, _)| *n)
     }
 
     fn count_failure(&self) -> usize {
         let mut m = self.shared.auth_failures.lock().unwrap();
-        if m.len() > 10_000 {
+        let key = crate::slots::offender(self.conn.peer.ip());
+        if m.len() >= FAILURE_MEMORY && !m.contains_key(&key) {
             m.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+            let excess = m.len().saturating_sub(FAILURE_MEMORY - FAILURE_MEMORY / 10);
+            let victims: Vec<_> = m.keys().take(excess).copied().collect();
+            for v in victims {
+                m.remove(&v);
+            }
         }
-        let e = m.entry(self.conn.peer.ip()).or_insert((0, Instant::now()));
+        let e = m.entry(key).or_insert((0, Instant::now()));
         if e.1.elapsed() >= FAILURE_WINDOW {
             *e = (0, Instant::now());
         }

@@ -868,6 +868,44 @@ async fn auth_unknown_mechanism_and_during_a_transaction() {
     c.cmd(&format!("AUTH PLAIN {}", b64("\0alice\0secret")), 503).await;
 }
 
+/// Failed AUTH attempts are counted per client across its sessions — an IPv4 address, an
+/// IPv6 /64 (one host has the whole network to connect from) — and a client over the limit
+/// is told to come back later before it may try again; its neighbours are not.
+#[tokio::test]
+async fn auth_failures_are_counted_per_client_and_ipv6_network() {
+    let rig = rig_with(&format!("[limits]\nmax_auth_failures = 2\n{}", auth_rig_toml()), true).await;
+    let tls_session = |ip: &str| {
+        let c = rig.connect_from(ip.parse().unwrap());
+        async {
+            let mut c = c.greeted().await;
+            c.cmd("EHLO client.test", 250).await;
+            let mut c = starttls(&rig, c).await;
+            c.cmd("EHLO client.test", 250).await;
+            c
+        }
+    };
+    let wrong = format!("AUTH PLAIN {}", b64("\0alice\0wrong"));
+    let mut c = tls_session("2001:db8:1:1::10").await;
+    c.cmd(&wrong, 535).await;
+    c.cmd(&wrong, 535).await;
+    c.expect(421).await;
+    // Another address of the same /64: refused before it may try.
+    let mut c = tls_session("2001:db8:1:1::99").await;
+    c.cmd(&format!("AUTH PLAIN {}", b64("\0alice\0secret")), 421).await;
+    // Another /64, and an IPv4 client: each has its own count.
+    for ip in ["2001:db8:1:2::10", "192.0.2.77"] {
+        let mut c = tls_session(ip).await;
+        c.cmd(&wrong, 535).await;
+        c.cmd(&format!("AUTH PLAIN {}", b64("\0alice\0secret")), 235).await;
+    }
+    // IPv4 clients are their addresses, not their networks.
+    let mut c = tls_session("192.0.2.78").await;
+    c.cmd(&wrong, 535).await;
+    let mut c = tls_session("192.0.2.77").await;
+    c.cmd(&wrong, 535).await;
+    c.expect(421).await;
+}
+
 // ---- plugin verdicts at each stage ----
 
 fn verdict(stage: &str, verdict: &str) -> String {
