@@ -22,6 +22,14 @@ const RETRY_FETCH: Duration = Duration::from_secs(300);
 /// Cached policies at most in memory (the oldest-fetched is dropped first).
 const MAX_CACHED: usize = 10_000;
 
+/// The memory the cached policies may take: a policy body may be 64 KiB, ~10 000 `mx:`
+/// patterns, and the domains are the recipients' (and, for DSNs, the senders').
+const MAX_CACHED_BYTES: usize = 16 << 20;
+
+/// Domains whose failed fetch is remembered at most (past that the ones older than
+/// [`RETRY_FETCH`] are forgotten, then arbitrary ones down to nine tenths).
+const MAX_FAILED: usize = 10_000;
+
 #[derive(Clone)]
 struct Entry {
     policy: Policy,
@@ -31,6 +39,12 @@ struct Entry {
 }
 
 impl Entry {
+    /// What the entry holds in memory, roughly.
+    fn weight(&self, domain: &str) -> usize {
+        let mx: usize = self.policy.mx.iter().map(|m| m.len() + size_of::<String>()).sum();
+        domain.len() + self.id.len() + mx + size_of::<Entry>() + 64
+    }
+
     fn valid(&self) -> bool {
         let age = SystemTime::now().duration_since(self.fetched).unwrap_or_default();
         age < Duration::from_secs(self.policy.max_age)
@@ -41,14 +55,40 @@ impl Entry {
 pub struct Sts {
     /// Where policies are kept across restarts (`None`: memory only).
     dir: Option<PathBuf>,
-    cache: Mutex<HashMap<String, Entry>>,
+    cache: Mutex<Cached>,
     /// Domains whose last fetch failed, and when.
     failed: Mutex<HashMap<String, Instant>>,
 }
 
+/// The policies in memory, bounded in count and bytes.
+#[derive(Default)]
+struct Cached {
+    map: HashMap<String, Entry>,
+    /// The entries' weights together.
+    bytes: usize,
+}
+
+impl Cached {
+    /// Keeps `e` for `domain`, dropping the oldest-fetched policies while over a bound.
+    fn insert(&mut self, domain: &str, e: Entry) {
+        if let Some(old) = self.map.remove(domain) {
+            self.bytes -= old.weight(domain);
+        }
+        let weight = e.weight(domain);
+        while !self.map.is_empty() && (self.map.len() >= MAX_CACHED || self.bytes + weight > MAX_CACHED_BYTES) {
+            let Some(oldest) = self.map.iter().min_by_key(|(_, e)| e.fetched).map(|(d, _)| d.clone()) else { break };
+            if let Some(gone) = self.map.remove(&oldest) {
+                self.bytes -= gone.weight(&oldest);
+            }
+        }
+        self.bytes += weight;
+        self.map.insert(domain.to_string(), e);
+    }
+}
+
 impl Sts {
     pub fn new(dir: Option<PathBuf>) -> Sts {
-        Sts { dir, cache: Mutex::new(HashMap::new()), failed: Mutex::new(HashMap::new()) }
+        Sts { dir, cache: Mutex::new(Cached::default()), failed: Mutex::new(HashMap::new()) }
     }
 
     /// The policy to apply to a delivery to `domain` now, if it has one. A fetch trusts the
@@ -86,7 +126,16 @@ impl Sts {
                 Err(err) => {
                     metrics::counter!("mailgate_mta_sts_fetches_total", "result" => "error").increment(1);
                     tracing::warn!(%domain, "MTA-STS policy fetch failed: {err}");
-                    self.failed.lock().unwrap_or_else(|e| e.into_inner()).insert(domain.clone(), Instant::now());
+                    let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+                    if failed.len() >= MAX_FAILED {
+                        failed.retain(|_, t| t.elapsed() < RETRY_FETCH);
+                        let excess = failed.len().saturating_sub(MAX_FAILED - MAX_FAILED / 10);
+                        let victims: Vec<String> = failed.keys().take(excess).cloned().collect();
+                        for v in victims {
+                            failed.remove(&v);
+                        }
+                    }
+                    failed.insert(domain.clone(), Instant::now());
                 }
             }
         }
@@ -112,11 +161,11 @@ impl Sts {
     }
 
     fn cached(&self, domain: &str) -> Option<Entry> {
-        if let Some(e) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(domain) {
+        if let Some(e) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).map.get(domain) {
             return Some(e.clone());
         }
         let e = self.load(domain)?;
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(domain.to_string(), e.clone());
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(domain, e.clone());
         Some(e)
     }
 
@@ -132,13 +181,7 @@ impl Sts {
                 tracing::warn!(%domain, "MTA-STS policy not kept on disk ({}): {err}", path.display());
             }
         }
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= MAX_CACHED && !cache.contains_key(domain) {
-            if let Some(oldest) = cache.iter().min_by_key(|(_, e)| e.fetched).map(|(d, _)| d.clone()) {
-                cache.remove(&oldest);
-            }
-        }
-        cache.insert(domain.to_string(), e);
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(domain, e);
     }
 
     /// A policy kept on disk by an earlier run.
@@ -206,5 +249,27 @@ mod tests {
         // An expired one is not valid.
         let old = Entry { policy, id: "x".into(), fetched: UNIX_EPOCH };
         assert!(!old.valid());
+    }
+
+    #[test]
+    fn policies_in_memory_are_bounded_in_count_and_bytes() {
+        let sts = Sts::new(None);
+        let now = SystemTime::now();
+        // Policies as large as a 64 KiB body allows: ~8 000 patterns each.
+        let big: String = (0..8_000).map(|i| format!("mx: m{i}.example.net\n")).collect();
+        let big = Policy::parse(&format!("version: STSv1\nmode: enforce\nmax_age: 86400\n{big}")).unwrap();
+        let small = Policy::parse("version: STSv1\nmode: enforce\nmx: mx.example.com\nmax_age: 86400\n").unwrap();
+        for i in 0..200u64 {
+            let policy = if i % 2 == 0 { big.clone() } else { small.clone() };
+            let fetched = now - Duration::from_secs(1_000 - i);
+            sts.store(&format!("d{i}.example"), Entry { policy, id: "1".into(), fetched });
+            let c = sts.cache.lock().unwrap();
+            let weights: usize = c.map.iter().map(|(d, e)| e.weight(d)).sum();
+            assert_eq!(weights, c.bytes);
+            assert!(c.bytes <= MAX_CACHED_BYTES, "{} octets after {i}", c.bytes);
+        }
+        // The newest is kept; the first, the oldest-fetched, went.
+        assert!(sts.cached("d199.example").is_some());
+        assert!(sts.cached("d0.example").is_none());
     }
 }
