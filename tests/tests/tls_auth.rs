@@ -176,8 +176,10 @@ for i in range(2):
         plain(c, "alice", "wrong"); raise SystemExit("wrong password accepted")
     except smtplib.SMTPAuthenticationError as e:
         assert e.smtp_code == 535 and e.smtp_error.startswith(b"5.7.8"), e
+# A user name that would write a line of its own into the log, and drive a terminal.
 try:
-    plain(c, "mallory", "{PASSWORD}"); raise SystemExit("unknown user accepted")
+    plain(c, "mallory\r\n1999-01-01T00:00:00Z  INFO forged: authentication succeeded \x1b[2J", "{PASSWORD}")
+    raise SystemExit("unknown user accepted")
 except smtplib.SMTPAuthenticationError as e:
     assert e.smtp_code == 535, e
 # The third failure closed the connection with 421; a new one is refused at once.
@@ -191,6 +193,14 @@ print("limited")
     );
     let (ok, out) = python(r.submission, &script);
     assert!(ok, "{out}\n{}", r.gw.log());
+    // The client's user name is in the log, its line ends and escape escaped: no line of its
+    // making, no escape sequence.
+    let log = r.gw.log();
+    assert!(
+        log.contains(r"user=mallory\r\n1999-01-01T00:00:00Z  INFO forged: authentication succeeded \u{1b}[2J"),
+        "{log}"
+    );
+    assert!(!log.lines().any(|l| l.starts_with("1999-01-01")) && !log.contains('\u{1b}'), "{log}");
 }
 
 /// PLAIN with an authorization identity (RFC 4616): alice's password does not make her bob

@@ -573,10 +573,11 @@ fn init_logs(cfg: &Config) {
         LogFormat::Json => b.json().try_init(),
         // Under systemd: journald's priority prefix, its timestamps rather than ours.
         LogFormat::Text if crate::service::stderr_is_journal() => b
+            .fmt_fields(crate::logfmt::text_fields())
             .with_ansi(false)
             .event_format(crate::service::Journald(tracing_subscriber::fmt::format().without_time().with_ansi(false)))
             .try_init(),
-        LogFormat::Text => b.try_init(),
+        LogFormat::Text => b.fmt_fields(crate::logfmt::text_fields()).try_init(),
     };
 }
 
@@ -680,6 +681,7 @@ pub fn main() -> ExitCode {
         },
         Cmd::Plugin { cmd: PluginCmd::Test { wasm, eml, from, rcpt, helo, client_ip, config, grant } } => {
             let _ = tracing_subscriber::fmt()
+                .fmt_fields(crate::logfmt::text_fields())
                 .with_env_filter("warn")
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_writer(std::io::stderr)
@@ -736,6 +738,7 @@ pub fn main() -> ExitCode {
         }
         Cmd::Spam { cmd: SpamCmd::Eval { wasm, model, config, spam, ham } } => {
             let _ = tracing_subscriber::fmt()
+                .fmt_fields(crate::logfmt::text_fields())
                 .with_env_filter("warn")
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_writer(std::io::stderr)

@@ -16,6 +16,7 @@ pub mod cli;
 mod cli_output;
 mod dns_cli;
 mod local;
+mod logfmt;
 mod plugin_cli;
 mod plugins;
 mod privileges;
