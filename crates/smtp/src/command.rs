@@ -311,7 +311,11 @@ fn parse_rcpt(rest: &str) -> Result<Command, Reply> {
             ("ORCPT", Some(v)) => {
                 let bad = || err(501, Enhanced(5, 5, 4), "Bad ORCPT value");
                 let (kind, addr) = v.split_once(';').ok_or_else(bad)?;
-                let addr = xtext_decode(addr).filter(|a| !a.is_empty() && v.len() <= 500).ok_or_else(bad)?;
+                // No control characters (an address has none): the value is written into
+                // DSNs' fields, where a CR LF would begin a field of the client's making.
+                let addr = xtext_decode(addr)
+                    .filter(|a| !a.is_empty() && v.len() <= 500 && !a.chars().any(char::is_control))
+                    .ok_or_else(bad)?;
                 if kind.is_empty() || !kind.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') {
                     return Err(bad());
                 }
@@ -381,6 +385,11 @@ mod tests {
             "RCPT TO:<x@b.example> NOTIFY=FAILURE,FAILURE",
             "RCPT TO:<x@b.example> ORCPT=x@b.example",
             "RCPT TO:<x@b.example> ORCPT=rfc822;a+ZZ",
+            "RCPT TO:<x@b.example> ORCPT=rfc822;a+0D+0AX-Injected:+20yes",
+            "RCPT TO:<x@b.example> ORCPT=rfc822;a+0Ab",
+            "RCPT TO:<x@b.example> ORCPT=rfc822;a+00b",
+            "RCPT TO:<x@b.example> ORCPT=rfc822;a+7Fb",
+            "RCPT TO:<x@b.example> ORCPT=utf-8;a+C2+85b",
             "MAIL FROM:<a@b.example> RET=ALL",
             "MAIL FROM:<a@b.example> ENVID=a=b",
         ] {
