@@ -188,3 +188,40 @@ fn api_answers_are_counted_by_status() {
     assert_eq!(moved("status=\"415\""), 1.0);
     assert_eq!(moved("listener=\"api\""), 4.0);
 }
+
+/// The admin endpoint is on loopback, but any local user can connect: a client that never
+/// finishes its request header is disconnected (10 s), and clients that hold connections
+/// open take at most 64 of the process's file descriptors — the SMTP listener keeps serving
+/// while they do, and the endpoint serves again once they are gone.
+#[test]
+fn admin_connections_are_bounded_and_a_stalled_header_is_cut_off() {
+    use std::io::{Read, Write};
+    let admin = free_port();
+    let gw = Gateway::start(&format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n"));
+    assert!(!scrape(admin).is_empty());
+    let started = std::time::Instant::now();
+    let mut stalled: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", admin)).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    // SMTP is untouched.
+    assert!(swaks(gw.port, &["--quit-after", "EHLO"]).status.success());
+    // Every stalled connection is closed by the endpoint (the 36 over the cap once they are
+    // accepted, after the first ones went), none kept past its header time.
+    for s in &mut stalled {
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut buf = [0u8; 512];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue, // a 408 answer, then the close
+                Err(e) => panic!("the endpoint kept a stalled connection: {e}"),
+            }
+        }
+    }
+    assert!(started.elapsed() >= Duration::from_secs(10), "cut off before its time");
+    assert!(!scrape(admin).is_empty(), "the endpoint serves again");
+}

@@ -207,12 +207,45 @@ pub async fn start(addr: SocketAddr, shared: Arc<Shared>, token: Option<String>)
     let bound = listener.local_addr()?;
     tracing::info!(%bound, "admin endpoint: /metrics, /healthz, /reload, /status, /queue, /quarantine");
     let app = router(Arc::new(Admin { handle, shared, token }));
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("admin endpoint stopped: {e}");
-        }
-    });
+    tokio::spawn(serve(listener, app));
     Ok(Some(bound))
+}
+
+/// Connections the endpoint serves at once (each is a file descriptor the SMTP listeners
+/// share; the endpoint is on loopback, but any local user can connect).
+const CONNECTIONS: usize = 64;
+
+/// How long a request's header may take to arrive (a client that never finishes one must
+/// not keep its connection).
+const HEAD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The accept loop: at most [`CONNECTIONS`], each request header within [`HEAD`].
+async fn serve(listener: TcpListener, app: Router) {
+    use tower::ServiceExt;
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
+    loop {
+        let permit = permits.clone().acquire_owned().await.expect("never closed");
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!("admin endpoint: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                app.clone().oneshot(req.map(axum::body::Body::new))
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEAD).max_buf_size(64 << 10);
+            if let Err(e) = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await {
+                tracing::debug!("admin connection ended: {e}");
+            }
+        });
+    }
 }
 
 /// The queue and status API (JSON). Errors carry the HTTP status they become.
