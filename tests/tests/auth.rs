@@ -471,3 +471,36 @@ fn dkim_key_records_over_4_kib_are_a_permerror() {
         }
     }
 }
+
+/// A message with more DKIM signatures than a verifier should spend RSA on (RFC 6376 §8.4):
+/// the first ten in header order — the latest added — are verified and reported, the rest
+/// ignored. Each signature here is good.
+#[test]
+fn only_the_first_ten_dkim_signatures_are_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rsa_key, rsa_txt) = openssl_rsa(dir.path(), "rsa1");
+    let mut selectors = vec![];
+    let mut records = vec![];
+    for i in 0..12 {
+        selectors.push(format!("s{i}"));
+        records.push(txt(&format!("s{i}._domainkey.signed.test"), &rsa_txt));
+    }
+    let mut args: Vec<&str> = records.iter().map(String::as_str).collect();
+    args.push("--local-ttl=300");
+    let dns = Dns::start(&args);
+    let sink = Sink::start();
+    let gw = Gateway::with_sink(sink.port(), &format!("{}\n[auth]\nalways = [\"dkim\"]\n", dns.config()));
+    let mut msg = message("alice@signed.test", "many-signatures");
+    for sel in &selectors {
+        msg = dkimpy_sign(&msg, "signed.test", sel, "rsa-sha256", rsa_key.to_str().unwrap());
+    }
+    assert_eq!(send(gw.port, "alice@signed.test", "a@remote.test", &msg), "OK");
+    let got = sink.wait_for_rcpt("a@remote.test", T).text();
+    let unfolded = got.replace("\r\n", "\n").replace("\n\t", " ").replace("\n ", " ");
+    let ar = unfolded.lines().find(|l| l.starts_with("Authentication-Results:")).unwrap_or_default().to_string();
+    assert_eq!(ar.matches("dkim=").count(), 10, "{ar}");
+    assert_eq!(ar.matches("dkim=pass").count(), 10, "{ar}");
+    // The latest ten: s11 down to s2; s1 and s0, at the bottom, are not looked at.
+    assert!(ar.contains("header.s=s11") && ar.contains("header.s=s2;"), "{ar}");
+    assert!(!ar.contains("header.s=s1;") && !ar.contains("header.s=s0;"), "{ar}");
+}

@@ -20,9 +20,10 @@ use crate::TxtCache;
 /// 8192-bit RSA key — the largest mail-auth verifies — makes a record of ~1 450.
 pub const KEY_RECORD_OCTETS: usize = 4096;
 
-/// Keys fetched for one message at most; mail-auth looks further ones up itself (and the
-/// cache charges those as the largest a record can be).
-const KEYS_PER_MESSAGE: usize = 8;
+/// Keys fetched for one message at most (its ten DKIM signatures' and an ARC chain's first
+/// few); mail-auth looks further ones up itself (and the cache charges those as the largest
+/// a record can be).
+const KEYS_PER_MESSAGE: usize = 16;
 
 /// What a parsed key costs besides its record's octets (the key's box, the `Arc`).
 const PARSED_KEY_OVERHEAD: usize = 64;

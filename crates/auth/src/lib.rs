@@ -25,7 +25,7 @@ pub use header::{ambiguous_from, authentication_results, strip_ours};
 pub use keys::KEY_RECORD_OCTETS;
 pub use results::{Arc as ArcResult, Dkim, Dmarc, Iprev, MessageResults, Policy, Spf, Status};
 pub use seal::Sealer;
-pub use session::{AuthSession, Authenticator};
+pub use session::{AuthSession, Authenticator, DKIM_SIGNATURES};
 pub use sign::{keygen, public_record, record_matches, txt_strings, KeyKind, Signer};
 
 /// An error of this crate (loading keys, signing), with what failed.

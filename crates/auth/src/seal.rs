@@ -9,7 +9,7 @@ use mail_auth::arc::ArcSealer;
 use mail_auth::common::crypto::{RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::Done;
-use mail_auth::{AuthenticatedMessage, AuthenticationResults, MessageAuthenticator};
+use mail_auth::{AuthenticationResults, MessageAuthenticator};
 
 use crate::AuthError;
 
@@ -47,7 +47,7 @@ impl Sealer {
         mail_from: &str,
     ) -> Result<String, AuthError> {
         let inner: &MessageAuthenticator = auth.inner();
-        let msg = AuthenticatedMessage::parse(raw).ok_or_else(|| AuthError::Sign("unparsable message".into()))?;
+        let msg = crate::session::parse(raw).ok_or_else(|| AuthError::Sign("unparsable message".into()))?;
         crate::keys::prefetch(&inner.0, auth.txt_cache(), &msg).await;
         let arc = inner.verify_arc(mail_auth::Parameters::new(&msg).with_txt_cache(auth.txt_cache())).await;
         if crate::session::has_arc_fields(raw) && *arc.result() != mail_auth::DkimResult::Pass {

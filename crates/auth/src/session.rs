@@ -116,10 +116,10 @@ impl Authenticator {
         }
     }
 
-    /// DKIM (every signature), ARC and DMARC of a message. `spf` is the MAIL FROM result that
-    /// DMARC aligns with; `mail_from_domain` its domain.
+    /// DKIM (the first [`DKIM_SIGNATURES`] signatures), ARC and DMARC of a message. `spf` is
+    /// the MAIL FROM result that DMARC aligns with; `mail_from_domain` its domain.
     pub async fn message(&self, raw: &[u8], mail_from_domain: &str, spf: &mail_auth::SpfOutput) -> MessageResults {
-        let Some(msg) = AuthenticatedMessage::parse(raw) else {
+        let Some(msg) = parse(raw) else {
             let arc = results::Arc { status: Status::None, reason: None, instances: 0, sealer: None };
             return MessageResults { dkim: vec![], dmarc: None, arc };
         };
@@ -211,6 +211,20 @@ pub(crate) fn has_arc_fields(raw: &[u8]) -> bool {
     let head = &raw[..end];
     let line_starts = std::iter::once(0).chain(memchr::memchr_iter(b'\n', head).map(|i| i + 1));
     line_starts.into_iter().any(|at| head.get(at..at + 4).is_some_and(|n| n.eq_ignore_ascii_case(b"arc-")))
+}
+
+/// DKIM signatures verified in a message at most, the first in header order (the latest
+/// added). RFC 6376 §8.4: a verifier may limit them — each costs an RSA verification (an
+/// 8192-bit key's ~16 times a 2048-bit one's), and a 512 KiB header section holds a thousand
+/// signatures of a sender's making. Mail that passed a few mailing lists carries a handful.
+pub const DKIM_SIGNATURES: usize = 10;
+
+/// The message as mail-auth reads it, its DKIM signatures cut to [`DKIM_SIGNATURES`] (the
+/// body hashes are bounded already: with `l=` refused there are at most four kinds).
+pub(crate) fn parse(raw: &[u8]) -> Option<AuthenticatedMessage<'_>> {
+    let mut msg = AuthenticatedMessage::parse(raw)?;
+    msg.dkim_headers.truncate(DKIM_SIGNATURES);
+    Some(msg)
 }
 
 fn dkim_status(r: &DkimResult) -> (Status, Option<String>) {
