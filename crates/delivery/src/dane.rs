@@ -150,6 +150,12 @@ impl Dane {
         Ok(Dane { resolver: builder.build().map_err(std::io::Error::other)? })
     }
 
+    /// The validating resolver's options (for tests).
+    #[cfg(test)]
+    pub(crate) fn resolver_options(&self) -> &hickory_resolver::config::ResolverOpts {
+        self.resolver.options()
+    }
+
     /// `domain`'s MX hosts and whether the answer was secure (a bogus one is an error).
     pub async fn mx_hosts(&self, domain: &str) -> Result<(Vec<String>, bool), RcptOutcome> {
         crate::mx::mx_hosts(&self.resolver, domain).await

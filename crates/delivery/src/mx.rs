@@ -164,3 +164,20 @@ pub(crate) async fn addresses(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The resolver's answer cache is the size `dns.cache_entries` says (hickory's default,
+    /// 8 192 answers of up to ~0.8 MiB parsed each, is not what the gateway runs with), and
+    /// so is DANE's validating one.
+    #[tokio::test]
+    async fn the_answer_cache_is_sized_by_the_config() {
+        let mut cfg = Dns { nameservers: vec!["127.0.0.1:53".parse().unwrap()], ..Dns::default() };
+        assert_eq!(Resolver::new(&cfg).unwrap().inner().options().cache_size, 256);
+        cfg.cache_entries = 17;
+        assert_eq!(Resolver::new(&cfg).unwrap().inner().options().cache_size, 17);
+        assert_eq!(crate::dane::Dane::new(&cfg).unwrap().resolver_options().cache_size, 17);
+    }
+}
