@@ -420,6 +420,12 @@ fn dmarc_policies_aligned_and_not_with_quarantine_cli_and_trusted_arc() {
     assert!(gw.log().contains("sealed by a trusted ARC forwarder"));
 }
 
+/// The message's Authentication-Results field, unfolded onto one line ("" if none).
+fn auth_results(message: &str) -> String {
+    let unfolded = message.replace("\r\n", "\n").replace("\n\t", " ").replace("\n ", " ");
+    unfolded.lines().find(|l| l.starts_with("Authentication-Results:")).unwrap_or_default().to_string()
+}
+
 /// A DKIM key record is taken up to 4 KiB (an 8192-bit RSA key's is ~1.4 KiB): the names come
 /// from the message, and what the gateway keeps of a key must be bounded. A record one note
 /// longer than that is a `permerror` naming its size — though the key in it is good — and one
@@ -461,8 +467,7 @@ fn dkim_key_records_over_4_kib_are_a_permerror() {
         );
         assert_eq!(send(gw.port, "alice@signed.test", rcpt, &msg), "OK");
         let got = sink.wait_for_rcpt(rcpt, T).text();
-        let unfolded = got.replace("\r\n", "\n").replace("\n\t", " ").replace("\n ", " ");
-        let ar = unfolded.lines().find(|l| l.starts_with("Authentication-Results:")).unwrap_or_default().to_string();
+        let ar = auth_results(&got);
         assert!(ar.contains(want) && ar.contains(&format!("header.s={sel}")), "{sel}: {ar}");
         if want == "dkim=permerror" {
             let octets = if sel == "big" { 4097 } else { 30_000 };
@@ -496,8 +501,7 @@ fn only_the_first_ten_dkim_signatures_are_verified() {
     }
     assert_eq!(send(gw.port, "alice@signed.test", "a@remote.test", &msg), "OK");
     let got = sink.wait_for_rcpt("a@remote.test", T).text();
-    let unfolded = got.replace("\r\n", "\n").replace("\n\t", " ").replace("\n ", " ");
-    let ar = unfolded.lines().find(|l| l.starts_with("Authentication-Results:")).unwrap_or_default().to_string();
+    let ar = auth_results(&got);
     assert_eq!(ar.matches("dkim=").count(), 10, "{ar}");
     assert_eq!(ar.matches("dkim=pass").count(), 10, "{ar}");
     // The latest ten: s11 down to s2; s1 and s0, at the bottom, are not looked at.
