@@ -58,6 +58,8 @@ pub struct Sts {
     cache: Mutex<Cached>,
     /// Domains whose last fetch failed, and when.
     failed: Mutex<HashMap<String, Instant>>,
+    /// Policies kept on disk at most ([`MAX_ON_DISK`]; tests make it small).
+    max_on_disk: usize,
 }
 
 /// The policies in memory, bounded in count and bytes.
@@ -88,7 +90,7 @@ impl Cached {
 
 impl Sts {
     pub fn new(dir: Option<PathBuf>) -> Sts {
-        Sts { dir, cache: Mutex::new(Cached::default()), failed: Mutex::new(HashMap::new()) }
+        Sts { dir, cache: Mutex::new(Cached::default()), failed: Mutex::new(HashMap::new()), max_on_disk: MAX_ON_DISK }
     }
 
     /// The policy to apply to a delivery to `domain` now, if it has one. A fetch trusts the
@@ -173,8 +175,12 @@ impl Sts {
         if let Some(path) = self.path(domain) {
             let secs = e.fetched.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
             let text = format!("x-mailgate-id: {}\r\nx-mailgate-fetched: {secs}\r\n{}", e.id, e.policy.render());
-            let tmp = path.with_extension("tmp");
-            let written = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
+            let tmp = temporary(&path);
+            let dir = path.parent().unwrap_or(Path::new("."));
+            if !path.exists() {
+                make_room(dir, self.max_on_disk);
+            }
+            let written = std::fs::create_dir_all(dir)
                 .and_then(|()| std::fs::write(&tmp, text))
                 .and_then(|()| std::fs::rename(&tmp, &path));
             if let Err(err) = written {
@@ -206,6 +212,44 @@ impl Sts {
             && !domain.starts_with('.')
             && domain.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
         self.dir.as_ref().filter(|_| ok).map(|d| d.join(domain))
+    }
+}
+
+/// Policies kept on disk at most: past that, the least recently written go first (down to
+/// nine tenths). The domains are the recipients' — and for DSNs the senders' — so their
+/// number is not the operator's to choose.
+const MAX_ON_DISK: usize = 10_000;
+
+/// Where a policy is written before it is renamed into place: a name of its own (a `_`, which
+/// no domain file has, and a number no other write has), so that two writes — of
+/// `bank.example` and `bank.test`, or of one domain twice — never share a file.
+fn temporary(path: &Path) -> PathBuf {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!("._{}.{n}.tmp", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Removes the least recently written policies of `dir` while it holds `max` or more (left-over
+/// temporary files count, and go first).
+fn make_room(dir: &Path, max: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut files: Vec<(SystemTime, PathBuf)> = entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let m = e.metadata().ok()?;
+            m.is_file().then(|| (m.modified().unwrap_or(UNIX_EPOCH), e.path()))
+        })
+        .collect();
+    if files.len() < max {
+        return;
+    }
+    files.sort();
+    let excess = files.len() - (max - max / 10);
+    tracing::warn!(dir = %dir.display(), "{} MTA-STS policies on disk: the {excess} least recently written removed", files.len());
+    for (_, path) in files.into_iter().take(excess) {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -271,5 +315,38 @@ mod tests {
         // The newest is kept; the first, the oldest-fetched, went.
         assert!(sts.cached("d199.example").is_some());
         assert!(sts.cached("d0.example").is_none());
+    }
+
+    #[test]
+    fn writes_never_share_a_temporary_file() {
+        let a = temporary(Path::new("/s/mta-sts/bank.example"));
+        let b = temporary(Path::new("/s/mta-sts/bank.test"));
+        let again = temporary(Path::new("/s/mta-sts/bank.example"));
+        assert!(a != b && a != again && b != again, "{a:?} {b:?} {again:?}");
+        for t in [&a, &b, &again] {
+            assert_eq!(t.parent(), Some(Path::new("/s/mta-sts")));
+            // No domain's file can be named so (Sts::path allows no `_`).
+            assert!(t.file_name().unwrap().to_string_lossy().contains("._"), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn the_policies_on_disk_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let sts = Sts { max_on_disk: 50, ..Sts::new(Some(dir.path().join("mta-sts"))) };
+        let policy = Policy::parse("version: STSv1\nmode: enforce\nmx: mx.example.com\nmax_age: 86400\n").unwrap();
+        for i in 0..200 {
+            let e = Entry { policy: policy.clone(), id: format!("{i}"), fetched: SystemTime::now() };
+            sts.store(&format!("d{i}.example"), e);
+        }
+        let n = std::fs::read_dir(dir.path().join("mta-sts")).unwrap().count();
+        assert!((45..=50).contains(&n), "{n} files");
+        // The newest is there, and no temporary file was left.
+        assert!(dir.path().join("mta-sts").join("d199.example").exists());
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("mta-sts"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| n.starts_with('d') && n.ends_with(".example")), "{names:?}");
     }
 }
