@@ -508,3 +508,106 @@ fn only_the_first_ten_dkim_signatures_are_verified() {
     assert!(ar.contains("header.s=s11") && ar.contains("header.s=s2;"), "{ar}");
     assert!(!ar.contains("header.s=s1;") && !ar.contains("header.s=s0;"), "{ar}");
 }
+
+/// An RSA key of its own bits made by openssl, and its DNS record.
+fn openssl_rsa_bits(dir: &Path, name: &str, bits: u32) -> (PathBuf, String) {
+    let key = dir.join(format!("{name}.pem"));
+    let ok = Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&key)
+        .arg(bits.to_string())
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let der = Command::new("openssl").args(["rsa", "-pubout", "-outform", "DER", "-in"]).arg(&key).output().unwrap();
+    (key, format!("v=DKIM1; k=rsa; p={}", base64_free::encode(&der.stdout)))
+}
+
+/// RSA keys are verified up to 4096 bits (RFC 8301 §3.2 lets a verifier stop there): a
+/// signature by a 4104-bit key — one octet more of modulus — is a `permerror` naming the size,
+/// one by a 4096-bit key beside it in the same message passes.
+#[test]
+fn rsa_keys_over_4096_bits_are_a_permerror() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fits, fits_txt) = openssl_rsa_bits(dir.path(), "k4096", 4096);
+    let (big, big_txt) = openssl_rsa_bits(dir.path(), "k4104", 4104);
+    let dns = Dns::start(&[
+        &txt("k4096._domainkey.signed.test", &fits_txt),
+        &txt("k4104._domainkey.signed.test", &big_txt),
+        "--local-ttl=300",
+    ]);
+    let sink = Sink::start();
+    let gw = Gateway::with_sink(sink.port(), &format!("{}\n[auth]\nalways = [\"dkim\"]\n", dns.config()));
+    let mut msg = message("alice@signed.test", "big-key");
+    msg = dkimpy_sign(&msg, "signed.test", "k4096", "rsa-sha256", fits.to_str().unwrap());
+    msg = dkimpy_sign(&msg, "signed.test", "k4104", "rsa-sha256", big.to_str().unwrap());
+    // dkimpy takes both: the refusal is ours.
+    assert_eq!(dkimpy_verify(&msg, dns.port), "pass");
+    for rcpt in ["a@remote.test", "b@remote.test"] {
+        assert_eq!(send(gw.port, "alice@signed.test", rcpt, &msg), "OK");
+        let ar = auth_results(&sink.wait_for_rcpt(rcpt, T).text());
+        assert!(ar.contains("dkim=pass header.d=signed.test header.s=k4096"), "{ar}");
+        let big = ar.split(';').find(|p| p.contains("header.s=k4104")).unwrap_or_default();
+        assert!(
+            big.contains("dkim=permerror (") && big.contains("RSA key of 4104 bits, more than the 4096 verified)"),
+            "{ar}"
+        );
+    }
+}
+
+/// dkimpy seals `msg` `hops` times over, each hop stamping its Authentication-Results first
+/// (arc=pass after the first), all with one key.
+fn arc_chain(msg: &[u8], hops: usize, key: &Path, selector: &str) -> Vec<u8> {
+    py(
+        "import os, sys, dkim\nmsg = sys.stdin.buffer.read()\nkey = open(os.environ['KEY'], 'rb').read()\n\
+         for i in range(1, int(os.environ['HOPS']) + 1):\n\
+         \x20   srv = b'hop%d.test' % i\n\
+         \x20   res = b'arc=pass' if i > 1 else b'spf=pass smtp.mailfrom=fwd.test'\n\
+         \x20   msg = b'Authentication-Results: ' + srv + b'; ' + res + b'\\r\\n' + msg\n\
+         \x20   h = dkim.arc_sign(msg, os.environ['SEL'].encode(), b'fwd.test', key, srv, include_headers=[b'From', b'To', b'Subject', b'Date'])\n\
+         \x20   assert h, i\n\
+         \x20   msg = b''.join(h) + msg\n\
+         sys.stdout.buffer.write(msg)\n",
+        &[("KEY", key.to_str().unwrap()), ("HOPS", &hops.to_string()), ("SEL", selector)],
+        msg,
+    )
+}
+
+/// An ARC chain is validated up to ten sets: every seal is an RSA verification over the sets
+/// below it, and a sender can make fifty. Chains of ten and eleven good sets, both valid for
+/// dkimpy: ten pass and are sealed once more by the gateway, eleven fail, unvalidated, with
+/// the reason, and are not sealed.
+#[test]
+fn arc_chains_over_ten_sets_fail_unvalidated() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, key_txt) = openssl_rsa(dir.path(), "arc1");
+    let (seal_key, seal_txt) = keygen(dir.path(), "gw.test", "seal", "rsa");
+    let dns = Dns::start(&[
+        &txt("arc1._domainkey.fwd.test", &key_txt),
+        &txt("seal._domainkey.gw.test", &seal_txt),
+        "--local-ttl=300",
+    ]);
+    let sink = Sink::start();
+    let extra = format!(
+        "{}\n[auth]\nalways = [\"dkim\"]\n\n[arc_seal]\ndomain = \"gw.test\"\nselector = \"seal\"\nkey = \"{}\"\n",
+        dns.config(),
+        seal_key.display()
+    );
+    let gw = Gateway::with_sink(sink.port(), &extra);
+    for (hops, rcpt) in [(10, "ten@remote.test"), (11, "eleven@remote.test")] {
+        let sealed = arc_chain(&message("alice@fwd.test", &format!("hops{hops}")), hops, &key, "arc1");
+        assert!(String::from_utf8_lossy(&sealed).contains(&format!("ARC-Seal: i={hops};")));
+        assert!(dkimpy_arc_verify(&sealed, dns.port).starts_with("pass"), "dkimpy validates {hops} sets");
+        assert_eq!(send(gw.port, "alice@fwd.test", rcpt, &sealed), "OK");
+        let got = sink.wait_for_rcpt(rcpt, T).text();
+        let ar = auth_results(&got);
+        if hops == 10 {
+            assert!(ar.contains("arc=pass smtp.remote-ip=127.0.0.1"), "{ar}");
+            assert!(got.contains("ARC-Seal: i=11; a=rsa-sha256; s=seal; d=gw.test; cv=pass;"), "{got}");
+        } else {
+            assert!(ar.contains("arc=fail (ARC chain of 11 sets, more than the 10 validated)"), "{ar}");
+            assert_eq!(got.matches("ARC-Seal:").count(), 11, "not sealed again: {got}");
+            assert!(gw.wait_log("ARC chain of 11 sets, more than the 10 validated", T), "{}", gw.log());
+        }
+    }
+}

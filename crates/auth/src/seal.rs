@@ -48,12 +48,15 @@ impl Sealer {
     ) -> Result<String, AuthError> {
         let inner: &MessageAuthenticator = auth.inner();
         let msg = crate::session::parse(raw).ok_or_else(|| AuthError::Sign("unparsable message".into()))?;
-        crate::keys::prefetch(&inner.0, auth.txt_cache(), &msg).await;
-        let arc = inner.verify_arc(mail_auth::Parameters::new(&msg).with_txt_cache(auth.txt_cache())).await;
+        if let Some(why) = crate::session::chain_too_long(&msg) {
+            return Err(AuthError::ChainFailed(why));
+        }
+        let keys = crate::keys::prefetch(&inner.0, auth.txt_cache(), &msg, true).await;
+        let arc = inner.verify_arc(mail_auth::Parameters::new(&msg).with_txt_cache(&keys)).await;
         if crate::session::has_arc_fields(raw) && *arc.result() != mail_auth::DkimResult::Pass {
             return Err(AuthError::ChainFailed(format!("{:?}", arc.result())));
         }
-        let dkim = inner.verify_dkim(mail_auth::Parameters::new(&msg).with_txt_cache(auth.txt_cache())).await;
+        let dkim = inner.verify_dkim(mail_auth::Parameters::new(&msg).with_txt_cache(&keys)).await;
         // Our own SPF verdict (the one in our Authentication-Results), in mail-auth's form.
         let (_, spf) = auth.spf(ip, helo, mail_from).await;
         let results = AuthenticationResults::new(&self.authserv_id)
