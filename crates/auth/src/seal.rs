@@ -47,7 +47,7 @@ impl Sealer {
         mail_from: &str,
     ) -> Result<String, AuthError> {
         let inner: &MessageAuthenticator = auth.inner();
-        let msg = crate::session::parse(raw).ok_or_else(|| AuthError::Sign("unparsable message".into()))?;
+        let (msg, _) = crate::session::parse(raw).ok_or_else(|| AuthError::Sign("unparsable message".into()))?;
         if let Some(why) = crate::session::chain_too_long(&msg) {
             return Err(AuthError::ChainFailed(why));
         }
