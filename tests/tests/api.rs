@@ -237,6 +237,18 @@ fn bad_requests_get_their_status_and_the_server_keeps_serving() {
     assert_eq!((r.status, r.json()["error"]["code"].as_str()), (400, Some("malformed_json")), "{r:?}");
     let r = curl(&["-X", "POST", &url, "-H", &auth, "-H", "Content-Type: text/plain", "--data-binary", "hello"]);
     assert_eq!(r.status, 415, "{r:?}");
+    // A member given twice: readers disagree about which counts, so neither does.
+    for (body, pointer) in [
+        (r#"{"from": "a@shop.test", "to": "x@remote.test", "text": "t", "to": "y@remote.test"}"#, "/to"),
+        (
+            r#"{"from": "a@shop.test", "to": "x@remote.test", "text": "t", "metadata": {"k": "1", "\u006b": "2"}}"#,
+            "/metadata/k",
+        ),
+    ] {
+        let r = curl(&["-X", "POST", &url, "-H", &auth, "-H", "Content-Type: application/json", "--data-binary", body]);
+        assert_eq!((r.status, r.pointer().as_str()), (400, pointer), "{body}: {r:?}");
+        assert!(r.json()["error"]["message"].as_str().unwrap_or_default().contains("more than once"), "{r:?}");
+    }
     // A raw message's tags (the query's) are held to the JSON tags' rules.
     let raw = "From: a@shop.test\r\nTo: x@remote.test\r\nSubject: s\r\n\r\nbody\r\n";
     let long = "t".repeat(129);

@@ -652,7 +652,10 @@ fn signatures_listing_over_100_fields_are_not_verified() {
         let msg = sign(how, names, &format!("{how}{names}"));
         let head = String::from_utf8_lossy(&msg).to_string();
         let head = head.to_ascii_lowercase();
-        assert!(head.contains(&format!("x-over-{}", names - 2)) && !head.contains(&format!("x-over-{}:", names - 1)), "{head}");
+        assert!(
+            head.contains(&format!("x-over-{}", names - 2)) && !head.contains(&format!("x-over-{}:", names - 1)),
+            "{head}"
+        );
         if how == "dkim" {
             assert_eq!(dkimpy_verify(&msg, dns.port), "pass");
         } else {

@@ -37,7 +37,8 @@ pub(crate) enum Json<'a> {
     Written(&'a str),
     Array(Vec<Json<'a>>),
     /// Members in document order; a name given twice is there twice ([`Json::get`] and
-    /// [`Json::members`] take the last, as `serde_json::Value` does).
+    /// [`Json::members`] take the last, as `serde_json::Value` does; a request is refused
+    /// before, see [`Json::first_duplicate`]).
     Object(Vec<(Cow<'a, str>, Json<'a>)>),
 }
 
@@ -67,6 +68,30 @@ impl<'a> Json<'a> {
     pub(crate) fn get(&self, name: &str) -> Option<&Json<'a>> {
         match self {
             Json::Object(m) => m.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// The JSON pointer of the first member whose object already has a member of its name,
+    /// at any depth. RFC 8259 §4: names should be unique, and readers disagree about which of
+    /// two counts (the first, the last, both) — a proxy or log in front of the gateway could
+    /// read another `from` or `to` than the gateway does. Objects of at most 16 members are
+    /// compared pairwise, larger ones through a set.
+    pub(crate) fn first_duplicate(&self) -> Option<String> {
+        match self {
+            Json::Object(m) => {
+                let twice = if m.len() <= 16 {
+                    m.iter().enumerate().find(|(i, (k, _))| m[..*i].iter().any(|(e, _)| e == k)).map(|(_, (k, _))| k)
+                } else {
+                    let mut seen = std::collections::HashSet::with_capacity(m.len());
+                    m.iter().map(|(k, _)| k).find(|k| !seen.insert(&***k))
+                };
+                if let Some(k) = twice {
+                    return Some(format!("/{}", crate::request::escape(k)));
+                }
+                m.iter().find_map(|(k, v)| v.first_duplicate().map(|p| format!("/{}{p}", crate::request::escape(k))))
+            }
+            Json::Array(a) => a.iter().enumerate().find_map(|(i, v)| v.first_duplicate().map(|p| format!("/{i}{p}"))),
             _ => None,
         }
     }
@@ -242,6 +267,26 @@ mod tests {
         assert_eq!(names, ["b", "c", "a"]);
         for bad in [&b"{"[..], b"[1,]", b"{\"a\" 1}", b"\"\\ud800\"", b"nul", b"{} x", b"\xff"] {
             assert!(matches!(Json::parse(bad, 100), Err(ParseError::Syntax(_))), "{bad:?}");
+        }
+    }
+
+    /// A name given twice in one object is found at any depth, named by its pointer, also
+    /// when written differently (`\u0061` is `a`) and in objects past the pairwise size.
+    #[test]
+    fn a_member_given_twice_is_found_with_its_pointer() {
+        let big: Vec<String> = (0..40).map(|i| format!("\"k{i}\": {i}")).collect();
+        for (body, want) in [
+            (r#"{"a": 1, "b": 2}"#.to_string(), None),
+            (r#"{"a": 1, "b": 2, "a": 3}"#.to_string(), Some("/a")),
+            (r#"{"a": 1, "\u0061": 3}"#.to_string(), Some("/a")),
+            (r#"{"to": [{"email": "x@y", "name": "n", "email": "z@y"}]}"#.to_string(), Some("/to/0/email")),
+            (r#"{"m": {"a/b": {"c~": 1, "c~": 2}}, "n": {"c~": 1}}"#.to_string(), Some("/m/a~1b/c~0")),
+            (r#"[{"a": 1}, {"a": 1, "b": 1}, [{"x": 0, "x": 0}]]"#.to_string(), Some("/2/0/x")),
+            (format!("{{{}}}", big.join(",")), None),
+            (format!("{{{}, \"k39\": 0}}", big.join(",")), Some("/k39")),
+        ] {
+            let v = Json::parse(body.as_bytes(), 1000).unwrap();
+            assert_eq!(v.first_duplicate().as_deref(), want, "{body:.60}");
         }
     }
 

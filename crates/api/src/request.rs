@@ -305,6 +305,9 @@ pub fn build(body: &[u8], hostname: &str, max_rcpts: usize) -> Result<Built, Api
     let Json::Object(m) = &v else {
         return Err(ApiError::field("", "the body must be a JSON object"));
     };
+    if let Some(p) = v.first_duplicate() {
+        return Err(ApiError::field(p, "is given more than once in its object"));
+    }
     if let Some((k, _)) = m.iter().find(|(k, _)| !known(k)) {
         return Err(ApiError::field(format!("/{}", escape(k)), "unknown field"));
     }
