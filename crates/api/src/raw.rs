@@ -51,6 +51,36 @@ fn envelope_fields(from_only: bool) -> &'static mail_parser::MessageParser {
     }
 }
 
+/// The fields of `head` (a header section) named in `names` (lower case), each with its
+/// continuation lines, then an empty line: what the envelope is read from. A header section
+/// is mostly other fields, and mail-parser's reading of each name — even of a field it then
+/// skips — cost more than the rest of reading a raw request.
+fn only_fields(head: &[u8], names: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let mut taking = false;
+    let mut at = 0;
+    while at < head.len() {
+        let end = memchr::memchr(b'\n', &head[at..]).map_or(head.len(), |i| at + i + 1);
+        let line = &head[at..end];
+        if !matches!(line.first(), Some(b' ' | b'\t')) {
+            // A field's name: what comes before its colon, blanks before the colon allowed.
+            taking = memchr::memchr(b':', line).is_some_and(|c| {
+                let name = line[..c].trim_ascii_end();
+                names.iter().any(|n| name.eq_ignore_ascii_case(n))
+            });
+        }
+        if taking {
+            out.extend_from_slice(line);
+            if !line.ends_with(b"\n") {
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        at = end;
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 /// The message without its Bcc fields (with their continuation lines).
 fn without_bcc(m: Vec<u8>) -> Vec<u8> {
     let end = header_end(&m);
@@ -98,7 +128,9 @@ pub fn read(
     }
     let given: Vec<&str> = qs(query, "to").filter(|t| !t.trim().is_empty()).collect();
     let from_only = qs(query, "from").next().is_some() && !given.is_empty();
-    let parsed = envelope_fields(from_only).parse_headers(&message[..head]);
+    let wanted: &[&[u8]] = if from_only { &[b"from"] } else { &[b"from", b"sender", b"to", b"cc", b"bcc"] };
+    let fields = only_fields(&message[..head], wanted);
+    let parsed = envelope_fields(from_only).parse_headers(&fields[..]);
     let addrs = |a: Option<&mail_parser::Address>| -> Vec<String> {
         a.map(|a| a.iter().filter_map(|x| x.address().map(str::to_string)).collect()).unwrap_or_default()
     };
@@ -181,6 +213,63 @@ mod tests {
             read(&[], b"Subject: x\r\n\r\nb\r\n".to_vec(), 10, 1 << 20).unwrap_err().pointer.as_deref(),
             Some("?from")
         );
+    }
+
+    /// The envelope fields read from the selected fields are those read from the whole
+    /// header section: folded fields, names in any case, a blank before the colon, names that
+    /// begin like ours (`From-X`, `Toy`), fields given twice, groups and comments, a last field
+    /// without a line end (read as if it had one).
+    #[test]
+    fn selected_fields_read_as_the_whole_section() {
+        let fields = [
+            "From: A <a@b.test>\r\n",
+            "FROM : \"Q, R\" <q@b.test>, s@b.test\r\n",
+            "From-X: no@b.test\r\n",
+            "Toy: no@b.test\r\n",
+            "To: x@y.test,\r\n\tX2 <x2@y.test>\r\n",
+            "cc: group: g1@y.test, g2@y.test;, (comment) c@y.test\r\n",
+            "Bcc: hidden@z.test,\r\n  h2@z.test\r\n",
+            "Sender: sender@b.test\r\n",
+            "Subject: To: not@y.test\r\n",
+            "X-Long: aaaa\r\n bbbb\r\n From: fake@y.test\r\n",
+            "To: second@y.test",
+        ];
+        let addrs = |a: Option<&mail_parser::Address>| -> Vec<String> {
+            a.map(|a| a.iter().filter_map(|x| x.address().map(str::to_string)).collect()).unwrap_or_default()
+        };
+        let read = |p: Option<mail_parser::Message>| {
+            let p = p.as_ref();
+            [
+                p.and_then(|p| p.from()),
+                p.and_then(|p| p.sender()),
+                p.and_then(|p| p.to()),
+                p.and_then(|p| p.cc()),
+                p.and_then(|p| p.bcc()),
+            ]
+            .map(addrs)
+        };
+        // Every field alone, every pair in both orders, and all of them.
+        let mut heads: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+        for a in &fields {
+            for b in &fields {
+                if !a.ends_with("y.test") {
+                    heads.push(format!("{a}{b}"));
+                }
+            }
+        }
+        heads.push(fields.concat());
+        for head in heads {
+            for from_only in [false, true] {
+                let wanted: &[&[u8]] = if from_only { &[b"from"] } else { &[b"from", b"sender", b"to", b"cc", b"bcc"] };
+                // A last field without its line end is read too (the whole section's reading
+                // drops it): compared with the section given its CRLF.
+                let terminated = if head.ends_with('\n') { head.clone() } else { format!("{head}\r\n") };
+                let whole = read(envelope_fields(from_only).parse_headers(terminated.as_bytes()));
+                let selected =
+                    read(envelope_fields(from_only).parse_headers(&only_fields(head.as_bytes(), wanted)[..]));
+                assert_eq!(whole, selected, "{head:?}");
+            }
+        }
     }
 
     /// A header section over the limit is refused before it is parsed, with the reply the
