@@ -48,7 +48,7 @@ impl Sealer {
     ) -> Result<String, AuthError> {
         let inner: &MessageAuthenticator = auth.inner();
         let (msg, _) = crate::session::parse(raw).ok_or_else(|| AuthError::Sign("unparsable message".into()))?;
-        if let Some(why) = crate::session::chain_too_long(&msg) {
+        if let Some(why) = crate::session::chain_refused(&msg) {
             return Err(AuthError::ChainFailed(why));
         }
         let keys = crate::keys::prefetch(&inner.0, auth.txt_cache(), &msg, true).await;

@@ -124,11 +124,11 @@ impl Authenticator {
             return MessageResults { dkim: vec![], dmarc: None, arc };
         };
         let from_domain = msg.from().rsplit_once('@').map_or("", |(_, d)| d).to_lowercase();
-        let too_long = chain_too_long(&msg);
+        let refused_chain = chain_refused(&msg);
         let work = async {
-            let keys = crate::keys::prefetch(&self.inner.0, &self.txt, &msg, too_long.is_none()).await;
+            let keys = crate::keys::prefetch(&self.inner.0, &self.txt, &msg, refused_chain.is_none()).await;
             let dkim_out = self.inner.verify_dkim(Parameters::new(&msg).with_txt_cache(&keys)).await;
-            let arc_out = match &too_long {
+            let arc_out = match &refused_chain {
                 None => Some(self.inner.verify_arc(Parameters::new(&msg).with_txt_cache(&keys)).await),
                 Some(_) => None,
             };
@@ -149,7 +149,7 @@ impl Authenticator {
                 })
                 .chain(refused)
                 .collect();
-            let arc = match (&arc_out, &too_long) {
+            let arc = match (&arc_out, &refused_chain) {
                 (Some(out), _) => {
                     let (status, reason) = arc_status(out.result(), has_arc_fields(raw));
                     results::Arc {
@@ -246,8 +246,8 @@ pub const SIGNED_FIELDS: usize = 100;
 /// verification (RFC 8617 §5.2 sets 50 as the most a chain may have). Validating a chain
 /// verifies every seal and the latest message signature, and each seal covers the sets below
 /// it: with 50 sets of a sender's making, 51 RSA verifications and 1 275 set hashes a message
-/// (measured through the gateway: 15 ms of CPU a message with 4096-bit keys, where one set
-/// takes 1.5 ms). A message crosses a handful of ARC-sealing hops, not ten.
+/// (measured through the gateway: 15 ms of CPU a message with 4096-bit keys, where a message
+/// with one set takes 1.5 ms). A message crosses a handful of ARC-sealing hops, not ten.
 pub const ARC_SETS: usize = 10;
 
 /// The number of ARC sets `msg` has (the most of its seals, message signatures and results).
@@ -257,7 +257,7 @@ pub(crate) fn arc_sets(msg: &AuthenticatedMessage<'_>) -> usize {
 
 /// Why `msg`'s ARC chain is not validated: it has more than [`ARC_SETS`] sets, or a message
 /// signature lists more than [`SIGNED_FIELDS`] field names.
-pub(crate) fn chain_too_long(msg: &AuthenticatedMessage<'_>) -> Option<String> {
+pub(crate) fn chain_refused(msg: &AuthenticatedMessage<'_>) -> Option<String> {
     let n = arc_sets(msg);
     if n > ARC_SETS {
         return Some(format!("ARC chain of {n} sets, more than the {ARC_SETS} validated"));
