@@ -9,6 +9,7 @@
 #
 #   bench/hostile.sh                  # K=20 messages of each kind
 #   MG=/path/to/other/mailgate bench/hostile.sh    # another build, same messages
+#   MG_BUILT=1 bench/hostile.sh       # without building first
 #
 # Needs dnsmasq, openssl and python3-dkim (scripts/deps.sh). The 8192-bit key takes openssl
 # ~40 s to make; it is kept in bench/.hostile/ for the next run.
@@ -17,7 +18,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 K=${K:-20}
 MG=${MG:-$root/target/release/mailgate}
-[ -n "${MG_BUILT:-}" ] || cargo build --release --locked -p mailgate >&2
+[ -n "${MG_BUILT:-}" ] || cargo build --release --locked -p mailgate -p mailgate-bench >&2
 keys=$root/bench/.hostile
 mkdir -p "$keys"
 for b in 2048 4096 8192; do
