@@ -98,21 +98,25 @@ pub(crate) async fn prefetch<'a>(
     let arc_names = msg.ams_headers.iter().map(|h| h.header.domain_key());
     let arc_names = arc_names.chain(msg.as_headers.iter().map(|h| h.header.domain_key()));
     let names = names.chain(arc_names.take(if arc { usize::MAX } else { 0 }));
-    let mut keys = MessageKeys { shared: cache, decided: Vec::new() };
+    let mut distinct: Vec<String> = Vec::new();
     for name in names.map(|n| cache_key(&n)) {
-        if keys.decided.len() == KEYS_PER_MESSAGE {
+        if distinct.len() == KEYS_PER_MESSAGE {
             break;
         }
-        if keys.decided.iter().any(|(n, _)| **n == *name) {
-            continue;
+        if !distinct.contains(&name) {
+            distinct.push(name);
         }
-        let value = match cache.get(name.as_str()) {
-            Some(v) => v,
-            None => fetch(resolver, cache, &name).await,
-        };
-        keys.decided.push((name.into(), value));
     }
-    keys
+    // All at once: a message signed by several domains waits for the slowest look-up, not for
+    // their sum.
+    let values = futures_util::future::join_all(distinct.iter().map(|name| async move {
+        match cache.get(name.as_str()) {
+            Some(v) => v,
+            None => fetch(resolver, cache, name).await,
+        }
+    }))
+    .await;
+    MessageKeys { shared: cache, decided: distinct.into_iter().map(String::into_boxed_str).zip(values).collect() }
 }
 
 /// Looks `name`'s key record up and keeps it parsed (or refused); returns what was decided. A
