@@ -23,6 +23,8 @@
 #                                    # system calls (perf's software counters; this VM has no
 #                                    # hardware ones), 20 000 persistent / 5 000 new-connection
 #                                    # messages (COUNT=…) after a warm-up
+#   PERFSTAT=1 PROFILE=dir …         # and a perf profile of each measured load (cpu-clock,
+#                                    # 997 Hz): dir/perf.<peer>@<mode>.data for `perf report`
 #   PERFSTAT=1 CLIENT=smtp-source …  # the same with Postfix's smtp-source as the client (50
 #                                    # sessions; -d for persistent) and mailgate-bench's sink
 #   MG=/path/to/mailgate DIST=/path/to/plugins/dist …  # another build, with plugins built
@@ -291,9 +293,14 @@ perfstat() { # label size count target-args…
     read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$mg_pid/stat")
     thread_switches > "$work/switches.0"
     perf stat -x, -e page-faults,context-switches,raw_syscalls:sys_enter -p "$mg_pid" -o "$work/perf.txt" &
-    local perf_pid=$!
+    local perf_pid=$! rec_pid=""
     # perf attaches in the background: wait until it has opened its counters (bounded).
     for _ in $(seq 50); do [ -s "$work/perf.txt" ] && break; sleep 0.1; done
+    if [ -n "${PROFILE:-}" ]; then
+        mkdir -p "$PROFILE"
+        perf record -q -F 997 -p "$mg_pid" -o "$PROFILE/perf.$label.data" 2>/dev/null &
+        rec_pid=$!
+    fi
     if [ "${CLIENT:-}" = smtp-source ]; then
         source_load "$count" "$size"
         kill "$sink_pid"; wait "$sink_pid" 2>/dev/null || true
@@ -303,6 +310,7 @@ perfstat() { # label size count target-args…
             "${new[@]}" "$@" >/dev/null
     fi
     kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+    if [ -n "$rec_pid" ]; then kill -INT "$rec_pid"; wait "$rec_pid" 2>/dev/null || true; fi
     read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$mg_pid/stat")
     # By thread, on stderr: which threads switch (threads that ended in between are not seen).
     thread_switches | join -a1 - "$work/switches.0" |

@@ -565,3 +565,130 @@ fn every_recipient_gets_a_receipt_in_the_events() {
     assert!(out.status.success() && lines.lines().count() >= before + 2, "{lines}");
     assert!(lines.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
 }
+
+/// `POST /api/v1/messages/batch` with `body` as it is (a batch may hold what `json!` cannot
+/// write, such as a member given twice).
+fn post_batch(url: &str, key: &str, body: &str) -> mailgate_tests::http::Resp {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), body).unwrap();
+    let (auth, data) = (format!("Authorization: Bearer {key}"), format!("@{}", file.path().display()));
+    curl(&[
+        "-X",
+        "POST",
+        &format!("{url}/batch"),
+        "-H",
+        &auth,
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &data,
+    ])
+}
+
+#[test]
+fn batches_answer_each_message_as_a_request_of_its_own() {
+    let sink = Sink::start();
+    let plugin = Gateway::plugin(
+        "rcpt-allow",
+        "rcpt-allow",
+        "stages = [\"rcpt\"]",
+        "domains = [\"remote.test\"]\ncheck_trusted = true",
+    );
+    let (gw, url) = gateway(&sink, &plugin);
+    let key = create_key(&gw, "shop", &["--allow-from", "shop.test"]);
+    let msg = |to: &str, extra: &str| {
+        format!(r#"{{"from": "a@shop.test", "to": {to}, "subject": "s", "text": "hello"{extra}}}"#)
+    };
+    let batch = [
+        msg(r#"["one@remote.test", "x@elsewhere.test"]"#, ""),
+        msg("5", ""),
+        r#"{"from": "a@other.test", "to": "two@remote.test", "text": "t"}"#.to_string(),
+        msg(r#""y@elsewhere.test""#, ""),
+        msg(r#""three@remote.test""#, r#", "idempotency_key": "order-7""#),
+        msg(r#""four@remote.test""#, r#", "idempotency_key": "order-7""#),
+        msg(r#""five@remote.test""#, r#", "subject": "again""#),
+        r#"{"from": "a@shop.test", "to": "six@remote.test", "subject": "a\r\nBcc: evil@remote.test", "text": "t"}"#
+            .to_string(),
+    ];
+    let r = post_batch(&url, &key, &format!("[{}]", batch.join(",")));
+    assert_eq!(r.status, 200, "{r:?}");
+    let v = r.json();
+    let results = v["results"].as_array().unwrap();
+    let statuses: Vec<u64> = results.iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [202, 400, 403, 422, 202, 400, 400, 400], "{v:#}");
+    let pointer = |i: usize| results[i]["error"]["pointer"].as_str().unwrap_or("<none>").to_string();
+    assert_eq!(results[0]["recipients"][1]["smtp"]["code"], 550, "{v:#}");
+    assert_eq!(pointer(1), "/1/to");
+    assert_eq!(results[2]["error"]["code"], "forbidden_sender");
+    assert_eq!(results[3]["error"]["recipients"][0]["smtp"]["enhanced"], "5.1.1");
+    assert_eq!(
+        (pointer(5), pointer(6), pointer(7)),
+        ("/5/idempotency_key".into(), "/6/subject".into(), "/7/subject".into())
+    );
+    // The accepted ones, and only they, are sent, each a message of its own.
+    let got = sink.wait_for(2, T);
+    let mut rcpts: Vec<_> = got.iter().map(|m| m.rcpts.join(",")).collect();
+    rcpts.sort();
+    assert_eq!(rcpts, ["one@remote.test", "three@remote.test"]);
+    assert_ne!(results[0]["id"], results[4]["id"]);
+    // A message's idempotency key works across requests, single or batch.
+    let again = post_batch(&url, &key, &format!("[{}]", batch[4]));
+    assert_eq!(again.status, 200, "{again:?}");
+    let first = &again.json()["results"][0];
+    assert_eq!((first["id"].clone(), first["replayed"].clone()), (results[4]["id"].clone(), true.into()));
+
+    // What concerns the request as a whole is its status, and nothing is sent.
+    let one = msg(r#""seven@remote.test""#, "");
+    let auth = format!("Authorization: Bearer {key}");
+    let whole = |body: &str, k: &str| post_batch(&url, k, body);
+    let r = whole(&one, &key);
+    assert_eq!((r.status, r.pointer()), (400, String::new()), "an object, not an array: {r:?}");
+    assert_eq!(whole("[]", &key).status, 400);
+    let many = format!("[{}]", vec![one.as_str(); 501].join(","));
+    let r = whole(&many, &key);
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("at most 500"), "{r:?}");
+    assert_eq!(whole("[{\"from\": ", &key).json()["error"]["code"], "malformed_json");
+    assert_eq!(whole(&format!("[{one}]"), "mg_not-a-key").status, 401);
+    let r = curl(&[
+        "-X",
+        "POST",
+        &format!("{url}/batch"),
+        "-H",
+        &auth,
+        "-H",
+        "Content-Type: message/rfc822",
+        "--data-binary",
+        "x",
+    ]);
+    assert_eq!(r.status, 415, "{r:?}");
+    let r = curl(&[
+        "-X",
+        "POST",
+        &format!("{url}/batch"),
+        "-H",
+        &auth,
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        "Idempotency-Key: k",
+        "--data-binary",
+        &format!("[{one}]"),
+    ]);
+    assert_eq!((r.status, r.pointer()), (400, "Idempotency-Key".to_string()), "{r:?}");
+    // Every message counts against the key's rate, and a batch takes all it needs or none.
+    let slow = create_key(&gw, "slow", &["--allow-from", "shop.test", "--rate", "3/min"]);
+    let r = whole(&format!("[{}]", [one.as_str(); 4].join(",")), &slow);
+    assert_eq!((r.status, r.header("retry-after")), (429, None), "more than the rate ever allows: {r:?}");
+    let r = whole(&format!("[{}]", [one.as_str(); 3].join(",")), &slow);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.json()["results"].as_array().unwrap().iter().all(|m| m["status"] == 202), "{r:?}");
+    let r = whole(&format!("[{one}]"), &slow);
+    assert_eq!(r.status, 429, "{r:?}");
+    assert!(r.header("retry-after").is_some(), "{r:?}");
+    assert_eq!(sink.wait_for(5, T).len(), 5, "the three of the batch that fit the rate");
+    assert!(
+        wait_for(Duration::from_secs(2), || (sink.received().len() > 5).then_some(())).is_none(),
+        "nothing else was sent"
+    );
+}

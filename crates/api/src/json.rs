@@ -46,9 +46,19 @@ impl<'a> Json<'a> {
     /// Reads `body`, which may hold at most `max_values` values (every string, number, array,
     /// object… counts one; object member names do not).
     pub(crate) fn parse(body: &'a [u8], max_values: usize) -> Result<Json<'a>, ParseError> {
+        Json::parse_as(body, max_values, Role::Message)
+    }
+
+    /// Reads a batch: `body` is an array of requests, each read as [`Json::parse`] reads one
+    /// (their `text` and `html` as written); `max_values` bounds the whole body.
+    pub(crate) fn parse_batch(body: &'a [u8], max_values: usize) -> Result<Json<'a>, ParseError> {
+        Json::parse_as(body, max_values, Role::Batch)
+    }
+
+    fn parse_as(body: &'a [u8], max_values: usize, role: Role) -> Result<Json<'a>, ParseError> {
         let budget = Budget { left: Cell::new(max_values), over: Cell::new(false) };
         let mut de = serde_json::Deserializer::from_slice(body);
-        let read = Seed(&budget, true).deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+        let read = Seed(&budget, role).deserialize(&mut de).and_then(|v| de.end().map(|()| v));
         // The budget, not the error's text, tells a cap from a syntax error.
         read.map_err(|e| if budget.over.get() { ParseError::TooManyValues(max_values) } else { ParseError::Syntax(e) })
     }
@@ -143,10 +153,18 @@ struct Budget {
     over: Cell<bool>,
 }
 
-/// Reads one value, counting it against the budget; the body's own value (`true`) or one
-/// within it.
+/// What a value is to the request: a request (whose [`WRITTEN`] members are kept as
+/// written), a batch of requests, or something within one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Message,
+    Batch,
+    Inner,
+}
+
+/// Reads one value, counting it against the budget.
 #[derive(Clone, Copy)]
-struct Seed<'c>(&'c Budget, bool);
+struct Seed<'c>(&'c Budget, Role);
 
 impl Seed<'_> {
     /// Counts one value.
@@ -230,7 +248,9 @@ impl<'de> Visitor<'de> for JsonVisitor<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::new();
-        while let Some(v) = seq.next_element_seed(Seed(self.0 .0, false))? {
+        // A batch's elements are requests.
+        let role = if self.0 .1 == Role::Batch { Role::Message } else { Role::Inner };
+        while let Some(v) = seq.next_element_seed(Seed(self.0 .0, role))? {
             out.push(v);
         }
         Ok(Json::Array(out))
@@ -238,9 +258,9 @@ impl<'de> Visitor<'de> for JsonVisitor<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::new();
-        let inner = Seed(self.0 .0, false);
+        let inner = Seed(self.0 .0, Role::Inner);
         while let Some(Text(k)) = map.next_key()? {
-            let v = match self.0 .1 && WRITTEN.contains(&&*k) {
+            let v = match self.0 .1 == Role::Message && WRITTEN.contains(&&*k) {
                 true => inner.written(map.next_value::<&RawValue>()?)?,
                 false => map.next_value_seed(inner)?,
             };

@@ -295,20 +295,40 @@ impl Keys {
 
     /// Takes one message from the key's rate; `Err(seconds)` until one is available.
     pub fn take(&self, key: &ApiKey) -> Result<(), u64> {
-        let Some(rate) = key.rate_per_min.filter(|r| *r > 0) else { return Ok(()) };
-        let rate = f64::from(rate);
+        self.take_n(key, 1).map_err(|e| match e {
+            OverRate::Wait(s) => s,
+            OverRate::Never { .. } => 60,
+        })
+    }
+
+    /// Takes `n` messages (a batch) from the key's rate at once, or none.
+    pub fn take_n(&self, key: &ApiKey, n: usize) -> Result<(), OverRate> {
+        let Some(per_min) = key.rate_per_min.filter(|r| *r > 0) else { return Ok(()) };
+        let (rate, want) = (f64::from(per_min), n as f64);
+        if want > rate {
+            return Err(OverRate::Never { per_min });
+        }
         let mut buckets = self.buckets.lock().unwrap();
         let now = Instant::now();
         let b = buckets.entry(key.name.clone()).or_insert(Bucket { tokens: rate, at: now });
         b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate / 60.0).min(rate);
         b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        if b.tokens >= want {
+            b.tokens -= want;
             Ok(())
         } else {
-            Err(((1.0 - b.tokens) * 60.0 / rate).ceil().max(1.0) as u64)
+            Err(OverRate::Wait(((want - b.tokens) * 60.0 / rate).ceil().max(1.0) as u64))
         }
     }
+}
+
+/// Why a key's rate refuses messages now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverRate {
+    /// Seconds until there is room.
+    Wait(u64),
+    /// More at once than the key's rate ever allows (a minute's worth): a batch to split.
+    Never { per_min: u32 },
 }
 
 #[cfg(test)]
@@ -341,6 +361,8 @@ mod tests {
         assert!(keys.verify("mg_wrong").is_none());
         assert!(keys.take(&k).is_ok() && keys.take(&k).is_ok());
         let wait = keys.take(&k).unwrap_err();
+        assert_eq!(keys.take_n(&k, 3), Err(OverRate::Never { per_min: 2 }), "more than a minute's worth");
+        assert!(matches!(keys.take_n(&k, 2), Err(OverRate::Wait(59..=60))), "a whole minute's worth to wait for");
         assert!((1..=30).contains(&wait), "{wait}");
         store.revoke("shop").unwrap();
         keys.load().unwrap();

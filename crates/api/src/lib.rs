@@ -27,7 +27,7 @@ use mailgate_spool::{ApiMeta, BoxFuture};
 
 pub use error::ApiError;
 pub use idempotency::Idempotency;
-pub use keys::{ApiKey, KeyError, KeyStore, Keys};
+pub use keys::{ApiKey, KeyError, KeyStore, Keys, OverRate};
 pub use server::{serve, Listening, Services};
 
 /// A message the API validated and built, ready for the gateway's message path.

@@ -294,15 +294,59 @@ impl Recipients {
     }
 }
 
-/// Reads a JSON request. `hostname` goes into the Message-ID; `max_rcpts` bounds To+Cc+Bcc.
-pub fn build(body: &[u8], hostname: &str, max_rcpts: usize) -> Result<Built, ApiError> {
-    let v = Json::parse(body, MAX_OTHER_VALUES.saturating_add(max_rcpts.saturating_mul(4))).map_err(|e| match e {
+/// The JSON values a request's body may hold: what a message's fields need, four for each
+/// recipient it may have.
+fn max_values(max_rcpts: usize) -> usize {
+    MAX_OTHER_VALUES.saturating_add(max_rcpts.saturating_mul(4))
+}
+
+fn unreadable(e: ParseError) -> ApiError {
+    match e {
         ParseError::Syntax(e) => ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")),
         ParseError::TooManyValues(n) => {
             ApiError::bad_request("too_many_values", format!("the body holds more than {n} JSON values"))
         }
-    })?;
-    let Json::Object(m) = &v else {
+    }
+}
+
+/// Reads a JSON request. `hostname` goes into the Message-ID; `max_rcpts` bounds To+Cc+Bcc.
+pub fn build(body: &[u8], hostname: &str, max_rcpts: usize) -> Result<Built, ApiError> {
+    let v = Json::parse(body, max_values(max_rcpts)).map_err(unreadable)?;
+    build_one(&v, hostname, max_rcpts)
+}
+
+/// Messages one batch request may carry.
+pub const MAX_BATCH: usize = 500;
+
+/// Reads a batch request (`POST /api/v1/messages/batch`): a JSON array of requests, each
+/// read as [`build`] reads one, its errors' pointers starting with its index. The body as a
+/// whole is refused when it is not such an array (or holds no message, or more than
+/// [`MAX_BATCH`], or more JSON values than one request may); one message's errors are its own.
+pub fn build_batch(body: &[u8], hostname: &str, max_rcpts: usize) -> Result<Vec<Result<Built, ApiError>>, ApiError> {
+    let v = Json::parse_batch(body, max_values(max_rcpts)).map_err(unreadable)?;
+    let Json::Array(list) = &v else {
+        return Err(ApiError::field("", "the body must be a JSON array of messages"));
+    };
+    if list.is_empty() {
+        return Err(ApiError::field("", "the batch holds no message"));
+    }
+    if list.len() > MAX_BATCH {
+        return Err(ApiError::field("", format!("{} messages; at most {MAX_BATCH} per batch", list.len())));
+    }
+    Ok(list.iter().enumerate().map(|(i, m)| within(i, build_one(m, hostname, max_rcpts))).collect())
+}
+
+/// Message `i` of a batch: its error's pointer is prefixed with `/i`.
+fn within(i: usize, r: Result<Built, ApiError>) -> Result<Built, ApiError> {
+    r.map_err(|mut e| {
+        e.pointer = Some(format!("/{i}{}", e.pointer.as_deref().unwrap_or("")));
+        e
+    })
+}
+
+/// Reads one request's value (the body, or a batch's element).
+fn build_one(v: &Json, hostname: &str, max_rcpts: usize) -> Result<Built, ApiError> {
+    let Json::Object(m) = v else {
         return Err(ApiError::field("", "the body must be a JSON object"));
     };
     if let Some(p) = v.first_duplicate() {
@@ -577,6 +621,42 @@ fn valid_content_type(ct: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A built message without its Message-ID, Date and MIME boundaries (new for every
+    /// message).
+    fn without_ids(m: &[u8]) -> String {
+        let mut m = String::from_utf8_lossy(m).into_owned();
+        let bounds: Vec<String> =
+            m.split("boundary=\"").skip(1).filter_map(|r| r.split('"').next()).map(str::to_string).collect();
+        for b in bounds {
+            m = m.replace(&b, "BOUNDARY");
+        }
+        m.split("\r\n")
+            .filter(|l| !l.starts_with("Message-ID:") && !l.starts_with("Date:"))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    }
+
+    #[test]
+    fn a_batch_is_an_array_of_one_to_500_requests() {
+        let one = r#"{"from": "a@b.test", "to": "c@d.test", "text": "t"}"#;
+        for (body, why) in [
+            (one.to_string(), "the body must be a JSON array of messages"),
+            ("[]".into(), "the batch holds no message"),
+            (format!("[{}]", [one; 501].join(",")), "501 messages; at most 500 per batch"),
+        ] {
+            let e = build_batch(body.as_bytes(), "gw.test", 10).map(|_| ()).unwrap_err();
+            assert_eq!((e.status.as_u16(), e.message.as_str(), e.pointer.as_deref()), (400, why, Some("")));
+        }
+        let ok = build_batch(format!("[{}]", [one; 500].join(",")).as_bytes(), "gw.test", 10).unwrap();
+        assert!(ok.len() == 500 && ok.iter().all(Result::is_ok));
+        // One message's faults are its own, wherever they are.
+        let body =
+            format!(r#"[{one}, 7, {{"from": "a@b.test", "to": "c@d.test", "text": "t", "to": "e@f.test"}}, {one}]"#);
+        let got = build_batch(body.as_bytes(), "gw.test", 10).unwrap();
+        let pointers: Vec<_> = got.iter().map(|r| r.as_ref().err().and_then(|e| e.pointer.clone())).collect();
+        assert_eq!(pointers, [None, Some("/1".into()), Some("/2/to".into()), None]);
+    }
 
     /// `s` written as a JSON string, then decoded as a request's `text` is.
     fn body_text(s: &str) -> (String, bool) {
@@ -865,7 +945,19 @@ mod tests {
                 "headers": {format!("X-{}", "h".repeat(next(74))): text(&mut next, 1_000, false, true)},
                 "attachments": [{"filename": text(&mut next, 255, false, false) + "f", "content_base64": "aGVsbG8="}],
             });
-            match build(body.to_string().as_bytes(), "gw.test", 10) {
+            let one = build(body.to_string().as_bytes(), "gw.test", 10);
+            // The same request as a batch's second message reads the same, its errors named
+            // within the batch.
+            let batch = build_batch(format!("[{body},{body}]").as_bytes(), "gw.test", 10).unwrap();
+            match (&one, &batch[1]) {
+                (Ok(a), Ok(b)) => assert_eq!(without_ids(&a.message), without_ids(&b.message), "{body}"),
+                (Err(a), Err(b)) => {
+                    assert_eq!((a.status, a.code, &a.message), (b.status, b.code, &b.message));
+                    assert_eq!(format!("/1{}", a.pointer.as_deref().unwrap_or("")), b.pointer.as_deref().unwrap());
+                }
+                _ => panic!("{body}: {one:?} as one, {:?} in a batch", batch[1]),
+            }
+            match one {
                 Ok(b) => {
                     built += 1;
                     assert!(

@@ -117,6 +117,7 @@ pub fn serve(
     });
     let router = Router::new()
         .route("/api/v1/messages", post(submit))
+        .route("/api/v1/messages/batch", post(submit_batch))
         .route("/api/v1/messages/{id}", get(message))
         .route("/api/v1/events", get(events_page))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
@@ -434,6 +435,52 @@ async fn submit(State(api): State<Arc<Api>>, Extension(conn): Extension<Conn>, r
     resp
 }
 
+/// A request read and checked: what [`send`] passes on.
+struct Parsed {
+    from: mailgate_smtp::Address,
+    rcpts: Vec<mailgate_smtp::Address>,
+    message: Vec<u8>,
+    /// The header's From addresses: the key's sender domains bind them too.
+    header_from: Vec<String>,
+    tags: Vec<String>,
+    metadata: std::collections::BTreeMap<String, String>,
+    idempotency_key: Option<String>,
+}
+
+impl From<request::Built> for Parsed {
+    fn from(b: request::Built) -> Parsed {
+        Parsed {
+            header_from: vec![b.from.as_str().to_string()],
+            from: b.from,
+            rcpts: b.rcpts,
+            message: b.message,
+            tags: b.tags,
+            metadata: b.metadata,
+            idempotency_key: b.idempotency_key,
+        }
+    }
+}
+
+/// One message's answer: `202` and its receipt, `422` and the refusal (both kept for an
+/// idempotent repeat), or a replay of the first answer to its idempotency key.
+struct Answered {
+    status: StatusCode,
+    body: String,
+    replayed: bool,
+}
+
+/// The `Idempotency-Key` header, checked.
+fn header_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get(&IDEMPOTENCY_KEY) {
+        Some(v) => {
+            let k = v.to_str().map_err(|_| ApiError::field("Idempotency-Key", "not printable ASCII"))?;
+            request::check_idempotency_key(k, "Idempotency-Key")?;
+            Ok(Some(k.to_string()))
+        }
+        None => Ok(None),
+    }
+}
+
 async fn submit_inner(api: &Arc<Api>, conn: Conn, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let key = authorize(api, &parts.headers)?;
@@ -451,30 +498,45 @@ async fn submit_inner(api: &Arc<Api>, conn: Conn, req: Request) -> Result<Respon
             ))
         }
     };
-    let header_key = match parts.headers.get(&IDEMPOTENCY_KEY) {
-        Some(v) => {
-            let k = v.to_str().map_err(|_| ApiError::field("Idempotency-Key", "not printable ASCII"))?;
-            request::check_idempotency_key(k, "Idempotency-Key")?;
-            Some(k.to_string())
-        }
-        None => None,
-    };
-    let (body, mut hold) = read_body(api, &parts.headers, body).await?;
+    let header_key = header_key(&parts.headers)?;
+    let (body, hold) = read_body(api, &parts.headers, body).await?;
     let cfg = api.gate.config();
     let max_rcpts = cfg.limits.max_recipients;
-    let (from, rcpts, message, header_from, tags, metadata, json_key) = if is_raw {
+    let mut parsed = if is_raw {
         // Percent-decoded pairs (invalid UTF-8 made U+FFFD, as axum's `Query` does).
         let query: Vec<(String, String)> =
             parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
         let tags = request::tags(query.iter().filter(|(k, _)| k == "tag").map(|(_, v)| v.as_str()), "?tag")?;
         let r = raw::read(&query, body, max_rcpts, cfg.limits.max_header_size)?;
-        (r.from, r.rcpts, r.message, r.header_from, tags, Default::default(), None)
+        Parsed {
+            from: r.from,
+            rcpts: r.rcpts,
+            message: r.message,
+            header_from: r.header_from,
+            tags,
+            metadata: Default::default(),
+            idempotency_key: None,
+        }
     } else {
         let b = request::build(&body, &cfg.server.hostname, max_rcpts)?;
         drop(body);
-        let hf = vec![b.from.as_str().to_string()];
-        (b.from, b.rcpts, b.message, hf, b.tags, b.metadata, b.idempotency_key)
+        Parsed::from(b)
     };
+    parsed.idempotency_key = header_key.or(parsed.idempotency_key);
+    let a = send(api, &conn, &key, parsed, hold).await?;
+    Ok(json_answer(a.status, a.body, a.replayed))
+}
+
+/// Passes one read message on: the key's sender domains, the content rules, idempotency, the
+/// gateway's message path. `hold` is the memory budget's reservation it is counted against.
+async fn send(
+    api: &Arc<Api>,
+    conn: &Conn,
+    key: &ApiKey,
+    p: Parsed,
+    mut hold: Reservation,
+) -> Result<Answered, ApiError> {
+    let Parsed { from, rcpts, message, header_from, tags, metadata, idempotency_key: idem_key } = p;
     // The key's sender domains bind the envelope sender and every From address.
     let domain_of = |a: &str| a.rsplit_once('@').map_or(String::new(), |(_, d)| d.to_ascii_lowercase());
     for a in std::iter::once(from.as_str()).chain(header_from.iter().map(String::as_str)) {
@@ -488,13 +550,12 @@ async fn submit_inner(api: &Arc<Api>, conn: Conn, req: Request) -> Result<Respon
     }
     let message = content_rules(api, message)?;
     hold.force_to(message.capacity());
-    let idem_key = header_key.or(json_key);
     let guard = match &idem_key {
         None => None,
         Some(k) => match api.idem.begin(&key.name, k) {
             Begin::Replay(a) => {
                 let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::ACCEPTED);
-                return Ok(json_answer(status, a.body, true));
+                return Ok(Answered { status, body: a.body, replayed: true });
             }
             Begin::InProgress => {
                 return Err(ApiError::new(
@@ -515,7 +576,7 @@ async fn submit_inner(api: &Arc<Api>, conn: Conn, req: Request) -> Result<Respon
         local: conn.local,
         listener: api.name.clone(),
         pipeline: api.conf.pipeline.clone(),
-        tls: conn.tls,
+        tls: conn.tls.clone(),
         from: from.as_str().to_string(),
         rcpts: rcpts.iter().map(|r| r.as_str().to_string()).collect(),
         smtputf8,
@@ -550,5 +611,151 @@ async fn submit_inner(api: &Arc<Api>, conn: Conn, req: Request) -> Result<Respon
             tracing::error!(queue_id = %id, "idempotency log write failed: {e}");
         }
     }
-    Ok(json_answer(status, body, false))
+    Ok(Answered { status, body, replayed: false })
+}
+
+/// Messages of one batch passed on at once: enough for their spool writes to share group
+/// commits, few enough that one request cannot take every plugin instance or the spool.
+const BATCH_CONCURRENCY: usize = 8;
+
+/// `POST /api/v1/messages/batch`.
+async fn submit_batch(State(api): State<Arc<Api>>, Extension(conn): Extension<Conn>, req: Request) -> Response {
+    let resp = match batch_inner(&api, conn, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status.is_server_error() {
+                tracing::warn!(listener = %api.name, status = e.status.as_u16(), "API batch request failed: {}", e.message);
+            }
+            e.into_response()
+        }
+    };
+    metrics::counter!("mailgate_api_requests_total", "listener" => api.name.to_string(), "status" => resp.status().as_str().to_string())
+        .increment(1);
+    resp
+}
+
+/// A batch: a JSON array of messages as `POST /api/v1/messages` takes one. The request as a
+/// whole is refused (its status, nothing sent) for what concerns it all: the key, the media
+/// type, the body's size and syntax, the key's rate (every message counts). Otherwise the
+/// answer is `200` with one result per message, in order, each what that message alone would
+/// have been answered: `{"status": 202, "id", "recipients"}`, or `{"status": 4xx/5xx,
+/// "error": {…}}` (pointers start with the message's index). Each message is all or nothing
+/// on its own, as a single request is; an idempotency key is per message (`idempotency_key`).
+async fn batch_inner(api: &Arc<Api>, conn: Conn, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let key = authenticate(api, &parts.headers)?;
+    let ctype = parts.headers.get(header::CONTENT_TYPE).map_or(&b""[..], |v| v.as_bytes());
+    let ctype = ctype.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+    if !ctype.eq_ignore_ascii_case(b"application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "a batch is application/json",
+        ));
+    }
+    if parts.headers.contains_key(&IDEMPOTENCY_KEY) {
+        return Err(ApiError::field("Idempotency-Key", "a batch takes an idempotency_key in each message instead"));
+    }
+    let (body, body_hold) = read_body(api, &parts.headers, body).await?;
+    let cfg = api.gate.config();
+    let built = request::build_batch(&body, &cfg.server.hostname, cfg.limits.max_recipients)?;
+    drop(body);
+    match api.keys.take_n(&key, built.len()) {
+        Ok(()) => {}
+        Err(over) => {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("{} messages are over key {}'s rate", built.len(), key.name),
+            );
+            match over {
+                crate::keys::OverRate::Wait(s) => e.retry_after = Some(s),
+                crate::keys::OverRate::Never { per_min } => {
+                    e.message = format!(
+                        "{} messages at once are more than key {}'s rate allows ({per_min} a minute): send smaller batches",
+                        built.len(),
+                        key.name
+                    );
+                }
+            }
+            return Err(e);
+        }
+    }
+    // Each message's memory is counted on its own, as it will be held on its own; the body's
+    // reservation goes once every message has its own.
+    let budget = api.gate.budget();
+    let mut seen = std::collections::HashMap::new();
+    let jobs: Vec<Result<(Parsed, Reservation), ApiError>> = built
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let b = b?;
+            if let Some(k) = &b.idempotency_key {
+                let first = *seen.entry(k.clone()).or_insert(i);
+                if first != i {
+                    let why = format!("repeats message {first}'s in this batch");
+                    return Err(ApiError::field(format!("/{i}/idempotency_key"), why));
+                }
+            }
+            let hold = budget.reserve(b.message.capacity()).ok_or_else(|| {
+                ApiError::unavailable("the gateway is busy receiving other messages; try again shortly", 5)
+            })?;
+            Ok((Parsed::from(b), hold))
+        })
+        .collect();
+    drop(body_hold);
+    use futures_util::StreamExt as _;
+    let (api_ref, conn_ref, key_ref) = (api, &conn, &key);
+    let results: Vec<Result<Answered, ApiError>> = futures_util::stream::iter(jobs)
+        .map(|job| async move {
+            let (parsed, hold) = job?;
+            send(api_ref, conn_ref, key_ref, parsed, hold).await
+        })
+        .buffered(BATCH_CONCURRENCY)
+        .collect()
+        .await;
+    let mut out = String::with_capacity(32 + results.len() * 160);
+    out.push_str("{\"results\":[");
+    for (i, r) in results.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let status = match r {
+            Ok(a) => a.status,
+            Err(e) => e.status,
+        };
+        metrics::counter!("mailgate_api_batch_messages_total", "listener" => api.name.to_string(), "status" => status.as_str().to_string())
+            .increment(1);
+        out.push_str("{\"status\":");
+        out.push_str(status.as_str());
+        match r {
+            // A receipt or a refusal is an object: its members follow the status.
+            Ok(a) => {
+                if a.replayed {
+                    out.push_str(",\"replayed\":true");
+                }
+                match a.body.strip_prefix('{').filter(|rest| rest.len() > 1) {
+                    Some(rest) => {
+                        out.push(',');
+                        out.push_str(rest);
+                    }
+                    None => out.push('}'),
+                }
+            }
+            Err(e) => {
+                if e.status.is_server_error() {
+                    tracing::warn!(listener = %api.name, status = e.status.as_u16(), "API batch message failed: {}", e.message);
+                }
+                if let Some(s) = e.retry_after {
+                    out.push_str(",\"retry_after\":");
+                    out.push_str(&s.to_string());
+                }
+                out.push_str(",\"error\":");
+                out.push_str(&e.body()["error"].to_string());
+                out.push('}');
+            }
+        }
+    }
+    out.push_str("]}");
+    Ok(json_answer(StatusCode::OK, out, false))
 }
