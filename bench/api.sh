@@ -8,7 +8,9 @@
 # the API twice too: JSON it builds the message from ("api"), and that MIME message sent raw
 # as message/rfc822 ("api-raw": the way in alone, without building a message). And SMTP with
 # that MIME message once more, a new connection for every message ("smtp-newconn"): how most
-# application mail libraries submit (a connection, EHLO, one transaction, QUIT).
+# application mail libraries submit (a connection, EHLO, one transaction, QUIT). And the JSON
+# API once more with BATCH messages (default 10) in each request to /api/v1/messages/batch
+# ("api-batch": how an application sends a burst of notifications).
 #
 #   bench/api.sh                      # 3 runs of 20,000 messages each way, 50 connections
 #   RUNS=1 COUNT=5000 bench/api.sh
@@ -26,6 +28,7 @@ INSTRUCTIONS=${INSTRUCTIONS:-}
 PERFSTAT=${PERFSTAT:-}
 if [ -n "$INSTRUCTIONS" ]; then COUNT=${COUNT:-2000}; else COUNT=${COUNT:-20000}; fi
 SESSIONS=${SESSIONS:-50}
+BATCH=${BATCH:-10}
 SINK=25260 SMTP=25261 API=25262
 work=$(mktemp -d /tmp/mailgate-api-bench.XXXXXX)
 mg_pid=""
@@ -110,7 +113,7 @@ if [ -n "$INSTRUCTIONS" ]; then
     echo "|---|---|---|"
     declare -A ir
     for run in 1 2; do
-        for label in smtp smtp-mime smtp-newconn api api-raw; do
+        for label in smtp smtp-mime smtp-newconn api api-raw api-batch; do
             callgrind_control -z "$mg_pid" >/dev/null
             case $label in
                 smtp) smtp --count "$COUNT" >/dev/null ;;
@@ -118,6 +121,7 @@ if [ -n "$INSTRUCTIONS" ]; then
                 smtp-newconn) smtp --count "$COUNT" --message "$work/mime.eml" --new-conn >/dev/null ;;
                 api) api --count "$COUNT" >/dev/null ;;
                 api-raw) api --count "$COUNT" --message "$work/mime.eml" >/dev/null ;;
+                api-batch) api --count "$COUNT" --batch "$BATCH" >/dev/null ;;
             esac
             callgrind_control -d "$label-$run" "$mg_pid" >/dev/null
             # The dump is written by the gateway's process: wait for it (bounded).
@@ -131,7 +135,7 @@ if [ -n "$INSTRUCTIONS" ]; then
             ir[$label-$run]=$(( $(awk '/^summary:/ {print $2}' "$dump") / COUNT ))
         done
     done
-    for label in smtp smtp-mime smtp-newconn api api-raw; do echo "| $label | ${ir[$label-1]} | ${ir[$label-2]} |"; done
+    for label in smtp smtp-mime smtp-newconn api api-raw api-batch; do echo "| $label | ${ir[$label-1]} | ${ir[$label-2]} |"; done
     if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/cg.out* "$KEEP"/; fi
     exit 0
 fi
@@ -157,10 +161,11 @@ for run in $(seq "$RUNS"); do
     measure smtp-newconn --target "127.0.0.1:$SMTP" --message "$work/mime.eml" --new-conn
     measure api --api "http://127.0.0.1:$API/api/v1/messages" --key "$KEY"
     measure api-raw --api "http://127.0.0.1:$API/api/v1/messages" --key "$KEY" --message "$work/mime.eml"
+    measure api-batch --api "http://127.0.0.1:$API/api/v1/messages" --key "$KEY" --batch "$BATCH"
     echo "run $run done" >&2
 done
 
-python3 - "$work/results.jsonl" "$work" <<'PY'
+BATCH=$BATCH python3 - "$work/results.jsonl" "$work" <<'PY'
 import json, os, sys, statistics
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 # PERFSTAT=1: the perf counters of each row (rows are in label order within a run).
@@ -177,13 +182,14 @@ for r in rows:
 med = lambda label, k: statistics.median(r[k] for r in rows if r["label"] == label)
 print("| 1 KiB, keep-alive | msg/s | CPU µs/msg | user | system | p50 µs | p99 µs | load generator + sink CPU µs/msg |")
 print("|---|---|---|---|---|---|---|---|")
-labels = ("smtp", "smtp-mime", "smtp-newconn", "api", "api-raw")
+labels = ("smtp", "smtp-mime", "smtp-newconn", "api", "api-raw", "api-batch")
 for label in labels:
     print(f"| {label} | {med(label, 'msg_per_s'):,.0f} | {med(label, 'cpu_us_per_msg'):.0f} | {med(label, 'user_us_per_msg'):.0f} | {med(label, 'sys_us_per_msg'):.0f} | {med(label, 'p50_us'):,.0f} | {med(label, 'p99_us'):,.0f} | {med(label, 'bench_cpu_us_per_msg'):.0f} |")
 api = med('api', 'cpu_us_per_msg')
 print(f"\napi/smtp-mime CPU per message (the same content): {api / med('smtp-mime', 'cpu_us_per_msg'):.2f}")
 print(f"api/smtp CPU per message (smtp: a plain message): {api / med('smtp', 'cpu_us_per_msg'):.2f}")
 print(f"api-raw/smtp-mime CPU per message (the same message, raw): {med('api-raw', 'cpu_us_per_msg') / med('smtp-mime', 'cpu_us_per_msg'):.2f}")
+print(f"api-batch/smtp-mime CPU per message (the API, {os.environ.get('BATCH', '10')} messages a request): {med('api-batch', 'cpu_us_per_msg') / med('smtp-mime', 'cpu_us_per_msg'):.2f}")
 print(f"api/smtp-newconn CPU per message (SMTP a connection per message): {api / med('smtp-newconn', 'cpu_us_per_msg'):.2f}")
 for label in labels:
     print(f"{label} runs: " + ", ".join(f"{r['cpu_us_per_msg']:.0f}" for r in rows if r["label"] == label))

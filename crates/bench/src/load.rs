@@ -27,6 +27,8 @@ pub struct Load {
     pub message: Option<Vec<u8>>,
     /// Recipient domain (the gateway must accept or relay it).
     pub domain: String,
+    /// API only: messages per request, through `…/batch` (0 or 1: one per request).
+    pub batch: usize,
 }
 
 /// What happened.
@@ -121,7 +123,7 @@ impl Conn {
     /// Sends an HTTP/1.1 `request` and reads the answer: its status, and whether the connection
     /// stays open. The head is parsed with httparse, the body skipped by `Content-Length` (the
     /// gateway always sends one).
-    async fn exchange(&mut self, request: &[u8]) -> std::io::Result<(u16, bool)> {
+    async fn exchange(&mut self, request: &[u8]) -> std::io::Result<(u16, bool, Vec<u8>)> {
         let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
         self.s.write_all(request).await?;
         loop {
@@ -137,8 +139,9 @@ impl Conn {
                 while self.buf.len() < n + len {
                     self.fill().await?;
                 }
+                let body = self.buf[n..n + len].to_vec();
                 self.buf.drain(..n + len);
-                return Ok((status, keep));
+                return Ok((status, keep, body));
             }
             self.fill().await?;
         }
@@ -183,14 +186,20 @@ impl Tally {
     /// Claims the next message and, at a fixed offered rate, waits for its time; false once
     /// the count or the time is up.
     async fn claim(&self, load: &Load, t0: Instant, deadline: Instant) -> bool {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        self.claim_n(load, t0, deadline, 1).await == 1
+    }
+
+    /// Up to `n` messages to send at once (fewer at the end of the count; none past it or
+    /// the deadline).
+    async fn claim_n(&self, load: &Load, t0: Instant, deadline: Instant, n: u64) -> u64 {
+        let i = self.next.fetch_add(n, Ordering::Relaxed);
         if i >= load.count || Instant::now() >= deadline {
-            return false;
+            return 0;
         }
         if let Some(rate) = load.rate {
             tokio::time::sleep_until((t0 + Duration::from_secs_f64(i as f64 / rate)).into()).await;
         }
-        true
+        n.min(load.count - i)
     }
 
     /// A message accepted after `started`, its latency into the task's own histogram.
@@ -336,56 +345,83 @@ pub async fn run_api(load: Load, target: ApiTarget, key: String) -> Outcome {
         let rcpts: Vec<String> = (0..load.rcpts).map(|r| format!("s{s}r{r}@{}", load.domain)).collect();
         // JSON the gateway builds a message from, or (`--message`) a raw message with the
         // envelope in the query.
-        let (path, ctype, body) = match &load.message {
-            Some(m) => {
-                let path = format!("{}?from=bench@bench.test&to={}", target.path, rcpts.join(","));
-                (path, "message/rfc822", m.clone())
-            }
-            None => {
-                let json = serde_json::json!({
-                    "from": "bench@bench.test", "to": rcpts, "subject": "mailgate-bench", "text": text,
-                });
-                (target.path.clone(), "application/json", json.to_string().into_bytes())
-            }
+        let batch = if load.message.is_none() { load.batch.max(1) as u64 } else { 1 };
+        // The request for `n` messages: JSON the gateway builds a message from (`n` of them
+        // in an array, to `…/batch`), or (`--message`) a raw message with the envelope in the
+        // query.
+        let (message, path, host, text, key) =
+            (load.message.clone(), target.path.clone(), target.host.clone(), text.clone(), key.clone());
+        let make = move |n: u64| {
+            let (path, ctype, body) = match &message {
+                Some(m) => {
+                    let path = format!("{path}?from=bench@bench.test&to={}", rcpts.join(","));
+                    (path, "message/rfc822", m.clone())
+                }
+                None => {
+                    let json = serde_json::json!({
+                        "from": "bench@bench.test", "to": rcpts, "subject": "mailgate-bench", "text": text,
+                    });
+                    match batch {
+                        1 => (path.clone(), "application/json", json.to_string().into_bytes()),
+                        _ => {
+                            let all = vec![json; n as usize];
+                            (format!("{path}/batch"), "application/json", serde_json::to_vec(&all).unwrap())
+                        }
+                    }
+                }
+            };
+            let mut request = format!(
+                "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {key}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+                host,
+                body.len()
+            )
+            .into_bytes();
+            request.extend_from_slice(&body);
+            request
         };
-        let mut request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {key}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
-            target.host,
-            body.len()
-        )
-        .into_bytes();
-        request.extend_from_slice(&body);
+        let full = make(batch);
         tasks.push(tokio::spawn(async move {
             let mut conn: Option<Conn> = None;
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             loop {
-                if !tally.claim(&load, t0, deadline).await {
+                let n = tally.claim_n(&load, t0, deadline, batch).await;
+                if n == 0 {
                     break;
                 }
                 if conn.is_none() {
                     conn = Conn::connect(target.addr).await.ok();
                 }
                 let Some(c) = conn.as_mut() else {
-                    tally.fail();
+                    (0..n).for_each(|_| tally.fail());
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
                 let started = Instant::now();
-                match c.exchange(&request).await {
-                    Ok((202, keep)) => {
-                        tally.ok(started, &mut local);
-                        if !keep {
-                            conn = None;
-                        }
-                    }
-                    Ok((_, keep)) => {
-                        tally.fail();
+                let last;
+                let request = if n == batch {
+                    &full
+                } else {
+                    last = make(n);
+                    &last
+                };
+                match c.exchange(request).await {
+                    Ok((status, keep, body)) => {
+                        // A batch is answered 200 with each message's own status.
+                        let ok = match (batch, status) {
+                            (1, 202) => 1,
+                            (_, 200) => serde_json::from_slice::<serde_json::Value>(&body).ok().map_or(0, |v| {
+                                v["results"].as_array().map_or(0, |r| r.iter().filter(|m| m["status"] == 202).count())
+                            }) as u64,
+                            _ => 0,
+                        };
+                        (0..ok).for_each(|_| tally.ok(started, &mut local));
+                        (ok..n).for_each(|_| tally.fail());
                         if !keep {
                             conn = None;
                         }
                     }
                     Err(_) => {
-                        tally.fail();
+                        (0..n).for_each(|_| tally.fail());
                         conn = None;
                     }
                 }

@@ -98,6 +98,9 @@ struct RunArgs {
     /// The API key for `--api`.
     #[arg(long, default_value = "")]
     key: String,
+    /// With `--api` and JSON: this many messages per request, through `…/batch`.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -156,6 +159,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         new_conn: a.new_conn,
         domain: a.domain.clone(),
         message: a.message.as_ref().map(std::fs::read).transpose()?,
+        batch: a.batch,
     };
     // The peak resident size of the first measured process, sampled while the load runs.
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
