@@ -20,6 +20,8 @@
 #   INSTRUCTIONS=1 KEEP=/tmp/cg bench/api.sh   # … and keep the callgrind dumps there
 #   PERFSTAT=1 bench/api.sh           # also the gateway's system calls and context switches
 #                                     # per message each way (perf's software counters)
+#   PROFILE=dir bench/api.sh          # and a perf profile of the gateway under each load
+#                                     # (cpu-clock, 997 Hz): dir/perf.<label>-<run>.data
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -151,9 +153,16 @@ measure() { # label bench-args…
         # perf attaches in the background: wait until it has opened its counters (bounded).
         for _ in $(seq 50); do [ -s "$work/perf-$label-$run.txt" ] && break; sleep 0.1; done
     fi
+    local rec_pid=""
+    if [ -n "${PROFILE:-}" ]; then
+        mkdir -p "$PROFILE"
+        perf record -q -g -F 997 -p "$mg_pid" -o "$PROFILE/perf.$label-$run.data" 2>/dev/null &
+        rec_pid=$!
+    fi
     "$BENCH" run --sink "127.0.0.1:$SINK" --sessions "$SESSIONS" --count "$COUNT" --pid "$mg_pid" --label "$label" \
         "$@" >> "$work/results.jsonl"
     if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
+    if [ -n "$rec_pid" ]; then kill -INT "$rec_pid"; wait "$rec_pid" || true; fi
 }
 for run in $(seq "$RUNS"); do
     measure smtp --target "127.0.0.1:$SMTP"
