@@ -450,6 +450,21 @@ fn pipeline_refusals_come_back_with_the_smtp_reply() {
         serde_json::json!({"code": 554, "enhanced": "5.7.1", "text": "content refused"})
     );
     assert!(gw.log().contains("message refused"), "{}", gw.log());
+    drop(gw);
+
+    // Every recipient refused for now is a refusal for now: 503, to be tried again.
+    let later = Gateway::plugin(
+        "verdict",
+        "verdict",
+        "stages = [\"rcpt\"]",
+        "stage = \"rcpt\"\nverdict = \"tempfail\"\ncode = 450\nenhanced = \"4.2.0\"\ntext = \"try later\"",
+    );
+    let (gw, url) = gateway(&sink, &later);
+    let key = create_key(&gw, "shop", &[]);
+    let r = post_json(&url, &key, &serde_json::json!({"from": "a@shop.test", "to": "z@remote.test", "text": "t"}));
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (503, Some("deferred")), "{r:?}");
+    assert_eq!(r.json()["error"]["recipients"][0]["smtp"]["code"], 450);
+    assert!(r.header("retry-after").is_some(), "{r:?}");
 }
 
 #[test]
@@ -691,4 +706,35 @@ fn batches_answer_each_message_as_a_request_of_its_own() {
         wait_for(Duration::from_secs(2), || (sink.received().len() > 5).then_some(())).is_none(),
         "nothing else was sent"
     );
+}
+
+/// A listener passes on at most `max_connections` messages at once, batches included, and
+/// the plugin engine has instances for all of them besides the SMTP sessions': concurrent
+/// batches on a gateway with room for one SMTP session all get through their pipeline, with
+/// many connections (each batch passing eight messages on at once) and with few (a batch
+/// cannot make its listener take more than its connections would).
+#[test]
+fn concurrent_batches_have_plugin_instances_for_every_message() {
+    for connections in [32, 4] {
+        let sink = Sink::start();
+        let plugin = Gateway::plugin("rcpt-allow", "rcpt-allow", "stages = [\"rcpt\"]", "domains = [\"remote.test\"]");
+        let extra = format!("max_connections = {connections}\n[limits]\nmax_sessions = 1\n{plugin}");
+        let (gw, url) = gateway(&sink, &extra);
+        let key = create_key(&gw, "shop", &[]);
+        let batch: Vec<String> =
+            (0..20).map(|i| format!(r#"{{"from": "a@shop.test", "to": "r{i}@remote.test", "text": "t"}}"#)).collect();
+        let batch = format!("[{}]", batch.join(","));
+        let answers: Vec<_> = std::thread::scope(|s| {
+            let sends: Vec<_> = (0..6).map(|_| s.spawn(|| post_batch(&url, &key, &batch))).collect();
+            sends.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for r in &answers {
+            assert_eq!(r.status, 200, "{r:?}");
+            let statuses: Vec<_> =
+                r.json()["results"].as_array().unwrap().iter().map(|m| m["status"].clone()).collect();
+            assert!(statuses.iter().all(|s| s == 202), "{connections} connections: {statuses:?}\n{}", gw.log());
+        }
+        assert_eq!(sink.wait_for(120, T).len(), 120);
+        assert!(!gw.log().contains("plugin failed"), "{}", gw.log());
+    }
 }

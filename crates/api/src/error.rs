@@ -103,6 +103,16 @@ impl From<SubmitError> for ApiError {
                 a.smtp = Some((&r).into());
                 a
             }
+            // Every recipient refused for now (4xx: greylisting, a policy that failed): the
+            // request may succeed later, as a transient refusal of the message does.
+            SubmitError::NoRecipients(rcpts)
+                if rcpts.iter().all(|r| r.smtp.as_ref().is_some_and(|s| s.code / 100 == 4)) =>
+            {
+                let mut a = ApiError::unavailable("every recipient was refused for now", 60);
+                a.code = "deferred";
+                a.recipients = rcpts;
+                a
+            }
             SubmitError::NoRecipients(rcpts) => {
                 let mut a = ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,

@@ -52,6 +52,9 @@ struct Api {
     /// Event-log reads running at once (each may scan the log on a blocking thread): the
     /// rest wait their turn instead of taking every blocking thread.
     reads: tokio::sync::Semaphore,
+    /// Messages passed on at once, batches' included: `max_connections`, what the plugin
+    /// engine counts instances for (a batch cannot make a listener take more).
+    submitting: tokio::sync::Semaphore,
     /// `mailgate_api_requests_total` of this listener's `202`s, registered once (the answer to
     /// nearly every request; the others are looked up when they happen).
     accepted: metrics::Counter,
@@ -104,6 +107,7 @@ pub fn serve(
     let in_flight = Arc::new(AtomicUsize::new(0));
     let name: Arc<str> = conf.name.as_str().into();
     let permits = Arc::new(tokio::sync::Semaphore::new(conf.max_connections));
+    let submitting = tokio::sync::Semaphore::new(conf.max_connections);
     let api = Arc::new(Api {
         gate,
         keys,
@@ -113,6 +117,7 @@ pub fn serve(
         name: name.clone(),
         in_flight: in_flight.clone(),
         reads: tokio::sync::Semaphore::new(CONCURRENT_READS),
+        submitting,
         accepted: metrics::counter!("mailgate_api_requests_total", "listener" => name.to_string(), "status" => "202"),
     });
     let router = Router::new()
@@ -591,6 +596,7 @@ async fn send(
             pool: key.pool.clone(),
         },
     };
+    let _permit = api.submitting.acquire().await.expect("the listener's semaphore is never closed");
     api.in_flight.fetch_add(1, Ordering::AcqRel);
     let result = api.gate.submit(submission).await;
     api.in_flight.fetch_sub(1, Ordering::AcqRel);

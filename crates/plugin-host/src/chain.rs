@@ -99,8 +99,12 @@ impl Plugins {
     ) -> Result<Arc<Plugins>, PluginError> {
         let max_mem = cfg.plugins.iter().map(|p| p.memory_limit).max().unwrap_or(1 << 20);
         let n = cfg.plugins.len().max(1);
-        // Every session's instances, the queue's pool, and room for a reload's overlap.
-        let slots = (cfg.limits.max_sessions.saturating_mul(n) + n * QUEUE_POOL + 16).min(100_000) as u32;
+        // Every SMTP session's instances, every API submission's (each listener passes at most
+        // `max_connections` messages on at once, batches included), the queue's pool, and
+        // room for a reload's overlap. A slot too few would fail a plugin under load.
+        let api: usize = cfg.apis.iter().map(|a| a.max_connections).fold(0, usize::saturating_add);
+        let users = cfg.limits.max_sessions.saturating_add(api);
+        let slots = (users.saturating_mul(n).saturating_add(n * QUEUE_POOL + 16)).min(100_000) as u32;
         let mut sources = Vec::with_capacity(cfg.plugins.len());
         let mut each = crate::engine::Footprint::MIN;
         for p in &cfg.plugins {
