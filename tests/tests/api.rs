@@ -407,16 +407,20 @@ fn idempotent_repeats_send_once_even_across_a_restart() {
     );
 }
 
-#[test]
-fn pipeline_refusals_come_back_with_the_smtp_reply() {
-    let sink = Sink::start();
-    let plugin = Gateway::plugin(
+/// rcpt-allow taking recipients at remote.test only (API clients are not trusted).
+fn rcpt_allow() -> String {
+    Gateway::plugin(
         "rcpt-allow",
         "rcpt-allow",
         "stages = [\"rcpt\"]",
         "domains = [\"remote.test\"]\ncheck_trusted = true",
-    );
-    let (gw, url) = gateway(&sink, &plugin);
+    )
+}
+
+#[test]
+fn pipeline_refusals_come_back_with_the_smtp_reply() {
+    let sink = Sink::start();
+    let (gw, url) = gateway(&sink, &rcpt_allow());
     let key = create_key(&gw, "shop", &[]);
     let r = post_json(
         &url,
@@ -435,15 +439,19 @@ fn pipeline_refusals_come_back_with_the_smtp_reply() {
     assert_eq!(r.json()["error"]["recipients"][0]["smtp"]["enhanced"], "5.1.1");
     drop(gw);
 
-    let verdict = Gateway::plugin(
-        "verdict",
-        "verdict",
-        "stages = [\"data\"]",
-        "stage = \"data\"\nverdict = \"reject\"\ncode = 554\nenhanced = \"5.7.1\"\ntext = \"content refused\"",
-    );
-    let (gw, url) = gateway(&sink, &verdict);
-    let key = create_key(&gw, "shop", &[]);
-    let r = post_json(&url, &key, &serde_json::json!({"from": "a@shop.test", "to": "y@remote.test", "text": "t"}));
+    // A gateway whose verdict plugin answers `verdict` with `reply` (code, enhanced, text) at
+    // `stage`, and its answer to one message.
+    let answer = |stage: &str, verdict: &str, (code, enhanced, text): (u16, &str, &str)| {
+        let config = format!(
+            "stage = \"{stage}\"\nverdict = \"{verdict}\"\ncode = {code}\nenhanced = \"{enhanced}\"\ntext = \"{text}\""
+        );
+        let (gw, url) =
+            gateway(&sink, &Gateway::plugin("verdict", "verdict", &format!("stages = [\"{stage}\"]"), &config));
+        let key = create_key(&gw, "shop", &[]);
+        let r = post_json(&url, &key, &serde_json::json!({"from": "a@shop.test", "to": "y@remote.test", "text": "t"}));
+        (gw, r)
+    };
+    let (gw, r) = answer("data", "reject", (554, "5.7.1", "content refused"));
     assert_eq!(r.status, 422, "{r:?}");
     assert_eq!(
         r.json()["error"]["smtp"],
@@ -453,15 +461,7 @@ fn pipeline_refusals_come_back_with_the_smtp_reply() {
     drop(gw);
 
     // Every recipient refused for now is a refusal for now: 503, to be tried again.
-    let later = Gateway::plugin(
-        "verdict",
-        "verdict",
-        "stages = [\"rcpt\"]",
-        "stage = \"rcpt\"\nverdict = \"tempfail\"\ncode = 450\nenhanced = \"4.2.0\"\ntext = \"try later\"",
-    );
-    let (gw, url) = gateway(&sink, &later);
-    let key = create_key(&gw, "shop", &[]);
-    let r = post_json(&url, &key, &serde_json::json!({"from": "a@shop.test", "to": "z@remote.test", "text": "t"}));
+    let (_gw, r) = answer("rcpt", "tempfail", (450, "4.2.0", "try later"));
     assert_eq!((r.status, r.json()["error"]["code"].as_str()), (503, Some("deferred")), "{r:?}");
     assert_eq!(r.json()["error"]["recipients"][0]["smtp"]["code"], 450);
     assert!(r.header("retry-after").is_some(), "{r:?}");
@@ -584,32 +584,27 @@ fn every_recipient_gets_a_receipt_in_the_events() {
 /// `POST /api/v1/messages/batch` with `body` as it is (a batch may hold what `json!` cannot
 /// write, such as a member given twice).
 fn post_batch(url: &str, key: &str, body: &str) -> mailgate_tests::http::Resp {
+    batch_request(url, key, &["Content-Type: application/json"], body)
+}
+
+/// `POST /api/v1/messages/batch` with these request header fields.
+fn batch_request(url: &str, key: &str, fields: &[&str], body: &str) -> mailgate_tests::http::Resp {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), body).unwrap();
-    let (auth, data) = (format!("Authorization: Bearer {key}"), format!("@{}", file.path().display()));
-    curl(&[
-        "-X",
-        "POST",
-        &format!("{url}/batch"),
-        "-H",
-        &auth,
-        "-H",
-        "Content-Type: application/json",
-        "--data-binary",
-        &data,
-    ])
+    let (auth, data, url) =
+        (format!("Authorization: Bearer {key}"), format!("@{}", file.path().display()), format!("{url}/batch"));
+    let mut args = vec!["-X", "POST", &url, "-H", &auth];
+    for f in fields {
+        args.extend(["-H", f]);
+    }
+    args.extend(["--data-binary", &data]);
+    curl(&args)
 }
 
 #[test]
 fn batches_answer_each_message_as_a_request_of_its_own() {
     let sink = Sink::start();
-    let plugin = Gateway::plugin(
-        "rcpt-allow",
-        "rcpt-allow",
-        "stages = [\"rcpt\"]",
-        "domains = [\"remote.test\"]\ncheck_trusted = true",
-    );
-    let (gw, url) = gateway(&sink, &plugin);
+    let (gw, url) = gateway(&sink, &rcpt_allow());
     let key = create_key(&gw, "shop", &["--allow-from", "shop.test"]);
     let msg = |to: &str, extra: &str| {
         format!(r#"{{"from": "a@shop.test", "to": {to}, "subject": "s", "text": "hello"{extra}}}"#)
@@ -654,7 +649,6 @@ fn batches_answer_each_message_as_a_request_of_its_own() {
 
     // What concerns the request as a whole is its status, and nothing is sent.
     let one = msg(r#""seven@remote.test""#, "");
-    let auth = format!("Authorization: Bearer {key}");
     let whole = |body: &str, k: &str| post_batch(&url, k, body);
     let r = whole(&one, &key);
     assert_eq!((r.status, r.pointer()), (400, String::new()), "an object, not an array: {r:?}");
@@ -665,31 +659,10 @@ fn batches_answer_each_message_as_a_request_of_its_own() {
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("at most 500"), "{r:?}");
     assert_eq!(whole("[{\"from\": ", &key).json()["error"]["code"], "malformed_json");
     assert_eq!(whole(&format!("[{one}]"), "mg_not-a-key").status, 401);
-    let r = curl(&[
-        "-X",
-        "POST",
-        &format!("{url}/batch"),
-        "-H",
-        &auth,
-        "-H",
-        "Content-Type: message/rfc822",
-        "--data-binary",
-        "x",
-    ]);
+    let r = batch_request(&url, &key, &["Content-Type: message/rfc822"], "x");
     assert_eq!(r.status, 415, "{r:?}");
-    let r = curl(&[
-        "-X",
-        "POST",
-        &format!("{url}/batch"),
-        "-H",
-        &auth,
-        "-H",
-        "Content-Type: application/json",
-        "-H",
-        "Idempotency-Key: k",
-        "--data-binary",
-        &format!("[{one}]"),
-    ]);
+    let fields = ["Content-Type: application/json", "Idempotency-Key: k"];
+    let r = batch_request(&url, &key, &fields, &format!("[{one}]"));
     assert_eq!((r.status, r.pointer()), (400, "Idempotency-Key".to_string()), "{r:?}");
     // Every message counts against the key's rate, and a batch takes all it needs or none.
     let slow = create_key(&gw, "slow", &["--allow-from", "shop.test", "--rate", "3/min"]);

@@ -420,17 +420,19 @@ fn json_answer(status: StatusCode, body: String, replayed: bool) -> Response {
     r
 }
 
+/// A handler's answer, its failure made a response (logged when it is the server's).
+fn respond(api: &Api, r: Result<Response, ApiError>) -> Response {
+    r.unwrap_or_else(|e| {
+        if e.status.is_server_error() {
+            tracing::warn!(listener = %api.name, status = e.status.as_u16(), "API request failed: {}", e.message);
+        }
+        e.into_response()
+    })
+}
+
 /// `POST /api/v1/messages`.
 async fn submit(State(api): State<Arc<Api>>, Extension(conn): Extension<Conn>, req: Request) -> Response {
-    let resp = match submit_inner(&api, conn, req).await {
-        Ok(r) => r,
-        Err(e) => {
-            if e.status.is_server_error() {
-                tracing::warn!(listener = %api.name, status = e.status.as_u16(), "API request failed: {}", e.message);
-            }
-            e.into_response()
-        }
-    };
+    let resp = respond(&api, submit_inner(&api, conn, req).await);
     if resp.status() == StatusCode::ACCEPTED {
         api.accepted.increment(1);
     } else {
@@ -626,15 +628,7 @@ const BATCH_CONCURRENCY: usize = 8;
 
 /// `POST /api/v1/messages/batch`.
 async fn submit_batch(State(api): State<Arc<Api>>, Extension(conn): Extension<Conn>, req: Request) -> Response {
-    let resp = match batch_inner(&api, conn, req).await {
-        Ok(r) => r,
-        Err(e) => {
-            if e.status.is_server_error() {
-                tracing::warn!(listener = %api.name, status = e.status.as_u16(), "API batch request failed: {}", e.message);
-            }
-            e.into_response()
-        }
-    };
+    let resp = respond(&api, batch_inner(&api, conn, req).await);
     metrics::counter!("mailgate_api_requests_total", "listener" => api.name.to_string(), "status" => resp.status().as_str().to_string())
         .increment(1);
     resp
