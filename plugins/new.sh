@@ -59,10 +59,9 @@ impl Filter for $type {
     }
 
     /// Nothing here is kept per session, so one instance may serve session after session
-    /// (much cheaper for the gateway than a new instance per connection).
-    fn end_session(&mut self) -> bool {
-        true
-    }
+    /// (much cheaper for the gateway than a new instance per connection), without even an
+    /// end_session call.
+    const KEEPS_NO_SESSION_STATE: bool = true;
 }
 
 export!($type);

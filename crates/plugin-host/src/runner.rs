@@ -422,22 +422,30 @@ impl Chain {
     }
 
     /// The session these instances served has ended: each plugin that can forget it is asked
-    /// to (`end-session`), and the instances that did wait idle for a later session. The
-    /// others, and any that failed in this session (already gone), are dropped.
+    /// to (`end-session`; not asked when it said it keeps no session state), and the
+    /// instances that did wait idle for a later session. The others, and any that failed in
+    /// this session (already gone), are dropped.
     pub async fn end_session(&mut self) {
         for i in 0..self.slots.len() {
             let Some(mut slot) = self.slots[i].take() else { continue };
-            let Some(end) = slot.end_session else { continue };
-            if slot.sessions + 1 >= MAX_SESSIONS_PER_INSTANCE
+            let meta = &self.plugins.loaded[i].meta;
+            let stateless = meta.unused.keeps_no_session_state();
+            if (slot.end_session.is_none() && !stateless)
+                || slot.sessions + 1 >= MAX_SESSIONS_PER_INSTANCE
                 || slot.store.data().limits.memory > IDLE_MEMORY_MAX
                 || !self.plugins.idle.has_room(i)
             {
                 continue;
             }
-            let meta = &self.plugins.loaded[i].meta;
-            slot.store.data_mut().take_waited();
-            slot.store.set_epoch_deadline(meta.budget_ticks);
-            match end.call_async(&mut slot.store, ()).await {
+            let forgot = match (stateless, slot.end_session) {
+                (true, _) | (false, None) => Ok((true,)),
+                (false, Some(end)) => {
+                    slot.store.data_mut().take_waited();
+                    slot.store.set_epoch_deadline(meta.budget_ticks);
+                    end.call_async(&mut slot.store, ()).await
+                }
+            };
+            match forgot {
                 Ok((true,)) => {
                     slot.sessions += 1;
                     // Nothing of the session stays with the idle instance on the host's side:

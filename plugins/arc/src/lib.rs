@@ -41,9 +41,7 @@ impl Filter for Arc {
     }
 
     /// Keeps nothing per session: the instance may serve another.
-    fn end_session(&mut self) -> bool {
-        true
-    }
+    const KEEPS_NO_SESSION_STATE: bool = true;
 }
 
 export!(Arc);

@@ -55,9 +55,7 @@ impl Filter for Dkim {
     }
 
     /// Keeps nothing per session: the instance may serve another.
-    fn end_session(&mut self) -> bool {
-        true
-    }
+    const KEEPS_NO_SESSION_STATE: bool = true;
 }
 
 export!(Dkim);

@@ -40,9 +40,7 @@ impl Filter for DnsProbe {
     }
 
     /// Keeps nothing per session: the instance may serve another.
-    fn end_session(&mut self) -> bool {
-        true
-    }
+    const KEEPS_NO_SESSION_STATE: bool = true;
 }
 
 export!(DnsProbe);

@@ -71,9 +71,7 @@ impl Filter for Greylist {
     }
 
     /// Keeps nothing per session: the instance may serve another.
-    fn end_session(&mut self) -> bool {
-        true
-    }
+    const KEEPS_NO_SESSION_STATE: bool = true;
 }
 
 export!(Greylist);

@@ -70,9 +70,7 @@ impl Filter for HeloCheck {
     }
 
     /// Keeps nothing per session: the instance may serve another.
-    fn end_session(&mut self) -> bool {
-        true
-    }
+    const KEEPS_NO_SESSION_STATE: bool = true;
 }
 
 export!(HeloCheck);

@@ -6,6 +6,9 @@
 //! With `reusable = true` it forgets its HELO names at the end of a session and offers its
 //! instance for the next one, and tells how many sessions the instance served before: what
 //! the host's reuse of instances does, and that nothing of one session reaches the next.
+//! With `stateless = true` it tells the host at `init` that it keeps no session state (which
+//! is not true of it): the host then hands its instance on without calling `end_session`, and
+//! the next session finds the last one's HELO names — what the host skips, made visible.
 //! With `show_envelope = true` it tells the envelope as it reads it: at RCPT for a recipient
 //! `show@…` (refused with 451, the envelope in the text), at DATA in a header field
 //! `X-Memo-Envelope`, and at routing for a recipient `route-show@…` (failed with 550, the
@@ -54,6 +57,9 @@ impl Filter for Memo {
         self.reusable = config::parse("reusable")?.unwrap_or(false);
         self.grow = config::parse("grow")?.unwrap_or(0);
         self.show_envelope = config::parse("show_envelope")?.unwrap_or(false);
+        if config::parse("stateless")?.unwrap_or(false) {
+            keeps_no_session_state();
+        }
         Ok(())
     }
 

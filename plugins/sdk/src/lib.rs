@@ -77,7 +77,7 @@ pub mod prelude {
     pub use crate::{
         AuthRequest, AuthStatus, ConnectionInfo, DataResult, DeliveryResult, DeliveryStatus,
         Envelope, Filter, Message, Modification, Reply, Route, RouteResult, Verdict, auth, config,
-        data, dns, domain_of, export, kv, log, metrics, score,
+        data, dns, domain_of, export, keeps_no_session_state, kv, log, metrics, score,
     };
 }
 
@@ -143,6 +143,12 @@ pub mod metrics {
 /// The WIT world `filter` documents when each hook runs and what each answer means.
 #[allow(unused_variables)]
 pub trait Filter: Default + 'static {
+    /// `true`: `self` keeps nothing of a session (only what `init` made of the config), so
+    /// an instance may serve session after session and [`Filter::end_session`] has nothing
+    /// to do. The SDK tells the host after `init` ([`keeps_no_session_state`]), which then
+    /// hands instances on without calling `end_session` — a call per connection saved.
+    const KEEPS_NO_SESSION_STATE: bool = false;
+
     /// Runs once per instance, after `Default`, before any hook: read and check config here.
     /// An error disables the plugin for this instance (the host applies its `on-error`).
     fn init(&mut self) -> Result<(), String> {
@@ -200,10 +206,19 @@ pub trait Filter: Default + 'static {
     /// The session this instance served has ended. Reset whatever per-session state `self`
     /// keeps and return `true`, and the gateway may hand this instance (with its `init`
     /// already done) to a later session instead of making a new one; `false`, the default,
-    /// keeps one instance per session. A plugin that keeps nothing per session returns `true`.
+    /// keeps one instance per session. A plugin that keeps nothing per session sets
+    /// [`Filter::KEEPS_NO_SESSION_STATE`] instead (this is then never called).
     fn end_session(&mut self) -> bool {
-        false
+        Self::KEEPS_NO_SESSION_STATE
     }
+}
+
+/// Tells the host that every instance of this plugin keeps nothing of a session once it
+/// ends (see [`Filter::KEEPS_NO_SESSION_STATE`], which calls this after `init`; call it from
+/// `init` yourself when that depends on the config). The host then no longer calls
+/// [`Filter::end_session`] and hands instances from one session to the next as they are.
+pub fn keeps_no_session_state() {
+    bindings::mailgate::plugin::hooks::keeps_no_session_state();
 }
 
 /// Exports a [`Filter`] type as this component's implementation of world `reusable-filter`
@@ -261,6 +276,9 @@ pub mod __private {
         }));
         let mut value = T::default();
         value.init()?;
+        if T::KEEPS_NO_SESSION_STATE {
+            keeps_no_session_state();
+        }
         Ok(value)
     }
 

@@ -703,6 +703,21 @@ async fn a_reusable_instance_serves_the_next_session_and_nothing_of_the_last_rea
     assert_eq!(plugins.idle_instances(), vec![("memo".to_string(), 1)]);
 }
 
+#[tokio::test]
+async fn an_instance_that_keeps_no_session_state_is_handed_on_without_end_session() {
+    // memo says at init that it keeps nothing (untrue of it, on purpose): the host hands its
+    // instance to the next session without calling `end-session`, so memo neither forgets its
+    // HELO names nor counts the sessions — while the host's own state (the score) is new.
+    let rig = rig(&plugin("memo", "stages = [\"helo\", \"mail_from\"]", "stateless = true")).await;
+    let first = memo_session(&rig, "one.test").await;
+    assert!(first.contains("helos [one.test], score 1, earlier sessions 0"), "{first}");
+    let second = memo_session(&rig, "two.test").await;
+    assert!(second.contains("helos [one.test two.test], score 1, earlier sessions 0"), "{second}");
+    assert!(second.contains("conn helo two.test,"), "{second}");
+    let plugins = rig.gateway.shared.current().plugins.clone().unwrap();
+    assert_eq!(plugins.idle_instances(), vec![("memo".to_string(), 1)]);
+}
+
 /// Sessions one after another, each with memo: every one must find a new instance, and none
 /// is left idle.
 async fn every_session_gets_a_new_instance(extra: &str, config: &str, helos: &[&str]) {

@@ -1,9 +1,11 @@
 //! `hooks`: what a plugin says about its own code — the hooks it has none for, which the host
-//! then stops calling for every instance of the plugin. Always allowed: it can only make the
-//! host call the plugin less, never change an answer (an unused hook's answer is the default
-//! one, which the chain reads as "no opinion").
+//! then stops calling for every instance of the plugin, and that it keeps nothing of a session
+//! (its `end-session` is then not called). Always allowed: it can only make the host call the
+//! plugin less, never change an answer (an unused hook's answer is the default one, which the
+//! chain reads as "no opinion"; a plugin that keeps state after saying it keeps none only
+//! confuses itself — the host's state of an instance is new for every session regardless).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use mailgate_config::Stage;
@@ -11,9 +13,10 @@ use mailgate_config::Stage;
 use super::{Caller, Context};
 use crate::bindings::mailgate::plugin::hooks::{self, Hook};
 
-/// The hooks a plugin has said it has no code for, shared by all its instances.
+/// The hooks a plugin has said it has no code for, and whether it keeps no session state,
+/// shared by all its instances.
 #[derive(Default)]
-pub struct UnusedHooks(AtomicU8);
+pub struct UnusedHooks(AtomicU8, AtomicBool);
 
 /// A stage's bit in [`UnusedHooks`].
 fn bit(stage: Stage) -> u8 {
@@ -24,6 +27,12 @@ impl UnusedHooks {
     /// Whether the plugin said it has no code at `stage`.
     pub fn contains(&self, stage: Stage) -> bool {
         self.0.load(Ordering::Relaxed) & bit(stage) != 0
+    }
+
+    /// Whether the plugin said its instances keep nothing of a session (`end-session` need
+    /// not be called).
+    pub fn keeps_no_session_state(&self) -> bool {
+        self.1.load(Ordering::Relaxed)
     }
 
     /// Adds `stages`; returns those that were not known before.
@@ -60,6 +69,13 @@ impl hooks::Host for HooksState {
         let stages: Vec<Stage> = named.iter().filter(|(h, _)| hooks.contains(*h)).map(|(_, s)| *s).collect();
         for stage in self.unused.add(&stages) {
             tracing::info!(plugin = %self.caller.plugin, sid = %self.caller.sid, stage = stage.name(), "plugin has no code at this stage: not called there any more");
+        }
+        Ok(())
+    }
+
+    fn keeps_no_session_state(&mut self) -> wasmtime::Result<()> {
+        if !self.unused.1.swap(true, Ordering::Relaxed) {
+            tracing::info!(plugin = %self.caller.plugin, sid = %self.caller.sid, "plugin keeps no session state: its instances serve session after session without end-session");
         }
         Ok(())
     }
