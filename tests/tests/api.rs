@@ -711,3 +711,36 @@ fn concurrent_batches_have_plugin_instances_for_every_message() {
         assert!(!gw.log().contains("plugin failed"), "{}", gw.log());
     }
 }
+
+/// A batch's messages are counted against the content memory budget as they are held: those
+/// that fit are sent, the rest get `503` with `Retry-After`, and nothing stays counted once
+/// the sent ones are delivered (the next batch fits whole).
+#[test]
+fn a_batch_beyond_the_memory_budget_sends_what_fits_and_keeps_nothing() {
+    let sink = Sink::start();
+    let (gw, url) = gateway(&sink, "[limits]\ncontent_memory = 400000");
+    let key = create_key(&gw, "shop", &[]);
+    // 40 KB of UTF-8 text each: base64 in the built message, ~55 KB; eight do not fit.
+    let message = |i: usize| serde_json::json!({"from": "a@shop.test", "to": format!("r{i}@remote.test"), "text": "é".repeat(20_000)});
+    let batch = |n: usize| serde_json::Value::from((0..n).map(message).collect::<Vec<_>>()).to_string();
+    let r = post_batch(&url, &key, &batch(8));
+    assert_eq!(r.status, 200, "{r:?}");
+    let v = r.json();
+    let results = v["results"].as_array().unwrap();
+    let sent = results.iter().take_while(|m| m["status"] == 202).count();
+    // The body (~330 KB) is not counted once read: only the built messages are, and seven
+    // of ~55 KB fit in 400 KB (capacity may round one away).
+    assert!((5..8).contains(&sent), "all but the last one or two fit: {v:#}");
+    for m in &results[sent..] {
+        assert_eq!((m["status"].as_u64(), m["error"]["code"].as_str()), (Some(503), Some("unavailable")), "{v:#}");
+        assert!(m["retry_after"].as_u64().is_some(), "{v:#}");
+    }
+    assert_eq!(sink.wait_for(sent, T).len(), sent);
+    // Once those are delivered, their memory is free again: a batch that fits goes whole.
+    let counted = || {
+        let r = post_batch(&url, &key, &batch(4));
+        let all = r.json()["results"].as_array().is_some_and(|m| m.iter().all(|m| m["status"] == 202));
+        all.then_some(())
+    };
+    assert!(wait_for(T, counted).is_some(), "the budget was given back\n{}", gw.log());
+}

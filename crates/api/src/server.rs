@@ -659,7 +659,9 @@ async fn batch_inner(api: &Arc<Api>, conn: Conn, req: Request) -> Result<Respons
     let (body, body_hold) = read_body(api, &parts.headers, body).await?;
     let cfg = api.gate.config();
     let built = request::build_batch(&body, &cfg.server.hostname, cfg.limits.max_recipients)?;
-    drop(body);
+    // The body is read: what stays in memory is the built messages, each counted below as it
+    // will be held (alone, until the spool has it).
+    drop((body, body_hold));
     match api.keys.take_n(&key, built.len()) {
         Ok(()) => {}
         Err(over) => {
@@ -681,8 +683,6 @@ async fn batch_inner(api: &Arc<Api>, conn: Conn, req: Request) -> Result<Respons
             return Err(e);
         }
     }
-    // Each message's memory is counted on its own, as it will be held on its own; the body's
-    // reservation goes once every message has its own.
     let budget = api.gate.budget();
     let mut seen = std::collections::HashMap::new();
     let jobs: Vec<Result<(Parsed, Reservation), ApiError>> = built
@@ -703,7 +703,6 @@ async fn batch_inner(api: &Arc<Api>, conn: Conn, req: Request) -> Result<Respons
             Ok((Parsed::from(b), hold))
         })
         .collect();
-    drop(body_hold);
     use futures_util::StreamExt as _;
     let (api_ref, conn_ref, key_ref) = (api, &conn, &key);
     let results: Vec<Result<Answered, ApiError>> = futures_util::stream::iter(jobs)
