@@ -744,3 +744,33 @@ fn a_batch_beyond_the_memory_budget_sends_what_fits_and_keeps_nothing() {
     };
     assert!(wait_for(T, counted).is_some(), "the budget was given back\n{}", gw.log());
 }
+
+/// A client that gives up while its message is in the pipeline does not stop it half-way
+/// (hyper drops a request's future when its client goes away): the message is delivered, and a
+/// repeat with its idempotency key gets the answer the client missed and sends nothing.
+#[test]
+fn a_client_that_gives_up_mid_request_does_not_stop_its_message() {
+    let sink = Sink::start();
+    // misbehave spins at on-data until its 1.5 s budget ends; `skip` then lets the message on.
+    let slow = Gateway::plugin(
+        "misbehave",
+        "misbehave",
+        "stages = [\"data\"]\non_error = \"skip\"\ncpu_budget = \"1500ms\"",
+        "mode = \"loop\"\nstage = \"data\"",
+    );
+    let (gw, url) = gateway(&sink, &slow);
+    let key = create_key(&gw, "shop", &[]);
+    let body =
+        serde_json::json!({"from": "a@shop.test", "to": "late@remote.test", "text": "t", "idempotency_key": "late-1"});
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "0.3", "-X", "POST", &url, "-H", &format!("Authorization: Bearer {key}")])
+        .args(["-H", "Content-Type: application/json", "--data-binary", &body.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(28), "curl gave up before the answer: {out:?}");
+    let m = sink.wait_for_rcpt("late@remote.test", T);
+    assert_eq!(m.rcpts, ["late@remote.test"], "{}", gw.log());
+    let again = post_json(&url, &key, &body);
+    assert_eq!((again.status, again.header("idempotent-replayed").as_deref()), (202, Some("true")), "{again:?}");
+    assert!(wait_for(Duration::from_secs(2), || (sink.received().len() > 1).then_some(())).is_none(), "sent once");
+}

@@ -598,6 +598,24 @@ async fn send(
             pool: key.pool.clone(),
         },
     };
+    // From here on the message is the gateway's to finish: a client that goes away mid-request
+    // makes hyper drop this future, which must stop neither the message between the spool and
+    // the queue nor the recording of its idempotent answer. So it runs as a task of its own.
+    let task = tokio::spawn(hand_over(api.clone(), submission, guard));
+    task.await.unwrap_or_else(|e| {
+        tracing::error!(queue_id = %id, "API submission task failed: {e}");
+        Err(ApiError::unavailable("the message could not be processed; try again", 5))
+    })
+}
+
+/// Passes a submission through the gateway's message path and records its answer for its
+/// idempotency key (when it has one).
+async fn hand_over(
+    api: Arc<Api>,
+    submission: Submission,
+    guard: Option<crate::idempotency::Guard>,
+) -> Result<Answered, ApiError> {
+    let id = submission.id.clone();
     let _permit = api.submitting.acquire().await.expect("the listener's semaphore is never closed");
     api.in_flight.fetch_add(1, Ordering::AcqRel);
     let result = api.gate.submit(submission).await;
