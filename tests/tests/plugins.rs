@@ -216,6 +216,10 @@ fn misbehaving_plugins_cost_only_their_own_verdict() {
         ("loop", "tempfail", "451 4.3.0", "budget"),
         ("trap", "tempfail", "451 4.3.0", "trap"),
         ("oom", "tempfail", "451 4.3.0", "trap"),
+        // Unbounded recursion ends at wasmtime's stack limit, a trap, whether the plugin runs on
+        // a fiber or (like misbehave, which waits for nothing) on the session's own stack.
+        ("recurse", "tempfail", "451 4.3.0", "trap"),
+        ("recurse", "skip", "250 2.1.5", "trap"),
         ("bad-code", "tempfail", "451 4.3.0", "invalid_answer"),
         ("loop", "skip", "250 2.1.5", "budget"),
         ("trap", "skip", "250 2.1.5", "trap"),
@@ -256,6 +260,9 @@ fn misbehaving_plugins_cost_only_their_own_verdict() {
             "{line}"
         );
         assert!(line.contains(&format!("kind=\"{kind}\"")), "{mode}: failure kind {kind}: {line}");
+        if mode == "recurse" {
+            assert!(line.contains("call stack exhausted"), "stopped by the stack limit: {line}");
+        }
         // The plugin's own line is tagged with its stage too (host.wit promises it).
         let own = log.lines().find(|l| l.contains(&format!("misbehave: {mode} at rcpt"))).unwrap();
         assert!(own.contains("plugin=\"misbehave\"") && own.contains("stage=\"rcpt\""), "{own}");

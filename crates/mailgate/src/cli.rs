@@ -688,7 +688,7 @@ pub fn main() -> ExitCode {
                 .try_init();
             let run =
                 crate::plugin_cli::TestRun { wasm, eml, from, rcpts: rcpt, helo, client_ip, config, grants: grant };
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+            let rt = runtime().expect("runtime");
             match rt.block_on(crate::plugin_cli::test(run)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -743,7 +743,7 @@ pub fn main() -> ExitCode {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_writer(std::io::stderr)
                 .try_init();
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+            let rt = runtime().expect("runtime");
             match rt.block_on(crate::spam_cli::eval(crate::spam_cli::EvalRun { wasm, model, config, spam, ham })) {
                 Ok(report) => {
                     print!("{report}");
@@ -815,7 +815,7 @@ pub fn main() -> ExitCode {
                 }
             };
             init_logs(&cfg);
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
@@ -887,4 +887,13 @@ fn dkim_keygen(domain: &str, selector: &str, algorithm: &str, out: &std::path::P
         out.display(),
         strings.join(" ")
     ))
+}
+
+/// The gateway's runtime. Plugins that wait for no host function run on its worker threads'
+/// own stacks (no fiber: `crates/plugin-host/src/exports.rs`), each call with up to wasmtime's
+/// 512 KiB of wasm stack plus the host functions it calls: the workers get twice tokio's 2 MiB
+/// default so that a plugin's deepest call, on top of the session's own frames, stays far from
+/// the end (address space only; the pages a thread never touches cost nothing).
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(4 << 20).build()
 }

@@ -121,7 +121,7 @@ impl Plugins {
         for (p, bytes) in cfg.plugins.iter().zip(&sources) {
             let t = Instant::now();
             let lp = engine.load(cfg, p, bytes)?;
-            tracing::info!(plugin = %p.name, hash = %lp.meta.hash, compile_ms = t.elapsed().as_millis() as u64, "plugin loaded");
+            tracing::info!(plugin = %p.name, hash = %lp.meta.hash, compile_ms = t.elapsed().as_millis() as u64, fiber = lp.on_fiber(), "plugin loaded");
             loaded.push(lp);
         }
         let mut names: Vec<String> = cfg.pipelines.keys().cloned().collect();

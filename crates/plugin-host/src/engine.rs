@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::types::ComponentItem;
-use wasmtime::component::{Component, ComponentExportIndex, Linker, Type};
+use wasmtime::component::{Component, Linker, Type};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::bindings::FilterPre;
+use crate::exports::ExportIndices;
 use crate::host::{HostState, PluginMeta};
 use crate::PluginError;
 
@@ -21,9 +22,17 @@ pub const TICK: Duration = Duration::from_millis(2);
 pub struct LoadedPlugin {
     pub meta: Arc<PluginMeta>,
     pub pre: FilterPre<HostState>,
-    /// Its `end-session` export (world `reusable-filter`), when it has one: its instances may
-    /// then serve one session after another.
-    pub end_session: Option<ComponentExportIndex>,
+    /// Where its hooks are among its exports (`end-session` too, when it has one: its
+    /// instances may then serve one session after another), and whether they need a fiber.
+    pub(crate) exports: ExportIndices,
+}
+
+impl LoadedPlugin {
+    /// Whether its calls run on a fiber: it imports a host function that waits (DNS,
+    /// authentication results, kv). The others are called on the caller's own stack.
+    pub fn on_fiber(&self) -> bool {
+        !self.exports.sync()
+    }
 }
 
 pub struct PluginEngine {
@@ -165,13 +174,13 @@ impl PluginEngine {
         }
         meta.tables = Arc::new(tables);
         let meta = Arc::new(meta);
-        let (pre, end_session) = self.prepare(bytes).map_err(|e| err(format!("{}: {e:#}", p.path.display())))?;
-        Ok(LoadedPlugin { meta, pre, end_session })
+        let (pre, exports) = self.prepare(bytes).map_err(|e| err(format!("{}: {e:#}", p.path.display())))?;
+        Ok(LoadedPlugin { meta, pre, exports })
     }
 
     /// Compiles a component and checks it against the `filter` world, and its `end-session`
     /// (if any) against `reusable-filter`.
-    fn prepare(&self, bytes: &[u8]) -> wasmtime::Result<(FilterPre<HostState>, Option<ComponentExportIndex>)> {
+    fn prepare(&self, bytes: &[u8]) -> wasmtime::Result<(FilterPre<HostState>, ExportIndices)> {
         use wasmtime::error::Context as _;
         let component = Component::new(&self.engine, bytes).context("not a valid component")?;
         let end_session = match component.component_type().get_export(&self.engine, "end-session").map(|e| e.ty) {
@@ -188,7 +197,9 @@ impl PluginEngine {
         const REBUILD: &str = "built for another version of the mailgate:plugin WIT? rebuild it against this gateway's wit/ (plugins/build.sh for the SDK's plugins)";
         let pre =
             self.linker.instantiate_pre(&component).context(format!("imports do not match the world ({REBUILD})"))?;
-        Ok((FilterPre::new(pre).context(format!("exports do not match the world ({REBUILD})"))?, end_session))
+        let pre = FilterPre::new(pre).context(format!("exports do not match the world ({REBUILD})"))?;
+        let exports = ExportIndices::of(&self.engine, &component, end_session)?;
+        Ok((pre, exports))
     }
 }
 

@@ -14,6 +14,7 @@ pub mod bindings;
 pub mod chain;
 pub mod data;
 pub mod engine;
+mod exports;
 pub mod failure;
 pub mod host;
 pub mod kv;

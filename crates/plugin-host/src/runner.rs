@@ -8,23 +8,22 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mailgate_config::{OnError, Stage};
-use wasmtime::component::{Resource, TypedFunc};
+use wasmtime::component::Resource;
 use wasmtime::Store;
 
 use crate::bindings::types::{self, ConnectionInfo, DataResult, Envelope, RouteResult, Verdict};
-use crate::bindings::Filter;
 use crate::chain::Plugins;
 use crate::data::Scoreboard;
 use crate::engine::LoadedPlugin;
+use crate::exports::Exports;
 use crate::failure::Failure;
 use crate::host::{Context, HostState, Limits, MessageHandle, ParsedMessage, PluginMeta, SharedAuth};
 
 /// An instantiated plugin.
 pub(crate) struct Slot {
     store: Store<HostState>,
-    filter: Filter,
-    /// Its `end-session` (world `reusable-filter`): without one it serves one session only.
-    end_session: Option<TypedFunc<(), (bool,)>>,
+    /// Its hooks; without `end-session` (world `reusable-filter`) it serves one session only.
+    exports: Exports,
     /// Sessions it has served and forgotten: past [`MAX_SESSIONS_PER_INSTANCE`] it is dropped.
     sessions: u32,
 }
@@ -339,7 +338,7 @@ impl Chain {
             _ => None,
         };
         let slot = self.slot(i, call.stage()).await?;
-        let (f, s) = (&slot.filter, &mut slot.store);
+        let (f, s) = (&slot.exports, &mut slot.store);
         // The hook gets versions; the facts and the envelope wait in the store for
         // `session.connection` and `session.get-envelope`.
         let c = match conn {
@@ -361,20 +360,20 @@ impl Chain {
             }
         };
         let answer = match *call {
-            Call::Connect(_) => f.call_on_connect(&mut *s, c).await.map(Answer::Verdict),
-            Call::Helo(_, h) => f.call_on_helo(&mut *s, c, h).await.map(Answer::Verdict),
-            Call::Auth(_, a) => f.call_on_auth(&mut *s, c, a).await.map(Answer::Verdict),
-            Call::MailFrom(..) => f.call_on_mail_from(&mut *s, c, e).await.map(Answer::Verdict),
-            Call::Rcpt(_, r) => f.call_on_rcpt(&mut *s, c, e, r).await.map(Answer::Verdict),
+            Call::Connect(_) => f.on_connect(s, c).await.map(Answer::Verdict),
+            Call::Helo(_, h) => f.on_helo(s, c, h).await.map(Answer::Verdict),
+            Call::Auth(_, a) => f.on_auth(s, c, a).await.map(Answer::Verdict),
+            Call::MailFrom(..) => f.on_mail_from(s, c, e).await.map(Answer::Verdict),
+            Call::Rcpt(_, r) => f.on_rcpt(s, c, e, r).await.map(Answer::Verdict),
             Call::Data(_, _, msg) => {
                 let handle = s.data_mut().message.table.push(MessageHandle(msg.clone()))?;
                 let borrow = Resource::<MessageHandle>::new_borrow(handle.rep());
-                let r = f.call_on_data(&mut *s, c, e, borrow).await;
+                let r = f.on_data(s, c, e, borrow).await;
                 let _ = s.data_mut().message.table.delete(handle);
                 r.map(Answer::Data)
             }
-            Call::Route(_, r) => f.call_on_route(&mut *s, e, r).await.map(Answer::Route),
-            Call::DeliveryResult(res) => f.call_on_delivery_result(&mut *s, res).await.map(|()| Answer::Told),
+            Call::Route(_, r) => f.on_route(s, e, r).await.map(Answer::Route),
+            Call::DeliveryResult(res) => f.on_delivery_result(s, res).await.map(|()| Answer::Told),
         };
         // Only the chain keeps the envelope between calls: `add_recipient` then grows it in
         // place.
@@ -430,23 +429,22 @@ impl Chain {
             let Some(mut slot) = self.slots[i].take() else { continue };
             let meta = &self.plugins.loaded[i].meta;
             let stateless = meta.unused.keeps_no_session_state();
-            if (slot.end_session.is_none() && !stateless)
+            if (!slot.exports.has_end_session() && !stateless)
                 || slot.sessions + 1 >= MAX_SESSIONS_PER_INSTANCE
                 || slot.store.data().limits.memory > IDLE_MEMORY_MAX
                 || !self.plugins.idle.has_room(i)
             {
                 continue;
             }
-            let forgot = match (stateless, slot.end_session) {
-                (true, _) | (false, None) => Ok((true,)),
-                (false, Some(end)) => {
-                    slot.store.data_mut().take_waited();
-                    slot.store.set_epoch_deadline(meta.budget_ticks);
-                    end.call_async(&mut slot.store, ()).await
-                }
+            let forgot = if stateless {
+                Ok(true)
+            } else {
+                slot.store.data_mut().take_waited();
+                slot.store.set_epoch_deadline(meta.budget_ticks);
+                slot.exports.end_session(&mut slot.store).await.unwrap_or(Ok(true))
             };
             match forgot {
-                Ok((true,)) => {
+                Ok(true) => {
                     slot.sessions += 1;
                     // Nothing of the session stays with the idle instance on the host's side:
                     // not its score, nor its authentication state (which holds the message).
@@ -463,7 +461,7 @@ impl Chain {
                     *slot.store.data_mut() = HostState::new(&cx, limits);
                     self.plugins.idle.put(i, slot);
                 }
-                Ok((false,)) => {}
+                Ok(false) => {}
                 Err(e) => {
                     let f = Failure::of(e);
                     self.failures += 1;
@@ -532,17 +530,12 @@ async fn instantiate(engine: &wasmtime::Engine, lp: &LoadedPlugin, cx: &Context<
     });
     store.set_epoch_deadline(lp.meta.budget_ticks);
     let failed = |e: wasmtime::Error| Failure::Instantiate(format!("{e:#}"));
-    let instance = lp.pre.instance_pre().instantiate_async(&mut store).await.map_err(failed)?;
-    let filter = Filter::new(&mut store, &instance).map_err(failed)?;
-    let end_session = match &lp.end_session {
-        Some(index) => Some(instance.get_typed_func::<(), (bool,)>(&mut store, index).map_err(failed)?),
-        None => None,
-    };
+    let exports = Exports::instantiate(lp.pre.instance_pre(), &lp.exports, &mut store).await.map_err(failed)?;
     store.set_epoch_deadline(lp.meta.budget_ticks);
-    let init = filter.call_init(&mut store).await;
+    let init = exports.init(&mut store).await;
     store.data_mut().log.end_call();
     match init {
-        Ok(Ok(())) => Ok(Slot { store, filter, end_session, sessions: 0 }),
+        Ok(Ok(())) => Ok(Slot { store, exports, sessions: 0 }),
         Ok(Err(msg)) => Err(Failure::InitRefused(msg.chars().take(400).collect())),
         Err(e) => Err(Failure::of(e)),
     }

@@ -1,5 +1,5 @@
-//! misbehave (test plugin): at one configured stage it loops forever, traps, allocates
-//! until memory runs out, or answers a reply code that does not fit its verdict; or at DATA it
+//! misbehave (test plugin): at one configured stage it loops forever, traps, recurses without
+//! end, allocates until memory runs out, or answers a reply code that does not fit its verdict; or at DATA it
 //! answers `count` modifications (`flood`: added recipients and header fields); or it writes
 //! `count` log lines at the stage (`chatter`), so the host's limits and its `on-error`
 //! handling can be tested.
@@ -10,7 +10,7 @@ use mailgate_plugin_sdk::prelude::*;
 
 #[derive(Default)]
 struct Misbehave {
-    /// `loop`, `trap`, `oom`, `bad-code`, `flood` or `chatter`.
+    /// `loop`, `trap`, `recurse`, `oom`, `bad-code`, `flood` or `chatter`.
     mode: String,
     /// Hook that misbehaves: init, connect, helo, auth, mail-from, rcpt, data, route, delivery.
     stage: String,
@@ -36,6 +36,7 @@ impl Misbehave {
                 black_box(vec![1u8; 1 << 20].leak());
             },
             "trap" => panic!("misbehave: trap on purpose at {stage}"),
+            "recurse" => Verdict::reject(550 + deeper(0, black_box(u64::MAX)) as u16 % 2, "5.0.0", "misbehave: the bottom of the stack"),
             "chatter" => {
                 for i in 0..self.count {
                     log::info!("misbehave: chatter line {i}");
@@ -47,13 +48,24 @@ impl Misbehave {
     }
 }
 
+/// Calls itself until the host's stack limit stops it. Nothing of a frame is in linear memory
+/// (no shadow stack: only wasm's own call stack grows), and each call's result is rotated by
+/// its own amount, which no optimiser turns into a loop.
+#[inline(never)]
+fn deeper(n: u64, end: u64) -> u64 {
+    if n == end {
+        return n;
+    }
+    deeper(n + 1, end).rotate_left((n % 61) as u32 + 1)
+}
+
 impl Filter for Misbehave {
     fn init(&mut self) -> Result<(), String> {
         self.mode = config::get_or("mode", "trap");
         self.stage = config::get_or("stage", "rcpt");
         self.code = config::parse("code")?.unwrap_or(999);
         self.count = config::parse("count")?.unwrap_or(100_000);
-        if !["loop", "trap", "oom", "bad-code", "flood", "chatter"].contains(&self.mode.as_str()) {
+        if !["loop", "trap", "recurse", "oom", "bad-code", "flood", "chatter"].contains(&self.mode.as_str()) {
             return Err(format!("misbehave: unknown mode {:?}", self.mode));
         }
         if self.mode == "flood" {
