@@ -58,10 +58,11 @@ impl Filter for $type {
         Verdict::Next
     }
 
-    /// Nothing here is kept per session, so one instance may serve session after session
-    /// (much cheaper for the gateway than a new instance per connection), without even an
-    /// end_session call.
-    const KEEPS_NO_SESSION_STATE: bool = true;
+    /// No hook stores anything in `self` (only `init` does, from the config), so the gateway
+    /// may lend an instance to any session for one call at a time: a few warm instances serve
+    /// every session, and a new connection makes none. Set it to `false` (and see
+    /// `KEEPS_NO_SESSION_STATE`) once a hook remembers something for a later one.
+    const KEEPS_NO_STATE: bool = true;
 }
 
 export!($type);

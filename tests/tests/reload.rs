@@ -4,12 +4,12 @@
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mailgate_tests::clients::Raw;
-use mailgate_tests::free_port;
 use mailgate_tests::gateway::{binary, Gateway};
 use mailgate_tests::sink::Sink;
+use mailgate_tests::{free_port, wait_for};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -52,26 +52,29 @@ fn reload_under_load_with_a_changed_plugin_and_a_broken_config() {
         )
     };
     let mut gw = Gateway::with_sink(sink.port(), &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n{}", plugin("v1")));
-    // A bounded stream of sessions, before, during and after the reload.
+    // A bounded stream of sessions, before, during and after the reload: it runs until the
+    // reload has returned and then sends five more (at most 20 000 sessions or a minute).
     let port = gw.port;
     let stop = Arc::new(AtomicBool::new(false));
-    let s2 = stop.clone();
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (s2, sent2) = (stop.clone(), sent.clone());
     let load = std::thread::spawn(move || {
-        let mut results = vec![];
-        for i in 0..400 {
-            if s2.load(Ordering::Relaxed) && i >= 20 {
-                break;
+        let (mut results, mut after, started) = (vec![], 0, Instant::now());
+        while results.len() < 20_000 && after < 5 && started.elapsed() < Duration::from_secs(60) {
+            if s2.load(Ordering::Relaxed) {
+                after += 1;
             }
-            results.push(send(port, &format!("load{i}@remote.test")));
+            results.push(send(port, &format!("load{}@remote.test", results.len())));
+            sent2.fetch_add(1, Ordering::Relaxed);
         }
         results
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Some sessions before the reload.
+    assert!(wait_for(T, || (sent.load(Ordering::Relaxed) >= 20).then_some(())).is_some());
     let cfg = gw.edit_config(|c| c.replace("value = \"v1\"", "value = \"v2\""));
     let out = Command::new(binary()).args(["reload", "--config"]).arg(&cfg).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("reloaded; plugins: stamp@"));
-    std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let results = load.join().unwrap();
     assert!(
@@ -101,7 +104,7 @@ fn reload_under_load_with_a_changed_plugin_and_a_broken_config() {
     gw.signal(libc::SIGHUP);
     assert!(gw.wait_log("plugins=stamp@", T));
     let mut tries = 0;
-    mailgate_tests::wait_for(T, || {
+    wait_for(T, || {
         tries += 1;
         let r = format!("hup{tries}@remote.test");
         send(gw.port, &r).ok()?;

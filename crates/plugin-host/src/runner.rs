@@ -24,13 +24,14 @@ pub(crate) struct Slot {
     store: Store<HostState>,
     /// Its hooks; without `end-session` (world `reusable-filter`) it serves one session only.
     exports: Exports,
-    /// Sessions it has served and forgotten: past [`MAX_SESSIONS_PER_INSTANCE`] it is dropped.
-    sessions: u32,
+    /// Sessions it has served and forgotten, or calls it was lent for: past
+    /// [`MAX_USES_PER_INSTANCE`] it is dropped.
+    uses: u32,
 }
 
-/// Sessions one instance may serve before it is made new: bounds whatever a plugin's memory
-/// gathers (fragmentation, leaks) over its life.
-const MAX_SESSIONS_PER_INSTANCE: u32 = 1000;
+/// Sessions one instance may serve (or calls it may be lent for) before it is made new: bounds
+/// whatever a plugin's memory gathers (fragmentation, leaks) over its life.
+const MAX_USES_PER_INSTANCE: u32 = 1000;
 
 /// Idle instances kept per plugin for later sessions. Enough for the sessions that come and
 /// go at once on a busy MX; each holds a memory slot and its resident pages.
@@ -44,8 +45,9 @@ const IDLE_MEMORY_MAX: usize = 2 << 20;
 /// list is used), so the pool shrinks to what the traffic needs after a burst.
 const IDLE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Instances that served a session and said they forgot it, per plugin, for later sessions.
-/// Taken and given back last-in first-out, so the warmest instance serves next.
+/// Instances that served a session and said they forgot it, or were lent for a call, per
+/// plugin, for later sessions and calls. Taken and given back last-in first-out, so the
+/// warmest instance serves next.
 pub(crate) struct IdleInstances {
     /// Per plugin, oldest first: (since when idle, instance).
     by_plugin: Vec<std::sync::Mutex<Vec<(Instant, Slot)>>>,
@@ -379,6 +381,13 @@ impl Chain {
         // place.
         s.data_mut().session.env = None;
         s.data_mut().log.end_call();
+        // A plugin that keeps nothing between calls gets its instance back after each one
+        // (a failed one stays, for `failed` to drop).
+        if answer.is_ok() && self.plugins.loaded[i].meta.unused.keeps_no_state() {
+            if let Some(slot) = self.slots[i].take() {
+                self.put_idle(i, slot);
+            }
+        }
         answer.map_err(Failure::of)
     }
 
@@ -402,7 +411,10 @@ impl Chain {
                         let mut limits = Limits::new(lp.meta.memory_limit);
                         limits.memory = slot.store.data().limits.memory;
                         *slot.store.data_mut() = HostState::new(&cx, limits);
-                        ::metrics::counter!("mailgate_plugin_instances_total", "plugin" => lp.meta.label.clone(), "how" => "reused").increment(1);
+                        // (An instance lent for a call is not counted: that is every call.)
+                        if !lp.meta.unused.keeps_no_state() {
+                            ::metrics::counter!("mailgate_plugin_instances_total", "plugin" => lp.meta.label.clone(), "how" => "reused").increment(1);
+                        }
                         slot
                     }
                     None => {
@@ -429,11 +441,7 @@ impl Chain {
             let Some(mut slot) = self.slots[i].take() else { continue };
             let meta = &self.plugins.loaded[i].meta;
             let stateless = meta.unused.keeps_no_session_state();
-            if (!slot.exports.has_end_session() && !stateless)
-                || slot.sessions + 1 >= MAX_SESSIONS_PER_INSTANCE
-                || slot.store.data().limits.memory > IDLE_MEMORY_MAX
-                || !self.plugins.idle.has_room(i)
-            {
+            if (!slot.exports.has_end_session() && !stateless) || !self.keepable(i, &slot) {
                 continue;
             }
             let forgot = if stateless {
@@ -444,23 +452,7 @@ impl Chain {
                 slot.exports.end_session(&mut slot.store).await.unwrap_or(Ok(true))
             };
             match forgot {
-                Ok(true) => {
-                    slot.sessions += 1;
-                    // Nothing of the session stays with the idle instance on the host's side:
-                    // not its score, nor its authentication state (which holds the message).
-                    let idle_sid: Arc<str> = Arc::from("idle");
-                    let cx = Context {
-                        meta,
-                        services: &self.plugins.services,
-                        sid: &idle_sid,
-                        score: &Default::default(),
-                        auth: None,
-                    };
-                    let mut limits = Limits::new(meta.memory_limit);
-                    limits.memory = slot.store.data().limits.memory;
-                    *slot.store.data_mut() = HostState::new(&cx, limits);
-                    self.plugins.idle.put(i, slot);
-                }
+                Ok(true) => self.put_idle(i, slot),
                 Ok(false) => {}
                 Err(e) => {
                     let f = Failure::of(e);
@@ -471,6 +463,33 @@ impl Chain {
                 }
             }
         }
+    }
+
+    /// Plugin `i`'s instance has served a session, or a lent call, and keeps nothing of it:
+    /// it waits idle for the next, holding nothing of the host's for this session (not its
+    /// score, nor its authentication state, which holds the message) — unless it has served
+    /// long enough, grown too large to keep, or the idle list is full.
+    fn put_idle(&self, i: usize, mut slot: Slot) {
+        if !self.keepable(i, &slot) {
+            return;
+        }
+        let meta = &self.plugins.loaded[i].meta;
+        slot.uses += 1;
+        let idle_sid: Arc<str> = Arc::from("idle");
+        let cx =
+            Context { meta, services: &self.plugins.services, sid: &idle_sid, score: &Default::default(), auth: None };
+        let mut limits = Limits::new(meta.memory_limit);
+        limits.memory = slot.store.data().limits.memory;
+        *slot.store.data_mut() = HostState::new(&cx, limits);
+        self.plugins.idle.put(i, slot);
+    }
+
+    /// Whether plugin `i`'s instance may wait idle once done: it has not served long enough to
+    /// be made new, nor grown too large to keep, and the idle list has room.
+    fn keepable(&self, i: usize, slot: &Slot) -> bool {
+        slot.uses + 1 < MAX_USES_PER_INSTANCE
+            && slot.store.data().limits.memory <= IDLE_MEMORY_MAX
+            && self.plugins.idle.has_room(i)
     }
 
     /// Makes an instance of every plugin, running its `init` with its config as a session's
@@ -535,7 +554,7 @@ async fn instantiate(engine: &wasmtime::Engine, lp: &LoadedPlugin, cx: &Context<
     let init = exports.init(&mut store).await;
     store.data_mut().log.end_call();
     match init {
-        Ok(Ok(())) => Ok(Slot { store, exports, sessions: 0 }),
+        Ok(Ok(())) => Ok(Slot { store, exports, uses: 0 }),
         Ok(Err(msg)) => Err(Failure::InitRefused(msg.chars().take(400).collect())),
         Err(e) => Err(Failure::of(e)),
     }

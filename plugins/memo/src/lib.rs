@@ -9,6 +9,11 @@
 //! With `stateless = true` it tells the host at `init` that it keeps no session state (which
 //! is not true of it): the host then hands its instance on without calling `end_session`, and
 //! the next session finds the last one's HELO names — what the host skips, made visible.
+//! With `lend = true` it tells the host at `init` that it keeps nothing between calls (not
+//! true either): the host then lends its instance to any session for one call at a time, and
+//! sessions open at once find each other's HELO names — which instance served which call,
+//! made visible, beside the host's own state of each call (score, facts), which stays the
+//! calling session's.
 //! With `show_envelope = true` it tells the envelope as it reads it: at RCPT for a recipient
 //! `show@…` (refused with 451, the envelope in the text), at DATA in a header field
 //! `X-Memo-Envelope`, and at routing for a recipient `route-show@…` (failed with 550, the
@@ -59,6 +64,9 @@ impl Filter for Memo {
         self.show_envelope = config::parse("show_envelope")?.unwrap_or(false);
         if config::parse("stateless")?.unwrap_or(false) {
             keeps_no_session_state();
+        }
+        if config::parse("lend")?.unwrap_or(false) {
+            keeps_no_state();
         }
         Ok(())
     }

@@ -36,7 +36,11 @@ impl Misbehave {
                 black_box(vec![1u8; 1 << 20].leak());
             },
             "trap" => panic!("misbehave: trap on purpose at {stage}"),
-            "recurse" => Verdict::reject(550 + deeper(0, black_box(u64::MAX)) as u16 % 2, "5.0.0", "misbehave: the bottom of the stack"),
+            "recurse" => Verdict::reject(
+                550 + deeper(0, black_box(u64::MAX)) as u16 % 2,
+                "5.0.0",
+                "misbehave: the bottom of the stack",
+            ),
             "chatter" => {
                 for i in 0..self.count {
                     log::info!("misbehave: chatter line {i}");
@@ -65,7 +69,9 @@ impl Filter for Misbehave {
         self.stage = config::get_or("stage", "rcpt");
         self.code = config::parse("code")?.unwrap_or(999);
         self.count = config::parse("count")?.unwrap_or(100_000);
-        if !["loop", "trap", "recurse", "oom", "bad-code", "flood", "chatter"].contains(&self.mode.as_str()) {
+        if !["loop", "trap", "recurse", "oom", "bad-code", "flood", "chatter"]
+            .contains(&self.mode.as_str())
+        {
             return Err(format!("misbehave: unknown mode {:?}", self.mode));
         }
         if self.mode == "flood" {

@@ -45,8 +45,8 @@ impl Filter for RcptAllow {
         }
     }
 
-    /// Keeps nothing per session: the instance may serve another.
-    const KEEPS_NO_SESSION_STATE: bool = true;
+    /// No hook keeps anything in `self`: an instance may be lent to any session per call.
+    const KEEPS_NO_STATE: bool = true;
 }
 
 export!(RcptAllow);

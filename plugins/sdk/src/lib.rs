@@ -77,7 +77,8 @@ pub mod prelude {
     pub use crate::{
         AuthRequest, AuthStatus, ConnectionInfo, DataResult, DeliveryResult, DeliveryStatus,
         Envelope, Filter, Message, Modification, Reply, Route, RouteResult, Verdict, auth, config,
-        data, dns, domain_of, export, keeps_no_session_state, kv, log, metrics, score,
+        data, dns, domain_of, export, keeps_no_session_state, keeps_no_state, kv, log, metrics,
+        score,
     };
 }
 
@@ -149,6 +150,15 @@ pub trait Filter: Default + 'static {
     /// hands instances on without calling `end_session` — a call per connection saved.
     const KEEPS_NO_SESSION_STATE: bool = false;
 
+    /// `true`: no hook stores anything in `self` that a later hook reads (only `init` sets
+    /// fields, from the config): every answer comes from the hook's arguments, the config and
+    /// the host. The gateway may then lend an instance to any session for one call at a time
+    /// — a few warm instances serve every session, and a new connection makes none. The SDK
+    /// tells the host after `init` ([`keeps_no_state`]). Implies
+    /// [`Filter::KEEPS_NO_SESSION_STATE`]. (The SDK's own cache of the connection facts and
+    /// envelope is keyed by the host's process-wide versions, so it is safe to lend.)
+    const KEEPS_NO_STATE: bool = false;
+
     /// Runs once per instance, after `Default`, before any hook: read and check config here.
     /// An error disables the plugin for this instance (the host applies its `on-error`).
     fn init(&mut self) -> Result<(), String> {
@@ -209,7 +219,7 @@ pub trait Filter: Default + 'static {
     /// keeps one instance per session. A plugin that keeps nothing per session sets
     /// [`Filter::KEEPS_NO_SESSION_STATE`] instead (this is then never called).
     fn end_session(&mut self) -> bool {
-        Self::KEEPS_NO_SESSION_STATE
+        Self::KEEPS_NO_SESSION_STATE || Self::KEEPS_NO_STATE
     }
 }
 
@@ -219,6 +229,14 @@ pub trait Filter: Default + 'static {
 /// [`Filter::end_session`] and hands instances from one session to the next as they are.
 pub fn keeps_no_session_state() {
     bindings::mailgate::plugin::hooks::keeps_no_session_state();
+}
+
+/// Tells the host that no hook of this plugin reads anything an earlier call left in the
+/// instance (see [`Filter::KEEPS_NO_STATE`], which calls this after `init`; call it from
+/// `init` yourself when that depends on the config). The host may then lend instances to
+/// sessions one call at a time.
+pub fn keeps_no_state() {
+    bindings::mailgate::plugin::hooks::keeps_no_state();
 }
 
 /// Exports a [`Filter`] type as this component's implementation of world `reusable-filter`
@@ -276,8 +294,11 @@ pub mod __private {
         }));
         let mut value = T::default();
         value.init()?;
-        if T::KEEPS_NO_SESSION_STATE {
+        if T::KEEPS_NO_SESSION_STATE || T::KEEPS_NO_STATE {
             keeps_no_session_state();
+        }
+        if T::KEEPS_NO_STATE {
+            keeps_no_state();
         }
         Ok(value)
     }

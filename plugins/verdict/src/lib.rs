@@ -74,8 +74,8 @@ impl Filter for FixedVerdict {
         RouteResult::verdict(self.at("route", Some(rcpt)))
     }
 
-    /// Keeps nothing per session: the instance may serve another.
-    const KEEPS_NO_SESSION_STATE: bool = true;
+    /// No hook keeps anything in `self`: an instance may be lent to any session per call.
+    const KEEPS_NO_STATE: bool = true;
 }
 
 export!(FixedVerdict);

@@ -718,6 +718,35 @@ async fn an_instance_that_keeps_no_session_state_is_handed_on_without_end_sessio
     assert_eq!(plugins.idle_instances(), vec![("memo".to_string(), 1)]);
 }
 
+#[tokio::test]
+async fn an_instance_that_keeps_no_state_is_lent_to_each_session_one_call_at_a_time() {
+    // memo says at init that it keeps nothing between calls (untrue of it, on purpose): two
+    // sessions open at once are served by one instance, lent for each call and given back, so
+    // each finds the other's HELO name — while what the host gives each call (the score of
+    // the session, its connection facts) is the calling session's own.
+    let rig = rig(&plugin("memo", "stages = [\"helo\", \"mail_from\"]", "lend = true")).await;
+    let plugins = rig.gateway.shared.current().plugins.clone().unwrap();
+    let (a, task_a) = rig.session_from("192.0.2.10".parse().unwrap());
+    let (b, task_b) = rig.session_from("192.0.2.11".parse().unwrap());
+    let (mut a, mut b) = (a.greeted().await, b.greeted().await);
+    a.cmd("EHLO one.test", 250).await;
+    b.cmd("EHLO two.test", 250).await;
+    // Between calls the instance is idle, not held by either session.
+    assert_eq!(plugins.idle_instances(), vec![("memo".to_string(), 1)]);
+    let memo_a = a.cmd("MAIL FROM:<a@sender.test>", 451).await;
+    let memo_b = b.cmd("MAIL FROM:<b@sender.test>", 451).await;
+    for (memo, helo) in [(&memo_a, "one.test"), (&memo_b, "two.test")] {
+        assert!(memo.contains("helos [one.test two.test], score 1, earlier sessions 0"), "{memo}");
+        assert!(memo.contains(&format!("conn helo {helo}, user -, session ")), "{memo}");
+    }
+    for (mut c, task) in [(a, task_a), (b, task_b)] {
+        c.cmd("QUIT", 221).await;
+        drop(c);
+        tokio::time::timeout(T, task).await.expect("the session ends").unwrap();
+    }
+    assert_eq!(plugins.idle_instances(), vec![("memo".to_string(), 1)]);
+}
+
 /// Sessions one after another, each with memo: every one must find a new instance, and none
 /// is left idle.
 async fn every_session_gets_a_new_instance(extra: &str, config: &str, helos: &[&str]) {
