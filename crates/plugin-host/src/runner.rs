@@ -82,8 +82,9 @@ impl IdleInstances {
         self.list(i).len() < self.cap
     }
 
+    /// Keeps `slot` unless the list is full (without looking for stale ones: `take` does).
     fn put(&self, i: usize, slot: Slot) {
-        let mut list = self.list(i);
+        let mut list = self.by_plugin[i].lock().unwrap_or_else(|e| e.into_inner());
         if list.len() < self.cap {
             list.push((Instant::now(), slot));
         }
@@ -385,7 +386,7 @@ impl Chain {
         // (a failed one stays, for `failed` to drop).
         if answer.is_ok() && self.plugins.loaded[i].meta.unused.keeps_no_state() {
             if let Some(slot) = self.slots[i].take() {
-                self.put_idle(i, slot);
+                self.lend_back(i, slot);
             }
         }
         answer.map_err(Failure::of)
@@ -465,7 +466,7 @@ impl Chain {
         }
     }
 
-    /// Plugin `i`'s instance has served a session, or a lent call, and keeps nothing of it:
+    /// Plugin `i`'s instance has served a session and keeps nothing of it:
     /// it waits idle for the next, holding nothing of the host's for this session (not its
     /// score, nor its authentication state, which holds the message) — unless it has served
     /// long enough, grown too large to keep, or the idle list is full.
@@ -484,12 +485,28 @@ impl Chain {
         self.plugins.idle.put(i, slot);
     }
 
-    /// Whether plugin `i`'s instance may wait idle once done: it has not served long enough to
-    /// be made new, nor grown too large to keep, and the idle list has room.
+    /// Plugin `i`'s instance was lent for a call and is given back: as [`Chain::put_idle`],
+    /// but per call, so only what could hold much is let go (the authentication state, which
+    /// holds the message; the message itself left the instance's table after the call): the
+    /// rest of the host's state is made new when the instance is next taken.
+    fn lend_back(&self, i: usize, mut slot: Slot) {
+        if !self.worth_keeping(&slot) {
+            return;
+        }
+        slot.uses += 1;
+        slot.store.data_mut().auth.forget();
+        self.plugins.idle.put(i, slot);
+    }
+
+    /// Whether an instance may wait idle once done: it has not served long enough to be made
+    /// new, nor grown too large to keep.
+    fn worth_keeping(&self, slot: &Slot) -> bool {
+        slot.uses + 1 < MAX_USES_PER_INSTANCE && slot.store.data().limits.memory <= IDLE_MEMORY_MAX
+    }
+
+    /// As [`Chain::worth_keeping`], and plugin `i`'s idle list has room.
     fn keepable(&self, i: usize, slot: &Slot) -> bool {
-        slot.uses + 1 < MAX_USES_PER_INSTANCE
-            && slot.store.data().limits.memory <= IDLE_MEMORY_MAX
-            && self.plugins.idle.has_room(i)
+        self.worth_keeping(slot) && self.plugins.idle.has_room(i)
     }
 
     /// Makes an instance of every plugin, running its `init` with its config as a session's

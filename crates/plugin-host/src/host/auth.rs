@@ -15,6 +15,11 @@ impl AuthState {
     pub(super) fn new(cx: &Context<'_>) -> AuthState {
         AuthState { session: cx.auth.cloned(), waited: Waited::default() }
     }
+
+    /// Lets go of the session's checks (they hold its message): the instance is going idle.
+    pub fn forget(&mut self) {
+        self.session = None;
+    }
 }
 
 fn status(s: mailgate_auth::Status) -> types::AuthStatus {
