@@ -296,6 +296,13 @@ impl Chain {
             let meta = &plugins.loaded[i].meta;
             meta.call_seconds(stage).record(started.elapsed().as_secs_f64());
             let step = answer.and_then(|a| read(meta, a));
+            // A plugin that keeps nothing between calls gets its instance back after each
+            // answer it could read (a failed or invalid one stays, for `failed` to drop).
+            if step.is_ok() && meta.unused.keeps_no_state() {
+                if let Some(slot) = self.slots[i].take() {
+                    self.lend_back(i, slot);
+                }
+            }
             if meta.shadow {
                 // Neither its verdict nor its changes take effect.
                 self.shadow(i, meta, stage, step);
@@ -382,13 +389,6 @@ impl Chain {
         // place.
         s.data_mut().session.env = None;
         s.data_mut().log.end_call();
-        // A plugin that keeps nothing between calls gets its instance back after each one
-        // (a failed one stays, for `failed` to drop).
-        if answer.is_ok() && self.plugins.loaded[i].meta.unused.keeps_no_state() {
-            if let Some(slot) = self.slots[i].take() {
-                self.lend_back(i, slot);
-            }
-        }
         answer.map_err(Failure::of)
     }
 

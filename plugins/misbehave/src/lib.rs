@@ -21,6 +21,9 @@ struct Misbehave {
     count: u32,
 }
 
+// Config `lend = true`: it tells the host it keeps nothing between calls (true of it), so its
+// instances are lent per call — and one that misbehaved must still be dropped.
+
 impl Misbehave {
     /// Misbehaves if `stage` is the configured one; returns the bad verdict for `bad-code`.
     fn act(&self, stage: &str) -> Verdict {
@@ -69,6 +72,9 @@ impl Filter for Misbehave {
         self.stage = config::get_or("stage", "rcpt");
         self.code = config::parse("code")?.unwrap_or(999);
         self.count = config::parse("count")?.unwrap_or(100_000);
+        if config::parse("lend")?.unwrap_or(false) {
+            keeps_no_state();
+        }
         if !["loop", "trap", "recurse", "oom", "bad-code", "flood", "chatter"]
             .contains(&self.mode.as_str())
         {

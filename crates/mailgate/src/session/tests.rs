@@ -747,6 +747,25 @@ async fn an_instance_that_keeps_no_state_is_lent_to_each_session_one_call_at_a_t
     assert_eq!(plugins.idle_instances(), vec![("memo".to_string(), 1)]);
 }
 
+#[tokio::test]
+async fn a_lent_instance_that_answers_something_invalid_is_dropped_not_given_back() {
+    // misbehave, lent per call, answers `next` at HELO (its instance goes back idle) and a
+    // reply code no verdict may carry at RCPT (its `on_error` skip applies, and the instance
+    // that said it is dropped, as any failing plugin's is).
+    let config = "mode = \"bad-code\"\nstage = \"rcpt\"\nlend = true";
+    let rig = rig(&plugin("misbehave", "stages = [\"helo\", \"rcpt\"]\non_error = \"skip\"", config)).await;
+    let plugins = rig.gateway.shared.current().plugins.clone().unwrap();
+    let mut c = rig.connect().greeted().await;
+    c.cmd("EHLO one.test", 250).await;
+    assert_eq!(plugins.idle_instances(), vec![("misbehave".to_string(), 1)]);
+    c.cmd("MAIL FROM:<a@sender.test>", 250).await;
+    c.cmd("RCPT TO:<u@example.test>", 250).await;
+    assert_eq!(plugins.idle_instances(), vec![("misbehave".to_string(), 0)]);
+    // The next call gets a new instance, lent back after its valid answer.
+    c.cmd("EHLO two.test", 250).await;
+    assert_eq!(plugins.idle_instances(), vec![("misbehave".to_string(), 1)]);
+}
+
 /// Sessions one after another, each with memo: every one must find a new instance, and none
 /// is left idle.
 async fn every_session_gets_a_new_instance(extra: &str, config: &str, helos: &[&str]) {
