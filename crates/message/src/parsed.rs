@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use mail_parser::{Message, MessageParser, PartType};
+use mail_parser::{HeaderName, Message, MessageParser, PartType};
 
 use crate::structure::dismantle;
 
@@ -29,7 +29,7 @@ impl ParsedMessage {
     }
 
     fn get(&self) -> Option<&Message<'static>> {
-        self.parsed.get_or_init(|| MessageParser::default().parse(self.raw.as_slice()).map(|m| m.into_owned())).as_ref()
+        self.parsed.get_or_init(|| parser().parse(self.raw.as_slice()).map(|m| m.into_owned())).as_ref()
     }
 
     /// The message as received.
@@ -99,6 +99,21 @@ impl ParsedMessage {
     }
 }
 
+/// Parses only the fields what plugins ask of a message needs: the MIME fields (the body
+/// parts), Subject and From. The others are skipped, kept only as names and offsets (all that
+/// [`ParsedMessage::header_values`] reads): parsing every field — Received, DKIM-Signature,
+/// Date, Message-ID — and copying the results cost mailgate-real more than half of the parse.
+fn parser() -> &'static MessageParser {
+    static PARSER: std::sync::LazyLock<MessageParser> = std::sync::LazyLock::new(|| {
+        MessageParser::new()
+            .with_mime_headers()
+            .header_text(HeaderName::Subject)
+            .header_address(HeaderName::From)
+            .default_header_ignore()
+    });
+    &PARSER
+}
+
 fn unfold(v: &[u8]) -> String {
     let s = String::from_utf8_lossy(v);
     s.replace("\r\n", "").replace('\n', "").trim().to_string()
@@ -113,6 +128,30 @@ mod tests {
     }
 
     const HEAD: &str = "From: a@example.com\nTo: b@example.org\nSubject: s\nMIME-Version: 1.0\n";
+
+    #[test]
+    fn subject_and_from_are_decoded_and_every_field_is_there_raw() {
+        let m = parsed(concat!(
+            "Received: from a.example (a.example [192.0.2.1])\n\tby mx.example; Tue, 1 Dec 2026 08:00:00 +0000\n",
+            "DKIM-Signature: v=1; a=rsa-sha256; d=example.com;\n s=sel; b=abc\n",
+            "From: =?utf-8?q?Ren=C3=A9?= <rene@example.com>\n",
+            "Subject: =?utf-8?q?caf=C3=A9?= menu\n",
+            "Date: Tue, 1 Dec 2026 08:00:00 +0000\n",
+            "Message-ID: <1@example.com>\n",
+            "\nbody\n",
+        ));
+        assert_eq!(m.subject(), Some("café menu"));
+        assert_eq!(m.from_address().as_deref(), Some("rene@example.com"));
+        assert_eq!(
+            m.header("received").as_deref(),
+            Some("from a.example (a.example [192.0.2.1])\tby mx.example; Tue, 1 Dec 2026 08:00:00 +0000")
+        );
+        assert_eq!(m.header("DKIM-Signature").as_deref(), Some("v=1; a=rsa-sha256; d=example.com; s=sel; b=abc"));
+        assert_eq!(m.header("message-id").as_deref(), Some("<1@example.com>"));
+        let names: Vec<String> = m.header_values(None).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["Received", "DKIM-Signature", "From", "Subject", "Date", "Message-ID"]);
+        assert_eq!(m.text_body().as_deref(), Some("body\r\n"));
+    }
 
     #[test]
     fn plain_text_has_no_html_body() {

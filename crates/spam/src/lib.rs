@@ -11,7 +11,7 @@
 mod score;
 mod tokens;
 
-pub use score::{classify, Counts, Model, Verdict};
+pub use score::{classify, tenths, Counts, Model, Verdict};
 pub use tokens::{tokens, Input, HEADERS, MAX_TOKENS};
 
 /// Model keys that are not tokens: how many spam and ham messages were trained.

@@ -2,6 +2,7 @@
 //! where they came from (`subject:`, `from:`, `url:`, ...; body words have none), so "free" in
 //! a subject and in a body are learnt apart.
 
+use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
 /// Header fields whose words become tokens (besides Subject). Received and list headers are
@@ -42,11 +43,11 @@ fn trim_word(w: &str) -> &str {
 
 /// Adds the tokens of free text: words of 3–12 characters as they are, longer ones as a
 /// "skip" token of their first letter and length bucket, URLs as their host name's parts.
-fn text_tokens(prefix: &str, text: &str, out: &mut BTreeSet<String>) {
+fn text_tokens(prefix: &str, text: &str, out: &mut Tokens) {
     // One buffer for every word's lower case and one for the token: a word seen before (most
     // of a text's words) costs no allocation.
     let (mut lower, mut token) = (String::new(), String::new());
-    let mut word = |raw: &str| {
+    let word = |raw: &str| {
         if raw.is_ascii() {
             ascii_word(prefix, raw, &mut lower, &mut token, out);
             return;
@@ -60,22 +61,55 @@ fn text_tokens(prefix: &str, text: &str, out: &mut BTreeSet<String>) {
         word_token(prefix, w, w.chars().count(), &mut token, out);
     };
     if text.is_ascii() {
-        // Unicode's White_Space within ASCII: HT, LF, VT, FF, CR and space (VT is not in
-        // `u8::is_ascii_whitespace`); tested octet by octet instead of char by char.
-        let ws = |b: &u8| matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ');
-        for raw in text.as_bytes().split(ws).filter(|w| !w.is_empty()) {
-            // ASCII octets: the slice is text.
-            word(std::str::from_utf8(raw).unwrap_or_default());
+        // Octet by octet instead of char by char, and a word's octets eight at a time.
+        let b = text.as_bytes();
+        let mut at = 0;
+        while at < b.len() {
+            while b.get(at).is_some_and(|c| is_space(*c)) {
+                at += 1;
+            }
+            let start = at;
+            at = word_end(b, at);
+            if start < at {
+                // ASCII octets split at ASCII octets: the slice is text (and ASCII).
+                ascii_word(prefix, &text[start..at], &mut lower, &mut token, out);
+            }
         }
     } else {
         text.split_whitespace().for_each(word);
     }
 }
 
+/// Unicode's White_Space within ASCII: HT, LF, VT, FF, CR and space (VT is not in
+/// `u8::is_ascii_whitespace`).
+fn is_space(c: u8) -> bool {
+    matches!(c, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ')
+}
+
+/// Where the word of ASCII text `b` that starts at `at` ends: the next space, or the end.
+/// Eight octets are passed over at once while none is below `!` (every space is: the
+/// subtraction borrows into an octet's top bit only there, for octets below 0x80).
+fn word_end(b: &[u8], mut at: usize) -> usize {
+    const ONES: u64 = u64::from_le_bytes([0x21; 8]);
+    const TOPS: u64 = u64::from_le_bytes([0x80; 8]);
+    while let Some(eight) = b.get(at..at + 8).and_then(|s| <[u8; 8]>::try_from(s).ok()) {
+        let x = u64::from_le_bytes(eight);
+        if x.wrapping_sub(ONES) & !x & TOPS != 0 {
+            break;
+        }
+        at += 8;
+    }
+    while b.get(at).is_some_and(|c| !is_space(*c)) {
+        at += 1;
+    }
+    at
+}
+
 /// The tokens of an ASCII word, as the general path makes them, with the lower case written
 /// only where a token needs it (a long word's token has only its first letter).
-fn ascii_word(prefix: &str, raw: &str, lower: &mut String, token: &mut String, out: &mut BTreeSet<String>) {
-    if let Some(pos) = url_start_ignoring_case(raw) {
+fn ascii_word(prefix: &str, raw: &str, lower: &mut String, token: &mut String, out: &mut Tokens) {
+    // Every URL has a colon: most words are passed over by one memchr.
+    if let Some(pos) = raw.as_bytes().contains(&b':').then(|| url_start_ignoring_case(raw)).flatten() {
         lower_into(&raw[pos..], lower);
         url_tokens(lower, out);
         return;
@@ -87,7 +121,7 @@ fn ascii_word(prefix: &str, raw: &str, lower: &mut String, token: &mut String, o
 /// Adds the token of a trimmed word of `n` characters: the word, or when longer than 12 a
 /// "skip" token of its first letter and length bucket; nothing when shorter than 3. Lower case
 /// as the text's lower case has it (`w` is lower case already, or ASCII).
-fn word_token(prefix: &str, w: &str, n: usize, token: &mut String, out: &mut BTreeSet<String>) {
+fn word_token(prefix: &str, w: &str, n: usize, token: &mut String, out: &mut Tokens) {
     if n < 3 {
         return;
     }
@@ -113,7 +147,7 @@ fn word_token(prefix: &str, w: &str, n: usize, token: &mut String, out: &mut BTr
         token.push_str(w);
     }
     token[at..].make_ascii_lowercase();
-    insert(out, token);
+    out.add(token);
 }
 
 /// `raw` in lower case, into `out`: ASCII without Unicode's tables (the same result for it).
@@ -156,14 +190,58 @@ fn url_start_by(word: &str, is: impl Fn(&[u8], &[u8]) -> bool) -> Option<usize> 
     https
 }
 
-/// Adds a copy of `token` unless the set has it.
-fn insert(out: &mut BTreeSet<String>, token: &str) {
-    if !out.contains(token) {
-        out.insert(token.to_string());
+/// A token, ordered by length first and then octet by octet. A message's set of tokens makes
+/// a dozen comparisons for every word of the text; most end at the lengths this way, where
+/// comparing the octets first walks the prefixes most tokens share (`subject:`, `url:`) —
+/// octet by octet, in wasm — and cost the plugin more than all the rest of reading the text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Token(String);
+
+impl Ord for Token {
+    fn cmp(&self, other: &Token) -> Ordering {
+        self.0.len().cmp(&other.0.len()).then_with(|| self.0.as_bytes().cmp(other.0.as_bytes()))
     }
 }
 
-fn url_tokens(url: &str, out: &mut BTreeSet<String>) {
+impl PartialOrd for Token {
+    fn partial_cmp(&self, other: &Token) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// A message's tokens so far, each once.
+#[derive(Default)]
+struct Tokens {
+    set: BTreeSet<Token>,
+    /// The token being looked for, in a buffer kept between look-ups (no allocation for a
+    /// word seen before, which most of a text's words are).
+    probe: Token,
+}
+
+impl Tokens {
+    /// Adds a copy of `token` unless the set has it.
+    fn add(&mut self, token: &str) {
+        self.probe.0.clear();
+        self.probe.0.push_str(token);
+        if !self.set.contains(&self.probe) {
+            self.set.insert(self.probe.clone());
+        }
+    }
+
+    fn insert(&mut self, token: String) {
+        self.set.insert(Token(token));
+    }
+
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    fn into_strings(self) -> impl Iterator<Item = String> {
+        self.set.into_iter().map(|t| t.0)
+    }
+}
+
+fn url_tokens(url: &str, out: &mut Tokens) {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let host = rest.split(['/', '?', '#', '"', '\'', '>', '<', ')']).next().unwrap_or("");
     let host = host.rsplit('@').next().unwrap_or(host).split(':').next().unwrap_or("");
@@ -185,7 +263,7 @@ fn url_tokens(url: &str, out: &mut BTreeSet<String>) {
 /// Adds the hosts that the HTML's links and images point to. (Tag and attribute names were
 /// tried as tokens: they taught the model that HTML newsletters are spam, and false positives
 /// on hard ham doubled.)
-fn html_tokens(html: &str, out: &mut BTreeSet<String>) {
+fn html_tokens(html: &str, out: &mut Tokens) {
     for tag in window(html).split('<').skip(1) {
         let inner = tag.split('>').next().unwrap_or("");
         let mut words = inner.split_whitespace();
@@ -204,7 +282,7 @@ fn html_tokens(html: &str, out: &mut BTreeSet<String>) {
 }
 
 /// Adds a header's words: split at anything that is not a letter or digit.
-fn header_tokens(name: &str, value: &str, out: &mut BTreeSet<String>) {
+fn header_tokens(name: &str, value: &str, out: &mut Tokens) {
     let (mut lower, mut token) = (String::new(), String::new());
     for w in value.split(|c: char| !c.is_alphanumeric()).filter(|w| w.len() >= 2) {
         lower_into(w, &mut lower);
@@ -213,15 +291,15 @@ fn header_tokens(name: &str, value: &str, out: &mut BTreeSet<String>) {
             token.push_str(name);
             token.push(':');
             token.push_str(&lower);
-            insert(out, &token);
+            out.add(&token);
         }
     }
 }
 
-/// The message's tokens, sorted and unique, at most [`MAX_TOKENS`] (a hash-chosen sample of
-/// them when there are more).
+/// The message's tokens, each once, at most [`MAX_TOKENS`] (a hash-chosen sample of them when
+/// there are more), in an order of their own (by length, then octets; sorted when sampled).
 pub fn tokens(input: &Input<'_>) -> Vec<String> {
-    let mut out = BTreeSet::new();
+    let mut out = Tokens::default();
     match input.subject {
         Some(s) => {
             text_tokens("subject:", s, &mut out);
@@ -248,12 +326,12 @@ pub fn tokens(input: &Input<'_>) -> Vec<String> {
         }
     }
     if out.len() <= MAX_TOKENS {
-        return out.into_iter().collect();
+        return out.into_strings().collect();
     }
     // Too many: keep the MAX_TOKENS with the smallest hashes (a bottom-k sample). Unlike the
     // first MAX_TOKENS in reading order, filler words put in front cannot push the message's
     // real words out; they only dilute the sample.
-    let mut hashed: Vec<(u64, String)> = out.into_iter().map(|t| (fnv1a(&t), t)).collect();
+    let mut hashed: Vec<(u64, String)> = out.into_strings().map(|t| (fnv1a(&t), t)).collect();
     hashed.select_nth_unstable_by_key(MAX_TOKENS - 1, |(h, _)| *h);
     hashed.truncate(MAX_TOKENS);
     let mut kept: Vec<String> = hashed.into_iter().map(|(_, t)| t).collect();
@@ -300,7 +378,9 @@ mod tests {
             for raw in text.split_whitespace() {
                 let lower = raw.to_lowercase();
                 if let Some(pos) = lower.find("http://").or_else(|| lower.find("https://")) {
-                    super::url_tokens(&lower[pos..], out);
+                    let mut urls = super::Tokens::default();
+                    super::url_tokens(&lower[pos..], &mut urls);
+                    out.extend(urls.into_strings());
                     continue;
                 }
                 let w = super::trim_word(&lower);
@@ -404,29 +484,53 @@ mod tests {
                 text.retain(|c| c.is_ascii());
             }
             for prefix in ["", "subject:"] {
-                let (mut ours, mut theirs) = (BTreeSet::new(), BTreeSet::new());
+                let (mut ours, mut theirs) = (Tokens::default(), BTreeSet::new());
                 text_tokens(prefix, &text, &mut ours);
                 reference::text_tokens(prefix, &text, &mut theirs);
-                assert_eq!(ours, theirs, "{text:?}");
+                assert_eq!(ours.into_strings().collect::<BTreeSet<_>>(), theirs, "{text:?}");
             }
-            let (mut ours, mut theirs) = (BTreeSet::new(), BTreeSet::new());
+            let (mut ours, mut theirs) = (Tokens::default(), BTreeSet::new());
             header_tokens("from", &text, &mut ours);
             reference::header_tokens("from", &text, &mut theirs);
-            assert_eq!(ours, theirs, "{text:?}");
+            assert_eq!(ours.into_strings().collect::<BTreeSet<_>>(), theirs, "{text:?}");
         }
         // Long words of every bucket width (the random texts' words stay under 100 characters).
         for n in [13, 99, 100, 109, 1_000, 12_345, 100_000] {
             for text in ["x".repeat(n), format!("{} {}", "X".repeat(n), "É".repeat(n))] {
-                let (mut ours, mut theirs) = (BTreeSet::new(), BTreeSet::new());
+                let (mut ours, mut theirs) = (Tokens::default(), BTreeSet::new());
                 text_tokens("", &text, &mut ours);
                 reference::text_tokens("", &text, &mut theirs);
-                assert_eq!(ours, theirs, "{n}");
+                assert_eq!(ours.into_strings().collect::<BTreeSet<_>>(), theirs, "{n}");
             }
         }
         for (w, at) in
             [("xhttps://a/http://b", Some(11)), ("https://a", Some(0)), ("hhttp:/", None), ("ahttps://", Some(1))]
         {
             assert_eq!(url_start(w), at, "{w}");
+        }
+    }
+
+    #[test]
+    fn token_order_is_length_then_octets() {
+        let words = [
+            "",
+            "a",
+            "b",
+            "ab",
+            "ba",
+            "abcdefgh",
+            "abcdefgi",
+            "abcdefghi",
+            "abcdefgha",
+            "abcdefgh\u{7f}",
+            "x".repeat(17).as_str(),
+        ]
+        .map(String::from);
+        for p in &words {
+            for q in &words {
+                let want = p.len().cmp(&q.len()).then(p.cmp(q));
+                assert_eq!(Token(p.clone()).cmp(&Token(q.clone())), want, "{p:?} {q:?}");
+            }
         }
     }
 

@@ -4,7 +4,7 @@
 //! of every plugin, and quarantines or rejects by the configured thresholds.
 
 use mailgate_plugin_sdk::prelude::*;
-use mailgate_spam::{Counts, HEADERS, Input, KEY_NHAM, KEY_NSPAM, Model};
+use mailgate_spam::{Counts, HEADERS, Input, KEY_NHAM, KEY_NSPAM, Model, tenths};
 
 #[derive(Default)]
 struct Spam {
@@ -86,18 +86,19 @@ impl Filter for Spam {
         }
         let total = score::total();
         let tests: Vec<String> =
-            score::rules().iter().take(50).map(|(r, p)| format!("{r}={p:.1}")).collect();
+            score::rules().iter().take(50).map(|(r, p)| format!("{r}={}", tenths(*p))).collect();
         let spam = total >= self.quarantine_at;
+        let shown = tenths(total);
         let status = format!(
-            "{}, score={total:.1} required={:.1} tests={}",
+            "{}, score={shown} required={} tests={}",
             if spam { "Yes" } else { "No" },
-            self.quarantine_at,
+            tenths(self.quarantine_at),
             tests.join(", ")
         );
         let verdict = if total >= self.reject_at {
-            Verdict::reject(550, "5.7.1", format!("Message refused as spam (score {total:.1})"))
+            Verdict::reject(550, "5.7.1", format!("Message refused as spam (score {shown})"))
         } else if spam {
-            Verdict::Quarantine(format!("spam score {total:.1} ({})", tests.join(",")))
+            Verdict::Quarantine(format!("spam score {shown} ({})", tests.join(",")))
         } else {
             Verdict::Next
         };
@@ -105,7 +106,7 @@ impl Filter for Spam {
         DataResult { verdict, modifications: vec![] }
             .with(Modification::RemoveHeader("X-Spam-Score".into()))
             .with(Modification::RemoveHeader("X-Spam-Status".into()))
-            .with(Modification::add_header("X-Spam-Score", format!("{total:.1}")))
+            .with(Modification::add_header("X-Spam-Score", shown))
             .with(Modification::add_header("X-Spam-Status", status))
     }
 
