@@ -420,6 +420,41 @@ fn dmarc_policies_aligned_and_not_with_quarantine_cli_and_trusted_arc() {
     assert!(gw.log().contains("sealed by a trusted ARC forwarder"));
 }
 
+/// DMARC's tree walk asks for `_dmarc.<name>.` from the From domain down to the top-level
+/// domain; most of those names have no record. The gateway keeps the absences, as long as the
+/// zone's SOA lets them be kept, beside the records: with the resolver's own cache turned off
+/// (`cache_entries = 0`) and the DNS server gone, a second message from the same domain gets
+/// the same DMARC result from what the first one's walk left — without the absences kept, the
+/// look-up of `_dmarc.news.org.test.` fails and DMARC is a temperror.
+#[test]
+fn dmarc_tree_walk_keeps_the_names_without_a_record() {
+    let dns = Dns::start(&[
+        // Authoritative for `test`: NXDOMAIN answers carry the SOA (negative TTL 300 s).
+        "--auth-server=ns.test,lo",
+        "--auth-zone=test",
+        "--auth-ttl=300",
+        "--auth-soa=1,hostmaster.test,1200,120,604800,300",
+        "--txt-record=_dmarc.org.test,v=DMARC1; p=reject; sp=quarantine",
+        "--txt-record=news.org.test,v=spf1 ip4:127.0.0.0/8 -all",
+    ]);
+    let sink = Sink::start();
+    let extra = format!("{}cache_entries = 0\n\n[auth]\nalways = [\"spf\", \"dmarc\"]\n", dns.config());
+    let gw = Gateway::with_sink(sink.port(), &extra);
+    let dmarc_of = |rcpt: &str| {
+        let got = sink.wait_for_rcpt(rcpt, T).text();
+        let ar = auth_results(&got);
+        let at = ar.find("dmarc=").unwrap_or_else(|| panic!("no dmarc result: {ar}"));
+        ar[at..].split(';').next().unwrap().trim().to_string()
+    };
+    // The walk: _dmarc.news.org.test. (none), _dmarc.org.test. (the policy), _dmarc.test. (none).
+    assert_eq!(send(gw.port, "a@news.org.test", "first@remote.test", &message("a@news.org.test", "first")), "OK");
+    let first = dmarc_of("first@remote.test");
+    assert!(first.starts_with("dmarc=pass header.from=news.org.test policy.dmarc=quarantine"), "{first}");
+    drop(dns);
+    assert_eq!(send(gw.port, "a@news.org.test", "second@remote.test", &message("a@news.org.test", "second")), "OK");
+    assert_eq!(dmarc_of("second@remote.test"), first, "{}", gw.log());
+}
+
 /// The message's Authentication-Results field, unfolded onto one line ("" if none).
 fn auth_results(message: &str) -> String {
     let unfolded = message.replace("\r\n", "\n").replace("\n\t", " ").replace("\n ", " ");

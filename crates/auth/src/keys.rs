@@ -53,12 +53,18 @@ fn cache_key(name: &str) -> String {
     key
 }
 
-/// The keys of one message as [`prefetch`] found them, read by mail-auth before the shared
-/// cache (which takes whatever mail-auth inserts).
+/// The records of one message as [`prefetch`] (or [`crate::policies::prefetch`]) decided
+/// them, read by mail-auth before the shared cache (which takes whatever mail-auth inserts).
 pub(crate) struct MessageKeys<'a> {
     shared: &'a TxtCache,
     /// By the name mail-auth looks up (see [`cache_key`]): a parsed key, or why there is none.
     decided: Vec<(Box<str>, Txt)>,
+}
+
+impl<'a> MessageKeys<'a> {
+    pub(crate) fn new(shared: &'a TxtCache, decided: Vec<(Box<str>, Txt)>) -> MessageKeys<'a> {
+        MessageKeys { shared, decided }
+    }
 }
 
 impl ResolverCache<Box<str>, Txt> for MessageKeys<'_> {

@@ -14,6 +14,7 @@
 mod cache;
 mod header;
 mod keys;
+mod policies;
 mod results;
 mod seal;
 mod session;

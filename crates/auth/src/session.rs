@@ -135,8 +135,12 @@ impl Authenticator {
             let dmarc_out = if from_domain.is_empty() {
                 None
             } else {
+                // The walk's names, absent ones included, decided before mail-auth asks.
+                let a_label = mail_auth::common::to_a_label(&from_domain);
+                let decided = crate::policies::prefetch(&self.inner.0, &self.txt, &a_label).await;
+                let policies = crate::keys::MessageKeys::new(&self.txt, decided);
                 let params = DmarcParameters::new(&msg, &dkim_out, mail_from_domain, spf);
-                Some(self.inner.verify_dmarc(Parameters::new(params).with_txt_cache(&self.txt)).await)
+                Some(self.inner.verify_dmarc(Parameters::new(params).with_txt_cache(&policies)).await)
             };
             let dkim = dkim_out
                 .iter()
