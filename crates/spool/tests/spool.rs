@@ -91,6 +91,38 @@ async fn torn_tail_is_ignored() {
     assert_eq!(spool.read_blocking(&a.id).unwrap(), b"hello\r\n");
 }
 
+/// A segment is written ahead of its records with zeros (so that a sync changes no metadata):
+/// the zeros are where its records end, not damage — a sealed segment whose messages are all
+/// finished is deleted at the next start like any other — and a record longer than the part
+/// written ahead reads back whole.
+#[tokio::test]
+async fn zeros_after_the_records_end_a_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let a;
+    {
+        let (spool, _) = LocalSpool::open(dir.path(), 1 << 20).unwrap();
+        a = env(&spool, &["x@y.example"]);
+        spool.store(&a, Arc::new(b"first\r\n".to_vec())).await.unwrap();
+    }
+    let first = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).max().unwrap();
+    let bytes = std::fs::read(&first).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    assert!(bytes.len() >= end + (64 << 10), "{} octets of records, {} in the file", end, bytes.len());
+    let big: Vec<u8> = (0..3u32 << 20).map(|i| b'a' + (i % 26) as u8).collect();
+    let b;
+    {
+        let (spool, rec) = LocalSpool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(rec.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), vec![a.id.clone()]);
+        b = env(&spool, &["z@y.example"]);
+        spool.store(&b, Arc::new(big.clone())).await.unwrap();
+        spool.complete(&a.id);
+    }
+    let (spool, rec) = LocalSpool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(rec.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), vec![b.id.clone()]);
+    assert!(spool.read_blocking(&b.id).unwrap() == big, "the large message did not read back whole");
+    assert!(!first.exists(), "a finished segment ending in zeros was kept as damaged");
+}
+
 #[tokio::test]
 async fn claims_share_due_messages_and_leases_expire() {
     use std::time::Duration;
