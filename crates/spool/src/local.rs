@@ -210,8 +210,13 @@ impl LocalSpool {
                     tracing::warn!(
                         segment = seg,
                         offset = at,
-                        "spool segment ends in a torn tail (never acknowledged); ignored"
+                        "spool segment ends in a torn tail (never acknowledged); cut off"
                     );
+                    // Cut off (and the cut synced) before a new segment follows it: sealed
+                    // behind that one, a torn tail would read as damage at every later start,
+                    // and the segment would be kept for ever.
+                    let cut = OpenOptions::new().write(true).open(seg_path(&dir, seg));
+                    cut.and_then(|f| f.set_len(at as u64).and_then(|_| f.sync_all()))?;
                 } else {
                     // Not the tail of the log: records after this point may matter. Keep the
                     // file for an operator instead of ever reclaiming it.

@@ -89,6 +89,14 @@ async fn torn_tail_is_ignored() {
     let (spool, rec) = LocalSpool::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(rec.len(), 1);
     assert_eq!(spool.read_blocking(&a.id).unwrap(), b"hello\r\n");
+    // The torn tail was cut off: once its message is done, the segment — sealed behind the
+    // next one now — goes at a later start, like any other, instead of reading as damage.
+    spool.complete(&a.id);
+    drop(spool);
+    drop(LocalSpool::open(dir.path(), 1 << 20).unwrap());
+    let (_spool, rec) = LocalSpool::open(dir.path(), 1 << 20).unwrap();
+    assert!(rec.is_empty());
+    assert!(!seg.exists(), "the segment with the torn tail was kept");
 }
 
 /// A segment is written ahead of its records with zeros (so that a sync changes no metadata):
