@@ -17,7 +17,9 @@ use std::io;
 use std::thread::JoinHandle;
 
 /// Spawns the background thread `name` running `f`, under `SCHED_BATCH` where the system
-/// allows it (a refusal is logged; the thread runs all the same).
+/// allows it (a refusal is logged; the thread runs all the same). A process started under
+/// another policy than the default (an operator's `CPUSchedulingPolicy=`, say) keeps it: a
+/// batch writer under real-time workers would wait for all of them.
 pub fn spawn<F, T>(name: &str, f: F) -> io::Result<JoinHandle<T>>
 where
     F: FnOnce() -> T + Send + 'static,
@@ -32,12 +34,15 @@ where
     })
 }
 
-/// Puts the calling thread under `SCHED_BATCH`.
+/// Puts the calling thread under `SCHED_BATCH` if it runs under the default policy.
 #[cfg(target_os = "linux")]
 fn batch_policy() -> io::Result<()> {
+    // SAFETY: no arguments besides the calling thread (pid 0; on Linux a policy is per thread).
+    if unsafe { libc::sched_getscheduler(0) } != libc::SCHED_OTHER {
+        return Ok(());
+    }
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0 names the calling
-    // thread (on Linux a policy is per thread).
+    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0 as above.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } == 0 {
         Ok(())
     } else {
@@ -70,5 +75,20 @@ mod tests {
         // Only the new thread: the one that spawned it keeps its policy.
         assert_eq!(policy(), before);
         assert_ne!(before, libc::SCHED_BATCH);
+    }
+
+    #[test]
+    fn a_policy_other_than_the_default_is_kept() {
+        // A thread of its own under SCHED_IDLE (any thread may lower itself), as if the
+        // operator had started the gateway so: what it spawns inherits that, and keeps it.
+        let inside = std::thread::spawn(|| {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: a valid sched_param; pid 0 is this thread only.
+            assert_eq!(unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) }, 0);
+            super::spawn("bg-idle", policy).unwrap().join().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inside, libc::SCHED_IDLE);
     }
 }
