@@ -176,7 +176,7 @@ impl EventLog {
             segments: segments.clone(),
             moved: moved_tx,
         };
-        mailgate_threads::spawn("event-log", move || writer.run(rx))?;
+        std::thread::Builder::new().name("event-log".into()).spawn(move || writer.run(rx))?;
         Ok(EventLog { tx, durable, segments, moved, resume: Default::default() })
     }
 

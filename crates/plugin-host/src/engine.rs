@@ -142,16 +142,18 @@ impl PluginEngine {
         crate::host::add_to_linker(&mut linker).map_err(err)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (e, s) = (engine.weak(), stop.clone());
-        mailgate_threads::spawn("plugin-epoch", move || {
-            while !s.load(Ordering::Relaxed) {
-                std::thread::sleep(TICK);
-                match e.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => return,
+        std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    match e.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
                 }
-            }
-        })
-        .map_err(|e| PluginError::Load { plugin: "-".into(), msg: format!("epoch thread: {e}") })?;
+            })
+            .map_err(|e| PluginError::Load { plugin: "-".into(), msg: format!("epoch thread: {e}") })?;
         Ok(PluginEngine { engine, linker, stop })
     }
 

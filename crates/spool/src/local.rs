@@ -261,7 +261,7 @@ impl LocalSpool {
         };
         writer.collect_garbage();
         let (tx, rx) = mpsc::channel();
-        let handle = mailgate_threads::spawn("spool-writer", move || writer.run(rx))?;
+        let handle = std::thread::Builder::new().name("spool-writer".into()).spawn(move || writer.run(rx))?;
         let claims = recovered.iter().map(|e| (e.id.clone(), Claimable { env: e.clone(), leased_until: 0 })).collect();
         let spool = Arc::new(LocalSpool {
             claims: Mutex::new(claims),

@@ -177,35 +177,3 @@ async fn claims_share_due_messages_and_leases_expire() {
     assert!(spool.claim_due(500_000, 1, lease).await.unwrap().is_empty());
     assert_eq!(spool.read(&b.id).await.unwrap(), b"m\r\n");
 }
-
-/// The scheduling policy of each of this process's threads named `name`, from
-/// `/proc/self/task/*/stat` (field 41).
-#[cfg(target_os = "linux")]
-fn thread_policies(name: &str) -> Vec<u32> {
-    let mut out = vec![];
-    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        if &stat[open + 1..close] != name {
-            continue;
-        }
-        // After the name come fields 3, 4, …: the policy is the 39th of them.
-        let policy = stat[close + 1..].split_whitespace().nth(38).unwrap();
-        out.push(policy.parse().unwrap());
-    }
-    out
-}
-
-/// The writer serves every session: woken for a record, it must not preempt the runtime thread
-/// that sends it (Linux's SCHED_BATCH, 3).
-#[cfg(target_os = "linux")]
-#[tokio::test]
-async fn the_writer_thread_does_not_preempt_the_sessions() {
-    let dir = tempfile::tempdir().unwrap();
-    let (spool, _) = LocalSpool::open(dir.path(), 1 << 20).unwrap();
-    let e = env(&spool, &["x@y.example"]);
-    spool.store(&e, Arc::new(b"message\r\n".to_vec())).await.unwrap();
-    let policies = thread_policies("spool-writer");
-    assert!(!policies.is_empty(), "no spool-writer thread");
-    assert!(policies.iter().all(|&p| p == 3), "spool-writer policies {policies:?}");
-}
