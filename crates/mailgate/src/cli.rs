@@ -895,5 +895,15 @@ fn dkim_keygen(domain: &str, selector: &str, algorithm: &str, out: &std::path::P
 /// default so that a plugin's deepest call, on top of the session's own frames, stays far from
 /// the end (address space only; the pages a thread never touches cost nothing).
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(4 << 20).build()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(4 << 20)
+        // A worker that hands the spool a record owes the writer its wake until it runs out of
+        // work (only workers park, so that is where they are marked): woken at once, the
+        // writer would preempt the session's thread (`crates/spool/src/local.rs`, `Inbox`).
+        .on_thread_park(|| {
+            mailgate_spool::defer_wakes_on_this_thread();
+            mailgate_spool::pay_owed_wakes();
+        })
+        .build()
 }

@@ -18,7 +18,7 @@ mod local;
 mod record;
 
 pub use envelope::{ApiMeta, DsnRet, Envelope, Notify, QueueId, RcptStatus, Recipient, RouteChoice};
-pub use local::LocalSpool;
+pub use local::{defer_wakes_on_this_thread, pay_owed_wakes, LocalSpool};
 
 /// Where a message's content is stored; opaque outside the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,6 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -84,7 +83,8 @@ struct Claimable {
 pub struct LocalSpool {
     /// Every live message's latest envelope and claim, for `claim_due`.
     claims: Mutex<BTreeMap<QueueId, Claimable>>,
-    tx: Mutex<Option<mpsc::Sender<Req>>>,
+    /// Where records wait for the writer.
+    inbox: Arc<Inbox>,
     shared: Arc<Shared>,
     /// Last id issued; ids are microseconds since the epoch, made strictly increasing.
     last_id: AtomicU64,
@@ -260,12 +260,13 @@ impl LocalSpool {
             poisoned: false,
         };
         writer.collect_garbage();
-        let (tx, rx) = mpsc::channel();
+        let inbox = Arc::new(Inbox::default());
+        let rx = inbox.clone();
         let handle = std::thread::Builder::new().name("spool-writer".into()).spawn(move || writer.run(rx))?;
         let claims = recovered.iter().map(|e| (e.id.clone(), Claimable { env: e.clone(), leased_until: 0 })).collect();
         let spool = Arc::new(LocalSpool {
             claims: Mutex::new(claims),
-            tx: Mutex::new(Some(tx)),
+            inbox,
             shared,
             last_id: AtomicU64::new(max_id),
             writer: Mutex::new(Some(handle)),
@@ -274,8 +275,7 @@ impl LocalSpool {
     }
 
     fn send(&self, req: Req) -> Result<(), SpoolError> {
-        let guard = self.tx.lock().unwrap();
-        guard.as_ref().ok_or(SpoolError::Closed)?.send(req).map_err(|_| SpoolError::Closed)
+        self.inbox.send(req)
     }
 
     /// Hands a record that needs no sync of its own (an update, a done) to the writer now: it
@@ -291,10 +291,22 @@ impl LocalSpool {
 
     /// Flushes and stops the writer (also done on drop).
     pub fn close(&self) {
-        self.tx.lock().unwrap().take();
+        self.inbox.close();
         if let Some(h) = self.writer.lock().unwrap().take() {
             let _ = h.join();
         }
+    }
+
+    /// Whether the writer sleeps for want of records (for tests).
+    #[doc(hidden)]
+    pub fn writer_waiting(&self) -> bool {
+        self.inbox.st.lock().unwrap_or_else(|e| e.into_inner()).waiting
+    }
+
+    /// Whether a thread owes the writer its wake (for tests).
+    #[doc(hidden)]
+    pub fn writer_wake_owed(&self) -> bool {
+        self.inbox.owed_since.load(Ordering::Acquire) != 0
     }
 
     /// Number of segment files on disk (for tests and the status command).
@@ -476,21 +488,9 @@ impl Shared {
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Req>) {
+    fn run(mut self, rx: Arc<Inbox>) {
         loop {
-            // Wake for the first record; take every one that is waiting with it.
-            let Ok(first) = rx.recv() else { break };
-            let mut batch = vec![first];
-            let mut size: usize = batch.iter().map(|r| r.bytes.len()).sum();
-            while size < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(r) => {
-                        size += r.bytes.len();
-                        batch.push(r);
-                    }
-                    Err(_) => break,
-                }
-            }
+            let Some(batch) = rx.take() else { break };
             let _ = self.commit(batch, false);
             self.maybe_rotate();
         }
@@ -725,5 +725,136 @@ mod id_tests {
         for n in [0, 1, 0xABCDEF, 0x1234_5678_9ABC_DEF0, u64::MAX] {
             assert_eq!(super::hex16(n), format!("{n:016X}"));
         }
+    }
+}
+
+/// The writer's inbox. A record handed over by a thread that runs many sessions (a runtime
+/// worker: [`defer_wakes_on_this_thread`]) does not wake a sleeping writer at once: woken,
+/// the writer would preempt that thread in the middle of a session's work (and commit one
+/// or two records). The wake is *owed*, and paid when the thread runs out of work
+/// ([`pay_owed_wakes`], from the runtime's park hook) — by then more records wait, and the
+/// writer preempts nothing. A wake owed longer than [`OWED_WAKE_MAX`] is paid by the next
+/// record handed over from any thread, so a runtime that never idles still commits.
+/// Other threads (tests, tools, blocking tasks) wake the writer at once, as does everything
+/// while nothing marked the thread. BENCHMARKS.md, session 27, has what this bought and
+/// why a scheduling policy could not do it.
+#[derive(Default)]
+struct Inbox {
+    st: Mutex<InboxState>,
+    ready: std::sync::Condvar,
+    /// Since when (µs after `epoch`) a wake is owed; 0 when none is.
+    owed_since: AtomicU64,
+    /// The clock of `owed_since`.
+    epoch: std::sync::OnceLock<std::time::Instant>,
+}
+
+#[derive(Default)]
+struct InboxState {
+    reqs: std::collections::VecDeque<Req>,
+    /// The spool is closing: the writer ends once the records are written.
+    closed: bool,
+    /// The writer sleeps for want of records: a new one must wake it.
+    waiting: bool,
+}
+
+/// Longest a wake may stay owed before a later record pays it.
+const OWED_WAKE_MAX: std::time::Duration = std::time::Duration::from_millis(1);
+
+thread_local! {
+    /// Whether this thread's records owe their wakes (a runtime worker, marked by the runtime).
+    static DEFER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The inboxes this thread owes a wake.
+    static OWED: std::cell::RefCell<Vec<Arc<Inbox>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// From now on, records this thread hands to a spool owe the writer's wake instead of waking
+/// it; the thread must call [`pay_owed_wakes`] whenever it runs out of work (tokio's
+/// `on_thread_park`, which is also where it should be marked: only workers park).
+pub fn defer_wakes_on_this_thread() {
+    DEFER.set(true);
+}
+
+/// Wakes the writers this thread owes a wake.
+pub fn pay_owed_wakes() {
+    let owed = OWED.with(|o| std::mem::take(&mut *o.borrow_mut()));
+    for inbox in owed {
+        inbox.pay();
+    }
+}
+
+impl Inbox {
+    fn now_us(&self) -> u64 {
+        let epoch = self.epoch.get_or_init(std::time::Instant::now);
+        // Never 0 (which means "none owed").
+        epoch.elapsed().as_micros() as u64 + 1
+    }
+
+    fn send(self: &Arc<Self>, req: Req) -> Result<(), SpoolError> {
+        let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        if st.closed {
+            return Err(SpoolError::Closed);
+        }
+        st.reqs.push_back(req);
+        if !st.waiting {
+            return Ok(());
+        }
+        let since = self.owed_since.load(Ordering::Acquire);
+        if since != 0 && self.now_us().saturating_sub(since) > OWED_WAKE_MAX.as_micros() as u64 {
+            // Owed too long (its thread has not run out of work): paid here.
+            self.wake(&mut st);
+        } else if DEFER.get() {
+            if since == 0 {
+                self.owed_since.store(self.now_us(), Ordering::Release);
+                OWED.with(|o| o.borrow_mut().push(self.clone()));
+            }
+        } else {
+            self.wake(&mut st);
+        }
+        Ok(())
+    }
+
+    /// Wakes the waiting writer (the state's lock held).
+    fn wake(&self, st: &mut InboxState) {
+        st.waiting = false;
+        self.owed_since.store(0, Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    /// Pays an owed wake, unless it was paid already.
+    fn pay(&self) {
+        if self.owed_since.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        if st.waiting {
+            self.wake(&mut st);
+        }
+    }
+
+    fn close(&self) {
+        let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        st.closed = true;
+        self.wake(&mut st);
+    }
+
+    /// The next batch, waiting for one; `None` once closed and drained.
+    fn take(&self) -> Option<Vec<Req>> {
+        let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        while st.reqs.is_empty() && !st.closed {
+            st.waiting = true;
+            st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.waiting = false;
+        self.owed_since.store(0, Ordering::Release);
+        if st.reqs.is_empty() {
+            return None;
+        }
+        let (mut size, mut batch) = (0, Vec::new());
+        while size < MAX_BATCH {
+            let Some(r) = st.reqs.pop_front() else { break };
+            size += r.bytes.len();
+            batch.push(r);
+        }
+        Some(batch)
     }
 }

@@ -177,3 +177,83 @@ async fn claims_share_due_messages_and_leases_expire() {
     assert!(spool.claim_due(500_000, 1, lease).await.unwrap().is_empty());
     assert_eq!(spool.read(&b.id).await.unwrap(), b"m\r\n");
 }
+
+/// A runtime worker hands a record over without waking the writer (woken, it would preempt the
+/// worker mid-session): the wake is owed until the thread runs out of work and pays it in its
+/// park hook — and the record is then stored.
+#[test]
+fn a_worker_owes_the_writer_its_wake_until_it_parks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = LocalSpool::open(dir.path(), 1 << 20).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_park(mailgate_spool::pay_owed_wakes)
+        .build()
+        .unwrap();
+    // The writer must be asleep for the wake to matter (it is, soon after open).
+    let limit = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !spool.writer_waiting() {
+        assert!(std::time::Instant::now() < limit, "the writer never waited");
+        std::thread::yield_now();
+    }
+    let e = env(&spool, &["x@y.example"]);
+    rt.block_on(async {
+        mailgate_spool::defer_wakes_on_this_thread();
+        let mut store = spool.store(&e, Arc::new(b"message\r\n".to_vec()));
+        // The first poll hands the record over: nothing wakes the writer yet.
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(store.as_mut().poll(cx))).await;
+        assert!(first.is_pending());
+        assert!(spool.writer_wake_owed());
+        assert!(spool.writer_waiting());
+        // Waiting for the sync parks the thread, whose hook pays the wake.
+        tokio::time::timeout(std::time::Duration::from_secs(10), store).await.expect("stored").unwrap();
+    });
+    assert!(!spool.writer_wake_owed());
+    assert_eq!(spool.read_blocking(&e.id).unwrap(), b"message\r\n");
+}
+
+/// A thread not marked (a test, a tool, a blocking task) wakes the writer at once.
+#[tokio::test]
+async fn an_unmarked_thread_wakes_the_writer_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = LocalSpool::open(dir.path(), 1 << 20).unwrap();
+    let e = env(&spool, &["x@y.example"]);
+    spool.store(&e, Arc::new(b"m\r\n".to_vec())).await.unwrap();
+    assert!(!spool.writer_wake_owed());
+}
+
+/// A wake owed by a thread that never runs out of work is paid by the next record handed over
+/// once it has been owed for more than a millisecond.
+#[test]
+fn a_wake_owed_too_long_is_paid_by_the_next_record() {
+    use std::task::{Context, Waker};
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = LocalSpool::open(dir.path(), 1 << 20).unwrap();
+    let limit = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !spool.writer_waiting() {
+        assert!(std::time::Instant::now() < limit, "the writer never waited");
+        std::thread::yield_now();
+    }
+    // This thread is marked and never parks (no runtime): only the next record can pay.
+    mailgate_spool::defer_wakes_on_this_thread();
+    let mut cx = Context::from_waker(Waker::noop());
+    let (a, b) = (env(&spool, &["x@y.example"]), env(&spool, &["z@y.example"]));
+    let mut first = spool.store(&a, Arc::new(b"A\r\n".to_vec()));
+    assert!(first.as_mut().poll(&mut cx).is_pending());
+    assert!(spool.writer_wake_owed());
+    let owed_at = std::time::Instant::now();
+    while owed_at.elapsed() <= std::time::Duration::from_millis(2) {
+        std::thread::yield_now();
+    }
+    let mut second = spool.store(&b, Arc::new(b"B\r\n".to_vec()));
+    // Both are written without this thread doing anything more.
+    let (mut done_a, mut done_b) = (false, false);
+    while !(done_a && done_b) {
+        assert!(std::time::Instant::now() < limit, "the owed wake was never paid");
+        done_a = done_a || first.as_mut().poll(&mut cx).is_ready();
+        done_b = done_b || second.as_mut().poll(&mut cx).is_ready();
+        std::thread::yield_now();
+    }
+    assert_eq!(spool.read_blocking(&a.id).unwrap(), b"A\r\n");
+    assert_eq!(spool.read_blocking(&b.id).unwrap(), b"B\r\n");
+}
