@@ -280,9 +280,10 @@ impl LocalSpool {
 
     /// Hands a record that needs no sync of its own (an update, a done) to the writer now: it
     /// is written (to the page cache, which a killed process does not lose) with the next
-    /// batch, at once when the writer is idle, so that a delivery's result reaches the file
-    /// within a write of the delivery, and a crash right after it does not send it again. It
-    /// is fsynced with the next store's sync (or at close).
+    /// batch — when the writer is idle, as soon as the worker that hands it over runs out of
+    /// work (or a later record finds the wake owed for a millisecond) — so that a delivery's
+    /// result reaches the file within moments of the delivery, and a crash right after it
+    /// does not send it again. It is fsynced with the next store's sync (or at close).
     fn prompt(&self, req: Req) {
         if self.send(req).is_err() {
             tracing::warn!("spool is closed: a late update or done record was not written");
