@@ -54,7 +54,15 @@ async fn concurrent_stores_share_syncs_and_segments_are_reclaimed() {
             t.await.unwrap().unwrap();
         }
     }
-    assert!(spool.segment_count() > 5, "rotation happened");
+    // Rotation happened: segments are numbered in order, and compaction may already have
+    // deleted the oldest (how many remain depends on how the waves were batched).
+    let newest = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter_map(|f| f.file_name().to_str()?.strip_suffix(".log")?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    assert!(newest > 5, "rotation happened: newest segment {newest}");
     // One message stays deferred; the others finish. Old segments go, the live one is relocated.
     for id in &ids[1..] {
         spool.complete(id);
